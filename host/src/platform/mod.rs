@@ -1,0 +1,3 @@
+//! The only code that touches the OS: files under the root prefix, systemd, commands.
+
+pub mod files;

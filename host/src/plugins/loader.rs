@@ -1,0 +1,238 @@
+//! Opening a plugin library and checking it, layer by layer, before anything runs.
+//!
+//! Order of checks (each failure is a [`LoadError`] naming the check):
+//! 1. the file opens as a shared library;
+//! 2. it exports the plugin-api version symbol, and that version is compatible
+//!    (same major, equal or lower minor);
+//! 3. it carries an abi_stable header whose root-module layout matches ours;
+//! 4. its manifest parses and validates;
+//! 5. (later, [`PluginLibrary::instantiate`]) its constructor succeeds and does not panic.
+//!
+//! Libraries are never unloaded: a loaded library is leaked on purpose.
+
+use std::ffi::CStr;
+use std::os::raw::c_char;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary};
+use plugin_api::abi::{HostHandle, PluginBox, PluginModuleRef};
+use plugin_api::version::{check_compatible, VERSION_SYMBOL};
+use plugin_api::Manifest;
+
+/// Why a plugin was not loaded. `Display` is short: the check, then expected/found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a loadable shared library: {0}")]
+    NotALibrary(String),
+    #[error("not an incus-osd plugin: the library exports no `{VERSION_SYMBOL}` symbol")]
+    NoVersionSymbol,
+    #[error("{0}")]
+    Version(String),
+    #[error("not an abi_stable plugin: {0}")]
+    NotAbiStable(String),
+    #[error("root module layout mismatch: {0}")]
+    Layout(String),
+    #[error("invalid manifest: {0}")]
+    Manifest(String),
+    #[error("constructor failed: {0}")]
+    Constructor(String),
+    #[error("a plugin named '{name}' is already loaded from {other}")]
+    Duplicate { name: String, other: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl LoadError {
+    /// A stable short name of the check that failed (used by the API and the tests).
+    pub fn check(&self) -> &'static str {
+        match self {
+            LoadError::NotALibrary(_) => "open",
+            LoadError::NoVersionSymbol => "version-symbol",
+            LoadError::Version(_) => "api-version",
+            LoadError::NotAbiStable(_) => "abi-header",
+            LoadError::Layout(_) => "layout",
+            LoadError::Manifest(_) => "manifest",
+            LoadError::Constructor(_) => "constructor",
+            LoadError::Duplicate { .. } => "duplicate-name",
+            LoadError::Other(_) => "other",
+        }
+    }
+}
+
+/// Shortens abi_stable's layout report (hundreds of lines) to the lines that say what
+/// differs.
+fn summarize_layout_error(full: &str) -> String {
+    let interesting: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("error")
+                || l.starts_with("expected")
+                || l.starts_with("found")
+                || l.contains("mismatch")
+                || l.contains("different")
+        })
+        .take(6)
+        .collect();
+    if interesting.is_empty() {
+        full.lines().take(3).collect::<Vec<_>>().join(" / ")
+    } else {
+        interesting.join(" / ")
+    }
+}
+
+/// A plugin library that passed every static check.
+pub struct PluginLibrary {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    module: PluginModuleRef,
+}
+
+impl std::fmt::Debug for PluginLibrary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginLibrary")
+            .field("path", &self.path)
+            .field("manifest", &self.manifest)
+            .finish()
+    }
+}
+
+/// Opens and checks a plugin library (steps 1 to 4).
+pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
+    let raw = RawLibrary::load_at(path).map_err(|e| match e {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary(err.to_string()),
+        other => LoadError::NotALibrary(other.to_string()),
+    })?;
+    // Never unloaded: function pointers and statics of the library stay valid forever.
+    let raw: &'static RawLibrary = Box::leak(Box::new(raw));
+
+    // SAFETY: the symbol is declared by the SDK as `extern "C" fn() -> *const c_char`
+    // returning a NUL-terminated static string; a foreign library exporting the same name
+    // with another type is outside what we can defend against.
+    let declared = unsafe {
+        let f = raw
+            .get::<extern "C" fn() -> *const c_char>(VERSION_SYMBOL.as_bytes())
+            .map_err(|_| LoadError::NoVersionSymbol)?;
+        let p = f();
+        if p.is_null() {
+            return Err(LoadError::Version(
+                "the plugin-api version symbol returned nothing".into(),
+            ));
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    check_compatible(plugin_api::API_VERSION, &declared)
+        .map_err(|e| LoadError::Version(e.to_string()))?;
+
+    // SAFETY: the abi_stable header symbol, if present, was exported by
+    // `export_root_module` (through the SDK's export macros); the library stays loaded.
+    let header = unsafe { lib_header_from_raw_library(raw) }.map_err(|e| match e {
+        LibraryError::GetSymbolError { .. } => LoadError::NotAbiStable(
+            "the library exports no abi_stable root module".to_string(),
+        ),
+        other => LoadError::NotAbiStable(first_line(&other.to_string())),
+    })?;
+    let module = header
+        .init_root_module::<PluginModuleRef>()
+        .map_err(|e| match e {
+            LibraryError::AbiInstability(report) => {
+                LoadError::Layout(summarize_layout_error(&report.to_string()))
+            }
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => LoadError::Version(format!(
+                "abi_stable module version mismatch: expected {expected_version}, found {actual_version}"
+            )),
+            other => LoadError::NotAbiStable(first_line(&other.to_string())),
+        })?;
+
+    let json = (module.manifest())();
+    let manifest =
+        Manifest::parse(json.as_str()).map_err(|e| LoadError::Manifest(e.to_string()))?;
+    if manifest.api_version != declared {
+        return Err(LoadError::Manifest(format!(
+            "manifest says plugin-api {} but the library declares {declared}",
+            manifest.api_version
+        )));
+    }
+    Ok(PluginLibrary {
+        path: path.to_path_buf(),
+        manifest,
+        module,
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+impl PluginLibrary {
+    /// Runs the plugin's constructor (step 5), handing it its host capabilities.
+    pub fn instantiate(&self, host: HostHandle) -> Result<PluginBox, LoadError> {
+        (self.module.instantiate())(host)
+            .into_result()
+            .map_err(|e| LoadError::Constructor(e.message.into_string()))
+    }
+}
+
+/// Lists the plugin files of a directory: `libincus_osd_plugin_*.so`, sorted by name.
+/// Other files are ignored. A missing directory lists nothing.
+pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = vec![];
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if is_plugin_file_name(name) && path.is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Plugin libraries are named `libincus_osd_plugin_<anything>.so`.
+pub fn is_plugin_file_name(name: &str) -> bool {
+    name.starts_with(PLUGIN_FILE_PREFIX) && name.ends_with(".so") && name.len() > PLUGIN_FILE_PREFIX.len() + 3
+}
+
+/// The file-name prefix of plugin libraries.
+pub const PLUGIN_FILE_PREFIX: &str = "libincus_osd_plugin_";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_file_names() {
+        assert!(is_plugin_file_name("libincus_osd_plugin_iscsi.so"));
+        assert!(!is_plugin_file_name("libincus_osd_plugin_.so"));
+        assert!(!is_plugin_file_name("libfixture_faulty.so"));
+        assert!(!is_plugin_file_name("libincus_osd_plugin_iscsi.rlib"));
+    }
+
+    #[test]
+    fn garbage_is_not_a_library() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("libincus_osd_plugin_garbage.so");
+        std::fs::write(&p, b"this is not an ELF file").unwrap();
+        let err = open(&p).unwrap_err();
+        assert_eq!(err.check(), "open", "{err}");
+    }
+
+    #[test]
+    fn layout_report_is_shortened() {
+        let report = "Error: blah\n  a\n  b\nexpected: X\nfound: Y\n".repeat(100);
+        let s = summarize_layout_error(&report);
+        assert!(s.lines().count() == 1 && s.len() < 200, "{s}");
+    }
+}

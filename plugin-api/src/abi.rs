@@ -1,0 +1,187 @@
+#![allow(non_local_definitions)] // expanded from abi_stable's sabi_trait macros
+//! The ABI: what crosses the shared-library boundary. Keep it narrow and data-oriented.
+//!
+//! Compatibility rules (see `docs/plugins.md`):
+//! - new root-module entry points and new trait methods are only ever appended after the
+//!   `last_prefix_field` marker, so plugins built against an older minor version keep loading;
+//! - no axum, tokio or tracing type crosses; payloads are JSON bytes;
+//! - a panic never crosses: the SDK's export macros catch it and return a [`PluginError`].
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+    StableAbi,
+};
+
+/// An error a plugin or the host returns: an HTTP-like status (400 bad input, 404, 409,
+/// 500 failure, 501 not supported, ...) and a message meant for the API's user.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    pub status: u16,
+    pub message: RString,
+}
+
+impl PluginError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        PluginError {
+            status,
+            message: RString::from(message.into()),
+        }
+    }
+}
+
+/// Log levels a plugin logs at; the host tags each line with the plugin's name.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// systemd unit operations offered to plugins.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitOp {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    /// Returns the unit's `ActiveState` (`active`, `inactive`, `failed`, ...).
+    ActiveState,
+}
+
+impl UnitOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitOp::Start => "start",
+            UnitOp::Stop => "stop",
+            UnitOp::Restart => "restart",
+            UnitOp::Reload => "reload",
+            UnitOp::ActiveState => "active-state",
+        }
+    }
+}
+
+/// The outcome of a command the host ran for a plugin.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    /// Exit status; -1 when the process was killed by a signal.
+    pub status: i32,
+    pub stdout: RVec<u8>,
+    pub stderr: RVec<u8>,
+}
+
+/// A command to run: program and arguments, bytes for its standard input, a timeout.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct CommandSpec {
+    pub argv: RVec<RString>,
+    pub stdin: RVec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// The capabilities the host gives a plugin at construction.
+///
+/// Methods are appended after the `last_prefix_field` marker in later minor versions; a
+/// plugin built for an older minor version simply never calls them.
+#[sabi_trait]
+pub trait HostOps: Send + Sync {
+    /// Writes a log line; the host adds the plugin's name.
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+
+    /// The plugin's persisted state document (JSON), `null` when nothing was saved yet.
+    fn state_load(&self) -> RResult<RString, PluginError>;
+
+    /// Replaces the plugin's persisted state document (JSON) and saves it durably.
+    fn state_save(&self, json: RStr<'_>) -> RResult<(), PluginError>;
+
+    /// Reads a file at an absolute OS path (under the root prefix). `Ok(None)` if absent.
+    fn file_read(&self, path: RStr<'_>) -> RResult<abi_stable::std_types::ROption<RVec<u8>>, PluginError>;
+
+    /// Atomically replaces a file with `data` and permission bits `mode`; parents are
+    /// created (0755). Only paths the manifest declares are writable.
+    fn file_write(&self, path: RStr<'_>, data: RSlice<'_, u8>, mode: u32) -> RResult<(), PluginError>;
+
+    /// Creates a directory (and parents) with `mode`. Declared paths only.
+    fn dir_create(&self, path: RStr<'_>, mode: u32) -> RResult<(), PluginError>;
+
+    /// Removes a file or a whole tree; absent is not an error. Declared paths only.
+    fn remove(&self, path: RStr<'_>) -> RResult<(), PluginError>;
+
+    /// Operates on a systemd unit; returns the `ActiveState` for [`UnitOp::ActiveState`]
+    /// and an empty string otherwise.
+    fn unit(&self, op: UnitOp, unit: RStr<'_>) -> RResult<RString, PluginError>;
+
+    /// Runs a command to completion (or until its timeout, when it is killed).
+    #[sabi(last_prefix_field)]
+    fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError>;
+}
+
+/// The host handle as a plugin holds it.
+pub type HostHandle = HostOps_TO<'static, RBox<()>>;
+
+/// Where a plugin writes its backup archive, chunk by chunk.
+#[sabi_trait]
+pub trait ByteSink {
+    #[sabi(last_prefix_field)]
+    fn write(&mut self, chunk: RSlice<'_, u8>) -> RResult<(), PluginError>;
+}
+
+/// Where a plugin reads a restore archive from. `Ok(0)` means the end.
+#[sabi_trait]
+pub trait ByteSource {
+    #[sabi(last_prefix_field)]
+    fn read(&mut self, buf: RSliceMut<'_, u8>) -> RResult<usize, PluginError>;
+}
+
+pub type ByteSinkRef<'a> = ByteSink_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
+pub type ByteSourceRef<'a> = ByteSource_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
+
+/// A loaded plugin instance.
+#[sabi_trait]
+pub trait PluginOps: Send + Sync {
+    /// Runs operation `op` (a hook's op name or a route's op) on JSON `input`, returning
+    /// JSON output bytes.
+    fn invoke(&self, op: RStr<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
+
+    /// Streams a backup archive (a tar) into `sink`. `options` is JSON.
+    fn backup(&self, options: RSlice<'_, u8>, sink: ByteSinkRef<'_>) -> RResult<(), PluginError>;
+
+    /// Restores from a backup archive read from `source`.
+    #[sabi(last_prefix_field)]
+    fn restore(&self, source: ByteSourceRef<'_>) -> RResult<(), PluginError>;
+}
+
+/// A plugin instance as the host holds it.
+pub type PluginBox = PluginOps_TO<'static, RBox<()>>;
+
+/// The root module every plugin library exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModuleRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    /// The manifest as JSON.
+    pub manifest: extern "C" fn() -> RString,
+    /// Builds the plugin instance, handing it its host capabilities.
+    #[sabi(last_prefix_field)]
+    pub instantiate: extern "C" fn(host: HostHandle) -> RResult<PluginBox, PluginError>,
+}
+
+impl RootModule for PluginModuleRef {
+    declare_root_module_statics! {PluginModuleRef}
+    const BASE_NAME: &'static str = "incus_osd_plugin";
+    const NAME: &'static str = "incus_osd_plugin";
+    // abi_stable's own version gate; the contract's version rule is applied by the host
+    // through `version::VERSION_SYMBOL` (see `version::check_compatible`).
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

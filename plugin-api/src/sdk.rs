@@ -1,0 +1,847 @@
+//! The safe SDK: what a plugin author writes against.
+//!
+//! Implement [`Service`], [`Application`] or [`Provider`] on a plain Rust type, then export
+//! it with one macro. Every optional hook has a "not supported" default, config and state
+//! are typed through serde, and the SDK owns persistence, request decoding and error
+//! rendering. Panics in any hook become errors, never aborts.
+
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::abi::{
+    ByteSinkRef, ByteSourceRef, CommandOutput, CommandSpec, HostHandle, LogLevel, PluginBox,
+    PluginError, PluginOps, PluginOps_TO, UnitOp,
+};
+use crate::manifest::{Hook, Kind, Manifest, Route};
+
+/// An error a hook returns; `status` picks the HTTP status the API answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Error {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 400: the request is wrong; nothing was changed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    /// 500: the operation failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<PluginError> for Error {
+    fn from(e: PluginError) -> Self {
+        Error::new(e.status, e.message.into_string())
+    }
+}
+
+impl From<Error> for PluginError {
+    fn from(e: Error) -> Self {
+        PluginError::new(e.status, e.message)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::internal(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The upstream error text of a service without reset support.
+pub const RESET_NOT_SUPPORTED: &str = "reset isn't supported by this service";
+/// The upstream error text of an unsupported application hook.
+pub const NOT_SUPPORTED: &str = "not supported";
+
+/// A command's captured result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The capabilities the host gives a plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostHandle>,
+}
+
+impl Host {
+    /// Wraps the ABI handle (done by the export macros, and by test harnesses).
+    pub fn from_handle(handle: HostHandle) -> Self {
+        Host {
+            inner: Arc::new(handle),
+        }
+    }
+
+    pub fn log(&self, level: LogLevel, message: &str) {
+        self.inner.log(level, RStr::from_str(message));
+    }
+    pub fn error(&self, message: &str) {
+        self.log(LogLevel::Error, message)
+    }
+    pub fn warn(&self, message: &str) {
+        self.log(LogLevel::Warn, message)
+    }
+    pub fn info(&self, message: &str) {
+        self.log(LogLevel::Info, message)
+    }
+    pub fn debug(&self, message: &str) {
+        self.log(LogLevel::Debug, message)
+    }
+
+    /// The plugin's persisted document, or `T::default()` if none was saved.
+    pub fn load_state<T: DeserializeOwned + Default>(&self) -> Result<T> {
+        let raw = self.inner.state_load().into_result()?;
+        let value: serde_json::Value = serde_json::from_str(raw.as_str())
+            .map_err(|e| Error::internal(format!("stored state is not JSON: {e}")))?;
+        if value.is_null() {
+            return Ok(T::default());
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::internal(format!("stored state cannot be read: {e}")))
+    }
+
+    /// Saves the plugin's document durably.
+    pub fn save_state<T: Serialize>(&self, value: &T) -> Result<()> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| Error::internal(format!("cannot encode state: {e}")))?;
+        self.inner.state_save(RStr::from_str(&json)).into_result()?;
+        Ok(())
+    }
+
+    /// Reads a file (absolute OS path, resolved by the host under its root prefix).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let data = self.inner.file_read(RStr::from_str(path)).into_result()?;
+        Ok(match data {
+            ROption::RSome(v) => Some(v.into_vec()),
+            ROption::RNone => None,
+        })
+    }
+
+    /// Reads a text file; `None` if absent.
+    pub fn read_to_string(&self, path: &str) -> Result<Option<String>> {
+        Ok(self
+            .read_file(path)?
+            .map(|d| String::from_utf8_lossy(&d).into_owned()))
+    }
+
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        self.inner
+            .file_write(RStr::from_str(path), RSlice::from_slice(data), mode)
+            .into_result()?;
+        Ok(())
+    }
+
+    pub fn create_dir(&self, path: &str, mode: u32) -> Result<()> {
+        self.inner
+            .dir_create(RStr::from_str(path), mode)
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Removes a file or a tree; absent is fine.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        self.inner.remove(RStr::from_str(path)).into_result()?;
+        Ok(())
+    }
+
+    pub fn unit(&self, op: UnitOp, unit: &str) -> Result<String> {
+        Ok(self
+            .inner
+            .unit(op, RStr::from_str(unit))
+            .into_result()?
+            .into_string())
+    }
+    pub fn start_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Start, unit).map(drop)
+    }
+    pub fn stop_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Stop, unit).map(drop)
+    }
+    pub fn restart_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Restart, unit).map(drop)
+    }
+    pub fn unit_active_state(&self, unit: &str) -> Result<String> {
+        self.unit(UnitOp::ActiveState, unit)
+    }
+
+    /// Runs a command with a timeout; a non-zero exit is returned, not an error.
+    pub fn run(&self, argv: &[&str], timeout: std::time::Duration) -> Result<Output> {
+        let spec = CommandSpec {
+            argv: argv.iter().map(|a| RString::from(*a)).collect(),
+            stdin: RVec::new(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        };
+        let CommandOutput {
+            status,
+            stdout,
+            stderr,
+        } = self.inner.run(spec).into_result()?;
+        Ok(Output {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Runs a command and fails unless it exits 0, with upstream's error text:
+    /// `Failed to run: <argv>: exit status <n> (<stderr>)`. Returns stdout.
+    pub fn run_ok(&self, argv: &[&str], timeout: std::time::Duration) -> Result<String> {
+        let out = self.run(argv, timeout)?;
+        if out.status == 0 {
+            return Ok(out.stdout);
+        }
+        let mut msg = format!("Failed to run: {}: exit status {}", argv.join(" "), out.status);
+        let stderr = out.stderr.trim();
+        if !stderr.is_empty() {
+            msg.push_str(&format!(" ({stderr})"));
+        }
+        Err(Error::internal(msg))
+    }
+}
+
+/// Decodes a JSON request body with a clear error (the field path, what was wrong).
+pub fn decode<T: DeserializeOwned>(input: &[u8]) -> Result<T> {
+    if input.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::bad_request("request body is empty"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(input);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            Error::bad_request(format!("invalid request body: {inner}"))
+        } else {
+            Error::bad_request(format!("invalid request body: {path}: {inner}"))
+        }
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::internal(format!("cannot encode response: {e}")))
+}
+
+/// `{"state": .., "config": ..}`: the shape of every service and application.
+#[derive(Serialize)]
+struct Shape<'a, S, C> {
+    state: &'a S,
+    config: &'a C,
+}
+
+#[derive(Deserialize)]
+struct PutBody<C> {
+    config: Option<C>,
+}
+
+/// The document the SDK persists for a service or an application.
+#[derive(Serialize, Deserialize, Default)]
+#[serde(bound = "C: Serialize + DeserializeOwned + Default")]
+struct Stored<C> {
+    #[serde(default)]
+    config: C,
+}
+
+/// A system service (`/1.0/services/{name}`).
+///
+/// The SDK persists `Config`, answers GET with `{"state", "config"}`, and on PUT decodes
+/// and validates the new config before calling [`Service::update`], saving it only once
+/// the update succeeded.
+pub trait Service: Sized + Send + Sync + 'static {
+    /// The service name (URL segment).
+    const NAME: &'static str;
+    /// Start order among plugins (lower first); stop is the reverse.
+    const START_WEIGHT: i32 = 0;
+    /// OS paths this service may write (its files under the root prefix).
+    const PATHS: &'static [&'static str] = &[];
+    /// Listed and usable only when this application is installed.
+    const REQUIRES_APPLICATION: Option<&'static str> = None;
+    /// Whether [`Service::reset`] is implemented.
+    const HAS_RESET: bool = false;
+
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    type State: Serialize;
+
+    /// Builds the service. Called once, when the host loads the plugin.
+    fn new(host: Host) -> Result<Self>;
+
+    /// The live state, read from the system.
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+
+    /// Refuses a config that cannot work (400). Called before anything is touched.
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies a new config. On error, undo what was done: the old config stays saved.
+    fn update(&self, old: &Self::Config, new: &Self::Config) -> Result<()>;
+
+    /// Brings the system to the configured state at daemon start.
+    fn start(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called at daemon shutdown, in reverse start order.
+    fn stop(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// `POST /1.0/services/{name}/:reset`.
+    fn reset(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal(RESET_NOT_SUPPORTED))
+    }
+}
+
+/// An application (`/1.0/applications/{name}`).
+pub trait Application: Sized + Send + Sync + 'static {
+    const NAME: &'static str;
+    const START_WEIGHT: i32 = 0;
+    const PRIMARY: bool = false;
+    const DEPENDENCIES: &'static [&'static str] = &[];
+    const PATHS: &'static [&'static str] = &[];
+    /// Hooks implemented beyond get/put/start/stop (e.g. `Hook::Backup`).
+    const HOOKS: &'static [Hook] = &[];
+
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    type State: Serialize;
+
+    fn new(host: Host) -> Result<Self>;
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn update(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn start(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn restart(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    fn factory_reset(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// `:action` with `{"action", "config"}`; returns the response metadata.
+    fn action(
+        &self,
+        _action: &str,
+        _args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<serde_json::Value> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Writes a tar archive of the application's data to `out`.
+    fn backup(&self, _complete: bool, _out: &mut dyn Write) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Restores from a tar archive produced by [`Application::backup`].
+    fn restore(&self, _input: &mut dyn Read) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+}
+
+/// An update provider.
+pub trait Provider: Sized + Send + Sync + 'static {
+    const NAME: &'static str;
+    /// Hooks implemented beyond get (e.g. `Hook::Register`).
+    const HOOKS: &'static [Hook] = &[];
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    type State: Serialize;
+
+    fn new(host: Host) -> Result<Self>;
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn update(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn register(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal("registration unsupported"))
+    }
+    fn deregister(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal("deregistration unsupported"))
+    }
+    fn check_update(&self, _config: &Self::Config) -> Result<serde_json::Value> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+}
+
+/// The config-handling every kind shares: load, GET, PUT with validate/update/save.
+struct Configured<C> {
+    host: Host,
+    /// Serializes read-modify-write of the stored config inside the plugin too.
+    lock: std::sync::Mutex<()>,
+    _c: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
+    fn new(host: Host) -> Self {
+        Configured {
+            host,
+            lock: std::sync::Mutex::new(()),
+            _c: std::marker::PhantomData,
+        }
+    }
+
+    fn config(&self) -> Result<C> {
+        Ok(self.host.load_state::<Stored<C>>()?.config)
+    }
+
+    fn get<S: Serialize>(&self, state: impl FnOnce(&C) -> Result<S>) -> Result<Vec<u8>> {
+        let config = self.config()?;
+        let state = state(&config)?;
+        encode(&Shape {
+            state: &state,
+            config: &config,
+        })
+    }
+
+    fn put(
+        &self,
+        input: &[u8],
+        validate: impl FnOnce(&C) -> Result<()>,
+        update: impl Fn(&C, &C) -> Result<()>,
+    ) -> Result<Vec<u8>> {
+        let body: PutBody<C> = decode(input)?;
+        let new = body
+            .config
+            .ok_or_else(|| Error::bad_request("invalid request body: missing field `config`"))?;
+        validate(&new)?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.config()?;
+        update(&old, &new)?;
+        if let Err(e) = self.host.save_state(&Stored {
+            config: new.clone(),
+        }) {
+            // The change is applied but could not be recorded: put the system back.
+            if let Err(undo) = update(&new, &old) {
+                self.host
+                    .error(&format!("failed to undo config change after a failed save: {undo}"));
+            }
+            return Err(e);
+        }
+        Ok(b"{}".to_vec())
+    }
+
+    fn with_config<T>(&self, f: impl FnOnce(&C) -> Result<T>) -> Result<T> {
+        let config = self.config()?;
+        f(&config)
+    }
+}
+
+/// Dispatch of `invoke` operations, implemented once per kind.
+trait Dispatch: Send + Sync {
+    fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>>;
+    fn backup(&self, _options: &[u8], _out: &mut dyn Write) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    fn restore(&self, _input: &mut dyn Read) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+}
+
+fn unknown_op(op: &str) -> Error {
+    Error::new(501, format!("operation '{op}' is not implemented by this plugin"))
+}
+
+fn empty() -> Result<Vec<u8>> {
+    Ok(b"{}".to_vec())
+}
+
+struct ServiceAdapter<T: Service> {
+    svc: T,
+    cfg: Configured<T::Config>,
+}
+
+impl<T: Service> Dispatch for ServiceAdapter<T> {
+    fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
+        let s = &self.svc;
+        match op {
+            "get" => self.cfg.get(|c| s.state(c)),
+            "put" => self
+                .cfg
+                .put(input, |c| s.validate(c), |old, new| s.update(old, new)),
+            "start" => self.cfg.with_config(|c| s.start(c)).and_then(|_| empty()),
+            "stop" => self.cfg.with_config(|c| s.stop(c)).and_then(|_| empty()),
+            "reset" => self.cfg.with_config(|c| s.reset(c)).and_then(|_| empty()),
+            _ => Err(unknown_op(op)),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ActionBody {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    config: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+struct BackupOptions {
+    #[serde(default)]
+    complete: bool,
+}
+
+struct ApplicationAdapter<T: Application> {
+    app: T,
+    cfg: Configured<T::Config>,
+}
+
+impl<T: Application> Dispatch for ApplicationAdapter<T> {
+    fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
+        let a = &self.app;
+        match op {
+            "get" => self.cfg.get(|c| a.state(c)),
+            "put" => self
+                .cfg
+                .put(input, |c| a.validate(c), |old, new| a.update(old, new)),
+            "start" => self.cfg.with_config(|c| a.start(c)).and_then(|_| empty()),
+            "stop" => self.cfg.with_config(|c| a.stop(c)).and_then(|_| empty()),
+            "restart" => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
+            "factory-reset" => self
+                .cfg
+                .with_config(|c| a.factory_reset(c))
+                .and_then(|_| empty()),
+            "action" => {
+                let body: ActionBody = decode(input)?;
+                encode(&a.action(&body.action, &body.config)?)
+            }
+            _ => Err(unknown_op(op)),
+        }
+    }
+    fn backup(&self, options: &[u8], out: &mut dyn Write) -> Result<()> {
+        let opts: BackupOptions = if options.iter().all(u8::is_ascii_whitespace) {
+            BackupOptions::default()
+        } else {
+            decode(options)?
+        };
+        self.app.backup(opts.complete, out)
+    }
+    fn restore(&self, input: &mut dyn Read) -> Result<()> {
+        self.app.restore(input)
+    }
+}
+
+struct ProviderAdapter<T: Provider> {
+    prov: T,
+    cfg: Configured<T::Config>,
+}
+
+impl<T: Provider> Dispatch for ProviderAdapter<T> {
+    fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
+        let p = &self.prov;
+        match op {
+            "get" => self.cfg.get(|c| p.state(c)),
+            "put" => self
+                .cfg
+                .put(input, |c| p.validate(c), |old, new| p.update(old, new)),
+            "register" => self.cfg.with_config(|c| p.register(c)).and_then(|_| empty()),
+            "deregister" => self
+                .cfg
+                .with_config(|c| p.deregister(c))
+                .and_then(|_| empty()),
+            "check-update" => self.cfg.with_config(|c| p.check_update(c)).and_then(|v| encode(&v)),
+            _ => Err(unknown_op(op)),
+        }
+    }
+}
+
+/// The ABI-facing instance: every entry point runs under `catch_unwind`.
+struct Instance(Box<dyn Dispatch>);
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+/// Runs `f`, turning a panic into a 500 [`PluginError`].
+#[doc(hidden)]
+pub fn __guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, PluginError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => RResult::ROk(v),
+        Ok(Err(e)) => RResult::RErr(e.into()),
+        Err(p) => RResult::RErr(PluginError::new(
+            500,
+            format!("plugin panicked in {what}: {}", panic_message(&*p)),
+        )),
+    }
+}
+
+struct SinkWriter<'a, 'b>(&'a mut ByteSinkRef<'b>);
+
+impl Write for SinkWriter<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .write(RSlice::from_slice(buf))
+            .into_result()
+            .map_err(|e| std::io::Error::other(e.message.into_string()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct SourceReader<'a, 'b>(&'a mut ByteSourceRef<'b>);
+
+impl Read for SourceReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0
+            .read(RSliceMut::from_mut_slice(buf))
+            .into_result()
+            .map_err(|e| std::io::Error::other(e.message.into_string()))
+    }
+}
+
+impl PluginOps for Instance {
+    fn invoke(&self, op: RStr<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError> {
+        __guard(op.as_str(), || {
+            self.0.invoke(op.as_str(), input.as_slice()).map(RVec::from)
+        })
+    }
+
+    fn backup(
+        &self,
+        options: RSlice<'_, u8>,
+        mut sink: ByteSinkRef<'_>,
+    ) -> RResult<(), PluginError> {
+        __guard("backup", || {
+            let mut w = std::io::BufWriter::with_capacity(64 * 1024, SinkWriter(&mut sink));
+            self.0.backup(options.as_slice(), &mut w)?;
+            w.flush()?;
+            Ok(())
+        })
+    }
+
+    fn restore(&self, mut source: ByteSourceRef<'_>) -> RResult<(), PluginError> {
+        __guard("restore", || self.0.restore(&mut SourceReader(&mut source)))
+    }
+}
+
+fn boxed(d: impl Dispatch + 'static) -> PluginBox {
+    PluginOps_TO::from_value(Instance(Box::new(d)), TD_Opaque)
+}
+
+fn base_manifest(name: &str, kind: Kind, version: &str, api_version: &str) -> Manifest {
+    Manifest {
+        name: name.to_string(),
+        kind,
+        version: version.to_string(),
+        api_version: api_version.to_string(),
+        hooks: vec![Hook::Get, Hook::Put],
+        routes: Vec::<Route>::new(),
+        dependencies: vec![],
+        start_weight: 0,
+        primary: false,
+        paths: vec![],
+        requires_application: None,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[doc(hidden)]
+pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Service, version, api_version);
+    m.hooks.extend([Hook::Start, Hook::Stop]);
+    if T::HAS_RESET {
+        m.hooks.push(Hook::Reset);
+    }
+    m.start_weight = T::START_WEIGHT;
+    m.paths = strings(T::PATHS);
+    m.requires_application = T::REQUIRES_APPLICATION.map(str::to_string);
+    m
+}
+
+#[doc(hidden)]
+pub fn __application_manifest<T: Application>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Application, version, api_version);
+    m.hooks.extend([Hook::Start, Hook::Stop]);
+    m.hooks.extend(T::HOOKS.iter().copied());
+    m.hooks.sort();
+    m.hooks.dedup();
+    m.start_weight = T::START_WEIGHT;
+    m.primary = T::PRIMARY;
+    m.dependencies = strings(T::DEPENDENCIES);
+    m.paths = strings(T::PATHS);
+    m
+}
+
+#[doc(hidden)]
+pub fn __provider_manifest<T: Provider>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Provider, version, api_version);
+    m.hooks.extend(T::HOOKS.iter().copied());
+    m.hooks.sort();
+    m.hooks.dedup();
+    m
+}
+
+#[doc(hidden)]
+pub fn __service_instance<T: Service>(host: HostHandle) -> Result<PluginBox> {
+    let host = Host::from_handle(host);
+    let svc = T::new(host.clone())?;
+    Ok(boxed(ServiceAdapter {
+        svc,
+        cfg: Configured::new(host),
+    }))
+}
+
+#[doc(hidden)]
+pub fn __application_instance<T: Application>(host: HostHandle) -> Result<PluginBox> {
+    let host = Host::from_handle(host);
+    let app = T::new(host.clone())?;
+    Ok(boxed(ApplicationAdapter {
+        app,
+        cfg: Configured::new(host),
+    }))
+}
+
+#[doc(hidden)]
+pub fn __provider_instance<T: Provider>(host: HostHandle) -> Result<PluginBox> {
+    let host = Host::from_handle(host);
+    let prov = T::new(host.clone())?;
+    Ok(boxed(ProviderAdapter {
+        prov,
+        cfg: Configured::new(host),
+    }))
+}
+
+/// Renders a manifest to JSON under `catch_unwind` (an empty string on panic, which the
+/// host refuses as an invalid manifest).
+#[doc(hidden)]
+pub fn __manifest_json(f: impl FnOnce() -> Manifest) -> RString {
+    match catch_unwind(AssertUnwindSafe(|| serde_json::to_string(&f()))) {
+        Ok(Ok(s)) => RString::from(s),
+        _ => RString::new(),
+    }
+}
+
+#[doc(hidden)]
+pub fn __instantiate(
+    f: impl FnOnce() -> Result<PluginBox>,
+) -> RResult<PluginBox, PluginError> {
+    __guard("constructor", f)
+}
+
+// Keep RBox in the public signature path used by the macros.
+#[doc(hidden)]
+pub type __RBox<T> = RBox<T>;
+
+/// Exports the whole ABI of a plugin: the version symbol and the root module.
+/// Use [`export_service!`], [`export_application!`] or [`export_provider!`] instead.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
+    ($manifest:path, $instance:path, $ty:ty, $api:expr) => {
+        #[no_mangle]
+        pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
+            static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
+            V.get_or_init(|| ::std::ffi::CString::new($api).expect("no NUL in version"))
+                .as_ptr()
+        }
+
+        #[::abi_stable::export_root_module]
+        pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            extern "C" fn manifest() -> ::abi_stable::std_types::RString {
+                $crate::sdk::__manifest_json(|| {
+                    $manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api)
+                })
+            }
+            extern "C" fn instantiate(
+                host: $crate::abi::HostHandle,
+            ) -> ::abi_stable::std_types::RResult<$crate::abi::PluginBox, $crate::abi::PluginError>
+            {
+                $crate::sdk::__instantiate(|| $instance::<$ty>(host))
+            }
+            $crate::abi::PluginModule {
+                manifest,
+                instantiate,
+            }
+            .leak_into_prefix()
+        }
+    };
+}
+
+/// Exports a [`Service`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_service {
+    ($ty:ty) => {
+        $crate::export_service!($ty, api_version = $crate::API_VERSION);
+    };
+    ($ty:ty, api_version = $api:expr) => {
+        $crate::__export_plugin!(
+            $crate::sdk::__service_manifest,
+            $crate::sdk::__service_instance,
+            $ty,
+            $api
+        );
+    };
+}
+
+/// Exports an [`Application`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_application {
+    ($ty:ty) => {
+        $crate::__export_plugin!(
+            $crate::sdk::__application_manifest,
+            $crate::sdk::__application_instance,
+            $ty,
+            $crate::API_VERSION
+        );
+    };
+}
+
+/// Exports a [`Provider`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_provider {
+    ($ty:ty) => {
+        $crate::__export_plugin!(
+            $crate::sdk::__provider_manifest,
+            $crate::sdk::__provider_instance,
+            $ty,
+            $crate::API_VERSION
+        );
+    };
+}
