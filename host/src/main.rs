@@ -1,1 +1,114 @@
-fn main() {}
+//! `incus-osd`: the binary. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use incus_osd::daemon::{self, Config, Daemon};
+
+/// The Incus OS management daemon: serves the Incus OS REST API on a unix socket and hosts
+/// service, application and update-provider plugins.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Root prefix: every OS path resolves under it. Defaults to `/` in release builds; debug
+    /// builds default to a dev root next to the binary (`target/debug/dev-root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// API socket [default: ROOT/run/incus-os/unix.socket].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Plugin directory; repeat for several [default: ROOT/usr/lib/incus-osd/plugins; debug
+    /// builds without --root: the directory of the binary, where cargo puts the plugins].
+    #[arg(long = "plugins")]
+    plugins: Vec<PathBuf>,
+    /// Seconds one plugin call may take before it fails and the plugin is marked degraded.
+    #[arg(long, default_value_t = 60.0)]
+    plugin_timeout: f64,
+}
+
+fn config(args: Args) -> Result<Config, String> {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(PathBuf::from));
+    let dev = args.root.is_none() && cfg!(debug_assertions);
+    let mut cfg = match (&args.root, dev, &exe_dir) {
+        (Some(root), _, _) => Config::for_root(root),
+        (None, true, Some(exe_dir)) => {
+            let root = exe_dir.join("dev-root");
+            daemon::prepare_dev_root(&root)
+                .map_err(|e| format!("cannot prepare dev root {}: {e}", root.display()))?;
+            let mut c = Config::for_root(root);
+            c.plugin_dirs = vec![exe_dir.clone()];
+            c
+        }
+        _ => Config::for_root("/"),
+    };
+    if dev {
+        tracing::info!(root = %cfg.root.display(), "debug build without --root: using the dev root");
+    }
+    if let Some(s) = args.socket {
+        cfg.socket = s;
+    }
+    if !args.plugins.is_empty() {
+        cfg.plugin_dirs = args.plugins;
+    }
+    if !(args.plugin_timeout.is_finite() && args.plugin_timeout > 0.0) {
+        return Err("--plugin-timeout must be a positive number of seconds".into());
+    }
+    cfg.plugin_timeout = Duration::from_secs_f64(args.plugin_timeout);
+    Ok(cfg)
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("INCUS_OSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging();
+    let cfg = match config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async {
+        tracing::info!(
+            root = %cfg.root.display(),
+            socket = %cfg.socket.display(),
+            plugins = ?cfg.plugin_dirs,
+            "incus-osd starting"
+        );
+        match Daemon::start(&cfg).await {
+            Ok(d) => {
+                daemon::wait_for_signal().await;
+                d.shutdown().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // A plugin call that timed out may still hold a blocking thread: don't wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}

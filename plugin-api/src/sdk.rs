@@ -81,6 +81,10 @@ pub const RESET_NOT_SUPPORTED: &str = "reset isn't supported by this service";
 /// The upstream error text of an unsupported application hook.
 pub const NOT_SUPPORTED: &str = "not supported";
 
+/// How the message of an error produced by a caught panic begins; the host marks such a
+/// plugin degraded.
+pub const PANIC_PREFIX: &str = "plugin panicked";
+
 /// A command's captured result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -601,7 +605,7 @@ pub fn __guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, Plugi
         Ok(Err(e)) => RResult::RErr(e.into()),
         Err(p) => RResult::RErr(PluginError::new(
             500,
-            format!("plugin panicked in {what}: {}", panic_message(&*p)),
+            format!("{PANIC_PREFIX} in {what}: {}", panic_message(&*p)),
         )),
     }
 }

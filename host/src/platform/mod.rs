@@ -1,3 +1,58 @@
 //! The only code that touches the OS: files under the root prefix, systemd, commands.
+//!
+//! Each adapter is a trait with a real implementation. When the daemon runs against a dev
+//! root (anything but `/`), the platform is *offline*: it never touches the machine's own
+//! services or runs system commands, and says so in its errors instead of pretending.
 
+pub mod exec;
 pub mod files;
+pub mod systemd;
+
+use std::sync::Arc;
+
+/// Whether the daemon acts on the live machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Root prefix `/`: units and commands act on this machine.
+    Live,
+    /// A dev or test root: units and commands are refused with this reason.
+    Offline(String),
+}
+
+/// Failure of a platform operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlatformError(pub String);
+
+/// The platform adapters the daemon and its plugins use.
+#[derive(Clone)]
+pub struct Platform {
+    pub mode: Mode,
+    pub units: Arc<dyn systemd::Units>,
+    pub commands: Arc<dyn exec::Commands>,
+}
+
+impl Platform {
+    /// Picks the adapters for a root prefix.
+    pub fn for_root(root: &std::path::Path) -> Platform {
+        if root == std::path::Path::new("/") {
+            Platform {
+                mode: Mode::Live,
+                units: Arc::new(systemd::Unavailable::new(
+                    "unit control over D-Bus is not implemented yet",
+                )),
+                commands: Arc::new(exec::RealCommands),
+            }
+        } else {
+            let why = format!(
+                "offline: the daemon runs against root prefix {} and does not touch this machine's services",
+                root.display()
+            );
+            Platform {
+                mode: Mode::Offline(why.clone()),
+                units: Arc::new(systemd::Unavailable::new(&why)),
+                commands: Arc::new(exec::Refused::new(&why)),
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The REST API: one router used by every listener and by the tests.
+//!
+//! Routing follows upstream's rules: a wrong method is `501 not implemented` (never 405);
+//! an unknown path is `404 not found` for GET and `501` for anything else; unclean paths
+//! (`//`, `/./`, `/../`) are redirected with a 301 to their clean form; `/internal/*`
+//! refuses proxied requests with `403 not authorized` before anything else.
+
+pub mod applications;
+pub mod plugins;
+pub mod proxy;
+pub mod response;
+pub mod root;
+pub mod services;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+
+use crate::plugins::Registry;
+use crate::state::Store;
+use crate::system::info::SystemInfo;
+pub use response::{ApiError, ApiResult};
+
+/// Everything the handlers share.
+pub struct App {
+    pub root: PathBuf,
+    pub store: Arc<Mutex<Store>>,
+    pub registry: Registry,
+    pub info: SystemInfo,
+    ready: AtomicBool,
+}
+
+impl App {
+    pub fn new(root: PathBuf, store: Arc<Mutex<Store>>, registry: Registry, info: SystemInfo) -> Self {
+        App {
+            root,
+            store,
+            registry,
+            info,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether application `name` is installed (its plugin is loaded, or the host's state
+    /// records an installed version).
+    pub fn application_installed(&self, name: &str) -> bool {
+        if self
+            .registry
+            .get(name)
+            .is_some_and(|p| p.manifest.kind == plugin_api::Kind::Application)
+        {
+            return true;
+        }
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        store
+            .doc()
+            .applications
+            .get(name)
+            .is_some_and(|a| !a.version.is_empty())
+    }
+}
+
+pub type AppState = Arc<App>;
+
+/// Request bodies of JSON endpoints are capped (restore streams and has no cap).
+pub const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The API router.
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .without_v07_checks()
+        .route("/", any(root::root))
+        .route("/1.0", any(root::info))
+        .route("/1.0/plugins", any(plugins::list))
+        .route("/1.0/services", any(services::list))
+        .route("/1.0/services/{name}", any(services::entity))
+        .route("/1.0/services/{name}/{*rest}", any(services::verb))
+        .route("/1.0/applications", any(applications::list))
+        .route("/1.0/applications/{name}", any(applications::entity))
+        .route("/1.0/applications/{name}/{*rest}", any(applications::verb))
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(middleware::from_fn(guard))
+        .with_state(app)
+}
+
+/// Unmatched paths: GET is 404, anything else 501.
+async fn fallback(method: Method) -> ApiError {
+    if method == Method::GET {
+        ApiError::not_found()
+    } else {
+        ApiError::not_implemented()
+    }
+}
+
+/// Runs before routing: path cleaning and the `/internal` proxy rule.
+async fn guard(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if let Some(clean) = clean_path(path) {
+        let location = match req.uri().query() {
+            Some(q) => format!("{clean}?{q}"),
+            None => clean,
+        };
+        let mut resp = StatusCode::MOVED_PERMANENTLY.into_response();
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return resp;
+    }
+    if (path == "/internal" || path.starts_with("/internal/"))
+        && proxy::proxy_value(req.headers()).is_some()
+    {
+        return ApiError::forbidden().into_response();
+    }
+    next.run(req).await
+}
+
+/// The cleaned form of `path` when it differs (`//`, `.` and `..` segments), keeping a
+/// trailing slash. `None` when the path is already clean.
+pub fn clean_path(path: &str) -> Option<String> {
+    let dirty = path.contains("//")
+        || path.split('/').any(|s| s == "." || s == "..")
+        || !path.starts_with('/');
+    if !dirty {
+        return None;
+    }
+    let mut parts: Vec<&str> = vec![];
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut out = format!("/{}", parts.join("/"));
+    if path.ends_with('/') && out != "/" {
+        out.push('/');
+    }
+    (out != path).then_some(out)
+}
+
+/// Answers `501` unless `method` is one of `allowed`.
+pub fn require(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(ApiError::not_implemented())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_path;
+
+    #[test]
+    fn paths_are_cleaned_like_a_servemux() {
+        assert_eq!(clean_path("/1.0"), None);
+        assert_eq!(clean_path("/1.0/services/"), None);
+        assert_eq!(clean_path("//1.0").as_deref(), Some("/1.0"));
+        assert_eq!(clean_path("/1.0/./services").as_deref(), Some("/1.0/services"));
+        assert_eq!(clean_path("/1.0/x/../services/").as_deref(), Some("/1.0/services/"));
+        assert_eq!(clean_path("/..").as_deref(), Some("/"));
+    }
+}

@@ -1,0 +1,304 @@
+//! The daemon's persistent state: one versioned JSON document, written atomically.
+//!
+//! - `schema_version` says which layout the document has; older documents are upgraded
+//!   step by step when loaded (and saved right away in the new layout).
+//! - A document from a *newer* daemon (for example after booting the older A/B slot) is
+//!   loaded read-only: every later save is refused, so nothing the newer daemon wrote is
+//!   lost. This mirrors upstream's "unrecognized fields" rule.
+//! - A document that does not parse stops the start with a clear error and is never
+//!   overwritten.
+//! - Plugins own one namespace each (`plugins.<name>`), opaque to the host.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::platform::files::atomic_write;
+
+/// The schema version this daemon writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The file name under the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// OS facts the daemon records.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OsState {
+    pub name: String,
+    pub running_release: String,
+    pub next_release: String,
+    pub successful_boot: bool,
+}
+
+/// The whole document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub os: OsState,
+    /// Installed applications and their versions (filled by application installs; read by
+    /// services gated on an application, such as ceph and linstor).
+    #[serde(default)]
+    pub applications: BTreeMap<String, ApplicationRecord>,
+    /// Each plugin's own document.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApplicationRecord {
+    pub version: String,
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Document {
+            schema_version: SCHEMA_VERSION,
+            os: OsState::default(),
+            applications: BTreeMap::new(),
+            plugins: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path} is corrupt ({reason}); refusing to start so that it is not overwritten; repair or move it away")]
+    Corrupt { path: String, reason: String },
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot save state file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state was written by a newer incus-osd (schema {found}, this daemon knows {known}); saving is disabled to protect it")]
+    ReadOnly { found: u32, known: u32 },
+    #[error("state upgrade from schema {from} failed: {reason}")]
+    Upgrade { from: u32, reason: String },
+}
+
+/// One upgrade step: takes a document of schema `n` and returns schema `n + 1`.
+type Upgrade = fn(Value) -> Result<Value, String>;
+
+/// `UPGRADES[i]` upgrades schema `i` to `i + 1`. Schema 0 is the unversioned draft layout
+/// (a bare `{"plugins": ...}` object) used before the version field existed.
+const UPGRADES: &[Upgrade] = &[upgrade_v0_to_v1];
+
+fn upgrade_v0_to_v1(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| "document is not an object".to_string())?;
+    obj.insert("schema_version".into(), Value::from(1));
+    Ok(v)
+}
+
+/// The loaded state and where it lives.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    doc: Document,
+    /// Set when the file came from a newer daemon: saves are refused.
+    read_only: Option<u32>,
+}
+
+impl Store {
+    /// Loads `dir/state.json`, creating a fresh document when there is none.
+    pub fn load_or_create(dir: &Path) -> Result<Store, StateError> {
+        let path = dir.join(STATE_FILE);
+        let display = path.display().to_string();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let store = Store {
+                    path,
+                    doc: Document::default(),
+                    read_only: None,
+                };
+                return Ok(store);
+            }
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: display,
+                    source,
+                })
+            }
+        };
+        let corrupt = |reason: String| StateError::Corrupt {
+            path: display.clone(),
+            reason,
+        };
+        let mut value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if !value.is_object() {
+            return Err(corrupt("the document is not a JSON object".into()));
+        }
+        let version = match value.get("schema_version") {
+            None => 0,
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| corrupt("schema_version is not a number".into()))?,
+        };
+        if version > SCHEMA_VERSION {
+            let doc: Document = serde_json::from_value(value).map_err(|e| {
+                corrupt(format!("newer schema {version} cannot be read: {e}"))
+            })?;
+            tracing::warn!(
+                found = version,
+                known = SCHEMA_VERSION,
+                "state written by a newer incus-osd: running with saves disabled"
+            );
+            return Ok(Store {
+                path,
+                doc,
+                read_only: Some(version),
+            });
+        }
+        let upgraded = version < SCHEMA_VERSION;
+        for (from, step) in UPGRADES.iter().enumerate().skip(version as usize) {
+            value = step(value).map_err(|reason| StateError::Upgrade {
+                from: from as u32,
+                reason,
+            })?;
+        }
+        let doc: Document = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let store = Store {
+            path,
+            doc,
+            read_only: None,
+        };
+        if upgraded {
+            tracing::info!(from = version, to = SCHEMA_VERSION, "state upgraded");
+            store.save()?;
+        }
+        Ok(store)
+    }
+
+    pub fn doc(&self) -> &Document {
+        &self.doc
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.is_some()
+    }
+
+    /// Changes the document in memory and saves it; on a failed save the change is undone.
+    pub fn update<T>(&mut self, f: impl FnOnce(&mut Document) -> T) -> Result<T, StateError> {
+        if let Some(found) = self.read_only {
+            return Err(StateError::ReadOnly {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        let before = self.doc.clone();
+        let out = f(&mut self.doc);
+        if let Err(e) = self.save() {
+            self.doc = before;
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// Writes the document: temp file (0600), fsync, rename, fsync of the directory.
+    pub fn save(&self) -> Result<(), StateError> {
+        if let Some(found) = self.read_only {
+            return Err(StateError::ReadOnly {
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        let mut bytes = serde_json::to_vec_pretty(&self.doc).expect("state serializes");
+        bytes.push(b'\n');
+        atomic_write(&self.path, &bytes, 0o600).map_err(|source| StateError::Write {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_fresh_state_is_created_saved_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::load_or_create(dir.path()).unwrap();
+        s.update(|d| {
+            d.plugins
+                .insert("iscsi".into(), serde_json::json!({"config": {"enabled": true}}))
+        })
+        .unwrap();
+        let meta = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let s2 = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(s2.doc(), s.doc());
+        assert_eq!(s2.doc().schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_corrupt_state_stops_the_start_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(STATE_FILE);
+        std::fs::write(&p, b"{\"schema_version\": 1, \"plugins\": {").unwrap();
+        let err = Store::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("refusing to start"));
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"{\"schema_version\": 1, \"plugins\": {"
+        );
+    }
+
+    #[test]
+    fn an_old_schema_is_upgraded_and_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(STATE_FILE);
+        std::fs::write(&p, br#"{"plugins": {"usbip": {"config": {"enabled": false}}}}"#).unwrap();
+        let s = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(s.doc().schema_version, 1);
+        assert!(s.doc().plugins.contains_key("usbip"));
+        let on_disk: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(on_disk["schema_version"], 1);
+    }
+
+    #[test]
+    fn a_newer_schema_loads_read_only_and_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(STATE_FILE);
+        let newer = br#"{"schema_version": 99, "plugins": {}, "future": true}"#;
+        std::fs::write(&p, newer).unwrap();
+        let mut s = Store::load_or_create(dir.path()).unwrap();
+        assert!(s.is_read_only());
+        let err = s.update(|d| d.os.name = "x".into()).unwrap_err();
+        assert!(matches!(err, StateError::ReadOnly { found: 99, .. }));
+        assert_eq!(s.doc().os.name, "");
+        assert_eq!(std::fs::read(&p).unwrap(), newer);
+    }
+
+    #[test]
+    fn a_failed_save_leaves_memory_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("gone");
+        std::fs::create_dir(&sub).unwrap();
+        let mut s = Store::load_or_create(&sub).unwrap();
+        // Make the directory unusable: replace it by a file.
+        std::fs::remove_dir(&sub).unwrap();
+        std::fs::write(&sub, b"").unwrap();
+        assert!(s.update(|d| d.os.name = "x".into()).is_err());
+        assert_eq!(s.doc().os.name, "");
+    }
+}

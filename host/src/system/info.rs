@@ -1,0 +1,228 @@
+//! What `GET /1.0` reports: the OS identity, read from the root prefix.
+//!
+//! Facts that cannot change while the daemon runs (OS name and release, machine id, the
+//! system UUID, the other A/B image) are read once at start; uptime is the kernel's uptime
+//! at start plus the time elapsed since, so a request reads no file.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::platform::files::RootFs;
+
+/// `NAME` and `IMAGE_VERSION` from `/lib/os-release`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsRelease {
+    pub name: String,
+    pub version: String,
+}
+
+/// Parses os-release text (`KEY=value`, values optionally quoted).
+pub fn parse_os_release(text: &str) -> OsRelease {
+    let mut name = String::new();
+    let mut version = String::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+        match k.trim() {
+            "NAME" => name = v,
+            "IMAGE_VERSION" => version = v,
+            _ => {}
+        }
+    }
+    OsRelease { name, version }
+}
+
+/// Reads `/lib/os-release` under the root; both `NAME` and `IMAGE_VERSION` are required.
+pub fn read_os_release(fs: &RootFs) -> Result<OsRelease, String> {
+    let text = fs
+        .read("/lib/os-release")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "missing /lib/os-release".to_string())?;
+    let rel = parse_os_release(&String::from_utf8_lossy(&text));
+    if rel.name.is_empty() {
+        return Err("/lib/os-release has no NAME".into());
+    }
+    if rel.version.is_empty() {
+        return Err("/lib/os-release has no IMAGE_VERSION".into());
+    }
+    Ok(rel)
+}
+
+/// `/etc/machine-id`: exactly 32 hex digits and a newline (33 bytes).
+pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
+    let data = fs
+        .read("/etc/machine-id")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "missing /etc/machine-id".to_string())?;
+    if data.len() != 33 {
+        return Err("invalid length for a machine-id".into());
+    }
+    Ok(String::from_utf8_lossy(&data).trim().to_string())
+}
+
+/// The DMI product UUID (37 bytes with its newline), if readable.
+fn read_product_uuid(fs: &RootFs) -> Option<String> {
+    let data = fs.read("/sys/class/dmi/id/product_uuid").ok()??;
+    (data.len() == 37).then(|| String::from_utf8_lossy(&data).trim().to_string())
+}
+
+/// The other A/B image's version: `/boot/EFI/Linux/<name>_<version>.efi` files other than
+/// the running one.
+fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
+    let dir = fs.resolve("/boot/EFI/Linux").ok()?;
+    let prefix = format!("{}_", os.name);
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| {
+            let v = n.strip_prefix(&prefix)?.strip_suffix(".efi")?;
+            (v != os.version && !v.is_empty()).then(|| v.to_string())
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Seconds of kernel uptime from `/proc/uptime` under the root.
+fn read_uptime(fs: &RootFs) -> Result<f64, String> {
+    let text = fs
+        .read("/proc/uptime")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "missing /proc/uptime".to_string())?;
+    String::from_utf8_lossy(&text)
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .ok_or_else(|| "cannot parse /proc/uptime".to_string())
+}
+
+/// The `environment` object of `GET /1.0`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Environment {
+    pub hostname: String,
+    pub machine_id: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub os_version_next: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_version_alternate: Option<String>,
+    pub system_is_ready: bool,
+    pub uptime: u64,
+}
+
+/// Identity facts read at start.
+#[derive(Debug, Clone)]
+pub struct SystemInfo {
+    os: OsRelease,
+    machine_id: Result<String, String>,
+    hostname: String,
+    alternate: Option<String>,
+    uptime_at_start: Result<f64, String>,
+    started: Instant,
+}
+
+impl SystemInfo {
+    pub fn read(root: &Path, os: OsRelease) -> SystemInfo {
+        let fs = RootFs::new(root);
+        let machine_id = read_machine_id(&fs);
+        let hostname = read_product_uuid(&fs)
+            .or_else(|| machine_id.clone().ok())
+            .unwrap_or_else(|| os.name.clone());
+        SystemInfo {
+            alternate: alternate_version(&fs, &os),
+            uptime_at_start: read_uptime(&fs),
+            started: Instant::now(),
+            machine_id,
+            hostname,
+            os,
+        }
+    }
+
+    pub fn os(&self) -> &OsRelease {
+        &self.os
+    }
+
+    /// The `environment` object; `next_release` comes from the state ("" = the running one).
+    pub fn environment(&self, next_release: &str, ready: bool) -> Result<Environment, String> {
+        let machine_id = self.machine_id.clone()?;
+        let uptime = self.uptime_at_start.clone()? + self.started.elapsed().as_secs_f64();
+        Ok(Environment {
+            hostname: self.hostname.clone(),
+            machine_id,
+            os_name: self.os.name.clone(),
+            os_version: self.os.version.clone(),
+            os_version_next: if next_release.is_empty() {
+                self.os.version.clone()
+            } else {
+                next_release.to_string()
+            },
+            os_version_alternate: self.alternate.clone(),
+            system_is_ready: ready,
+            uptime: uptime as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_values_are_unquoted() {
+        let r = parse_os_release("NAME=\"IncusOS\"\nID=incus-os\nIMAGE_VERSION=202511041601\n");
+        assert_eq!(r.name, "IncusOS");
+        assert_eq!(r.version, "202511041601");
+    }
+
+    #[test]
+    fn environment_reads_the_root_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(dir.path());
+        fs.write("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n", 0o444)
+            .unwrap();
+        fs.write("/proc/uptime", b"1234.56 100.00\n", 0o444).unwrap();
+        fs.write("/boot/EFI/Linux/IncusOS_202511041601.efi", b"", 0o644)
+            .unwrap();
+        fs.write("/boot/EFI/Linux/IncusOS_202510010000.efi", b"", 0o644)
+            .unwrap();
+        let os = OsRelease {
+            name: "IncusOS".into(),
+            version: "202511041601".into(),
+        };
+        let info = SystemInfo::read(dir.path(), os);
+        let env = info.environment("", true).unwrap();
+        assert_eq!(env.machine_id, "0123456789abcdef0123456789abcdef");
+        assert_eq!(env.hostname, "0123456789abcdef0123456789abcdef");
+        assert_eq!(env.os_version_next, "202511041601");
+        assert_eq!(env.os_version_alternate.as_deref(), Some("202510010000"));
+        assert!(env.uptime >= 1234);
+
+        fs.write("/sys/class/dmi/id/product_uuid", b"4c4c4544-0044-4810-8052-b4c04f4e3432\n", 0o400)
+            .unwrap();
+        let info = SystemInfo::read(dir.path(), info.os().clone());
+        assert_eq!(
+            info.environment("", true).unwrap().hostname,
+            "4c4c4544-0044-4810-8052-b4c04f4e3432"
+        );
+    }
+
+    #[test]
+    fn a_bad_machine_id_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(dir.path());
+        fs.write("/etc/machine-id", b"short\n", 0o444).unwrap();
+        fs.write("/proc/uptime", b"1.0 1.0\n", 0o444).unwrap();
+        let os = OsRelease {
+            name: "IncusOS".into(),
+            version: "1".into(),
+        };
+        let err = SystemInfo::read(dir.path(), os)
+            .environment("", false)
+            .unwrap_err();
+        assert_eq!(err, "invalid length for a machine-id");
+    }
+}

@@ -1,0 +1,3 @@
+//! The OS subsystems as plain Rust: they decide; the platform layer touches the OS.
+
+pub mod info;
