@@ -112,10 +112,11 @@ pub fn prepare(config: &Config) -> Result<Arc<App>, StartError> {
     let state_dir = config.state_dir();
     private_dir(&state_dir, 0o700)?;
     let mut store = Store::load_or_create(&state_dir)?;
-    let os = read_os_release(&RootFs::new(&config.root)).map_err(|reason| StartError::OsRelease {
-        root: config.root.display().to_string(),
-        reason,
-    })?;
+    let os =
+        read_os_release(&RootFs::new(&config.root)).map_err(|reason| StartError::OsRelease {
+            root: config.root.display().to_string(),
+            reason,
+        })?;
     if store.doc().os.name != os.name || store.doc().os.running_release != os.version {
         let (name, version) = (os.name.clone(), os.version.clone());
         if let Err(e) = store.update(|d| {
@@ -137,7 +138,12 @@ pub fn prepare(config: &Config) -> Result<Arc<App>, StartError> {
             DaemonHost::handle(m, &root, store.clone(), platform.clone())
         })
     };
-    Ok(Arc::new(App::new(config.root.clone(), store, registry, info)))
+    Ok(Arc::new(App::new(
+        config.root.clone(),
+        store,
+        registry,
+        info,
+    )))
 }
 
 /// A running daemon.
@@ -236,7 +242,8 @@ pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
             "NAME=\"IncusOS\"\nID=incus-os\nIMAGE_VERSION={}\n",
             dev_version()
         );
-        fs.write("/lib/os-release", text.as_bytes(), 0o644).map_err(io)?;
+        fs.write("/lib/os-release", text.as_bytes(), 0o644)
+            .map_err(io)?;
     }
     if fs.read("/etc/machine-id").map_err(io)?.is_none() {
         let id = random_hex_128();
@@ -307,14 +314,14 @@ mod tests {
         let rel = read_os_release(&fs).unwrap();
         assert_eq!(rel.name, "IncusOS");
         assert_eq!(rel.version.len(), 12);
-        assert_eq!(
-            crate::system::info::read_machine_id(&fs).unwrap().len(),
-            32
-        );
+        assert_eq!(crate::system::info::read_machine_id(&fs).unwrap().len(), 32);
         // A second run keeps the identity.
         let before = std::fs::read(dir.path().join("etc/machine-id")).unwrap();
         prepare_dev_root(dir.path()).unwrap();
-        assert_eq!(std::fs::read(dir.path().join("etc/machine-id")).unwrap(), before);
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/machine-id")).unwrap(),
+            before
+        );
     }
 
     #[tokio::test]

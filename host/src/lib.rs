@@ -6,3 +6,4 @@ pub mod platform;
 pub mod plugins;
 pub mod state;
 pub mod system;
+pub mod testing;

@@ -10,8 +10,7 @@
 use abi_stable::{
     declare_root_module_statics,
     library::RootModule,
-    package_version_strings,
-    sabi_trait,
+    package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec},
     StableAbi,
@@ -105,11 +104,19 @@ pub trait HostOps: Send + Sync {
     fn state_save(&self, json: RStr<'_>) -> RResult<(), PluginError>;
 
     /// Reads a file at an absolute OS path (under the root prefix). `Ok(None)` if absent.
-    fn file_read(&self, path: RStr<'_>) -> RResult<abi_stable::std_types::ROption<RVec<u8>>, PluginError>;
+    fn file_read(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<RVec<u8>>, PluginError>;
 
     /// Atomically replaces a file with `data` and permission bits `mode`; parents are
     /// created (0755). Only paths the manifest declares are writable.
-    fn file_write(&self, path: RStr<'_>, data: RSlice<'_, u8>, mode: u32) -> RResult<(), PluginError>;
+    fn file_write(
+        &self,
+        path: RStr<'_>,
+        data: RSlice<'_, u8>,
+        mode: u32,
+    ) -> RResult<(), PluginError>;
 
     /// Creates a directory (and parents) with `mode`. Declared paths only.
     fn dir_create(&self, path: RStr<'_>, mode: u32) -> RResult<(), PluginError>;

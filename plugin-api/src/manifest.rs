@@ -168,8 +168,14 @@ impl Manifest {
             .collection()
             .map(|c| format!("/1.0/{c}/{}/", self.name));
         for r in &self.routes {
-            if !matches!(r.method.as_str(), "GET" | "PUT" | "POST" | "PATCH" | "DELETE") {
-                return err(format!("route {} has unsupported method {}", r.path, r.method));
+            if !matches!(
+                r.method.as_str(),
+                "GET" | "PUT" | "POST" | "PATCH" | "DELETE"
+            ) {
+                return err(format!(
+                    "route {} has unsupported method {}",
+                    r.path, r.method
+                ));
             }
             let inside = ns.as_deref().is_some_and(|ns| r.path.starts_with(ns))
                 && !r.path.contains("//")

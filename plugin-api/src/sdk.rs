@@ -225,7 +225,11 @@ impl Host {
         if out.status == 0 {
             return Ok(out.stdout);
         }
-        let mut msg = format!("Failed to run: {}: exit status {}", argv.join(" "), out.status);
+        let mut msg = format!(
+            "Failed to run: {}: exit status {}",
+            argv.join(" "),
+            out.status
+        );
         let stderr = out.stderr.trim();
         if !stderr.is_empty() {
             msg.push_str(&format!(" ({stderr})"));
@@ -253,6 +257,27 @@ pub fn decode<T: DeserializeOwned>(input: &[u8]) -> Result<T> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::internal(format!("cannot encode response: {e}")))
+}
+
+/// An extra endpoint a plugin serves below its own URL, e.g.
+/// `RouteSpec { method: "POST", suffix: ":rejoin", op: "rejoin" }` for
+/// `POST /1.0/services/<name>/:rejoin`. Requests reach [`Service::route`] or
+/// [`Application::route`] with the op name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub suffix: &'static str,
+    pub op: &'static str,
+}
+
+/// What a declared route receives: the decoded query string and the JSON body (null when
+/// the request had none).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RouteRequest {
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: serde_json::Value,
 }
 
 /// `{"state": .., "config": ..}`: the shape of every service and application.
@@ -323,6 +348,22 @@ pub trait Service: Sized + Send + Sync + 'static {
     fn reset(&self, _config: &Self::Config) -> Result<()> {
         Err(Error::internal(RESET_NOT_SUPPORTED))
     }
+
+    /// Extra endpoints below `/1.0/services/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
+
+    /// Answers a request to one of [`Service::ROUTES`].
+    fn route(
+        &self,
+        op: &str,
+        _request: RouteRequest,
+        _config: &Self::Config,
+    ) -> Result<serde_json::Value> {
+        Err(Error::new(
+            501,
+            format!("operation '{op}' is not implemented by this plugin"),
+        ))
+    }
 }
 
 /// An application (`/1.0/applications/{name}`).
@@ -373,6 +414,22 @@ pub trait Application: Sized + Send + Sync + 'static {
     /// Restores from a tar archive produced by [`Application::backup`].
     fn restore(&self, _input: &mut dyn Read) -> Result<()> {
         Err(Error::internal(NOT_SUPPORTED))
+    }
+
+    /// Extra endpoints below `/1.0/applications/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
+
+    /// Answers a request to one of [`Application::ROUTES`].
+    fn route(
+        &self,
+        op: &str,
+        _request: RouteRequest,
+        _config: &Self::Config,
+    ) -> Result<serde_json::Value> {
+        Err(Error::new(
+            501,
+            format!("operation '{op}' is not implemented by this plugin"),
+        ))
     }
 }
 
@@ -452,8 +509,9 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         }) {
             // The change is applied but could not be recorded: put the system back.
             if let Err(undo) = update(&new, &old) {
-                self.host
-                    .error(&format!("failed to undo config change after a failed save: {undo}"));
+                self.host.error(&format!(
+                    "failed to undo config change after a failed save: {undo}"
+                ));
             }
             return Err(e);
         }
@@ -478,7 +536,10 @@ trait Dispatch: Send + Sync {
 }
 
 fn unknown_op(op: &str) -> Error {
-    Error::new(501, format!("operation '{op}' is not implemented by this plugin"))
+    Error::new(
+        501,
+        format!("operation '{op}' is not implemented by this plugin"),
+    )
 }
 
 fn empty() -> Result<Vec<u8>> {
@@ -501,6 +562,10 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
             "start" => self.cfg.with_config(|c| s.start(c)).and_then(|_| empty()),
             "stop" => self.cfg.with_config(|c| s.stop(c)).and_then(|_| empty()),
             "reset" => self.cfg.with_config(|c| s.reset(c)).and_then(|_| empty()),
+            _ if T::ROUTES.iter().any(|r| r.op == op) => {
+                let req: RouteRequest = decode(input)?;
+                encode(&self.cfg.with_config(|c| s.route(op, req, c))?)
+            }
             _ => Err(unknown_op(op)),
         }
     }
@@ -544,6 +609,10 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
                 let body: ActionBody = decode(input)?;
                 encode(&a.action(&body.action, &body.config)?)
             }
+            _ if T::ROUTES.iter().any(|r| r.op == op) => {
+                let req: RouteRequest = decode(input)?;
+                encode(&self.cfg.with_config(|c| a.route(op, req, c))?)
+            }
             _ => Err(unknown_op(op)),
         }
     }
@@ -573,12 +642,18 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
             "put" => self
                 .cfg
                 .put(input, |c| p.validate(c), |old, new| p.update(old, new)),
-            "register" => self.cfg.with_config(|c| p.register(c)).and_then(|_| empty()),
+            "register" => self
+                .cfg
+                .with_config(|c| p.register(c))
+                .and_then(|_| empty()),
             "deregister" => self
                 .cfg
                 .with_config(|c| p.deregister(c))
                 .and_then(|_| empty()),
-            "check-update" => self.cfg.with_config(|c| p.check_update(c)).and_then(|v| encode(&v)),
+            "check-update" => self
+                .cfg
+                .with_config(|c| p.check_update(c))
+                .and_then(|v| encode(&v)),
             _ => Err(unknown_op(op)),
         }
     }
@@ -695,7 +770,20 @@ pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manif
     m.start_weight = T::START_WEIGHT;
     m.paths = strings(T::PATHS);
     m.requires_application = T::REQUIRES_APPLICATION.map(str::to_string);
+    m.routes = routes(Kind::Service, T::NAME, T::ROUTES);
     m
+}
+
+fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
+    let collection = kind.collection().unwrap_or("plugins");
+    specs
+        .iter()
+        .map(|r| Route {
+            method: r.method.to_string(),
+            path: format!("/1.0/{collection}/{name}/{}", r.suffix),
+            op: r.op.to_string(),
+        })
+        .collect()
 }
 
 #[doc(hidden)]
@@ -709,6 +797,7 @@ pub fn __application_manifest<T: Application>(version: &str, api_version: &str) 
     m.primary = T::PRIMARY;
     m.dependencies = strings(T::DEPENDENCIES);
     m.paths = strings(T::PATHS);
+    m.routes = routes(Kind::Application, T::NAME, T::ROUTES);
     m
 }
 
@@ -762,9 +851,7 @@ pub fn __manifest_json(f: impl FnOnce() -> Manifest) -> RString {
 }
 
 #[doc(hidden)]
-pub fn __instantiate(
-    f: impl FnOnce() -> Result<PluginBox>,
-) -> RResult<PluginBox, PluginError> {
+pub fn __instantiate(f: impl FnOnce() -> Result<PluginBox>) -> RResult<PluginBox, PluginError> {
     __guard("constructor", f)
 }
 
@@ -789,9 +876,7 @@ macro_rules! __export_plugin {
         pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
             use ::abi_stable::prefix_type::PrefixTypeTrait;
             extern "C" fn manifest() -> ::abi_stable::std_types::RString {
-                $crate::sdk::__manifest_json(|| {
-                    $manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api)
-                })
+                $crate::sdk::__manifest_json(|| $manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api))
             }
             extern "C" fn instantiate(
                 host: $crate::abi::HostHandle,

@@ -170,7 +170,8 @@ async fn backup(plugin: &Plugin, options: Bytes) -> ApiResult {
             Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
         }
     });
-    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) }).chain(rest);
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -38,7 +38,12 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(root: PathBuf, store: Arc<Mutex<Store>>, registry: Registry, info: SystemInfo) -> Self {
+    pub fn new(
+        root: PathBuf,
+        store: Arc<Mutex<Store>>,
+        registry: Registry,
+        info: SystemInfo,
+    ) -> Self {
         App {
             root,
             store,
@@ -174,8 +179,14 @@ mod tests {
         assert_eq!(clean_path("/1.0"), None);
         assert_eq!(clean_path("/1.0/services/"), None);
         assert_eq!(clean_path("//1.0").as_deref(), Some("/1.0"));
-        assert_eq!(clean_path("/1.0/./services").as_deref(), Some("/1.0/services"));
-        assert_eq!(clean_path("/1.0/x/../services/").as_deref(), Some("/1.0/services/"));
+        assert_eq!(
+            clean_path("/1.0/./services").as_deref(),
+            Some("/1.0/services")
+        );
+        assert_eq!(
+            clean_path("/1.0/x/../services/").as_deref(),
+            Some("/1.0/services/")
+        );
         assert_eq!(clean_path("/..").as_deref(), Some("/"));
     }
 }

@@ -91,7 +91,9 @@ pub async fn extra_route(
 }
 
 /// Decodes a URL query string into a map (the last value of a repeated key wins).
-fn parse_query(query: Option<&str>) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+fn parse_query(
+    query: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
     let Some(q) = query else {
         return Ok(Default::default());
     };

@@ -86,4 +86,3 @@ pub async fn verb(
     }
     extra_route(&plugin, "services", &rest, &method, query, body).await
 }
-

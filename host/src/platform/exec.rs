@@ -16,8 +16,12 @@ pub struct Output {
 }
 
 pub trait Commands: Send + Sync {
-    fn run(&self, argv: &[String], stdin: &[u8], timeout: Duration)
-        -> Result<Output, PlatformError>;
+    fn run(
+        &self,
+        argv: &[String],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, PlatformError>;
 }
 
 /// Runs commands on this machine.
@@ -143,8 +147,8 @@ mod tests {
 
     #[test]
     fn a_slow_command_is_killed_at_its_timeout() {
-        let e = run_with_timeout(&argv(&["sleep", "30"]), b"", Duration::from_millis(100))
-            .unwrap_err();
+        let e =
+            run_with_timeout(&argv(&["sleep", "30"]), b"", Duration::from_millis(100)).unwrap_err();
         assert!(e.0.contains("timed out"), "{e}");
     }
 
@@ -156,6 +160,9 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap_err();
-        assert!(e.0.starts_with("Failed to run: /nonexistent/tool -x:"), "{e}");
+        assert!(
+            e.0.starts_with("Failed to run: /nonexistent/tool -x:"),
+            "{e}"
+        );
     }
 }

@@ -141,7 +141,10 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("path has no parent directory"))?;
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("path has no file name"))?

@@ -35,12 +35,23 @@ impl Units for Unavailable {
 /// Checks a unit name before it goes anywhere near systemd.
 pub fn valid_unit_name(unit: &str) -> bool {
     const SUFFIXES: &[&str] = &[
-        ".service", ".socket", ".target", ".mount", ".timer", ".path", ".device", ".swap",
-        ".slice", ".scope", ".automount",
+        ".service",
+        ".socket",
+        ".target",
+        ".mount",
+        ".timer",
+        ".path",
+        ".device",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".automount",
     ];
     !unit.is_empty()
         && unit.len() <= 255
-        && SUFFIXES.iter().any(|s| unit.ends_with(s) && unit.len() > s.len())
+        && SUFFIXES
+            .iter()
+            .any(|s| unit.ends_with(s) && unit.len() > s.len())
         && unit
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))

@@ -87,10 +87,19 @@ impl HostOps for DaemonHost {
     }
 
     fn file_read(&self, path: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
-        to_r(self.fs.read(path.as_str()).map(|o| o.map(RVec::from).into()))
+        to_r(
+            self.fs
+                .read(path.as_str())
+                .map(|o| o.map(RVec::from).into()),
+        )
     }
 
-    fn file_write(&self, path: RStr<'_>, data: RSlice<'_, u8>, mode: u32) -> RResult<(), PluginError> {
+    fn file_write(
+        &self,
+        path: RStr<'_>,
+        data: RSlice<'_, u8>,
+        mode: u32,
+    ) -> RResult<(), PluginError> {
         tracing::debug!(plugin = %self.name, path = path.as_str(), mode = format_args!("{mode:o}"), "write file");
         to_r(self.fs.write(path.as_str(), data.as_slice(), mode))
     }

@@ -128,9 +128,9 @@ pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
     // SAFETY: the abi_stable header symbol, if present, was exported by
     // `export_root_module` (through the SDK's export macros); the library stays loaded.
     let header = unsafe { lib_header_from_raw_library(raw) }.map_err(|e| match e {
-        LibraryError::GetSymbolError { .. } => LoadError::NotAbiStable(
-            "the library exports no abi_stable root module".to_string(),
-        ),
+        LibraryError::GetSymbolError { .. } => {
+            LoadError::NotAbiStable("the library exports no abi_stable root module".to_string())
+        }
         other => LoadError::NotAbiStable(first_line(&other.to_string())),
     })?;
     let module = header
@@ -202,7 +202,9 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Plugin libraries are named `libincus_osd_plugin_<anything>.so`.
 pub fn is_plugin_file_name(name: &str) -> bool {
-    name.starts_with(PLUGIN_FILE_PREFIX) && name.ends_with(".so") && name.len() > PLUGIN_FILE_PREFIX.len() + 3
+    name.starts_with(PLUGIN_FILE_PREFIX)
+        && name.ends_with(".so")
+        && name.len() > PLUGIN_FILE_PREFIX.len() + 3
 }
 
 /// The file-name prefix of plugin libraries.

@@ -76,7 +76,10 @@ impl Plugin {
 
     /// Why the plugin is degraded, if it is.
     pub fn degraded(&self) -> Option<String> {
-        self.degraded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.degraded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn mark_degraded(&self, why: String) {
@@ -163,7 +166,10 @@ impl Plugin {
     pub async fn backup(
         &self,
         options: Bytes,
-    ) -> (mpsc::Receiver<Bytes>, tokio::task::JoinHandle<Result<(), CallError>>) {
+    ) -> (
+        mpsc::Receiver<Bytes>,
+        tokio::task::JoinHandle<Result<(), CallError>>,
+    ) {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let inst = self.instance.clone();
         let plugin = self.manifest.name.clone();
@@ -213,7 +219,10 @@ struct ChannelSink {
 
 impl ByteSink for ChannelSink {
     fn write(&mut self, chunk: RSlice<'_, u8>) -> RResult<(), PluginError> {
-        match self.tx.blocking_send(Bytes::copy_from_slice(chunk.as_slice())) {
+        match self
+            .tx
+            .blocking_send(Bytes::copy_from_slice(chunk.as_slice()))
+        {
             Ok(()) => RResult::ROk(()),
             Err(_) => RResult::RErr(PluginError::new(500, "the client went away")),
         }
@@ -289,7 +298,12 @@ impl Registry {
         });
     }
 
-    fn load_one(&mut self, path: &Path, timeout: Duration, host_for: &impl Fn(&Manifest) -> HostHandle) {
+    fn load_one(
+        &mut self,
+        path: &Path,
+        timeout: Duration,
+        host_for: &impl Fn(&Manifest) -> HostHandle,
+    ) {
         let lib = match loader::open(path) {
             Ok(l) => l,
             Err(e) => return self.fail(path, None, e),
@@ -306,18 +320,24 @@ impl Registry {
             Ok(i) => i,
             Err(e) => return self.fail(path, Some(name), e),
         };
+        self.add(lib.manifest, path, instance, timeout);
+    }
+
+    /// Registers an instantiated plugin. The loader uses it for libraries; tests and the
+    /// SDK's in-process users use it for plugins built into the same binary.
+    pub fn add(&mut self, manifest: Manifest, path: &Path, instance: PluginBox, timeout: Duration) {
         tracing::info!(
-            plugin = %name,
-            kind = ?lib.manifest.kind,
-            version = %lib.manifest.version,
-            api_version = %lib.manifest.api_version,
+            plugin = %manifest.name,
+            kind = ?manifest.kind,
+            version = %manifest.version,
+            api_version = %manifest.api_version,
             path = %path.display(),
             "plugin loaded"
         );
         self.plugins.insert(
-            name,
+            manifest.name.clone(),
             Arc::new(Plugin {
-                manifest: lib.manifest,
+                manifest,
                 path: path.to_path_buf(),
                 instance: Arc::new(instance),
                 mutate: Arc::new(tokio::sync::Mutex::new(())),
@@ -362,7 +382,9 @@ impl Registry {
 
     /// Plugins of `kind`, sorted by name.
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values().filter(move |p| p.manifest.kind == kind)
+        self.plugins
+            .values()
+            .filter(move |p| p.manifest.kind == kind)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<Plugin>> {
@@ -386,7 +408,10 @@ impl Registry {
             let before = out.len();
             for p in &sorted {
                 if !placed.contains(p.name())
-                    && p.manifest.dependencies.iter().all(|d| placed.contains(d.as_str()))
+                    && p.manifest
+                        .dependencies
+                        .iter()
+                        .all(|d| placed.contains(d.as_str()))
                 {
                     placed.insert(p.name().to_string());
                     out.push(p.clone());

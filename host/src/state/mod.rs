@@ -148,9 +148,8 @@ impl Store {
                 .ok_or_else(|| corrupt("schema_version is not a number".into()))?,
         };
         if version > SCHEMA_VERSION {
-            let doc: Document = serde_json::from_value(value).map_err(|e| {
-                corrupt(format!("newer schema {version} cannot be read: {e}"))
-            })?;
+            let doc: Document = serde_json::from_value(value)
+                .map_err(|e| corrupt(format!("newer schema {version} cannot be read: {e}")))?;
             tracing::warn!(
                 found = version,
                 known = SCHEMA_VERSION,
@@ -238,8 +237,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::load_or_create(dir.path()).unwrap();
         s.update(|d| {
-            d.plugins
-                .insert("iscsi".into(), serde_json::json!({"config": {"enabled": true}}))
+            d.plugins.insert(
+                "iscsi".into(),
+                serde_json::json!({"config": {"enabled": true}}),
+            )
         })
         .unwrap();
         let meta = std::fs::metadata(dir.path().join(STATE_FILE)).unwrap();
@@ -267,7 +268,11 @@ mod tests {
     fn an_old_schema_is_upgraded_and_saved() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(STATE_FILE);
-        std::fs::write(&p, br#"{"plugins": {"usbip": {"config": {"enabled": false}}}}"#).unwrap();
+        std::fs::write(
+            &p,
+            br#"{"plugins": {"usbip": {"config": {"enabled": false}}}}"#,
+        )
+        .unwrap();
         let s = Store::load_or_create(dir.path()).unwrap();
         assert_eq!(s.doc().schema_version, 1);
         assert!(s.doc().plugins.contains_key("usbip"));

@@ -182,9 +182,14 @@ mod tests {
     fn environment_reads_the_root_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let fs = RootFs::new(dir.path());
-        fs.write("/etc/machine-id", b"0123456789abcdef0123456789abcdef\n", 0o444)
+        fs.write(
+            "/etc/machine-id",
+            b"0123456789abcdef0123456789abcdef\n",
+            0o444,
+        )
+        .unwrap();
+        fs.write("/proc/uptime", b"1234.56 100.00\n", 0o444)
             .unwrap();
-        fs.write("/proc/uptime", b"1234.56 100.00\n", 0o444).unwrap();
         fs.write("/boot/EFI/Linux/IncusOS_202511041601.efi", b"", 0o644)
             .unwrap();
         fs.write("/boot/EFI/Linux/IncusOS_202510010000.efi", b"", 0o644)
@@ -201,8 +206,12 @@ mod tests {
         assert_eq!(env.os_version_alternate.as_deref(), Some("202510010000"));
         assert!(env.uptime >= 1234);
 
-        fs.write("/sys/class/dmi/id/product_uuid", b"4c4c4544-0044-4810-8052-b4c04f4e3432\n", 0o400)
-            .unwrap();
+        fs.write(
+            "/sys/class/dmi/id/product_uuid",
+            b"4c4c4544-0044-4810-8052-b4c04f4e3432\n",
+            0o400,
+        )
+        .unwrap();
         let info = SystemInfo::read(dir.path(), info.os().clone());
         assert_eq!(
             info.environment("", true).unwrap().hostname,

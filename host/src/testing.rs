@@ -1,0 +1,137 @@
+//! A test-app builder: the real router, state store and platform over a temporary root,
+//! with plugins compiled into the test binary (through the same SDK adapters a `cdylib`
+//! exports) instead of loaded from libraries.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plugin_api::sdk::{self, Application, Service};
+use plugin_api::Manifest;
+
+use crate::api::{self, App};
+use crate::platform::files::RootFs;
+use crate::platform::Platform;
+use crate::plugins::host_impl::DaemonHost;
+use crate::plugins::Registry;
+use crate::state::Store;
+use crate::system::info::{OsRelease, SystemInfo};
+
+type Adder = Box<dyn FnOnce(&mut Registry, &Path, Arc<Mutex<Store>>, &Platform, Duration)>;
+
+/// Builds an [`App`] for router tests.
+pub struct TestApp {
+    root: tempfile::TempDir,
+    timeout: Duration,
+    adders: Vec<Adder>,
+    ready: bool,
+}
+
+impl Default for TestApp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestApp {
+    /// A root with an OS identity (`IncusOS` `202511041601`), a machine id and an uptime.
+    pub fn new() -> TestApp {
+        let root = tempfile::tempdir().expect("temp dir");
+        let fs = RootFs::new(root.path());
+        fs.write(
+            "/lib/os-release",
+            b"NAME=\"IncusOS\"\nIMAGE_VERSION=202511041601\n",
+            0o644,
+        )
+        .unwrap();
+        fs.write(
+            "/etc/machine-id",
+            b"0123456789abcdef0123456789abcdef\n",
+            0o444,
+        )
+        .unwrap();
+        fs.write("/proc/uptime", b"42.50 80.00\n", 0o444).unwrap();
+        TestApp {
+            root,
+            timeout: Duration::from_secs(10),
+            adders: vec![],
+            ready: true,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Per-call plugin timeout.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Leaves `system_is_ready` false.
+    pub fn not_ready(mut self) -> Self {
+        self.ready = false;
+        self
+    }
+
+    /// Adds a service compiled into the test.
+    pub fn service<T: Service>(self) -> Self {
+        let m = sdk::__service_manifest::<T>("1.0.0", plugin_api::API_VERSION);
+        self.add(m, |h| sdk::__service_instance::<T>(h))
+    }
+
+    /// Adds an application compiled into the test.
+    pub fn application<T: Application>(self) -> Self {
+        let m = sdk::__application_manifest::<T>("1.0.0", plugin_api::API_VERSION);
+        self.add(m, |h| sdk::__application_instance::<T>(h))
+    }
+
+    /// Adds a plugin from its manifest and constructor (to test manifest features such as
+    /// declared routes).
+    pub fn add(
+        mut self,
+        manifest: Manifest,
+        make: impl FnOnce(plugin_api::abi::HostHandle) -> sdk::Result<plugin_api::abi::PluginBox>
+            + 'static,
+    ) -> Self {
+        self.adders
+            .push(Box::new(move |reg, root, store, platform, timeout| {
+                let host = DaemonHost::handle(&manifest, root, store, platform.clone());
+                let inst = make(host).expect("test plugin constructor");
+                let path = PathBuf::from(format!("(built-in test plugin {})", manifest.name));
+                reg.add(manifest, &path, inst, timeout);
+            }));
+        self
+    }
+
+    /// Builds the app; keep the returned guard alive as long as the app is used.
+    pub fn build(self) -> (Arc<App>, tempfile::TempDir) {
+        let root = self.root.path().to_path_buf();
+        let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
+        let store = Arc::new(Mutex::new(store));
+        let platform = Platform::for_root(&root);
+        let mut reg = Registry::default();
+        for add in self.adders {
+            add(&mut reg, &root, store.clone(), &platform, self.timeout);
+        }
+        let info = SystemInfo::read(
+            &root,
+            OsRelease {
+                name: "IncusOS".into(),
+                version: "202511041601".into(),
+            },
+        );
+        let app = Arc::new(App::new(root, store, reg, info));
+        if self.ready {
+            app.set_ready();
+        }
+        (app, self.root)
+    }
+
+    /// The router over the built app.
+    pub fn router(self) -> (axum::Router, Arc<App>, tempfile::TempDir) {
+        let (app, dir) = self.build();
+        (api::router(app.clone()), app, dir)
+    }
+}
