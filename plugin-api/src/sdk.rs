@@ -864,7 +864,7 @@ pub type __RBox<T> = RBox<T>;
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_plugin {
-    ($manifest:path, $instance:path, $ty:ty, $api:expr) => {
+    ($manifest:ident, $instance:ident, $ty:ty, $api:expr) => {
         #[no_mangle]
         pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
             static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
@@ -876,13 +876,15 @@ macro_rules! __export_plugin {
         pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
             use ::abi_stable::prefix_type::PrefixTypeTrait;
             extern "C" fn manifest() -> ::abi_stable::std_types::RString {
-                $crate::sdk::__manifest_json(|| $manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api))
+                $crate::sdk::__manifest_json(|| {
+                    $crate::sdk::$manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api)
+                })
             }
             extern "C" fn instantiate(
                 host: $crate::abi::HostHandle,
             ) -> ::abi_stable::std_types::RResult<$crate::abi::PluginBox, $crate::abi::PluginError>
             {
-                $crate::sdk::__instantiate(|| $instance::<$ty>(host))
+                $crate::sdk::__instantiate(|| $crate::sdk::$instance::<$ty>(host))
             }
             $crate::abi::PluginModule {
                 manifest,
@@ -900,12 +902,7 @@ macro_rules! export_service {
         $crate::export_service!($ty, api_version = $crate::API_VERSION);
     };
     ($ty:ty, api_version = $api:expr) => {
-        $crate::__export_plugin!(
-            $crate::sdk::__service_manifest,
-            $crate::sdk::__service_instance,
-            $ty,
-            $api
-        );
+        $crate::__export_plugin!(__service_manifest, __service_instance, $ty, $api);
     };
 }
 
@@ -914,8 +911,8 @@ macro_rules! export_service {
 macro_rules! export_application {
     ($ty:ty) => {
         $crate::__export_plugin!(
-            $crate::sdk::__application_manifest,
-            $crate::sdk::__application_instance,
+            __application_manifest,
+            __application_instance,
             $ty,
             $crate::API_VERSION
         );
@@ -927,8 +924,8 @@ macro_rules! export_application {
 macro_rules! export_provider {
     ($ty:ty) => {
         $crate::__export_plugin!(
-            $crate::sdk::__provider_manifest,
-            $crate::sdk::__provider_instance,
+            __provider_manifest,
+            __provider_instance,
             $ty,
             $crate::API_VERSION
         );

@@ -59,27 +59,59 @@ impl LoadError {
     }
 }
 
-/// Shortens abi_stable's layout report (hundreds of lines) to the lines that say what
-/// differs.
+/// Shortens abi_stable's layout report (a dump of both type layouts, often over a hundred
+/// lines) to what differs: each `Error:<what>` with the `Expected:` and `Found:` values
+/// that follow it, e.g. `mismatched package, expected incus-osd-plugin-api, found x`.
 fn summarize_layout_error(full: &str) -> String {
-    let interesting: Vec<&str> = full
-        .lines()
-        .map(str::trim)
-        .filter(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("error")
-                || l.starts_with("expected")
-                || l.starts_with("found")
-                || l.contains("mismatch")
-                || l.contains("different")
-        })
-        .take(6)
-        .collect();
-    if interesting.is_empty() {
-        full.lines().take(3).collect::<Vec<_>>().join(" / ")
-    } else {
-        interesting.join(" / ")
+    let lines: Vec<&str> = full.lines().map(str::trim).collect();
+    let value_after = |i: usize| {
+        lines[i + 1..]
+            .iter()
+            .find(|l| !l.is_empty())
+            .copied()
+            .unwrap_or("?")
+    };
+    let mut parts: Vec<String> = vec![];
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some(what) = lines[i].strip_prefix("Error:") {
+            let mut part = what.trim().to_string();
+            let mut j = i + 1;
+            while j < lines.len() && !lines[j].starts_with("Error:") {
+                if lines[j] == "Expected:" {
+                    part.push_str(&format!(", expected {}", value_after(j)));
+                } else if lines[j] == "Found:" {
+                    part.push_str(&format!(", found {}", value_after(j)));
+                }
+                j += 1;
+            }
+            if !parts.contains(&part) {
+                parts.push(part);
+            }
+            i = j;
+        } else {
+            i += 1;
+        }
     }
+    let mut out = if parts.is_empty() {
+        lines
+            .iter()
+            .find(|l| !l.is_empty())
+            .copied()
+            .unwrap_or("")
+            .to_string()
+    } else {
+        parts.join("; ")
+    };
+    if out.len() > 300 {
+        let mut cut = 300;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
 /// A plugin library that passed every static check.
@@ -232,9 +264,20 @@ mod tests {
     }
 
     #[test]
-    fn layout_report_is_shortened() {
-        let report = "Error: blah\n  a\n  b\nexpected: X\nfound: Y\n".repeat(100);
-        let s = summarize_layout_error(&report);
-        assert!(s.lines().count() == 1 && s.len() < 200, "{s}");
+    fn layout_report_is_shortened_to_what_differs() {
+        let dump = "package:'x' version:'0.1.0'\n  field: a\n".repeat(60);
+        let report = format!(
+            "{dump}Error:mismatched package\nExpected:\n    incus-osd-plugin-api\nFound:\n    fixture-x\n"
+        );
+        assert_eq!(
+            summarize_layout_error(&report),
+            "mismatched package, expected incus-osd-plugin-api, found fixture-x"
+        );
+        let twice =
+            format!("{report}{report}Error:mismatched field name\nExpected:\n a\nFound:\n b\n");
+        assert_eq!(
+            summarize_layout_error(&twice),
+            "mismatched package, expected incus-osd-plugin-api, found fixture-x; mismatched field name, expected a, found b"
+        );
     }
 }

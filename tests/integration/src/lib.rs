@@ -67,7 +67,10 @@ impl Root {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, d).unwrap();
         };
-        w("lib/os-release", b"NAME=\"IncusOS\"\nIMAGE_VERSION=202511041601\n");
+        w(
+            "lib/os-release",
+            b"NAME=\"IncusOS\"\nIMAGE_VERSION=202511041601\n",
+        );
         w("etc/machine-id", b"0123456789abcdef0123456789abcdef\n");
         w("proc/uptime", b"100.00 100.00\n");
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
@@ -92,8 +95,12 @@ impl Root {
 
     /// Copies a built library into the plugin dir as `libincus_osd_plugin_<name>.so`.
     pub fn install_plugin(&self, lib: &Path, name: &str) {
-        std::fs::copy(lib, self.plugin_dir().join(format!("libincus_osd_plugin_{name}.so")))
-            .expect("copy plugin");
+        std::fs::copy(
+            lib,
+            self.plugin_dir()
+                .join(format!("libincus_osd_plugin_{name}.so")),
+        )
+        .expect("copy plugin");
     }
 
     /// Installs a fixture library (`libfixture_<stem>.so`) under `name`.
@@ -223,9 +230,8 @@ pub async fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u1
     let resp = sender.send_request(req).await.expect("request");
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
-    });
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
     (status, v)
 }
 

@@ -10,7 +10,13 @@ fn failures(plugins: &Value) -> Vec<(String, String, String)> {
         .unwrap()
         .iter()
         .map(|f| {
-            let file = f["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+            let file = f["path"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string();
             (
                 file,
                 f["check"].as_str().unwrap().to_string(),
@@ -35,10 +41,16 @@ async fn every_workspace_plugin_loads_and_the_ported_service_is_served() {
     assert_eq!(listing["failed"], json!([]), "{listing}");
     assert_eq!(listing["loaded"].as_array().unwrap().len(), plugins.len());
     let services = get_ok(&d.socket, "/1.0/services").await;
-    assert!(services.as_array().unwrap().contains(&json!("/1.0/services/iscsi")));
+    assert!(services
+        .as_array()
+        .unwrap()
+        .contains(&json!("/1.0/services/iscsi")));
     for url in services.as_array().unwrap() {
         let v = get_ok(&d.socket, url.as_str().unwrap()).await;
-        assert!(v["state"].is_object() && v["config"].is_object(), "{url}: {v}");
+        assert!(
+            v["state"].is_object() && v["config"].is_object(),
+            "{url}: {v}"
+        );
     }
     let iscsi = get_ok(&d.socket, "/1.0/services/iscsi").await;
     assert_eq!(
@@ -53,8 +65,14 @@ async fn every_workspace_plugin_loads_and_the_ported_service_is_served() {
 #[tokio::test]
 async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_serving() {
     let root = Root::new();
-    root.install_plugin(&incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"), "iscsi");
-    root.install_plugin(&incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"), "iscsi_copy");
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"),
+        "iscsi",
+    );
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"),
+        "iscsi_copy",
+    );
     root.install_fixture("faulty", "faulty");
     root.install_fixture("ctor_error", "ctor_error");
     root.install_fixture("ctor_panic", "ctor_panic");
@@ -78,7 +96,10 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
         .collect();
     assert_eq!(loaded, ["faulty", "iscsi"]);
     let failed = failures(&listing);
-    let checks: Vec<(&str, &str)> = failed.iter().map(|(f, c, _)| (f.as_str(), c.as_str())).collect();
+    let checks: Vec<(&str, &str)> = failed
+        .iter()
+        .map(|(f, c, _)| (f.as_str(), c.as_str()))
+        .collect();
     assert_eq!(
         checks,
         [
@@ -93,7 +114,10 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
         ]
     );
     for (file, _, reason) in &failed {
-        assert!(reason.len() < 400 && !reason.contains('\n'), "{file}: reason too long: {reason}");
+        assert!(
+            reason.len() < 400 && !reason.contains('\n'),
+            "{file}: reason too long: {reason}"
+        );
     }
     let reason = |f: &str| failed.iter().find(|x| x.0 == f).unwrap().2.clone();
     assert!(reason("libincus_osd_plugin_ctor_panic.so").contains("panicked"));
@@ -102,21 +126,51 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
     assert!(reason("libincus_osd_plugin_other_major.so").contains("major"));
     // The log says the same, briefly.
     let log = d.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("plugin not loaded")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("plugin not loaded"))
+        .collect();
     assert_eq!(lines.len(), 8, "{log}");
     assert!(lines.iter().all(|l| l.len() < 800), "{lines:#?}");
 
     // A panicking plugin: a 500, degraded, and everything else still served.
-    let (s, _) = request(&d.socket, "PUT", "/1.0/services/faulty", r#"{"config":{"panic_on_get":true}}"#).await;
+    let (s, _) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/services/faulty",
+        r#"{"config":{"panic_on_get":true}}"#,
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, v) = request(&d.socket, "GET", "/1.0/services/faulty", "").await;
     assert_eq!(s, 500);
-    assert!(v["error"].as_str().unwrap().contains("deliberate panic in get"), "{v}");
-    assert_eq!(get_ok(&d.socket, "/1.0/services/iscsi").await["config"]["enabled"], false);
-    assert_eq!(get_ok(&d.socket, "/1.0").await["environment"]["os_name"], "IncusOS");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("deliberate panic in get"),
+        "{v}"
+    );
+    assert_eq!(
+        get_ok(&d.socket, "/1.0/services/iscsi").await["config"]["enabled"],
+        false
+    );
+    assert_eq!(
+        get_ok(&d.socket, "/1.0").await["environment"]["os_name"],
+        "IncusOS"
+    );
     let listing = get_ok(&d.socket, "/1.0/plugins").await;
-    let faulty = listing["loaded"].as_array().unwrap().iter().find(|p| p["name"] == "faulty").unwrap().clone();
-    assert!(faulty["degraded"].as_str().unwrap().contains("deliberate panic"));
+    let faulty = listing["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "faulty")
+        .unwrap()
+        .clone();
+    assert!(faulty["degraded"]
+        .as_str()
+        .unwrap()
+        .contains("deliberate panic"));
     // The upstream listings are untouched by the extension.
     assert_eq!(get_ok(&d.socket, "/").await, json!(["/1.0"]));
 }
@@ -126,15 +180,30 @@ async fn a_hung_plugin_call_times_out_and_the_daemon_keeps_serving() {
     let root = Root::new();
     root.install_fixture("faulty", "faulty");
     let mut d = Daemon::start(&root, &["--plugin-timeout", "0.5"]);
-    let (s, v) = request(&d.socket, "PUT", "/1.0/services/faulty", r#"{"config":{"sleep_ms":5000}}"#).await;
+    let (s, v) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/services/faulty",
+        r#"{"config":{"sleep_ms":5000}}"#,
+    )
+    .await;
     assert_eq!(s, 500, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("did not finish within 0.5s"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 0.5s"),
+        "{v}"
+    );
     // Another mutating call waits for the hung one, then reports busy rather than hanging.
     let (s, v) = request(&d.socket, "PUT", "/1.0/services/faulty", r#"{"config":{}}"#).await;
     assert_eq!(s, 500, "{v}");
     assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
     // Reads and other endpoints are served meanwhile.
-    assert_eq!(get_ok(&d.socket, "/1.0").await["environment"]["system_is_ready"], true);
+    assert_eq!(
+        get_ok(&d.socket, "/1.0").await["environment"]["system_is_ready"],
+        true
+    );
     assert!(d.is_running());
     assert!(d.terminate().success());
 }
@@ -151,30 +220,57 @@ async fn a_panic_in_a_start_hook_is_logged_and_the_daemon_starts() {
     root.install_fixture("faulty", "faulty");
     let d = Daemon::start(&root, &[]);
     let log = d.log();
-    assert!(log.contains("start failed") && log.contains("panic"), "{log}");
-    assert_eq!(get_ok(&d.socket, "/1.0").await["environment"]["system_is_ready"], true);
+    assert!(
+        log.contains("start failed") && log.contains("panic"),
+        "{log}"
+    );
+    assert_eq!(
+        get_ok(&d.socket, "/1.0").await["environment"]["system_is_ready"],
+        true
+    );
 }
 
 #[tokio::test]
 async fn config_survives_a_restart_and_sigterm_stops_plugins_in_reverse_order() {
     let root = Root::new();
-    root.install_plugin(&incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"), "iscsi");
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"),
+        "iscsi",
+    );
     root.install_fixture("faulty", "faulty");
     let mut d = Daemon::start(&root, &[]);
     let cfg = json!({"enabled": false, "targets": [{"target": "iqn.2004-10.org.example:disk1", "address": "192.0.2.10", "port": 3260}]});
-    let (s, v) = request(&d.socket, "PUT", "/1.0/services/iscsi", &json!({"config": cfg}).to_string()).await;
+    let (s, v) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/services/iscsi",
+        &json!({"config": cfg}).to_string(),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let status = d.terminate();
     assert!(status.success(), "{status:?}");
     assert!(!root.socket().exists(), "socket removed at shutdown");
     let log = d.log();
-    let pos = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle} not in log:\n{log}"));
+    let pos = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not in log:\n{log}"))
+    };
     // faulty (weight 0) starts before iscsi (weight 20); stops after it.
-    assert!(pos("started plugin=faulty") < pos("started plugin=iscsi"), "{log}");
-    assert!(pos("stopped plugin=iscsi") < pos("stopped plugin=faulty"), "{log}");
+    assert!(
+        pos("started plugin=faulty") < pos("started plugin=iscsi"),
+        "{log}"
+    );
+    assert!(
+        pos("stopped plugin=iscsi") < pos("stopped plugin=faulty"),
+        "{log}"
+    );
 
     let d = Daemon::start(&root, &[]);
-    assert_eq!(get_ok(&d.socket, "/1.0/services/iscsi").await["config"], cfg);
+    assert_eq!(
+        get_ok(&d.socket, "/1.0/services/iscsi").await["config"],
+        cfg
+    );
 }
 
 #[tokio::test]
@@ -183,9 +279,18 @@ async fn a_second_daemon_on_the_same_socket_is_refused() {
     let first = Daemon::start(&root, &[]);
     let mut second = Daemon::spawn(&root, &[]);
     assert!(!second.wait_exit().success());
-    assert!(second.log().contains("another incus-osd is already serving on"), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("another incus-osd is already serving on"),
+        "{}",
+        second.log()
+    );
     // The first one is unharmed.
-    assert_eq!(get_ok(&first.socket, "/1.0").await["environment"]["os_name"], "IncusOS");
+    assert_eq!(
+        get_ok(&first.socket, "/1.0").await["environment"]["os_name"],
+        "IncusOS"
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,241 @@
+//! The loader refuses broken or incompatible plugin libraries with a short reason naming
+//! the failed check, and survives plugins that fail or panic in their constructor or hooks.
+//!
+//! Uses the fixture plugins of `tests/fixtures/*`, built by `cargo build --workspace`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use incus_osd::plugins::loader::{open, LoadError, PluginLibrary};
+use incus_osd_harness::{built_plugin, Harness, HarnessHost};
+use plugin_api::abi::HostHandle;
+use serde_json::json;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+fn fixture(name: &str) -> PathBuf {
+    built_plugin(&format!("fixture_{}", name.replace('-', "_")))
+}
+
+#[track_caller]
+fn refused(path: &Path) -> LoadError {
+    match open(path) {
+        Ok(lib) => panic!("{} was accepted: {lib:?}", path.display()),
+        Err(e) => {
+            eprintln!("{}: [{}] {e}", path.display(), e.check());
+            e
+        }
+    }
+}
+
+#[track_caller]
+fn opened(path: &Path) -> PluginLibrary {
+    open(path).unwrap_or_else(|e| panic!("{}: [{}] {e}", path.display(), e.check()))
+}
+
+/// Instantiates `lib` with a fresh harness host, expecting the constructor to fail.
+#[track_caller]
+fn constructor_error(lib: &PluginLibrary) -> LoadError {
+    let host = HarnessHost::new(&lib.manifest).expect("harness host");
+    let handle: HostHandle = host.handle();
+    match lib.instantiate(handle) {
+        Ok(_) => panic!("{} was instantiated", lib.manifest.name),
+        Err(e) => {
+            eprintln!("{}: [{}] {e}", lib.manifest.name, e.check());
+            e
+        }
+    }
+}
+
+/// `API_VERSION` with `f` applied to (major, minor).
+fn api_version_with(f: impl FnOnce(u64, u64) -> (u64, u64)) -> String {
+    let mut parts = plugin_api::API_VERSION
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap());
+    let (major, minor) = f(parts.next().unwrap(), parts.next().unwrap());
+    format!("{major}.{minor}.0")
+}
+
+// ---------------------------------------------------------------------------------------
+// Static checks
+
+#[test]
+fn garbage_bytes_are_not_a_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libincus_osd_plugin_x.so");
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(&path, garbage).unwrap();
+    let err = refused(&path);
+    assert_eq!(err.check(), "open", "{err}");
+}
+
+/// The C library this test process runs with, found through `/proc/self/maps`.
+fn system_libc() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read /proc/self/maps");
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(PathBuf::from)
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-"))
+        })
+        .expect("libc is mapped into the test process")
+}
+
+#[test]
+fn a_real_library_that_is_not_a_plugin_has_no_version_symbol() {
+    let libc = system_libc();
+    let err = refused(&libc);
+    assert_eq!(err.check(), "version-symbol", "{err}");
+    assert!(
+        err.to_string()
+            .contains(plugin_api::version::VERSION_SYMBOL),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_library_without_abi_stable_header_is_refused() {
+    let err = refused(&fixture("not-abi-stable"));
+    assert_eq!(err.check(), "abi-header", "{err}");
+}
+
+#[test]
+fn a_root_module_with_another_layout_is_refused_with_a_short_reason() {
+    let err = refused(&fixture("layout-mismatch"));
+    assert_eq!(err.check(), "layout", "{err}");
+    let reason = err.to_string();
+    eprintln!("layout-mismatch reason ({} chars): {reason}", reason.len());
+    assert!(
+        reason.len() < 400,
+        "reason too long ({} chars): {reason}",
+        reason.len()
+    );
+    assert!(
+        !reason.contains('\n'),
+        "reason spans several lines: {reason}"
+    );
+    // abi_stable compares the package a type comes from before its fields, so for a root
+    // module declared in another crate the difference it names is the package.
+    assert_eq!(
+        reason,
+        "root module layout mismatch: mismatched package, expected incus-osd-plugin-api, found fixture-layout-mismatch"
+    );
+}
+
+#[test]
+fn a_plugin_for_a_newer_minor_version_is_refused_naming_both_versions() {
+    let err = refused(&fixture("newer-minor"));
+    assert_eq!(err.check(), "api-version", "{err}");
+    let newer = api_version_with(|major, minor| (major, minor + 1));
+    let msg = err.to_string();
+    assert!(
+        msg.contains(plugin_api::API_VERSION),
+        "host version missing: {msg}"
+    );
+    assert!(
+        msg.contains(&newer),
+        "plugin version {newer} missing: {msg}"
+    );
+}
+
+#[test]
+fn a_plugin_for_another_major_version_is_refused() {
+    let err = refused(&fixture("other-major"));
+    assert_eq!(err.check(), "api-version", "{err}");
+    let other = api_version_with(|major, _| (major + 1, 0));
+    let msg = err.to_string();
+    assert!(msg.contains("major"), "{msg}");
+    assert!(
+        msg.contains(plugin_api::API_VERSION) && msg.contains(&other),
+        "{msg}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Constructors
+
+#[test]
+fn a_constructor_error_is_reported_with_the_plugins_message() {
+    let lib = opened(&fixture("ctor-error"));
+    assert_eq!(lib.manifest.name, "ctor-error");
+    let err = constructor_error(&lib);
+    assert_eq!(err.check(), "constructor", "{err}");
+    assert!(
+        err.to_string()
+            .contains("ctor-error: cannot open /dev/fixture"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_constructor_panic_is_caught_and_the_host_survives() {
+    let lib = opened(&fixture("ctor-panic"));
+    assert_eq!(lib.manifest.name, "ctor-panic");
+    let err = constructor_error(&lib);
+    assert_eq!(err.check(), "constructor", "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("panicked"), "{msg}");
+    assert!(
+        msg.contains("ctor-panic: deliberate panic in constructor"),
+        "{msg}"
+    );
+    // Still alive, and the library can be tried again.
+    let again = constructor_error(&lib);
+    assert_eq!(again.check(), "constructor", "{again}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Hooks
+
+#[test]
+fn a_panicking_hook_is_a_500_and_the_plugin_keeps_working() {
+    let path = fixture("faulty");
+    let m = opened(&path).manifest;
+    assert_eq!(m.name, "faulty");
+    assert_eq!(m.kind, plugin_api::Kind::Service);
+    assert_eq!(m.api_version, plugin_api::API_VERSION);
+    assert_eq!(m.start_weight, 0);
+    assert!(m.paths.is_empty() && m.routes.is_empty() && m.dependencies.is_empty());
+
+    // The harness opens it through the same loader and instantiates it.
+    let plugin = Harness::load(&path).expect("faulty loads");
+
+    let first = plugin.get().expect("get");
+    assert_eq!(first["state"]["calls"], 1, "{first}");
+    assert_eq!(first["config"]["panic_on_get"], false, "{first}");
+
+    plugin
+        .put(&json!({"config": {"panic_on_get": true}}))
+        .expect("put");
+    let err = plugin.get().expect_err("get panics");
+    eprintln!("faulty get: {err:?}");
+    assert_eq!(err.status, 500, "{err:?}");
+    assert!(err.message.contains("deliberate panic"), "{err:?}");
+    assert!(err.message.contains("panicked"), "{err:?}");
+
+    // Disabling the panic (and making update slow) works, and get answers again.
+    let started = Instant::now();
+    plugin
+        .put(&json!({"config": {"panic_on_get": false, "sleep_ms": 50}}))
+        .expect("second put");
+    assert!(
+        started.elapsed() >= Duration::from_millis(50),
+        "update did not sleep"
+    );
+    let after = plugin.get().expect("get after the panic");
+    assert_eq!(after["state"]["calls"], 3, "{after}");
+    assert_eq!(after["config"]["sleep_ms"], 50, "{after}");
+
+    // start panics on request too, and is contained the same way.
+    plugin.start().expect("start");
+    plugin
+        .put(&json!({"config": {"panic_on_start": true}}))
+        .expect("put");
+    let err = plugin.start().expect_err("start panics");
+    assert_eq!(err.status, 500, "{err:?}");
+    assert!(err.message.contains("deliberate panic in start"), "{err:?}");
+    plugin.get().expect("get after start panicked");
+}
