@@ -1,0 +1,258 @@
+//! The per-plugin test harness: loads a built plugin library exactly as the daemon does
+//! (`incus_osd::plugins::loader`) and hands it a [`HarnessHost`] that records every effect
+//! (logs, units, files under a temporary root, state saves, commands) for the test to
+//! inspect. [`run_generic_checks`] holds the conformance checks every plugin must pass;
+//! the `incus-osd-plugin-check` binary runs them from the command line.
+
+use std::path::{Path, PathBuf};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
+use anyhow::Context;
+use incus_osd::plugins::loader::{self, PluginLibrary};
+use plugin_api::abi::{ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, PluginBox, PluginError};
+use plugin_api::{Hook, Manifest};
+use serde_json::Value;
+
+mod checks;
+mod host;
+
+pub use checks::{run_generic_checks, CheckOutcome, CHECKS};
+pub use host::{CommandCall, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
+pub use plugin_api::abi::{LogLevel, UnitOp};
+
+/// A loaded plugin instance with its own [`HarnessHost`].
+pub struct Harness {
+    library: PluginLibrary,
+    host: HarnessHost,
+    plugin: PluginBox,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Harness {
+    /// Opens the library with the daemon's loader and instantiates a new plugin instance
+    /// with a fresh host. Loading the same path again gives another, independent instance.
+    /// A failed load's error chain ends with the loader's [`loader::LoadError`].
+    pub fn load(path: impl AsRef<Path>) -> anyhow::Result<Harness> {
+        Self::load_with(path, |_| {})
+    }
+
+    /// Like [`Harness::load`], letting `setup` prepare the host (files, state, scripted
+    /// commands) before the plugin's constructor runs.
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        setup: impl FnOnce(&HarnessHost),
+    ) -> anyhow::Result<Harness> {
+        // A bare file name would make dlopen search the library path, not the directory.
+        let path = std::path::absolute(path.as_ref())
+            .with_context(|| format!("bad path {}", path.as_ref().display()))?;
+        let path = path.as_path();
+        let library =
+            loader::open(path).with_context(|| format!("cannot load {}", path.display()))?;
+        let host = HarnessHost::new(&library.manifest)
+            .context("cannot create the harness's temporary root")?;
+        setup(&host);
+        let plugin = library
+            .instantiate(host.handle())
+            .with_context(|| format!("cannot instantiate {}", path.display()))?;
+        Ok(Harness {
+            library,
+            host,
+            plugin,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.library.manifest
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.library.path
+    }
+
+    pub fn host(&self) -> &HarnessHost {
+        &self.host
+    }
+
+    /// Calls `invoke(op, input)` and returns the output bytes as they are.
+    pub fn invoke_raw(&self, op: &str, input: &[u8]) -> Result<Vec<u8>, PluginError> {
+        self.plugin
+            .invoke(RStr::from_str(op), RSlice::from_slice(input))
+            .into_result()
+            .map(Into::into)
+    }
+
+    /// Calls `invoke(op, input)`; the output must be JSON (else a 500 naming the problem).
+    /// Object keys come back sorted: use [`Harness::invoke_raw`] to check the exact bytes.
+    pub fn invoke(&self, op: &str, input: &[u8]) -> Result<Value, PluginError> {
+        let out = self.invoke_raw(op, input)?;
+        serde_json::from_slice(&out).map_err(|e| {
+            PluginError::new(
+                500,
+                format!("harness: the plugin's {op} output is not JSON: {e}"),
+            )
+        })
+    }
+
+    pub fn get(&self) -> Result<Value, PluginError> {
+        self.invoke(Hook::Get.op(), b"")
+    }
+
+    /// GET's exact output text (field order as the plugin wrote it).
+    pub fn get_raw(&self) -> Result<String, PluginError> {
+        let out = self.invoke_raw(Hook::Get.op(), b"")?;
+        String::from_utf8(out)
+            .map_err(|e| PluginError::new(500, format!("harness: GET output is not UTF-8: {e}")))
+    }
+
+    pub fn put(&self, body: &Value) -> Result<Value, PluginError> {
+        self.put_raw(body.to_string().as_bytes())
+    }
+
+    pub fn put_raw(&self, body: &[u8]) -> Result<Value, PluginError> {
+        self.invoke(Hook::Put.op(), body)
+    }
+
+    /// Daemon start (boot).
+    pub fn start(&self) -> Result<Value, PluginError> {
+        self.invoke(Hook::Start.op(), b"")
+    }
+
+    /// Daemon shutdown.
+    pub fn stop(&self) -> Result<Value, PluginError> {
+        self.invoke(Hook::Stop.op(), b"")
+    }
+
+    pub fn reset(&self) -> Result<Value, PluginError> {
+        self.invoke(Hook::Reset.op(), b"")
+    }
+
+    pub fn factory_reset(&self) -> Result<Value, PluginError> {
+        self.invoke(Hook::FactoryReset.op(), b"")
+    }
+
+    /// Streams a backup with `options` (JSON, e.g. `{"complete": true}`) into memory.
+    pub fn backup(&self, options: &Value) -> Result<Vec<u8>, PluginError> {
+        self.backup_raw(options.to_string().as_bytes())
+    }
+
+    /// Like [`Harness::backup`] with raw option bytes.
+    pub fn backup_raw(&self, options: &[u8]) -> Result<Vec<u8>, PluginError> {
+        let mut sink = VecSink(Vec::new());
+        self.plugin
+            .backup(
+                RSlice::from_slice(options),
+                ByteSink_TO::from_ptr(&mut sink, TD_Opaque),
+            )
+            .into_result()?;
+        Ok(sink.0)
+    }
+
+    /// Restores from an in-memory archive.
+    pub fn restore(&self, archive: &[u8]) -> Result<(), PluginError> {
+        let mut source = SliceSource(archive);
+        self.plugin
+            .restore(ByteSource_TO::from_ptr(&mut source, TD_Opaque))
+            .into_result()
+    }
+}
+
+struct VecSink(Vec<u8>);
+
+impl ByteSink for VecSink {
+    fn write(&mut self, chunk: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        self.0.extend_from_slice(chunk.as_slice());
+        RResult::ROk(())
+    }
+}
+
+struct SliceSource<'a>(&'a [u8]);
+
+impl ByteSource for SliceSource<'_> {
+    fn read(&mut self, mut buf: RSliceMut<'_, u8>) -> RResult<usize, PluginError> {
+        let n = buf.len().min(self.0.len());
+        buf.as_mut_slice()[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        RResult::ROk(n)
+    }
+}
+
+/// The target directory holding the running executable's artifacts: `target/<profile>`
+/// (also for test binaries in `target/<profile>/deps`).
+fn exe_artifact_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    Some(if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// The path of the built plugin library `lib<lib_stem>.so` in this build's target
+/// directory (`CARGO_TARGET_DIR` is honoured). Panics when it is not built.
+pub fn built_plugin(lib_stem: &str) -> PathBuf {
+    let file = format!("lib{lib_stem}.so");
+    let mut candidates = vec![];
+    let exe_dir = exe_artifact_dir();
+    if let Some(dir) = &exe_dir {
+        candidates.push(dir.join(&file));
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR").filter(|t| !t.is_empty()) {
+        let target = PathBuf::from(target);
+        let profile = exe_dir
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("debug"));
+        candidates.push(target.join(profile).join(&file));
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            let looked: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+            panic!(
+                "plugin library {file} not built: run `cargo build --workspace` first (looked in: {})",
+                looked.join(", ")
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sink_collects_and_the_source_reads_in_chunks() {
+        let mut sink = VecSink(Vec::new());
+        {
+            let mut to = ByteSink_TO::from_ptr(&mut sink, TD_Opaque);
+            to.write(RSlice::from_slice(b"abc")).unwrap();
+            to.write(RSlice::from_slice(b"de")).unwrap();
+        }
+        assert_eq!(sink.0, b"abcde");
+
+        let data = b"0123456789";
+        let mut source = SliceSource(data);
+        let mut to = ByteSource_TO::from_ptr(&mut source, TD_Opaque);
+        let mut buf = [0u8; 4];
+        let mut got = vec![];
+        loop {
+            let n = to.read(RSliceMut::from_mut_slice(&mut buf)).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+    }
+}

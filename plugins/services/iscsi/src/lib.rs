@@ -1,0 +1,265 @@
+//! The iSCSI initiator service (open-iscsi): `/1.0/services/iscsi`.
+//!
+//! When enabled, the host gets a persistent initiator name, `iscsid` runs and every
+//! configured target is discovered and logged into. Disabling logs out and stops `iscsid`;
+//! the initiator name is kept so the host keeps its identity towards the targets.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use plugin_api::{Error, Host, Result, Service};
+use serde::{Deserialize, Serialize};
+
+const ISCSID: &str = "iscsid.service";
+const CONFIG_DIR: &str = "/etc/iscsi";
+const INITIATOR_NAME_FILE: &str = "/etc/iscsi/initiatorname.iscsi";
+const ISCSID_CONF: &str = "/etc/iscsi/iscsid.conf";
+const STATE_DIR: &str = "/var/lib/iscsi";
+const IQN_PREFIX: &str = "iqn.2004-10.org.linuxcontainers:01";
+
+const SHORT: Duration = Duration::from_secs(10);
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+const DISCOVERY_TRIES: usize = 10;
+const DISCOVERY_PAUSE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub enabled: bool,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Target {
+    /// The target's name (IQN, EUI or NAA).
+    pub target: String,
+    pub address: String,
+    /// 0 leaves the port to iscsiadm (3260).
+    pub port: i64,
+}
+
+impl Target {
+    /// `address[:port]`, with IPv6 addresses in brackets.
+    pub fn portal(&self) -> String {
+        let mut portal = match self.address.parse::<IpAddr>() {
+            Ok(IpAddr::V6(_)) => format!("[{}]", self.address),
+            _ => self.address.clone(),
+        };
+        if self.port > 0 {
+            portal.push_str(&format!(":{}", self.port));
+        }
+        portal
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct State {
+    pub initiator_name: String,
+}
+
+pub struct Iscsi {
+    host: Host,
+}
+
+fn valid_target_name(name: &str) -> bool {
+    ["iqn.", "eui.", "naa."].iter().any(|p| {
+        name.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty() && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+    })
+}
+
+fn valid_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn check_target(t: &Target) -> std::result::Result<(), String> {
+    if t.target.is_empty() {
+        return Err("target name is empty".into());
+    }
+    if !valid_target_name(&t.target) {
+        return Err(format!(
+            "invalid target name '{}' (expected an iqn., eui. or naa. name)",
+            t.target
+        ));
+    }
+    if t.address.is_empty() {
+        return Err("address is empty".into());
+    }
+    if t.address.parse::<IpAddr>().is_err() && !valid_host_name(&t.address) {
+        return Err(format!("invalid address '{}'", t.address));
+    }
+    if !(0..=65535).contains(&t.port) {
+        return Err(format!("invalid port {} (must be 0 to 65535)", t.port));
+    }
+    Ok(())
+}
+
+fn node_cmd<'a>(target: &'a str, portal: &'a str, action: &'a str) -> [&'a str; 8] {
+    ["iscsiadm", "-m", "node", "-T", target, "-p", portal, action]
+}
+
+impl Iscsi {
+    /// Upstream's common start: initiator name, iscsid, discovery and login of every
+    /// target. Targets logged into are appended to `logged_in` (for undo).
+    fn bring_up(&self, config: &Config, logged_in: &mut Vec<Target>) -> Result<()> {
+        let h = &self.host;
+        h.create_dir(CONFIG_DIR, 0o700)?;
+        if h.read_file(INITIATOR_NAME_FILE)?.is_none() {
+            let name = h.run_ok(&["iscsi-iname", "-p", IQN_PREFIX], SHORT)?;
+            let content = format!("InitiatorName={}\n", name.trim());
+            h.write_file(INITIATOR_NAME_FILE, content.as_bytes(), 0o600)?;
+        }
+        if h.read_file(ISCSID_CONF)?.is_none() {
+            h.write_file(ISCSID_CONF, b"", 0o600)?;
+        }
+        h.start_unit(ISCSID)?;
+        for t in &config.targets {
+            let portal = t.portal();
+            self.discover(&portal)?;
+            h.run_ok(&node_cmd(&t.target, &portal, "--login"), LOGIN_TIMEOUT)?;
+            logged_in.push(t.clone());
+        }
+        Ok(())
+    }
+
+    /// Discovery right after iscsid started may fail: retry a few times.
+    fn discover(&self, portal: &str) -> Result<()> {
+        let argv = [
+            "iscsiadm",
+            "-m",
+            "discovery",
+            "-t",
+            "sendtargets",
+            "-p",
+            portal,
+        ];
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.host.run_ok(&argv, SHORT) {
+                Ok(_) => return Ok(()),
+                Err(e) if tries >= DISCOVERY_TRIES => return Err(e),
+                Err(_) => std::thread::sleep(DISCOVERY_PAUSE),
+            }
+        }
+    }
+
+    /// Logs out of `targets`; failures are only warned about.
+    fn log_out(&self, targets: &[Target]) {
+        for t in targets {
+            let portal = t.portal();
+            let argv = node_cmd(&t.target, &portal, "--logout");
+            if let Err(e) = self.host.run_ok(&argv, LOGIN_TIMEOUT) {
+                self.host.warn(&format!(
+                    "failed to log out of {} at {portal}: {e}",
+                    t.target
+                ));
+            }
+        }
+    }
+
+    /// Puts things back after [`Iscsi::bring_up`] failed half way through an update.
+    fn undo(&self, old: &Config, logged_in: &[Target], was_active: bool) {
+        self.log_out(logged_in);
+        if !was_active {
+            if let Err(e) = self.host.stop_unit(ISCSID) {
+                self.host.warn(&format!("failed to stop {ISCSID}: {e}"));
+            }
+        }
+        if old.enabled {
+            if let Err(e) = self.bring_up(old, &mut Vec::new()) {
+                self.host.error(&format!(
+                    "failed to restore the previous iSCSI configuration: {e}"
+                ));
+            }
+        }
+    }
+}
+
+impl Service for Iscsi {
+    const NAME: &'static str = "iscsi";
+    const START_WEIGHT: i32 = 20;
+    const PATHS: &'static [&'static str] = &[CONFIG_DIR, STATE_DIR];
+
+    type Config = Config;
+    type State = State;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(Iscsi { host })
+    }
+
+    fn state(&self, config: &Config) -> Result<State> {
+        let mut initiator_name = String::new();
+        if config.enabled {
+            if let Some(content) = self.host.read_to_string(INITIATOR_NAME_FILE)? {
+                let content = content.trim();
+                initiator_name = content
+                    .strip_prefix("InitiatorName=")
+                    .unwrap_or(content)
+                    .trim()
+                    .to_string();
+            }
+        }
+        Ok(State { initiator_name })
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        for (i, t) in config.targets.iter().enumerate() {
+            check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
+            if let Some(j) = config.targets[..i]
+                .iter()
+                .position(|o| o.target == t.target && o.portal() == t.portal())
+            {
+                return Err(Error::bad_request(format!(
+                    "target {i}: duplicate of target {j}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        let was_active = new.enabled && self.host.unit_active_state(ISCSID)? == "active";
+        if old.enabled {
+            self.stop(old)?;
+        }
+        if !new.enabled {
+            return Ok(());
+        }
+        let mut logged_in = Vec::new();
+        self.bring_up(new, &mut logged_in).inspect_err(|_| {
+            self.undo(old, &logged_in, was_active);
+        })
+    }
+
+    fn start(&self, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Ok(());
+        }
+        self.host.remove(STATE_DIR)?;
+        self.bring_up(config, &mut Vec::new())
+    }
+
+    fn stop(&self, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Ok(());
+        }
+        self.log_out(&config.targets);
+        self.host.stop_unit(ISCSID)
+    }
+}
+
+plugin_api::export_service!(Iscsi);

@@ -1,0 +1,546 @@
+//! The iscsi plugin as the daemon loads it, against the recording harness host.
+
+use std::os::unix::fs::PermissionsExt;
+
+use incus_osd_harness::{
+    built_plugin, run_generic_checks, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+};
+use serde_json::{json, Value};
+
+const ISCSID: &str = "iscsid.service";
+const INAME: &str = "iqn.2004-10.org.linuxcontainers:01:6f1c2a9b7e3d";
+const T1: &str = "iqn.2024-01.com.example:storage.disk1";
+const T2: &str = "iqn.2024-01.com.example:storage.disk2";
+
+fn plugin() -> Harness {
+    Harness::load(built_plugin("incus_osd_plugin_iscsi")).expect("the iscsi plugin loads")
+}
+
+/// A plugin whose host answers iscsi-iname and every iscsiadm call successfully.
+fn scripted() -> Harness {
+    let h = plugin();
+    let host = h.host();
+    host.on_command(&["iscsi-iname", "-p"], Reply::ok(format!("{INAME}\n")));
+    host.on_command(
+        &["iscsiadm", "-m", "discovery"],
+        Reply::ok("10.0.0.5:3260,1 x\n"),
+    );
+    host.on_command(&["iscsiadm", "-m", "node"], Reply::ok(""));
+    h
+}
+
+fn target(t: &str, address: &str, port: i64) -> Value {
+    json!({"target": t, "address": address, "port": port})
+}
+
+fn config(enabled: bool, targets: &[Value]) -> Value {
+    json!({"enabled": enabled, "targets": targets})
+}
+
+fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
+    h.put(&json!({"state": {"initiator_name": ""}, "config": config}))
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn discovery(portal: &str) -> Vec<String> {
+    argv(&[
+        "iscsiadm",
+        "-m",
+        "discovery",
+        "-t",
+        "sendtargets",
+        "-p",
+        portal,
+    ])
+}
+
+fn node(t: &str, portal: &str, what: &str) -> Vec<String> {
+    argv(&["iscsiadm", "-m", "node", "-T", t, "-p", portal, what])
+}
+
+fn iname() -> Vec<String> {
+    argv(&["iscsi-iname", "-p", "iqn.2004-10.org.linuxcontainers:01"])
+}
+
+fn unit(op: UnitOp) -> UnitCall {
+    UnitCall {
+        op,
+        unit: ISCSID.to_string(),
+    }
+}
+
+fn mode(h: &Harness, os_path: &str) -> u32 {
+    let real = h.host().real_path(os_path);
+    std::fs::metadata(&real)
+        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn generic_checks_pass() {
+    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_iscsi"));
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+}
+
+#[test]
+fn manifest_declares_name_weight_and_paths() {
+    let h = plugin();
+    let m = h.manifest();
+    assert_eq!(m.name, "iscsi");
+    assert_eq!(m.kind, plugin_api::Kind::Service);
+    assert_eq!(m.start_weight, 20);
+    assert_eq!(m.paths, ["/etc/iscsi", "/var/lib/iscsi"]);
+    assert!(!m.has(plugin_api::Hook::Reset));
+}
+
+#[test]
+fn fresh_get_is_exactly_the_default() {
+    let h = plugin();
+    assert_eq!(
+        h.get_raw().unwrap(),
+        r#"{"state":{"initiator_name":""},"config":{"enabled":false,"targets":[]}}"#
+    );
+    assert!(h.host().commands().is_empty());
+}
+
+#[test]
+fn enabling_creates_the_initiator_name_starts_iscsid_and_logs_in() {
+    let h = scripted();
+    let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
+    put_config(&h, &cfg).unwrap();
+
+    let host = h.host();
+    assert_eq!(
+        host.read_file("/etc/iscsi/initiatorname.iscsi").unwrap(),
+        format!("InitiatorName={INAME}\n").as_bytes()
+    );
+    assert_eq!(mode(&h, "/etc/iscsi"), 0o700);
+    assert_eq!(mode(&h, "/etc/iscsi/initiatorname.iscsi"), 0o600);
+    assert_eq!(host.read_file("/etc/iscsi/iscsid.conf").unwrap(), b"");
+    assert_eq!(mode(&h, "/etc/iscsi/iscsid.conf"), 0o600);
+    assert_eq!(
+        host.file_effects(),
+        [
+            FileEffect::DirCreated {
+                path: "/etc/iscsi".into(),
+                mode: 0o700
+            },
+            FileEffect::Written {
+                path: "/etc/iscsi/initiatorname.iscsi".into(),
+                mode: 0o600
+            },
+            FileEffect::Written {
+                path: "/etc/iscsi/iscsid.conf".into(),
+                mode: 0o600
+            },
+        ]
+    );
+    assert_eq!(
+        host.commands(),
+        [
+            iname(),
+            discovery("10.0.0.5:3260"),
+            node(T1, "10.0.0.5:3260", "--login")
+        ]
+    );
+    assert_eq!(host.command_calls()[2].timeout_ms, 30_000);
+    assert_eq!(
+        host.units(),
+        [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
+    );
+    assert_eq!(host.unit_state(ISCSID), "active");
+    assert_eq!(host.state(), json!({ "config": cfg }));
+    assert_eq!(host.save_count(), 1);
+    assert_eq!(
+        h.get().unwrap(),
+        json!({"state": {"initiator_name": INAME}, "config": cfg})
+    );
+}
+
+#[test]
+fn an_existing_initiator_name_and_iscsid_conf_are_kept() {
+    let h = scripted();
+    let host = h.host();
+    host.put_file(
+        "/etc/iscsi/initiatorname.iscsi",
+        b"InitiatorName=iqn.x:kept\n",
+        0o644,
+    );
+    host.put_file("/etc/iscsi/iscsid.conf", b"node.startup = manual\n", 0o644);
+    put_config(&h, &config(true, &[])).unwrap();
+    assert_eq!(host.files_written(), Vec::<String>::new());
+    assert!(!host.commands().contains(&iname()));
+    assert_eq!(
+        host.read_file("/etc/iscsi/iscsid.conf").unwrap(),
+        b"node.startup = manual\n"
+    );
+    assert_eq!(h.get().unwrap()["state"]["initiator_name"], "iqn.x:kept");
+}
+
+#[test]
+fn portals_bracket_ipv6_and_append_only_positive_ports() {
+    let h = scripted();
+    let targets = [
+        target(T1, "fd00::5", 3260),
+        target(T1, "fd00::6", 0),
+        target(T2, "san.example.com", 0),
+        target(T2, "192.0.2.7", 860),
+    ];
+    put_config(&h, &config(true, &targets)).unwrap();
+    let portals: Vec<String> = h
+        .host()
+        .commands()
+        .into_iter()
+        .filter(|c| c.ends_with(&["--login".to_string()]))
+        .map(|c| c[6].clone())
+        .collect();
+    assert_eq!(
+        portals,
+        [
+            "[fd00::5]:3260",
+            "[fd00::6]",
+            "san.example.com",
+            "192.0.2.7:860"
+        ]
+    );
+    assert!(h.host().commands().contains(&discovery("[fd00::5]:3260")));
+}
+
+#[test]
+fn discovery_is_retried_until_it_works() {
+    let h = scripted();
+    h.host().on_command_times(
+        &["iscsiadm", "-m", "discovery"],
+        2,
+        Reply::fail(4, "iscsiadm: cannot make connection"),
+    );
+    put_config(&h, &config(true, &[target(T1, "10.0.0.5", 0)])).unwrap();
+    let discoveries = h
+        .host()
+        .commands()
+        .into_iter()
+        .filter(|c| *c == discovery("10.0.0.5"))
+        .count();
+    assert_eq!(discoveries, 3);
+}
+
+#[test]
+fn invalid_configs_are_refused_with_400_and_change_nothing() {
+    let cases: Vec<(Vec<Value>, &str)> = vec![
+        (
+            vec![target("", "10.0.0.5", 3260)],
+            "target 0: target name is empty",
+        ),
+        (
+            vec![target("storage.disk1", "10.0.0.5", 3260)],
+            "target 0: invalid target name 'storage.disk1' (expected an iqn., eui. or naa. name)",
+        ),
+        (
+            vec![target(T1, "10.0.0.5", 3260), target("iqn.", "10.0.0.5", 0)],
+            "target 1: invalid target name 'iqn.' (expected an iqn., eui. or naa. name)",
+        ),
+        (vec![target(T1, "", 3260)], "target 0: address is empty"),
+        (
+            vec![target(T1, "bad host", 3260)],
+            "target 0: invalid address 'bad host'",
+        ),
+        (
+            vec![target(T1, "-san.example.com", 3260)],
+            "target 0: invalid address '-san.example.com'",
+        ),
+        (
+            vec![target(T1, "[fd00::5]", 3260)],
+            "target 0: invalid address '[fd00::5]'",
+        ),
+        (
+            vec![target(T1, "10.0.0.5", 65536)],
+            "target 0: invalid port 65536 (must be 0 to 65535)",
+        ),
+        (
+            vec![target(T1, "10.0.0.5", -1)],
+            "target 0: invalid port -1 (must be 0 to 65535)",
+        ),
+        (
+            vec![
+                target(T1, "10.0.0.5", 3260),
+                target(T2, "10.0.0.5", 3260),
+                target(T1, "10.0.0.5", 3260),
+            ],
+            "target 2: duplicate of target 0",
+        ),
+    ];
+    for enabled in [true, false] {
+        for (targets, message) in &cases {
+            let h = scripted();
+            let err = put_config(&h, &config(enabled, targets)).unwrap_err();
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, *message),
+                "{targets:?}"
+            );
+            let host = h.host();
+            assert!(host.commands().is_empty(), "{message}");
+            assert!(host.units().is_empty(), "{message}");
+            assert!(host.file_effects().is_empty(), "{message}");
+            assert!(!host.root().join("etc").exists(), "{message}");
+            assert_eq!(host.state(), Value::Null, "{message}");
+            assert_eq!(host.save_count(), 0, "{message}");
+        }
+    }
+}
+
+#[test]
+fn valid_target_names_and_addresses_are_accepted() {
+    let h = scripted();
+    let targets = [
+        target("eui.02004567A425678D", "san", 0),
+        target("naa.52004567BA64678D", "san.example.com.", 3260),
+        target(T1, "2001:db8::1", 65535),
+        target(T1, "192.0.2.1", 3260),
+    ];
+    put_config(&h, &config(false, &targets)).unwrap();
+    assert_eq!(
+        h.get().unwrap()["config"]["targets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    assert!(h.host().commands().is_empty());
+}
+
+#[test]
+fn a_failing_login_undoes_everything() {
+    let h = scripted();
+    let host = h.host();
+    host.on_command(
+        &["iscsiadm", "-m", "node", "-T", T2],
+        Reply::fail(19, "iscsiadm: No portal found.\n"),
+    );
+    let cfg = config(
+        true,
+        &[target(T1, "10.0.0.5", 3260), target(T2, "10.0.0.6", 3260)],
+    );
+    let err = put_config(&h, &cfg).unwrap_err();
+    assert_eq!(err.status, 500);
+    assert_eq!(
+        err.message.as_str(),
+        format!(
+            "Failed to run: iscsiadm -m node -T {T2} -p 10.0.0.6:3260 --login: exit status 19 (iscsiadm: No portal found.)"
+        )
+    );
+    assert_eq!(
+        host.commands(),
+        [
+            iname(),
+            discovery("10.0.0.5:3260"),
+            node(T1, "10.0.0.5:3260", "--login"),
+            discovery("10.0.0.6:3260"),
+            node(T2, "10.0.0.6:3260", "--login"),
+            node(T1, "10.0.0.5:3260", "--logout"),
+        ]
+    );
+    assert_eq!(
+        host.units(),
+        [
+            unit(UnitOp::ActiveState),
+            unit(UnitOp::Start),
+            unit(UnitOp::Stop)
+        ]
+    );
+    assert_eq!(host.unit_state(ISCSID), "inactive");
+    assert_eq!(host.state(), Value::Null);
+    assert_eq!(host.save_count(), 0);
+    assert_eq!(h.get().unwrap()["config"], config(false, &[]));
+}
+
+#[test]
+fn a_failing_update_brings_the_old_config_back() {
+    let h = scripted();
+    let host = h.host();
+    let old = config(true, &[target(T1, "10.0.0.5", 3260)]);
+    put_config(&h, &old).unwrap();
+    host.on_command(
+        &[
+            "iscsiadm", "-m", "node", "-T", T2, "-p", "10.0.0.6", "--login",
+        ],
+        Reply::fail(8, "iscsiadm: connection login retries reached"),
+    );
+    host.clear_effects();
+
+    let new = config(true, &[target(T2, "10.0.0.6", 0)]);
+    let err = put_config(&h, &new).unwrap_err();
+    assert_eq!(err.status, 500, "{err:?}");
+    assert_eq!(
+        host.commands(),
+        [
+            node(T1, "10.0.0.5:3260", "--logout"),
+            discovery("10.0.0.6"),
+            node(T2, "10.0.0.6", "--login"),
+            // iscsid was active before the update: it is not stopped, the old
+            // config is brought back up.
+            discovery("10.0.0.5:3260"),
+            node(T1, "10.0.0.5:3260", "--login"),
+        ]
+    );
+    assert_eq!(host.unit_state(ISCSID), "active");
+    assert_eq!(host.state(), json!({ "config": old }));
+    assert_eq!(host.save_count(), 1);
+}
+
+#[test]
+fn a_failing_save_is_undone() {
+    let h = scripted();
+    let host = h.host();
+    host.fail_next_save("disk full");
+    let err = put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    assert_eq!(
+        host.commands().last().unwrap(),
+        &node(T1, "10.0.0.5:3260", "--logout")
+    );
+    assert_eq!(host.unit_state(ISCSID), "inactive");
+    assert_eq!(host.state(), Value::Null);
+}
+
+#[test]
+fn a_failing_iscsid_start_is_reported() {
+    let h = scripted();
+    h.host().fail_unit(ISCSID, "Job for iscsid.service failed");
+    let err = put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    assert_eq!(
+        (err.status, err.message.as_str()),
+        (500, "Job for iscsid.service failed")
+    );
+    let host = h.host();
+    assert!(host.commands().iter().all(|c| c[0] != "iscsiadm"));
+    // The undo tries to stop it again.
+    assert_eq!(
+        host.units(),
+        [
+            unit(UnitOp::ActiveState),
+            unit(UnitOp::Start),
+            unit(UnitOp::Stop)
+        ]
+    );
+    assert_eq!(host.unit_state(ISCSID), "failed");
+    assert_eq!(host.state(), Value::Null);
+}
+
+#[test]
+fn disabling_logs_out_stops_iscsid_and_keeps_the_initiator_name() {
+    let h = scripted();
+    let host = h.host();
+    let targets = [target(T1, "10.0.0.5", 3260), target(T2, "fd00::6", 0)];
+    put_config(&h, &config(true, &targets)).unwrap();
+    host.clear_effects();
+
+    put_config(&h, &config(false, &targets)).unwrap();
+    assert_eq!(
+        host.commands(),
+        [
+            node(T1, "10.0.0.5:3260", "--logout"),
+            node(T2, "[fd00::6]", "--logout")
+        ]
+    );
+    assert_eq!(host.units(), [unit(UnitOp::Stop)]);
+    assert_eq!(host.unit_state(ISCSID), "inactive");
+    assert!(host.file_effects().is_empty());
+    assert!(host.read_file("/etc/iscsi/initiatorname.iscsi").is_some());
+    assert_eq!(
+        h.get().unwrap(),
+        json!({"state": {"initiator_name": ""}, "config": config(false, &targets)})
+    );
+}
+
+#[test]
+fn logout_failures_are_only_warnings() {
+    let h = scripted();
+    let host = h.host();
+    put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap();
+    host.on_command(
+        &[
+            "iscsiadm",
+            "-m",
+            "node",
+            "-T",
+            T1,
+            "-p",
+            "10.0.0.5:3260",
+            "--logout",
+        ],
+        Reply::fail(21, "iscsiadm: No matching sessions found"),
+    );
+    put_config(&h, &config(false, &[])).unwrap();
+    assert_eq!(host.unit_state(ISCSID), "inactive");
+    let warnings: Vec<_> = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.level == LogLevel::Warn)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].message.contains(T1), "{warnings:?}");
+}
+
+#[test]
+fn boot_start_wipes_var_lib_iscsi_first() {
+    let h = scripted();
+    let host = h.host();
+    let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
+    host.set_state(json!({ "config": cfg }));
+    host.put_file("/var/lib/iscsi/nodes/stale/default", b"stale", 0o600);
+
+    h.start().unwrap();
+    assert_eq!(
+        host.file_effects()[0],
+        FileEffect::Removed {
+            path: "/var/lib/iscsi".into()
+        }
+    );
+    assert!(!host.real_path("/var/lib/iscsi").exists());
+    assert_eq!(
+        host.commands(),
+        [
+            iname(),
+            discovery("10.0.0.5:3260"),
+            node(T1, "10.0.0.5:3260", "--login")
+        ]
+    );
+    assert_eq!(host.unit_state(ISCSID), "active");
+    assert_eq!(host.save_count(), 0);
+
+    // Daemon shutdown.
+    host.clear_effects();
+    h.stop().unwrap();
+    assert_eq!(host.commands(), [node(T1, "10.0.0.5:3260", "--logout")]);
+    assert_eq!(host.units(), [unit(UnitOp::Stop)]);
+}
+
+#[test]
+fn boot_start_and_stop_do_nothing_when_disabled() {
+    let h = scripted();
+    h.host().put_file("/var/lib/iscsi/nodes/x", b"x", 0o600);
+    h.start().unwrap();
+    h.stop().unwrap();
+    let host = h.host();
+    assert!(host.commands().is_empty());
+    assert!(host.units().is_empty());
+    assert!(host.file_effects().is_empty());
+    assert!(host.real_path("/var/lib/iscsi/nodes/x").exists());
+}
+
+#[test]
+fn reset_is_not_supported() {
+    let err = plugin().reset().unwrap_err();
+    assert_eq!(
+        (err.status, err.message.as_str()),
+        (500, "reset isn't supported by this service")
+    );
+}

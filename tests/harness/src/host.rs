@@ -1,0 +1,441 @@
+//! [`HarnessHost`]: a host that records every effect a plugin has instead of touching the
+//! machine. Files go to a temporary root through the daemon's own [`RootFs`], so the
+//! manifest's write allow-list is enforced exactly as in production.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use incus_osd::platform::files::RootFs;
+use plugin_api::abi::{
+    CommandOutput, CommandSpec, HostHandle, HostOps, HostOps_TO, LogLevel, PluginError, UnitOp,
+};
+use plugin_api::Manifest;
+use serde_json::Value;
+
+/// A log line a plugin wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// A unit operation a plugin asked for (recorded whether it succeeded or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitCall {
+    pub op: UnitOp,
+    pub unit: String,
+}
+
+/// A change a plugin made under the root (successful ones only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileEffect {
+    Written { path: String, mode: u32 },
+    DirCreated { path: String, mode: u32 },
+    Removed { path: String },
+}
+
+/// A command a plugin ran (recorded whether it was scripted or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandCall {
+    pub argv: Vec<String>,
+    pub stdin: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
+/// What a scripted command returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Reply {
+    /// Exit 0 with `stdout`.
+    pub fn ok(stdout: impl Into<String>) -> Self {
+        Reply {
+            status: 0,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
+    }
+
+    /// A non-zero exit with `stderr`.
+    pub fn fail(status: i32, stderr: impl Into<String>) -> Self {
+        Reply {
+            status,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
+    }
+}
+
+struct Rule {
+    prefix: Vec<String>,
+    reply: Reply,
+    /// `None`: answers forever; `Some(n)`: answers `n` more times.
+    remaining: Option<usize>,
+}
+
+#[derive(Default)]
+struct Record {
+    logs: Vec<LogLine>,
+    units: Vec<UnitCall>,
+    unit_states: BTreeMap<String, String>,
+    failing_units: BTreeMap<String, String>,
+    files: Vec<FileEffect>,
+    state: Value,
+    saves: usize,
+    fail_next_save: Option<String>,
+    commands: Vec<CommandCall>,
+    rules: Vec<Rule>,
+}
+
+struct Inner {
+    root: tempfile::TempDir,
+    fs: RootFs,
+    record: Mutex<Record>,
+}
+
+/// The inspectable host. Cheap to clone: every clone shares the same recorded state, so a
+/// test keeps one while the plugin holds the handle built by [`HarnessHost::handle`].
+#[derive(Clone)]
+pub struct HarnessHost {
+    inner: Arc<Inner>,
+}
+
+fn err(message: impl Into<String>) -> PluginError {
+    PluginError::new(500, message)
+}
+
+impl HarnessHost {
+    /// A host with a fresh temporary root whose writes are limited to `manifest.paths`.
+    pub fn new(manifest: &Manifest) -> std::io::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix("incus-osd-harness")
+            .tempdir()?;
+        let fs = RootFs::restricted(root.path(), &manifest.paths);
+        Ok(HarnessHost {
+            inner: Arc::new(Inner {
+                root,
+                fs,
+                record: Mutex::new(Record::default()),
+            }),
+        })
+    }
+
+    /// The ABI handle to give a plugin; it shares this host's state.
+    pub fn handle(&self) -> HostHandle {
+        HostOps_TO::from_value(self.clone(), TD_Opaque)
+    }
+
+    fn record(&self) -> MutexGuard<'_, Record> {
+        self.inner.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The temporary directory standing for `/`.
+    pub fn root(&self) -> &Path {
+        self.inner.root.path()
+    }
+
+    /// Where an OS path (`/etc/iscsi/x`) lives under the temporary root.
+    pub fn real_path(&self, os_path: &str) -> PathBuf {
+        self.inner
+            .fs
+            .resolve(os_path)
+            .unwrap_or_else(|e| panic!("bad OS path {os_path:?}: {e}"))
+    }
+
+    /// Reads a file under the root, `None` if absent.
+    pub fn read_file(&self, os_path: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.real_path(os_path)).ok()
+    }
+
+    /// Creates a file under the root (bypassing the allow-list: this is the test's setup).
+    pub fn put_file(&self, os_path: &str, data: &[u8], mode: u32) {
+        let real = self.real_path(os_path);
+        incus_osd::platform::files::atomic_write(&real, data, mode)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", real.display()));
+    }
+
+    // --- scripting -----------------------------------------------------------------------
+
+    /// Answers every command whose argv starts with `prefix` with `reply`. The longest
+    /// matching prefix wins; among equal prefixes the latest registration wins.
+    pub fn on_command(&self, prefix: &[&str], reply: Reply) {
+        self.add_rule(prefix, reply, None);
+    }
+
+    /// Like [`HarnessHost::on_command`] but answers only the next `times` matching commands;
+    /// such one-shot answers take precedence over permanent ones.
+    pub fn on_command_times(&self, prefix: &[&str], times: usize, reply: Reply) {
+        self.add_rule(prefix, reply, Some(times));
+    }
+
+    fn add_rule(&self, prefix: &[&str], reply: Reply, remaining: Option<usize>) {
+        self.record().rules.push(Rule {
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
+            reply,
+            remaining,
+        });
+    }
+
+    /// Makes the next `state_save` fail with `message` (500).
+    pub fn fail_next_save(&self, message: &str) {
+        self.record().fail_next_save = Some(message.to_string());
+    }
+
+    /// Makes every operation on `unit` fail with `message` (500) until cleared, as a
+    /// broken unit would: a failed start or restart leaves it `failed`; `ActiveState`
+    /// queries still answer.
+    pub fn fail_unit(&self, unit: &str, message: &str) {
+        self.record()
+            .failing_units
+            .insert(unit.to_string(), message.to_string());
+    }
+
+    pub fn clear_unit_failure(&self, unit: &str) {
+        self.record().failing_units.remove(unit);
+    }
+
+    /// Sets a unit's `ActiveState` (e.g. `active` for a unit already running).
+    pub fn set_unit_state(&self, unit: &str, state: &str) {
+        self.record()
+            .unit_states
+            .insert(unit.to_string(), state.to_string());
+    }
+
+    /// Replaces the persisted state document (as if saved by an earlier run); does not
+    /// count as a save.
+    pub fn set_state(&self, state: Value) {
+        self.record().state = state;
+    }
+
+    /// Forgets the recorded logs, unit calls, file effects and commands (not the state
+    /// document, the save count, unit states or scripts).
+    pub fn clear_effects(&self) {
+        let mut r = self.record();
+        r.logs.clear();
+        r.units.clear();
+        r.files.clear();
+        r.commands.clear();
+    }
+
+    // --- inspection ----------------------------------------------------------------------
+
+    pub fn logs(&self) -> Vec<LogLine> {
+        self.record().logs.clone()
+    }
+
+    /// Every unit operation asked for, in order (including `ActiveState` queries).
+    pub fn units(&self) -> Vec<UnitCall> {
+        self.record().units.clone()
+    }
+
+    /// A unit's `ActiveState` as the harness tracks it (`inactive` by default).
+    pub fn unit_state(&self, unit: &str) -> String {
+        self.record()
+            .unit_states
+            .get(unit)
+            .cloned()
+            .unwrap_or_else(|| "inactive".to_string())
+    }
+
+    pub fn file_effects(&self) -> Vec<FileEffect> {
+        self.record().files.clone()
+    }
+
+    /// OS paths of the files written, in order.
+    pub fn files_written(&self) -> Vec<String> {
+        self.file_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                FileEffect::Written { path, .. } => Some(path),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// OS paths removed, in order.
+    pub fn files_removed(&self) -> Vec<String> {
+        self.file_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                FileEffect::Removed { path } => Some(path),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The persisted state document (`null` until the plugin saves one).
+    pub fn state(&self) -> Value {
+        self.record().state.clone()
+    }
+
+    /// How many times the state document was saved successfully.
+    pub fn save_count(&self) -> usize {
+        self.record().saves
+    }
+
+    /// The argv of every command run, in order.
+    pub fn commands(&self) -> Vec<Vec<String>> {
+        self.record()
+            .commands
+            .iter()
+            .map(|c| c.argv.clone())
+            .collect()
+    }
+
+    /// Every command run, with its stdin and timeout.
+    pub fn command_calls(&self) -> Vec<CommandCall> {
+        self.record().commands.clone()
+    }
+
+    fn fs_result<T>(
+        &self,
+        res: Result<T, incus_osd::platform::files::FsError>,
+        effect: impl FnOnce() -> FileEffect,
+    ) -> RResult<T, PluginError> {
+        match res {
+            Ok(v) => {
+                self.record().files.push(effect());
+                RResult::ROk(v)
+            }
+            Err(e) => RResult::RErr(err(e.to_string())),
+        }
+    }
+}
+
+impl Record {
+    fn take_reply(&mut self, argv: &[String]) -> Option<Reply> {
+        let matches = |r: &Rule| r.remaining != Some(0) && argv.starts_with(&r.prefix);
+        // Best rule: one-shot before permanent, then longest prefix, then latest.
+        let idx = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches(r))
+            .max_by_key(|(i, r)| (r.remaining.is_some(), r.prefix.len(), *i))
+            .map(|(i, _)| i)?;
+        let rule = &mut self.rules[idx];
+        if let Some(n) = &mut rule.remaining {
+            *n -= 1;
+        }
+        Some(rule.reply.clone())
+    }
+}
+
+impl HostOps for HarnessHost {
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.record().logs.push(LogLine {
+            level,
+            message: message.to_string(),
+        });
+    }
+
+    fn state_load(&self) -> RResult<RString, PluginError> {
+        RResult::ROk(RString::from(self.record().state.to_string()))
+    }
+
+    fn state_save(&self, json: RStr<'_>) -> RResult<(), PluginError> {
+        let mut r = self.record();
+        if let Some(message) = r.fail_next_save.take() {
+            return RResult::RErr(err(message));
+        }
+        match serde_json::from_str(json.as_str()) {
+            Ok(v) => {
+                r.state = v;
+                r.saves += 1;
+                RResult::ROk(())
+            }
+            Err(e) => RResult::RErr(err(format!("state document is not JSON: {e}"))),
+        }
+    }
+
+    fn file_read(&self, path: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
+        match self.inner.fs.read(path.as_str()) {
+            Ok(d) => RResult::ROk(d.map(RVec::from).into()),
+            Err(e) => RResult::RErr(err(e.to_string())),
+        }
+    }
+
+    fn file_write(
+        &self,
+        path: RStr<'_>,
+        data: RSlice<'_, u8>,
+        mode: u32,
+    ) -> RResult<(), PluginError> {
+        let res = self.inner.fs.write(path.as_str(), data.as_slice(), mode);
+        self.fs_result(res, || FileEffect::Written {
+            path: path.to_string(),
+            mode,
+        })
+    }
+
+    fn dir_create(&self, path: RStr<'_>, mode: u32) -> RResult<(), PluginError> {
+        let res = self.inner.fs.create_dir(path.as_str(), mode);
+        self.fs_result(res, || FileEffect::DirCreated {
+            path: path.to_string(),
+            mode,
+        })
+    }
+
+    fn remove(&self, path: RStr<'_>) -> RResult<(), PluginError> {
+        let res = self.inner.fs.remove(path.as_str());
+        self.fs_result(res, || FileEffect::Removed {
+            path: path.to_string(),
+        })
+    }
+
+    fn unit(&self, op: UnitOp, unit: RStr<'_>) -> RResult<RString, PluginError> {
+        let unit = unit.to_string();
+        let mut r = self.record();
+        r.units.push(UnitCall {
+            op,
+            unit: unit.clone(),
+        });
+        if let Some(message) = r.failing_units.get(&unit).cloned() {
+            if op != UnitOp::ActiveState {
+                if matches!(op, UnitOp::Start | UnitOp::Restart) {
+                    r.unit_states.insert(unit, "failed".to_string());
+                }
+                return RResult::RErr(err(message));
+            }
+        }
+        let new_state = match op {
+            UnitOp::Start | UnitOp::Restart => "active",
+            UnitOp::Stop => "inactive",
+            UnitOp::Reload => return RResult::ROk(RString::new()),
+            UnitOp::ActiveState => {
+                let state = r.unit_states.get(&unit).map_or("inactive", String::as_str);
+                return RResult::ROk(RString::from(state));
+            }
+        };
+        r.unit_states.insert(unit, new_state.to_string());
+        RResult::ROk(RString::new())
+    }
+
+    fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
+        let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
+        let mut r = self.record();
+        r.commands.push(CommandCall {
+            argv: argv.clone(),
+            stdin: spec.stdin.to_vec(),
+            timeout_ms: spec.timeout_ms,
+        });
+        match r.take_reply(&argv) {
+            Some(reply) => RResult::ROk(CommandOutput {
+                status: reply.status,
+                stdout: reply.stdout.into_bytes().into(),
+                stderr: reply.stderr.into_bytes().into(),
+            }),
+            None => RResult::RErr(err(format!(
+                "command not scripted in the harness: {}",
+                argv.join(" ")
+            ))),
+        }
+    }
+}
