@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, App};
 use crate::platform::files::RootFs;
+use crate::platform::systemd::PowerAction;
 use crate::platform::{Mode, Platform};
 use crate::plugins::host_impl::DaemonHost;
 use crate::plugins::Registry;
@@ -27,6 +28,9 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     /// How long one plugin call may take before it fails and the plugin is marked degraded.
     pub plugin_timeout: Duration,
+    /// D-Bus address of the systemd to drive; `None`: the system bus when the root is `/`,
+    /// no systemd otherwise.
+    pub system_bus: Option<String>,
 }
 
 impl Config {
@@ -38,6 +42,7 @@ impl Config {
             socket: root.join("run/incus-os/unix.socket"),
             plugin_dirs: vec![root.join("usr/lib/incus-osd/plugins")],
             plugin_timeout: Duration::from_secs(60),
+            system_bus: None,
             root,
         }
     }
@@ -108,7 +113,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, StartError> {
 }
 
 /// Everything loaded before serving: state, OS identity, plugins.
-pub fn prepare(config: &Config) -> Result<Arc<App>, StartError> {
+pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartError> {
     let state_dir = config.state_dir();
     private_dir(&state_dir, 0o700)?;
     let mut store = Store::load_or_create(&state_dir)?;
@@ -127,7 +132,6 @@ pub fn prepare(config: &Config) -> Result<Arc<App>, StartError> {
         }
     }
     let info = SystemInfo::read(&config.root, os);
-    let platform = Platform::for_root(&config.root);
     if let Mode::Offline(why) = &platform.mode {
         tracing::warn!("{why}");
     }
@@ -143,6 +147,7 @@ pub fn prepare(config: &Config) -> Result<Arc<App>, StartError> {
         store,
         registry,
         info,
+        platform,
     )))
 }
 
@@ -152,6 +157,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Set once the plugins' stop hooks ran (by a power action or at shutdown).
+    plugins_stopped: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Daemon {
@@ -159,7 +166,8 @@ impl Daemon {
     /// then reports the system ready.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
         let listener = bind_socket(&config.socket)?;
-        let app = match prepare(config) {
+        let platform = Platform::connect(&config.root, config.system_bus.as_deref()).await;
+        let app = match prepare(config, platform) {
             Ok(app) => app,
             Err(e) => {
                 let _ = std::fs::remove_file(&config.socket);
@@ -176,6 +184,7 @@ impl Daemon {
                 .await
         });
         tracing::info!(socket = %config.socket.display(), "API listening");
+        apply_logging(&app).await;
         app.registry.start_all().await;
         {
             let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
@@ -187,11 +196,17 @@ impl Daemon {
         }
         app.set_ready();
         tracing::info!(version = %app.info.os().version, "System is ready");
+        notify_systemd("READY=1");
+        let plugins_stopped = Arc::new(tokio::sync::Mutex::new(false));
+        if let Some(requests) = app.take_power_requests() {
+            tokio::spawn(action_loop(app.clone(), requests, plugins_stopped.clone()));
+        }
         Ok(Daemon {
             app,
             socket: config.socket.clone(),
             stop,
             server,
+            plugins_stopped,
         })
     }
 
@@ -206,17 +221,106 @@ impl Daemon {
             Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
             Err(_) => tracing::warn!("in-flight requests did not finish within 30s"),
         }
-        self.app.registry.stop_all().await;
-        {
-            let store = self.app.store.lock().unwrap_or_else(|p| p.into_inner());
-            if !store.is_read_only() {
-                if let Err(e) = store.save() {
-                    tracing::error!(error = %e, "cannot save state at shutdown");
-                }
-            }
-        }
+        notify_systemd("STOPPING=1");
+        stop_plugins_once(&self.app, &self.plugins_stopped).await;
+        save_state(&self.app);
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!("stopped");
+    }
+}
+
+/// Runs the plugins' stop hooks, unless that already happened.
+async fn stop_plugins_once(app: &App, stopped: &tokio::sync::Mutex<bool>) {
+    let mut done = stopped.lock().await;
+    if !*done {
+        app.registry.stop_all().await;
+        *done = true;
+    }
+}
+
+/// Saves the state document (logged, not fatal).
+fn save_state(app: &App) {
+    app.with_state(|store| {
+        if !store.is_read_only() {
+            if let Err(e) = store.save() {
+                tracing::error!(error = %e, "cannot save state");
+            }
+        }
+    });
+}
+
+/// Carries out power requests: for reboot and power-off the shutdown sequence first (plugins
+/// stopped in reverse order, state saved), then the request to systemd. If systemd refuses,
+/// the plugins are started again.
+async fn action_loop(
+    app: Arc<App>,
+    mut requests: tokio::sync::mpsc::Receiver<PowerAction>,
+    plugins_stopped: Arc<tokio::sync::Mutex<bool>>,
+) {
+    while let Some(action) = requests.recv().await {
+        tracing::info!(action = action.as_str(), "power action requested");
+        let shutdown = action != PowerAction::Suspend;
+        if shutdown {
+            tracing::info!("System is shutting down");
+            stop_plugins_once(&app, &plugins_stopped).await;
+            save_state(&app);
+        }
+        let app2 = app.clone();
+        let result = tokio::task::spawn_blocking(move || app2.platform.units.power(action))
+            .await
+            .unwrap_or_else(|e| Err(crate::platform::PlatformError(e.to_string())));
+        if let Err(e) = result {
+            tracing::error!(action = action.as_str(), error = %e, "power action failed");
+            if shutdown {
+                let mut stopped = plugins_stopped.lock().await;
+                app.registry.start_all().await;
+                *stopped = false;
+            }
+        }
+    }
+}
+
+/// Applies the stored syslog forwarding at start (failures are logged, not fatal).
+async fn apply_logging(app: &Arc<App>) {
+    let config = app.with_state(|s| s.doc().system.logging.clone());
+    if config == Default::default() {
+        return;
+    }
+    let app2 = app.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        crate::system::logging::apply(
+            &RootFs::new(&app2.root),
+            app2.platform.units.as_ref(),
+            &config,
+        )
+    })
+    .await;
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
+        Err(e) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
+    }
+}
+
+/// Tells systemd about our state (`Type=notify`), when started by it.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "sd_notify: no socket"),
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 

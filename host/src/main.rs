@@ -26,6 +26,10 @@ struct Args {
     /// Seconds one plugin call may take before it fails and the plugin is marked degraded.
     #[arg(long, default_value_t = 60.0)]
     plugin_timeout: f64,
+    /// D-Bus address of the systemd to drive (e.g. `unix:path=/run/dbus/system_bus_socket`)
+    /// [default: the system bus when the root is `/`; none otherwise].
+    #[arg(long)]
+    system_bus: Option<String>,
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -51,6 +55,7 @@ fn config(args: Args) -> Result<Config, String> {
     if let Some(s) = args.socket {
         cfg.socket = s;
     }
+    cfg.system_bus = args.system_bus;
     if !args.plugins.is_empty() {
         cfg.plugin_dirs = args.plugins;
     }

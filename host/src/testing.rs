@@ -122,7 +122,7 @@ impl TestApp {
                 version: "202511041601".into(),
             },
         );
-        let app = Arc::new(App::new(root, store, reg, info));
+        let app = Arc::new(App::new(root, store, reg, info, platform));
         if self.ready {
             app.set_ready();
         }

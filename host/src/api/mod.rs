@@ -6,11 +6,14 @@
 //! refuses proxied requests with `403 not authorized` before anything else.
 
 pub mod applications;
+pub mod debug;
+pub mod internal;
 pub mod plugins;
 pub mod proxy;
 pub mod response;
 pub mod root;
 pub mod services;
+pub mod system;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,10 +26,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
+use crate::platform::systemd::PowerAction;
+use crate::platform::Platform;
 use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::SystemInfo;
 pub use response::{ApiError, ApiResult};
+use tokio::sync::mpsc;
 
 /// Everything the handlers share.
 pub struct App {
@@ -34,7 +40,10 @@ pub struct App {
     pub store: Arc<Mutex<Store>>,
     pub registry: Registry,
     pub info: SystemInfo,
+    pub platform: Platform,
     ready: AtomicBool,
+    power_tx: mpsc::Sender<PowerAction>,
+    power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
 
 impl App {
@@ -43,14 +52,41 @@ impl App {
         store: Arc<Mutex<Store>>,
         registry: Registry,
         info: SystemInfo,
+        platform: Platform,
     ) -> Self {
+        let (power_tx, power_rx) = mpsc::channel(1);
         App {
             root,
             store,
             registry,
             info,
+            platform,
             ready: AtomicBool::new(false),
+            power_tx,
+            power_rx: Mutex::new(Some(power_rx)),
         }
+    }
+
+    /// Queues a power action for the daemon's action loop. A second request while one is
+    /// queued is refused rather than blocking (upstream blocks the request).
+    pub fn request_power(&self, action: PowerAction) -> Result<(), ApiError> {
+        self.power_tx
+            .try_send(action)
+            .map_err(|_| ApiError::new(409, "a power action is already in progress"))
+    }
+
+    /// The receiving end of power requests (taken once, by the daemon's action loop).
+    pub fn take_power_requests(&self) -> Option<mpsc::Receiver<PowerAction>> {
+        self.power_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Runs `f` on the state store under its lock.
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut store)
     }
 
     pub fn set_ready(&self) {
@@ -98,6 +134,21 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/applications", any(applications::list))
         .route("/1.0/applications/{name}", any(applications::entity))
         .route("/1.0/applications/{name}/{*rest}", any(applications::verb))
+        .route("/1.0/debug", any(debug::list))
+        .route("/1.0/debug/log", any(debug::log))
+        .route("/1.0/debug/kernel", any(debug::kernel))
+        .route("/1.0/debug/processes", any(debug::processes))
+        .route(
+            "/1.0/debug/tui/:write-message",
+            any(internal::write_message),
+        )
+        .route("/internal/tui/:write-message", any(internal::write_message))
+        .route("/1.0/system", any(system::list))
+        .route("/1.0/system/logging", any(system::logging))
+        .route("/1.0/system/:reboot", any(system::reboot))
+        .route("/1.0/system/:poweroff", any(system::poweroff))
+        .route("/1.0/system/:suspend", any(system::suspend))
+        .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::from_fn(guard))

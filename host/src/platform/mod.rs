@@ -6,7 +6,9 @@
 
 pub mod exec;
 pub mod files;
+pub mod journal;
 pub mod systemd;
+pub mod systemd_dbus;
 
 use std::sync::Arc;
 
@@ -33,14 +35,30 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Picks the adapters for a root prefix.
+    /// The adapters for a root prefix, with systemd reached over D-Bus: on `bus` when
+    /// given, else on the system bus when the root is `/`. Commands run only when the root
+    /// is `/`.
+    pub async fn connect(root: &std::path::Path, bus: Option<&str>) -> Platform {
+        let mut p = Platform::for_root(root);
+        if bus.is_none() && p.mode != Mode::Live {
+            return p;
+        }
+        match systemd_dbus::DbusSystemd::connect(bus).await {
+            Ok(d) => p.units = Arc::new(d),
+            Err(e) => {
+                tracing::warn!(error = %e, "systemd is not reachable over D-Bus");
+                p.units = Arc::new(systemd::Unavailable::new(&e.0));
+            }
+        }
+        p
+    }
+
+    /// The adapters for a root prefix, without systemd (see [`Platform::connect`]).
     pub fn for_root(root: &std::path::Path) -> Platform {
         if root == std::path::Path::new("/") {
             Platform {
                 mode: Mode::Live,
-                units: Arc::new(systemd::Unavailable::new(
-                    "unit control over D-Bus is not implemented yet",
-                )),
+                units: Arc::new(systemd::Unavailable::new("no D-Bus connection")),
                 commands: Arc::new(exec::RealCommands),
             }
         } else {

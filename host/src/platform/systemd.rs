@@ -4,9 +4,38 @@ use plugin_api::abi::UnitOp;
 
 use super::PlatformError;
 
-/// Unit operations. `ActiveState` returns the unit's active state; the others return "".
+/// A power transition requested through systemd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Reboot,
+    PowerOff,
+    Suspend,
+}
+
+impl PowerAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerAction::Reboot => "reboot",
+            PowerAction::PowerOff => "poweroff",
+            PowerAction::Suspend => "suspend",
+        }
+    }
+}
+
+/// systemd, as the daemon and its plugins use it. Implementations are synchronous: they
+/// are called from blocking threads.
 pub trait Units: Send + Sync {
+    /// A unit operation. `ActiveState` returns the unit's active state; the others "".
     fn unit(&self, op: UnitOp, unit: &str) -> Result<String, PlatformError>;
+
+    /// Makes systemd re-read unit files.
+    fn daemon_reload(&self) -> Result<(), PlatformError>;
+
+    /// Requests a power transition.
+    fn power(&self, action: PowerAction) -> Result<(), PlatformError>;
+
+    /// Whether systemd can be reached at all (and if not, why).
+    fn reachable(&self) -> Result<(), PlatformError>;
 }
 
 /// No systemd to talk to: every operation fails and says why.
@@ -22,11 +51,31 @@ impl Unavailable {
     }
 }
 
+impl Unavailable {
+    fn refuse(&self, what: &str) -> PlatformError {
+        PlatformError(format!(
+            "cannot {what}: systemd is not reachable ({})",
+            self.reason
+        ))
+    }
+}
+
 impl Units for Unavailable {
     fn unit(&self, op: UnitOp, unit: &str) -> Result<String, PlatformError> {
+        Err(self.refuse(&format!("{} {unit}", op.as_str())))
+    }
+
+    fn daemon_reload(&self) -> Result<(), PlatformError> {
+        Err(self.refuse("reload systemd"))
+    }
+
+    fn power(&self, action: PowerAction) -> Result<(), PlatformError> {
+        Err(self.refuse(action.as_str()))
+    }
+
+    fn reachable(&self) -> Result<(), PlatformError> {
         Err(PlatformError(format!(
-            "cannot {} {unit}: systemd is not reachable ({})",
-            op.as_str(),
+            "systemd is not reachable ({})",
             self.reason
         )))
     }

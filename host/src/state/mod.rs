@@ -43,9 +43,19 @@ pub struct Document {
     /// services gated on an application, such as ceph and linstor).
     #[serde(default)]
     pub applications: BTreeMap<String, ApplicationRecord>,
+    /// System configuration the host owns.
+    #[serde(default)]
+    pub system: SystemDoc,
     /// Each plugin's own document.
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
+}
+
+/// The `/1.0/system/*` configuration the host persists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SystemDoc {
+    pub logging: crate::system::logging::LoggingConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -60,6 +70,7 @@ impl Default for Document {
             schema_version: SCHEMA_VERSION,
             os: OsState::default(),
             applications: BTreeMap::new(),
+            system: SystemDoc::default(),
             plugins: BTreeMap::new(),
         }
     }

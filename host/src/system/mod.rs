@@ -1,3 +1,5 @@
 //! The OS subsystems as plain Rust: they decide; the platform layer touches the OS.
 
+pub mod debug;
 pub mod info;
+pub mod logging;

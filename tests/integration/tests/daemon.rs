@@ -307,3 +307,28 @@ async fn a_corrupt_state_file_stops_the_start_and_is_kept() {
     );
     assert!(!root.socket().exists(), "no socket left behind");
 }
+
+#[tokio::test]
+async fn tui_messages_land_in_the_daemon_log_at_their_level() {
+    let root = Root::new();
+    let d = Daemon::start(&root, &[]);
+    for (level, text) in [
+        ("INFO", "Test message one"),
+        ("WARN", "Test message two"),
+        ("ERROR", "Test message three"),
+    ] {
+        let body = json!({"level": level, "message": text}).to_string();
+        let (s, v) = request(&d.socket, "POST", "/internal/tui/:write-message", &body).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let log = d.log();
+    // The daemon logs in `LEVEL message` form, which is what lands in the journal's MESSAGE.
+    for needle in [
+        "INFO Test message one",
+        "WARN Test message two",
+        "ERROR Test message three",
+        "INFO System is ready",
+    ] {
+        assert!(log.contains(needle), "{needle} missing from:\n{log}");
+    }
+}

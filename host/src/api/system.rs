@@ -1,0 +1,135 @@
+//! `/1.0/system`: the listing, logging, and power.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method};
+use serde::{Deserialize, Serialize};
+
+use super::proxy::api_root;
+use super::response::{empty, sync};
+use super::{require, ApiError, ApiResult, AppState};
+use crate::platform::files::RootFs;
+use crate::platform::systemd::PowerAction;
+use crate::system::logging::{self, LoggingConfig};
+
+/// Exactly upstream's eight entries (`fallback-listener` is routed but not listed).
+const ENTRIES: [&str; 8] = [
+    "kernel",
+    "logging",
+    "network",
+    "provider",
+    "resources",
+    "security",
+    "storage",
+    "update",
+];
+
+/// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
+const NOT_BUILT: [&str; 11] = [
+    "fallback-listener",
+    "kernel",
+    "network",
+    "provider",
+    "resources",
+    "security",
+    "storage",
+    "update",
+    ":backup",
+    ":restore",
+    ":factory-reset",
+];
+
+pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    let root = api_root(&headers);
+    let urls: Vec<String> = ENTRIES
+        .iter()
+        .map(|e| format!("{root}/system/{e}"))
+        .collect();
+    Ok(sync(&urls))
+}
+
+/// Upstream endpoints not built yet say so, rather than answering with a made-up body.
+pub async fn not_built(Path(name): Path<String>, method: Method) -> ApiError {
+    if NOT_BUILT.contains(&name.as_str()) {
+        ApiError::new(
+            501,
+            format!("/1.0/system/{name} is not implemented by this daemon yet"),
+        )
+    } else if method == Method::GET {
+        ApiError::not_found()
+    } else {
+        ApiError::not_implemented()
+    }
+}
+
+#[derive(Serialize)]
+struct Logging<'a> {
+    config: &'a LoggingConfig,
+    state: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct LoggingPut {
+    config: Option<LoggingConfig>,
+}
+
+/// `GET|PUT /1.0/system/logging`.
+pub async fn logging(State(app): State<AppState>, method: Method, body: Bytes) -> ApiResult {
+    match method {
+        Method::GET => {
+            let config = app.with_state(|s| s.doc().system.logging.clone());
+            Ok(sync(&Logging {
+                config: &config,
+                state: Default::default(),
+            }))
+        }
+        Method::PUT => {
+            let put: LoggingPut =
+                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            let config = put.config.ok_or_else(|| {
+                ApiError::bad_request("invalid request body: missing field `config`")
+            })?;
+            logging::validate(&config).map_err(ApiError::bad_request)?;
+            let app2 = app.clone();
+            let applied = config.clone();
+            tokio::task::spawn_blocking(move || {
+                logging::apply(
+                    &RootFs::new(&app2.root),
+                    app2.platform.units.as_ref(),
+                    &applied,
+                )
+            })
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(ApiError::internal)?;
+            app.with_state(|s| s.update(|d| d.system.logging = config))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok(empty())
+        }
+        _ => Err(ApiError::not_implemented()),
+    }
+}
+
+async fn power(app: AppState, method: Method, action: PowerAction) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    // Offline there is nothing to ask: say so instead of answering 200 for nothing.
+    app.platform
+        .units
+        .reachable()
+        .map_err(|e| ApiError::new(503, format!("cannot {}: {}", action.as_str(), e.0)))?;
+    app.request_power(action)?;
+    Ok(empty())
+}
+
+pub async fn reboot(State(app): State<AppState>, method: Method) -> ApiResult {
+    power(app, method, PowerAction::Reboot).await
+}
+
+pub async fn poweroff(State(app): State<AppState>, method: Method) -> ApiResult {
+    power(app, method, PowerAction::PowerOff).await
+}
+
+pub async fn suspend(State(app): State<AppState>, method: Method) -> ApiResult {
+    power(app, method, PowerAction::Suspend).await
+}

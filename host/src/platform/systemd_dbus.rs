@@ -1,0 +1,226 @@
+//! systemd over D-Bus (`org.freedesktop.systemd1`), with zbus.
+//!
+//! Jobs are awaited: the `JobRemoved` stream is opened before the call, and the job's result
+//! must be `done`; anything else is an error naming the unit and the result. A unit that
+//! was stopped and garbage-collected is loaded with `LoadUnit` (not `GetUnit`, which fails
+//! for it), so its state reads `inactive`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use plugin_api::abi::UnitOp;
+use zbus::zvariant::OwnedObjectPath;
+
+use super::systemd::{PowerAction, Units};
+use super::PlatformError;
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    fn job_removed(
+        &self,
+        id: u32,
+        job: zbus::zvariant::ObjectPath<'_>,
+        unit: &str,
+        result: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    fn system_state(&self) -> zbus::Result<String>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property)]
+    fn active_state(&self) -> zbus::Result<String>;
+}
+
+/// How long a unit job may take.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// systemd reached over a D-Bus connection.
+pub struct DbusSystemd {
+    conn: zbus::Connection,
+    runtime: tokio::runtime::Handle,
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> PlatformError {
+    PlatformError(format!("{what}: {e}"))
+}
+
+impl DbusSystemd {
+    /// Connects to `address` (a D-Bus address such as
+    /// `unix:path=/run/dbus/system_bus_socket`), or to the system bus when `None`.
+    pub async fn connect(address: Option<&str>) -> Result<DbusSystemd, PlatformError> {
+        let builder = match address {
+            Some(a) => zbus::connection::Builder::address(a)
+                .map_err(|e| err(&format!("invalid D-Bus address {a}"), e))?,
+            None => zbus::connection::Builder::system()
+                .map_err(|e| err("cannot use the system bus", e))?,
+        };
+        let conn = builder
+            .build()
+            .await
+            .map_err(|e| err("cannot connect to the system bus", e))?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| err("systemd manager", e))?;
+        manager
+            .subscribe()
+            .await
+            .map_err(|e| err("cannot subscribe to systemd's signals", e))?;
+        Ok(DbusSystemd {
+            conn,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// systemd's overall state (`running`, `degraded`, `starting`, `stopping`, ...).
+    pub async fn system_state(&self) -> Result<String, PlatformError> {
+        let m = self.manager().await?;
+        m.system_state().await.map_err(|e| err("SystemState", e))
+    }
+
+    async fn manager(&self) -> Result<ManagerProxy<'_>, PlatformError> {
+        ManagerProxy::new(&self.conn)
+            .await
+            .map_err(|e| err("systemd manager", e))
+    }
+
+    /// Starts a job and waits for its result.
+    pub async fn run_job(&self, op: UnitOp, unit: &str) -> Result<(), PlatformError> {
+        let m = self.manager().await?;
+        let mut removed = m
+            .receive_job_removed()
+            .await
+            .map_err(|e| err("cannot watch systemd jobs", e))?;
+        let call = match op {
+            UnitOp::Start => m.start_unit(unit, "replace").await,
+            UnitOp::Stop => m.stop_unit(unit, "replace").await,
+            UnitOp::Restart => m.restart_unit(unit, "replace").await,
+            UnitOp::Reload => m.reload_unit(unit, "replace").await,
+            UnitOp::ActiveState => unreachable!("not a job"),
+        };
+        let job =
+            call.map_err(|e| err(&format!("cannot {} {unit}", op.as_str()), dbus_message(e)))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Ok(args.result.to_string());
+                }
+            }
+            Err(PlatformError("systemd's signal stream ended".into()))
+        };
+        let result = tokio::time::timeout(JOB_TIMEOUT, wait)
+            .await
+            .map_err(|_| {
+                PlatformError(format!(
+                    "{} of {unit} did not finish within {}s",
+                    op.as_str(),
+                    JOB_TIMEOUT.as_secs()
+                ))
+            })??;
+        if result == "done" {
+            Ok(())
+        } else {
+            Err(PlatformError(format!(
+                "job to {} {unit} failed: result '{result}'",
+                op.as_str()
+            )))
+        }
+    }
+
+    /// The unit's `ActiveState`; a unit systemd does not know reads `inactive`.
+    pub async fn active_state(&self, unit: &str) -> Result<String, PlatformError> {
+        let m = self.manager().await?;
+        let path = m
+            .load_unit(unit)
+            .await
+            .map_err(|e| err(&format!("cannot load {unit}"), dbus_message(e)))?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path)
+            .map_err(|e| err("unit path", e))?
+            .build()
+            .await
+            .map_err(|e| err("unit proxy", e))?;
+        u.active_state()
+            .await
+            .map_err(|e| err(&format!("ActiveState of {unit}"), e))
+    }
+
+    pub async fn reload_daemon(&self) -> Result<(), PlatformError> {
+        let m = self.manager().await?;
+        m.reload()
+            .await
+            .map_err(|e| err("daemon-reload", dbus_message(e)))
+    }
+
+    /// Like `systemctl reboot|poweroff|suspend`: the target is started irreversibly. For
+    /// reboot and power-off nothing is awaited (we are about to be stopped).
+    pub async fn power_request(&self, action: PowerAction) -> Result<(), PlatformError> {
+        let m = self.manager().await?;
+        let target = match action {
+            PowerAction::Reboot => "reboot.target",
+            PowerAction::PowerOff => "poweroff.target",
+            PowerAction::Suspend => "suspend.target",
+        };
+        m.start_unit(target, "replace-irreversibly")
+            .await
+            .map(drop)
+            .map_err(|e| err(&format!("cannot {}", action.as_str()), dbus_message(e)))
+    }
+
+    /// Runs a D-Bus call to completion from a blocking thread (plugin calls and other
+    /// callers of [`Units`] run on `spawn_blocking` threads, never on runtime workers).
+    fn block<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, PlatformError>>,
+    ) -> Result<T, PlatformError> {
+        self.runtime.block_on(f)
+    }
+}
+
+/// The D-Bus error's own text (`org.freedesktop.systemd1.NoSuchUnit: Unit x not found.`).
+fn dbus_message(e: zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(msg), _) => format!("{}: {msg}", name.as_str()),
+        other => other.to_string(),
+    }
+}
+
+impl Units for DbusSystemd {
+    fn unit(&self, op: UnitOp, unit: &str) -> Result<String, PlatformError> {
+        match op {
+            UnitOp::ActiveState => self.block(self.active_state(unit)),
+            _ => self.block(self.run_job(op, unit)).map(|_| String::new()),
+        }
+    }
+
+    fn daemon_reload(&self) -> Result<(), PlatformError> {
+        self.block(self.reload_daemon())
+    }
+
+    fn power(&self, action: PowerAction) -> Result<(), PlatformError> {
+        self.block(self.power_request(action))
+    }
+
+    fn reachable(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+}
