@@ -131,6 +131,15 @@ pub trait HostOps: Send + Sync {
     /// Runs a command to completion (or until its timeout, when it is killed).
     #[sabi(last_prefix_field)]
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError>;
+
+    // Appended capabilities: new methods go below, never above.
+
+    /// Names of the entries of a directory (absolute OS path under the root prefix),
+    /// sorted; `Ok(None)` when the directory does not exist.
+    fn dir_list(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, PluginError>;
 }
 
 /// The host handle as a plugin holds it.

@@ -159,6 +159,15 @@ impl Host {
             .map(|d| String::from_utf8_lossy(&d).into_owned()))
     }
 
+    /// The sorted entry names of a directory; `None` if it does not exist.
+    pub fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let names = self.inner.dir_list(RStr::from_str(path)).into_result()?;
+        Ok(match names {
+            ROption::RSome(v) => Some(v.into_iter().map(RString::into_string).collect()),
+            ROption::RNone => None,
+        })
+    }
+
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
         self.inner
             .file_write(RStr::from_str(path), RSlice::from_slice(data), mode)

@@ -26,7 +26,10 @@ plugin_api::export_application!(App);
 fn the_exported_module_describes_the_application() {
     let module = __incus_osd_plugin_root_module();
     let m = Manifest::parse((module.manifest())().as_str()).unwrap();
-    assert_eq!((m.name.as_str(), m.kind, m.primary), ("app", Kind::Application, true));
+    assert_eq!(
+        (m.name.as_str(), m.kind, m.primary),
+        ("app", Kind::Application, true)
+    );
     assert_eq!(m.dependencies, ["other"]);
     assert!(m.has(Hook::Backup) && m.has(Hook::Restore) && !m.has(Hook::FactoryReset));
 }

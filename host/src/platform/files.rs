@@ -105,6 +105,23 @@ impl RootFs {
         }
     }
 
+    /// Sorted entry names of a directory; `Ok(None)` when it does not exist.
+    pub fn list(&self, os_path: &str) -> Result<Option<Vec<String>>, FsError> {
+        let real = self.resolve(os_path)?;
+        let entries = match fs::read_dir(&real) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("list", os_path)(e)),
+        };
+        let mut names = vec![];
+        for e in entries {
+            let e = e.map_err(io_err("list", os_path))?;
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(Some(names))
+    }
+
     /// Atomically replaces a file: temp file in the same directory, fsync, rename, fsync of
     /// the directory. Missing parents are created with mode 0755.
     pub fn write(&self, os_path: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
@@ -198,6 +215,8 @@ mod tests {
         // `/etc/iscsix` is not inside `/etc/iscsi`.
         assert!(fs.write("/etc/iscsix", b"", 0o644).is_err());
         assert_eq!(fs.read("/etc/iscsi/missing").unwrap(), None);
+        assert_eq!(fs.list("/etc/iscsi").unwrap().unwrap(), ["a"]);
+        assert_eq!(fs.list("/etc/none").unwrap(), None);
         fs.remove("/etc/iscsi").unwrap();
         assert!(!dir.path().join("etc/iscsi").exists());
         fs.remove("/etc/iscsi").unwrap();

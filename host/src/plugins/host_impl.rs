@@ -124,6 +124,13 @@ impl HostOps for DaemonHost {
         to_r(self.platform.units.unit(op, unit).map(RString::from))
     }
 
+    fn dir_list(&self, path: RStr<'_>) -> RResult<ROption<RVec<RString>>, PluginError> {
+        to_r(self.fs.list(path.as_str()).map(|o| {
+            o.map(|names| names.into_iter().map(RString::from).collect())
+                .into()
+        }))
+    }
+
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
         let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
         tracing::debug!(plugin = %self.name, program = argv.first().map(String::as_str).unwrap_or(""), "run command");

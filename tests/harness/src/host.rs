@@ -418,6 +418,16 @@ impl HostOps for HarnessHost {
         RResult::ROk(RString::new())
     }
 
+    fn dir_list(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, PluginError> {
+        match self.inner.fs.list(path.as_str()) {
+            Ok(o) => RResult::ROk(o.map(|n| n.into_iter().map(RString::from).collect()).into()),
+            Err(e) => RResult::RErr(err(e.to_string())),
+        }
+    }
+
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
         let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
         let mut r = self.record();
