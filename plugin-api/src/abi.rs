@@ -55,6 +55,11 @@ pub enum UnitOp {
     Reload,
     /// Returns the unit's `ActiveState` (`active`, `inactive`, `failed`, ...).
     ActiveState,
+    /// Sends SIGKILL to every process of the unit (`systemctl kill --signal=SIGKILL`).
+    Kill,
+    /// Makes systemd re-read unit files (`systemctl daemon-reload`); the unit name is
+    /// ignored.
+    DaemonReload,
 }
 
 impl UnitOp {
@@ -65,6 +70,8 @@ impl UnitOp {
             UnitOp::Restart => "restart",
             UnitOp::Reload => "reload",
             UnitOp::ActiveState => "active-state",
+            UnitOp::Kill => "kill",
+            UnitOp::DaemonReload => "daemon-reload",
         }
     }
 }

@@ -204,6 +204,14 @@ impl Host {
     pub fn restart_unit(&self, unit: &str) -> Result<()> {
         self.unit(UnitOp::Restart, unit).map(drop)
     }
+    /// SIGKILL to every process of the unit.
+    pub fn kill_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Kill, unit).map(drop)
+    }
+    /// Makes systemd re-read unit files.
+    pub fn daemon_reload(&self) -> Result<()> {
+        self.unit(UnitOp::DaemonReload, "").map(drop)
+    }
     pub fn unit_active_state(&self, unit: &str) -> Result<String> {
         self.unit(UnitOp::ActiveState, unit)
     }

@@ -26,6 +26,7 @@ trait Manager {
     fn reload_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn reload(&self) -> zbus::Result<()>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     fn subscribe(&self) -> zbus::Result<()>;
 
     #[zbus(signal)]
@@ -114,7 +115,9 @@ impl DbusSystemd {
             UnitOp::Stop => m.stop_unit(unit, "replace").await,
             UnitOp::Restart => m.restart_unit(unit, "replace").await,
             UnitOp::Reload => m.reload_unit(unit, "replace").await,
-            UnitOp::ActiveState => unreachable!("not a job"),
+            UnitOp::ActiveState | UnitOp::Kill | UnitOp::DaemonReload => {
+                unreachable!("not a job")
+            }
         };
         let job =
             call.map_err(|e| err(&format!("cannot {} {unit}", op.as_str()), dbus_message(e)))?;
@@ -164,6 +167,14 @@ impl DbusSystemd {
             .map_err(|e| err(&format!("ActiveState of {unit}"), e))
     }
 
+    /// SIGKILL to every process of the unit.
+    pub async fn kill(&self, unit: &str) -> Result<(), PlatformError> {
+        let m = self.manager().await?;
+        m.kill_unit(unit, "all", 9)
+            .await
+            .map_err(|e| err(&format!("cannot kill {unit}"), dbus_message(e)))
+    }
+
     pub async fn reload_daemon(&self) -> Result<(), PlatformError> {
         let m = self.manager().await?;
         m.reload()
@@ -208,6 +219,8 @@ impl Units for DbusSystemd {
     fn unit(&self, op: UnitOp, unit: &str) -> Result<String, PlatformError> {
         match op {
             UnitOp::ActiveState => self.block(self.active_state(unit)),
+            UnitOp::DaemonReload => self.block(self.reload_daemon()).map(|_| String::new()),
+            UnitOp::Kill => self.block(self.kill(unit)).map(|_| String::new()),
             _ => self.block(self.run_job(op, unit)).map(|_| String::new()),
         }
     }

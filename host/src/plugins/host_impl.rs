@@ -115,6 +115,10 @@ impl HostOps for DaemonHost {
 
     fn unit(&self, op: UnitOp, unit: RStr<'_>) -> RResult<RString, PluginError> {
         let unit = unit.as_str();
+        if op == UnitOp::DaemonReload {
+            tracing::info!(plugin = %self.name, "daemon-reload");
+            return to_r(self.platform.units.daemon_reload().map(|_| RString::new()));
+        }
         if !valid_unit_name(unit) {
             return RResult::RErr(PluginError::new(500, format!("invalid unit name '{unit}'")));
         }

@@ -408,7 +408,9 @@ impl HostOps for HarnessHost {
         let new_state = match op {
             UnitOp::Start | UnitOp::Restart => "active",
             UnitOp::Stop => "inactive",
-            UnitOp::Reload => return RResult::ROk(RString::new()),
+            // Killed processes leave the unit failed, as with real systemd.
+            UnitOp::Kill => "failed",
+            UnitOp::Reload | UnitOp::DaemonReload => return RResult::ROk(RString::new()),
             UnitOp::ActiveState => {
                 let state = r.unit_states.get(&unit).map_or("inactive", String::as_str);
                 return RResult::ROk(RString::from(state));
