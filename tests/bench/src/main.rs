@@ -1,1 +1,490 @@
-fn main() {}
+//! `incus-osd-bench`: the daemon measured side by side with references, in one run, with
+//! a budget and PASS/MISS next to each figure. Absolute times on a shared machine are
+//! noise; the ratios are the result.
+//!
+//! Run it from the workspace root:
+//!
+//! ```text
+//! cargo build --release --workspace && target/release/incus-osd-bench
+//! ```
+//!
+//! It finds the daemon (`incus-osd`) and the plugins (`libincus_osd_plugin_*.so`) next to
+//! its own executable; `--daemon PATH` and `--plugins DIR` override. Shorter runs:
+//! `--duration 1 --requests 1000 --starts 5`. Progress goes to stderr, the report to
+//! stdout. The exit status is 0 even when a budget is missed (it is a report); non-zero
+//! only on errors.
+//!
+//! Figures:
+//! 1. `GET /1.0` under load (N keep-alive connections, fixed duration): the daemon vs a
+//!    bare hyper server answering the same bytes, both out-of-process, alternated
+//!    (bare, daemon, bare, daemon), best of each.
+//! 2. Plugin-dispatched `GET /1.0/services/iscsi` vs `GET /1.0`: sequential on one
+//!    connection, interleaved in blocks.
+//! 3. Start-up to a served `GET /1.0` with every plugin vs none (median).
+//! 4. Idle resident memory with every plugin (and with none, and the bare server).
+#![allow(clippy::print_stdout)]
+
+mod bare;
+mod client;
+mod procs;
+mod report;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use hyper::header::CONTENT_TYPE;
+
+use client::{LoadRun, StartUp};
+use procs::{Memory, PluginDirs, Proc};
+use report::{Report, Verdict};
+use stats::{fmt_dur, fmt_mb, fmt_rate, median};
+
+/// Benchmarks the incus-osd daemon against references, side by side.
+#[derive(Parser, Debug)]
+#[command(about)]
+struct Args {
+    /// Seconds of load per run in the throughput comparison (4 runs, alternating).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Concurrent keep-alive connections in the throughput comparison.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Sequential requests per path in the dispatch comparison.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Daemon start-ups per plugin set in the start-up comparison.
+    #[arg(long, default_value_t = 10)]
+    starts: usize,
+    /// The daemon binary [default: `incus-osd` next to this executable].
+    #[arg(long)]
+    daemon: Option<PathBuf>,
+    /// Where to find the plugin libraries [default: the directory of this executable].
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Internal: run as the bare reference server.
+    #[arg(long, num_args = 2, value_names = ["SOCKET", "BODYFILE"], hide = true)]
+    bare_server: Option<Vec<PathBuf>>,
+    #[arg(long, default_value_t = 200, hide = true)]
+    bare_status: u16,
+    #[arg(long, default_value = "application/json", hide = true)]
+    bare_content_type: String,
+}
+
+/// How long a process may take to serve before it is an error.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Sequential requests per block in figure 2.
+const BLOCK: usize = 100;
+/// Budgets.
+const MIN_THROUGHPUT_RATIO: f64 = 0.8;
+const MAX_P99_RATIO: f64 = 1.5;
+const MAX_DISPATCH_P50_RATIO: f64 = 1.2;
+const MAX_STARTUP_RATIO: f64 = 2.0;
+const MAX_IDLE_RSS: u64 = 20_000_000;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(bare) = &args.bare_server {
+        return match bare::serve(
+            &bare[0],
+            &bare[1],
+            args.bare_status,
+            &args.bare_content_type,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bare server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every spawned process is owned by a guard inside `run`: they are all gone by the
+    // time it returns, error or not.
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            report.print();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Setup {
+    daemon: PathBuf,
+    plugins: PluginDirs,
+}
+
+fn setup(args: &Args) -> Result<Setup> {
+    ensure!(
+        args.duration.is_finite() && args.duration > 0.0,
+        "--duration must be a positive number of seconds"
+    );
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    ensure!(args.requests > 0, "--requests must be at least 1");
+    ensure!(args.starts > 0, "--starts must be at least 1");
+    let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
+    let exe_dir = exe
+        .parent()
+        .context("the bench's executable has no directory")?;
+    let daemon = match &args.daemon {
+        Some(d) => d.clone(),
+        None => exe_dir.join("incus-osd"),
+    };
+    if !daemon.is_file() {
+        bail!(
+            "the daemon binary is missing ({}): run `cargo build --release --workspace` \
+             first, or pass --daemon PATH",
+            daemon.display()
+        );
+    }
+    let source = args.plugins.as_deref().unwrap_or(exe_dir);
+    let plugins = procs::stage_plugins(source)?;
+    Ok(Setup { daemon, plugins })
+}
+
+/// Spawns a daemon and waits until it reports ready.
+async fn start_daemon(daemon: &Path, plugins: &Path, label: &str) -> Result<(Proc, StartUp)> {
+    let (mut proc, spawned) = procs::spawn_daemon(daemon, plugins, label)?;
+    let socket = proc.socket.clone();
+    let s = client::wait_served(&mut proc, &socket, spawned, true, START_TIMEOUT).await?;
+    Ok((proc, s))
+}
+
+/// A few requests on one connection, then the connection is closed.
+async fn a_few_requests(socket: &Path, paths: &[&str]) -> Result<()> {
+    let mut conn = client::connect(socket).await?;
+    for _ in 0..10 {
+        for p in paths {
+            conn.get(&p.parse()?).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resident memory after a few requests and 1 s idle.
+async fn idle_memory(proc: &Proc, paths: &[&str]) -> Result<Memory> {
+    a_few_requests(&proc.socket, paths).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proc.memory()
+}
+
+/// The names of the loaded plugins; an error if any plugin failed to load.
+async fn loaded_plugins(socket: &Path) -> Result<Vec<String>> {
+    let reply = client::get_once(socket, "/1.0/plugins").await?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&reply.body).context("GET /1.0/plugins is not JSON")?;
+    let failed = &doc["metadata"]["failed"];
+    if failed.as_array().is_some_and(|f| !f.is_empty()) {
+        bail!("plugins failed to load: {failed}");
+    }
+    Ok(doc["metadata"]["loaded"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+struct Best {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn best(runs: &[LoadRun]) -> Best {
+    Best {
+        rps: runs.iter().map(|r| r.requests_per_sec).fold(0.0, f64::max),
+        p50: runs
+            .iter()
+            .map(|r| r.latencies.pct(50.0))
+            .min()
+            .unwrap_or_default(),
+        p99: runs
+            .iter()
+            .map(|r| r.latencies.pct(99.0))
+            .min()
+            .unwrap_or_default(),
+    }
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-12)
+}
+
+async fn run(args: Args) -> Result<Report> {
+    let Setup { daemon, plugins } = setup(&args)?;
+    let duration = Duration::from_secs_f64(args.duration);
+    let warmup = (duration / 5).min(Duration::from_secs(1));
+    let mut report = Report::default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    report.top(format!(
+        "daemon: {}; plugin libraries: {}; {cpus} CPUs, load average {}{}",
+        daemon.display(),
+        plugins.names.join(", "),
+        load_average(),
+        if cfg!(debug_assertions) {
+            "; DEBUG build of the bench: build with --release for meaningful figures"
+        } else {
+            ""
+        }
+    ));
+
+    // --- The daemon (every plugin) and the bare server with the daemon's exact response.
+    eprintln!("starting the daemon with every plugin …");
+    let (daemon_proc, _) =
+        start_daemon(&daemon, plugins.all.path(), "daemon (all plugins)").await?;
+    let loaded = loaded_plugins(&daemon_proc.socket).await?;
+    ensure!(
+        loaded.len() == plugins.names.len(),
+        "{} plugin libraries staged but {} loaded ({loaded:?})",
+        plugins.names.len(),
+        loaded.len()
+    );
+    ensure!(
+        loaded.iter().any(|n| n == "iscsi"),
+        "the iscsi plugin is not loaded (figure 2 needs it); loaded: {loaded:?}"
+    );
+    let reference = client::get_once(&daemon_proc.socket, "/1.0").await?;
+    ensure!(
+        reference.status == hyper::StatusCode::OK,
+        "the daemon answered GET /1.0 with {}",
+        reference.status
+    );
+    let content_type = reference
+        .headers
+        .get(CONTENT_TYPE)
+        .context("the daemon's GET /1.0 has no content-type")?
+        .to_str()
+        .context("the daemon's content-type is not text")?
+        .to_string();
+    let (mut bare_proc, spawned) =
+        procs::spawn_bare(reference.status.as_u16(), &content_type, &reference.body)?;
+    let bare_socket = bare_proc.socket.clone();
+    client::wait_served(&mut bare_proc, &bare_socket, spawned, false, START_TIMEOUT).await?;
+    let mirror = client::get_once(&bare_socket, "/1.0").await?;
+    ensure!(
+        mirror.status == reference.status
+            && mirror.headers.get(CONTENT_TYPE) == reference.headers.get(CONTENT_TYPE)
+            && mirror.body == reference.body,
+        "the bare server's response differs from the daemon's"
+    );
+    let header_names = |h: &hyper::HeaderMap| {
+        let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        v.sort_unstable();
+        v.join(", ")
+    };
+    report.note(format!(
+        "GET /1.0 response: {} {}, {} body bytes; headers daemon [{}], bare [{}]",
+        reference.status.as_u16(),
+        content_type,
+        reference.body.len(),
+        header_names(&reference.headers),
+        header_names(&mirror.headers)
+    ));
+
+    // --- 1. Throughput and latency under load, alternating bare and daemon.
+    let (mut bare_runs, mut daemon_runs) = (vec![], vec![]);
+    for round in 1..=2 {
+        for (label, socket, runs) in [
+            ("bare", &bare_socket, &mut bare_runs),
+            ("daemon", &daemon_proc.socket, &mut daemon_runs),
+        ] {
+            eprintln!(
+                "1. load run {round}/2, {label}: {} connections, {:.1} s (+{:.1} s warm-up) …",
+                args.connections,
+                duration.as_secs_f64(),
+                warmup.as_secs_f64()
+            );
+            let r = client::load(socket, "/1.0", args.connections, warmup, duration)
+                .await
+                .with_context(|| format!("load run against the {label} server"))?;
+            report.note(format!(
+                "1. run {round} {label:<6}: {:>10}  p50 {:>9}  p99 {:>9}  ({} responses)",
+                fmt_rate(r.requests_per_sec),
+                fmt_dur(r.latencies.pct(50.0)),
+                fmt_dur(r.latencies.pct(99.0)),
+                r.latencies.len()
+            ));
+            runs.push(r);
+        }
+    }
+    let (b, d) = (best(&bare_runs), best(&daemon_runs));
+    report.section(format!(
+        "1. GET /1.0, {} keep-alive connections, {} s per run, best of 2 runs per figure",
+        args.connections, args.duration
+    ));
+    report.header("daemon", "bare hyper");
+    let tput = d.rps / b.rps.max(1e-9);
+    report.row(
+        "requests/s",
+        fmt_rate(d.rps),
+        fmt_rate(b.rps),
+        Some(tput),
+        Verdict::at_least(tput, MIN_THROUGHPUT_RATIO),
+    );
+    report.row(
+        "latency p50",
+        fmt_dur(d.p50),
+        fmt_dur(b.p50),
+        Some(ratio(d.p50, b.p50)),
+        Verdict::Info,
+    );
+    let p99 = ratio(d.p99, b.p99);
+    report.row(
+        "latency p99",
+        fmt_dur(d.p99),
+        fmt_dur(b.p99),
+        Some(p99),
+        Verdict::at_most(p99, MAX_P99_RATIO),
+    );
+
+    // --- 2. Plugin dispatch vs a plain handler, sequential on one connection.
+    eprintln!(
+        "2. {} sequential requests each of GET /1.0/services/iscsi and GET /1.0 …",
+        args.requests
+    );
+    let [dispatched, plain] = client::sequential_own_thread(
+        &daemon_proc.socket,
+        ["/1.0/services/iscsi", "/1.0"],
+        args.requests,
+        BLOCK,
+    )?;
+    report.section(format!(
+        "2. sequential on 1 connection, {} requests each, interleaved in blocks of {BLOCK}",
+        args.requests
+    ));
+    report.header("/services/iscsi", "/1.0");
+    let p50 = ratio(dispatched.pct(50.0), plain.pct(50.0));
+    report.row(
+        "latency p50",
+        fmt_dur(dispatched.pct(50.0)),
+        fmt_dur(plain.pct(50.0)),
+        Some(p50),
+        Verdict::at_most(p50, MAX_DISPATCH_P50_RATIO),
+    );
+    report.row(
+        "latency p99",
+        fmt_dur(dispatched.pct(99.0)),
+        fmt_dur(plain.pct(99.0)),
+        Some(ratio(dispatched.pct(99.0), plain.pct(99.0))),
+        Verdict::Info,
+    );
+    let after_load = daemon_proc.memory()?;
+    daemon_proc.stop(STOP_GRACE);
+    bare_proc.stop(STOP_GRACE);
+
+    // --- 3. Start-up, every plugin vs none, alternating.
+    let mut served = [vec![], vec![]];
+    let mut ready = [vec![], vec![]];
+    let sets = [
+        (plugins.all.path(), "daemon (all plugins)"),
+        (plugins.none.path(), "daemon (no plugins)"),
+    ];
+    let mut order = [0, 1];
+    for i in 0..args.starts {
+        eprintln!("3. start-up {}/{} …", i + 1, args.starts);
+        for k in order {
+            let (dir, label) = sets[k];
+            let (proc, s) = start_daemon(&daemon, dir, label).await?;
+            served[k].push(s.served);
+            ready[k].extend(s.ready);
+            proc.stop(STOP_GRACE);
+        }
+        order.reverse();
+    }
+    let [served_all, served_none] = served.map(median);
+    let [ready_all, ready_none] = ready.map(median);
+    report.section(format!(
+        "3. start-up, spawn to first answer (median of {})",
+        args.starts
+    ));
+    report.header("all plugins", "no plugins");
+    let st = ratio(served_all, served_none);
+    report.row(
+        "GET /1.0 served",
+        fmt_dur(served_all),
+        fmt_dur(served_none),
+        Some(st),
+        Verdict::at_most(st, MAX_STARTUP_RATIO),
+    );
+    report.row(
+        "system_is_ready",
+        fmt_dur(ready_all),
+        fmt_dur(ready_none),
+        Some(ratio(ready_all, ready_none)),
+        Verdict::Info,
+    );
+
+    // --- 4. Idle resident memory.
+    eprintln!("4. idle memory …");
+    let (proc, _) = start_daemon(&daemon, plugins.all.path(), "daemon (all plugins)").await?;
+    let mem_all = idle_memory(&proc, &["/1.0", "/1.0/services", "/1.0/services/iscsi"]).await?;
+    proc.stop(STOP_GRACE);
+    let (proc, _) = start_daemon(&daemon, plugins.none.path(), "daemon (no plugins)").await?;
+    let mem_none = idle_memory(&proc, &["/1.0", "/1.0/services"]).await?;
+    proc.stop(STOP_GRACE);
+    let (mut proc, spawned) =
+        procs::spawn_bare(reference.status.as_u16(), &content_type, &reference.body)?;
+    let socket = proc.socket.clone();
+    client::wait_served(&mut proc, &socket, spawned, false, START_TIMEOUT).await?;
+    let mem_bare = idle_memory(&proc, &["/1.0"]).await?;
+    proc.stop(STOP_GRACE);
+    report.section("4. idle resident memory (VmRSS after start-up, a few requests, 1 s idle)");
+    report.header("all plugins", "no plugins");
+    report.row(
+        "VmRSS",
+        fmt_mb(mem_all.rss),
+        fmt_mb(mem_none.rss),
+        None,
+        Verdict::budget(
+            mem_all.rss <= MAX_IDLE_RSS,
+            format!("<= {}", fmt_mb(MAX_IDLE_RSS)),
+        ),
+    );
+    for (label, m) in [
+        ("daemon, all plugins", mem_all),
+        ("daemon, no plugins", mem_none),
+        ("bare hyper server", mem_bare),
+        ("daemon after figures 1-2", after_load),
+    ] {
+        report.note(format!(
+            "4. {label:<24}: VmRSS {:>8} (anon {:>8}, file {:>8}), {} threads",
+            fmt_mb(m.rss),
+            fmt_mb(m.anon),
+            fmt_mb(m.file),
+            m.threads
+        ));
+    }
+    report.note(format!(
+        "load average at the end: {} (other work on the machine shifts figure 2 most)",
+        load_average()
+    ));
+    Ok(report)
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}

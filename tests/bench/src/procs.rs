@@ -1,0 +1,229 @@
+//! Spawned processes (the daemon, the bare server) behind a guard that kills them when
+//! dropped, their temporary roots, and the plugin directories.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tempfile::TempDir;
+
+/// A spawned process; killed (and reaped) on drop if still running. Its temporary
+/// directory (root, socket, log) is removed after it is gone.
+pub struct Proc {
+    pub label: String,
+    pub socket: PathBuf,
+    child: Child,
+    log: PathBuf,
+    // Dropped after `drop` ran, i.e. after the process is dead.
+    _dir: TempDir,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}){}", self.label, self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The end of the process's log, for error messages (empty when there is none).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        format!("; its log ends:\n  {}", tail.join("\n  "))
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            signal(self.pid(), libc::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // Drop kills and reaps whatever is left.
+    }
+
+    /// Resident memory from `/proc/<pid>/status`.
+    pub fn memory(&self) -> Result<Memory> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let field = |name: &str| -> Result<u64> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(':'))
+                .with_context(|| format!("no {name} in {path}"))?;
+            let n: u64 = line[name.len() + 1..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .with_context(|| format!("cannot parse {line:?}"))?;
+            Ok(n)
+        };
+        Ok(Memory {
+            rss: field("VmRSS")? * 1024,
+            anon: field("RssAnon")? * 1024,
+            file: field("RssFile")? * 1024,
+            threads: field("Threads")?,
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet (the `Child`
+        // still owns it), so it cannot have been reused.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// Resident memory of a process, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    pub rss: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub threads: u64,
+}
+
+fn temp_dir(prefix: &str) -> Result<TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("cannot create a temporary directory")
+}
+
+/// Spawns the daemon over a fresh temporary root with an OS identity, serving on
+/// `ROOT/run/incus-os/unix.socket`, loading plugins from `plugins`.
+pub fn spawn_daemon(daemon: &Path, plugins: &Path, label: &str) -> Result<(Proc, Instant)> {
+    let dir = temp_dir("incus-osd-bench-root-")?;
+    let root = dir.path();
+    let write = |rel: &str, data: &str| -> Result<()> {
+        let p = root.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))
+    };
+    write(
+        "lib/os-release",
+        "NAME=\"IncusOS\"\nID=incus-os\nIMAGE_VERSION=202511041601\n",
+    )?;
+    write("etc/machine-id", "0123456789abcdef0123456789abcdef\n")?;
+    write("proc/uptime", "123.45 67.89\n")?;
+    let socket = root.join("run/incus-os/unix.socket");
+    let log = root.join("bench-daemon.log");
+    let mut cmd = Command::new(daemon);
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--plugins")
+        .arg(plugins)
+        .env("INCUS_OSD_LOG", "info");
+    spawn(cmd, dir, socket, log, label)
+}
+
+/// Spawns this binary as the bare server answering `status`, `content_type`, `body`.
+pub fn spawn_bare(status: u16, content_type: &str, body: &[u8]) -> Result<(Proc, Instant)> {
+    let dir = temp_dir("incus-osd-bench-bare-")?;
+    let socket = dir.path().join("bare.socket");
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, body).context("cannot write the bare server's body")?;
+    let log = dir.path().join("bench-bare.log");
+    let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--bare-server")
+        .arg(&socket)
+        .arg(&body_file)
+        .arg("--bare-status")
+        .arg(status.to_string())
+        .arg("--bare-content-type")
+        .arg(content_type);
+    spawn(cmd, dir, socket, log, "bare hyper server")
+}
+
+fn spawn(
+    mut cmd: Command,
+    dir: TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+    label: &str,
+) -> Result<(Proc, Instant)> {
+    let log_file = File::create(&log).context("cannot create a log file")?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file));
+    let spawned = Instant::now();
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {label} ({:?})", cmd.get_program()))?;
+    Ok((
+        Proc {
+            label: label.to_string(),
+            socket,
+            child,
+            log,
+            _dir: dir,
+        },
+        spawned,
+    ))
+}
+
+/// The two plugin directories: one with copies of every plugin library, one empty.
+pub struct PluginDirs {
+    pub all: TempDir,
+    pub none: TempDir,
+    pub names: Vec<String>,
+}
+
+/// Copies every `libincus_osd_plugin_*.so` of `source` (the daemon's own naming rule) into
+/// a fresh directory.
+pub fn stage_plugins(source: &Path) -> Result<PluginDirs> {
+    let files = incus_osd::plugins::loader::scan_dir(source)
+        .with_context(|| format!("cannot list {}", source.display()))?;
+    if files.is_empty() {
+        bail!(
+            "no plugin libraries (libincus_osd_plugin_*.so) in {}: run `cargo build --release \
+             --workspace` first, or pass --plugins DIR",
+            source.display()
+        );
+    }
+    let all = temp_dir("incus-osd-bench-plugins-")?;
+    let none = temp_dir("incus-osd-bench-noplugins-")?;
+    let mut names = vec![];
+    for f in files {
+        let name = f.file_name().context("plugin file without a name")?;
+        std::fs::copy(&f, all.path().join(name))
+            .with_context(|| format!("cannot copy {}", f.display()))?;
+        names.push(name.to_string_lossy().into_owned());
+    }
+    Ok(PluginDirs { all, none, names })
+}
