@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod manifest;
 pub mod sdk;
+pub mod validate;
 pub mod version;
 
 #[doc(hidden)]

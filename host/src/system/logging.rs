@@ -5,8 +5,6 @@
 //! the unit restarted. The stored config is what the client sent, defaults not filled in,
 //! as upstream does. Unlike upstream, a bad address, protocol or format is refused.
 
-use std::net::IpAddr;
-
 use plugin_api::abi::UnitOp;
 use serde::{Deserialize, Serialize};
 
@@ -51,46 +49,14 @@ pub fn validate(c: &LoggingConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// `host`, `host:port`, an IP, `ip:port` or `[ipv6]:port`.
+/// `host`, `host:port`, an IP, `ip:port` or `[ipv6]:port`; a bare IPv6 address with a
+/// port must be bracketed.
 fn valid_address(a: &str) -> Result<(), String> {
-    let bad = || Err(format!("invalid syslog address '{a}'"));
-    if a.parse::<IpAddr>().is_ok() {
-        return Ok(());
+    let bracketed_without_port = a.starts_with('[') && a.ends_with(']');
+    match plugin_api::validate::endpoint(a) {
+        Some(_) if !bracketed_without_port => Ok(()),
+        _ => Err(format!("invalid syslog address '{a}'")),
     }
-    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
-        let Some((h, p)) = rest.split_once("]:") else {
-            return bad();
-        };
-        if h.parse::<std::net::Ipv6Addr>().is_err() {
-            return bad();
-        }
-        (None, p)
-    } else if let Some((h, p)) = a.rsplit_once(':') {
-        (Some(h), p)
-    } else {
-        (Some(a), "514")
-    };
-    if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-        return bad();
-    }
-    match host {
-        Some(h) if h.parse::<std::net::Ipv4Addr>().is_ok() => Ok(()),
-        Some(h) if valid_host_name(h) => Ok(()),
-        Some(_) => bad(),
-        None => Ok(()),
-    }
-}
-
-fn valid_host_name(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 /// The `netlogd.conf` for a config, `None` when forwarding is off.
