@@ -1,0 +1,324 @@
+//! The LVM service (shared volume groups through lvmlockd and sanlock): `/1.0/services/lvm`.
+//!
+//! When enabled, LVM is configured for lvmlockd with this host's cluster-unique
+//! `system_id` as its sanlock host id, `lvmlockd`, `sanlock` and `wdmd` run and the lock
+//! manager is started for the shared volume groups. The state (physical volumes, volume
+//! groups and LVM's own log of the report) is read from `pvs` and `vgs` on every GET, even
+//! when the service is disabled.
+
+use std::time::Duration;
+
+use plugin_api::{Error, Host, Result, Service};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+const LVMLOCKD: &str = "lvmlockd.service";
+const SANLOCK: &str = "sanlock.service";
+const WDMD: &str = "wdmd.service";
+/// In upstream's start order (one `systemctl start` of the three).
+const UNITS: [&str; 3] = [LVMLOCKD, SANLOCK, WDMD];
+
+const LVM_DIR: &str = "/etc/lvm";
+const LVMLOCAL_CONF: &str = "/etc/lvm/lvmlocal.conf";
+const SANLOCK_DEFAULTS: &str = "/etc/default/sanlock";
+/// wdmd's shared memory file, left behind when wdmd is killed.
+const WDMD_SHM: &str = "/dev/shm/wdmd";
+
+/// Sanlock logs to syslog only (an empty log file is still created).
+const SANLOCK_OPTS: &str = "sanlock_opts='-L -1'\n";
+
+/// sanlock host ids (lvmlocal's `host_id`) go from 1 to 2000.
+const MAX_HOST_ID: i64 = 2000;
+
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub enabled: bool,
+    /// The cluster-unique host id (lvmlockd/sanlock `host_id`).
+    pub system_id: i64,
+}
+
+/// Every list is omitted when empty, as upstream's `omitempty` does.
+#[derive(Debug, Default, Serialize)]
+pub struct State {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pvs: Vec<Pv>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vgs: Vec<Vg>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogEntry>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pv {
+    pub pv_name: String,
+    pub vg_name: String,
+    pub pv_fmt: String,
+    pub pv_attr: String,
+    pub pv_size: String,
+    pub pv_free: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Vg {
+    pub vg_name: String,
+    pub pv_count: i64,
+    pub lv_count: i64,
+    pub snap_count: i64,
+    pub vg_attr: String,
+    pub vg_size: String,
+    pub vg_free: String,
+}
+
+/// An entry of LVM's command log report.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogEntry {
+    pub log_seq_num: i64,
+    pub log_type: String,
+    pub log_context: String,
+    pub log_object_type: String,
+    pub log_object_name: String,
+    pub log_object_id: String,
+    pub log_object_group: String,
+    pub log_object_group_id: String,
+    pub log_message: String,
+    pub log_errno: i64,
+    pub log_ret_code: i64,
+}
+
+/// A list inside a report; anything unexpected gives an empty list.
+fn list<T: DeserializeOwned>(v: &Value) -> Vec<T> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+pub fn lvmlocal_conf(system_id: i64) -> String {
+    format!(
+        "global {{\n\tuse_lvmlockd = 1\n}}\n\nlocal {{\n\thost_id = {system_id}\n}}\n\n\
+         devices {{\n\tfilter = [ \"r|/dev/zd*|/dev/rbd*|/dev/nbd*|\" ]\n}}\n"
+    )
+}
+
+/// What a failed update puts back: the files' previous contents and the units' previous
+/// `ActiveState`.
+struct Snapshot {
+    lvm_dir_existed: bool,
+    files: Vec<(&'static str, u32, Option<Vec<u8>>)>,
+    units: Vec<(&'static str, String)>,
+}
+
+pub struct Lvm {
+    host: Host,
+}
+
+impl Lvm {
+    /// Runs `<tool> --reportformat json_std` and returns its `report[0].<key>` list and its
+    /// `log`. A tool that cannot run or prints no JSON gives nothing. A non-zero exit with
+    /// a JSON report is still used: its log says what went wrong.
+    fn report<T: DeserializeOwned>(&self, tool: &str, key: &str) -> (Vec<T>, Vec<LogEntry>) {
+        let out = match self
+            .host
+            .run(&[tool, "--reportformat", "json_std"], REPORT_TIMEOUT)
+        {
+            Ok(out) => out,
+            Err(e) => {
+                self.host.debug(&format!("{tool} is not available: {e}"));
+                return Default::default();
+            }
+        };
+        let Ok(doc) = serde_json::from_str::<Value>(&out.stdout) else {
+            self.host.debug(&format!(
+                "{tool} gave no JSON report (exit status {}): {}",
+                out.status,
+                out.stderr.trim()
+            ));
+            return Default::default();
+        };
+        (list(&doc["report"][0][key]), list(&doc["log"]))
+    }
+
+    /// Upstream's configure(): lvmlocal.conf and sanlock's options.
+    fn configure(&self, config: &Config) -> Result<()> {
+        let h = &self.host;
+        // An existing /etc/lvm keeps its mode, as with upstream's MkdirAll.
+        if h.list_dir(LVM_DIR)?.is_none() {
+            h.create_dir(LVM_DIR, 0o700)?;
+        }
+        h.write_file(
+            LVMLOCAL_CONF,
+            lvmlocal_conf(config.system_id).as_bytes(),
+            0o600,
+        )?;
+        h.write_file(SANLOCK_DEFAULTS, SANLOCK_OPTS.as_bytes(), 0o644)
+    }
+
+    /// Upstream's Start: configure, the three units, then the lock manager.
+    /// `lock_started` is set once `vgchange --lock-start` was tried (for undo).
+    fn bring_up(&self, config: &Config, lock_started: &mut bool) -> Result<()> {
+        self.configure(config)?;
+        for unit in UNITS {
+            self.host.start_unit(unit)?;
+        }
+        *lock_started = true;
+        self.host
+            .run_ok(&["vgchange", "--lock-start"], LOCK_TIMEOUT)
+            .map(drop)
+    }
+
+    /// Upstream's Stop: the lock manager, then the three units.
+    fn take_down(&self) -> Result<()> {
+        self.host
+            .run_ok(&["vgchange", "--lock-stop"], LOCK_TIMEOUT)?;
+        for unit in UNITS {
+            self.host.stop_unit(unit)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        let h = &self.host;
+        let mut units = Vec::new();
+        for unit in UNITS {
+            units.push((unit, h.unit_active_state(unit)?));
+        }
+        Ok(Snapshot {
+            lvm_dir_existed: h.list_dir(LVM_DIR)?.is_some(),
+            files: vec![
+                (LVMLOCAL_CONF, 0o600, h.read_file(LVMLOCAL_CONF)?),
+                (SANLOCK_DEFAULTS, 0o644, h.read_file(SANLOCK_DEFAULTS)?),
+            ],
+            units,
+        })
+    }
+
+    /// Puts files and units back as they were before a failed update and, if the old
+    /// config was enabled, its lock manager back up. Failures are only logged.
+    fn undo(&self, old: &Config, snap: &Snapshot, lock_started: bool) {
+        let h = &self.host;
+        let warn = |what: &str, r: Result<()>| {
+            if let Err(e) = r {
+                h.warn(&format!("undo: failed to {what}: {e}"));
+            }
+        };
+        for (path, mode, content) in &snap.files {
+            if h.read_file(path).ok().flatten() == *content {
+                continue;
+            }
+            match content {
+                Some(data) => warn(&format!("restore {path}"), h.write_file(path, data, *mode)),
+                None => warn(&format!("remove {path}"), h.remove(path)),
+            }
+        }
+        if !snap.lvm_dir_existed && h.list_dir(LVM_DIR).ok().flatten().is_some() {
+            warn(&format!("remove {LVM_DIR}"), h.remove(LVM_DIR));
+        }
+        let now = |unit: &str| h.unit_active_state(unit).unwrap_or_default();
+        if old.enabled {
+            let mut restarted = false;
+            for (unit, before) in &snap.units {
+                if before == "active" && now(unit) != "active" {
+                    warn(&format!("start {unit}"), h.start_unit(unit));
+                    restarted = true;
+                }
+            }
+            if restarted {
+                let r = h.run_ok(&["vgchange", "--lock-start"], LOCK_TIMEOUT);
+                warn("start the lock manager", r.map(drop));
+            }
+        } else {
+            if lock_started {
+                let r = h.run_ok(&["vgchange", "--lock-stop"], LOCK_TIMEOUT);
+                warn("stop the lock manager", r.map(drop));
+            }
+            for (unit, before) in &snap.units {
+                if before != "active" && now(unit) != *before {
+                    warn(&format!("stop {unit}"), h.stop_unit(unit));
+                }
+            }
+        }
+    }
+}
+
+impl Service for Lvm {
+    const NAME: &'static str = "lvm";
+    const START_WEIGHT: i32 = 70;
+    const PATHS: &'static [&'static str] = &[LVM_DIR, SANLOCK_DEFAULTS, WDMD_SHM];
+    const HAS_RESET: bool = true;
+
+    type Config = Config;
+    type State = State;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(Lvm { host })
+    }
+
+    fn state(&self, _config: &Config) -> Result<State> {
+        let (pvs, _) = self.report("pvs", "pv");
+        let (vgs, log) = self.report("vgs", "vg");
+        Ok(State { pvs, vgs, log })
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        let min = i64::from(config.enabled);
+        if !(min..=MAX_HOST_ID).contains(&config.system_id) {
+            return Err(Error::bad_request(format!(
+                "invalid system_id {} (must be {min} to {MAX_HOST_ID}{}: it is this host's sanlock host_id)",
+                config.system_id,
+                if config.enabled { " when enabled" } else { "" }
+            )));
+        }
+        Ok(())
+    }
+
+    // Upstream rewrites the configuration files on every update, also when the service
+    // ends up disabled; here a disabled service writes nothing.
+    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        if !old.enabled && !new.enabled {
+            return Ok(());
+        }
+        let snap = self.snapshot()?;
+        let mut lock_started = false;
+        let res = match (old.enabled, new.enabled) {
+            (true, false) => self.take_down(),
+            (false, true) => self.bring_up(new, &mut lock_started),
+            _ => self.configure(new),
+        };
+        res.inspect_err(|_| self.undo(old, &snap, lock_started))
+    }
+
+    fn start(&self, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Ok(());
+        }
+        self.bring_up(config, &mut false)
+    }
+
+    fn stop(&self, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Ok(());
+        }
+        self.take_down()
+    }
+
+    fn reset(&self, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Err(Error::internal("LVM isn't currently enabled"));
+        }
+        for unit in UNITS {
+            self.host.kill_unit(unit)?;
+        }
+        // Absent is fine; like upstream, a failure to remove it is not fatal either.
+        if let Err(e) = self.host.remove(WDMD_SHM) {
+            self.host.warn(&format!("failed to remove {WDMD_SHM}: {e}"));
+        }
+        self.bring_up(config, &mut false)
+    }
+}
+
+plugin_api::export_service!(Lvm);
