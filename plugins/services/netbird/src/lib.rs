@@ -1,0 +1,332 @@
+//! The NetBird mesh VPN client: `/1.0/services/netbird`.
+//!
+//! `netbird.service` (shipped in the base image) runs the NetBird daemon, which keeps its
+//! own login state. Enabling starts it and re-connects with `netbird down` then
+//! `netbird up` carrying the whole configuration; a boot only starts the unit.
+//!
+//! Beyond upstream: a config is validated first (a setup key is required to enable) and
+//! stored only once applied (upstream stores it before trying), a failed update is undone,
+//! and the setup key is masked in error texts.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use plugin_api::{Error, Host, Result, Service};
+use serde::{Deserialize, Serialize};
+
+const UNIT: &str = "netbird.service";
+const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// NetBird's own limit on `--extra-dns-labels`.
+const MAX_DNS_LABELS: usize = 32;
+
+/// Upstream's `ServiceNetbirdConfig`. The two lists are Go `[]string` without omitempty:
+/// `null` until set, so an `Option` keeps `null` and `[]` apart as upstream does.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub enabled: bool,
+    pub setup_key: String,
+    pub management_url: String,
+    pub admin_url: String,
+    pub anonymize: bool,
+    pub block_inbound: bool,
+    pub block_lan_access: bool,
+    pub disable_client_routes: bool,
+    pub disable_server_routes: bool,
+    pub disable_dns: bool,
+    pub disable_firewall: bool,
+    /// `ip:port` of NetBird's local DNS resolver; empty lets NetBird choose.
+    pub dns_resolver_address: String,
+    /// `IP`, `IP/IP` or `IP/interface` entries.
+    pub external_ip_map: Option<Vec<String>>,
+    pub extra_dns_labels: Option<Vec<String>>,
+}
+
+impl Config {
+    fn external_ip_map(&self) -> &[String] {
+        self.external_ip_map.as_deref().unwrap_or_default()
+    }
+
+    fn extra_dns_labels(&self) -> &[String] {
+        self.extra_dns_labels.as_deref().unwrap_or_default()
+    }
+
+    /// `netbird up` with upstream's exact arguments (the setup key among them).
+    fn up_argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "netbird",
+            "up",
+            "--no-browser",
+            "--setup-key",
+            &self.setup_key,
+            "--management-url",
+            &self.management_url,
+            "--admin-url",
+            &self.admin_url,
+            "--dns-resolver-address",
+            &self.dns_resolver_address,
+            "--external-ip-map",
+            &self.external_ip_map().join(","),
+            "--extra-dns-labels",
+            &self.extra_dns_labels().join(","),
+        ]
+        .map(String::from)
+        .into();
+        let flags = [
+            (self.anonymize, "--anonymize"),
+            (self.block_inbound, "--block-inbound"),
+            (self.block_lan_access, "--block-lan-access"),
+            (self.disable_client_routes, "--disable-client-routes"),
+            (self.disable_server_routes, "--disable-server-routes"),
+            (self.disable_dns, "--disable-dns"),
+            (self.disable_firewall, "--disable-firewall"),
+        ];
+        argv.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, f)| f.to_string()),
+        );
+        argv
+    }
+}
+
+#[derive(Serialize)]
+pub struct State {}
+
+// --- validation ------------------------------------------------------------------------
+
+fn valid_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `http[s]://host[:port][/path]`.
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    let bad = || format!("invalid URL '{url}' (expected http(s)://host[:port][/path])");
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let lower = url.to_ascii_lowercase();
+    let scheme_len = ["https://", "http://"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+        .map(|s| s.len())
+        .ok_or_else(bad)?;
+    let authority = url[scheme_len..]
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, tail) = v6.split_once(']').ok_or_else(bad)?;
+            if !matches!(addr.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
+                return Err(bad());
+            }
+            let port = match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (None, port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(authority), None),
+        },
+    };
+    if host.is_some_and(|h| h.parse::<IpAddr>().is_err() && !valid_host_name(h)) {
+        return Err(bad());
+    }
+    let port_ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+    };
+    if port.is_some_and(|p| !port_ok(p)) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A Linux interface name (at most 15 bytes, no `/`, whitespace or `:`).
+fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':' && b != b',')
+}
+
+/// One `--external-ip-map` entry: `IP`, `IP/IP` or `IP/interface` (NetBird's rules; that
+/// the interface exists is left to NetBird).
+fn check_external_ip(entry: &str) -> std::result::Result<(), String> {
+    let bad = || {
+        format!("invalid entry '{entry}' (expected an external IP, IP/local-IP or IP/interface)")
+    };
+    let (external, local) = match entry.split_once('/') {
+        Some((e, l)) => (e, Some(l)),
+        None => (entry, None),
+    };
+    if external.parse::<IpAddr>().is_err() {
+        return Err(bad());
+    }
+    match local {
+        Some(l) if l.parse::<IpAddr>().is_err() && !valid_interface_name(l) => Err(bad()),
+        _ => Ok(()),
+    }
+}
+
+fn check_duplicates(field: &str, items: &[String]) -> std::result::Result<(), String> {
+    for (i, item) in items.iter().enumerate() {
+        if let Some(j) = items[..i].iter().position(|o| o == item) {
+            return Err(format!("{field}[{i}]: duplicate of {field}[{j}]"));
+        }
+    }
+    Ok(())
+}
+
+fn check(c: &Config) -> std::result::Result<(), String> {
+    if c.enabled && c.setup_key.trim().is_empty() {
+        return Err("setup_key: a setup key is required to enable netbird".into());
+    }
+    if c.setup_key
+        .chars()
+        .any(|ch| ch.is_whitespace() || ch.is_control())
+    {
+        return Err("setup_key: the setup key contains whitespace".into());
+    }
+    for (field, url) in [
+        ("management_url", &c.management_url),
+        ("admin_url", &c.admin_url),
+    ] {
+        if !url.is_empty() {
+            check_url(url).map_err(|e| format!("{field}: {e}"))?;
+        }
+    }
+    if !c.dns_resolver_address.is_empty() && c.dns_resolver_address.parse::<SocketAddr>().is_err() {
+        return Err(format!(
+            "dns_resolver_address: invalid address '{}' (expected ip:port, like 127.0.0.153:53)",
+            c.dns_resolver_address
+        ));
+    }
+    for (i, entry) in c.external_ip_map().iter().enumerate() {
+        check_external_ip(entry).map_err(|e| format!("external_ip_map[{i}]: {e}"))?;
+    }
+    check_duplicates("external_ip_map", c.external_ip_map())?;
+    let labels = c.extra_dns_labels();
+    if labels.len() > MAX_DNS_LABELS {
+        return Err(format!(
+            "extra_dns_labels: {} labels given, at most {MAX_DNS_LABELS} are allowed",
+            labels.len()
+        ));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        if label.ends_with('.') || !valid_host_name(label) {
+            return Err(format!(
+                "extra_dns_labels[{i}]: invalid DNS label '{label}'"
+            ));
+        }
+    }
+    check_duplicates("extra_dns_labels", labels)?;
+    Ok(())
+}
+
+pub struct Netbird {
+    host: Host,
+}
+
+impl Netbird {
+    /// Upstream's configure: disconnect, then connect with the whole configuration. The
+    /// setup key is masked in any error (upstream's error shows the whole command line).
+    fn configure(&self, c: &Config) -> Result<()> {
+        self.host.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
+        let argv = c.up_argv();
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        self.host.run_ok(&argv, UP_TIMEOUT).map(drop).map_err(|e| {
+            if c.setup_key.is_empty() {
+                e
+            } else {
+                Error::new(e.status, e.message.replace(&c.setup_key, "***"))
+            }
+        })
+    }
+
+    /// Puts things back after a failed enable or update.
+    fn undo(&self, old: &Config, was_active: bool) {
+        if !was_active {
+            if let Err(e) = self.host.stop_unit(UNIT) {
+                self.host.warn(&format!("failed to stop {UNIT}: {e}"));
+            }
+        } else if old.enabled {
+            if let Err(e) = self.configure(old) {
+                self.host.error(&format!(
+                    "failed to restore the previous NetBird configuration: {e}"
+                ));
+            }
+        }
+    }
+}
+
+impl Service for Netbird {
+    const NAME: &'static str = "netbird";
+    const START_WEIGHT: i32 = 40;
+
+    type Config = Config;
+    type State = State;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(Netbird { host })
+    }
+
+    fn state(&self, _config: &Config) -> Result<State> {
+        Ok(State {})
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        check(config).map_err(Error::bad_request)
+    }
+
+    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        if !new.enabled {
+            if old.enabled {
+                self.host.stop_unit(UNIT)?;
+            }
+            return Ok(());
+        }
+        let was_active = self.host.unit_active_state(UNIT)? == "active";
+        let result = self
+            .host
+            .start_unit(UNIT)
+            .and_then(|()| self.configure(new));
+        result.inspect_err(|_| self.undo(old, was_active))
+    }
+
+    fn start(&self, config: &Config) -> Result<()> {
+        if config.enabled {
+            self.host.start_unit(UNIT)?;
+        }
+        Ok(())
+    }
+
+    fn stop(&self, config: &Config) -> Result<()> {
+        if config.enabled {
+            self.host.stop_unit(UNIT)?;
+        }
+        Ok(())
+    }
+}
+
+plugin_api::export_service!(Netbird);

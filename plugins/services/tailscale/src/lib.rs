@@ -1,0 +1,628 @@
+//! The Tailscale VPN client: `/1.0/services/tailscale`.
+//!
+//! `tailscale.service` (shipped in the base image) runs tailscaled, which keeps its own
+//! login state. Enabling starts it, joins the tailnet with the auth key when needed, then
+//! applies the preferences (`tailscale set`) and the HTTPS proxy to the local API
+//! (`tailscale serve`). A boot only starts the unit.
+//!
+//! Beyond upstream: enabling without `auth_key` is refused (400) unless tailscaled reports
+//! a logged-in node (upstream logs out, then fails at `tailscale up`), and a logged-in
+//! node whose key is dropped from the config stays logged in; the key is masked in error
+//! texts; a failed update is undone; GET never fails (no answer from tailscaled gives the
+//! empty state).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use plugin_api::{Error, Host, Result, Service};
+use serde::{Deserialize, Serialize};
+
+const UNIT: &str = "tailscale.service";
+const SERVE_TARGET: &str = "https+insecure://localhost:8443";
+/// What a peer's public key reads as when tailscaled reports none (Go's zero key).
+const ZERO_NODE_KEY: &str =
+    "nodekey:0000000000000000000000000000000000000000000000000000000000000000";
+
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(30);
+const UP_TIMEOUT: Duration = Duration::from_secs(60);
+const SET_TIMEOUT: Duration = Duration::from_secs(30);
+/// `tailscale serve` turns interactive when HTTPS is not provisioned on the tailnet.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upstream's `ServiceTailscaleConfig`. `advertised_routes` is a Go `[]string` without
+/// omitempty: `null` until set, so an `Option` keeps `null` and `[]` apart as upstream does.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub enabled: bool,
+    pub login_server: String,
+    pub auth_key: String,
+    pub accept_routes: bool,
+    pub accept_dns: bool,
+    pub advertised_routes: Option<Vec<String>>,
+    pub advertise_exit_node: bool,
+    /// An IP, a peer's name, or `auto:any`; empty for none.
+    pub exit_node: String,
+    pub exit_node_allow_lan_access: bool,
+    pub serve_enabled: bool,
+    pub serve_port: i64,
+    /// `svc:<name>`; empty serves the node itself.
+    pub serve_service: String,
+}
+
+impl Config {
+    fn routes(&self) -> &[String] {
+        self.advertised_routes.as_deref().unwrap_or_default()
+    }
+
+    /// Whether this node offers itself as an exit node (explicitly or through both
+    /// default routes).
+    fn advertises_exit_node(&self) -> bool {
+        self.advertise_exit_node || default_routes(self.routes()) == (true, true)
+    }
+}
+
+/// Upstream's `ServiceTailscaleState`: a digest of `tailscale status --json`.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct State {
+    pub version: String,
+    pub backend_state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tailnet_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub tailnet_dns_suffix: String,
+    #[serde(rename = "self")]
+    pub self_: Peer,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer: Vec<Peer>,
+    pub have_node_key: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Peer {
+    pub id: String,
+    pub public_key: String,
+    pub host_name: String,
+    pub dns_name: String,
+    pub os: String,
+    /// `null` when tailscaled reports none (a Go nil slice).
+    pub tailscale_ips: Option<Vec<String>>,
+    pub rx_bytes: i64,
+    pub tx_bytes: i64,
+    pub used_as_exit_node: bool,
+    pub exit_node_offered: bool,
+    pub online: bool,
+    pub expired: bool,
+}
+
+/// The part of tailscale's `ipnstate.Status` JSON that the state is made of.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawStatus {
+    #[serde(rename = "Version")]
+    version: String,
+    #[serde(rename = "BackendState")]
+    backend_state: String,
+    #[serde(rename = "HaveNodeKey")]
+    have_node_key: bool,
+    #[serde(rename = "Self")]
+    self_: Option<RawPeer>,
+    #[serde(rename = "Health")]
+    health: Option<Vec<String>>,
+    #[serde(rename = "CurrentTailnet")]
+    current_tailnet: Option<RawTailnet>,
+    #[serde(rename = "Peer")]
+    peer: Option<BTreeMap<String, Option<RawPeer>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawTailnet {
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "MagicDNSSuffix")]
+    magic_dns_suffix: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawPeer {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "PublicKey")]
+    public_key: Option<String>,
+    #[serde(rename = "HostName")]
+    host_name: String,
+    #[serde(rename = "DNSName")]
+    dns_name: String,
+    #[serde(rename = "OS")]
+    os: String,
+    #[serde(rename = "TailscaleIPs")]
+    tailscale_ips: Option<Vec<String>>,
+    #[serde(rename = "RxBytes")]
+    rx_bytes: i64,
+    #[serde(rename = "TxBytes")]
+    tx_bytes: i64,
+    #[serde(rename = "ExitNode")]
+    exit_node: bool,
+    #[serde(rename = "ExitNodeOption")]
+    exit_node_option: bool,
+    #[serde(rename = "Online")]
+    online: bool,
+    #[serde(rename = "Expired")]
+    expired: bool,
+}
+
+impl From<RawPeer> for Peer {
+    fn from(p: RawPeer) -> Self {
+        Peer {
+            id: p.id,
+            public_key: p.public_key.unwrap_or_else(|| ZERO_NODE_KEY.to_string()),
+            host_name: p.host_name,
+            dns_name: p.dns_name,
+            os: p.os,
+            tailscale_ips: p.tailscale_ips,
+            rx_bytes: p.rx_bytes,
+            tx_bytes: p.tx_bytes,
+            used_as_exit_node: p.exit_node,
+            exit_node_offered: p.exit_node_option,
+            online: p.online,
+            expired: p.expired,
+        }
+    }
+}
+
+/// Parses `tailscale status --json`; peers come sorted by host name.
+pub fn parse_status(json: &str) -> std::result::Result<State, serde_json::Error> {
+    let raw: RawStatus = serde_json::from_str(json)?;
+    let tailnet = raw.current_tailnet.unwrap_or_default();
+    let mut peer: Vec<Peer> = raw
+        .peer
+        .unwrap_or_default()
+        .into_values()
+        .flatten()
+        .map(Peer::from)
+        .collect();
+    peer.sort_by(|a, b| a.host_name.cmp(&b.host_name));
+    Ok(State {
+        version: raw.version,
+        backend_state: raw.backend_state,
+        tailnet_name: tailnet.name,
+        tailnet_dns_suffix: tailnet.magic_dns_suffix,
+        self_: raw.self_.map(Peer::from).unwrap_or_default(),
+        peer,
+        have_node_key: raw.have_node_key,
+        health: raw.health.unwrap_or_default(),
+    })
+}
+
+// --- validation ------------------------------------------------------------------------
+
+fn valid_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `http[s]://host[:port][/path]`, as a login server must be.
+fn check_url(url: &str) -> std::result::Result<(), String> {
+    let bad = || format!("invalid URL '{url}' (expected http(s)://host[:port][/path])");
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let lower = url.to_ascii_lowercase();
+    let scheme_len = ["https://", "http://"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+        .map(|s| s.len())
+        .ok_or_else(bad)?;
+    let rest = &url[scheme_len..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (addr, tail) = v6.split_once(']').ok_or_else(bad)?;
+            if !matches!(addr.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
+                return Err(bad());
+            }
+            let port = match tail {
+                "" => None,
+                t => Some(t.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (None, port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(authority), None),
+        },
+    };
+    if host.is_some_and(|h| h.parse::<IpAddr>().is_err() && !valid_host_name(h)) {
+        return Err(bad());
+    }
+    let port_ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+    };
+    if port.is_some_and(|p| !port_ok(p)) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A route as `tailscale set --advertise-routes` takes it: a CIDR prefix without host
+/// bits (tailscale's own rules, checked before anything is touched).
+fn check_route(route: &str) -> std::result::Result<(), String> {
+    let not_cidr = || format!("'{route}' is not a CIDR prefix (like 192.0.2.0/24)");
+    let (addr, bits) = route.split_once('/').ok_or_else(not_cidr)?;
+    let addr: IpAddr = addr.parse().map_err(|_| not_cidr())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if bits.is_empty()
+        || !bits.bytes().all(|b| b.is_ascii_digit())
+        || (bits.len() > 1 && bits.starts_with('0'))
+    {
+        return Err(not_cidr());
+    }
+    let bits: u32 = bits.parse().map_err(|_| not_cidr())?;
+    if bits > max {
+        return Err(not_cidr());
+    }
+    let (value, masked) = match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            (u128::from(u32::from(a)), u128::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            (u128::from(a), u128::from(a) & mask)
+        }
+    };
+    if value != masked {
+        let expected = match addr {
+            IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from(masked as u32)),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(masked)),
+        };
+        return Err(format!(
+            "'{route}' has host bits set (expected {expected}/{bits})"
+        ));
+    }
+    // Tailscale's 4-in-6 "via" routes: fd7a:115c:a1e0:b1a::/64, site ID in bits 64..96.
+    if let IpAddr::V6(a) = addr {
+        if bits >= 64 && u128::from(a) >> 64 == 0xfd7a_115c_a1e0_0b1a {
+            if bits < 96 {
+                return Err(format!("'{route}': a 4-in-6 route must be at least a /96"));
+            }
+            if (u128::from(a) >> 32) as u32 > 0xffff {
+                return Err(format!(
+                    "'{route}': the 4-in-6 site ID must be 0xffff or less"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether (valid) `routes` hold the IPv4 and the IPv6 default route.
+fn default_routes(routes: &[String]) -> (bool, bool) {
+    let default = |v6: bool| {
+        routes
+            .iter()
+            .any(|r| r.ends_with("/0") && r.contains(':') == v6)
+    };
+    (default(false), default(true))
+}
+
+fn check_routes(routes: &[String]) -> std::result::Result<(), String> {
+    for (i, r) in routes.iter().enumerate() {
+        check_route(r).map_err(|e| format!("advertised_routes[{i}]: {e}"))?;
+        if let Some(j) = routes[..i].iter().position(|o| o == r) {
+            return Err(format!(
+                "advertised_routes[{i}]: duplicate of advertised_routes[{j}]"
+            ));
+        }
+    }
+    match default_routes(routes) {
+        (true, false) => Err(
+            "advertised_routes: 0.0.0.0/0 needs its IPv6 counterpart ::/0 \
+                             (or use advertise_exit_node)"
+                .into(),
+        ),
+        (false, true) => Err(
+            "advertised_routes: ::/0 needs its IPv4 counterpart 0.0.0.0/0 \
+                             (or use advertise_exit_node)"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `svc:<dns label>`, as tailscale names services.
+fn valid_service_name(name: &str) -> bool {
+    name.strip_prefix("svc:").is_some_and(|label| {
+        !label.is_empty() && label.len() <= 63 && !label.contains('.') && valid_host_name(label)
+    })
+}
+
+fn check(config: &Config) -> std::result::Result<(), String> {
+    if !config.login_server.is_empty() {
+        check_url(&config.login_server).map_err(|e| format!("login_server: {e}"))?;
+    }
+    check_routes(config.routes())?;
+    let exit_node = config.exit_node.as_str();
+    if !exit_node.is_empty()
+        && exit_node != "auto:any"
+        && exit_node.parse::<IpAddr>().is_err()
+        && !valid_host_name(exit_node)
+    {
+        return Err(format!(
+            "exit_node: invalid exit node '{exit_node}' (expected an IP address, a node name or auto:any)"
+        ));
+    }
+    if !exit_node.is_empty() && config.advertises_exit_node() {
+        return Err(
+            "exit_node: cannot use an exit node while advertising this node as one \
+             (advertise_exit_node)"
+                .into(),
+        );
+    }
+    if !(0..=65535).contains(&config.serve_port) {
+        return Err(format!(
+            "serve_port: invalid port {} (must be 1 to 65535)",
+            config.serve_port
+        ));
+    }
+    if config.serve_enabled && config.serve_port == 0 {
+        return Err("serve_port: a port (1 to 65535) is required when serve_enabled is set".into());
+    }
+    if !config.serve_service.is_empty() && !valid_service_name(&config.serve_service) {
+        return Err(format!(
+            "serve_service: invalid service name '{}' (expected svc:<name>)",
+            config.serve_service
+        ));
+    }
+    Ok(())
+}
+
+/// Upstream re-joins when any of these changed.
+fn needs_rejoin(old: &Config, new: &Config) -> bool {
+    old.enabled != new.enabled
+        || old.login_server != new.login_server
+        || old.auth_key != new.auth_key
+}
+
+/// Backend states of a node that has no usable login.
+fn logged_out(backend_state: &str) -> bool {
+    matches!(backend_state, "" | "NoState" | "NeedsLogin")
+}
+
+pub struct Tailscale {
+    host: Host,
+}
+
+impl Tailscale {
+    /// The live status, `None` when tailscaled cannot tell (not running, no tool, output
+    /// that does not parse).
+    fn status(&self) -> Option<State> {
+        let out = match self
+            .host
+            .run(&["tailscale", "status", "--json"], STATUS_TIMEOUT)
+        {
+            Ok(out) if out.status == 0 => out,
+            Ok(out) => {
+                let why = out
+                    .stderr
+                    .trim()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                self.host.debug(&format!("tailscale status failed: {why}"));
+                return None;
+            }
+            Err(e) => {
+                self.host.debug(&format!("tailscale status failed: {e}"));
+                return None;
+            }
+        };
+        match parse_status(&out.stdout) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                self.host
+                    .warn(&format!("cannot parse the output of tailscale status: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Runs a command that carries the auth key; the key is masked in any error (upstream's
+    /// error text would show the whole command line).
+    fn run_secret(&self, argv: &[&str], secret: &str, timeout: Duration) -> Result<String> {
+        self.host.run_ok(argv, timeout).map_err(|e| {
+            if secret.is_empty() {
+                e
+            } else {
+                Error::new(e.status, e.message.replace(secret, "***"))
+            }
+        })
+    }
+
+    /// Refuses (400) to enable without an auth key unless the node is logged in already:
+    /// upstream would start and then fail at `tailscale up`, or log the node out.
+    fn check_login_without_key(&self, old: &Config, new: &Config) -> Result<()> {
+        let state = match self.status() {
+            None => {
+                return Err(Error::bad_request(
+                    "auth_key: an auth key is required to enable tailscale \
+                     (the node's login state is unknown: tailscaled is not running)",
+                ))
+            }
+            Some(state) => state,
+        };
+        if logged_out(&state.backend_state) {
+            let shown = match state.backend_state.as_str() {
+                "" => "unknown",
+                s => s,
+            };
+            return Err(Error::bad_request(format!(
+                "auth_key: an auth key is required, the node is not logged in \
+                 (backend state {shown})"
+            )));
+        }
+        if old.login_server != new.login_server {
+            return Err(Error::bad_request(
+                "auth_key: an auth key is required to change login_server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upstream's configure: optional re-join, then preferences and serve.
+    /// `logged_out_by_us` records whether this call logged the node out (for undo).
+    fn configure(&self, c: &Config, rejoin: bool, logged_out_by_us: &mut bool) -> Result<()> {
+        let h = &self.host;
+        if rejoin {
+            h.run_ok(&["tailscale", "logout"], LOGOUT_TIMEOUT)?;
+            *logged_out_by_us = true;
+            let mut up = vec![
+                "tailscale",
+                "up",
+                "--reset",
+                "--timeout",
+                "30s",
+                "--auth-key",
+                &c.auth_key,
+            ];
+            if !c.login_server.is_empty() {
+                up.extend(["--login-server", &c.login_server]);
+            }
+            self.run_secret(&up, &c.auth_key, UP_TIMEOUT)?;
+        }
+        let set = [
+            "tailscale".to_string(),
+            "set".to_string(),
+            format!("--advertise-routes={}", c.routes().join(",")),
+            format!("--accept-routes={}", c.accept_routes),
+            format!("--accept-dns={}", c.accept_dns),
+            format!("--advertise-exit-node={}", c.advertise_exit_node),
+            format!("--exit-node={}", c.exit_node),
+            format!(
+                "--exit-node-allow-lan-access={}",
+                c.exit_node_allow_lan_access
+            ),
+        ];
+        h.run_ok(&set.each_ref().map(String::as_str), SET_TIMEOUT)?;
+        h.run_ok(&["tailscale", "serve", "reset"], SET_TIMEOUT)?;
+        if c.serve_enabled {
+            let https = format!("--https={}", c.serve_port);
+            let service = format!("--service={}", c.serve_service);
+            let mut serve = vec!["tailscale", "serve", "--bg", &https];
+            if !c.serve_service.is_empty() {
+                serve.push(&service);
+            }
+            // tailscale serve is sensitive to argument order: the target comes last.
+            serve.push(SERVE_TARGET);
+            h.run_ok(&serve, SERVE_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
+    /// Puts things back after a failed enable or update.
+    fn undo(&self, old: &Config, was_active: bool, logged_out_by_us: bool) {
+        if !was_active {
+            if let Err(e) = self.host.stop_unit(UNIT) {
+                self.host.warn(&format!("failed to stop {UNIT}: {e}"));
+            }
+            return;
+        }
+        if old.enabled {
+            // Re-join only if this update logged the node out and the old key can.
+            let rejoin = logged_out_by_us && !old.auth_key.is_empty();
+            if let Err(e) = self.configure(old, rejoin, &mut false) {
+                self.host.error(&format!(
+                    "failed to restore the previous Tailscale configuration: {e}"
+                ));
+            }
+        }
+    }
+}
+
+impl Service for Tailscale {
+    const NAME: &'static str = "tailscale";
+    const START_WEIGHT: i32 = 90;
+
+    type Config = Config;
+    type State = State;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(Tailscale { host })
+    }
+
+    /// Upstream asks tailscaled even when disabled; the unit is stopped then, so the
+    /// answer is always the empty state and the command is skipped.
+    fn state(&self, config: &Config) -> Result<State> {
+        if !config.enabled {
+            return Ok(State::default());
+        }
+        Ok(self.status().unwrap_or_default())
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        check(config).map_err(Error::bad_request)
+    }
+
+    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        if !new.enabled {
+            if old.enabled {
+                self.host.stop_unit(UNIT)?;
+            }
+            return Ok(());
+        }
+        let mut rejoin = needs_rejoin(old, new);
+        if new.auth_key.is_empty() {
+            // Logged in already (checked): there is nothing to re-join with.
+            self.check_login_without_key(old, new)?;
+            rejoin = false;
+        }
+        let was_active = self.host.unit_active_state(UNIT)? == "active";
+        let mut logged_out_by_us = false;
+        let result = (|| {
+            self.host.start_unit(UNIT)?;
+            // Also re-join when an earlier login with this key never completed.
+            if !rejoin && !new.auth_key.is_empty() {
+                rejoin = self
+                    .status()
+                    .is_some_and(|s| s.backend_state == "NeedsLogin");
+            }
+            self.configure(new, rejoin, &mut logged_out_by_us)
+        })();
+        result.inspect_err(|_| self.undo(old, was_active, logged_out_by_us))
+    }
+
+    fn start(&self, config: &Config) -> Result<()> {
+        if config.enabled {
+            self.host.start_unit(UNIT)?;
+        }
+        Ok(())
+    }
+
+    fn stop(&self, config: &Config) -> Result<()> {
+        if config.enabled {
+            self.host.stop_unit(UNIT)?;
+        }
+        Ok(())
+    }
+}
+
+plugin_api::export_service!(Tailscale);
