@@ -86,6 +86,27 @@ pub struct CommandOutput {
     pub stderr: RVec<u8>,
 }
 
+/// What kind of file a path names.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Facts about a path (not following a final symlink).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct FileStat {
+    pub kind: FileKind,
+    /// Permission bits (`0o7777` part of the mode).
+    pub mode: u32,
+    /// For a symlink, its target as written; empty otherwise.
+    pub link_target: RString,
+}
+
 /// A command to run: program and arguments, bytes for its standard input, a timeout.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
@@ -147,6 +168,12 @@ pub trait HostOps: Send + Sync {
         &self,
         path: RStr<'_>,
     ) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, PluginError>;
+
+    /// Facts about a path; `Ok(None)` when it does not exist.
+    fn file_stat(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<FileStat>, PluginError>;
 }
 
 /// The host handle as a plugin holds it.

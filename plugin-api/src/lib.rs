@@ -12,6 +12,7 @@
 pub mod abi;
 pub mod manifest;
 pub mod sdk;
+mod undo;
 pub mod validate;
 pub mod version;
 

@@ -20,6 +20,8 @@ use crate::abi::{
 };
 use crate::manifest::{Hook, Kind, Manifest, Route};
 
+pub use crate::undo::Undo;
+
 /// An error a hook returns; `status` picks the HTTP status the API answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
@@ -168,6 +170,47 @@ impl Host {
         })
     }
 
+    /// Kind, permission bits and symlink target of a path (a final symlink is not
+    /// followed); `None` if it does not exist.
+    pub fn stat(&self, path: &str) -> Result<Option<crate::abi::FileStat>> {
+        let st = self.inner.file_stat(RStr::from_str(path)).into_result()?;
+        Ok(st.into_option())
+    }
+
+    /// Whether a path exists (a dangling symlink exists).
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.stat(path)?.is_some())
+    }
+
+    /// The absolute OS path a symlink points to (relative targets resolved against the
+    /// link's directory, `.` and `..` folded); `None` if `path` is not a symlink.
+    pub fn read_link(&self, path: &str) -> Result<Option<String>> {
+        let Some(st) = self.stat(path)? else {
+            return Ok(None);
+        };
+        if st.kind != crate::abi::FileKind::Symlink {
+            return Ok(None);
+        }
+        let target = st.link_target.as_str();
+        let joined = if target.starts_with('/') {
+            target.to_string()
+        } else {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            format!("{dir}/{target}")
+        };
+        let mut parts: Vec<&str> = vec![];
+        for seg in joined.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        Ok(Some(format!("/{}", parts.join("/"))))
+    }
+
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
         self.inner
             .file_write(RStr::from_str(path), RSlice::from_slice(data), mode)
@@ -253,6 +296,14 @@ impl Host {
         }
         Err(Error::internal(msg))
     }
+}
+
+/// Replaces every non-empty secret in `text` by `***`.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |t, s| t.replace(s, "***"))
 }
 
 /// Decodes a JSON request body with a clear error (the field path, what was wrong).
@@ -348,7 +399,14 @@ pub trait Service: Sized + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Applies a new config. On error, undo what was done: the old config stays saved.
+    /// Refuses a change that depends on the current config (400), before anything is
+    /// touched. Called after [`Service::validate`], with the config currently saved.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies a new config. On error, undo what was done (see [`crate::sdk::Undo`]): the
+    /// old config stays saved.
     fn update(&self, old: &Self::Config, new: &Self::Config) -> Result<()>;
 
     /// Brings the system to the configured state at daemon start.
@@ -511,6 +569,7 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         &self,
         input: &[u8],
         validate: impl FnOnce(&C) -> Result<()>,
+        validate_change: impl FnOnce(&C, &C) -> Result<()>,
         update: impl Fn(&C, &C) -> Result<()>,
     ) -> Result<Vec<u8>> {
         let body: PutBody<C> = decode(input)?;
@@ -520,6 +579,7 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         validate(&new)?;
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.config()?;
+        validate_change(&old, &new)?;
         update(&old, &new)?;
         if let Err(e) = self.host.save_state(&Stored {
             config: new.clone(),
@@ -573,9 +633,12 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
         let s = &self.svc;
         match op {
             "get" => self.cfg.get(|c| s.state(c)),
-            "put" => self
-                .cfg
-                .put(input, |c| s.validate(c), |old, new| s.update(old, new)),
+            "put" => self.cfg.put(
+                input,
+                |c| s.validate(c),
+                |old, new| s.validate_change(old, new),
+                |old, new| s.update(old, new),
+            ),
             "start" => self.cfg.with_config(|c| s.start(c)).and_then(|_| empty()),
             "stop" => self.cfg.with_config(|c| s.stop(c)).and_then(|_| empty()),
             "reset" => self.cfg.with_config(|c| s.reset(c)).and_then(|_| empty()),
@@ -612,9 +675,12 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
         let a = &self.app;
         match op {
             "get" => self.cfg.get(|c| a.state(c)),
-            "put" => self
-                .cfg
-                .put(input, |c| a.validate(c), |old, new| a.update(old, new)),
+            "put" => self.cfg.put(
+                input,
+                |c| a.validate(c),
+                |_, _| Ok(()),
+                |old, new| a.update(old, new),
+            ),
             "start" => self.cfg.with_config(|c| a.start(c)).and_then(|_| empty()),
             "stop" => self.cfg.with_config(|c| a.stop(c)).and_then(|_| empty()),
             "restart" => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
@@ -656,9 +722,12 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
         let p = &self.prov;
         match op {
             "get" => self.cfg.get(|c| p.state(c)),
-            "put" => self
-                .cfg
-                .put(input, |c| p.validate(c), |old, new| p.update(old, new)),
+            "put" => self.cfg.put(
+                input,
+                |c| p.validate(c),
+                |_, _| Ok(()),
+                |old, new| p.update(old, new),
+            ),
             "register" => self
                 .cfg
                 .with_config(|c| p.register(c))

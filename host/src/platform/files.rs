@@ -29,6 +29,22 @@ fn io_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(io::Error) -> FsEr
     }
 }
 
+/// What [`RootFs::stat`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: StatKind,
+    pub mode: u32,
+    pub link_target: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
 /// A view of the filesystem rooted at `root`, optionally limited (for writes) to a set of
 /// absolute OS path prefixes.
 #[derive(Debug, Clone)]
@@ -103,6 +119,40 @@ impl RootFs {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", os_path)(e)),
         }
+    }
+
+    /// Kind, permission bits and symlink target of a path (a final symlink is not
+    /// followed); `Ok(None)` when it does not exist.
+    pub fn stat(&self, os_path: &str) -> Result<Option<Stat>, FsError> {
+        let real = self.resolve(os_path)?;
+        let meta = match fs::symlink_metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat", os_path)(e)),
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_symlink() {
+            StatKind::Symlink
+        } else if ft.is_dir() {
+            StatKind::Dir
+        } else if ft.is_file() {
+            StatKind::File
+        } else {
+            StatKind::Other
+        };
+        let link_target = if ft.is_symlink() {
+            fs::read_link(&real)
+                .map_err(io_err("readlink", os_path))?
+                .to_string_lossy()
+                .into_owned()
+        } else {
+            String::new()
+        };
+        Ok(Some(Stat {
+            kind,
+            mode: meta.permissions().mode() & 0o7777,
+            link_target,
+        }))
     }
 
     /// Sorted entry names of a directory; `Ok(None)` when it does not exist.
@@ -217,6 +267,15 @@ mod tests {
         assert_eq!(fs.read("/etc/iscsi/missing").unwrap(), None);
         assert_eq!(fs.list("/etc/iscsi").unwrap().unwrap(), ["a"]);
         assert_eq!(fs.list("/etc/none").unwrap(), None);
+        let st = fs.stat("/etc/iscsi/a/b.conf").unwrap().unwrap();
+        assert_eq!((st.kind, st.mode), (StatKind::File, 0o600));
+        std::os::unix::fs::symlink("../../sdb", dir.path().join("etc/iscsi/link")).unwrap();
+        let st = fs.stat("/etc/iscsi/link").unwrap().unwrap();
+        assert_eq!(
+            (st.kind, st.link_target.as_str()),
+            (StatKind::Symlink, "../../sdb")
+        );
+        assert_eq!(fs.stat("/etc/none").unwrap(), None);
         fs.remove("/etc/iscsi").unwrap();
         assert!(!dir.path().join("etc/iscsi").exists());
         fs.remove("/etc/iscsi").unwrap();

@@ -135,6 +135,17 @@ impl HostOps for DaemonHost {
         }))
     }
 
+    fn file_stat(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<ROption<plugin_api::abi::FileStat>, PluginError> {
+        to_r(
+            self.fs
+                .stat(path.as_str())
+                .map(|o| o.map(to_abi_stat).into()),
+        )
+    }
+
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
         let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
         tracing::debug!(plugin = %self.name, program = argv.first().map(String::as_str).unwrap_or(""), "run command");
@@ -149,5 +160,21 @@ impl HostOps for DaemonHost {
                     stderr: o.stderr.into(),
                 }),
         )
+    }
+}
+
+/// Converts the root view's stat into the ABI's.
+pub fn to_abi_stat(s: crate::platform::files::Stat) -> plugin_api::abi::FileStat {
+    use crate::platform::files::StatKind;
+    use plugin_api::abi::FileKind;
+    plugin_api::abi::FileStat {
+        kind: match s.kind {
+            StatKind::File => FileKind::File,
+            StatKind::Dir => FileKind::Dir,
+            StatKind::Symlink => FileKind::Symlink,
+            StatKind::Other => FileKind::Other,
+        },
+        mode: s.mode,
+        link_target: RString::from(s.link_target),
     }
 }

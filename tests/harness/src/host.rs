@@ -430,6 +430,16 @@ impl HostOps for HarnessHost {
         }
     }
 
+    fn file_stat(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<plugin_api::abi::FileStat>, PluginError> {
+        match self.inner.fs.stat(path.as_str()) {
+            Ok(o) => RResult::ROk(o.map(incus_osd::plugins::host_impl::to_abi_stat).into()),
+            Err(e) => RResult::RErr(err(e.to_string())),
+        }
+    }
+
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
         let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
         let mut r = self.record();

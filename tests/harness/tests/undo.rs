@@ -1,0 +1,131 @@
+//! The SDK's `Undo` journal over the harness host: what a half-applied change leaves
+//! behind after a rollback.
+
+use incus_osd_harness::HarnessHost;
+use plugin_api::sdk::{Host, Undo};
+use plugin_api::{Kind, Manifest};
+
+fn host() -> (HarnessHost, Host) {
+    let manifest = Manifest {
+        name: "demo".into(),
+        kind: Kind::Service,
+        version: "1.0.0".into(),
+        api_version: plugin_api::API_VERSION.into(),
+        hooks: vec![],
+        routes: vec![],
+        dependencies: vec![],
+        start_weight: 0,
+        primary: false,
+        paths: vec!["/etc/demo".into(), "/run/demo".into()],
+        requires_application: None,
+    };
+    let hh = HarnessHost::new(&manifest).unwrap();
+    let host = Host::from_handle(hh.handle());
+    (hh, host)
+}
+
+fn mode(hh: &HarnessHost, p: &str) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(hh.real_path(p))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn rollback_restores_files_with_their_modes_and_removes_new_ones() {
+    let (hh, host) = host();
+    hh.put_file("/etc/demo/kept.conf", b"old\n", 0o640);
+    let mut undo = Undo::new(&host);
+    undo.write_file("/etc/demo/kept.conf", b"new\n", 0o600)
+        .unwrap();
+    undo.write_file("/etc/demo/kept.conf", b"newer\n", 0o600)
+        .unwrap();
+    undo.create_dir("/run/demo", 0o700).unwrap();
+    undo.write_file("/run/demo/fresh", b"x", 0o600).unwrap();
+    assert_eq!(hh.read_file("/etc/demo/kept.conf").unwrap(), b"newer\n");
+    undo.rollback();
+    assert_eq!(hh.read_file("/etc/demo/kept.conf").unwrap(), b"old\n");
+    assert_eq!(mode(&hh, "/etc/demo/kept.conf"), 0o640);
+    assert!(!hh.real_path("/run/demo").exists());
+}
+
+#[test]
+fn a_removed_tree_comes_back() {
+    let (hh, host) = host();
+    hh.put_file("/etc/demo/a/one", b"1", 0o600);
+    hh.put_file("/etc/demo/b", b"2", 0o644);
+    let mut undo = Undo::new(&host);
+    undo.remove("/etc/demo").unwrap();
+    assert!(!hh.real_path("/etc/demo").exists());
+    undo.remove("/etc/demo/never-there").unwrap();
+    undo.rollback();
+    assert_eq!(hh.read_file("/etc/demo/a/one").unwrap(), b"1");
+    assert_eq!(mode(&hh, "/etc/demo/a/one"), 0o600);
+    assert_eq!(hh.read_file("/etc/demo/b").unwrap(), b"2");
+    assert_eq!(mode(&hh, "/etc/demo/b"), 0o644);
+}
+
+#[test]
+fn units_return_to_their_previous_state() {
+    let (hh, host) = host();
+    hh.set_unit_state("running.service", "active");
+    let mut undo = Undo::new(&host);
+    undo.start_unit("stopped.service").unwrap();
+    undo.stop_unit("running.service").unwrap();
+    undo.restart_unit("stopped.service").unwrap();
+    assert_eq!(hh.unit_state("stopped.service"), "active");
+    assert_eq!(hh.unit_state("running.service"), "inactive");
+    undo.rollback();
+    assert_eq!(hh.unit_state("stopped.service"), "inactive");
+    assert_eq!(hh.unit_state("running.service"), "active");
+}
+
+#[test]
+fn compensating_actions_run_newest_first_and_drop_rolls_back() {
+    let (hh, host) = host();
+    {
+        let mut undo = Undo::new(&host);
+        undo.write_file("/etc/demo/x", b"x", 0o600).unwrap();
+        undo.on_rollback("log out", |h| {
+            h.info("logged out");
+            Ok(())
+        });
+        // Dropped without commit, as an early `?` return would.
+    }
+    assert!(hh.read_file("/etc/demo/x").is_none());
+    assert!(hh.logs().iter().any(|l| l.message == "logged out"));
+}
+
+#[test]
+fn commit_keeps_everything_and_failures_are_logged_not_hidden() {
+    let (hh, host) = host();
+    let mut undo = Undo::new(&host);
+    undo.write_file("/etc/demo/x", b"x", 0o600).unwrap();
+    undo.commit();
+    assert_eq!(hh.read_file("/etc/demo/x").unwrap(), b"x");
+
+    let mut undo = Undo::new(&host);
+    undo.start_unit("flaky.service").unwrap();
+    hh.fail_unit("flaky.service", "flaky cannot stop");
+    undo.rollback();
+    assert!(hh.logs().iter().any(|l| l
+        .message
+        .contains("undo: cannot put flaky.service back: flaky cannot stop")));
+}
+
+#[test]
+fn read_link_resolves_relative_targets() {
+    let (hh, host) = host();
+    std::fs::create_dir_all(hh.real_path("/etc/demo/by-id")).unwrap();
+    std::os::unix::fs::symlink("../../sdb", hh.real_path("/etc/demo/by-id/wwn-0x1")).unwrap();
+    assert_eq!(
+        host.read_link("/etc/demo/by-id/wwn-0x1")
+            .unwrap()
+            .as_deref(),
+        Some("/etc/sdb")
+    );
+    assert_eq!(host.read_link("/etc/demo/by-id").unwrap(), None);
+    assert_eq!(host.read_link("/etc/demo/none").unwrap(), None);
+}
