@@ -103,9 +103,15 @@ impl DbusSystemd {
             .map_err(|e| err("systemd manager", e))
     }
 
-    /// Starts a job and waits for its result.
+    /// Starts a job and waits for its result. While systemd itself is stopping (the machine
+    /// shuts down), stopping a unit is left to systemd: queuing a stop job then can hang on
+    /// socket units.
     pub async fn run_job(&self, op: UnitOp, unit: &str) -> Result<(), PlatformError> {
         let m = self.manager().await?;
+        if op == UnitOp::Stop && m.system_state().await.is_ok_and(|s| s == "stopping") {
+            tracing::debug!(unit, "system is stopping: leaving the unit to systemd");
+            return Ok(());
+        }
         let mut removed = m
             .receive_job_removed()
             .await
