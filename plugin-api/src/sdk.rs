@@ -281,6 +281,18 @@ impl Host {
     /// Runs a command and fails unless it exits 0, with upstream's error text:
     /// `Failed to run: <argv>: exit status <n> (<stderr>)`. Returns stdout.
     pub fn run_ok(&self, argv: &[&str], timeout: std::time::Duration) -> Result<String> {
+        self.run_ok_redacted(argv, &[], timeout)
+    }
+
+    /// [`Host::run_ok`] for a command line that carries secrets (auth keys, setup keys):
+    /// each of `secrets` is shown as `***` in the error text, which reaches API clients and
+    /// logs.
+    pub fn run_ok_redacted(
+        &self,
+        argv: &[&str],
+        secrets: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<String> {
         let out = self.run(argv, timeout)?;
         if out.status == 0 {
             return Ok(out.stdout);
@@ -294,7 +306,7 @@ impl Host {
         if !stderr.is_empty() {
             msg.push_str(&format!(" ({stderr})"));
         }
-        Err(Error::internal(msg))
+        Err(Error::internal(redact(&msg, secrets)))
     }
 }
 

@@ -39,13 +39,15 @@ enum Step {
         files: Vec<(String, Vec<u8>, u32)>,
         links: Vec<String>,
     },
-    /// A unit and whether it was active before.
-    Unit { unit: String, was_active: bool },
-    /// A compensating action of the caller's.
-    Action {
-        what: String,
-        run: Compensation,
+    /// A unit, whether it was active before, and whether we stopped or restarted it (a
+    /// start of a running unit changes nothing).
+    Unit {
+        unit: String,
+        was_active: bool,
+        disturbed: bool,
     },
+    /// A compensating action of the caller's.
+    Action { what: String, run: Compensation },
 }
 
 /// A journal of changes; see the module documentation.
@@ -55,6 +57,7 @@ pub struct Undo {
     done: bool,
 }
 
+/// Running, or on its way to running (a unit being reloaded is running).
 fn is_active(state: &str) -> bool {
     matches!(state, "active" | "activating" | "reloading")
 }
@@ -152,31 +155,48 @@ impl Undo {
         Ok(())
     }
 
-    fn unit_op(&mut self, unit: &str, op: impl FnOnce(&Host, &str) -> Result<()>) -> Result<()> {
+    fn unit_op(
+        &mut self,
+        unit: &str,
+        disturbs: bool,
+        op: impl FnOnce(&Host, &str) -> Result<()>,
+    ) -> Result<()> {
         if !self.touched_unit(unit) {
             let was_active = is_active(&self.host.unit_active_state(unit)?);
             self.steps.push(Step::Unit {
                 unit: unit.to_string(),
                 was_active,
+                disturbed: false,
             });
+        }
+        for step in &mut self.steps {
+            if let Step::Unit {
+                unit: u, disturbed, ..
+            } = step
+            {
+                if u == unit {
+                    *disturbed |= disturbs;
+                }
+            }
         }
         op(&self.host, unit)
     }
 
-    /// Starts a unit; on rollback it is stopped again unless it was running before.
+    /// Starts a unit; on rollback it is stopped again unless it was running before (then
+    /// it is left alone).
     pub fn start_unit(&mut self, unit: &str) -> Result<()> {
-        self.unit_op(unit, Host::start_unit)
+        self.unit_op(unit, false, Host::start_unit)
     }
 
     /// Stops a unit; on rollback it is started again if it was running before.
     pub fn stop_unit(&mut self, unit: &str) -> Result<()> {
-        self.unit_op(unit, Host::stop_unit)
+        self.unit_op(unit, true, Host::stop_unit)
     }
 
     /// Restarts a unit; on rollback it is restarted again (after the files it reads were
     /// put back) if it was running before, stopped otherwise.
     pub fn restart_unit(&mut self, unit: &str) -> Result<()> {
-        self.unit_op(unit, Host::restart_unit)
+        self.unit_op(unit, true, Host::restart_unit)
     }
 
     /// Registers a compensating action (e.g. logging out of a target that was logged into),
@@ -239,11 +259,15 @@ impl Undo {
                         ));
                     }
                 }
-                Step::Unit { unit, was_active } => {
-                    let r = if was_active {
-                        h.restart_unit(&unit)
-                    } else {
-                        h.stop_unit(&unit)
+                Step::Unit {
+                    unit,
+                    was_active,
+                    disturbed,
+                } => {
+                    let r = match (was_active, disturbed) {
+                        (true, true) => h.restart_unit(&unit),
+                        (true, false) => Ok(()),
+                        (false, _) => h.stop_unit(&unit),
                     };
                     if let Err(e) = r {
                         warn(&format!("cannot put {unit} back"), e);

@@ -57,14 +57,31 @@ pub fn endpoint(s: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// An `http://` or `https://` URL with a valid host and optional port.
+/// An `http://` or `https://` URL (scheme in any case) with a valid host (an IPv6 host in
+/// brackets) and optional port, no credentials, no whitespace or control characters.
 pub fn http_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    let Some(rest) = rest else { return false };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    !authority.contains('@') && endpoint(authority).is_some()
+    let bare_v6 = !authority.starts_with('[') && authority.parse::<Ipv6Addr>().is_ok();
+    !authority.contains('@') && !bare_v6 && endpoint(authority).is_some()
+}
+
+/// A socket address: `ipv4:port` or `[ipv6]:port` (an IP, not a host name).
+pub fn socket_addr(s: &str) -> bool {
+    match endpoint(s) {
+        Some((host, Some(_))) => {
+            host.parse::<IpAddr>().is_ok() && (s.starts_with('[') || !host.contains(':'))
+        }
+        _ => false,
+    }
 }
 
 /// A network in CIDR form (`10.0.0.0/24`, `2001:db8::/32`).
@@ -77,6 +94,7 @@ pub fn cidr(s: &str) -> bool {
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     !len.is_empty()
+        && (len == "0" || !len.starts_with('0'))
         && len.bytes().all(|b| b.is_ascii_digit())
         && len.parse::<u8>().is_ok_and(|l| l <= max)
 }
@@ -189,6 +207,14 @@ mod tests {
     fn urls_cidrs_uuids() {
         assert!(http_url("https://api.netbird.io:443/x") && http_url("http://[::1]:8080"));
         assert!(!http_url("ftp://x") && !http_url("https://") && !http_url("https://u:p@h"));
+        assert!(
+            http_url("HTTPS://Example.org")
+                && !http_url("http://fd00::1")
+                && !http_url("https://h/a b")
+        );
+        assert!(socket_addr("10.0.0.1:53") && socket_addr("[::1]:53"));
+        assert!(!socket_addr("dns.example:53") && !socket_addr("10.0.0.1") && !socket_addr("::1"));
+        assert!(!cidr("10.0.0.0/08") && cidr("0.0.0.0/0"));
         assert!(
             cidr("10.0.0.0/8")
                 && cidr("2001:db8::/32")

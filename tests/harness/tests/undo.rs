@@ -129,3 +129,35 @@ fn read_link_resolves_relative_targets() {
     assert_eq!(host.read_link("/etc/demo/by-id").unwrap(), None);
     assert_eq!(host.read_link("/etc/demo/none").unwrap(), None);
 }
+
+#[test]
+fn starting_a_running_unit_is_not_undone_by_a_restart() {
+    let (hh, host) = host();
+    hh.set_unit_state("vpn.service", "active");
+    let mut undo = Undo::new(&host);
+    undo.start_unit("vpn.service").unwrap();
+    hh.clear_effects();
+    undo.rollback();
+    assert!(hh.units().is_empty(), "{:?}", hh.units());
+    assert_eq!(hh.unit_state("vpn.service"), "active");
+}
+
+#[test]
+fn redacted_command_errors_hide_secrets() {
+    let (hh, host) = host();
+    hh.on_command(
+        &["vpn", "up"],
+        incus_osd_harness::Reply::fail(1, "bad key tskey-123"),
+    );
+    let err = host
+        .run_ok_redacted(
+            &["vpn", "up", "--auth-key", "tskey-123"],
+            &["tskey-123"],
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.message,
+        "Failed to run: vpn up --auth-key ***: exit status 1 (bad key ***)"
+    );
+}

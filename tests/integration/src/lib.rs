@@ -14,6 +14,8 @@ use serde_json::Value;
 
 pub use incus_osd_harness::built_plugin;
 
+pub mod tier3;
+
 /// The cargo output directory the tests' libraries and binaries were built into.
 pub fn artifact_dir() -> PathBuf {
     built_plugin("incus_osd_plugin_iscsi")
