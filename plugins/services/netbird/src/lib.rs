@@ -11,7 +11,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::sdk::Undo;
+use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
 const UNIT: &str = "netbird.service";
@@ -97,66 +98,18 @@ pub struct State {}
 
 // --- validation ------------------------------------------------------------------------
 
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// `http[s]://host[:port][/path]`.
-fn check_url(url: &str) -> std::result::Result<(), String> {
-    let bad = || format!("invalid URL '{url}' (expected http(s)://host[:port][/path])");
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    let lower = url.to_ascii_lowercase();
-    let scheme_len = ["https://", "http://"]
-        .iter()
-        .find(|s| lower.starts_with(*s))
-        .map(|s| s.len())
-        .ok_or_else(bad)?;
-    let authority = url[scheme_len..]
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (addr, tail) = v6.split_once(']').ok_or_else(bad)?;
-            if !matches!(addr.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
-                return Err(bad());
-            }
-            let port = match tail {
-                "" => None,
-                t => Some(t.strip_prefix(':').ok_or_else(bad)?),
-            };
-            (None, port)
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(authority), None),
-        },
+/// A management or admin URL: [`validate::http_url`], plus rules it lacks: the scheme
+/// matches in any case (`HTTPS://`, as Go's net/url reads it), no whitespace or control
+/// character may appear anywhere (the URL goes on netbird's command line), and an IPv6
+/// host needs its brackets (`http_url` takes `http://fd00::1` as a host).
+fn valid_url(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
     };
-    if host.is_some_and(|h| h.parse::<IpAddr>().is_err() && !valid_host_name(h)) {
-        return Err(bad());
-    }
-    let port_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
-    };
-    if port.is_some_and(|p| !port_ok(p)) {
-        return Err(bad());
-    }
-    Ok(())
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        && (authority.starts_with('[') || authority.matches(':').count() < 2)
+        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
 }
 
 /// A Linux interface name (at most 15 bytes, no `/`, whitespace or `:`).
@@ -212,8 +165,10 @@ fn check(c: &Config) -> std::result::Result<(), String> {
         ("management_url", &c.management_url),
         ("admin_url", &c.admin_url),
     ] {
-        if !url.is_empty() {
-            check_url(url).map_err(|e| format!("{field}: {e}"))?;
+        if !url.is_empty() && !valid_url(url) {
+            return Err(format!(
+                "{field}: invalid URL '{url}' (expected http(s)://host[:port][/path])"
+            ));
         }
     }
     if !c.dns_resolver_address.is_empty() && c.dns_resolver_address.parse::<SocketAddr>().is_err() {
@@ -234,7 +189,7 @@ fn check(c: &Config) -> std::result::Result<(), String> {
         ));
     }
     for (i, label) in labels.iter().enumerate() {
-        if label.ends_with('.') || !valid_host_name(label) {
+        if label.ends_with('.') || !validate::host_name(label) {
             return Err(format!(
                 "extra_dns_labels[{i}]: invalid DNS label '{label}'"
             ));
@@ -244,40 +199,17 @@ fn check(c: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
-pub struct Netbird {
-    host: Host,
+/// Upstream's configure: disconnect, then connect with the whole configuration. The setup
+/// key is masked in any error (upstream's error shows the whole command line).
+fn configure(h: &Host, c: &Config) -> Result<()> {
+    h.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
+    let argv = c.up_argv();
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    h.run_ok_redacted(&argv, &[&c.setup_key], UP_TIMEOUT).map(drop)
 }
 
-impl Netbird {
-    /// Upstream's configure: disconnect, then connect with the whole configuration. The
-    /// setup key is masked in any error (upstream's error shows the whole command line).
-    fn configure(&self, c: &Config) -> Result<()> {
-        self.host.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
-        let argv = c.up_argv();
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        self.host.run_ok(&argv, UP_TIMEOUT).map(drop).map_err(|e| {
-            if c.setup_key.is_empty() {
-                e
-            } else {
-                Error::new(e.status, e.message.replace(&c.setup_key, "***"))
-            }
-        })
-    }
-
-    /// Puts things back after a failed enable or update.
-    fn undo(&self, old: &Config, was_active: bool) {
-        if !was_active {
-            if let Err(e) = self.host.stop_unit(UNIT) {
-                self.host.warn(&format!("failed to stop {UNIT}: {e}"));
-            }
-        } else if old.enabled {
-            if let Err(e) = self.configure(old) {
-                self.host.error(&format!(
-                    "failed to restore the previous NetBird configuration: {e}"
-                ));
-            }
-        }
-    }
+pub struct Netbird {
+    host: Host,
 }
 
 impl Service for Netbird {
@@ -300,18 +232,35 @@ impl Service for Netbird {
     }
 
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        let h = &self.host;
         if !new.enabled {
             if old.enabled {
-                self.host.stop_unit(UNIT)?;
+                h.stop_unit(UNIT)?;
             }
             return Ok(());
         }
-        let was_active = self.host.unit_active_state(UNIT)? == "active";
-        let result = self
-            .host
-            .start_unit(UNIT)
-            .and_then(|()| self.configure(new));
-        result.inspect_err(|_| self.undo(old, was_active))
+        let mut undo = Undo::new(h);
+        // Not `undo.start_unit`: its rollback restarts a unit that was running, which
+        // would cut the mesh off for nothing. A unit that was stopped is stopped again; a
+        // running one is connected with the old configuration again.
+        if h.unit_active_state(UNIT)? != "active" {
+            undo.on_rollback(&format!("stop {UNIT}"), |h| h.stop_unit(UNIT));
+        } else if old.enabled {
+            let old = old.clone();
+            undo.on_rollback("restore the previous configuration", move |h| {
+                // An error, not Undo's warning: the node may be left disconnected.
+                if let Err(e) = configure(h, &old) {
+                    h.error(&format!(
+                        "failed to restore the previous NetBird configuration: {e}"
+                    ));
+                }
+                Ok(())
+            });
+        }
+        h.start_unit(UNIT)?;
+        configure(h, new)?;
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {

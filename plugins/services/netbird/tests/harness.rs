@@ -474,6 +474,46 @@ fn a_failing_restore_is_logged_without_the_key() {
 }
 
 #[test]
+fn a_rollback_keeps_a_running_unit_running_without_a_restart() {
+    let h = scripted();
+    let host = h.host();
+    preset(&h, &enabled());
+    host.set_unit_state(UNIT, "active");
+    host.on_command_times(&["netbird", "up"], 1, Reply::fail(1, "Error: login failed"));
+    let mut cfg = enabled();
+    cfg["block_inbound"] = json!(true);
+    put_config(&h, &cfg).unwrap_err();
+    assert_eq!(
+        host.units(),
+        [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
+    );
+    assert_eq!(host.unit_state(UNIT), "active");
+    assert!(host.logs().is_empty(), "{:?}", host.logs());
+}
+
+#[test]
+fn zero_padded_ports_and_bare_ipv6_hosts_are_refused_in_urls() {
+    // Zero-padded ports follow the SDK's port rule (`validate::port`); before, they passed.
+    for url in [
+        "https://netbird.example.com:033073",
+        "http://fd00::1",
+        "https://fd00::1:443/",
+    ] {
+        let h = scripted();
+        let err = put_config(&h, &config(json!({"management_url": url}))).unwrap_err();
+        let expected =
+            format!("management_url: invalid URL '{url}' (expected http(s)://host[:port][/path])");
+        assert_eq!((err.status, err.message.as_str()), (400, expected.as_str()));
+    }
+    // The scheme matches in any case, as before.
+    put_config(
+        &scripted(),
+        &config(json!({"admin_url": "HTTPS://App.NetBird.io"})),
+    )
+    .unwrap();
+}
+
+#[test]
 fn a_failing_unit_start_is_reported() {
     let h = scripted();
     h.host().fail_unit(UNIT, "Job for netbird.service failed");

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::sdk::Undo;
+use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
 const UNIT: &str = "tailscale.service";
@@ -202,83 +203,31 @@ pub fn parse_status(json: &str) -> std::result::Result<State, serde_json::Error>
 
 // --- validation ------------------------------------------------------------------------
 
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// `http[s]://host[:port][/path]`, as a login server must be.
-fn check_url(url: &str) -> std::result::Result<(), String> {
-    let bad = || format!("invalid URL '{url}' (expected http(s)://host[:port][/path])");
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    let lower = url.to_ascii_lowercase();
-    let scheme_len = ["https://", "http://"]
-        .iter()
-        .find(|s| lower.starts_with(*s))
-        .map(|s| s.len())
-        .ok_or_else(bad)?;
-    let rest = &url[scheme_len..];
+/// A login server: [`validate::http_url`], plus rules it lacks: the scheme matches in any
+/// case (`HTTPS://`, as Go's net/url reads it), no whitespace or control character may
+/// appear anywhere (the URL goes on tailscale's command line), and an IPv6 host needs its
+/// brackets (`http_url` takes `http://fd00::1` as a host).
+fn valid_url(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (addr, tail) = v6.split_once(']').ok_or_else(bad)?;
-            if !matches!(addr.parse::<IpAddr>(), Ok(IpAddr::V6(_))) {
-                return Err(bad());
-            }
-            let port = match tail {
-                "" => None,
-                t => Some(t.strip_prefix(':').ok_or_else(bad)?),
-            };
-            (None, port)
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(authority), None),
-        },
-    };
-    if host.is_some_and(|h| h.parse::<IpAddr>().is_err() && !valid_host_name(h)) {
-        return Err(bad());
-    }
-    let port_ok = |p: &str| {
-        !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
-    };
-    if port.is_some_and(|p| !port_ok(p)) {
-        return Err(bad());
-    }
-    Ok(())
+    !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        && (authority.starts_with('[') || authority.matches(':').count() < 2)
+        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
 }
 
-/// A route as `tailscale set --advertise-routes` takes it: a CIDR prefix without host
-/// bits (tailscale's own rules, checked before anything is touched).
+/// A route as `tailscale set --advertise-routes` takes it: [`validate::cidr`], plus
+/// tailscale's own rules (netip.ParsePrefix and its router checks), checked before
+/// anything is touched: no zero-padded length, no host bits, sane 4-in-6 "via" routes.
 fn check_route(route: &str) -> std::result::Result<(), String> {
     let not_cidr = || format!("'{route}' is not a CIDR prefix (like 192.0.2.0/24)");
     let (addr, bits) = route.split_once('/').ok_or_else(not_cidr)?;
+    if !validate::cidr(route) || (bits.len() > 1 && bits.starts_with('0')) {
+        return Err(not_cidr());
+    }
     let addr: IpAddr = addr.parse().map_err(|_| not_cidr())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if bits.is_empty()
-        || !bits.bytes().all(|b| b.is_ascii_digit())
-        || (bits.len() > 1 && bits.starts_with('0'))
-    {
-        return Err(not_cidr());
-    }
     let bits: u32 = bits.parse().map_err(|_| not_cidr())?;
-    if bits > max {
-        return Err(not_cidr());
-    }
     let (value, masked) = match addr {
         IpAddr::V4(a) => {
             let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
@@ -350,22 +299,20 @@ fn check_routes(routes: &[String]) -> std::result::Result<(), String> {
 
 /// `svc:<dns label>`, as tailscale names services.
 fn valid_service_name(name: &str) -> bool {
-    name.strip_prefix("svc:").is_some_and(|label| {
-        !label.is_empty() && label.len() <= 63 && !label.contains('.') && valid_host_name(label)
-    })
+    name.strip_prefix("svc:")
+        .is_some_and(|label| !label.contains('.') && validate::host_name(label))
 }
 
 fn check(config: &Config) -> std::result::Result<(), String> {
-    if !config.login_server.is_empty() {
-        check_url(&config.login_server).map_err(|e| format!("login_server: {e}"))?;
+    let url = &config.login_server;
+    if !url.is_empty() && !valid_url(url) {
+        return Err(format!(
+            "login_server: invalid URL '{url}' (expected http(s)://host[:port][/path])"
+        ));
     }
     check_routes(config.routes())?;
     let exit_node = config.exit_node.as_str();
-    if !exit_node.is_empty()
-        && exit_node != "auto:any"
-        && exit_node.parse::<IpAddr>().is_err()
-        && !valid_host_name(exit_node)
-    {
+    if !exit_node.is_empty() && exit_node != "auto:any" && !validate::ip_or_host(exit_node) {
         return Err(format!(
             "exit_node: invalid exit node '{exit_node}' (expected an IP address, a node name or auto:any)"
         ));
@@ -395,6 +342,8 @@ fn check(config: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
+// --- commands --------------------------------------------------------------------------
+
 /// Upstream re-joins when any of these changed.
 fn needs_rejoin(old: &Config, new: &Config) -> bool {
     old.enabled != new.enabled
@@ -405,6 +354,69 @@ fn needs_rejoin(old: &Config, new: &Config) -> bool {
 /// Backend states of a node that has no usable login.
 fn logged_out(backend_state: &str) -> bool {
     matches!(backend_state, "" | "NoState" | "NeedsLogin")
+}
+
+fn logout(h: &Host) -> Result<()> {
+    h.run_ok(&["tailscale", "logout"], LOGOUT_TIMEOUT).map(drop)
+}
+
+/// Joins the tailnet with the auth key, which is masked in any error (upstream's error
+/// text would show the whole command line).
+fn up(h: &Host, c: &Config) -> Result<()> {
+    let mut up = vec![
+        "tailscale",
+        "up",
+        "--reset",
+        "--timeout",
+        "30s",
+        "--auth-key",
+        &c.auth_key,
+    ];
+    if !c.login_server.is_empty() {
+        up.extend(["--login-server", &c.login_server]);
+    }
+    h.run_ok_redacted(&up, &[&c.auth_key], UP_TIMEOUT).map(drop)
+}
+
+/// The preferences (`tailscale set`) and the HTTPS proxy to the local API
+/// (`tailscale serve`).
+fn apply_preferences(h: &Host, c: &Config) -> Result<()> {
+    let set = [
+        "tailscale".to_string(),
+        "set".to_string(),
+        format!("--advertise-routes={}", c.routes().join(",")),
+        format!("--accept-routes={}", c.accept_routes),
+        format!("--accept-dns={}", c.accept_dns),
+        format!("--advertise-exit-node={}", c.advertise_exit_node),
+        format!("--exit-node={}", c.exit_node),
+        format!(
+            "--exit-node-allow-lan-access={}",
+            c.exit_node_allow_lan_access
+        ),
+    ];
+    h.run_ok(&set.each_ref().map(String::as_str), SET_TIMEOUT)?;
+    h.run_ok(&["tailscale", "serve", "reset"], SET_TIMEOUT)?;
+    if c.serve_enabled {
+        let https = format!("--https={}", c.serve_port);
+        let service = format!("--service={}", c.serve_service);
+        let mut serve = vec!["tailscale", "serve", "--bg", &https];
+        if !c.serve_service.is_empty() {
+            serve.push(&service);
+        }
+        // tailscale serve is sensitive to argument order: the target comes last.
+        serve.push(SERVE_TARGET);
+        h.run_ok(&serve, SERVE_TIMEOUT)?;
+    }
+    Ok(())
+}
+
+/// Runs a step of a rollback, logging its failure as an error: the node may be left with
+/// a half-restored configuration, which [`Undo`]'s warning would understate.
+fn restore(h: &Host, what: &str, step: Result<()>) -> Result<()> {
+    if let Err(e) = step {
+        h.error(&format!("failed to {what}: {e}"));
+    }
+    Ok(())
 }
 
 pub struct Tailscale {
@@ -445,117 +457,6 @@ impl Tailscale {
             }
         }
     }
-
-    /// Runs a command that carries the auth key; the key is masked in any error (upstream's
-    /// error text would show the whole command line).
-    fn run_secret(&self, argv: &[&str], secret: &str, timeout: Duration) -> Result<String> {
-        self.host.run_ok(argv, timeout).map_err(|e| {
-            if secret.is_empty() {
-                e
-            } else {
-                Error::new(e.status, e.message.replace(secret, "***"))
-            }
-        })
-    }
-
-    /// Refuses (400) to enable without an auth key unless the node is logged in already:
-    /// upstream would start and then fail at `tailscale up`, or log the node out.
-    fn check_login_without_key(&self, old: &Config, new: &Config) -> Result<()> {
-        let state = match self.status() {
-            None => {
-                return Err(Error::bad_request(
-                    "auth_key: an auth key is required to enable tailscale \
-                     (the node's login state is unknown: tailscaled is not running)",
-                ))
-            }
-            Some(state) => state,
-        };
-        if logged_out(&state.backend_state) {
-            let shown = match state.backend_state.as_str() {
-                "" => "unknown",
-                s => s,
-            };
-            return Err(Error::bad_request(format!(
-                "auth_key: an auth key is required, the node is not logged in \
-                 (backend state {shown})"
-            )));
-        }
-        if old.login_server != new.login_server {
-            return Err(Error::bad_request(
-                "auth_key: an auth key is required to change login_server",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Upstream's configure: optional re-join, then preferences and serve.
-    /// `logged_out_by_us` records whether this call logged the node out (for undo).
-    fn configure(&self, c: &Config, rejoin: bool, logged_out_by_us: &mut bool) -> Result<()> {
-        let h = &self.host;
-        if rejoin {
-            h.run_ok(&["tailscale", "logout"], LOGOUT_TIMEOUT)?;
-            *logged_out_by_us = true;
-            let mut up = vec![
-                "tailscale",
-                "up",
-                "--reset",
-                "--timeout",
-                "30s",
-                "--auth-key",
-                &c.auth_key,
-            ];
-            if !c.login_server.is_empty() {
-                up.extend(["--login-server", &c.login_server]);
-            }
-            self.run_secret(&up, &c.auth_key, UP_TIMEOUT)?;
-        }
-        let set = [
-            "tailscale".to_string(),
-            "set".to_string(),
-            format!("--advertise-routes={}", c.routes().join(",")),
-            format!("--accept-routes={}", c.accept_routes),
-            format!("--accept-dns={}", c.accept_dns),
-            format!("--advertise-exit-node={}", c.advertise_exit_node),
-            format!("--exit-node={}", c.exit_node),
-            format!(
-                "--exit-node-allow-lan-access={}",
-                c.exit_node_allow_lan_access
-            ),
-        ];
-        h.run_ok(&set.each_ref().map(String::as_str), SET_TIMEOUT)?;
-        h.run_ok(&["tailscale", "serve", "reset"], SET_TIMEOUT)?;
-        if c.serve_enabled {
-            let https = format!("--https={}", c.serve_port);
-            let service = format!("--service={}", c.serve_service);
-            let mut serve = vec!["tailscale", "serve", "--bg", &https];
-            if !c.serve_service.is_empty() {
-                serve.push(&service);
-            }
-            // tailscale serve is sensitive to argument order: the target comes last.
-            serve.push(SERVE_TARGET);
-            h.run_ok(&serve, SERVE_TIMEOUT)?;
-        }
-        Ok(())
-    }
-
-    /// Puts things back after a failed enable or update.
-    fn undo(&self, old: &Config, was_active: bool, logged_out_by_us: bool) {
-        if !was_active {
-            if let Err(e) = self.host.stop_unit(UNIT) {
-                self.host.warn(&format!("failed to stop {UNIT}: {e}"));
-            }
-            return;
-        }
-        if old.enabled {
-            // Re-join only if this update logged the node out and the old key can.
-            let rejoin = logged_out_by_us && !old.auth_key.is_empty();
-            if let Err(e) = self.configure(old, rejoin, &mut false) {
-                self.host.error(&format!(
-                    "failed to restore the previous Tailscale configuration: {e}"
-                ));
-            }
-        }
-    }
 }
 
 impl Service for Tailscale {
@@ -582,32 +483,85 @@ impl Service for Tailscale {
         check(config).map_err(Error::bad_request)
     }
 
+    /// Refuses (400) to enable without an auth key unless tailscaled reports a logged-in
+    /// node (asked with `tailscale status`): upstream would start and then fail at
+    /// `tailscale up`, or log the node out.
+    fn validate_change(&self, old: &Config, new: &Config) -> Result<()> {
+        if !new.enabled || !new.auth_key.is_empty() {
+            return Ok(());
+        }
+        let Some(state) = self.status() else {
+            return Err(Error::bad_request(
+                "auth_key: an auth key is required to enable tailscale \
+                 (the node's login state is unknown: tailscaled is not running)",
+            ));
+        };
+        if logged_out(&state.backend_state) {
+            let shown = match state.backend_state.as_str() {
+                "" => "unknown",
+                s => s,
+            };
+            return Err(Error::bad_request(format!(
+                "auth_key: an auth key is required, the node is not logged in \
+                 (backend state {shown})"
+            )));
+        }
+        if old.login_server != new.login_server {
+            return Err(Error::bad_request(
+                "auth_key: an auth key is required to change login_server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upstream's configure: start the unit, re-join if needed, then the preferences.
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
+        let h = &self.host;
         if !new.enabled {
             if old.enabled {
-                self.host.stop_unit(UNIT)?;
+                h.stop_unit(UNIT)?;
             }
             return Ok(());
         }
-        let mut rejoin = needs_rejoin(old, new);
-        if new.auth_key.is_empty() {
-            // Logged in already (checked): there is nothing to re-join with.
-            self.check_login_without_key(old, new)?;
-            rejoin = false;
+        // Without a key the node is logged in already (validate_change): there is nothing
+        // to re-join with.
+        let mut rejoin = !new.auth_key.is_empty() && needs_rejoin(old, new);
+        let mut undo = Undo::new(h);
+        // Not `undo.start_unit`: its rollback restarts a unit that was running, which
+        // would cut the tailnet off for nothing. A unit that was stopped is stopped again;
+        // a running one gets the old preferences back (and the old login, below).
+        let previous = if h.unit_active_state(UNIT)? == "active" {
+            old.enabled.then(|| old.clone())
+        } else {
+            undo.on_rollback(&format!("stop {UNIT}"), |h| h.stop_unit(UNIT));
+            None
+        };
+        if let Some(old) = previous.clone() {
+            undo.on_rollback("restore the previous preferences", move |h| {
+                let what = "restore the previous Tailscale configuration";
+                restore(h, what, apply_preferences(h, &old))
+            });
         }
-        let was_active = self.host.unit_active_state(UNIT)? == "active";
-        let mut logged_out_by_us = false;
-        let result = (|| {
-            self.host.start_unit(UNIT)?;
-            // Also re-join when an earlier login with this key never completed.
-            if !rejoin && !new.auth_key.is_empty() {
-                rejoin = self
-                    .status()
-                    .is_some_and(|s| s.backend_state == "NeedsLogin");
+        h.start_unit(UNIT)?;
+        // Also re-join when an earlier login with this key never completed.
+        if !rejoin && !new.auth_key.is_empty() {
+            rejoin = self
+                .status()
+                .is_some_and(|s| s.backend_state == "NeedsLogin");
+        }
+        if rejoin {
+            logout(h)?;
+            if let Some(old) = previous.filter(|o| !o.auth_key.is_empty()) {
+                undo.on_rollback("re-join with the previous auth key", move |h| {
+                    let what = "re-join the tailnet with the previous auth key";
+                    restore(h, what, logout(h).and_then(|()| up(h, &old)))
+                });
             }
-            self.configure(new, rejoin, &mut logged_out_by_us)
-        })();
-        result.inspect_err(|_| self.undo(old, was_active, logged_out_by_us))
+            up(h, new)?;
+        }
+        apply_preferences(h, new)?;
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {

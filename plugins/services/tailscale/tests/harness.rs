@@ -961,6 +961,81 @@ fn a_failing_join_on_a_key_change_re_joins_with_the_old_key() {
 }
 
 #[test]
+fn a_rollback_keeps_a_running_unit_running_without_a_restart() {
+    let h = scripted(Some(STATUS_RUNNING));
+    let host = h.host();
+    preset(&h, &enabled());
+    host.set_unit_state(UNIT, "active");
+    host.on_command(&["tailscale", "set"], Reply::fail(1, "set failed"));
+    let mut cfg = enabled();
+    cfg["accept_routes"] = json!(true);
+    put_config(&h, &cfg).unwrap_err();
+    // The unit is neither stopped nor restarted: only the preferences are put back.
+    assert_eq!(
+        host.units(),
+        [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
+    );
+    assert_eq!(host.unit_state(UNIT), "active");
+}
+
+#[test]
+fn a_failing_re_join_on_rollback_still_restores_the_preferences() {
+    let h = scripted(Some(STATUS_RUNNING));
+    let host = h.host();
+    preset(&h, &enabled());
+    host.set_unit_state(UNIT, "active");
+    host.on_command(
+        &["tailscale", "up"],
+        Reply::fail(1, "backend error: invalid key"),
+    );
+    let mut cfg = enabled();
+    cfg["auth_key"] = json!(KEY2);
+    let err = put_config(&h, &cfg).unwrap_err();
+    assert_eq!(
+        host.commands(),
+        [
+            logout(),
+            up(KEY2),
+            logout(),
+            up(KEY),
+            set_default(),
+            serve_reset()
+        ]
+    );
+    let errors: Vec<_> = host
+        .logs()
+        .into_iter()
+        .filter(|l| l.level == LogLevel::Error)
+        .map(|l| l.message)
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "failed to re-join the tailnet with the previous auth key: Failed to run: tailscale up --reset --timeout 30s --auth-key ***"
+        ),
+        "{errors:?}"
+    );
+    assert_eq!(host.state(), json!({ "config": enabled() }));
+    assert_no_secret(&h, &err.message);
+}
+
+#[test]
+fn zero_padded_ports_and_bare_ipv6_hosts_are_refused_in_urls() {
+    // Zero-padded ports follow the SDK's port rule (`validate::port`); before, they passed.
+    for url in [
+        "https://hs.example.com:0443",
+        "http://fd00::1",
+        "http://fd00::1:8080/",
+    ] {
+        let h = scripted(None);
+        let err = put_config(&h, &config(json!({"login_server": url}))).unwrap_err();
+        let expected =
+            format!("login_server: invalid URL '{url}' (expected http(s)://host[:port][/path])");
+        assert_eq!((err.status, err.message.as_str()), (400, expected.as_str()));
+    }
+}
+
+#[test]
 fn a_failing_unit_start_is_reported() {
     let h = scripted(None);
     h.host().fail_unit(UNIT, "Job for tailscale.service failed");

@@ -8,10 +8,9 @@
 //! attached by hand are never touched: only a configured address and bus ID match.
 //! A config is stored only once the module loaded (upstream stores it first).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 
 const MODULE: &str = "vhci-hcd";
@@ -108,21 +107,6 @@ pub fn parse_ports(output: &str) -> Vec<Attachment> {
     found
 }
 
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
 /// `<bus>-<port>[.<port>...]`, e.g. `1-1`, `1-1.2`, `2-3.4.1`.
 fn valid_bus_id(id: &str) -> bool {
     let number = |s: &str| !s.is_empty() && s.len() <= 3 && s.bytes().all(|b| b.is_ascii_digit());
@@ -136,7 +120,7 @@ fn check_target(t: &Target) -> std::result::Result<(), String> {
     if t.address.is_empty() {
         return Err("address is empty".into());
     }
-    if t.address.parse::<IpAddr>().is_err() && !valid_host_name(&t.address) {
+    if !validate::ip_or_host(&t.address) {
         return Err(format!("invalid address '{}'", t.address));
     }
     if t.bus_id.is_empty() {
