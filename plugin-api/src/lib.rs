@@ -23,5 +23,5 @@ pub mod __private {
 }
 
 pub use manifest::{Hook, Kind, Manifest, Route};
-pub use sdk::{Application, Error, Host, Provider, Result, Service};
+pub use sdk::{Application, Error, Host, Provider, Result, Service, Undo};
 pub use version::API_VERSION;

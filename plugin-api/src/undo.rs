@@ -83,21 +83,33 @@ impl Undo {
             .any(|s| matches!(s, Step::Unit { unit: u, .. } if u == unit))
     }
 
-    /// Writes a file, remembering what it held.
+    /// Writes a file, remembering what it held. A path that exists but is not a regular
+    /// file (a directory, a symlink) is refused: it is not ours to replace.
     pub fn write_file(&mut self, path: &str, data: &[u8], mode: u32) -> Result<()> {
-        if !self.touched_file(path) {
-            let previous = match self.host.stat(path)? {
+        let previous = if self.touched_file(path) {
+            None
+        } else {
+            Some(match self.host.stat(path)? {
+                None => None,
                 Some(st) if st.kind == FileKind::File => {
                     self.host.read_file(path)?.map(|d| (d, st.mode))
                 }
-                _ => None,
-            };
+                Some(_) => {
+                    return Err(crate::sdk::Error::internal(format!(
+                        "{path} exists and is not a regular file"
+                    )))
+                }
+            })
+        };
+        self.host.write_file(path, data, mode)?;
+        // Recorded once written: a failed write changed nothing to put back.
+        if let Some(previous) = previous {
             self.steps.push(Step::File {
                 path: path.to_string(),
                 previous,
             });
         }
-        self.host.write_file(path, data, mode)
+        Ok(())
     }
 
     /// Creates a directory if it is missing (an existing one keeps its mode, like

@@ -161,3 +161,14 @@ fn redacted_command_errors_hide_secrets() {
         "Failed to run: vpn up --auth-key ***: exit status 1 (bad key ***)"
     );
 }
+
+#[test]
+fn a_directory_in_the_way_is_refused_and_left_alone() {
+    let (hh, host) = host();
+    hh.put_file("/etc/demo/conf/inside", b"keep", 0o600);
+    let mut undo = Undo::new(&host);
+    let err = undo.write_file("/etc/demo/conf", b"x", 0o600).unwrap_err();
+    assert!(err.message.contains("is not a regular file"), "{err}");
+    undo.rollback();
+    assert_eq!(hh.read_file("/etc/demo/conf/inside").unwrap(), b"keep");
+}

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use plugin_api::abi::FileKind;
+use plugin_api::sdk::Undo;
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -204,8 +206,8 @@ fn valid_keyring_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A host name whose last label is not all digits (that would be a malformed IPv4
-/// address).
+/// A host name whose last label is not all digits: stricter than `validate::host_name`,
+/// which takes a malformed IPv4 address such as `10.0.0.256` for a host name.
 fn valid_host_name(name: &str) -> bool {
     let last = name
         .trim_end_matches('.')
@@ -328,53 +330,28 @@ fn keyring_content(name: &str, keyring: &Keyring) -> String {
     format!("[client.{name}]\nkey = {}\n", keyring.key)
 }
 
-/// What a bring-up changed, so that a failure half way can put every file back.
-#[derive(Default)]
-struct Journal {
-    created_dir: bool,
-    /// Path, previous content (`None`: it did not exist) and mode of each file written.
-    files: Vec<(String, Option<Vec<u8>>, u32)>,
-}
-
-impl Journal {
-    fn write(&mut self, host: &Host, path: String, data: &[u8], mode: u32) -> Result<()> {
-        let previous = host.read_file(&path)?;
-        host.write_file(&path, data, mode)?;
-        self.files.push((path, previous, mode));
-        Ok(())
+/// `Undo::write_file` journals a path that is not a regular file as absent, so a write
+/// failing on a directory in the way would have the rollback delete that directory. Such a
+/// path goes to the host unjournaled: the write fails with the host's own error and the
+/// directory is left alone.
+fn write(h: &Host, undo: &mut Undo, path: &str, data: &[u8], mode: u32) -> Result<()> {
+    if h.stat(path)?.is_some_and(|st| st.kind == FileKind::Dir) {
+        return h.write_file(path, data, mode);
     }
-
-    fn roll_back(self, host: &Host) {
-        for (path, previous, mode) in self.files.into_iter().rev() {
-            let res = match previous {
-                Some(data) => host.write_file(&path, &data, mode),
-                None => host.remove(&path),
-            };
-            if let Err(e) = res {
-                host.warn(&format!("failed to restore {path}: {e}"));
-            }
-        }
-        if self.created_dir {
-            if let Err(e) = host.remove(CEPH_DIR) {
-                host.warn(&format!("failed to remove {CEPH_DIR}: {e}"));
-            }
-        }
-    }
+    undo.write_file(path, data, mode)
 }
 
 impl Ceph {
     /// Upstream's Start: the config directory, then each cluster's files.
-    fn write_config(&self, config: &Config, journal: &mut Journal) -> Result<()> {
+    fn write_config(&self, config: &Config, undo: &mut Undo) -> Result<()> {
         let h = &self.host;
-        if h.list_dir(CEPH_DIR)?.is_none() {
-            h.create_dir(CEPH_DIR, 0o755)?;
-            journal.created_dir = true;
-        }
+        undo.create_dir(CEPH_DIR, 0o755)?;
         for (name, cluster) in &config.clusters {
-            journal.write(h, conf_file(name), conf_content(cluster).as_bytes(), 0o644)?;
+            let conf = conf_content(cluster);
+            write(h, undo, &conf_file(name), conf.as_bytes(), 0o644)?;
             for (kname, keyring) in cluster.keyrings.iter().flatten() {
-                let content = keyring_content(kname, keyring);
-                journal.write(h, keyring_file(name, kname), content.as_bytes(), 0o600)?;
+                let (path, content) = (keyring_file(name, kname), keyring_content(kname, keyring));
+                write(h, undo, &path, content.as_bytes(), 0o600)?;
             }
         }
         Ok(())
@@ -429,31 +406,29 @@ impl Service for Ceph {
         Ok(())
     }
 
+    /// `/etc/ceph` is rebuilt from scratch. On failure the rollback puts the previous tree
+    /// back as it was (foreign files and modes included).
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        self.stop(old)?;
-        if !new.enabled {
-            return Ok(());
-        }
-        let mut journal = Journal::default();
-        let Err(err) = self.write_config(new, &mut journal) else {
-            return Ok(());
-        };
-        journal.roll_back(&self.host);
+        let mut undo = Undo::new(&self.host);
         if old.enabled {
-            if let Err(e) = self.write_config(old, &mut Journal::default()) {
-                self.host.error(&format!(
-                    "failed to restore the previous Ceph configuration: {e}"
-                ));
-            }
+            undo.remove(CEPH_DIR)?;
         }
-        Err(err)
+        if new.enabled {
+            self.write_config(new, &mut undo)?;
+        }
+        undo.commit();
+        Ok(())
     }
 
+    /// Boot start keeps what it managed to write, as before: nothing is rolled back.
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.write_config(config, &mut Journal::default())
+        let mut undo = Undo::new(&self.host);
+        let res = self.write_config(config, &mut undo);
+        undo.commit();
+        res
     }
 
     fn stop(&self, config: &Config) -> Result<()> {

@@ -455,6 +455,10 @@ fn a_failing_write_puts_every_file_back() {
     );
     assert_eq!(text(&h, "/etc/ceph/ceph.conf"), "[global]\nold = 1\n");
     assert_eq!(text(&h, "/etc/ceph/rbdmap"), "# foreign\n");
+    // The directory in the way is left alone.
+    assert!(host
+        .real_path("/etc/ceph/ceph.client.incus.keyring/x")
+        .exists());
     assert!(host.read_file("/etc/ceph/backup.conf").is_none());
     assert!(host
         .read_file("/etc/ceph/ceph.client.admin.keyring")

@@ -5,9 +5,9 @@
 //! in TLS mode, its certificates and Java keystores), DRBD gets its top-level config and
 //! `linstor-satellite.service` is started. Disabling stops the unit and leaves the files.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
+use plugin_api::sdk::Undo;
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -155,26 +155,19 @@ pub struct Linstor {
 
 // --- validation ------------------------------------------------------------------------
 
-/// An IP literal and a port: `IPv4:port` or `[IPv6]:port`.
+/// The satellite binds to an IP literal and a port: `IPv4:port` or `[IPv6]:port`.
 fn check_listen_address(addr: &str) -> std::result::Result<(), String> {
-    let valid = match validate::endpoint(addr) {
-        Some((host, Some(_))) => match host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(_)) => true,
-            Ok(IpAddr::V6(_)) => addr.starts_with('['),
-            Err(_) => false,
-        },
-        _ => false,
-    };
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "listen_address: invalid address {addr:?} (expected <IPv4>:<port> or [<IPv6>]:<port>)"
-        ))
+    if validate::socket_addr(addr) {
+        return Ok(());
     }
+    Err(format!(
+        "listen_address: invalid address {addr:?} (expected <IPv4>:<port> or [<IPv6>]:<port>)"
+    ))
 }
 
-/// One or more `CERTIFICATE` blocks (a certificate and its chain).
+/// One or more `CERTIFICATE` blocks (a certificate and its chain). Not
+/// `validate::pem_of(text, "CERTIFICATE")`: that takes any label ending in `CERTIFICATE`
+/// (`TRUSTED CERTIFICATE`, ...) and cannot name the block that is wrong.
 fn check_certificates(field: &str, text: &str) -> std::result::Result<(), String> {
     let labels =
         validate::pem_labels(text).map_err(|e| format!("{field}: not a PEM certificate: {e}"))?;
@@ -189,6 +182,8 @@ fn check_certificates(field: &str, text: &str) -> std::result::Result<(), String
 const KEY_LABELS: [&str; 3] = ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"];
 
 /// Exactly one unencrypted private key block (an `EC PARAMETERS` block may precede it).
+/// Not `validate::pem_of(text, "PRIVATE KEY")`: that takes `ENCRYPTED PRIVATE KEY` and
+/// several keys, and refuses the `EC PARAMETERS` block `openssl ecparam -genkey` writes.
 fn check_private_key(text: &str) -> std::result::Result<(), String> {
     let field = "tls_server_key";
     let labels =
@@ -253,7 +248,7 @@ fn check_tls(config: &Config) -> std::result::Result<(), String> {
     Ok(())
 }
 
-// --- bring-up and undo -----------------------------------------------------------------
+// --- bring-up --------------------------------------------------------------------------
 
 fn satellite_toml(config: &Config) -> String {
     let (kind, address, port) = config.netcom();
@@ -265,90 +260,26 @@ fn satellite_toml(config: &Config) -> String {
     out
 }
 
-/// What a bring-up from the disabled state replaced, to put it back on failure.
-struct Previous {
-    /// The files of `/etc/linstor` (`None`: the directory did not exist).
-    linstor_files: Option<Vec<(String, Vec<u8>)>>,
-    drbd_conf: Option<Vec<u8>>,
-    drbd_dir: bool,
-    satellite_active: bool,
-}
-
 impl Linstor {
-    /// Upstream's Start for an enabled config.
-    fn bring_up(&self, config: &Config) -> Result<()> {
-        let h = &self.host;
-        h.remove(LINSTOR_DIR)?;
-        h.create_dir(LINSTOR_DIR, 0o700)?;
-        h.write_file(SATELLITE_TOML, satellite_toml(config).as_bytes(), 0o600)?;
+    /// Upstream's Start for an enabled config, journaled in `undo`.
+    fn bring_up(&self, config: &Config, undo: &mut Undo) -> Result<()> {
+        undo.remove(LINSTOR_DIR)?;
+        undo.create_dir(LINSTOR_DIR, 0o700)?;
+        undo.write_file(SATELLITE_TOML, satellite_toml(config).as_bytes(), 0o600)?;
         if config.is_tls() {
             let trusted = config.tls_trusted_certificates.join("\n");
-            h.write_file(SERVER_CRT, config.tls_server_certificate.as_bytes(), 0o600)?;
-            h.write_file(SERVER_KEY, config.tls_server_key.as_bytes(), 0o600)?;
-            h.write_file(TRUSTED_CRT, trusted.as_bytes(), 0o600)?;
+            undo.write_file(SERVER_CRT, config.tls_server_certificate.as_bytes(), 0o600)?;
+            undo.write_file(SERVER_KEY, config.tls_server_key.as_bytes(), 0o600)?;
+            undo.write_file(TRUSTED_CRT, trusted.as_bytes(), 0o600)?;
+            // The keystores land in the freshly created /etc/linstor: a rollback removes
+            // them with it.
             for argv in KEYSTORE_COMMANDS {
-                h.run_ok(argv, KEYSTORE_TIMEOUT)?;
+                self.host.run_ok(argv, KEYSTORE_TIMEOUT)?;
             }
         }
-        if h.list_dir(DRBD_DIR)?.is_none() {
-            h.create_dir(DRBD_DIR, 0o755)?;
-        }
-        h.write_file(DRBD_CONF, DRBD_CONF_CONTENT.as_bytes(), 0o644)?;
-        h.start_unit(SATELLITE)
-    }
-
-    fn previous(&self) -> Result<Previous> {
-        let h = &self.host;
-        let linstor_files = match h.list_dir(LINSTOR_DIR)? {
-            None => None,
-            Some(names) => {
-                let mut files = vec![];
-                for name in names {
-                    let path = format!("{LINSTOR_DIR}/{name}");
-                    match h.read_file(&path) {
-                        Ok(Some(data)) => files.push((path, data)),
-                        Ok(None) => {}
-                        Err(e) => h.warn(&format!("{path} cannot be kept: {e}")),
-                    }
-                }
-                Some(files)
-            }
-        };
-        Ok(Previous {
-            linstor_files,
-            drbd_conf: h.read_file(DRBD_CONF)?,
-            drbd_dir: h.list_dir(DRBD_DIR)?.is_some(),
-            satellite_active: h.unit_active_state(SATELLITE)? == "active",
-        })
-    }
-
-    /// Puts back what a failed bring-up from the disabled state changed.
-    fn restore(&self, previous: Previous) {
-        let h = &self.host;
-        let mut failures = vec![];
-        if !previous.satellite_active {
-            failures.push(h.stop_unit(SATELLITE).err());
-        }
-        failures.push(h.remove(LINSTOR_DIR).err());
-        if let Some(files) = &previous.linstor_files {
-            failures.push(h.create_dir(LINSTOR_DIR, 0o700).err());
-            for (path, data) in files {
-                failures.push(h.write_file(path, data, 0o600).err());
-            }
-        }
-        failures.push(
-            match &previous.drbd_conf {
-                Some(data) => h.write_file(DRBD_CONF, data, 0o644),
-                None => h.remove(DRBD_CONF),
-            }
-            .err(),
-        );
-        if !previous.drbd_dir {
-            failures.push(h.remove(DRBD_DIR).err());
-        }
-        for e in failures.into_iter().flatten() {
-            h.warn(&format!("undoing the LINSTOR change: {e}"));
-        }
+        undo.create_dir(DRBD_DIR, 0o755)?;
+        undo.write_file(DRBD_CONF, DRBD_CONF_CONTENT.as_bytes(), 0o644)?;
+        undo.start_unit(SATELLITE)
     }
 }
 
@@ -376,36 +307,29 @@ impl Service for Linstor {
         check_tls(config).map_err(Error::bad_request)
     }
 
+    /// On failure the rollback puts back the previous `/etc/linstor` tree, the DRBD files
+    /// and the satellite's previous state.
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let previous = match (old.enabled, new.enabled) {
-            (false, true) => Some(self.previous()?),
-            _ => None,
-        };
-        self.stop(old)?;
-        if !new.enabled {
-            return Ok(());
+        let mut undo = Undo::new(&self.host);
+        if old.enabled {
+            undo.stop_unit(SATELLITE)?;
         }
-        let Err(err) = self.bring_up(new) else {
-            return Ok(());
-        };
-        match previous {
-            Some(previous) => self.restore(previous),
-            None => {
-                if let Err(e) = self.bring_up(old) {
-                    self.host.error(&format!(
-                        "failed to restore the previous LINSTOR configuration: {e}"
-                    ));
-                }
-            }
+        if new.enabled {
+            self.bring_up(new, &mut undo)?;
         }
-        Err(err)
+        undo.commit();
+        Ok(())
     }
 
+    /// Boot start keeps what it managed to do, as before: nothing is rolled back.
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.bring_up(config)
+        let mut undo = Undo::new(&self.host);
+        let res = self.bring_up(config, &mut undo);
+        undo.commit();
+        res
     }
 
     fn stop(&self, config: &Config) -> Result<()> {

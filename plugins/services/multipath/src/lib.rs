@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use plugin_api::sdk::Undo;
 use plugin_api::{Error, Host, Result, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -18,7 +19,6 @@ const WWIDS: &str = "/etc/multipath/wwids";
 const BY_ID: &str = "/dev/disk/by-id";
 const FC_HOST: &str = "/sys/class/fc_host";
 
-const SHORT: Duration = Duration::from_secs(5);
 const MULTIPATH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream lets the reload settle before stopping multipathd.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -205,60 +205,59 @@ impl Multipath {
         devices
     }
 
-    /// Upstream's Start for an enabled config.
-    fn bring_up(&self, config: &Config) -> Result<()> {
+    /// The device node a `/dev/disk/by-id` link points to, if it exists (as `readlink -e`
+    /// would give it): `multipath -a` wants the node, not the link.
+    fn device_of(&self, wwn: &str) -> Option<String> {
+        let target = self.host.read_link(&by_id(wwn)).ok().flatten()?;
+        self.host.exists(&target).ok()?.then_some(target)
+    }
+
+    /// Upstream's Start for an enabled config, journaled in `undo`.
+    fn bring_up(&self, config: &Config, undo: &mut Undo) -> Result<()> {
         let h = &self.host;
-        if h.list_dir(CONFIG_DIR)?.is_none() {
-            h.create_dir(CONFIG_DIR, 0o700)?;
-        }
-        h.write_file(WWIDS, b"", 0o600)?;
+        undo.create_dir(CONFIG_DIR, 0o700)?;
+        // Journaled before `multipath -a` appends to it: a rollback undoes those too.
+        undo.write_file(WWIDS, b"", 0o600)?;
         for wwn in &config.wwns {
-            // `multipath -a` wants the device node the by-id link points to; the host has
-            // no symlink resolution, so coreutils does it.
-            let target = match h.run_ok(&["readlink", "-e", &by_id(wwn)], SHORT) {
-                Ok(out) if !out.trim().is_empty() => out.trim().to_string(),
-                _ => {
-                    h.warn(&format!("failed to locate multipath disk {wwn}"));
-                    continue;
-                }
+            let Some(target) = self.device_of(wwn) else {
+                h.warn(&format!("failed to locate multipath disk {wwn}"));
+                continue;
             };
             if let Err(e) = h.run_ok(&["multipath", "-a", &target], MULTIPATH_TIMEOUT) {
                 h.warn(&format!("failed to add multipath disk {wwn}: {e}"));
             }
         }
-        h.start_unit(MULTIPATHD)?;
+        undo.start_unit(MULTIPATHD)?;
+        // The last step: if it fails, the maps were not changed.
         h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
         Ok(())
     }
 
-    /// Upstream's Stop for an enabled config.
-    fn tear_down(&self) -> Result<()> {
+    /// Upstream's Stop for an enabled config, journaled in `undo`.
+    fn tear_down(&self, undo: &mut Undo) -> Result<()> {
         let h = &self.host;
-        h.remove(CONFIG_DIR)?;
+        // Registered first so that it runs last on rollback, once the WWID list and the
+        // units are back: the maps follow the restored list again.
+        undo.on_rollback("reload the multipath maps", |host| {
+            host.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)
+                .map(drop)
+        });
+        undo.remove(CONFIG_DIR)?;
         h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
         std::thread::sleep(SETTLE);
         // Upstream stops both in one `systemctl stop`; one at a time, the socket goes
         // first so that it cannot start the service again in between.
-        h.stop_unit(MULTIPATHD_SOCKET)?;
-        h.stop_unit(MULTIPATHD)
+        undo.stop_unit(MULTIPATHD_SOCKET)?;
+        undo.stop_unit(MULTIPATHD)
     }
 
-    /// Puts back what a failed bring-up from the disabled state changed.
-    fn restore(&self, dir_existed: bool, wwids: Option<Vec<u8>>, was_active: bool) {
-        let h = &self.host;
-        let files = match (dir_existed, wwids) {
-            (false, _) => h.remove(CONFIG_DIR),
-            (true, Some(data)) => h.write_file(WWIDS, &data, 0o600),
-            (true, None) => h.remove(WWIDS),
-        };
-        let unit = if was_active {
-            Ok(())
-        } else {
-            h.stop_unit(MULTIPATHD)
-        };
-        for e in [files.err(), unit.err()].into_iter().flatten() {
-            h.warn(&format!("undoing the multipath change: {e}"));
-        }
+    /// Boot start and shutdown keep what they managed to do, as before: nothing is rolled
+    /// back.
+    fn without_rollback(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
+        let mut undo = Undo::new(&self.host);
+        let res = f(&mut undo);
+        undo.commit();
+        res
     }
 }
 
@@ -309,53 +308,31 @@ impl Service for Multipath {
     }
 
     /// Upstream's Update, except that disabling also stores the new config (upstream
-    /// kept the old one in that branch, so the service came back enabled).
+    /// kept the old one in that branch, so the service came back enabled). On failure the
+    /// rollback puts back `/etc/multipath` and the units' previous states.
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let h = &self.host;
-        let before = if new.enabled && !old.enabled {
-            Some((
-                h.list_dir(CONFIG_DIR)?.is_some(),
-                h.read_file(WWIDS)?,
-                h.unit_active_state(MULTIPATHD)? == "active",
-            ))
-        } else {
-            None
-        };
-        let res = if old.enabled && !new.enabled {
-            self.tear_down()
-        } else if new.enabled {
-            self.bring_up(new)
-        } else {
-            return Ok(());
-        };
-        let Err(err) = res else {
-            return Ok(());
-        };
-        match before {
-            Some((dir_existed, wwids, was_active)) => self.restore(dir_existed, wwids, was_active),
-            None => {
-                if let Err(e) = self.bring_up(old) {
-                    h.error(&format!(
-                        "failed to restore the previous multipath configuration: {e}"
-                    ));
-                }
-            }
+        let mut undo = Undo::new(&self.host);
+        match (old.enabled, new.enabled) {
+            (true, false) => self.tear_down(&mut undo)?,
+            (_, true) => self.bring_up(new, &mut undo)?,
+            (false, false) => {}
         }
-        Err(err)
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.bring_up(config)
+        self.without_rollback(|undo| self.bring_up(config, undo))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.tear_down()
+        self.without_rollback(|undo| self.tear_down(undo))
     }
 }
 

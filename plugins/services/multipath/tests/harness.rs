@@ -44,18 +44,16 @@ fn by_id(wwn: &str) -> String {
     format!("/dev/disk/by-id/wwn-{wwn}")
 }
 
-/// A plugin whose host has both disks in /dev/disk/by-id and answers readlink and
-/// multipath.
+/// A plugin whose host has both disks in /dev/disk/by-id, linked as udev does, and
+/// answers multipath.
 fn scripted() -> Harness {
     let h = plugin();
     let host = h.host();
-    for (wwn, dev, ll) in [(LUN, "/dev/sdb", LUN_LL), (SAS, "/dev/sda", SAS_LL)] {
-        // The harness root holds plain files where the real system has symlinks.
-        host.put_file(&by_id(wwn), b"", 0o644);
-        host.on_command(
-            &["readlink", "-e", &by_id(wwn)],
-            Reply::ok(format!("{dev}\n")),
-        );
+    std::fs::create_dir_all(host.real_path("/dev/disk/by-id")).unwrap();
+    for (wwn, dev, ll) in [(LUN, "sdb", LUN_LL), (SAS, "sda", SAS_LL)] {
+        // The harness root holds a plain file where the real system has a device node.
+        host.put_file(&format!("/dev/{dev}"), b"", 0o660);
+        std::os::unix::fs::symlink(format!("../../{dev}"), host.real_path(&by_id(wwn))).unwrap();
         host.on_command(&["multipath", "-ll", &by_id(wwn)], Reply::ok(ll));
     }
     host.put_file("/dev/disk/by-id/wwn-0x5000c500a1b2c3ff-part1", b"", 0o644);
@@ -157,10 +155,6 @@ fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
-fn readlink(wwn: &str) -> Vec<String> {
-    argv(&["readlink", "-e", &by_id(wwn)])
-}
-
 fn add(dev: &str) -> Vec<String> {
     argv(&["multipath", "-a", dev])
 }
@@ -258,15 +252,10 @@ fn enabling_lists_the_wwns_starts_multipathd_and_reloads() {
     assert_eq!(mode(&h, "/etc/multipath"), 0o700);
     assert_eq!(mode(&h, "/etc/multipath/wwids"), 0o600);
     assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), b"");
+    // The by-id links are resolved by the host, without a `readlink` command.
     assert_eq!(
         host.commands(),
-        [
-            readlink(LUN),
-            add("/dev/sdb"),
-            readlink(SAS),
-            add("/dev/sda"),
-            reload()
-        ]
+        [add("/dev/sdb"), add("/dev/sda"), reload()]
     );
     assert_eq!(
         host.units(),
@@ -458,7 +447,12 @@ fn disabling_tears_down_and_stores_the_new_config() {
     assert_eq!(host.commands(), [reload()]);
     assert_eq!(
         host.units(),
-        [unit(UnitOp::Stop, SOCKET), unit(UnitOp::Stop, MULTIPATHD)]
+        [
+            unit(UnitOp::ActiveState, SOCKET),
+            unit(UnitOp::Stop, SOCKET),
+            unit(UnitOp::ActiveState, MULTIPATHD),
+            unit(UnitOp::Stop, MULTIPATHD)
+        ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "inactive");
     // Upstream kept the old (enabled) config here; the new one is stored.
@@ -496,8 +490,14 @@ fn an_update_rewrites_the_wwid_list() {
         }]
     );
     assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), b"");
-    assert_eq!(host.commands(), [readlink(SAS), add("/dev/sda"), reload()]);
-    assert_eq!(host.units(), [unit(UnitOp::Start, MULTIPATHD)]);
+    assert_eq!(host.commands(), [add("/dev/sda"), reload()]);
+    assert_eq!(
+        host.units(),
+        [
+            unit(UnitOp::ActiveState, MULTIPATHD),
+            unit(UnitOp::Start, MULTIPATHD)
+        ]
+    );
     assert_eq!(host.state(), json!({"config": config(true, &[SAS])}));
 }
 
@@ -505,16 +505,14 @@ fn an_update_rewrites_the_wwid_list() {
 fn disks_that_cannot_be_added_are_only_warnings() {
     let h = scripted();
     let host = h.host();
-    host.on_command(&["readlink", "-e", &by_id(LUN)], Reply::fail(1, ""));
+    // The LUN's link dangles: its device node is gone.
+    std::fs::remove_file(host.real_path("/dev/sdb")).unwrap();
     host.on_command(
         &["multipath", "-a", "/dev/sda"],
         Reply::fail(1, "/dev/sda: can't store path info"),
     );
     put_config(&h, &config(true, &[LUN, SAS])).unwrap();
-    assert_eq!(
-        host.commands(),
-        [readlink(LUN), readlink(SAS), add("/dev/sda"), reload()]
-    );
+    assert_eq!(host.commands(), [add("/dev/sda"), reload()]);
     let warnings = warnings(&h);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains(LUN), "{warnings:?}");
@@ -540,7 +538,10 @@ fn a_failing_reload_when_enabling_undoes_everything() {
         )
     );
     assert!(!host.real_path("/etc/multipath").exists());
-    assert_eq!(host.files_removed(), ["/etc/multipath"]);
+    assert_eq!(
+        host.files_removed(),
+        ["/etc/multipath/wwids", "/etc/multipath"]
+    );
     assert_eq!(
         host.units(),
         [
@@ -587,20 +588,23 @@ fn a_failing_update_brings_the_old_config_back() {
     let host = h.host();
     let old = config(true, &[LUN]);
     put_config(&h, &old).unwrap();
+    // What `multipath -a` wrote for the LUN.
+    let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
+    host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
     host.on_command_times(&["multipath", "-r"], 1, Reply::fail(1, "timeout"));
     host.clear_effects();
 
     let err = put_config(&h, &config(true, &[SAS])).unwrap_err();
     assert_eq!(err.status, 500);
+    // The reload failed, so the maps are unchanged: putting the WWID list back is
+    // enough, without replaying the old bring-up; multipathd kept running throughout.
+    assert_eq!(host.commands(), [add("/dev/sda"), reload()]);
+    assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), lun_wwids);
     assert_eq!(
-        host.commands(),
+        host.units(),
         [
-            readlink(SAS),
-            add("/dev/sda"),
-            reload(),
-            readlink(LUN),
-            add("/dev/sdb"),
-            reload()
+            unit(UnitOp::ActiveState, MULTIPATHD),
+            unit(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "active");
@@ -614,6 +618,8 @@ fn a_failing_disable_brings_the_old_config_back() {
     let host = h.host();
     let old = config(true, &[LUN]);
     put_config(&h, &old).unwrap();
+    let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
+    host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
     host.fail_unit(SOCKET, "Job for multipathd.socket failed");
     host.clear_effects();
 
@@ -622,11 +628,10 @@ fn a_failing_disable_brings_the_old_config_back() {
         (err.status, err.message.as_str()),
         (500, "Job for multipathd.socket failed")
     );
-    assert_eq!(
-        host.commands(),
-        [reload(), readlink(LUN), add("/dev/sdb"), reload()]
-    );
-    assert!(host.real_path("/etc/multipath/wwids").exists());
+    // The WWID list comes back as it was, then the maps are reloaded from it.
+    assert_eq!(host.commands(), [reload(), reload()]);
+    assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), lun_wwids);
+    assert_eq!(mode(&h, "/etc/multipath"), 0o700);
     assert_eq!(host.unit_state(MULTIPATHD), "active");
     assert_eq!(host.state(), json!({ "config": old }));
 }
@@ -650,8 +655,14 @@ fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
     let host = h.host();
     host.set_state(json!({"config": config(true, &[LUN])}));
     h.start().unwrap();
-    assert_eq!(host.commands(), [readlink(LUN), add("/dev/sdb"), reload()]);
-    assert_eq!(host.units(), [unit(UnitOp::Start, MULTIPATHD)]);
+    assert_eq!(host.commands(), [add("/dev/sdb"), reload()]);
+    assert_eq!(
+        host.units(),
+        [
+            unit(UnitOp::ActiveState, MULTIPATHD),
+            unit(UnitOp::Start, MULTIPATHD)
+        ]
+    );
     assert_eq!(host.save_count(), 0);
 
     host.clear_effects();
@@ -660,7 +671,12 @@ fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
     assert_eq!(host.commands(), [reload()]);
     assert_eq!(
         host.units(),
-        [unit(UnitOp::Stop, SOCKET), unit(UnitOp::Stop, MULTIPATHD)]
+        [
+            unit(UnitOp::ActiveState, SOCKET),
+            unit(UnitOp::Stop, SOCKET),
+            unit(UnitOp::ActiveState, MULTIPATHD),
+            unit(UnitOp::Stop, MULTIPATHD)
+        ]
     );
 }
 

@@ -205,7 +205,8 @@ fn configure(h: &Host, c: &Config) -> Result<()> {
     h.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
     let argv = c.up_argv();
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    h.run_ok_redacted(&argv, &[&c.setup_key], UP_TIMEOUT).map(drop)
+    h.run_ok_redacted(&argv, &[&c.setup_key], UP_TIMEOUT)
+        .map(drop)
 }
 
 pub struct Netbird {
