@@ -20,7 +20,7 @@ use crate::abi::{
 };
 use crate::manifest::{Hook, Kind, Manifest, Route};
 
-pub use crate::undo::Undo;
+pub use crate::undo::{is_active, Undo};
 
 /// An error a hook returns; `status` picks the HTTP status the API answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,8 @@
 //!
 //! Each step records the state it changes the first time it touches it: a file's previous
 //! content and mode (or its absence), a directory's absence, a whole tree before it is
-//! removed, a unit's previous `ActiveState`. `rollback` walks the steps backwards; what
+//! removed, a unit's previous `ActiveState`. `rollback` walks the steps backwards, files
+//! and compensations first and units last (so a unit comes back on its old files); what
 //! cannot be restored is logged as a warning, never hidden. Dropping an `Undo` without
 //! `commit` rolls back too, so an early `?` return cannot leave a half-applied change.
 
@@ -57,8 +58,8 @@ pub struct Undo {
     done: bool,
 }
 
-/// Running, or on its way to running (a unit being reloaded is running).
-fn is_active(state: &str) -> bool {
+/// Running, or on its way to running (a unit being reloaded is running), by `ActiveState`.
+pub fn is_active(state: &str) -> bool {
     matches!(state, "active" | "activating" | "reloading")
 }
 
@@ -238,7 +239,13 @@ impl Undo {
         self.done = true;
         let h = self.host.clone();
         let warn = |what: &str, e: crate::sdk::Error| h.warn(&format!("undo: {what}: {e}"));
-        while let Some(step) = self.steps.pop() {
+        // Files, directories and compensations first, newest first; then the units, newest
+        // first, so that a unit restarted to read new files is restarted again once the
+        // old files are back (and a compensation still finds the units it needs running).
+        let (units, others): (Vec<Step>, Vec<Step>) = std::mem::take(&mut self.steps)
+            .into_iter()
+            .partition(|s| matches!(s, Step::Unit { .. }));
+        for step in others.into_iter().rev().chain(units.into_iter().rev()) {
             match step {
                 Step::File { path, previous } => {
                     let r = match previous {

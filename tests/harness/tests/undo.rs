@@ -172,3 +172,22 @@ fn a_directory_in_the_way_is_refused_and_left_alone() {
     undo.rollback();
     assert_eq!(hh.read_file("/etc/demo/conf/inside").unwrap(), b"keep");
 }
+
+#[test]
+fn a_restarted_unit_comes_back_after_its_files() {
+    let (hh, host) = host();
+    hh.put_file("/etc/demo/d.conf", b"old", 0o600);
+    hh.set_unit_state("d.service", "active");
+    let mut undo = Undo::new(&host);
+    undo.write_file("/etc/demo/d.conf", b"new", 0o600).unwrap();
+    undo.restart_unit("d.service").unwrap();
+    hh.clear_effects();
+    undo.rollback();
+    // The file is restored first, then the unit restarted to read it.
+    let effects = hh.file_effects();
+    assert_eq!(effects.len(), 1, "{effects:?}");
+    let units = hh.units();
+    assert_eq!(units.len(), 1, "{units:?}");
+    assert_eq!(units[0].op, plugin_api::abi::UnitOp::Restart);
+    assert_eq!(hh.read_file("/etc/demo/d.conf").unwrap(), b"old");
+}

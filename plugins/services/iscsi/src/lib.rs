@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{validate, Error, Host, Result, Service, Undo};
 use serde::{Deserialize, Serialize};
 
 const ISCSID: &str = "iscsid.service";
@@ -58,6 +58,7 @@ pub struct State {
     pub initiator_name: String,
 }
 
+#[derive(Clone)]
 pub struct Iscsi {
     host: Host,
 }
@@ -68,21 +69,6 @@ fn valid_target_name(name: &str) -> bool {
             !rest.is_empty() && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
         })
     })
-}
-
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn check_target(t: &Target) -> std::result::Result<(), String> {
@@ -98,7 +84,7 @@ fn check_target(t: &Target) -> std::result::Result<(), String> {
     if t.address.is_empty() {
         return Err("address is empty".into());
     }
-    if t.address.parse::<IpAddr>().is_err() && !valid_host_name(&t.address) {
+    if !validate::ip_or_host(&t.address) {
         return Err(format!("invalid address '{}'", t.address));
     }
     if !(0..=65535).contains(&t.port) {
@@ -113,30 +99,31 @@ fn node_cmd<'a>(target: &'a str, portal: &'a str, action: &'a str) -> [&'a str; 
 
 impl Iscsi {
     /// Upstream's common start: initiator name, iscsid, discovery and login of every
-    /// target. Targets logged into are appended to `logged_in` (for undo).
-    fn bring_up(&self, config: &Config, logged_in: &mut Vec<Target>) -> Result<()> {
+    /// target. An existing /etc/iscsi keeps its mode, as with upstream's MkdirAll.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
         let h = &self.host;
-        h.create_dir(CONFIG_DIR, 0o700)?;
-        if h.read_file(INITIATOR_NAME_FILE)?.is_none() {
+        undo.create_dir(CONFIG_DIR, 0o700)?;
+        if !h.exists(INITIATOR_NAME_FILE)? {
             let name = h.run_ok(&["iscsi-iname", "-p", IQN_PREFIX], SHORT)?;
             let content = format!("InitiatorName={}\n", name.trim());
-            h.write_file(INITIATOR_NAME_FILE, content.as_bytes(), 0o600)?;
+            undo.write_file(INITIATOR_NAME_FILE, content.as_bytes(), 0o600)?;
         }
-        if h.read_file(ISCSID_CONF)?.is_none() {
-            h.write_file(ISCSID_CONF, b"", 0o600)?;
+        if !h.exists(ISCSID_CONF)? {
+            undo.write_file(ISCSID_CONF, b"", 0o600)?;
         }
-        h.start_unit(ISCSID)?;
+        undo.start_unit(ISCSID)?;
         for t in &config.targets {
-            let portal = t.portal();
-            self.discover(&portal)?;
-            h.run_ok(&node_cmd(&t.target, &portal, "--login"), LOGIN_TIMEOUT)?;
-            logged_in.push(t.clone());
+            self.log_in(t)?;
+            let (iscsi, t) = (self.clone(), t.clone());
+            let what = format!("log out of {} at {}", t.target, t.portal());
+            undo.on_rollback(&what, move |_| iscsi.log_out(&t));
         }
         Ok(())
     }
 
-    /// Discovery right after iscsid started may fail: retry a few times.
-    fn discover(&self, portal: &str) -> Result<()> {
+    /// Discovery (retried: right after iscsid started it may fail), then login.
+    fn log_in(&self, t: &Target) -> Result<()> {
+        let portal = t.portal();
         let argv = [
             "iscsiadm",
             "-m",
@@ -144,45 +131,35 @@ impl Iscsi {
             "-t",
             "sendtargets",
             "-p",
-            portal,
+            &portal,
         ];
         let mut tries = 0;
         loop {
             tries += 1;
             match self.host.run_ok(&argv, SHORT) {
-                Ok(_) => return Ok(()),
+                Ok(_) => break,
                 Err(e) if tries >= DISCOVERY_TRIES => return Err(e),
                 Err(_) => std::thread::sleep(DISCOVERY_PAUSE),
             }
         }
+        let login = node_cmd(&t.target, &portal, "--login");
+        self.host.run_ok(&login, LOGIN_TIMEOUT).map(drop)
+    }
+
+    fn log_out(&self, t: &Target) -> Result<()> {
+        let portal = t.portal();
+        let argv = node_cmd(&t.target, &portal, "--logout");
+        self.host.run_ok(&argv, LOGIN_TIMEOUT).map(drop)
     }
 
     /// Logs out of `targets`; failures are only warned about.
-    fn log_out(&self, targets: &[Target]) {
+    fn log_out_all(&self, targets: &[Target]) {
         for t in targets {
-            let portal = t.portal();
-            let argv = node_cmd(&t.target, &portal, "--logout");
-            if let Err(e) = self.host.run_ok(&argv, LOGIN_TIMEOUT) {
+            if let Err(e) = self.log_out(t) {
                 self.host.warn(&format!(
-                    "failed to log out of {} at {portal}: {e}",
-                    t.target
-                ));
-            }
-        }
-    }
-
-    /// Puts things back after [`Iscsi::bring_up`] failed half way through an update.
-    fn undo(&self, old: &Config, logged_in: &[Target], was_active: bool) {
-        self.log_out(logged_in);
-        if !was_active {
-            if let Err(e) = self.host.stop_unit(ISCSID) {
-                self.host.warn(&format!("failed to stop {ISCSID}: {e}"));
-            }
-        }
-        if old.enabled {
-            if let Err(e) = self.bring_up(old, &mut Vec::new()) {
-                self.host.error(&format!(
-                    "failed to restore the previous iSCSI configuration: {e}"
+                    "failed to log out of {} at {}: {e}",
+                    t.target,
+                    t.portal()
                 ));
             }
         }
@@ -231,18 +208,23 @@ impl Service for Iscsi {
         Ok(())
     }
 
+    /// A failure puts back what was done (dropping the journal rolls it back).
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let was_active = new.enabled && self.host.unit_active_state(ISCSID)? == "active";
+        let mut undo = Undo::new(&self.host);
         if old.enabled {
-            self.stop(old)?;
+            // Rolled back last: iscsid is running again by then.
+            let (iscsi, targets) = (self.clone(), old.targets.clone());
+            undo.on_rollback("log back in to the previous targets", move |_| {
+                targets.iter().try_for_each(|t| iscsi.log_in(t))
+            });
+            self.log_out_all(&old.targets);
+            undo.stop_unit(ISCSID)?;
         }
-        if !new.enabled {
-            return Ok(());
+        if new.enabled {
+            self.bring_up(&mut undo, new)?;
         }
-        let mut logged_in = Vec::new();
-        self.bring_up(new, &mut logged_in).inspect_err(|_| {
-            self.undo(old, &logged_in, was_active);
-        })
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {
@@ -250,14 +232,18 @@ impl Service for Iscsi {
             return Ok(());
         }
         self.host.remove(STATE_DIR)?;
-        self.bring_up(config, &mut Vec::new())
+        // Boot keeps what it did even when it fails, as upstream does.
+        let mut undo = Undo::new(&self.host);
+        let res = self.bring_up(&mut undo, config);
+        undo.commit();
+        res
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.log_out(&config.targets);
+        self.log_out_all(&config.targets);
         self.host.stop_unit(ISCSID)
     }
 }

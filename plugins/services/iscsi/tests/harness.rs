@@ -356,6 +356,8 @@ fn a_failing_login_undoes_everything() {
         ]
     );
     assert_eq!(host.unit_state(ISCSID), "inactive");
+    // What this update created is gone again, the generated initiator name included.
+    assert!(!host.root().join("etc/iscsi").exists());
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
     assert_eq!(h.get().unwrap()["config"], config(false, &[]));
@@ -450,7 +452,11 @@ fn disabling_logs_out_stops_iscsid_and_keeps_the_initiator_name() {
             node(T2, "[fd00::6]", "--logout")
         ]
     );
-    assert_eq!(host.units(), [unit(UnitOp::Stop)]);
+    // The state is read first, for a rollback.
+    assert_eq!(
+        host.units(),
+        [unit(UnitOp::ActiveState), unit(UnitOp::Stop)]
+    );
     assert_eq!(host.unit_state(ISCSID), "inactive");
     assert!(host.file_effects().is_empty());
     assert!(host.read_file("/etc/iscsi/initiatorname.iscsi").is_some());
@@ -458,6 +464,35 @@ fn disabling_logs_out_stops_iscsid_and_keeps_the_initiator_name() {
         h.get().unwrap(),
         json!({"state": {"initiator_name": ""}, "config": config(false, &targets)})
     );
+}
+
+#[test]
+fn a_failing_disable_logs_back_in() {
+    let h = scripted();
+    let host = h.host();
+    let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
+    put_config(&h, &cfg).unwrap();
+    host.clear_effects();
+    host.fail_unit(ISCSID, "Job for iscsid.service canceled");
+    let err = put_config(&h, &config(false, &[])).unwrap_err();
+    assert_eq!(err.message.as_str(), "Job for iscsid.service canceled");
+    assert_eq!(
+        host.commands(),
+        [
+            node(T1, "10.0.0.5:3260", "--logout"),
+            discovery("10.0.0.5:3260"),
+            node(T1, "10.0.0.5:3260", "--login"),
+        ]
+    );
+    assert_eq!(
+        host.units(),
+        [
+            unit(UnitOp::ActiveState),
+            unit(UnitOp::Stop),
+            unit(UnitOp::Restart)
+        ]
+    );
+    assert_eq!(host.state(), json!({ "config": cfg }));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{Error, Host, Result, Service, Undo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -105,16 +105,13 @@ pub fn lvmlocal_conf(system_id: i64) -> String {
     )
 }
 
-/// What a failed update puts back: the files' previous contents and the units' previous
-/// `ActiveState`.
-struct Snapshot {
-    lvm_dir_existed: bool,
-    files: Vec<(&'static str, u32, Option<Vec<u8>>)>,
-    units: Vec<(&'static str, String)>,
-}
-
 pub struct Lvm {
     host: Host,
+}
+
+/// `vgchange --lock-start` or `--lock-stop`: the lock manager of the shared VGs.
+fn lock(host: &Host, op: &str) -> Result<()> {
+    host.run_ok(&["vgchange", op], LOCK_TIMEOUT).map(drop)
 }
 
 impl Lvm {
@@ -143,105 +140,43 @@ impl Lvm {
         (list(&doc["report"][0][key]), list(&doc["log"]))
     }
 
-    /// Upstream's configure(): lvmlocal.conf and sanlock's options.
-    fn configure(&self, config: &Config) -> Result<()> {
-        let h = &self.host;
-        // An existing /etc/lvm keeps its mode, as with upstream's MkdirAll.
-        if h.list_dir(LVM_DIR)?.is_none() {
-            h.create_dir(LVM_DIR, 0o700)?;
-        }
-        h.write_file(
-            LVMLOCAL_CONF,
-            lvmlocal_conf(config.system_id).as_bytes(),
-            0o600,
-        )?;
-        h.write_file(SANLOCK_DEFAULTS, SANLOCK_OPTS.as_bytes(), 0o644)
+    /// Upstream's configure(): lvmlocal.conf and sanlock's options. An existing /etc/lvm
+    /// keeps its mode, as with upstream's MkdirAll.
+    fn configure(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        undo.create_dir(LVM_DIR, 0o700)?;
+        let conf = lvmlocal_conf(config.system_id);
+        undo.write_file(LVMLOCAL_CONF, conf.as_bytes(), 0o600)?;
+        undo.write_file(SANLOCK_DEFAULTS, SANLOCK_OPTS.as_bytes(), 0o644)
     }
 
     /// Upstream's Start: configure, the three units, then the lock manager.
-    /// `lock_started` is set once `vgchange --lock-start` was tried (for undo).
-    fn bring_up(&self, config: &Config, lock_started: &mut bool) -> Result<()> {
-        self.configure(config)?;
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        self.configure(undo, config)?;
         for unit in UNITS {
-            self.host.start_unit(unit)?;
+            undo.start_unit(unit)?;
         }
-        *lock_started = true;
-        self.host
-            .run_ok(&["vgchange", "--lock-start"], LOCK_TIMEOUT)
-            .map(drop)
+        // Before trying: a failed --lock-start may still have started some lockspaces.
+        undo.on_rollback("stop the lock manager", |h| lock(h, "--lock-stop"));
+        lock(&self.host, "--lock-start")
     }
 
     /// Upstream's Stop: the lock manager, then the three units.
-    fn take_down(&self) -> Result<()> {
-        self.host
-            .run_ok(&["vgchange", "--lock-stop"], LOCK_TIMEOUT)?;
+    fn take_down(&self, undo: &mut Undo) -> Result<()> {
+        lock(&self.host, "--lock-stop")?;
+        undo.on_rollback("start the lock manager", |h| lock(h, "--lock-start"));
         for unit in UNITS {
-            self.host.stop_unit(unit)?;
+            undo.stop_unit(unit)?;
         }
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
-        let h = &self.host;
-        let mut units = Vec::new();
-        for unit in UNITS {
-            units.push((unit, h.unit_active_state(unit)?));
-        }
-        Ok(Snapshot {
-            lvm_dir_existed: h.list_dir(LVM_DIR)?.is_some(),
-            files: vec![
-                (LVMLOCAL_CONF, 0o600, h.read_file(LVMLOCAL_CONF)?),
-                (SANLOCK_DEFAULTS, 0o644, h.read_file(SANLOCK_DEFAULTS)?),
-            ],
-            units,
-        })
-    }
-
-    /// Puts files and units back as they were before a failed update and, if the old
-    /// config was enabled, its lock manager back up. Failures are only logged.
-    fn undo(&self, old: &Config, snap: &Snapshot, lock_started: bool) {
-        let h = &self.host;
-        let warn = |what: &str, r: Result<()>| {
-            if let Err(e) = r {
-                h.warn(&format!("undo: failed to {what}: {e}"));
-            }
-        };
-        for (path, mode, content) in &snap.files {
-            if h.read_file(path).ok().flatten() == *content {
-                continue;
-            }
-            match content {
-                Some(data) => warn(&format!("restore {path}"), h.write_file(path, data, *mode)),
-                None => warn(&format!("remove {path}"), h.remove(path)),
-            }
-        }
-        if !snap.lvm_dir_existed && h.list_dir(LVM_DIR).ok().flatten().is_some() {
-            warn(&format!("remove {LVM_DIR}"), h.remove(LVM_DIR));
-        }
-        let now = |unit: &str| h.unit_active_state(unit).unwrap_or_default();
-        if old.enabled {
-            let mut restarted = false;
-            for (unit, before) in &snap.units {
-                if before == "active" && now(unit) != "active" {
-                    warn(&format!("start {unit}"), h.start_unit(unit));
-                    restarted = true;
-                }
-            }
-            if restarted {
-                let r = h.run_ok(&["vgchange", "--lock-start"], LOCK_TIMEOUT);
-                warn("start the lock manager", r.map(drop));
-            }
-        } else {
-            if lock_started {
-                let r = h.run_ok(&["vgchange", "--lock-stop"], LOCK_TIMEOUT);
-                warn("stop the lock manager", r.map(drop));
-            }
-            for (unit, before) in &snap.units {
-                if before != "active" && now(unit) != *before {
-                    warn(&format!("stop {unit}"), h.stop_unit(unit));
-                }
-            }
-        }
+    /// Boot start, shutdown and reset keep what they did even when they fail, as upstream
+    /// does: there is no previous state to go back to.
+    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
+        let mut undo = Undo::new(&self.host);
+        let res = f(&mut undo);
+        undo.commit();
+        res
     }
 }
 
@@ -277,33 +212,32 @@ impl Service for Lvm {
     }
 
     // Upstream rewrites the configuration files on every update, also when the service
-    // ends up disabled; here a disabled service writes nothing.
+    // ends up disabled; here a disabled service writes nothing. A failure puts back what
+    // was done (dropping the journal rolls it back).
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        if !old.enabled && !new.enabled {
-            return Ok(());
+        let mut undo = Undo::new(&self.host);
+        match (old.enabled, new.enabled) {
+            (false, false) => {}
+            (true, false) => self.take_down(&mut undo)?,
+            (false, true) => self.bring_up(&mut undo, new)?,
+            (true, true) => self.configure(&mut undo, new)?,
         }
-        let snap = self.snapshot()?;
-        let mut lock_started = false;
-        let res = match (old.enabled, new.enabled) {
-            (true, false) => self.take_down(),
-            (false, true) => self.bring_up(new, &mut lock_started),
-            _ => self.configure(new),
-        };
-        res.inspect_err(|_| self.undo(old, &snap, lock_started))
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.bring_up(config, &mut false)
+        self.kept(|undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.take_down()
+        self.kept(|undo| self.take_down(undo))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {
@@ -317,7 +251,7 @@ impl Service for Lvm {
         if let Err(e) = self.host.remove(WDMD_SHM) {
             self.host.warn(&format!("failed to remove {WDMD_SHM}: {e}"));
         }
-        self.bring_up(config, &mut false)
+        self.kept(|undo| self.bring_up(undo, config))
     }
 }
 

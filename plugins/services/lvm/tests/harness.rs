@@ -432,9 +432,9 @@ fn a_failing_unit_start_undoes_everything() {
         [
             call(UnitOp::Start, LVMLOCKD),
             call(UnitOp::Start, SANLOCK),
-            // Undo: back to their previous (inactive) state.
-            call(UnitOp::Stop, LVMLOCKD),
+            // Undo, newest first: back to their previous (inactive) state.
             call(UnitOp::Stop, SANLOCK),
+            call(UnitOp::Stop, LVMLOCKD),
         ]
     );
     // The lock manager was never started, so it is not stopped either.
@@ -451,14 +451,16 @@ fn a_failing_unit_start_undoes_everything() {
         .filter(|l| l.level == LogLevel::Warn)
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains("stop sanlock.service"));
+    assert!(warnings[0]
+        .message
+        .contains("cannot put sanlock.service back"));
 }
 
 #[test]
 fn a_failing_lock_start_stops_everything_again_and_restores_the_files() {
     let h = scripted();
     let host = h.host();
-    host.put_file("/etc/default/sanlock", b"sanlock_opts='-w 0'\n", 0o644);
+    host.put_file("/etc/default/sanlock", b"sanlock_opts='-w 0'\n", 0o640);
     host.on_command(
         &["vgchange", "--lock-start"],
         Reply::fail(5, "  Failed to start locking"),
@@ -472,13 +474,16 @@ fn a_failing_lock_start_stops_everything_again_and_restores_the_files() {
         )
     );
     assert_eq!(host.commands(), [lock_start(), lock_stop()]);
+    // Undo, newest first: the lock manager, then the units in reverse start order.
     let mut expected = calls(UnitOp::Start, &UNITS);
-    expected.extend(calls(UnitOp::Stop, &UNITS));
+    expected.extend(calls(UnitOp::Stop, &[WDMD, SANLOCK, LVMLOCKD]));
     assert_eq!(unit_ops(&h), expected);
     assert_eq!(
         host.read_file("/etc/default/sanlock").unwrap(),
         b"sanlock_opts='-w 0'\n"
     );
+    // The restored file keeps its own mode.
+    assert_eq!(mode(&h, "/etc/default/sanlock"), 0o640);
     assert!(!host.root().join("etc/lvm").exists());
     assert_eq!(host.state(), Value::Null);
 }
@@ -499,7 +504,10 @@ fn a_failing_disable_brings_the_service_back_up() {
         [
             call(UnitOp::Stop, LVMLOCKD),
             call(UnitOp::Stop, SANLOCK),
-            call(UnitOp::Start, LVMLOCKD),
+            // Undo, newest first: both were active, so both are restarted (sanlock's
+            // restart fails too and is logged), then the lock manager.
+            call(UnitOp::Restart, SANLOCK),
+            call(UnitOp::Restart, LVMLOCKD),
         ]
     );
     assert_eq!(host.commands(), [lock_stop(), lock_start()]);

@@ -6,10 +6,9 @@
 //! connects whatever discovery found. The state lists the NVMe subsystems of the machine
 //! (from sysfs, always) and the host's identity (when enabled).
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{validate, Error, Host, Result, Service, Undo};
 use serde::{Deserialize, Deserializer, Serialize};
 
 const NVME_DIR: &str = "/etc/nvme";
@@ -113,36 +112,13 @@ fn valid_fc_address(a: &str) -> bool {
         .is_some_and(|(nn, pn)| wwn(nn) && wwn(pn))
 }
 
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-fn valid_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.char_indices().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => c == '-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
 fn check_target(t: &Target) -> std::result::Result<(), String> {
     if t.address.is_empty() {
         return Err("address is empty".into());
     }
     match t.transport.as_str() {
         "tcp" => {
-            if t.address.parse::<IpAddr>().is_err() && !valid_host_name(&t.address) {
+            if !validate::ip_or_host(&t.address) {
                 return Err(format!("invalid address '{}'", t.address));
             }
             if !t.host_address.is_empty() {
@@ -204,12 +180,7 @@ fn modules(config: &Config) -> Vec<&'static str> {
     modules
 }
 
-/// What a failed update puts back: the files' previous contents.
-struct Snapshot {
-    dir_existed: bool,
-    files: Vec<(&'static str, Option<Vec<u8>>)>,
-}
-
+#[derive(Clone)]
 pub struct Nvme {
     host: Host,
 }
@@ -339,7 +310,7 @@ impl Nvme {
     fn random_uuid(&self) -> Result<String> {
         let uuid = self.host.read_to_string(RANDOM_UUID)?.unwrap_or_default();
         let uuid = uuid.trim();
-        if !valid_uuid(uuid) {
+        if !validate::uuid(uuid) {
             return Err(Error::internal(format!(
                 "cannot generate a host ID: {RANDOM_UUID} gave {uuid:?}"
             )));
@@ -347,8 +318,8 @@ impl Nvme {
         Ok(uuid.to_string())
     }
 
-    /// Upstream's Start. `connecting` is set once connections were tried (for undo).
-    fn bring_up(&self, config: &Config, connecting: &mut bool) -> Result<()> {
+    /// Upstream's Start.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
         let h = &self.host;
         // Resolved before anything is touched (upstream finds a missing local FC port
         // half way through).
@@ -359,21 +330,19 @@ impl Nvme {
         for module in modules(config) {
             h.run_ok(&["modprobe", module], MODPROBE_TIMEOUT)?;
         }
-        if h.list_dir(NVME_DIR)?.is_none() {
-            h.create_dir(NVME_DIR, 0o700)?;
-        }
-        if h.read_file(HOSTNQN)?.is_none() {
+        undo.create_dir(NVME_DIR, 0o700)?;
+        if !h.exists(HOSTNQN)? {
             // Written only once generated (upstream leaves an empty file, kept forever,
             // when gen-hostnqn fails).
             let nqn = h.run_ok(&["nvme", "gen-hostnqn"], SHORT)?;
             if nqn.trim().is_empty() {
                 return Err(Error::internal("nvme gen-hostnqn printed no host NQN"));
             }
-            h.write_file(HOSTNQN, nqn.as_bytes(), 0o600)?;
+            undo.write_file(HOSTNQN, nqn.as_bytes(), 0o600)?;
         }
-        if h.read_file(HOSTID)?.is_none() {
+        if !h.exists(HOSTID)? {
             let id = format!("{}\n", self.random_uuid()?);
-            h.write_file(HOSTID, id.as_bytes(), 0o600)?;
+            undo.write_file(HOSTID, id.as_bytes(), 0o600)?;
         }
         // Every discovered target's connection, one line each, whether it answered or not.
         let discovery: String = plan
@@ -381,9 +350,10 @@ impl Nvme {
             .filter(|(t, _)| t.nqn.is_empty())
             .flat_map(|(_, conns)| conns.iter().map(|c| format!("{}\n", c.join(" "))))
             .collect();
-        h.write_file(DISCOVERY_CONF, discovery.as_bytes(), 0o600)?;
+        undo.write_file(DISCOVERY_CONF, discovery.as_bytes(), 0o600)?;
 
-        *connecting = true;
+        // Before trying: a failed attempt may still have connected some paths.
+        undo.on_rollback("disconnect", disconnect_all);
         let deadline = Instant::now() + BUDGET;
         for (t, conns) in &plan {
             if t.nqn.is_empty() {
@@ -416,57 +386,29 @@ impl Nvme {
             .map(drop)
     }
 
-    /// Upstream's Stop. `disconnected` is set once `nvme disconnect-all` succeeded.
-    fn take_down(&self, disconnected: &mut bool) -> Result<()> {
-        self.host.run_ok(&["nvme", "disconnect-all"], BUDGET)?;
-        *disconnected = true;
-        self.host.remove(DISCOVERY_CONF)
+    /// Upstream's Stop. Once disconnected, a rollback brings `config` back up, after
+    /// its discovery file was put back.
+    fn take_down(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        disconnect_all(&self.host)?;
+        let (nvme, config) = (self.clone(), config.clone());
+        undo.on_rollback("restore the previous NVMe configuration", move |_| {
+            nvme.kept(|undo| nvme.bring_up(undo, &config))
+        });
+        undo.remove(DISCOVERY_CONF)
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
-        let h = &self.host;
-        Ok(Snapshot {
-            dir_existed: h.list_dir(NVME_DIR)?.is_some(),
-            files: vec![
-                (HOSTNQN, h.read_file(HOSTNQN)?),
-                (HOSTID, h.read_file(HOSTID)?),
-                (DISCOVERY_CONF, h.read_file(DISCOVERY_CONF)?),
-            ],
-        })
+    /// Boot start, shutdown and a rollback's reconnection keep what they did even when
+    /// they fail, as upstream does: there is no previous state to go back to.
+    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
+        let mut undo = Undo::new(&self.host);
+        let res = f(&mut undo);
+        undo.commit();
+        res
     }
+}
 
-    /// Puts things back after a failed update; failures are only logged.
-    fn undo(&self, old: &Config, snap: &Snapshot, disconnected: bool, connecting: bool) {
-        let h = &self.host;
-        let warn = |what: &str, r: Result<()>| {
-            if let Err(e) = r {
-                h.warn(&format!("undo: failed to {what}: {e}"));
-            }
-        };
-        if connecting {
-            let r = h.run_ok(&["nvme", "disconnect-all"], BUDGET);
-            warn("disconnect", r.map(drop));
-        }
-        for (path, content) in &snap.files {
-            if h.read_file(path).ok().flatten() == *content {
-                continue;
-            }
-            match content {
-                Some(data) => warn(&format!("restore {path}"), h.write_file(path, data, 0o600)),
-                None => warn(&format!("remove {path}"), h.remove(path)),
-            }
-        }
-        if !snap.dir_existed && h.list_dir(NVME_DIR).ok().flatten().is_some() {
-            warn(&format!("remove {NVME_DIR}"), h.remove(NVME_DIR));
-        }
-        if old.enabled && disconnected {
-            if let Err(e) = self.bring_up(old, &mut false) {
-                h.error(&format!(
-                    "failed to restore the previous NVMe configuration: {e}"
-                ));
-            }
-        }
-    }
+fn disconnect_all(host: &Host) -> Result<()> {
+    host.run_ok(&["nvme", "disconnect-all"], BUDGET).map(drop)
 }
 
 impl Service for Nvme {
@@ -506,36 +448,31 @@ impl Service for Nvme {
         Ok(())
     }
 
+    /// A failure puts back what was done (dropping the journal rolls it back).
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        if !old.enabled && !new.enabled {
-            return Ok(());
+        let mut undo = Undo::new(&self.host);
+        if old.enabled {
+            self.take_down(&mut undo, old)?;
         }
-        let snap = self.snapshot()?;
-        let (mut disconnected, mut connecting) = (false, false);
-        let res = (|| {
-            if old.enabled {
-                self.take_down(&mut disconnected)?;
-            }
-            if new.enabled {
-                self.bring_up(new, &mut connecting)?;
-            }
-            Ok(())
-        })();
-        res.inspect_err(|_| self.undo(old, &snap, disconnected, connecting))
+        if new.enabled {
+            self.bring_up(&mut undo, new)?;
+        }
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.bring_up(config, &mut false)
+        self.kept(|undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.take_down(&mut false)
+        self.kept(|undo| self.take_down(undo, config))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {

@@ -606,12 +606,13 @@ fn a_failing_direct_connection_undoes_everything() {
     assert!(!commands.contains(&nvme(&["connect-all"])));
     assert_eq!(commands.last().unwrap(), &nvme(&["disconnect-all"]));
     assert!(!host.root().join("etc/nvme").exists());
+    // Undo, newest first.
     assert_eq!(
         host.files_removed(),
         [
-            "/etc/nvme/hostnqn",
-            "/etc/nvme/hostid",
             "/etc/nvme/discovery.conf",
+            "/etc/nvme/hostid",
+            "/etc/nvme/hostnqn",
             "/etc/nvme"
         ]
     );

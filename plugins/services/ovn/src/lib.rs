@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{validate, Error, Host, Result, Service, Undo};
 use serde::{Deserialize, Serialize};
 
 const OVN_CONTROLLER: &str = "ovn-controller.service";
@@ -96,63 +96,27 @@ pub fn controller_unit(tls: bool) -> String {
     )
 }
 
-fn valid_host_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// One OVSDB remote: `tcp:<host>[:<port>]`, `ssl:<host>[:<port>]` (IPv6 in brackets) or
-/// `unix:<path>`.
+/// One OVSDB remote: `tcp:<host>[:<port>]`, `ssl:<host>[:<port>]` or `unix:<path>`.
+/// The address is a [`validate::endpoint`], except that an IPv6 address must be in
+/// brackets: OVS would take the part after its last colon for the port.
 fn valid_remote(remote: &str) -> bool {
     if let Some(path) = remote.strip_prefix("unix:") {
         return path.starts_with('/');
     }
-    let Some(rest) = remote
+    let Some(addr) = remote
         .strip_prefix("tcp:")
         .or_else(|| remote.strip_prefix("ssl:"))
     else {
         return false;
     };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let Some((addr, tail)) = v6.split_once(']') else {
-            return false;
-        };
-        if !addr.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()) {
-            return false;
-        }
-        match tail {
-            "" => (None, None),
-            _ => (None, Some(tail.strip_prefix(':').unwrap_or(tail))),
-        }
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (Some(h), Some(p)),
-            None => (Some(rest), None),
-        }
-    };
-    let host_ok = match host {
-        Some(h) => h.parse::<IpAddr>().is_ok() || valid_host_name(h),
-        None => true,
-    };
-    let port_ok = match port {
-        Some(p) => p.parse::<u16>().is_ok_and(|p| p > 0),
-        None => true,
-    };
-    host_ok && port_ok
+    validate::endpoint(addr).is_some_and(|(host, _)| addr.starts_with('[') || !host.contains(':'))
 }
 
 /// Whether `value` has a `-----BEGIN <...>-----`/`-----END <...>-----` pair of lines whose
-/// label ends with `label` (`CERTIFICATE`, `PRIVATE KEY`).
+/// label ends with `label` (`CERTIFICATE`, `PRIVATE KEY`). Deliberately looser than
+/// [`validate::pem_of`]: ovn-controller's OpenSSL skips text outside the blocks (the
+/// `Bag Attributes` openssl pkcs12 writes) and an `EC PARAMETERS` block before an EC key
+/// (openssl ecparam -genkey), which `pem_of` refuses.
 fn is_pem(value: &str, label: &str) -> bool {
     let marker = |prefix: &str| {
         value.lines().any(|l| {
@@ -182,12 +146,9 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
     value.split(',').filter(move |_| !value.is_empty())
 }
 
-/// What a failed update puts back: the files' previous contents and the units' previous
-/// `ActiveState`.
-struct Snapshot {
-    run_dir_existed: bool,
-    files: Vec<(&'static str, u32, Option<Vec<u8>>)>,
-    units: Vec<(&'static str, String)>,
+fn vsctl(host: &Host, argv: &[String]) -> Result<()> {
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    host.run_ok(&argv, OVS_VSCTL_TIMEOUT).map(drop)
 }
 
 pub struct Ovn {
@@ -221,9 +182,26 @@ impl Ovn {
         Ok("IncusOS".to_string())
     }
 
+    /// `ovs-vsctl set open_vswitch . external_ids:...` for `config`.
+    fn vsctl_set(&self, config: &Config) -> Result<Vec<String>> {
+        let protocol = non_empty(&config.tunnel_protocol).unwrap_or(DEFAULT_TUNNEL_PROTOCOL);
+        let mut argv: Vec<String> = ["ovs-vsctl", "set", "open_vswitch", "."]
+            .map(String::from)
+            .into();
+        argv.extend([
+            format!("external_ids:hostname={}", self.hostname()?),
+            format!("external_ids:ovn-remote={}", config.database),
+            format!("external_ids:ovn-encap-type={protocol}"),
+            format!("external_ids:ovn-encap-ip={}", config.tunnel_address),
+            format!("external_ids:ovn-is-interconn={}", config.ic_chassis),
+        ]);
+        Ok(argv)
+    }
+
     /// Upstream's configure(): the OVS database, the TLS files, the generated unit, then a
-    /// restart of ovn-controller.
-    fn configure(&self, config: &Config) -> Result<()> {
+    /// restart of ovn-controller. `old`, when it was enabled, is what a rollback writes
+    /// back to the OVS database.
+    fn configure(&self, undo: &mut Undo, config: &Config, old: Option<&Config>) -> Result<()> {
         let h = &self.host;
         if config.tunnel_address.is_empty() {
             // Upstream defaults to the address of the interface with the `cluster` network
@@ -231,120 +209,62 @@ impl Ovn {
             // but one saved by upstream may still reach the daemon's start.
             return Err(Error::internal("no OVN tunnel address available"));
         }
-        let protocol = non_empty(&config.tunnel_protocol).unwrap_or(DEFAULT_TUNNEL_PROTOCOL);
-        let args = [
-            format!("external_ids:hostname={}", self.hostname()?),
-            format!("external_ids:ovn-remote={}", config.database),
-            format!("external_ids:ovn-encap-type={protocol}"),
-            format!("external_ids:ovn-encap-ip={}", config.tunnel_address),
-            format!("external_ids:ovn-is-interconn={}", config.ic_chassis),
-        ];
-        let mut argv = vec!["ovs-vsctl", "set", "open_vswitch", "."];
-        argv.extend(args.iter().map(String::as_str));
-        h.run_ok(&argv, OVS_VSCTL_TIMEOUT)?;
-
-        if h.list_dir(OVN_RUN_DIR)?.is_none() {
-            h.create_dir(OVN_RUN_DIR, 0o700)?;
+        if let Some(old) = old {
+            // Before trying: a timed-out ovs-vsctl may still have committed.
+            let argv = self.vsctl_set(old)?;
+            undo.on_rollback("restore the OVS database settings", move |h| {
+                vsctl(h, &argv)
+            });
         }
+        vsctl(h, &self.vsctl_set(config)?)?;
+
+        // ovn-controller must be put back after the files it reads, which `Undo`'s own
+        // unit steps cannot do (they are undone before the files written earlier).
+        let was_active = plugin_api::sdk::is_active(&h.unit_active_state(OVN_CONTROLLER)?);
+        undo.on_rollback("put ovn-controller back", move |h| {
+            if was_active {
+                h.restart_unit(OVN_CONTROLLER)
+            } else {
+                h.stop_unit(OVN_CONTROLLER)
+            }
+        });
+        undo.on_rollback("reload systemd", Host::daemon_reload);
+        undo.create_dir(OVN_RUN_DIR, 0o700)?;
         for (path, content) in config.tls_files() {
             match content {
-                Some(data) => h.write_file(path, data.as_bytes(), 0o600)?,
+                Some(data) => undo.write_file(path, data.as_bytes(), 0o600)?,
                 // Not left behind from an earlier config (upstream keeps them).
-                None => {
-                    if h.read_file(path)?.is_some() {
-                        h.remove(path)?;
-                    }
-                }
+                None => undo.remove(path)?,
             }
         }
-        h.write_file(
-            CONTROLLER_UNIT,
-            controller_unit(config.tls()).as_bytes(),
-            0o600,
-        )?;
+        let unit = controller_unit(config.tls());
+        undo.write_file(CONTROLLER_UNIT, unit.as_bytes(), 0o600)?;
         h.daemon_reload()?;
         h.restart_unit(OVN_CONTROLLER)
     }
 
     /// Upstream's Start: OVS logging, ovs-vswitchd, then configure.
-    fn bring_up(&self, config: &Config) -> Result<()> {
-        self.host
-            .write_file(OVS_DEFAULTS, OVS_CTL_OPTS.as_bytes(), 0o644)?;
-        self.host.start_unit(OVS_VSWITCHD)?;
-        self.configure(config)
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        undo.write_file(OVS_DEFAULTS, OVS_CTL_OPTS.as_bytes(), 0o644)?;
+        undo.start_unit(OVS_VSWITCHD)?;
+        self.configure(undo, config, None)
     }
 
     /// Upstream's Stop.
-    fn take_down(&self) -> Result<()> {
+    fn take_down(&self, undo: &mut Undo) -> Result<()> {
         for unit in UNITS {
-            self.host.stop_unit(unit)?;
+            undo.stop_unit(unit)?;
         }
         Ok(())
     }
 
-    fn snapshot(&self) -> Result<Snapshot> {
-        let h = &self.host;
-        let mut files = vec![(OVS_DEFAULTS, 0o644, h.read_file(OVS_DEFAULTS)?)];
-        for path in [CLIENT_CRT, CLIENT_KEY, CA_CRT, CONTROLLER_UNIT] {
-            files.push((path, 0o600, h.read_file(path)?));
-        }
-        let mut units = Vec::new();
-        for unit in UNITS {
-            units.push((unit, h.unit_active_state(unit)?));
-        }
-        Ok(Snapshot {
-            run_dir_existed: h.list_dir(OVN_RUN_DIR)?.is_some(),
-            files,
-            units,
-        })
-    }
-
-    /// Puts files and units back as they were before a failed update; an old enabled
-    /// config is configured again. Failures are only logged.
-    fn undo(&self, old: &Config, snap: &Snapshot) {
-        let h = &self.host;
-        let warn = |what: &str, r: Result<()>| {
-            if let Err(e) = r {
-                h.warn(&format!("undo: failed to {what}: {e}"));
-            }
-        };
-        let now = |unit: &str| h.unit_active_state(unit).unwrap_or_default();
-        if old.enabled {
-            // OVS first; configure() rewrites the files and restarts ovn-controller.
-            for (unit, before) in snap.units.iter().rev() {
-                if *unit != OVN_CONTROLLER && before == "active" && now(unit) != "active" {
-                    warn(&format!("start {unit}"), h.start_unit(unit));
-                }
-            }
-            if let Err(e) = self.configure(old) {
-                h.error(&format!(
-                    "failed to restore the previous OVN configuration: {e}"
-                ));
-            }
-            return;
-        }
-        let mut unit_changed = false;
-        for (path, mode, content) in &snap.files {
-            if h.read_file(path).ok().flatten() == *content {
-                continue;
-            }
-            unit_changed |= *path == CONTROLLER_UNIT;
-            match content {
-                Some(data) => warn(&format!("restore {path}"), h.write_file(path, data, *mode)),
-                None => warn(&format!("remove {path}"), h.remove(path)),
-            }
-        }
-        if !snap.run_dir_existed && h.list_dir(OVN_RUN_DIR).ok().flatten().is_some() {
-            warn(&format!("remove {OVN_RUN_DIR}"), h.remove(OVN_RUN_DIR));
-        }
-        if unit_changed {
-            warn("reload systemd", h.daemon_reload());
-        }
-        for (unit, before) in &snap.units {
-            if before != "active" && now(unit) != *before {
-                warn(&format!("stop {unit}"), h.stop_unit(unit));
-            }
-        }
+    /// Boot start and shutdown keep what they did even when they fail, as upstream does:
+    /// there is no previous state to go back to.
+    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
+        let mut undo = Undo::new(&self.host);
+        let res = f(&mut undo);
+        undo.commit();
+        res
     }
 }
 
@@ -429,31 +349,31 @@ impl Service for Ovn {
     }
 
     // Upstream configures twice when enabling (Start, then configure again); once here.
+    // A failure puts back what was done (dropping the journal rolls it back).
     fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        if !old.enabled && !new.enabled {
-            return Ok(());
+        let mut undo = Undo::new(&self.host);
+        match (old.enabled, new.enabled) {
+            (false, false) => {}
+            (true, false) => self.take_down(&mut undo)?,
+            (false, true) => self.bring_up(&mut undo, new)?,
+            (true, true) => self.configure(&mut undo, new, Some(old))?,
         }
-        let snap = self.snapshot()?;
-        let res = match (old.enabled, new.enabled) {
-            (true, false) => self.take_down(),
-            (false, true) => self.bring_up(new),
-            _ => self.configure(new),
-        };
-        res.inspect_err(|_| self.undo(old, &snap))
+        undo.commit();
+        Ok(())
     }
 
     fn start(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.bring_up(config)
+        self.kept(|undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.take_down()
+        self.kept(|undo| self.take_down(undo))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {

@@ -559,7 +559,8 @@ fn a_failing_update_configures_the_old_config_again() {
             vsctl("node1", TLS_DB, "vxlan", "192.0.2.10,2001:db8::10", true)
         ]
     );
-    assert_eq!(unit_ops(&h), [reload(), call(UnitOp::Restart, CONTROLLER)]);
+    // Nothing else was touched, so ovn-controller is not restarted.
+    assert!(unit_ops(&h).is_empty());
     assert_eq!(
         host.read_file("/run/ovn/client.key").unwrap(),
         key().as_bytes()
@@ -589,13 +590,57 @@ fn a_failing_disable_brings_the_controller_back() {
         [
             call(UnitOp::Stop, CONTROLLER),
             call(UnitOp::Stop, VSWITCHD),
+            // Undo, newest first: both were active (the OVS database and the files were
+            // not changed, so they are not rewritten).
+            call(UnitOp::Restart, VSWITCHD),
+            call(UnitOp::Restart, CONTROLLER),
+        ]
+    );
+    assert!(host.commands().is_empty());
+    assert_eq!(host.unit_state(CONTROLLER), "active");
+    assert_eq!(host.state(), json!({"config": plain()}));
+}
+
+#[test]
+fn a_failing_controller_restart_restarts_it_with_the_old_files() {
+    let h = scripted();
+    enabled(&h, &with_tls());
+    let host = h.host();
+    host.fail_unit(CONTROLLER, "Job for ovn-controller.service failed");
+    let err = put_config(&h, &plain()).unwrap_err();
+    assert_eq!(
+        err.message.as_str(),
+        "Job for ovn-controller.service failed"
+    );
+    // The files come back first, then systemd is reloaded and the controller restarted.
+    assert_eq!(
+        unit_ops(&h),
+        [
+            reload(),
+            call(UnitOp::Restart, CONTROLLER),
             reload(),
             call(UnitOp::Restart, CONTROLLER),
         ]
     );
-    assert_eq!(host.commands(), [plain_vsctl()]);
-    assert_eq!(host.unit_state(CONTROLLER), "active");
-    assert_eq!(host.state(), json!({"config": plain()}));
+    assert_eq!(
+        host.read_file("/run/systemd/system/ovn-controller.service")
+            .unwrap(),
+        UNIT_TLS.as_bytes()
+    );
+    assert_eq!(
+        host.read_file("/run/ovn/client.key").unwrap(),
+        key().as_bytes()
+    );
+    assert_eq!(mode(&h, "/run/ovn/client.key"), 0o600);
+    assert_eq!(
+        host.commands(),
+        [
+            plain_vsctl(),
+            vsctl("node1", TLS_DB, "vxlan", "192.0.2.10,2001:db8::10", true)
+        ]
+    );
+    assert_eq!(host.state(), json!({"config": with_tls()}));
+    assert_no_secret_logged(&h);
 }
 
 #[test]
