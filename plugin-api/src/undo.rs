@@ -225,6 +225,15 @@ impl Undo {
         });
     }
 
+    /// Runs `f` with a journal whose changes are kept whatever `f` returns: for boot start,
+    /// shutdown and reset, which have no previous state to go back to (as upstream).
+    pub fn kept<T>(host: &Host, f: impl FnOnce(&mut Undo) -> Result<T>) -> Result<T> {
+        let mut undo = Undo::new(host);
+        let res = f(&mut undo);
+        undo.commit();
+        res
+    }
+
     /// Keeps every change.
     pub fn commit(mut self) {
         self.done = true;

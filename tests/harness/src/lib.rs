@@ -17,7 +17,7 @@ use serde_json::Value;
 mod checks;
 mod host;
 
-pub use checks::{run_generic_checks, CheckOutcome, CHECKS};
+pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CHECKS};
 pub use host::{CommandCall, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
 pub use plugin_api::abi::{LogLevel, UnitOp};
 

@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use incus_osd_harness::{built_plugin, run_generic_checks, FileEffect, Harness, LogLevel, Reply};
+use incus_osd_harness::{assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply};
 use serde_json::{json, Value};
 
 const FSID: &str = "b5e0c2ba-3b57-11ef-9d4e-525400c1f7a9";
@@ -95,10 +95,7 @@ fn assert_no_secret_logged(h: &Harness) {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_ceph"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_ceph"));
 }
 
 #[test]

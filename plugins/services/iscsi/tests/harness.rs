@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use incus_osd_harness::{
-    built_plugin, run_generic_checks, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -83,10 +83,7 @@ fn mode(h: &Harness, os_path: &str) -> u32 {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_iscsi"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_iscsi"));
 }
 
 #[test]

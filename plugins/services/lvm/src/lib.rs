@@ -169,15 +169,6 @@ impl Lvm {
         }
         Ok(())
     }
-
-    /// Boot start, shutdown and reset keep what they did even when they fail, as upstream
-    /// does: there is no previous state to go back to.
-    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        let res = f(&mut undo);
-        undo.commit();
-        res
-    }
 }
 
 impl Service for Lvm {
@@ -230,14 +221,14 @@ impl Service for Lvm {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.bring_up(undo, config))
+        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.take_down(undo))
+        Undo::kept(&self.host, |undo| self.take_down(undo))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {
@@ -251,7 +242,7 @@ impl Service for Lvm {
         if let Err(e) = self.host.remove(WDMD_SHM) {
             self.host.warn(&format!("failed to remove {WDMD_SHM}: {e}"));
         }
-        self.kept(|undo| self.bring_up(undo, config))
+        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
     }
 }
 

@@ -1,6 +1,6 @@
 //! The netbird plugin as the daemon loads it, against the recording harness host.
 
-use incus_osd_harness::{built_plugin, run_generic_checks, Harness, Reply, UnitCall, UnitOp};
+use incus_osd_harness::{assert_conformance, built_plugin, Harness, Reply, UnitCall, UnitOp};
 use serde_json::{json, Value};
 
 const UNIT: &str = "netbird.service";
@@ -128,10 +128,7 @@ fn assert_no_secret(h: &Harness, extra: &str) {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_netbird"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_netbird"));
 }
 
 #[test]

@@ -392,18 +392,9 @@ impl Nvme {
         disconnect_all(&self.host)?;
         let (nvme, config) = (self.clone(), config.clone());
         undo.on_rollback("restore the previous NVMe configuration", move |_| {
-            nvme.kept(|undo| nvme.bring_up(undo, &config))
+            Undo::kept(&nvme.host, |undo| nvme.bring_up(undo, &config))
         });
         undo.remove(DISCOVERY_CONF)
-    }
-
-    /// Boot start, shutdown and a rollback's reconnection keep what they did even when
-    /// they fail, as upstream does: there is no previous state to go back to.
-    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        let res = f(&mut undo);
-        undo.commit();
-        res
     }
 }
 
@@ -465,14 +456,14 @@ impl Service for Nvme {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.bring_up(undo, config))
+        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.take_down(undo, config))
+        Undo::kept(&self.host, |undo| self.take_down(undo, config))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {

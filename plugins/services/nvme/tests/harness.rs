@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use incus_osd_harness::{built_plugin, run_generic_checks, FileEffect, Harness, LogLevel, Reply};
+use incus_osd_harness::{assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply};
 use serde_json::{json, Value};
 
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:3f8e1c52-9b1e-4d6a-8f7e-2a51c0d4e6b7";
@@ -180,10 +180,7 @@ fn enabled(h: &Harness, targets: &[Value]) {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_nvme"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_nvme"));
 }
 
 #[test]

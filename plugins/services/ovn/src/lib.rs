@@ -257,15 +257,6 @@ impl Ovn {
         }
         Ok(())
     }
-
-    /// Boot start and shutdown keep what they did even when they fail, as upstream does:
-    /// there is no previous state to go back to.
-    fn kept(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        let res = f(&mut undo);
-        undo.commit();
-        res
-    }
 }
 
 impl Service for Ovn {
@@ -366,14 +357,14 @@ impl Service for Ovn {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.bring_up(undo, config))
+        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.kept(|undo| self.take_down(undo))
+        Undo::kept(&self.host, |undo| self.take_down(undo))
     }
 
     fn reset(&self, config: &Config) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The tailscale plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    built_plugin, run_generic_checks, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -415,10 +415,7 @@ fn assert_no_secret(h: &Harness, extra: &str) {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_tailscale"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_tailscale"));
 }
 
 #[test]

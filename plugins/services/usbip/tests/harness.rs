@@ -1,6 +1,6 @@
 //! The usbip plugin as the daemon loads it, against the recording harness host.
 
-use incus_osd_harness::{built_plugin, run_generic_checks, Harness, LogLevel, Reply};
+use incus_osd_harness::{assert_conformance, built_plugin, Harness, LogLevel, Reply};
 use serde_json::{json, Value};
 
 /// `usbip port` with nothing attached (vhci-hcd loaded).
@@ -103,10 +103,7 @@ fn warnings(h: &Harness) -> Vec<String> {
 
 #[test]
 fn generic_checks_pass() {
-    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_usbip"));
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
-    assert!(failed.is_empty(), "{failed:#?}");
-    assert_eq!(outcomes.len(), 6, "{outcomes:#?}");
+    assert_conformance(built_plugin("incus_osd_plugin_usbip"));
 }
 
 #[test]
