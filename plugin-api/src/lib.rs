@@ -8,6 +8,51 @@
 //! Authors do not touch the ABI: they implement [`sdk::Service`], [`sdk::Application`] or
 //! [`sdk::Provider`] and call [`export_service!`], [`export_application!`] or
 //! [`export_provider!`].
+//!
+//! # Example
+//!
+//! The README's example plugin (kept in step with it by this doctest):
+//!
+//! ```no_run
+//! use plugin_api::sdk::{Error, Host, Result};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Default, Clone)]
+//! #[serde(default)]
+//! pub struct Config { enabled: bool, address: String }
+//!
+//! #[derive(Serialize)]
+//! pub struct State { connected: bool }
+//!
+//! pub struct Demo { host: Host }
+//!
+//! impl plugin_api::Service for Demo {
+//!     const NAME: &'static str = "demo";
+//!     const PATHS: &'static [&'static str] = &["/etc/demo"];
+//!     type Config = Config;
+//!     type State = State;
+//!
+//!     fn new(host: Host) -> Result<Self> { Ok(Demo { host }) }
+//!     fn state(&self, _: &Config) -> Result<State> { Ok(State { connected: false }) }
+//!     fn validate(&self, c: &Config) -> Result<()> {
+//!         if c.enabled && c.address.is_empty() {
+//!             return Err(Error::bad_request("an address is required"));
+//!         }
+//!         Ok(())
+//!     }
+//!     fn update(&self, _old: &Config, new: &Config) -> Result<()> {
+//!         // Undo puts the file and the unit back if a later step fails.
+//!         let mut undo = plugin_api::Undo::new(&self.host);
+//!         undo.write_file("/etc/demo/demo.conf", new.address.as_bytes(), 0o600)?;
+//!         if new.enabled { undo.start_unit("demo.service")? } else { undo.stop_unit("demo.service")? }
+//!         undo.commit();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! plugin_api::export_service!(Demo);
+//! # fn main() {}
+//! ```
 
 pub mod abi;
 pub mod manifest;
