@@ -238,3 +238,114 @@ pub fn messages(entries: &Value) -> Vec<String> {
         .map(|e| e["MESSAGE"].as_str().unwrap_or_default().to_string())
         .collect()
 }
+
+// --- Services on a real machine (`tier3_services.rs`) -------------------------------------
+
+/// The Debian 12 packages of the services' real tools and daemons, installed in one cached
+/// rootfs variant (`tailscale`, `netbird` and `linstor-satellite` have no Debian package:
+/// stand-in units take their place). `python3` reads the LINSTOR TOML (`tomllib`), `kmod`
+/// gives `modprobe` and `depmod`.
+pub const SERVICE_PACKAGES: &[&str] = &[
+    "open-iscsi",
+    "lvm2",
+    "lvm2-lockd",
+    "sanlock",
+    "multipath-tools",
+    "nvme-cli",
+    "ovn-host",
+    "openvswitch-switch",
+    "usbip",
+    "ceph-common",
+    "python3",
+    "kmod",
+];
+
+/// Units the packages start at boot (Debian enables them) and that the services own: they
+/// are stopped before a test so that enabling a service is what starts them.
+pub const SERVICE_UNITS_STARTED_AT_BOOT: &[&str] = &[
+    "ovn-host.service",
+    "ovn-controller.service",
+    "openvswitch-switch.service",
+    "ovs-vswitchd.service",
+    "ovsdb-server.service",
+    "lvmlocks.service",
+    "lvmlockd.service",
+    "sanlock.service",
+    "wdmd.service",
+];
+
+/// A stand-in unit for a daemon Debian 12 does not package: a service that only sleeps,
+/// so that its start and stop are real systemd jobs. `exec_start_pre` (if any) runs first,
+/// as the real daemon's own checks would.
+pub fn stand_in_unit(what: &str, exec_start_pre: Option<&str>) -> String {
+    let pre = exec_start_pre
+        .map(|c| format!("ExecStartPre={c}\n"))
+        .unwrap_or_default();
+    format!(
+        "[Unit]\nDescription=stand-in for {what} (tier-3 test; Debian 12 has no such package)\n\n\
+         [Service]\n{pre}ExecStart=/bin/sleep infinity\n"
+    )
+}
+
+/// Boots a machine of [`SERVICE_PACKAGES`] on `site` (blocking) and brings it to the state
+/// of a fresh IncusOS for the services: the units of [`SERVICE_UNITS_STARTED_AT_BOOT`]
+/// stopped and their failures reset, and the host identities the packages' maintainer
+/// scripts generated in the cached tree (`/etc/iscsi/initiatorname.iscsi`,
+/// `/etc/nvme/hostnqn`, `/etc/nvme/hostid`) removed, so the services create their own.
+pub fn boot_services_machine(site: &Site) -> Machine {
+    let m = site
+        .builder()
+        .packages(SERVICE_PACKAGES)
+        .boot()
+        .expect("boot the services machine");
+    let mut stop = vec!["systemctl", "stop"];
+    stop.extend_from_slice(SERVICE_UNITS_STARTED_AT_BOOT);
+    m.run_ok(&stop)
+        .expect("stop the units the packages started");
+    m.run_ok(&["systemctl", "reset-failed"]).unwrap();
+    m.run_ok(&[
+        "rm",
+        "-f",
+        "/etc/iscsi/initiatorname.iscsi",
+        "/etc/nvme/hostnqn",
+        "/etc/nvme/hostid",
+    ])
+    .unwrap();
+    m
+}
+
+/// Changes the host's state document (`state.json` on the site's `/var/lib/incus-os`),
+/// creating it if needed. Only while the daemon is not running: it saves its own copy.
+pub fn edit_state(site: &Site, f: impl FnOnce(&mut Value)) {
+    let path = site.state_dir().join("state.json");
+    let mut doc = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).expect("state.json"),
+        Err(_) => serde_json::json!({"schema_version": 1}),
+    };
+    f(&mut doc);
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+/// Records installed application versions in the state document, as an install does
+/// (what `ceph` and `linstor` are gated on).
+pub fn record_applications(site: &Site, names: &[&str]) {
+    edit_state(site, |doc| {
+        for name in names {
+            doc["applications"][*name] = serde_json::json!({"version": "202511041601"});
+        }
+    });
+}
+
+/// Waits until `GET /1.0` says start-up finished (every plugin's start hook ran): the
+/// daemon answers, and so tells systemd it is ready, before that.
+pub async fn wait_system_ready(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, v) = request(socket, "GET", "/1.0", "").await;
+        if status == 200 && v["metadata"]["environment"]["system_is_ready"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "system not ready: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
