@@ -26,8 +26,8 @@ pub struct Config {
     pub socket: PathBuf,
     /// Directories scanned for plugin libraries.
     pub plugin_dirs: Vec<PathBuf>,
-    /// How long one plugin call may take before it fails and the plugin is marked degraded.
-    pub plugin_timeout: Duration,
+    /// How long plugin calls may take before they fail and the plugin is marked degraded.
+    pub plugin_timeouts: crate::plugins::Timeouts,
     /// D-Bus address of the systemd to drive; `None`: the system bus when the root is `/`,
     /// no systemd otherwise.
     pub system_bus: Option<String>,
@@ -41,7 +41,7 @@ impl Config {
         Config {
             socket: root.join("run/incus-os/unix.socket"),
             plugin_dirs: vec![root.join("usr/lib/incus-osd/plugins")],
-            plugin_timeout: Duration::from_secs(60),
+            plugin_timeouts: crate::plugins::Timeouts::default(),
             system_bus: None,
             root,
         }
@@ -138,7 +138,7 @@ pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartErr
     let store = Arc::new(Mutex::new(store));
     let registry = {
         let (root, store, platform) = (config.root.clone(), store.clone(), platform.clone());
-        Registry::load(&config.plugin_dirs, config.plugin_timeout, move |m| {
+        Registry::load(&config.plugin_dirs, config.plugin_timeouts, move |m| {
             DaemonHost::handle(m, &root, store.clone(), platform.clone())
         })
     };

@@ -23,9 +23,13 @@ struct Args {
     /// builds without --root: the directory of the binary, where cargo puts the plugins].
     #[arg(long = "plugins")]
     plugins: Vec<PathBuf>,
-    /// Seconds one plugin call may take before it fails and the plugin is marked degraded.
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds a plugin call that only reads (GET) may take before it fails and the plugin
+    /// is marked degraded.
+    #[arg(long, default_value_t = 30.0)]
     plugin_timeout: f64,
+    /// Seconds a plugin call that changes things (PUT, start, reset, ...) may take.
+    #[arg(long, default_value_t = 300.0)]
+    plugin_change_timeout: f64,
     /// D-Bus address of the systemd to drive (e.g. `unix:path=/run/dbus/system_bus_socket`)
     /// [default: the system bus when the root is `/`; none otherwise].
     #[arg(long)]
@@ -59,10 +63,17 @@ fn config(args: Args) -> Result<Config, String> {
     if !args.plugins.is_empty() {
         cfg.plugin_dirs = args.plugins;
     }
-    if !(args.plugin_timeout.is_finite() && args.plugin_timeout > 0.0) {
-        return Err("--plugin-timeout must be a positive number of seconds".into());
-    }
-    cfg.plugin_timeout = Duration::from_secs_f64(args.plugin_timeout);
+    let secs = |v: f64, flag: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("{flag} must be a positive number of seconds"))
+        }
+    };
+    cfg.plugin_timeouts = incus_osd::plugins::Timeouts {
+        read: secs(args.plugin_timeout, "--plugin-timeout")?,
+        change: secs(args.plugin_change_timeout, "--plugin-change-timeout")?,
+    };
     Ok(cfg)
 }
 

@@ -100,7 +100,12 @@ impl TestApp {
                 let host = DaemonHost::handle(&manifest, root, store, platform.clone());
                 let inst = make(host).expect("test plugin constructor");
                 let path = PathBuf::from(format!("(built-in test plugin {})", manifest.name));
-                reg.add(manifest, &path, inst, timeout);
+                reg.add(
+                    manifest,
+                    &path,
+                    inst,
+                    crate::plugins::Timeouts::both(timeout),
+                );
             }));
         self
     }

@@ -793,3 +793,26 @@ async fn application_install_is_refused_clearly() {
     assert_eq!(code, 501);
     assert!(msg.contains("not implemented"), "{msg}");
 }
+
+#[tokio::test]
+async fn changes_wait_for_start_up_to_finish_while_reads_answer_at_once() {
+    let (r, app, _d) = app().not_ready().router();
+    assert_eq!(get(&r, "/1.0/services/echo").await.status, StatusCode::OK);
+    let body = r#"{"config": {"name": "early"}}"#;
+    let put = tokio::spawn({
+        let r = r.clone();
+        async move { call(&r, "PUT", "/1.0/services/echo", body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!put.is_finished(), "the change waits for start-up");
+    assert_eq!(
+        get(&r, "/1.0/services/echo").await.metadata()["config"]["name"],
+        ""
+    );
+    app.set_ready();
+    assert_eq!(put.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        get(&r, "/1.0/services/echo").await.metadata()["config"]["name"],
+        "early"
+    );
+}

@@ -16,10 +16,9 @@ pub mod services;
 pub mod system;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +31,7 @@ use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::SystemInfo;
 pub use response::{ApiError, ApiResult};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Everything the handlers share.
 pub struct App {
@@ -41,7 +40,7 @@ pub struct App {
     pub registry: Registry,
     pub info: SystemInfo,
     pub platform: Platform,
-    ready: AtomicBool,
+    ready: watch::Sender<bool>,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -61,7 +60,7 @@ impl App {
             registry,
             info,
             platform,
-            ready: AtomicBool::new(false),
+            ready: watch::Sender::new(false),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -90,11 +89,19 @@ impl App {
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.ready.send_replace(true);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        *self.ready.borrow()
+    }
+
+    /// Waits until start-up finished (at most `limit`); false if it did not.
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.ready.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Whether application `name` is installed (its plugin is loaded, or the host's state
@@ -151,7 +158,7 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
 
@@ -164,8 +171,13 @@ async fn fallback(method: Method) -> ApiError {
     }
 }
 
-/// Runs before routing: path cleaning and the `/internal` proxy rule.
-async fn guard(req: Request, next: Next) -> Response {
+/// How long a change waits for start-up to finish before it is refused.
+pub const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs before routing: path cleaning, the `/internal` proxy rule, and holding changes
+/// until start-up finished (the API answers before the plugins' start hooks ran; a change
+/// applied meanwhile would race them).
+async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if let Some(clean) = clean_path(path) {
         let location = match req.uri().query() {
@@ -182,6 +194,10 @@ async fn guard(req: Request, next: Next) -> Response {
         && proxy::proxy_value(req.headers()).is_some()
     {
         return ApiError::forbidden().into_response();
+    }
+    let internal = path == "/internal" || path.starts_with("/internal/");
+    if req.method() != Method::GET && !internal && !app.wait_ready(STARTUP_WAIT).await {
+        return ApiError::new(503, "the system is still starting, try again later").into_response();
     }
     next.run(req).await
 }

@@ -51,8 +51,13 @@ trait Unit {
     fn active_state(&self) -> zbus::Result<String>;
 }
 
-/// How long a unit job may take.
-const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a unit job may take: systemd's own default start timeout (90 s) and a margin,
+/// well within the time a plugin's change may take (`--plugin-change-timeout`).
+const JOB_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// After a start job ended `done`, how long a unit is watched for dying right away (a
+/// `Type=forking` daemon whose child exits at once still ends its start job `done`).
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// systemd reached over a D-Bus connection.
 pub struct DbusSystemd {
@@ -146,12 +151,34 @@ impl DbusSystemd {
                 ))
             })??;
         if result == "done" {
+            if matches!(op, UnitOp::Start | UnitOp::Restart) {
+                self.settle(unit).await?;
+            }
             Ok(())
         } else {
             Err(PlatformError(format!(
                 "job to {} {unit} failed: result '{result}'",
                 op.as_str()
             )))
+        }
+    }
+
+    /// Watches a just-started unit for [`SETTLE`]: a unit that fails in that time did not
+    /// start, whatever its job said. (One that ends `inactive` may be a oneshot that did
+    /// its work.)
+    async fn settle(&self, unit: &str) -> Result<(), PlatformError> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let state = self.active_state(unit).await?;
+            if state == "failed" {
+                return Err(PlatformError(format!(
+                    "{unit} started but failed right after"
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -4,4 +4,4 @@ pub mod host_impl;
 pub mod loader;
 pub mod registry;
 
-pub use registry::{CallError, LoadFailure, Plugin, Registry};
+pub use registry::{CallError, LoadFailure, Plugin, Registry, Timeouts};

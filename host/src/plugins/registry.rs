@@ -50,6 +50,40 @@ impl From<PluginError> for CallError {
     }
 }
 
+/// How long plugin calls may take before they fail and the plugin is marked degraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Calls that only read (`get`).
+    pub read: Duration,
+    /// Calls that change things (`put`, `start`, `reset`, ...): they may wait on systemd
+    /// jobs and commands, and on the previous change to the same plugin.
+    pub change: Duration,
+}
+
+impl Timeouts {
+    /// The same limit for both.
+    pub fn both(t: Duration) -> Timeouts {
+        Timeouts { read: t, change: t }
+    }
+
+    fn for_call(&self, mutating: bool) -> Duration {
+        if mutating {
+            self.change
+        } else {
+            self.read
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            read: Duration::from_secs(30),
+            change: Duration::from_secs(300),
+        }
+    }
+}
+
 /// A loaded plugin.
 pub struct Plugin {
     pub manifest: Manifest,
@@ -57,7 +91,7 @@ pub struct Plugin {
     instance: Arc<PluginBox>,
     mutate: Arc<tokio::sync::Mutex<()>>,
     degraded: Mutex<Option<String>>,
-    timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -95,7 +129,7 @@ impl Plugin {
         if !mutating {
             return Ok(None);
         }
-        match tokio::time::timeout(self.timeout, self.mutate.clone().lock_owned()).await {
+        match tokio::time::timeout(self.timeouts.change, self.mutate.clone().lock_owned()).await {
             Ok(g) => Ok(Some(g)),
             Err(_) => Err(CallError {
                 status: 500,
@@ -111,14 +145,13 @@ impl Plugin {
     async fn finish<T>(
         &self,
         op: &str,
+        mutating: bool,
         task: tokio::task::JoinHandle<RResult<T, PluginError>>,
     ) -> Result<T, CallError> {
-        match tokio::time::timeout(self.timeout, task).await {
+        let limit = self.timeouts.for_call(mutating);
+        match tokio::time::timeout(limit, task).await {
             Err(_) => {
-                let why = format!(
-                    "'{op}' did not finish within {}s",
-                    self.timeout.as_secs_f64()
-                );
+                let why = format!("'{op}' did not finish within {}s", limit.as_secs_f64());
                 self.mark_degraded(why.clone());
                 Err(CallError {
                     status: 500,
@@ -153,7 +186,7 @@ impl Plugin {
             inst.invoke(RStr::from_str(&op_owned), RSlice::from_slice(&input))
                 .map(|v| v.into_vec())
         });
-        self.finish(op, task).await
+        self.finish(op, mutating, task).await
     }
 
     /// Calls a hook.
@@ -209,7 +242,7 @@ impl Plugin {
             };
             inst.restore(ByteSource_TO::from_ptr(&mut source, TD_Opaque))
         });
-        self.finish("restore", task).await
+        self.finish("restore", true, task).await
     }
 }
 
@@ -262,7 +295,7 @@ impl Registry {
     /// `host_for` builds the host handle for a plugin from its manifest.
     pub fn load(
         dirs: &[PathBuf],
-        timeout: Duration,
+        timeouts: Timeouts,
         host_for: impl Fn(&Manifest) -> HostHandle,
     ) -> Registry {
         let mut reg = Registry::default();
@@ -270,7 +303,7 @@ impl Registry {
             match loader::scan_dir(dir) {
                 Ok(files) => {
                     for f in files {
-                        reg.load_one(&f, timeout, &host_for);
+                        reg.load_one(&f, timeouts, &host_for);
                     }
                 }
                 Err(e) => {
@@ -301,7 +334,7 @@ impl Registry {
     fn load_one(
         &mut self,
         path: &Path,
-        timeout: Duration,
+        timeouts: Timeouts,
         host_for: &impl Fn(&Manifest) -> HostHandle,
     ) {
         let lib = match loader::open(path) {
@@ -320,12 +353,18 @@ impl Registry {
             Ok(i) => i,
             Err(e) => return self.fail(path, Some(name), e),
         };
-        self.add(lib.manifest, path, instance, timeout);
+        self.add(lib.manifest, path, instance, timeouts);
     }
 
     /// Registers an instantiated plugin. The loader uses it for libraries; tests and the
     /// SDK's in-process users use it for plugins built into the same binary.
-    pub fn add(&mut self, manifest: Manifest, path: &Path, instance: PluginBox, timeout: Duration) {
+    pub fn add(
+        &mut self,
+        manifest: Manifest,
+        path: &Path,
+        instance: PluginBox,
+        timeouts: Timeouts,
+    ) {
         tracing::info!(
             plugin = %manifest.name,
             kind = ?manifest.kind,
@@ -342,7 +381,7 @@ impl Registry {
                 instance: Arc::new(instance),
                 mutate: Arc::new(tokio::sync::Mutex::new(())),
                 degraded: Mutex::new(None),
-                timeout,
+                timeouts,
             }),
         );
     }

@@ -179,7 +179,7 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
 async fn a_hung_plugin_call_times_out_and_the_daemon_keeps_serving() {
     let root = Root::new();
     root.install_fixture("faulty", "faulty");
-    let mut d = Daemon::start(&root, &["--plugin-timeout", "0.5"]);
+    let mut d = Daemon::start(&root, &["--plugin-change-timeout", "0.5"]);
     let (s, v) = request(
         &d.socket,
         "PUT",

@@ -68,18 +68,36 @@ pub struct Pv {
 #[serde(default)]
 pub struct Vg {
     pub vg_name: String,
+    #[serde(deserialize_with = "number")]
     pub pv_count: i64,
+    #[serde(deserialize_with = "number")]
     pub lv_count: i64,
+    #[serde(deserialize_with = "number")]
     pub snap_count: i64,
     pub vg_attr: String,
     pub vg_size: String,
     pub vg_free: String,
 }
 
+/// A number, also as the string older lvm2 prints in plain `json` reports.
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        Int(i64),
+        Text(String),
+    }
+    match N::deserialize(d)? {
+        N::Int(n) => Ok(n),
+        N::Text(t) => t.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
 /// An entry of LVM's command log report.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogEntry {
+    #[serde(deserialize_with = "number")]
     pub log_seq_num: i64,
     pub log_type: String,
     pub log_context: String,
@@ -89,7 +107,9 @@ pub struct LogEntry {
     pub log_object_group: String,
     pub log_object_group_id: String,
     pub log_message: String,
+    #[serde(deserialize_with = "number")]
     pub log_errno: i64,
+    #[serde(deserialize_with = "number")]
     pub log_ret_code: i64,
 }
 
@@ -119,10 +139,16 @@ impl Lvm {
     /// `log`. A tool that cannot run or prints no JSON gives nothing. A non-zero exit with
     /// a JSON report is still used: its log says what went wrong.
     fn report<T: DeserializeOwned>(&self, tool: &str, key: &str) -> (Vec<T>, Vec<LogEntry>) {
-        let out = match self
-            .host
-            .run(&[tool, "--reportformat", "json_std"], REPORT_TIMEOUT)
-        {
+        let run = |format: &str| {
+            self.host
+                .run(&[tool, "--reportformat", format], REPORT_TIMEOUT)
+        };
+        let out = match run("json_std") {
+            // lvm2 before 2.03.17 (Debian 12's) knows only `json`, with numbers as strings.
+            Ok(out) if out.stderr.contains("Invalid argument for --reportformat") => run("json"),
+            other => other,
+        };
+        let out = match out {
             Ok(out) => out,
             Err(e) => {
                 self.host.debug(&format!("{tool} is not available: {e}"));

@@ -629,3 +629,42 @@ fn boot_start_and_shutdown_do_nothing_when_disabled() {
     assert!(h.host().units().is_empty());
     assert!(h.host().file_effects().is_empty());
 }
+
+/// `vgs --reportformat json` of Debian 12's lvm2 2.03.16, which refuses `json_std` and
+/// prints numbers as strings.
+const VGS_JSON_2_03_16: &str = r#"  {
+      "report": [
+          {
+              "vg": [
+                  {"vg_name":"vg0", "pv_count":"1", "lv_count":"2", "snap_count":"0", "vg_attr":"wz--ns", "vg_size":"<10.00g", "vg_free":"<8.00g"}
+              ]
+          }
+      ]
+  }
+"#;
+
+#[test]
+fn older_lvm2_without_json_std_is_read_through_plain_json() {
+    let h = plugin();
+    let host = h.host();
+    let refused = Reply::fail(
+        3,
+        "  Invalid argument for --reportformat: json_std\n  Error during parsing of command line.",
+    );
+    host.on_command(&["pvs", "--reportformat", "json_std"], refused.clone());
+    host.on_command(&["vgs", "--reportformat", "json_std"], refused);
+    host.on_command(
+        &["pvs", "--reportformat", "json"],
+        Reply::ok(r#"{"report": [{"pv": []}]}"#),
+    );
+    host.on_command(
+        &["vgs", "--reportformat", "json"],
+        Reply::ok(VGS_JSON_2_03_16),
+    );
+    let state = h.get().unwrap()["state"].clone();
+    assert_eq!(
+        state,
+        json!({"vgs": [{"vg_name": "vg0", "pv_count": 1, "lv_count": 2, "snap_count": 0,
+                        "vg_attr": "wz--ns", "vg_size": "<10.00g", "vg_free": "<8.00g"}]})
+    );
+}
