@@ -425,10 +425,7 @@ impl Service for Ceph {
         if !config.enabled {
             return Ok(());
         }
-        let mut undo = Undo::new(&self.host);
-        let res = self.write_config(config, &mut undo);
-        undo.commit();
-        res
+        Undo::kept(&self.host, |undo| self.write_config(config, undo))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {

@@ -233,10 +233,7 @@ impl Service for Iscsi {
         }
         self.host.remove(STATE_DIR)?;
         // Boot keeps what it did even when it fails, as upstream does.
-        let mut undo = Undo::new(&self.host);
-        let res = self.bring_up(&mut undo, config);
-        undo.commit();
-        res
+        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {

@@ -326,10 +326,7 @@ impl Service for Linstor {
         if !config.enabled {
             return Ok(());
         }
-        let mut undo = Undo::new(&self.host);
-        let res = self.bring_up(config, &mut undo);
-        undo.commit();
-        res
+        Undo::kept(&self.host, |undo| self.bring_up(config, undo))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {

@@ -250,15 +250,6 @@ impl Multipath {
         undo.stop_unit(MULTIPATHD_SOCKET)?;
         undo.stop_unit(MULTIPATHD)
     }
-
-    /// Boot start and shutdown keep what they managed to do, as before: nothing is rolled
-    /// back.
-    fn without_rollback(&self, f: impl FnOnce(&mut Undo) -> Result<()>) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        let res = f(&mut undo);
-        undo.commit();
-        res
-    }
 }
 
 impl Service for Multipath {
@@ -325,14 +316,14 @@ impl Service for Multipath {
         if !config.enabled {
             return Ok(());
         }
-        self.without_rollback(|undo| self.bring_up(config, undo))
+        Undo::kept(&self.host, |undo| self.bring_up(config, undo))
     }
 
     fn stop(&self, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
-        self.without_rollback(|undo| self.tear_down(undo))
+        Undo::kept(&self.host, |undo| self.tear_down(undo))
     }
 }
 
