@@ -159,8 +159,9 @@ pub async fn systemd(m: &Machine) -> DbusSystemd {
 }
 
 /// Installs the shipped unit (plus [`DROP_IN`]) and the netlogd stand-in, reloads systemd
-/// and starts the daemon through D-Bus. `Type=notify`: the start job completes only once
-/// the daemon sent `READY=1`. Returns the connection and how long the start job took.
+/// and starts the daemon through D-Bus. `Type=notify`: the start job completes once the
+/// daemon sent `READY=1` (its API answers); this then waits until start-up finished
+/// (`system_is_ready`). Returns the connection and how long the start job took.
 pub async fn install_and_start(m: &Machine) -> (DbusSystemd, Duration) {
     m.write_file(format!("/etc/systemd/system/{UNIT}"), unit_file())
         .unwrap();
@@ -182,7 +183,9 @@ pub async fn install_and_start(m: &Machine) -> (DbusSystemd, Duration) {
                 .unwrap_or_default()
         );
     }
-    (sd, started.elapsed())
+    let job = started.elapsed();
+    wait_system_ready(&socket(m)).await;
+    (sd, job)
 }
 
 /// The daemon's socket as reachable from the host (through `/proc/<pid>/root`).

@@ -442,6 +442,8 @@ async fn reboot_answers_then_really_reboots_and_the_previous_boot_is_in_the_log(
         .replace('-', "");
     assert_ne!(first_boot, second_boot);
 
+    // READY=1 comes once the API answers: wait for start-up to finish.
+    incus_osd_integration::tier3::wait_system_ready(&sock).await;
     let (status, v) = request(&sock, "GET", "/1.0/debug/log?unit=incus-osd&boot=-1", "").await;
     assert_eq!(status, 200, "{v}");
     let previous = v["metadata"].as_array().unwrap().clone();
