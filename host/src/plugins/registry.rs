@@ -50,6 +50,9 @@ impl From<PluginError> for CallError {
     }
 }
 
+/// How long a read call is awaited without parking the worker (see `Plugin::finish`).
+const SPIN: Duration = Duration::from_micros(50);
+
 /// How long plugin calls may take before they fail and the plugin is marked degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -149,6 +152,14 @@ impl Plugin {
         task: tokio::task::JoinHandle<RResult<T, PluginError>>,
     ) -> Result<T, CallError> {
         let limit = self.timeouts.for_call(mutating);
+        if !mutating {
+            // A read usually answers within microseconds: stay awake for it briefly rather
+            // than parking the worker and paying a wake-up on each side.
+            let spin_until = std::time::Instant::now() + SPIN;
+            while !task.is_finished() && std::time::Instant::now() < spin_until {
+                tokio::task::yield_now().await;
+            }
+        }
         match tokio::time::timeout(limit, task).await {
             Err(_) => {
                 let why = format!("'{op}' did not finish within {}s", limit.as_secs_f64());
