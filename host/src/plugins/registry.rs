@@ -51,7 +51,7 @@ impl From<PluginError> for CallError {
 }
 
 /// How long a read call is awaited without parking the worker (see `Plugin::finish`).
-const SPIN: Duration = Duration::from_micros(50);
+const SPIN: Duration = Duration::from_micros(100);
 
 /// How long plugin calls may take before they fail and the plugin is marked degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
