@@ -89,6 +89,8 @@ struct Record {
     files: Vec<FileEffect>,
     state: Value,
     saves: usize,
+    /// `saves` when the effects were last cleared.
+    saves_at_clear: usize,
     fail_next_save: Option<String>,
     commands: Vec<CommandCall>,
     rules: Vec<Rule>,
@@ -222,6 +224,7 @@ impl HarnessHost {
         r.units.clear();
         r.files.clear();
         r.commands.clear();
+        r.saves_at_clear = r.saves;
     }
 
     // --- inspection ----------------------------------------------------------------------
@@ -278,6 +281,30 @@ impl HarnessHost {
     /// How many times the state document was saved successfully.
     pub fn save_count(&self) -> usize {
         self.record().saves
+    }
+
+    /// Asserts that the plugin touched nothing since the last [`HarnessHost::clear_effects`]
+    /// (or since it loaded): no command, no unit operation, no file written or removed, no
+    /// state saved. `context` names the case in the failure message.
+    #[track_caller]
+    pub fn assert_untouched(&self, context: &str) {
+        let r = self.record();
+        assert!(
+            r.commands.is_empty(),
+            "{context}: commands run: {:?}",
+            r.commands
+        );
+        assert!(
+            r.units.is_empty(),
+            "{context}: unit operations: {:?}",
+            r.units
+        );
+        assert!(
+            r.files.is_empty(),
+            "{context}: files touched: {:?}",
+            r.files
+        );
+        assert_eq!(r.saves, r.saves_at_clear, "{context}: state saved");
     }
 
     /// The argv of every command run, in order.

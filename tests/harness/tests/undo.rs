@@ -191,3 +191,16 @@ fn a_restarted_unit_comes_back_after_its_files() {
     assert_eq!(units[0].op, plugin_api::abi::UnitOp::Restart);
     assert_eq!(hh.read_file("/etc/demo/d.conf").unwrap(), b"old");
 }
+
+#[test]
+fn assert_untouched_sees_what_happened_since_the_effects_were_cleared() {
+    let (hh, host) = host();
+    hh.assert_untouched("fresh");
+    host.write_file("/etc/demo/x", b"x", 0o600).unwrap();
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        hh.assert_untouched("after a write")
+    }));
+    assert!(caught.is_err(), "a write is noticed");
+    hh.clear_effects();
+    hh.assert_untouched("after clearing");
+}

@@ -343,12 +343,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
                 assert!(!err.message.contains(k), "{message}");
             }
             let host = h.host();
-            assert!(host.commands().is_empty(), "{message}");
-            assert!(host.units().is_empty(), "{message}");
-            assert!(host.file_effects().is_empty(), "{message}");
+            host.assert_untouched(message);
             assert!(!host.root().join("etc").exists(), "{message}");
             assert_eq!(host.state(), Value::Null, "{message}");
-            assert_eq!(host.save_count(), 0, "{message}");
             assert_no_secret_logged(&h);
         }
     }

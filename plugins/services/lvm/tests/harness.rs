@@ -302,12 +302,9 @@ fn invalid_system_ids_are_refused_with_400_and_change_nothing() {
         let err = put_config(&h, &cfg).unwrap_err();
         assert_eq!((err.status, err.message.as_str()), (400, message));
         let host = h.host();
-        assert!(host.commands().is_empty(), "{message}");
-        assert!(host.units().is_empty(), "{message}");
-        assert!(host.file_effects().is_empty(), "{message}");
+        host.assert_untouched(message);
         assert!(!host.root().join("etc").exists(), "{message}");
         assert_eq!(host.state(), Value::Null, "{message}");
-        assert_eq!(host.save_count(), 0, "{message}");
     }
 }
 

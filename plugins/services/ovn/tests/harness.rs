@@ -290,12 +290,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         assert_eq!((err.status, err.message.as_str()), (400, *message), "{cfg}");
         assert!(!err.message.contains(KEY_BODY));
         let host = h.host();
-        assert!(host.commands().is_empty(), "{message}");
-        assert!(host.units().is_empty(), "{message}");
-        assert!(host.file_effects().is_empty(), "{message}");
+        host.assert_untouched(message);
         assert!(!host.root().join("run").exists(), "{message}");
         assert_eq!(host.state(), Value::Null, "{message}");
-        assert_eq!(host.save_count(), 0, "{message}");
         assert_no_secret_logged(&h);
     }
     // Requirements only apply when enabling; malformed values are refused either way.
