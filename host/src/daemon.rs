@@ -12,7 +12,6 @@ use crate::api::{self, App};
 use crate::platform::files::RootFs;
 use crate::platform::systemd::PowerAction;
 use crate::platform::{Mode, Platform};
-use crate::plugins::host_impl::DaemonHost;
 use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::{read_os_release, SystemInfo};
@@ -139,7 +138,7 @@ pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartErr
     let registry = {
         let (root, store, platform) = (config.root.clone(), store.clone(), platform.clone());
         Registry::load(&config.plugin_dirs, config.plugin_timeouts, move |m| {
-            DaemonHost::handle(m, &root, store.clone(), platform.clone())
+            crate::plugins::host::handle(m, &root, store.clone(), &platform)
         })
     };
     Ok(Arc::new(App::new(

@@ -12,7 +12,6 @@ use plugin_api::Manifest;
 use crate::api::{self, App};
 use crate::platform::files::RootFs;
 use crate::platform::Platform;
-use crate::plugins::host_impl::DaemonHost;
 use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::{OsRelease, SystemInfo};
@@ -97,7 +96,7 @@ impl TestApp {
     ) -> Self {
         self.adders
             .push(Box::new(move |reg, root, store, platform, timeout| {
-                let host = DaemonHost::handle(&manifest, root, store, platform.clone());
+                let host = crate::plugins::host::handle(&manifest, root, store, platform);
                 let inst = make(host).expect("test plugin constructor");
                 let path = PathBuf::from(format!("(built-in test plugin {})", manifest.name));
                 reg.add(

@@ -4,8 +4,6 @@
 //! root (anything but `/`), the platform is *offline*: it never touches the machine's own
 //! services or runs system commands, and says so in its errors instead of pretending.
 
-pub mod exec;
-pub mod files;
 pub mod journal;
 pub mod systemd;
 pub mod systemd_dbus;
@@ -21,16 +19,17 @@ pub enum Mode {
     Offline(String),
 }
 
-/// Failure of a platform operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PlatformError(pub String);
+/// Commands with a timeout (shared with the plugin harness).
+pub use plugin_host::exec;
+/// Files under the root prefix (shared with the plugin harness).
+pub use plugin_host::files;
+pub use plugin_host::PlatformError;
 
 /// The platform adapters the daemon and its plugins use.
 #[derive(Clone)]
 pub struct Platform {
     pub mode: Mode,
-    pub units: Arc<dyn systemd::Units>,
+    pub units: Arc<dyn systemd::Systemd>,
     pub commands: Arc<dyn exec::Commands>,
 }
 

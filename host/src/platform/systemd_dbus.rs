@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use plugin_api::abi::UnitOp;
 use zbus::zvariant::OwnedObjectPath;
 
-use super::systemd::{PowerAction, Units};
+use super::systemd::{PowerAction, Systemd, UnitAction, Units};
 use super::PlatformError;
 
 #[zbus::proxy(
@@ -111,9 +110,9 @@ impl DbusSystemd {
     /// Starts a job and waits for its result. While systemd itself is stopping (the machine
     /// shuts down), stopping a unit is left to systemd: queuing a stop job then can hang on
     /// socket units.
-    pub async fn run_job(&self, op: UnitOp, unit: &str) -> Result<(), PlatformError> {
+    pub async fn run_job(&self, op: UnitAction, unit: &str) -> Result<(), PlatformError> {
         let m = self.manager().await?;
-        if op == UnitOp::Stop && m.system_state().await.is_ok_and(|s| s == "stopping") {
+        if op == UnitAction::Stop && m.system_state().await.is_ok_and(|s| s == "stopping") {
             tracing::debug!(unit, "system is stopping: leaving the unit to systemd");
             return Ok(());
         }
@@ -122,11 +121,11 @@ impl DbusSystemd {
             .await
             .map_err(|e| err("cannot watch systemd jobs", e))?;
         let call = match op {
-            UnitOp::Start => m.start_unit(unit, "replace").await,
-            UnitOp::Stop => m.stop_unit(unit, "replace").await,
-            UnitOp::Restart => m.restart_unit(unit, "replace").await,
-            UnitOp::Reload => m.reload_unit(unit, "replace").await,
-            UnitOp::ActiveState | UnitOp::Kill | UnitOp::DaemonReload => {
+            UnitAction::Start => m.start_unit(unit, "replace").await,
+            UnitAction::Stop => m.stop_unit(unit, "replace").await,
+            UnitAction::Restart => m.restart_unit(unit, "replace").await,
+            UnitAction::Reload => m.reload_unit(unit, "replace").await,
+            UnitAction::ActiveState | UnitAction::Kill => {
                 unreachable!("not a job")
             }
         };
@@ -151,7 +150,7 @@ impl DbusSystemd {
                 ))
             })??;
         if result == "done" {
-            if matches!(op, UnitOp::Start | UnitOp::Restart) {
+            if matches!(op, UnitAction::Start | UnitAction::Restart) {
                 self.settle(unit).await?;
             }
             Ok(())
@@ -249,11 +248,10 @@ fn dbus_message(e: zbus::Error) -> String {
 }
 
 impl Units for DbusSystemd {
-    fn unit(&self, op: UnitOp, unit: &str) -> Result<String, PlatformError> {
+    fn unit(&self, op: UnitAction, unit: &str) -> Result<String, PlatformError> {
         match op {
-            UnitOp::ActiveState => self.block(self.active_state(unit)),
-            UnitOp::DaemonReload => self.block(self.reload_daemon()).map(|_| String::new()),
-            UnitOp::Kill => self.block(self.kill(unit)).map(|_| String::new()),
+            UnitAction::ActiveState => self.block(self.active_state(unit)),
+            UnitAction::Kill => self.block(self.kill(unit)).map(|_| String::new()),
             _ => self.block(self.run_job(op, unit)).map(|_| String::new()),
         }
     }
@@ -261,7 +259,9 @@ impl Units for DbusSystemd {
     fn daemon_reload(&self) -> Result<(), PlatformError> {
         self.block(self.reload_daemon())
     }
+}
 
+impl Systemd for DbusSystemd {
     fn power(&self, action: PowerAction) -> Result<(), PlatformError> {
         self.block(self.power_request(action))
     }

@@ -1,7 +1,9 @@
 //! Plugin loading, the registry of loaded plugins, lifecycle and dispatch.
 
-pub mod host_impl;
-pub mod loader;
+pub mod host;
 pub mod registry;
+
+/// Loading plugin libraries (shared with the plugin harness).
+pub use plugin_host::loader;
 
 pub use registry::{CallError, LoadFailure, Plugin, Registry, Timeouts};

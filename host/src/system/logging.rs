@@ -5,11 +5,10 @@
 //! the unit restarted. The stored config is what the client sent, defaults not filled in,
 //! as upstream does. Unlike upstream, a bad address, protocol or format is refused.
 
-use plugin_api::abi::UnitOp;
 use serde::{Deserialize, Serialize};
 
 use crate::platform::files::RootFs;
-use crate::platform::systemd::Units;
+use crate::platform::systemd::{UnitAction, Units};
 
 pub const CONF: &str = "/etc/systemd/netlogd.conf";
 pub const UNIT: &str = "systemd-netlogd.service";
@@ -85,21 +84,33 @@ pub fn render(c: &LoggingConfig) -> Option<String> {
 pub fn apply(fs: &RootFs, units: &dyn Units, c: &LoggingConfig) -> Result<(), String> {
     let previous = fs.read(CONF).map_err(|e| e.to_string())?;
     let result = match render(c) {
-        None => fs
-            .remove(CONF)
-            .map_err(|e| e.to_string())
-            .and_then(|_| units.unit(UnitOp::Stop, UNIT).map(drop).map_err(|e| e.0)),
+        None => fs.remove(CONF).map_err(|e| e.to_string()).and_then(|_| {
+            units
+                .unit(UnitAction::Stop, UNIT)
+                .map(drop)
+                .map_err(|e| e.0)
+        }),
         Some(text) => fs
             .write(CONF, text.as_bytes(), 0o644)
             .map_err(|e| e.to_string())
-            .and_then(|_| units.unit(UnitOp::Restart, UNIT).map(drop).map_err(|e| e.0)),
+            .and_then(|_| {
+                units
+                    .unit(UnitAction::Restart, UNIT)
+                    .map(drop)
+                    .map_err(|e| e.0)
+            }),
     };
     if let Err(e) = result {
         let undo = match &previous {
             Some(old) => fs
                 .write(CONF, old, 0o644)
                 .map_err(|e| e.to_string())
-                .and_then(|_| units.unit(UnitOp::Restart, UNIT).map(drop).map_err(|e| e.0)),
+                .and_then(|_| {
+                    units
+                        .unit(UnitAction::Restart, UNIT)
+                        .map(drop)
+                        .map_err(|e| e.0)
+                }),
             None => fs.remove(CONF).map_err(|e| e.to_string()),
         };
         if let Err(u) = undo {

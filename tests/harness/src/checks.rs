@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use incus_osd::plugins::loader::LoadError;
 use plugin_api::{Hook, Kind};
+use plugin_host::loader::LoadError;
 use serde_json::{json, Map, Value};
 
 use crate::Harness;

@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
-use incus_osd::platform::files::RootFs;
-use plugin_api::abi::{
-    CommandOutput, CommandSpec, HostHandle, HostOps, HostOps_TO, LogLevel, PluginError, UnitOp,
-};
+use plugin_api::abi::{HostHandle, LogLevel, UnitOp};
 use plugin_api::Manifest;
+use plugin_host::exec::{Commands, Output};
+use plugin_host::files::{FsError, RootFs, Stat};
+use plugin_host::units::{UnitAction, Units};
+use plugin_host::{Adapters, Files, LogSink, PlatformError, PluginHost, StateSlot};
 use serde_json::Value;
 
 /// A log line a plugin wrote.
@@ -99,6 +99,7 @@ struct Record {
 struct Inner {
     root: tempfile::TempDir,
     fs: RootFs,
+    plugin: String,
     record: Mutex<Record>,
 }
 
@@ -107,10 +108,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct HarnessHost {
     inner: Arc<Inner>,
-}
-
-fn err(message: impl Into<String>) -> PluginError {
-    PluginError::new(500, message)
 }
 
 impl HarnessHost {
@@ -124,14 +121,27 @@ impl HarnessHost {
             inner: Arc::new(Inner {
                 root,
                 fs,
+                plugin: manifest.name.clone(),
                 record: Mutex::new(Record::default()),
             }),
         })
     }
 
-    /// The ABI handle to give a plugin; it shares this host's state.
+    /// The ABI handle to give a plugin; it shares this host's state. It is the daemon's
+    /// own `HostOps` implementation (`plugin_host::PluginHost`) over recording adapters,
+    /// so unit-name checks, the write allow-list and error texts are the daemon's.
     pub fn handle(&self) -> HostHandle {
-        HostOps_TO::from_value(self.clone(), TD_Opaque)
+        let me = Arc::new(self.clone());
+        PluginHost::handle(
+            &self.inner.plugin,
+            Adapters {
+                files: me.clone(),
+                units: me.clone(),
+                commands: me.clone(),
+                state: me.clone(),
+                log: me,
+            },
+        )
     }
 
     fn record(&self) -> MutexGuard<'_, Record> {
@@ -159,7 +169,7 @@ impl HarnessHost {
     /// Creates a file under the root (bypassing the allow-list: this is the test's setup).
     pub fn put_file(&self, os_path: &str, data: &[u8], mode: u32) {
         let real = self.real_path(os_path);
-        incus_osd::platform::files::atomic_write(&real, data, mode)
+        plugin_host::files::atomic_write(&real, data, mode)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", real.display()));
     }
 
@@ -321,18 +331,15 @@ impl HarnessHost {
         self.record().commands.clone()
     }
 
-    fn fs_result<T>(
+    fn effect<T>(
         &self,
-        res: Result<T, incus_osd::platform::files::FsError>,
+        res: Result<T, FsError>,
         effect: impl FnOnce() -> FileEffect,
-    ) -> RResult<T, PluginError> {
-        match res {
-            Ok(v) => {
-                self.record().files.push(effect());
-                RResult::ROk(v)
-            }
-            Err(e) => RResult::RErr(err(e.to_string())),
+    ) -> Result<T, FsError> {
+        if res.is_ok() {
+            self.record().files.push(effect());
         }
+        res
     }
 }
 
@@ -355,69 +362,83 @@ impl Record {
     }
 }
 
-impl HostOps for HarnessHost {
-    fn log(&self, level: LogLevel, message: RStr<'_>) {
+impl LogSink for HarnessHost {
+    fn log(&self, _plugin: &str, level: LogLevel, message: &str) {
         self.record().logs.push(LogLine {
             level,
             message: message.to_string(),
         });
     }
+}
 
-    fn state_load(&self) -> RResult<RString, PluginError> {
-        RResult::ROk(RString::from(self.record().state.to_string()))
+impl StateSlot for HarnessHost {
+    fn load(&self, _plugin: &str) -> Result<Value, PlatformError> {
+        Ok(self.record().state.clone())
     }
 
-    fn state_save(&self, json: RStr<'_>) -> RResult<(), PluginError> {
+    fn save(&self, _plugin: &str, value: Value) -> Result<(), PlatformError> {
         let mut r = self.record();
         if let Some(message) = r.fail_next_save.take() {
-            return RResult::RErr(err(message));
+            return Err(PlatformError(message));
         }
-        match serde_json::from_str(json.as_str()) {
-            Ok(v) => {
-                r.state = v;
-                r.saves += 1;
-                RResult::ROk(())
-            }
-            Err(e) => RResult::RErr(err(format!("state document is not JSON: {e}"))),
-        }
+        r.state = value;
+        r.saves += 1;
+        Ok(())
+    }
+}
+
+impl Files for HarnessHost {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FsError> {
+        self.inner.fs.read(path)
     }
 
-    fn file_read(&self, path: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
-        match self.inner.fs.read(path.as_str()) {
-            Ok(d) => RResult::ROk(d.map(RVec::from).into()),
-            Err(e) => RResult::RErr(err(e.to_string())),
-        }
-    }
-
-    fn file_write(
-        &self,
-        path: RStr<'_>,
-        data: RSlice<'_, u8>,
-        mode: u32,
-    ) -> RResult<(), PluginError> {
-        let res = self.inner.fs.write(path.as_str(), data.as_slice(), mode);
-        self.fs_result(res, || FileEffect::Written {
+    fn write(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
+        let res = self.inner.fs.write(path, data, mode);
+        self.effect(res, || FileEffect::Written {
             path: path.to_string(),
             mode,
         })
     }
 
-    fn dir_create(&self, path: RStr<'_>, mode: u32) -> RResult<(), PluginError> {
-        let res = self.inner.fs.create_dir(path.as_str(), mode);
-        self.fs_result(res, || FileEffect::DirCreated {
+    fn create_dir(&self, path: &str, mode: u32) -> Result<(), FsError> {
+        let res = self.inner.fs.create_dir(path, mode);
+        self.effect(res, || FileEffect::DirCreated {
             path: path.to_string(),
             mode,
         })
     }
 
-    fn remove(&self, path: RStr<'_>) -> RResult<(), PluginError> {
-        let res = self.inner.fs.remove(path.as_str());
-        self.fs_result(res, || FileEffect::Removed {
+    fn remove(&self, path: &str) -> Result<(), FsError> {
+        let res = self.inner.fs.remove(path);
+        self.effect(res, || FileEffect::Removed {
             path: path.to_string(),
         })
     }
 
-    fn unit(&self, op: UnitOp, unit: RStr<'_>) -> RResult<RString, PluginError> {
+    fn list(&self, path: &str) -> Result<Option<Vec<String>>, FsError> {
+        self.inner.fs.list(path)
+    }
+
+    fn stat(&self, path: &str) -> Result<Option<Stat>, FsError> {
+        self.inner.fs.stat(path)
+    }
+}
+
+/// The ABI operation a platform action stands for (what the harness records).
+fn abi_op(action: UnitAction) -> UnitOp {
+    match action {
+        UnitAction::Start => UnitOp::Start,
+        UnitAction::Stop => UnitOp::Stop,
+        UnitAction::Restart => UnitOp::Restart,
+        UnitAction::Reload => UnitOp::Reload,
+        UnitAction::ActiveState => UnitOp::ActiveState,
+        UnitAction::Kill => UnitOp::Kill,
+    }
+}
+
+impl Units for HarnessHost {
+    fn unit(&self, action: UnitAction, unit: &str) -> Result<String, PlatformError> {
+        let op = abi_op(action);
         let unit = unit.to_string();
         let mut r = self.record();
         r.units.push(UnitCall {
@@ -429,7 +450,7 @@ impl HostOps for HarnessHost {
                 if matches!(op, UnitOp::Start | UnitOp::Restart) {
                     r.unit_states.insert(unit, "failed".to_string());
                 }
-                return RResult::RErr(err(message));
+                return Err(PlatformError(message));
             }
         }
         let new_state = match op {
@@ -437,51 +458,45 @@ impl HostOps for HarnessHost {
             UnitOp::Stop => "inactive",
             // Killed processes leave the unit failed, as with real systemd.
             UnitOp::Kill => "failed",
-            UnitOp::Reload | UnitOp::DaemonReload => return RResult::ROk(RString::new()),
+            UnitOp::Reload | UnitOp::DaemonReload => return Ok(String::new()),
             UnitOp::ActiveState => {
                 let state = r.unit_states.get(&unit).map_or("inactive", String::as_str);
-                return RResult::ROk(RString::from(state));
+                return Ok(state.to_string());
             }
         };
         r.unit_states.insert(unit, new_state.to_string());
-        RResult::ROk(RString::new())
+        Ok(String::new())
     }
 
-    fn dir_list(
+    fn daemon_reload(&self) -> Result<(), PlatformError> {
+        self.record().units.push(UnitCall {
+            op: UnitOp::DaemonReload,
+            unit: String::new(),
+        });
+        Ok(())
+    }
+}
+
+impl Commands for HarnessHost {
+    fn run(
         &self,
-        path: RStr<'_>,
-    ) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, PluginError> {
-        match self.inner.fs.list(path.as_str()) {
-            Ok(o) => RResult::ROk(o.map(|n| n.into_iter().map(RString::from).collect()).into()),
-            Err(e) => RResult::RErr(err(e.to_string())),
-        }
-    }
-
-    fn file_stat(
-        &self,
-        path: RStr<'_>,
-    ) -> RResult<abi_stable::std_types::ROption<plugin_api::abi::FileStat>, PluginError> {
-        match self.inner.fs.stat(path.as_str()) {
-            Ok(o) => RResult::ROk(o.map(incus_osd::plugins::host_impl::to_abi_stat).into()),
-            Err(e) => RResult::RErr(err(e.to_string())),
-        }
-    }
-
-    fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
-        let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
+        argv: &[String],
+        stdin: &[u8],
+        timeout: Duration,
+    ) -> Result<Output, PlatformError> {
         let mut r = self.record();
         r.commands.push(CommandCall {
-            argv: argv.clone(),
-            stdin: spec.stdin.to_vec(),
-            timeout_ms: spec.timeout_ms,
+            argv: argv.to_vec(),
+            stdin: stdin.to_vec(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
         });
-        match r.take_reply(&argv) {
-            Some(reply) => RResult::ROk(CommandOutput {
+        match r.take_reply(argv) {
+            Some(reply) => Ok(Output {
                 status: reply.status,
-                stdout: reply.stdout.into_bytes().into(),
-                stderr: reply.stderr.into_bytes().into(),
+                stdout: reply.stdout.into_bytes(),
+                stderr: reply.stderr.into_bytes(),
             }),
-            None => RResult::RErr(err(format!(
+            None => Err(PlatformError(format!(
                 "command not scripted in the harness: {}",
                 argv.join(" ")
             ))),

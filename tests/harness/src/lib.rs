@@ -1,5 +1,5 @@
 //! The per-plugin test harness: loads a built plugin library exactly as the daemon does
-//! (`incus_osd::plugins::loader`) and hands it a [`HarnessHost`] that records every effect
+//! (`plugin_host::loader`) and hands it a [`HarnessHost`] that records every effect
 //! (logs, units, files under a temporary root, state saves, commands) for the test to
 //! inspect. [`run_generic_checks`] holds the conformance checks every plugin must pass;
 //! the `incus-osd-plugin-check` binary runs them from the command line.
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use anyhow::Context;
-use incus_osd::plugins::loader::{self, PluginLibrary};
 use plugin_api::abi::{ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, PluginBox, PluginError};
 use plugin_api::{Hook, Manifest};
+use plugin_host::loader::{self, PluginLibrary};
 use serde_json::Value;
 
 mod checks;

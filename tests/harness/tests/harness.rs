@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use incus_osd::plugins::loader::LoadError;
 use incus_osd_harness::{
     built_plugin, run_generic_checks, FileEffect, Harness, HarnessHost, LogLevel, LogLine, Reply,
     UnitCall, UnitOp, CHECKS,
 };
 use plugin_api::{Host, Kind, Manifest};
+use plugin_host::loader::LoadError;
 use serde_json::{json, Value};
 
 fn iscsi() -> PathBuf {

@@ -204,3 +204,19 @@ fn assert_untouched_sees_what_happened_since_the_effects_were_cleared() {
     hh.clear_effects();
     hh.assert_untouched("after clearing");
 }
+
+/// The harness host is the daemon's own `HostOps` implementation: a unit name systemd
+/// would refuse (or one that climbs out of the unit namespace) never reaches the units
+/// adapter, exactly as in the daemon.
+#[test]
+fn the_harness_applies_the_daemons_unit_name_check() {
+    let (hh, host) = host();
+    let err = host.start_unit("../../evil.service").unwrap_err();
+    assert_eq!(err.status, 500);
+    assert_eq!(err.message, "invalid unit name \"../../evil.service\"");
+    let err = host.start_unit("demo.service\nExecStart=x").unwrap_err();
+    assert!(err.message.starts_with("invalid unit name"), "{err:?}");
+    assert!(hh.units().is_empty(), "{:?}", hh.units());
+    host.start_unit("demo.service").unwrap();
+    assert_eq!(hh.unit_state("demo.service"), "active");
+}

@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use incus_osd::platform::systemd::UnitAction;
 use incus_osd::platform::systemd_dbus::DbusSystemd;
 use incus_osd_test_machine::{Machine, MachineBuilder};
-use plugin_api::abi::UnitOp;
 use serde_json::Value;
 
 use crate::{daemon_binary, request, workspace_plugins};
@@ -175,7 +175,7 @@ pub async fn install_and_start(m: &Machine) -> (DbusSystemd, Duration) {
     let sd = systemd(m).await;
     sd.reload_daemon().await.expect("daemon-reload");
     let started = Instant::now();
-    if let Err(e) = sd.run_job(UnitOp::Start, UNIT).await {
+    if let Err(e) = sd.run_job(UnitAction::Start, UNIT).await {
         panic!(
             "starting {UNIT}: {e}\n{}",
             m.run(&["journalctl", "--no-pager", "-u", UNIT])

@@ -9,13 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use incus_osd::platform::systemd::UnitAction;
 use incus_osd_integration::tier3::{
     install_and_start, log_messages, messages, show, socket, wait_powered_off, Site, IMAGE_VERSION,
     NETLOGD_FAILING, UNIT,
 };
 use incus_osd_integration::{get_ok, request, workspace_plugins};
 use incus_osd_test_machine::{tier3_or_return, Machine};
-use plugin_api::abi::UnitOp;
 use serde_json::{json, Value};
 
 const NETLOGD: &str = "systemd-netlogd.service";
@@ -494,7 +494,7 @@ async fn stopping_the_unit_stops_the_daemon_cleanly() {
     let pid = show(&m, UNIT, "MainPID");
 
     let t = Instant::now();
-    sd.run_job(UnitOp::Stop, UNIT).await.expect("stop");
+    sd.run_job(UnitAction::Stop, UNIT).await.expect("stop");
     eprintln!("stop job done in {:?}", t.elapsed());
     assert_eq!(sd.active_state(UNIT).await.unwrap(), "inactive");
     assert_eq!(show(&m, UNIT, "Result"), "success");

@@ -32,6 +32,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use incus_osd::platform::systemd::UnitAction;
 use incus_osd::platform::systemd_dbus::DbusSystemd;
 use incus_osd_integration::request;
 use incus_osd_integration::tier3::{
@@ -39,7 +40,6 @@ use incus_osd_integration::tier3::{
     stand_in_unit, wait_system_ready, Site, UNIT,
 };
 use incus_osd_test_machine::{tier3_or_return, Machine};
-use plugin_api::abi::UnitOp;
 use serde_json::{json, Value};
 
 /// A machine with the services' packages, the daemon started through D-Bus and start-up
@@ -157,12 +157,15 @@ impl Env {
 
     /// Stops the daemon through D-Bus (its stop hooks run).
     async fn stop_daemon(&self) {
-        self.sd.run_job(UnitOp::Stop, UNIT).await.expect("stop");
+        self.sd.run_job(UnitAction::Stop, UNIT).await.expect("stop");
     }
 
     /// Starts the daemon again through D-Bus and waits for the end of its start-up.
     async fn start_daemon(&self) {
-        self.sd.run_job(UnitOp::Start, UNIT).await.expect("start");
+        self.sd
+            .run_job(UnitAction::Start, UNIT)
+            .await
+            .expect("start");
         wait_system_ready(&self.sock).await;
     }
 }
@@ -1384,7 +1387,9 @@ async fn restarting_the_daemon_keeps_every_service_config_and_brings_the_units_b
     let old_daemon = show(&e.m, UNIT, "MainPID");
 
     let t = Instant::now();
-    e.sd.run_job(UnitOp::Restart, UNIT).await.expect("restart");
+    e.sd.run_job(UnitAction::Restart, UNIT)
+        .await
+        .expect("restart");
     wait_system_ready(&e.sock).await;
     eprintln!("daemon restarted and ready in {:?}", t.elapsed());
     let new_daemon = show(&e.m, UNIT, "MainPID");

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RStr};
 use incus_osd::platform::exec::Refused;
-use incus_osd::platform::systemd::Units;
+use incus_osd::platform::systemd::{Systemd, UnitAction};
 use incus_osd::platform::systemd_dbus::DbusSystemd;
 use incus_osd::platform::{Mode, Platform};
-use incus_osd::plugins::host_impl::DaemonHost;
 use incus_osd::state::Store;
 use incus_osd_integration::tier3::{show, systemd, wait_for};
 use incus_osd_test_machine::{tier3_or_return, Machine};
@@ -54,7 +53,7 @@ async fn start_stop_restart_of_a_real_unit_follow_systemd() {
     let unit = "t3-sleeper.service";
     assert_eq!(state(&m, &sd, unit).await, "inactive");
 
-    sd.run_job(UnitOp::Start, unit).await.expect("start");
+    sd.run_job(UnitAction::Start, unit).await.expect("start");
     // The job is awaited: active at once, no polling.
     assert_eq!(state(&m, &sd, unit).await, "active");
     let pid = show(&m, unit, "MainPID");
@@ -62,17 +61,21 @@ async fn start_stop_restart_of_a_real_unit_follow_systemd() {
     let comm = m.run_ok(&["cat", &format!("/proc/{pid}/comm")]).unwrap();
     assert_eq!(comm.trim(), "sleep");
 
-    sd.run_job(UnitOp::Restart, unit).await.expect("restart");
+    sd.run_job(UnitAction::Restart, unit)
+        .await
+        .expect("restart");
     assert_eq!(state(&m, &sd, unit).await, "active");
     let new_pid = show(&m, unit, "MainPID");
     assert_ne!(new_pid, "0");
     assert_ne!(new_pid, pid, "restart runs a new process");
 
-    sd.run_job(UnitOp::Stop, unit).await.expect("stop");
+    sd.run_job(UnitAction::Stop, unit).await.expect("stop");
     assert_eq!(state(&m, &sd, unit).await, "inactive");
     assert_eq!(show(&m, unit, "MainPID"), "0");
     // Stopping a stopped unit is a successful no-op job.
-    sd.run_job(UnitOp::Stop, unit).await.expect("stop again");
+    sd.run_job(UnitAction::Stop, unit)
+        .await
+        .expect("stop again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +83,7 @@ async fn a_failing_start_names_the_unit_and_the_job_result() {
     tier3_or_return!();
     let (m, sd) = machine_with(&[("t3-failing.service", FAILING)]).await;
     let err = sd
-        .run_job(UnitOp::Start, "t3-failing.service")
+        .run_job(UnitAction::Start, "t3-failing.service")
         .await
         .unwrap_err();
     assert_eq!(
@@ -96,7 +99,7 @@ async fn an_unknown_unit_cannot_start_and_reads_inactive() {
     tier3_or_return!();
     let (m, sd) = machine_with(&[]).await;
     let unit = "t3-no-such-unit.service";
-    let err = sd.run_job(UnitOp::Start, unit).await.unwrap_err();
+    let err = sd.run_job(UnitAction::Start, unit).await.unwrap_err();
     assert!(
         err.0.starts_with(&format!("cannot start {unit}: ")),
         "{}",
@@ -119,8 +122,8 @@ async fn a_stopped_and_garbage_collected_unit_reads_inactive() {
     tier3_or_return!();
     let (m, sd) = machine_with(&[("t3-gc.service", SLEEPER)]).await;
     let unit = "t3-gc.service";
-    sd.run_job(UnitOp::Start, unit).await.expect("start");
-    sd.run_job(UnitOp::Stop, unit).await.expect("stop");
+    sd.run_job(UnitAction::Start, unit).await.expect("start");
+    sd.run_job(UnitAction::Stop, unit).await.expect("stop");
 
     // Unreferenced and inactive: systemd unloads it, and GetUnit no longer knows it.
     let conn = m.connect().await.unwrap();
@@ -163,7 +166,7 @@ async fn kill_sigkills_a_running_unit_and_it_reads_failed() {
     tier3_or_return!();
     let (m, sd) = machine_with(&[("t3-victim.service", SLEEPER)]).await;
     let unit = "t3-victim.service";
-    sd.run_job(UnitOp::Start, unit).await.expect("start");
+    sd.run_job(UnitAction::Start, unit).await.expect("start");
     let pid = show(&m, unit, "MainPID");
     sd.kill(unit).await.expect("kill");
     // The kill is a signal, not a job: wait for systemd to see the process die.
@@ -215,26 +218,25 @@ async fn the_platform_and_the_plugin_host_handle_drive_real_units() {
     // The Units trait object: synchronous, called from a blocking thread as the daemon does.
     let (p, mm) = (platform.clone(), m.clone());
     tokio::task::spawn_blocking(move || {
-        let units: &dyn Units = p.units.as_ref();
+        let units: &dyn Systemd = p.units.as_ref();
         units.reachable().unwrap();
         let u = "t3-plugin.service";
-        assert_eq!(units.unit(UnitOp::ActiveState, u).unwrap(), "inactive");
-        assert_eq!(units.unit(UnitOp::Start, u).unwrap(), "");
-        assert_eq!(units.unit(UnitOp::ActiveState, u).unwrap(), "active");
+        assert_eq!(units.unit(UnitAction::ActiveState, u).unwrap(), "inactive");
+        assert_eq!(units.unit(UnitAction::Start, u).unwrap(), "");
+        assert_eq!(units.unit(UnitAction::ActiveState, u).unwrap(), "active");
         let pid = show(&mm, u, "MainPID");
-        assert_eq!(units.unit(UnitOp::Restart, u).unwrap(), "");
+        assert_eq!(units.unit(UnitAction::Restart, u).unwrap(), "");
         assert_ne!(show(&mm, u, "MainPID"), pid);
-        assert_eq!(units.unit(UnitOp::Stop, u).unwrap(), "");
-        assert_eq!(units.unit(UnitOp::ActiveState, u).unwrap(), "inactive");
+        assert_eq!(units.unit(UnitAction::Stop, u).unwrap(), "");
+        assert_eq!(units.unit(UnitAction::ActiveState, u).unwrap(), "inactive");
         let e = units
-            .unit(UnitOp::Start, "t3-plugin-failing.service")
+            .unit(UnitAction::Start, "t3-plugin-failing.service")
             .unwrap_err();
         assert_eq!(
             e.0,
             "job to start t3-plugin-failing.service failed: result 'failed'"
         );
         units.daemon_reload().unwrap();
-        assert_eq!(units.unit(UnitOp::DaemonReload, "").unwrap(), "");
     })
     .await
     .unwrap();
@@ -253,7 +255,12 @@ async fn the_platform_and_the_plugin_host_handle_drive_real_units() {
     let (p, mm) = (platform.clone(), m.clone());
     let root_path = root.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let host = DaemonHost::handle(&manifest, &root_path, Arc::new(Mutex::new(store)), p);
+        let host = incus_osd::plugins::host::handle(
+            &manifest,
+            &root_path,
+            Arc::new(Mutex::new(store)),
+            &p,
+        );
         let call = |op: UnitOp, u: &str| match host.unit(op, RStr::from(u)) {
             RResult::ROk(s) => Ok(s.to_string()),
             RResult::RErr(e) => Err((e.status, e.message.to_string())),

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::PlatformError;
+use crate::PlatformError;
 
 /// A command's result.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,328 @@
+//! The one implementation of the plugin ABI's [`HostOps`]: what a plugin may ask of its
+//! host, decided here for the daemon and the harness alike. The effects go through
+//! adapters ([`Adapters`]): the daemon gives real ones, the harness recording ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
+use plugin_api::abi::{
+    CommandOutput, CommandSpec, FileKind, FileStat, HostHandle, HostOps, HostOps_TO, LogLevel,
+    PluginError, UnitOp,
+};
+use serde_json::Value;
+
+use crate::exec::Commands;
+use crate::files::{FsError, RootFs, Stat, StatKind};
+use crate::units::{valid_unit_name, UnitAction, Units};
+use crate::PlatformError;
+
+/// Each plugin's persisted state document.
+pub trait StateSlot: Send + Sync {
+    /// The plugin's document, `Value::Null` when nothing was saved yet.
+    fn load(&self, plugin: &str) -> Result<Value, PlatformError>;
+    /// Replaces the plugin's document, durably.
+    fn save(&self, plugin: &str, value: Value) -> Result<(), PlatformError>;
+}
+
+/// Where plugins' log lines go.
+pub trait LogSink: Send + Sync {
+    fn log(&self, plugin: &str, level: LogLevel, message: &str);
+}
+
+/// Log lines as `tracing` events with a `plugin` field (the daemon's sink).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TracingLog;
+
+impl LogSink for TracingLog {
+    fn log(&self, plugin: &str, level: LogLevel, message: &str) {
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+        }
+    }
+}
+
+/// Files under the root prefix, as one plugin sees them. [`RootFs`] is the real one (built
+/// with the plugin's declared paths as its write allow-list); the harness wraps it to
+/// record effects.
+pub trait Files: Send + Sync {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FsError>;
+    fn write(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsError>;
+    fn create_dir(&self, path: &str, mode: u32) -> Result<(), FsError>;
+    fn remove(&self, path: &str) -> Result<(), FsError>;
+    fn list(&self, path: &str) -> Result<Option<Vec<String>>, FsError>;
+    fn stat(&self, path: &str) -> Result<Option<Stat>, FsError>;
+}
+
+impl Files for RootFs {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, FsError> {
+        RootFs::read(self, path)
+    }
+    fn write(&self, path: &str, data: &[u8], mode: u32) -> Result<(), FsError> {
+        RootFs::write(self, path, data, mode)
+    }
+    fn create_dir(&self, path: &str, mode: u32) -> Result<(), FsError> {
+        RootFs::create_dir(self, path, mode)
+    }
+    fn remove(&self, path: &str) -> Result<(), FsError> {
+        RootFs::remove(self, path)
+    }
+    fn list(&self, path: &str) -> Result<Option<Vec<String>>, FsError> {
+        RootFs::list(self, path)
+    }
+    fn stat(&self, path: &str) -> Result<Option<Stat>, FsError> {
+        RootFs::stat(self, path)
+    }
+}
+
+/// The adapters behind one plugin's host handle.
+#[derive(Clone)]
+pub struct Adapters {
+    pub files: Arc<dyn Files>,
+    pub units: Arc<dyn Units>,
+    pub commands: Arc<dyn Commands>,
+    pub state: Arc<dyn StateSlot>,
+    pub log: Arc<dyn LogSink>,
+}
+
+/// One plugin's view of the host.
+pub struct PluginHost {
+    name: String,
+    a: Adapters,
+}
+
+impl PluginHost {
+    pub fn new(plugin: &str, adapters: Adapters) -> Self {
+        PluginHost {
+            name: plugin.to_string(),
+            a: adapters,
+        }
+    }
+
+    /// The ABI handle for plugin `plugin`.
+    pub fn handle(plugin: &str, adapters: Adapters) -> HostHandle {
+        HostOps_TO::from_value(PluginHost::new(plugin, adapters), TD_Opaque)
+    }
+}
+
+fn err(message: impl std::fmt::Display) -> PluginError {
+    PluginError::new(500, message.to_string())
+}
+
+fn to_r<T, E: std::fmt::Display>(r: Result<T, E>) -> RResult<T, PluginError> {
+    r.map_err(err).into()
+}
+
+/// The platform's unit action for an ABI operation (`None` for daemon-reload).
+pub fn unit_action(op: UnitOp) -> Option<UnitAction> {
+    Some(match op {
+        UnitOp::Start => UnitAction::Start,
+        UnitOp::Stop => UnitAction::Stop,
+        UnitOp::Restart => UnitAction::Restart,
+        UnitOp::Reload => UnitAction::Reload,
+        UnitOp::ActiveState => UnitAction::ActiveState,
+        UnitOp::Kill => UnitAction::Kill,
+        UnitOp::DaemonReload => return None,
+    })
+}
+
+impl HostOps for PluginHost {
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.a.log.log(&self.name, level, message.as_str());
+    }
+
+    fn state_load(&self) -> RResult<RString, PluginError> {
+        to_r(
+            self.a
+                .state
+                .load(&self.name)
+                .map(|v| RString::from(v.to_string())),
+        )
+    }
+
+    fn state_save(&self, json: RStr<'_>) -> RResult<(), PluginError> {
+        let value: Value = match serde_json::from_str(json.as_str()) {
+            Ok(v) => v,
+            Err(e) => return RResult::RErr(err(format!("state is not valid JSON: {e}"))),
+        };
+        to_r(self.a.state.save(&self.name, value))
+    }
+
+    fn file_read(&self, path: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
+        to_r(
+            self.a
+                .files
+                .read(path.as_str())
+                .map(|o| o.map(RVec::from).into()),
+        )
+    }
+
+    fn file_write(
+        &self,
+        path: RStr<'_>,
+        data: RSlice<'_, u8>,
+        mode: u32,
+    ) -> RResult<(), PluginError> {
+        tracing::debug!(plugin = %self.name, path = path.as_str(), mode = format_args!("{mode:o}"), "write file");
+        to_r(self.a.files.write(path.as_str(), data.as_slice(), mode))
+    }
+
+    fn dir_create(&self, path: RStr<'_>, mode: u32) -> RResult<(), PluginError> {
+        to_r(self.a.files.create_dir(path.as_str(), mode))
+    }
+
+    fn remove(&self, path: RStr<'_>) -> RResult<(), PluginError> {
+        tracing::debug!(plugin = %self.name, path = path.as_str(), "remove");
+        to_r(self.a.files.remove(path.as_str()))
+    }
+
+    fn unit(&self, op: UnitOp, unit: RStr<'_>) -> RResult<RString, PluginError> {
+        let unit = unit.as_str();
+        let Some(action) = unit_action(op) else {
+            tracing::info!(plugin = %self.name, "daemon-reload");
+            return to_r(self.a.units.daemon_reload().map(|_| RString::new()));
+        };
+        if !valid_unit_name(unit) {
+            return RResult::RErr(err(format!("invalid unit name {unit:?}")));
+        }
+        if action != UnitAction::ActiveState {
+            tracing::info!(plugin = %self.name, unit, op = action.as_str(), "unit operation");
+        }
+        to_r(self.a.units.unit(action, unit).map(RString::from))
+    }
+
+    fn dir_list(&self, path: RStr<'_>) -> RResult<ROption<RVec<RString>>, PluginError> {
+        to_r(self.a.files.list(path.as_str()).map(|o| {
+            o.map(|names| names.into_iter().map(RString::from).collect())
+                .into()
+        }))
+    }
+
+    fn file_stat(&self, path: RStr<'_>) -> RResult<ROption<FileStat>, PluginError> {
+        to_r(
+            self.a
+                .files
+                .stat(path.as_str())
+                .map(|o| o.map(to_abi_stat).into()),
+        )
+    }
+
+    fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
+        let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
+        tracing::debug!(plugin = %self.name, program = argv.first().map(String::as_str).unwrap_or(""), "run command");
+        let timeout = Duration::from_millis(spec.timeout_ms.max(1));
+        to_r(
+            self.a
+                .commands
+                .run(&argv, spec.stdin.as_slice(), timeout)
+                .map(|o| CommandOutput {
+                    status: o.status,
+                    stdout: o.stdout.into(),
+                    stderr: o.stderr.into(),
+                }),
+        )
+    }
+}
+
+/// Converts the root view's stat into the ABI's.
+pub fn to_abi_stat(s: Stat) -> FileStat {
+    FileStat {
+        kind: match s.kind {
+            StatKind::File => FileKind::File,
+            StatKind::Dir => FileKind::Dir,
+            StatKind::Symlink => FileKind::Symlink,
+            StatKind::Other => FileKind::Other,
+        },
+        mode: s.mode,
+        link_target: RString::from(s.link_target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Refused;
+    use crate::units::Unavailable;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct MemState(Mutex<Option<Value>>);
+
+    impl StateSlot for MemState {
+        fn load(&self, _: &str) -> Result<Value, PlatformError> {
+            Ok(self.0.lock().unwrap().clone().unwrap_or(Value::Null))
+        }
+        fn save(&self, _: &str, v: Value) -> Result<(), PlatformError> {
+            *self.0.lock().unwrap() = Some(v);
+            Ok(())
+        }
+    }
+
+    fn host(root: &std::path::Path) -> PluginHost {
+        PluginHost::new(
+            "demo",
+            Adapters {
+                files: Arc::new(RootFs::restricted(root, &["/etc/demo".to_string()])),
+                units: Arc::new(Unavailable::new("test")),
+                commands: Arc::new(Refused::new("test")),
+                state: Arc::new(MemState::default()),
+                log: Arc::new(TracingLog),
+            },
+        )
+    }
+
+    #[test]
+    fn bad_unit_names_never_reach_systemd() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let e = h
+            .unit(UnitOp::Start, RStr::from_str("../../x.service"))
+            .unwrap_err();
+        assert_eq!(e.message.as_str(), "invalid unit name \"../../x.service\"");
+        // A good name reaches the adapter (which says why it cannot act).
+        let e = h
+            .unit(UnitOp::Start, RStr::from_str("demo.service"))
+            .unwrap_err();
+        assert!(
+            e.message.as_str().contains("systemd is not reachable"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn state_round_trips_and_refuses_non_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        assert_eq!(h.state_load().unwrap().as_str(), "null");
+        h.state_save(RStr::from_str("{\"a\":1}")).unwrap();
+        assert_eq!(h.state_load().unwrap().as_str(), "{\"a\":1}");
+        assert!(h.state_save(RStr::from_str("{nope")).is_err());
+        assert_eq!(h.state_load().unwrap().as_str(), "{\"a\":1}");
+    }
+
+    #[test]
+    fn writes_outside_the_declared_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        h.file_write(
+            RStr::from_str("/etc/demo/x.conf"),
+            RSlice::from_slice(b"1"),
+            0o600,
+        )
+        .unwrap();
+        let e = h
+            .file_write(
+                RStr::from_str("/etc/passwd"),
+                RSlice::from_slice(b""),
+                0o644,
+            )
+            .unwrap_err();
+        assert!(e.message.as_str().contains("outside"), "{e:?}");
+        assert!(!dir.path().join("etc/passwd").exists());
+    }
+}
