@@ -16,6 +16,7 @@ pub mod exec;
 pub mod files;
 pub mod host_ops;
 pub mod loader;
+pub mod random;
 pub mod units;
 
 pub use host_ops::{Adapters, Files, LogSink, PluginHost, StateSlot, TracingLog};

@@ -1,11 +1,16 @@
 //! Start-up, the unix socket listener and shutdown.
 
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+mod devroot;
+
+use crate::platform::notify::{notify_barrier, notify_systemd};
+pub use crate::platform::socket::bind_socket;
+use crate::platform::socket::private_dir;
+pub use devroot::prepare_dev_root;
+
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 
 use crate::api::{self, App};
@@ -65,50 +70,6 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StartError {
-    let path = path.display().to_string();
-    move |source| StartError::Io { what, path, source }
-}
-
-/// Creates `dir` (and parents) and sets its mode exactly.
-fn private_dir(dir: &Path, mode: u32) -> Result<(), StartError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .and_then(|_| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
-        .map_err(io("cannot create directory", dir))
-}
-
-/// Binds the API socket: its directory 0700, the socket 0600. A stale socket is removed;
-/// a live one (another daemon answers) is refused.
-pub fn bind_socket(path: &Path) -> Result<UnixListener, StartError> {
-    if let Some(dir) = path.parent() {
-        private_dir(dir, 0o700)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(StartError::AlreadyRunning(path.display().to_string()));
-            }
-            tracing::info!(socket = %path.display(), "removing stale socket");
-            std::fs::remove_file(path).map_err(io("cannot remove stale socket", path))?;
-        }
-        Ok(_) => {
-            return Err(StartError::Io {
-                what: "refusing to replace",
-                path: path.display().to_string(),
-                source: std::io::Error::other("it exists and is not a socket"),
-            })
-        }
-        Err(_) => {}
-    }
-    let listener = UnixListener::bind(path).map_err(io("cannot listen on", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("cannot set the mode of", path))?;
-    Ok(listener)
 }
 
 /// Everything loaded before serving: state, OS identity, plugins.
@@ -307,100 +268,6 @@ async fn apply_logging(app: &Arc<App>) {
     }
 }
 
-/// The notify socket systemd gave us, connected; `None` when not started by systemd.
-fn notify_socket() -> Option<std::os::unix::net::UnixDatagram> {
-    let path = std::env::var_os("NOTIFY_SOCKET")?;
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "sd_notify: no socket");
-            return None;
-        }
-    };
-    let bytes = path.as_encoded_bytes();
-    let connected = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|addr| sock.connect_addr(&addr))
-    } else {
-        sock.connect(&path)
-    };
-    match connected {
-        Ok(()) => Some(sock),
-        Err(e) => {
-            tracing::warn!(error = %e, "sd_notify: cannot reach systemd");
-            None
-        }
-    }
-}
-
-/// Tells systemd about our state (`Type=notify`), when started by it.
-pub fn notify_systemd(state: &str) {
-    if let Some(sock) = notify_socket() {
-        if let Err(e) = sock.send(state.as_bytes()) {
-            tracing::warn!(error = %e, "sd_notify failed");
-        }
-    }
-}
-
-/// Waits until systemd has processed every notification sent before (sd_notify's barrier:
-/// `BARRIER=1` with the write end of a pipe, which systemd closes once it got there).
-pub fn notify_barrier(timeout: Duration) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let Some(sock) = notify_socket() else { return };
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills two new descriptors, which we own from here on.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return tracing::warn!("sd_notify barrier: no pipe");
-    }
-    // SAFETY: both descriptors were just created and are not owned elsewhere.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let msg = b"BARRIER=1";
-    let fd = write_end.as_raw_fd();
-    // SAFETY: a sendmsg with one iovec over `msg` and one SCM_RIGHTS control message
-    // carrying `fd`, in a buffer sized with CMSG_SPACE; every pointer outlives the call.
-    let sent = unsafe {
-        let mut iov = libc::iovec {
-            iov_base: msg.as_ptr() as *mut libc::c_void,
-            iov_len: msg.len(),
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) as usize;
-        let mut control = vec![0u8; space];
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        hdr.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-        std::ptr::copy_nonoverlapping(&fd, libc::CMSG_DATA(cmsg) as *mut i32, 1);
-        libc::sendmsg(sock.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL)
-    };
-    drop(write_end);
-    if sent < 0 {
-        return tracing::warn!("sd_notify barrier: {}", std::io::Error::last_os_error());
-    }
-    let mut pfd = libc::pollfd {
-        fd: read_end.as_raw_fd(),
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd; POLLHUP arrives once systemd closed its copy of the pipe.
-    let n = unsafe {
-        libc::poll(
-            &mut pfd,
-            1,
-            timeout.as_millis().min(i32::MAX as u128) as i32,
-        )
-    };
-    if n <= 0 {
-        tracing::warn!("sd_notify barrier: systemd did not answer in time");
-    }
-}
-
 /// Waits for SIGTERM or SIGINT.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -409,114 +276,5 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-}
-
-/// Lays out a dev root on first use: an OS identity, a machine id, and links to this
-/// machine's `/proc` and `/sys` so uptime and hardware facts are real.
-pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
-    let fs = RootFs::new(root);
-    let io = |e: crate::platform::files::FsError| std::io::Error::other(e.to_string());
-    std::fs::create_dir_all(root)?;
-    if fs.read("/lib/os-release").map_err(io)?.is_none() {
-        let text = format!(
-            "NAME=\"IncusOS\"\nID=incus-os\nIMAGE_VERSION={}\n",
-            dev_version()
-        );
-        fs.write("/lib/os-release", text.as_bytes(), 0o644)
-            .map_err(io)?;
-    }
-    if fs.read("/etc/machine-id").map_err(io)?.is_none() {
-        let id = random_hex_128();
-        fs.write("/etc/machine-id", format!("{id}\n").as_bytes(), 0o444)
-            .map_err(io)?;
-    }
-    for link in ["proc", "sys"] {
-        let p = root.join(link);
-        if std::fs::symlink_metadata(&p).is_err() {
-            std::os::unix::fs::symlink(format!("/{link}"), &p)?;
-        }
-    }
-    Ok(())
-}
-
-/// A dev image version in upstream's 12-digit form, fixed at the time of the first run.
-fn dev_version() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, mo, d, h, mi) = civil_from_unix(secs);
-    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}")
-}
-
-/// (year, month, day, hour, minute) in UTC for a Unix time.
-fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32)
-}
-
-fn random_hex_128() -> String {
-    let mut buf = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut buf);
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0));
-        // 2026-11-27 12:54 UTC
-        assert_eq!(civil_from_unix(1_795_784_040), (2026, 11, 27, 12, 54));
-    }
-
-    #[test]
-    fn a_dev_root_gets_an_identity() {
-        let dir = tempfile::tempdir().unwrap();
-        prepare_dev_root(dir.path()).unwrap();
-        let fs = RootFs::new(dir.path());
-        let rel = read_os_release(&fs).unwrap();
-        assert_eq!(rel.name, "IncusOS");
-        assert_eq!(rel.version.len(), 12);
-        assert_eq!(crate::system::info::read_machine_id(&fs).unwrap().len(), 32);
-        // A second run keeps the identity.
-        let before = std::fs::read(dir.path().join("etc/machine-id")).unwrap();
-        prepare_dev_root(dir.path()).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("etc/machine-id")).unwrap(),
-            before
-        );
-    }
-
-    #[tokio::test]
-    async fn a_second_daemon_on_a_live_socket_is_refused_and_a_stale_one_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("run/incus-os/unix.socket");
-        let l = bind_socket(&sock).unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&sock), 0o600);
-        assert_eq!(mode(sock.parent().unwrap()), 0o700);
-        let err = bind_socket(&sock).unwrap_err();
-        assert!(matches!(err, StartError::AlreadyRunning(_)), "{err}");
-        drop(l); // the socket file stays behind: stale
-        assert!(sock.exists());
-        let _l2 = bind_socket(&sock).unwrap();
     }
 }

@@ -1,0 +1,91 @@
+//! The dev root a debug build uses when started without `--root`.
+
+use std::path::Path;
+
+use crate::platform::files::RootFs;
+
+/// Lays out a dev root on first use: an OS identity, a machine id, and links to this
+/// machine's `/proc` and `/sys` so uptime and hardware facts are real.
+pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
+    let fs = RootFs::new(root);
+    let io = |e: crate::platform::files::FsError| std::io::Error::other(e.to_string());
+    std::fs::create_dir_all(root)?;
+    if fs.read("/lib/os-release").map_err(io)?.is_none() {
+        let text = format!(
+            "NAME=\"IncusOS\"\nID=incus-os\nIMAGE_VERSION={}\n",
+            dev_version()
+        );
+        fs.write("/lib/os-release", text.as_bytes(), 0o644)
+            .map_err(io)?;
+    }
+    if fs.read("/etc/machine-id").map_err(io)?.is_none() {
+        let id = plugin_host::random::hex(16)?;
+        fs.write("/etc/machine-id", format!("{id}\n").as_bytes(), 0o444)
+            .map_err(io)?;
+    }
+    for link in ["proc", "sys"] {
+        let p = root.join(link);
+        if std::fs::symlink_metadata(&p).is_err() {
+            std::os::unix::fs::symlink(format!("/{link}"), &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// A dev image version in upstream's 12-digit form, fixed at the time of the first run.
+fn dev_version() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, mo, d, h, mi) = civil_from_unix(secs);
+    format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}")
+}
+
+/// (year, month, day, hour, minute) in UTC for a Unix time.
+fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::info::read_os_release;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0));
+        // 2026-11-27 12:54 UTC
+        assert_eq!(civil_from_unix(1_795_784_040), (2026, 11, 27, 12, 54));
+    }
+
+    #[test]
+    fn a_dev_root_gets_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_dev_root(dir.path()).unwrap();
+        let fs = RootFs::new(dir.path());
+        let rel = read_os_release(&fs).unwrap();
+        assert_eq!(rel.name, "IncusOS");
+        assert_eq!(rel.version.len(), 12);
+        assert_eq!(crate::system::info::read_machine_id(&fs).unwrap().len(), 32);
+        // A second run keeps the identity.
+        let before = std::fs::read(dir.path().join("etc/machine-id")).unwrap();
+        prepare_dev_root(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("etc/machine-id")).unwrap(),
+            before
+        );
+    }
+}
