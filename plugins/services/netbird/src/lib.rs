@@ -98,20 +98,6 @@ pub struct State {}
 
 // --- validation ------------------------------------------------------------------------
 
-/// A management or admin URL: [`validate::http_url`], plus rules it lacks: the scheme
-/// matches in any case (`HTTPS://`, as Go's net/url reads it), no whitespace or control
-/// character may appear anywhere (the URL goes on netbird's command line), and an IPv6
-/// host needs its brackets (`http_url` takes `http://fd00::1` as a host).
-fn valid_url(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    !url.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (authority.starts_with('[') || authority.matches(':').count() < 2)
-        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
-}
-
 /// A Linux interface name (at most 15 bytes, no `/`, whitespace or `:`).
 fn valid_interface_name(name: &str) -> bool {
     !name.is_empty()
@@ -152,20 +138,19 @@ fn check_duplicates(field: &str, items: &[String]) -> std::result::Result<(), St
 }
 
 fn check(c: &Config) -> std::result::Result<(), String> {
+    validate::config_strings(c, &[])?;
     if c.enabled && c.setup_key.trim().is_empty() {
         return Err("setup_key: a setup key is required to enable netbird".into());
     }
-    if c.setup_key
-        .chars()
-        .any(|ch| ch.is_whitespace() || ch.is_control())
-    {
+    // Never quoted: it is a secret.
+    if !c.setup_key.is_empty() && !validate::token(&c.setup_key) {
         return Err("setup_key: the setup key contains whitespace".into());
     }
     for (field, url) in [
         ("management_url", &c.management_url),
         ("admin_url", &c.admin_url),
     ] {
-        if !url.is_empty() && !valid_url(url) {
+        if !url.is_empty() && !validate::http_url(url) {
             return Err(format!(
                 "{field}: invalid URL '{url}' (expected http(s)://host[:port][/path])"
             ));

@@ -187,6 +187,10 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             "setup_key: the setup key contains whitespace",
         ),
         (
+            json!({"enabled": true, "setup_key": "A616097E\u{a0}FCF0"}),
+            "setup_key: the setup key contains whitespace",
+        ),
+        (
             json!({"management_url": "netbird.example.com"}),
             "management_url: invalid URL 'netbird.example.com' (expected http(s)://host[:port][/path])",
         ),
@@ -273,6 +277,70 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         host.assert_untouched(message);
         assert_eq!(host.state(), before, "{message}");
         assert_no_secret(&h, &err.message);
+    }
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing (and never quotes the setup key).
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = full();
+    let fields = [
+        ("/admin_url", "admin_url"),
+        ("/dns_resolver_address", "dns_resolver_address"),
+        ("/external_ip_map/0", "external_ip_map[0]"),
+        ("/external_ip_map/1", "external_ip_map[1]"),
+        ("/external_ip_map/2", "external_ip_map[2]"),
+        ("/extra_dns_labels/0", "extra_dns_labels[0]"),
+        ("/extra_dns_labels/1", "extra_dns_labels[1]"),
+        ("/management_url", "management_url"),
+        ("/setup_key", "setup_key"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            preset(&h, &enabled());
+            let before = h.host().state();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), before, "{field}");
+            assert_no_secret(&h, &err.message);
+        }
     }
 }
 

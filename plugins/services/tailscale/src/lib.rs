@@ -203,20 +203,6 @@ pub fn parse_status(json: &str) -> std::result::Result<State, serde_json::Error>
 
 // --- validation ------------------------------------------------------------------------
 
-/// A login server: [`validate::http_url`], plus rules it lacks: the scheme matches in any
-/// case (`HTTPS://`, as Go's net/url reads it), no whitespace or control character may
-/// appear anywhere (the URL goes on tailscale's command line), and an IPv6 host needs its
-/// brackets (`http_url` takes `http://fd00::1` as a host).
-fn valid_url(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    !url.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (authority.starts_with('[') || authority.matches(':').count() < 2)
-        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
-}
-
 /// A route as `tailscale set --advertise-routes` takes it: [`validate::cidr`], plus
 /// tailscale's own rules (netip.ParsePrefix and its router checks), checked before
 /// anything is touched: no zero-padded length, no host bits, sane 4-in-6 "via" routes.
@@ -304,8 +290,13 @@ fn valid_service_name(name: &str) -> bool {
 }
 
 fn check(config: &Config) -> std::result::Result<(), String> {
+    validate::config_strings(config, &[])?;
+    // Never quoted: it is a secret.
+    if !config.auth_key.is_empty() && !validate::token(&config.auth_key) {
+        return Err("auth_key: the auth key contains whitespace".into());
+    }
     let url = &config.login_server;
-    if !url.is_empty() && !valid_url(url) {
+    if !url.is_empty() && !validate::http_url(url) {
         return Err(format!(
             "login_server: invalid URL '{url}' (expected http(s)://host[:port][/path])"
         ));

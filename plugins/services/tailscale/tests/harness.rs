@@ -585,6 +585,111 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     }
 }
 
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing (and never quotes the auth key).
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = json!({
+        "enabled": true,
+        "login_server": "https://headscale.example.com:8080/",
+        "auth_key": KEY,
+        "accept_routes": true,
+        "accept_dns": true,
+        "advertised_routes": ["10.20.0.0/16", "fd00:20::/64"],
+        "advertise_exit_node": false,
+        "exit_node": "100.88.12.40",
+        "exit_node_allow_lan_access": true,
+        "serve_enabled": true,
+        "serve_port": 443,
+        "serve_service": "svc:incus"
+    });
+    let fields = [
+        ("/advertised_routes/0", "advertised_routes[0]"),
+        ("/advertised_routes/1", "advertised_routes[1]"),
+        ("/auth_key", "auth_key"),
+        ("/exit_node", "exit_node"),
+        ("/login_server", "login_server"),
+        ("/serve_service", "serve_service"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted(Some(STATUS_RUNNING));
+            preset(&h, &enabled());
+            let before = h.host().state();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), before, "{field}");
+            assert_no_secret(&h, &err.message);
+        }
+    }
+}
+
+#[test]
+fn an_auth_key_with_whitespace_is_refused_without_quoting_it() {
+    for key in [
+        format!("{KEY} "),
+        format!("tskey-auth-kBf3 {KEY}"),
+        format!("{KEY}\u{a0}"),
+    ] {
+        let h = scripted(Some(STATUS_RUNNING));
+        preset(&h, &enabled());
+        let before = h.host().state();
+        let cfg = config(json!({"enabled": true, "auth_key": key}));
+        let err = put_config(&h, &cfg).unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (400, "auth_key: the auth key contains whitespace"),
+            "{key:?}"
+        );
+        h.host().assert_untouched(&key);
+        assert_eq!(h.host().state(), before);
+        assert_no_secret(&h, &err.message);
+    }
+    // Tailscale's own key options and file references stay valid.
+    let h = scripted(Some(STATUS_RUNNING));
+    for key in [
+        format!("{KEY}?ephemeral=true&preauthorized=true"),
+        "file:/run/credentials/tailscale.key".to_string(),
+    ] {
+        put_config(&h, &config(json!({"auth_key": key}))).unwrap();
+    }
+}
+
 #[test]
 fn valid_values_are_accepted() {
     let h = scripted(None);
