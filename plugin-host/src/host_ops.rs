@@ -188,7 +188,7 @@ impl HostOps for PluginHost {
             return to_r(self.a.units.daemon_reload().map(|_| RString::new()));
         };
         if !valid_unit_name(unit) {
-            return RResult::RErr(err(format!("invalid unit name {unit:?}")));
+            return RResult::RErr(err(format!("invalid unit name '{}'", unit.escape_debug())));
         }
         if action != UnitAction::ActiveState {
             tracing::info!(plugin = %self.name, unit, op = action.as_str(), "unit operation");
@@ -283,7 +283,7 @@ mod tests {
         let e = h
             .unit(UnitOp::Start, RStr::from_str("../../x.service"))
             .unwrap_err();
-        assert_eq!(e.message.as_str(), "invalid unit name \"../../x.service\"");
+        assert_eq!(e.message.as_str(), "invalid unit name '../../x.service'");
         // A good name reaches the adapter (which says why it cannot act).
         let e = h
             .unit(UnitOp::Start, RStr::from_str("demo.service"))

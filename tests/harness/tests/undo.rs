@@ -213,7 +213,7 @@ fn the_harness_applies_the_daemons_unit_name_check() {
     let (hh, host) = host();
     let err = host.start_unit("../../evil.service").unwrap_err();
     assert_eq!(err.status, 500);
-    assert_eq!(err.message, "invalid unit name \"../../evil.service\"");
+    assert_eq!(err.message, "invalid unit name '../../evil.service'");
     let err = host.start_unit("demo.service\nExecStart=x").unwrap_err();
     assert!(err.message.starts_with("invalid unit name"), "{err:?}");
     assert!(hh.units().is_empty(), "{:?}", hh.units());
