@@ -87,11 +87,13 @@ pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
             "/lib64/ld-linux-x86-64.so.2".to_string(),
             "--help".to_string(),
         ];
+        // Upstream's rule: the loader must run and exit 0 for a baseline to be reported.
         let help =
             crate::platform::exec::run_with_timeout(&ld, b"", std::time::Duration::from_secs(5))
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-        debug::kernel(&RootFs::new(root), &help)
+                .ok()
+                .filter(|o| o.status == 0)
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        debug::kernel(&RootFs::new(root), help.as_deref())
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
