@@ -367,6 +367,13 @@ struct Shape<'a, S, C> {
     config: &'a C,
 }
 
+/// The same shape, `config` first (see [`Service::CONFIG_FIRST`]).
+#[derive(Serialize)]
+struct ConfigFirst<'a, S, C> {
+    config: &'a C,
+    state: &'a S,
+}
+
 #[derive(Deserialize)]
 struct PutBody<C> {
     config: Option<C>,
@@ -396,6 +403,9 @@ pub trait Service: Sized + Send + Sync + 'static {
     const REQUIRES_APPLICATION: Option<&'static str> = None;
     /// Whether [`Service::reset`] is implemented.
     const HAS_RESET: bool = false;
+    /// Whether a GET answers `{"config", "state"}` rather than `{"state", "config"}`, to
+    /// keep the key order of the upstream struct the service mirrors.
+    const CONFIG_FIRST: bool = false;
 
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
     type State: Serialize;
@@ -568,13 +578,24 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         Ok(self.host.load_state::<Stored<C>>()?.config)
     }
 
-    fn get<S: Serialize>(&self, state: impl FnOnce(&C) -> Result<S>) -> Result<Vec<u8>> {
+    fn get<S: Serialize>(
+        &self,
+        config_first: bool,
+        state: impl FnOnce(&C) -> Result<S>,
+    ) -> Result<Vec<u8>> {
         let config = self.config()?;
         let state = state(&config)?;
-        encode(&Shape {
-            state: &state,
-            config: &config,
-        })
+        if config_first {
+            encode(&ConfigFirst {
+                config: &config,
+                state: &state,
+            })
+        } else {
+            encode(&Shape {
+                state: &state,
+                config: &config,
+            })
+        }
     }
 
     fn put(
@@ -644,7 +665,7 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let s = &self.svc;
         match op {
-            "get" => self.cfg.get(|c| s.state(c)),
+            "get" => self.cfg.get(T::CONFIG_FIRST, |c| s.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| s.validate(c),
@@ -686,7 +707,7 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let a = &self.app;
         match op {
-            "get" => self.cfg.get(|c| a.state(c)),
+            "get" => self.cfg.get(false, |c| a.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| a.validate(c),
@@ -733,7 +754,7 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let p = &self.prov;
         match op {
-            "get" => self.cfg.get(|c| p.state(c)),
+            "get" => self.cfg.get(false, |c| p.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| p.validate(c),

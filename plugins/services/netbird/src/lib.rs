@@ -201,6 +201,8 @@ pub struct Netbird {
 impl Service for Netbird {
     const NAME: &'static str = "netbird";
     const START_WEIGHT: i32 = 40;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;

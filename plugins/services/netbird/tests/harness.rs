@@ -142,12 +142,13 @@ fn manifest_declares_name_weight_and_no_paths() {
     assert!(!m.has(plugin_api::Hook::Reset));
 }
 
+/// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
         h.get_raw().unwrap(),
-        r#"{"state":{},"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null}}"#
+        r#"{"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null},"state":{}}"#
     );
     assert!(h.host().commands().is_empty());
 }

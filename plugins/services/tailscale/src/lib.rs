@@ -453,6 +453,8 @@ impl Tailscale {
 impl Service for Tailscale {
     const NAME: &'static str = "tailscale";
     const START_WEIGHT: i32 = 90;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;
