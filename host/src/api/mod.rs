@@ -8,6 +8,7 @@
 pub mod applications;
 pub mod debug;
 pub mod internal;
+pub mod listener;
 pub mod plugins;
 pub mod proxy;
 pub mod response;

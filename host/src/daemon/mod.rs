@@ -137,11 +137,11 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            let limits = api::listener::Limits::for_this_process();
+            api::listener::serve(listener, router, limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         });
         tracing::info!(socket = %config.socket.display(), "API listening");
         // Ready for systemd once the API answers (upstream's clients may call it while the

@@ -5,6 +5,7 @@
 //! services or runs system commands, and says so in its errors instead of pretending.
 
 pub mod journal;
+pub mod limits;
 pub mod notify;
 pub mod socket;
 pub mod systemd;
