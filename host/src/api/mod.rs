@@ -141,6 +141,10 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/services/{name}/{*rest}", any(services::verb))
         .route("/1.0/applications", any(applications::list))
         .route("/1.0/applications/{name}", any(applications::entity))
+        .route(
+            "/1.0/applications/{name}/:restore",
+            any(applications::restore_verb).layer(DefaultBodyLimit::disable()),
+        )
         .route("/1.0/applications/{name}/{*rest}", any(applications::verb))
         .route("/1.0/debug", any(debug::list))
         .route("/1.0/debug/log", any(debug::log))

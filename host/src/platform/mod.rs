@@ -10,6 +10,7 @@ pub mod notify;
 pub mod socket;
 pub mod systemd;
 pub mod systemd_dbus;
+pub mod uploads;
 
 use std::sync::Arc;
 
