@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use super::proxy::api_root;
 use super::response::{empty, sync};
 use super::{require, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
 use crate::platform::systemd::PowerAction;
 use crate::system::logging::{self, LoggingConfig};
 
@@ -91,20 +90,16 @@ pub async fn logging(State(app): State<AppState>, method: Method, body: Bytes) -
                 ApiError::bad_request("invalid request body: missing field `config`")
             })?;
             logging::validate(&config).map_err(ApiError::bad_request)?;
-            let app2 = app.clone();
-            let applied = config.clone();
-            tokio::task::spawn_blocking(move || {
-                logging::apply(
-                    &RootFs::new(&app2.root),
-                    app2.platform.units.as_ref(),
-                    &applied,
-                )
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::internal)?;
-            app.with_state(|s| s.update(|d| d.system.logging = config))
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let store = app.store.clone();
+            let save = move |c: &LoggingConfig| {
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                store
+                    .update(|d| d.system.logging = c.clone())
+                    .map_err(|e| e.to_string())
+            };
+            logging::change(app.root.clone(), app.platform.clone(), config, save)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(empty())
         }
         _ => Err(ApiError::not_implemented()),
