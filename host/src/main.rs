@@ -92,6 +92,11 @@ fn init_logging() {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    // Every connection holds a descriptor: take what the hard limit allows (the connection
+    // cap is sized from it).
+    if let Err(e) = incus_osd::platform::limits::raise_open_files() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {

@@ -6,9 +6,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use plugin_api::{Hook, Kind};
 use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::body::{read_json, require_entity, require_object};
@@ -17,6 +19,7 @@ use super::proxy;
 use super::response::{empty, sync_raw};
 use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, App, AppState};
+use crate::platform::uploads;
 use crate::plugins::Plugin;
 
 const NOT_SUPPORTED: &str = "not supported";
@@ -24,6 +27,9 @@ const NOT_SUPPORTED: &str = "not supported";
 /// Upstream's application verbs this daemon does not implement itself (a plugin may serve
 /// them as declared routes). Like every application verb, they check the method first.
 const NOT_BUILT: [&str; 4] = [":check-update", ":debug", ":remove", ":switch-version"];
+
+/// Where uploads wait, next to the state file (on the state disk: not a tmpfs, not memory).
+const UPLOADS: &str = "uploads";
 
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {
     app.registry
@@ -195,8 +201,9 @@ pub async fn verb(
     let plugin = lookup(&app, params.name())?;
     supports(&plugin, hook)?;
     match hook {
-        // The archive streams to the plugin: no size limit, never whole in memory.
-        Hook::Restore => restore(&plugin, body).await,
+        // The archive is stored on disk, then streamed to the plugin: no size limit, never
+        // whole in memory.
+        Hook::Restore => restore(&app, &plugin, body).await,
         Hook::Backup => {
             let options = read_json(body).await?;
             require_object(&options)?;
@@ -259,22 +266,51 @@ async fn backup(plugin: &Plugin, options: Bytes) -> ApiResult {
     Ok(resp)
 }
 
-/// Feeds the request body to the plugin chunk by chunk.
-async fn restore(plugin: &Plugin, body: Body) -> ApiResult {
+/// Size of the pieces the stored archive is handed to the plugin in.
+const RESTORE_CHUNK: usize = 64 * 1024;
+
+/// Stores the uploaded archive on disk (never whole in memory), then feeds it to the plugin
+/// chunk by chunk. An upload that breaks off never reaches the plugin.
+async fn restore(app: &App, plugin: &Plugin, body: Body) -> ApiResult {
+    let mut file = spool(app, body).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let mut stream = body.into_data_stream();
     let feeder = tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("cannot read request body: {e}"))?;
-            if tx.send(chunk).await.is_err() {
-                break; // the plugin stopped reading
+        loop {
+            let mut buf = BytesMut::with_capacity(RESTORE_CHUNK);
+            let n = file
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read the stored archive: {e}"))?;
+            if n == 0 || tx.send(buf.freeze()).await.is_err() {
+                // The end, or the plugin stopped reading.
+                return Ok::<(), String>(());
             }
         }
-        Ok::<(), String>(())
     });
     let result = plugin.restore(rx).await;
     let fed = feeder.await.unwrap_or_else(|e| Err(e.to_string()));
     result?;
-    fed.map_err(ApiError::bad_request)?;
+    fed.map_err(ApiError::internal)?;
     Ok(empty())
+}
+
+/// Writes the request body to an anonymous file under the state directory (0600, gone once
+/// dropped) and returns it rewound.
+async fn spool(app: &App, body: Body) -> Result<tokio::fs::File, ApiError> {
+    let stored = |e: std::io::Error| ApiError::internal(format!("cannot store the archive: {e}"));
+    let dir = app.with_state(|s| s.path().with_file_name(UPLOADS));
+    let file = tokio::task::spawn_blocking(move || uploads::anonymous_file(&dir))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(stored)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        file.write_all(&chunk).await.map_err(stored)?;
+    }
+    file.flush().await.map_err(stored)?;
+    file.rewind().await.map_err(stored)?;
+    Ok(file)
 }

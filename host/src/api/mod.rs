@@ -11,6 +11,7 @@ pub mod applications;
 pub mod body;
 pub mod debug;
 pub mod internal;
+pub mod listener;
 pub mod plugins;
 pub mod proxy;
 pub mod response;

@@ -10,7 +10,6 @@ use super::proxy;
 use super::response::{empty, sync};
 use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
 use crate::platform::systemd::PowerAction;
 use crate::system::logging::{self, LoggingConfig};
 
@@ -93,20 +92,16 @@ pub async fn logging(State(app): State<AppState>, method: Method, body: Body) ->
                 ApiError::bad_request("invalid request body: missing field `config`")
             })?;
             logging::validate(&config).map_err(ApiError::bad_request)?;
-            let app2 = app.clone();
-            let applied = config.clone();
-            tokio::task::spawn_blocking(move || {
-                logging::apply(
-                    &RootFs::new(&app2.root),
-                    app2.platform.units.as_ref(),
-                    &applied,
-                )
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::internal)?;
-            app.with_state(|s| s.update(|d| d.system.logging = config))
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let store = app.store.clone();
+            let save = move |c: &LoggingConfig| {
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                store
+                    .update(|d| d.system.logging = c.clone())
+                    .map_err(|e| e.to_string())
+            };
+            logging::change(app.root.clone(), app.platform.clone(), config, save)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(empty())
         }
         _ => Err(ApiError::not_implemented()),
