@@ -118,8 +118,9 @@ pub struct CommandSpec {
 
 /// The capabilities the host gives a plugin at construction.
 ///
-/// Methods are appended after the `last_prefix_field` marker in later minor versions; a
-/// plugin built for an older minor version simply never calls them.
+/// Methods are appended after the `last_prefix_field` marker in later minor versions (each
+/// says since which); the host implements all of them, and a plugin built for an older minor
+/// version simply never calls the newer ones.
 #[sabi_trait]
 pub trait HostOps: Send + Sync {
     /// Writes a log line; the host adds the plugin's name.
@@ -174,6 +175,63 @@ pub trait HostOps: Send + Sync {
         &self,
         path: RStr<'_>,
     ) -> RResult<abi_stable::std_types::ROption<FileStat>, PluginError>;
+
+    /// Since 1.1. Runs a command as [`HostOps::run`] does, where the arguments at the
+    /// indices `secret_args` of `spec.argv` are secrets (auth keys, setup keys): the host
+    /// never shows them. Every error text and log line about the command shows `***` in
+    /// their place, and each occurrence of a secret in the captured output is replaced by
+    /// `***` before the output is returned.
+    fn run_masked(
+        &self,
+        spec: CommandSpec,
+        secret_args: RSlice<'_, u32>,
+    ) -> RResult<CommandOutput, PluginError>;
+}
+
+/// What stands for a secret wherever the host shows a command line or output of
+/// [`HostOps::run_masked`].
+pub const SECRET_MASK: &str = "***";
+
+/// The masking rule of [`HostOps::run_masked`], for hosts: the secret arguments of `argv`
+/// (indices in `secret_args`; indices past the end are ignored).
+pub fn secret_values<'a>(argv: &'a [RString], secret_args: &[u32]) -> Vec<&'a str> {
+    secret_args
+        .iter()
+        .filter_map(|&i| argv.get(i as usize))
+        .map(RString::as_str)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The masking rule of [`HostOps::run_masked`], for hosts: `text` with every occurrence of
+/// each of `secrets` replaced by [`SECRET_MASK`]. Longer secrets are replaced first, so a
+/// secret containing another one is masked whole.
+pub fn mask_secrets(text: &[u8], secrets: &[&str]) -> Vec<u8> {
+    let mut secrets: Vec<&[u8]> = secrets
+        .iter()
+        .map(|s| s.as_bytes())
+        .filter(|s| !s.is_empty())
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for s in &secrets {
+            if rest.starts_with(s) {
+                out.extend_from_slice(SECRET_MASK.as_bytes());
+                rest = &rest[s.len()..];
+                continue 'scan;
+            }
+        }
+        out.push(rest[0]);
+        rest = &rest[1..];
+    }
+    out
+}
+
+/// [`mask_secrets`] for text.
+pub fn mask_secrets_str(text: &str, secrets: &[&str]) -> String {
+    String::from_utf8_lossy(&mask_secrets(text.as_bytes(), secrets)).into_owned()
 }
 
 /// The host handle as a plugin holds it.
@@ -234,4 +292,26 @@ impl RootModule for PluginModuleRef {
     // abi_stable's own version gate; the contract's version rule is applied by the host
     // through `version::VERSION_SYMBOL` (see `version::check_compatible`).
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_wherever_they_occur() {
+        let argv: Vec<RString> = ["vpn", "up", "--key", "tskey-1", "--key2", ""]
+            .map(RString::from)
+            .into();
+        // Index 5 is an empty secret (nothing to mask), 9 is past the end.
+        let secrets = secret_values(&argv, &[3, 5, 9]);
+        assert_eq!(secrets, ["tskey-1"]);
+        assert_eq!(
+            mask_secrets_str("bad key tskey-1, again tskey-1tskey-1.", &secrets),
+            "bad key ***, again ******."
+        );
+        // A secret containing another is masked whole, not in pieces.
+        assert_eq!(mask_secrets_str("k=abc-123", &["abc", "abc-123"]), "k=***");
+        assert_eq!(mask_secrets(b"\xffabc\xfe", &["abc"]), b"\xff***\xfe");
+    }
 }
