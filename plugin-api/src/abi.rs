@@ -3,7 +3,12 @@
 //!
 //! Compatibility rules (see `docs/plugins.md`):
 //! - new root-module entry points and new trait methods are only ever appended after the
-//!   `last_prefix_field` marker, so plugins built against an older minor version keep loading;
+//!   `last_prefix_field` marker, so plugins built against an older minor version keep loading
+//!   (the host checks layouts with [`check_root_module`], which lets the host's side of
+//!   every type be longer than the plugin's, never shorter);
+//! - an appended root-module field or [`PluginOps`] method is one an older plugin lacks: the
+//!   field gets `#[sabi(missing_field(option))]`, the method a default body, and the host
+//!   copes with its absence;
 //! - no axum, tokio or tracing type crosses; payloads are JSON bytes;
 //! - a panic never crosses: the SDK's export macros catch it and return a [`PluginError`].
 
@@ -13,6 +18,7 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+    type_layout::TypeLayout,
     StableAbi,
 };
 
@@ -294,9 +300,104 @@ impl RootModule for PluginModuleRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
+/// Checks the layout of a plugin's root module (from its library's abi_stable header)
+/// against this contract's; see [`check_layout`]. On refusal, returns abi_stable's report.
+pub fn check_root_module(plugin: &'static TypeLayout) -> Result<(), String> {
+    check_layout(plugin, <PluginModuleRef as StableAbi>::LAYOUT)
+}
+
+/// abi_stable's layout check, oriented the way this contract grows: the plugin may have been
+/// built against an older minor version than the host, never a newer one.
+///
+/// abi_stable's own check (`init_root_module`) takes the loading side (the host) as the
+/// interface and lets only the library's side of a prefix type (root module, vtable) have
+/// more fields: a newer library for an older host. Here the host is the newer side, for the
+/// types a plugin implements (root module, [`PluginOps`]) as for the one the host implements
+/// ([`HostOps`]). So the plugin's layout is checked as the interface and the host's as the
+/// implementation: every prefix type of the plugin must be a prefix of the host's, and all
+/// other types must be equal. A plugin using a host capability appended later than its
+/// contract cannot exist (it would have been built for a newer minor version); a root-module
+/// field or `PluginOps` method the plugin lacks is handled by the host (see the module
+/// docs).
+///
+/// In the returned report, `Expected:` is the plugin's side and `Found:` the host's.
+pub fn check_layout(plugin: &'static TypeLayout, host: &'static TypeLayout) -> Result<(), String> {
+    abi_stable::abi_stability::check_layout_compatibility(plugin, host)
+        .into_result()
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use abi_stable::prefix_type::{PrefixRefTrait, PrefixTypeTrait};
+
+    /// A root module as released in some 1.0, and the same module in a 1.1 that appended a
+    /// field. Same type name, same package: only the field count differs.
+    #[allow(dead_code)] // only the newer view's accessors are called
+    mod v1_0 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct Mod {
+            pub a: extern "C" fn() -> u32,
+            #[sabi(last_prefix_field)]
+            pub b: extern "C" fn() -> u32,
+        }
+    }
+
+    mod v1_1 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct Mod {
+            pub a: extern "C" fn() -> u32,
+            #[sabi(last_prefix_field)]
+            pub b: extern "C" fn() -> u32,
+            #[sabi(missing_field(option))]
+            pub c: extern "C" fn() -> u32,
+        }
+    }
+
+    extern "C" fn one() -> u32 {
+        1
+    }
+
+    #[test]
+    fn an_older_root_module_fits_a_newer_host_and_its_new_field_reads_as_absent() {
+        let old = <v1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <v1_1::ModRef as StableAbi>::LAYOUT;
+        check_layout(old, new).expect("a 1.0 plugin on a 1.1 host");
+        check_layout(new, new).expect("same version");
+        // abi_stable's own orientation (host as interface) refuses exactly this case.
+        assert!(
+            abi_stable::abi_stability::check_layout_compatibility(new, old)
+                .into_result()
+                .is_err()
+        );
+
+        // What the host then sees through its newer view of the older module.
+        let module = v1_0::Mod { a: one, b: one }.leak_into_prefix();
+        // SAFETY: the layouts were found compatible above; this is what the loader does
+        // after its check (abi_stable's `unchecked_layout`).
+        let view = unsafe { v1_1::ModRef::from_prefix_ref(module.0.cast()) };
+        assert_eq!((view.a())() + (view.b())(), 2);
+        assert!(view.c().is_none(), "an appended field reads as absent");
+    }
+
+    #[test]
+    fn a_newer_root_module_does_not_fit_an_older_host() {
+        let old = <v1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <v1_1::ModRef as StableAbi>::LAYOUT;
+        let report = check_layout(new, old).expect_err("a 1.1 plugin on a 1.0 host");
+        assert!(report.contains("too many fields"), "{report}");
+    }
 
     #[test]
     fn secrets_are_masked_wherever_they_occur() {
@@ -313,5 +414,10 @@ mod tests {
         // A secret containing another is masked whole, not in pieces.
         assert_eq!(mask_secrets_str("k=abc-123", &["abc", "abc-123"]), "k=***");
         assert_eq!(mask_secrets(b"\xffabc\xfe", &["abc"]), b"\xff***\xfe");
+    }
+
+    #[test]
+    fn this_contracts_root_module_fits_itself() {
+        check_root_module(<PluginModuleRef as StableAbi>::LAYOUT).unwrap();
     }
 }
