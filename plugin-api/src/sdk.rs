@@ -1042,6 +1042,13 @@ pub type __RBox<T> = RBox<T>;
 #[macro_export]
 macro_rules! __export_plugin {
     ($manifest:ident, $instance:ident, $ty:ty, $api:expr) => {
+        // The SDK turns a panic in a hook into an error with `catch_unwind`; with
+        // `panic = "abort"` the same panic would abort the whole daemon.
+        #[cfg(panic = "abort")]
+        ::std::compile_error!(
+            "incus-osd plugins must be built with panic = \"unwind\" (the default): with \"abort\", a panic in the plugin would take the daemon down"
+        );
+
         #[no_mangle]
         pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
             static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
