@@ -320,10 +320,21 @@ pub fn check_root_module(plugin: &'static TypeLayout) -> Result<(), String> {
 /// field or `PluginOps` method the plugin lacks is handled by the host (see the module
 /// docs).
 ///
+/// Each call starts from a fresh checking state. abi_stable's public check
+/// (`check_layout_compatibility`) also merges every prefix type it saw into process-wide
+/// state, so that all libraries of a process agree with one another, and compares later
+/// libraries with that merged view: after a plugin of an older minor version, a current
+/// plugin's vtable was compared with the older plugin's rather than the host's, and refused.
+/// Plugins never exchange ABI objects with one another, only with the host, so each one is
+/// checked against the host alone (with the same checker, from abi_stable 0.11's
+/// `abi_checking` module, public but hidden from its docs).
+///
 /// In the returned report, `Expected:` is the plugin's side and `Found:` the host's.
 pub fn check_layout(plugin: &'static TypeLayout, host: &'static TypeLayout) -> Result<(), String> {
-    abi_stable::abi_stability::check_layout_compatibility(plugin, host)
-        .into_result()
+    use abi_stable::abi_stability::abi_checking::{
+        check_layout_compatibility_with_globals, CheckingGlobals,
+    };
+    check_layout_compatibility_with_globals(plugin, host, &CheckingGlobals::new())
         .map_err(|e| e.to_string())
 }
 
@@ -389,6 +400,64 @@ mod tests {
         let view = unsafe { v1_1::ModRef::from_prefix_ref(module.0.cast()) };
         assert_eq!((view.a())() + (view.b())(), 2);
         assert!(view.c().is_none(), "an appended field reads as absent");
+    }
+
+    /// A root module that stayed the same while a vtable it hands over grew, as `HostOps`
+    /// in 1.1.
+    #[allow(dead_code)]
+    mod h1_0 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = HostRef)))]
+        pub struct Host {
+            #[sabi(last_prefix_field)]
+            pub a: extern "C" fn() -> u32,
+        }
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        pub struct Mod {
+            #[sabi(last_prefix_field)]
+            pub instantiate: extern "C" fn(HostRef) -> u32,
+        }
+    }
+
+    #[allow(dead_code)]
+    mod h1_1 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = HostRef)))]
+        pub struct Host {
+            #[sabi(last_prefix_field)]
+            pub a: extern "C" fn() -> u32,
+            pub b: extern "C" fn() -> u32,
+        }
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        pub struct Mod {
+            #[sabi(last_prefix_field)]
+            pub instantiate: extern "C" fn(HostRef) -> u32,
+        }
+    }
+
+    /// abi_stable's public check merges the layouts it saw into process-wide state; with
+    /// it, a current plugin checked after an older one was compared with the older one's
+    /// vtable, not the host's, and refused (`too many fields`). Each check starts afresh.
+    #[test]
+    fn older_and_current_plugins_fit_in_any_order() {
+        let old = <h1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <h1_1::ModRef as StableAbi>::LAYOUT;
+        check_layout(old, new).expect("an older plugin");
+        check_layout(new, new).expect("a current plugin, after an older one");
+        check_layout(old, new).expect("an older plugin again");
+        assert!(check_layout(new, old).is_err(), "a newer plugin never fits");
     }
 
     #[test]
