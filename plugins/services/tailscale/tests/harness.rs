@@ -1,7 +1,7 @@
 //! The tailscale plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, Failure, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -976,6 +976,30 @@ fn a_failing_join_undoes_the_enable_and_hides_the_key() {
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
     assert_no_secret(&h, &err.message);
+}
+
+/// A `tailscale up` that cannot be started or times out: the host's error text names the
+/// command line with the auth key masked, and the enable is undone.
+#[test]
+fn a_join_that_cannot_start_or_times_out_hides_the_key() {
+    for (failure, ending) in [
+        (Failure::Spawn, "No such file or directory (os error 2)"),
+        (Failure::Timeout, "timed out after 60.0s"),
+    ] {
+        let h = scripted(None);
+        let host = h.host();
+        host.on_command_failure(&["tailscale", "up"], failure);
+        let err = put_config(&h, &enabled()).unwrap_err();
+        assert_eq!(err.status, 500);
+        assert_eq!(
+            err.message.as_str(),
+            format!("Failed to run: tailscale up --reset --timeout 30s --auth-key ***: {ending}")
+        );
+        assert_eq!(host.commands(), [logout(), up(KEY)]);
+        assert_eq!(host.unit_state(UNIT), "inactive");
+        assert_eq!(host.state(), Value::Null);
+        assert_no_secret(&h, &err.message);
+    }
 }
 
 #[test]
