@@ -17,6 +17,7 @@ pub mod files;
 pub mod host_ops;
 pub mod loader;
 pub mod random;
+mod sys;
 pub mod units;
 
 pub use host_ops::{Adapters, Files, LogSink, PluginHost, StateSlot, TracingLog};
