@@ -7,7 +7,6 @@ use serde::Deserialize;
 use super::proxy::api_root;
 use super::response::sync;
 use super::{require, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
 use crate::platform::journal::{self, LogQuery};
 use crate::system::debug;
 
@@ -81,7 +80,7 @@ pub async fn processes(method: Method) -> ApiResult {
 /// Kernel release, architecture, CPU baseline and loaded modules.
 pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = app.root.clone();
+    let kernel = app.platform.kernel.clone();
     let k = tokio::task::spawn_blocking(move || {
         let ld = [
             "/lib64/ld-linux-x86-64.so.2".to_string(),
@@ -91,7 +90,7 @@ pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
             crate::platform::exec::run_with_timeout(&ld, b"", std::time::Duration::from_secs(5))
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-        debug::kernel(&RootFs::new(root), &help)
+        debug::kernel(&kernel, &help)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::platform::files::RootFs;
+use crate::platform::kernel::KernelFiles;
 
 /// `NAME` and `IMAGE_VERSION` from `/lib/os-release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,19 +66,19 @@ pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
 }
 
 /// The DMI product UUID (37 bytes with its newline), if readable.
-fn read_product_uuid(fs: &RootFs) -> Option<String> {
-    let data = fs.read("/sys/class/dmi/id/product_uuid").ok()??;
+fn read_product_uuid(kernel: &KernelFiles) -> Option<String> {
+    let data = KernelFiles::read(&kernel.sys_path("class/dmi/id/product_uuid")).ok()??;
     (data.len() == 37).then(|| String::from_utf8_lossy(&data).trim().to_string())
 }
 
 /// The other A/B image's version: `/boot/EFI/Linux/<name>_<version>.efi` files other than
 /// the running one.
 fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
-    let dir = fs.resolve("/boot/EFI/Linux").ok()?;
     let prefix = format!("{}_", os.name);
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let mut found: Vec<String> = fs
+        .list("/boot/EFI/Linux")
+        .ok()??
+        .into_iter()
         .filter_map(|n| {
             let v = n.strip_prefix(&prefix)?.strip_suffix(".efi")?;
             (v != os.version && !v.is_empty()).then(|| v.to_string())
@@ -87,17 +88,17 @@ fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
     found.pop()
 }
 
-/// Seconds of kernel uptime from `/proc/uptime` under the root.
-fn read_uptime(fs: &RootFs) -> Result<f64, String> {
-    let text = fs
-        .read("/proc/uptime")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "missing /proc/uptime".to_string())?;
+/// Seconds of kernel uptime from `/proc/uptime`.
+fn read_uptime(kernel: &KernelFiles) -> Result<f64, String> {
+    let path = kernel.proc_path("uptime");
+    let text = KernelFiles::read(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("missing {}", path.display()))?;
     String::from_utf8_lossy(&text)
         .split_whitespace()
         .next()
         .and_then(|s| s.parse::<f64>().ok())
-        .ok_or_else(|| "cannot parse /proc/uptime".to_string())
+        .ok_or_else(|| format!("cannot parse {}", path.display()))
 }
 
 /// The `environment` object of `GET /1.0`.
@@ -126,15 +127,15 @@ pub struct SystemInfo {
 }
 
 impl SystemInfo {
-    pub fn read(root: &Path, os: OsRelease) -> SystemInfo {
+    pub fn read(root: &Path, kernel: &KernelFiles, os: OsRelease) -> SystemInfo {
         let fs = RootFs::new(root);
         let machine_id = read_machine_id(&fs);
-        let hostname = read_product_uuid(&fs)
+        let hostname = read_product_uuid(kernel)
             .or_else(|| machine_id.clone().ok())
             .unwrap_or_else(|| os.name.clone());
         SystemInfo {
             alternate: alternate_version(&fs, &os),
-            uptime_at_start: read_uptime(&fs),
+            uptime_at_start: read_uptime(kernel),
             started: Instant::now(),
             machine_id,
             hostname,
@@ -198,7 +199,7 @@ mod tests {
             name: "IncusOS".into(),
             version: "202511041601".into(),
         };
-        let info = SystemInfo::read(dir.path(), os);
+        let info = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os);
         let env = info.environment("", true).unwrap();
         assert_eq!(env.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(env.hostname, "0123456789abcdef0123456789abcdef");
@@ -212,7 +213,11 @@ mod tests {
             0o400,
         )
         .unwrap();
-        let info = SystemInfo::read(dir.path(), info.os().clone());
+        let info = SystemInfo::read(
+            dir.path(),
+            &KernelFiles::under(dir.path()),
+            info.os().clone(),
+        );
         assert_eq!(
             info.environment("", true).unwrap().hostname,
             "4c4c4544-0044-4810-8052-b4c04f4e3432"
@@ -229,7 +234,7 @@ mod tests {
             name: "IncusOS".into(),
             version: "1".into(),
         };
-        let err = SystemInfo::read(dir.path(), os)
+        let err = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os)
             .environment("", false)
             .unwrap_err();
         assert_eq!(err, "invalid length for a machine-id");

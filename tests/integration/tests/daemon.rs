@@ -332,3 +332,78 @@ async fn tui_messages_land_in_the_daemon_log_at_their_level() {
         assert!(log.contains(needle), "{needle} missing from:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn links_in_the_root_keep_start_hooks_and_puts_inside_it() {
+    let root = Root::new();
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path();
+    let out_rel = out.strip_prefix("/").unwrap();
+    // `var/lib` climbs out of the root with `..`: as in a chroot it stops at the root, so
+    // it means `<root>/<outside's path>`, a mirror of the outside directory in the root.
+    let mirror = root.path().join(out_rel);
+    let state = br#"{"schema_version": 1, "plugins": {"iscsi": {"config": {"enabled": true, "targets": []}}}}"#;
+    for base in [out, mirror.as_path()] {
+        std::fs::create_dir_all(base.join("iscsi/nodes")).unwrap();
+        std::fs::write(base.join("iscsi/nodes/keep"), b"keep").unwrap();
+        std::fs::create_dir_all(base.join("incus-os")).unwrap();
+        std::fs::write(base.join("incus-os/state.json"), state).unwrap();
+    }
+    std::fs::create_dir_all(root.path().join("var")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../../../../../../../../{}", out_rel.display()),
+        root.path().join("var/lib"),
+    )
+    .unwrap();
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"),
+        "iscsi",
+    );
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_usbip"),
+        "usbip",
+    );
+    let d = Daemon::start(&root, &[]);
+    // iscsi's start hook removes its state directory `/var/lib/iscsi`: that resolves to the
+    // mirror, not under what iscsi declared, so the removal is refused with the reason.
+    let log = d.log();
+    let refusal = format!(
+        "path \"/var/lib/iscsi\" resolves to \"/{}/iscsi\" through a symlink, outside what this plugin may write",
+        out_rel.display()
+    );
+    assert!(log.contains(&refusal), "{log}");
+    assert_eq!(
+        std::fs::read(mirror.join("iscsi/nodes/keep")).unwrap(),
+        b"keep"
+    );
+    // The daemon's own state follows the link inside the root: it loaded the mirror's.
+    assert_eq!(
+        get_ok(&d.socket, "/1.0/services/iscsi").await["config"]["enabled"],
+        true
+    );
+    let (s, v) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/services/usbip",
+        r#"{"config":{"enabled":false,"targets":[]}}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let saved = std::fs::read_to_string(mirror.join("incus-os/state.json")).unwrap();
+    assert!(saved.contains("usbip"), "{saved}");
+    // Outside the root: exactly as before.
+    assert_eq!(
+        std::fs::read(out.join("iscsi/nodes/keep")).unwrap(),
+        b"keep"
+    );
+    assert_eq!(
+        std::fs::read(out.join("incus-os/state.json")).unwrap(),
+        state
+    );
+    let mut names: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["incus-os", "iscsi"]);
+}
