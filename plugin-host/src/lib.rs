@@ -12,6 +12,8 @@
 //! the harness plugs in recording ones. Everything a plugin can ask of its host is decided
 //! here once: unit-name checks, the write allow-list, error texts.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod crash;
 pub mod exec;
 pub mod files;
 pub mod host_ops;

@@ -1,5 +1,7 @@
 use super::*;
+use crate::crash;
 use std::os::unix::fs::{symlink, PermissionsExt};
+use std::time::Duration;
 
 fn ls(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
@@ -354,4 +356,150 @@ fn leftover_temp_files_are_removed_and_nothing_else() {
     let d = sys::open(&j.r("etc"), libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
     assert_eq!(remove_temp_files(d.as_fd()).unwrap(), 1);
     assert_eq!(ls(&j.r("etc")), ["x"]);
+}
+
+// --- the atomic-write guarantee ----------------------------------------------------------
+//
+// These tests check what atomic_write promises, not how: after a crash (SIGKILL at a
+// random moment) or a write that fails half-way, the file holds the old content or the new
+// one, whole. An in-place write (`fs::write`: truncate, then write) fails both: a kill
+// between the truncation and the end of the write leaves a short or mixed file, which the
+// version check below reports, and a write failing with EFBIG after 64 KiB leaves 64 KiB of
+// the new content in the file.
+
+/// Content for version `k`: a header naming the version and the length, a body derived
+/// from `k`, a trailer. Lengths differ between versions (256 KiB to 4 MiB).
+fn version(k: u64) -> Vec<u8> {
+    let len = (256 << 10) + (k % 16) * (256 << 10);
+    let mut v = format!("version {k} length {len}\n").into_bytes();
+    let fill = b"0123456789abcdef"[(k % 16) as usize];
+    v.resize(len as usize - 16, fill);
+    v.extend_from_slice(format!("\n{:>14}\n", k).as_bytes());
+    v
+}
+
+/// The version whose content `data` is exactly, if any.
+fn whole_version(data: &[u8]) -> Option<u64> {
+    let head = std::str::from_utf8(&data[..data.len().min(64)]).ok()?;
+    let k: u64 = head
+        .strip_prefix("version ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    (version(k) == data).then_some(k)
+}
+
+/// The child side: the job is `loop:<path>` (write versions 1, 2, ... forever) or
+/// `efbig:<path>` (write version 15 under a 64 KiB file size limit, report the result).
+#[test]
+#[ignore = "started by the crash tests as a child process"]
+fn atomic_write_child() {
+    let Some(job) = crash::child_job() else {
+        return;
+    };
+    let (what, path) = job.split_once(':').unwrap();
+    let path = Path::new(path);
+    match what {
+        "loop" => {
+            for k in 1.. {
+                atomic_write(path, &version(k), 0o600).unwrap();
+            }
+        }
+        "efbig" => {
+            crash::limit_file_size(64 << 10);
+            match atomic_write(path, &version(15), 0o600) {
+                Ok(()) => crash::report("ok"),
+                Err(e) => crash::report(&format!("error {}", e.raw_os_error().unwrap_or(0))),
+            }
+        }
+        other => panic!("unknown job {other}"),
+    }
+}
+
+#[test]
+fn a_kill_at_any_moment_leaves_the_old_or_the_new_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let mut child = crash::spawn_child(
+            "files::tests::atomic_write_child",
+            &format!("loop:{}", path.display()),
+        );
+        let before = fs::read(&path).ok();
+        // Ready once the child replaced what was there (or wrote the first version).
+        crash::kill_at_random(
+            &mut child,
+            || {
+                fs::read(&path)
+                    .ok()
+                    .is_some_and(|d| Some(&d) != before.as_ref())
+            },
+            Duration::from_millis(40),
+        );
+        let data = fs::read(&path).unwrap();
+        let k = whole_version(&data).unwrap_or_else(|| {
+            panic!(
+                "torn file after a kill: {} bytes, starts {:?}",
+                data.len(),
+                String::from_utf8_lossy(&data[..data.len().min(40)])
+            )
+        });
+        seen.insert(k);
+    }
+    // The kills landed at different points of the loop.
+    assert!(seen.len() > 1, "{seen:?}");
+    // Kills leave temporary files behind; the clean-up removes them and only them.
+    let d = sys::open(dir.path(), libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
+    remove_temp_files(d.as_fd()).unwrap();
+    assert_eq!(ls(dir.path()), ["state.json"]);
+}
+
+#[test]
+fn a_write_failing_half_way_leaves_the_old_file_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("file");
+    let old = version(0);
+    fs::write(&path, &old).unwrap();
+    let child = crash::spawn_child(
+        "files::tests::atomic_write_child",
+        &format!("efbig:{}", path.display()),
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The write failed (File too large) ...
+    assert!(
+        stdout.contains(&format!("RESULT error {}", libc::EFBIG)),
+        "{stdout}"
+    );
+    // ... and the file is the old one, whole, with no temporary file left.
+    assert_eq!(whole_version(&fs::read(&path).unwrap()), Some(0));
+    assert_eq!(ls(dir.path()), ["file"]);
+}
+
+#[test]
+fn a_write_into_a_directory_that_was_replaced_fails_and_leaves_the_target_whole() {
+    // The directory is opened once; if it is replaced (renamed away, another put in its
+    // place) or removed, the write either lands whole in the directory it opened or fails,
+    // and never leaves a partial file behind.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let d = sys::open(&state, libc::O_RDONLY | libc::O_DIRECTORY).unwrap();
+    write_in(d.as_fd(), OsStr::new("f"), &version(1), 0o600).unwrap();
+    fs::rename(&state, dir.path().join("moved")).unwrap();
+    fs::create_dir(&state).unwrap();
+    fs::write(state.join("f"), b"other").unwrap();
+    write_in(d.as_fd(), OsStr::new("f"), &version(2), 0o600).unwrap();
+    assert_eq!(
+        whole_version(&fs::read(dir.path().join("moved/f")).unwrap()),
+        Some(2)
+    );
+    assert_eq!(fs::read(state.join("f")).unwrap(), b"other");
+    // Removed: the write fails and nothing is left.
+    fs::remove_dir_all(dir.path().join("moved")).unwrap();
+    assert!(write_in(d.as_fd(), OsStr::new("f"), &version(3), 0o600).is_err());
+    assert_eq!(ls(dir.path()), ["state"]);
 }
