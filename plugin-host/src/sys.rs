@@ -145,6 +145,11 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     Ok(st)
 }
 
+/// `fstat(fd)`.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    lstatat(fd, OsStr::new(""))
+}
+
 /// `readlinkat(dir, name)`.
 pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OsString> {
     let n = cstr(name)?;
@@ -223,4 +228,10 @@ pub fn read_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
 /// Where the open file `fd` is, as the kernel names it (`/proc/self/fd/N`).
 pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
 }
