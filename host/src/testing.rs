@@ -26,6 +26,7 @@ pub struct TestApp {
     adders: Vec<Adder>,
     ready: bool,
     systemd: Option<Arc<dyn Systemd>>,
+    commands: Option<Arc<dyn crate::platform::exec::Commands>>,
 }
 
 impl Default for TestApp {
@@ -58,6 +59,7 @@ impl TestApp {
             adders: vec![],
             ready: true,
             systemd: None,
+            commands: None,
         }
     }
 
@@ -81,6 +83,13 @@ impl TestApp {
     /// for commands.
     pub fn systemd(mut self, systemd: Arc<dyn Systemd>) -> Self {
         self.systemd = Some(systemd);
+        self
+    }
+
+    /// Runs commands through `commands` (e.g. the real adapter, for endpoints that run
+    /// read-only tools) instead of refusing them as an offline platform does.
+    pub fn commands(mut self, commands: Arc<dyn crate::platform::exec::Commands>) -> Self {
+        self.commands = Some(commands);
         self
     }
 
@@ -125,6 +134,9 @@ impl TestApp {
         let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
         let store = Arc::new(Mutex::new(store));
         let mut platform = Platform::for_root(&root);
+        if let Some(commands) = self.commands {
+            platform.commands = commands;
+        }
         if let Some(systemd) = self.systemd {
             platform.units = systemd;
         }

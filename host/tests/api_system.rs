@@ -222,7 +222,7 @@ async fn power_actions_without_systemd_are_refused_not_faked() {
 
 #[tokio::test]
 async fn debug_kernel_reads_the_root_prefix() {
-    let t = TestApp::new();
+    let t = TestApp::new().commands(std::sync::Arc::new(incus_osd::platform::exec::RealCommands));
     let w = |p: &str, d: &str| {
         let path = t.root().join(p);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -249,7 +249,7 @@ async fn debug_kernel_reads_the_root_prefix() {
     );
     // `x86_64_vN` where the x86-64 loader runs (at least `x86_64_v1`), else empty.
     let baseline = k["cpu_baseline"].as_str().unwrap();
-    if std::path::Path::new("/lib64/ld-linux-x86-64.so.2").exists() {
+    if cfg!(target_arch = "x86_64") {
         let level = baseline
             .strip_prefix("x86_64_v")
             .unwrap_or_else(|| panic!("{k}"));
@@ -261,11 +261,31 @@ async fn debug_kernel_reads_the_root_prefix() {
 
 #[tokio::test]
 async fn debug_processes_is_the_process_tree_as_text() {
-    let (r, _, _d) = TestApp::new().router();
+    let (r, _, _d) = TestApp::new()
+        .commands(std::sync::Arc::new(incus_osd::platform::exec::RealCommands))
+        .router();
     let (s, v) = call(&r, "GET", "/1.0/debug/processes", "").await;
     assert_eq!(s, 200, "{v}");
     let text = v["metadata"].as_str().unwrap();
     assert!(text.starts_with("USER") && text.contains("PID"), "{text}");
+}
+
+/// The debug endpoints' commands go through the platform's command adapter: an offline
+/// daemon (a dev or test root) refuses to run them and says why, and reports no CPU
+/// baseline rather than one read from a tool it may not run.
+#[tokio::test]
+async fn debug_commands_are_refused_offline() {
+    let t = TestApp::new();
+    std::fs::create_dir_all(t.root().join("proc/sys/kernel")).unwrap();
+    std::fs::write(t.root().join("proc/sys/kernel/osrelease"), "6.1.0\n").unwrap();
+    let (r, _, _d) = t.router();
+    let (s, v) = call(&r, "GET", "/1.0/debug/processes", "").await;
+    assert_eq!(s, 500, "{v}");
+    let err = v["error"].as_str().unwrap();
+    assert!(err.starts_with("cannot run ps: offline"), "{err}");
+    let (s, v) = call(&r, "GET", "/1.0/debug/kernel", "").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["metadata"]["cpu_baseline"], "", "{v}");
 }
 
 #[tokio::test]

@@ -52,12 +52,14 @@ pub async fn log(
     Ok(sync(&entries))
 }
 
-/// `ps fauxww`, as text.
-pub async fn processes(method: Method) -> ApiResult {
+/// `ps fauxww`, as text (through the platform's command adapter: refused, with the reason,
+/// when the daemon runs offline).
+pub async fn processes(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
     let argv: Vec<String> = ["ps", "fauxww"].iter().map(|s| s.to_string()).collect();
+    let commands = app.platform.commands.clone();
     let out = tokio::task::spawn_blocking(move || {
-        crate::platform::exec::run_with_timeout(&argv, b"", std::time::Duration::from_secs(10))
+        commands.run(&argv, b"", std::time::Duration::from_secs(10))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -76,17 +78,18 @@ pub async fn processes(method: Method) -> ApiResult {
 pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
     let kernel = app.platform.kernel.clone();
+    let commands = app.platform.commands.clone();
     let k = tokio::task::spawn_blocking(move || {
-        let ld = [
-            "/lib64/ld-linux-x86-64.so.2".to_string(),
-            "--help".to_string(),
-        ];
-        // Upstream's rule: the loader must run and exit 0 for a baseline to be reported.
-        let help =
-            crate::platform::exec::run_with_timeout(&ld, b"", std::time::Duration::from_secs(5))
+        // The CPU levels come from the dynamic loader this daemon runs under; upstream's
+        // rule: the loader must run and exit 0 for a baseline to be reported.
+        let help = crate::platform::kernel::dynamic_loader().and_then(|ld| {
+            let argv = [ld.to_string_lossy().into_owned(), "--help".to_string()];
+            commands
+                .run(&argv, b"", std::time::Duration::from_secs(5))
                 .ok()
                 .filter(|o| o.status == 0)
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        });
         debug::kernel(&kernel, help.as_deref())
     })
     .await

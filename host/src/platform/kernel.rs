@@ -63,6 +63,58 @@ impl KernelFiles {
     }
 }
 
+/// The dynamic loader this daemon runs under (the `PT_INTERP` of its own executable), e.g.
+/// `/lib64/ld-linux-x86-64.so.2`; `None` for a static build or an unreadable executable.
+/// Read once.
+pub fn dynamic_loader() -> Option<PathBuf> {
+    static LOADER: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    LOADER
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            let file = std::fs::File::open(exe).ok()?;
+            elf_interpreter(&file).map(PathBuf::from)
+        })
+        .clone()
+}
+
+/// The `PT_INTERP` path of a 64-bit little-endian ELF file, reading only its headers.
+fn elf_interpreter(file: &std::fs::File) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let read = |off: u64, len: usize| -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, off).ok()?;
+        Some(buf)
+    };
+    let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+    let u64_at =
+        |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    let header = read(0, 64)?;
+    // ELF magic, 64-bit, little-endian.
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 0x20),
+        usize::from(u16_at(&header, 0x36)),
+        usize::from(u16_at(&header, 0x38)),
+    );
+    if phentsize < 56 || phnum > 4096 {
+        return None;
+    }
+    let table = read(phoff, phentsize * phnum)?;
+    const PT_INTERP: u32 = 3;
+    let interp = table
+        .chunks_exact(phentsize)
+        .find(|ph| u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_INTERP)?;
+    let (offset, size) = (u64_at(interp, 8), u64_at(interp, 32));
+    if size == 0 || size > 4096 {
+        return None;
+    }
+    let path = read(offset, size as usize)?;
+    let path = path.split(|b| *b == 0).next()?;
+    String::from_utf8(path.to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +132,19 @@ mod tests {
             .unwrap()
             .is_some());
         assert_eq!(KernelFiles::read(&k.proc_path("uptime")).unwrap(), None);
+    }
+
+    #[test]
+    fn the_dynamic_loader_is_read_from_our_own_executable() {
+        // Test binaries are dynamically linked: the loader exists and is an ld.so.
+        let loader = dynamic_loader().expect("a dynamically linked test binary");
+        assert!(loader.is_absolute(), "{loader:?}");
+        assert!(loader.exists(), "{loader:?}");
+        let name = loader.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("ld-"), "{name}");
+        // Not an ELF file: no interpreter.
+        let f = tempfile::tempfile().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"#!/bin/sh\n", 0).unwrap();
+        assert_eq!(elf_interpreter(&f), None);
     }
 }
