@@ -292,6 +292,7 @@ async fn with_2000_idle_connections_get_and_put_still_answer() {
     drop(idle);
 }
 
+#[allow(unsafe_code)] // audited: getrlimit/setrlimit on a local struct
 fn lower_soft_open_files(n: u64) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

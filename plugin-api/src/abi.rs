@@ -11,6 +11,7 @@
 //!   copes with its absence;
 //! - no axum, tokio or tracing type crosses; payloads are JSON bytes;
 //! - a panic never crosses: the SDK's export macros catch it and return a [`PluginError`].
+#![allow(unsafe_code)] // audited: abi_stable's derives and sabi_trait expand to unsafe impls; the one hand-written block (a prefix view in the tests) says why it holds
 
 use abi_stable::{
     declare_root_module_statics,

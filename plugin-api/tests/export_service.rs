@@ -43,6 +43,7 @@ fn the_exported_module_describes_the_service() {
     assert!(m.has(Hook::Reset) && m.has(Hook::Get) && m.has(Hook::Put));
     assert_eq!(m.routes[0].path, "/1.0/services/svc/:rejoin");
     // SAFETY: reads the static C string the macro exports.
+    #[allow(unsafe_code)] // audited: a NUL-terminated static the export macro owns
     let v = unsafe { std::ffi::CStr::from_ptr(incus_osd_plugin_api_version()) };
     assert_eq!(v.to_str().unwrap(), plugin_api::API_VERSION);
 }

@@ -5,6 +5,7 @@
 //! The child side is an `#[ignore]`d test that starts with
 //! `let Some(job) = crash::child_job() else { return };`; the parent starts it with
 //! [`spawn_child`] naming that test by its full path (`module::tests::name`).
+#![allow(unsafe_code)] // audited: test support: signals to a child process this module spawned
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

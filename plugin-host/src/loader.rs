@@ -15,6 +15,7 @@
 //! 5. (later, [`PluginLibrary::instantiate`]) its constructor succeeds and does not panic.
 //!
 //! Libraries are never unloaded: a loaded library is leaked on purpose.
+#![allow(unsafe_code)] // audited: dlopen of a checked library and its version symbol, each block with a SAFETY comment
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, AsRawFd};

@@ -1,5 +1,6 @@
 //! Random bytes from the kernel (`getrandom(2)`), for names that must not be guessed
 //! (temporary files) and identities (a dev root's machine id).
+#![allow(unsafe_code)] // audited: getrandom into an exclusively borrowed buffer
 
 use std::io;
 

@@ -1,6 +1,7 @@
 //! Thin safe wrappers over the `*at(2)` system calls the root-contained file access and the
 //! loader need (the standard library has no directory-fd API). Each wrapper converts its
 //! arguments, makes one call and maps `-1` to `errno`; nothing else.
+#![allow(unsafe_code)] // audited: openat2 and *at() system calls on descriptors this module owns, each with a SAFETY comment
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;

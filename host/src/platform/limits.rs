@@ -3,6 +3,7 @@
 //! Every client connection holds a file descriptor. systemd starts services with a soft
 //! limit of 1024 (the unit raises it with `LimitNOFILE=`); the daemon also raises its soft
 //! limit to the hard one at start, and sizes its connection cap below what it ends up with.
+#![allow(unsafe_code)] // audited: getrlimit/setrlimit on plain structs
 
 use std::io;
 

@@ -1,4 +1,5 @@
 //! sd_notify: telling systemd about the daemon's state (`Type=notify`).
+#![allow(unsafe_code)] // audited: sd_notify barrier: pipe2, sendmsg with SCM_RIGHTS and poll, each block with a SAFETY comment
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Spawned processes (the daemon, the bare server) behind a guard that kills them when
 //! dropped, their temporary roots, and the plugin directories.
+#![allow(unsafe_code)] // audited: bench support: process resource queries through libc
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! Support for the integration tests: the real `incus-osd` binary started over a
 //! temporary root with a chosen set of built plugin libraries, and a small HTTP client
 //! for its unix socket.
+#![allow(unsafe_code)] // audited: test support: signals to daemon processes the tests spawned
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
