@@ -17,7 +17,7 @@ use serde_json::Value;
 mod checks;
 mod host;
 
-pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CHECKS};
+pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CheckStatus, CHECKS};
 pub use host::{CommandCall, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
 pub use plugin_api::abi::{LogLevel, UnitOp};
 
@@ -130,7 +130,14 @@ impl Harness {
         self.invoke(Hook::Stop.op(), b"")
     }
 
+    /// `POST /1.0/services/<name>/:reset` as the daemon answers it: a plugin whose manifest
+    /// does not advertise `reset` is not called, the answer is 500
+    /// [`plugin_api::sdk::RESET_NOT_SUPPORTED`] (upstream's text). Call
+    /// [`Harness::invoke`] with `"reset"` to reach the plugin regardless.
     pub fn reset(&self) -> Result<Value, PluginError> {
+        if !self.manifest().has(Hook::Reset) {
+            return Err(PluginError::new(500, plugin_api::sdk::RESET_NOT_SUPPORTED));
+        }
         self.invoke(Hook::Reset.op(), b"")
     }
 
