@@ -137,11 +137,11 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            let limits = api::listener::Limits::for_this_process();
+            api::listener::serve(listener, router, limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         });
         tracing::info!(socket = %config.socket.display(), "API listening");
         // Ready for systemd once the API answers (upstream's clients may call it while the
@@ -252,19 +252,9 @@ async fn apply_logging(app: &Arc<App>) {
     if config == Default::default() {
         return;
     }
-    let app2 = app.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        crate::system::logging::apply(
-            &RootFs::new(&app2.root),
-            app2.platform.units.as_ref(),
-            &config,
-        )
-    })
-    .await;
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
-        Err(e) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
+    let (root, platform) = (app.root.clone(), app.platform.clone());
+    if let Err(e) = crate::system::logging::apply_stored(root, platform, config).await {
+        tracing::warn!(error = %e, "cannot apply the syslog configuration");
     }
 }
 

@@ -365,7 +365,13 @@ fn generic_checks_pass_on_iscsi_and_skip_missing_hooks() {
         };
         assert_eq!(o.status, expected, "{o:?}");
     }
-    assert_eq!(outcomes[0].detail, "service iscsi 0.1.0 (plugin-api 1.0.0)");
+    assert_eq!(
+        outcomes[0].detail,
+        format!(
+            "service iscsi 0.1.0 (plugin-api {})",
+            plugin_api::API_VERSION
+        )
+    );
     assert!(outcomes[6].detail.contains("backup"), "{:?}", outcomes[6]);
 }
 
