@@ -7,4 +7,7 @@ pub mod platform;
 pub mod plugins;
 pub mod state;
 pub mod system;
+/// The test-app builder for router tests: only in test builds (this crate's unit tests,
+/// or the `testing` feature its integration tests turn on), never in the daemon.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

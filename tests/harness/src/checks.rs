@@ -3,40 +3,71 @@
 
 use std::path::Path;
 
+use plugin_api::sdk::RESET_NOT_SUPPORTED;
 use plugin_api::{Hook, Kind};
 use plugin_host::loader::LoadError;
 use serde_json::{json, Map, Value};
 
 use crate::Harness;
 
-/// The outcome of one check. A skipped check (the plugin lacks the hooks it needs) has
-/// `passed == true` and `skipped == true`; only `passed == false` is a failure.
+/// How a check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckStatus {
+    Passed,
+    Failed,
+    /// Not applicable: the plugin lacks what the check needs (a hook, a kind). Neither a
+    /// pass nor a failure.
+    Skipped,
+}
+
+impl CheckStatus {
+    /// `pass`, `fail` or `skip` (the command's words).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Passed => "pass",
+            CheckStatus::Failed => "fail",
+            CheckStatus::Skipped => "skip",
+        }
+    }
+}
+
+/// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckOutcome {
     pub name: String,
-    pub passed: bool,
-    pub skipped: bool,
+    pub status: CheckStatus,
     /// What was seen (on success), what went wrong (on failure) or why it was skipped.
     pub detail: String,
 }
 
 impl CheckOutcome {
     fn pass(name: &str, detail: impl Into<String>) -> Self {
-        Self::new(name, true, false, detail)
+        Self::new(name, CheckStatus::Passed, detail)
     }
     fn fail(name: &str, detail: impl Into<String>) -> Self {
-        Self::new(name, false, false, detail)
+        Self::new(name, CheckStatus::Failed, detail)
     }
     fn skip(name: &str, reason: impl Into<String>) -> Self {
-        Self::new(name, true, true, reason)
+        Self::new(name, CheckStatus::Skipped, reason)
     }
-    fn new(name: &str, passed: bool, skipped: bool, detail: impl Into<String>) -> Self {
+    fn new(name: &str, status: CheckStatus, detail: impl Into<String>) -> Self {
         CheckOutcome {
             name: name.to_string(),
-            passed,
-            skipped,
+            status,
             detail: detail.into(),
         }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.status == CheckStatus::Passed
+    }
+
+    pub fn failed(&self) -> bool {
+        self.status == CheckStatus::Failed
+    }
+
+    pub fn skipped(&self) -> bool {
+        self.status == CheckStatus::Skipped
     }
 }
 
@@ -47,6 +78,7 @@ pub const CHECKS: &[&str] = &[
     "put-round-trip",
     "bad-json",
     "wrong-types",
+    "reset",
     "backup-restore",
 ];
 
@@ -55,22 +87,23 @@ pub const CHECKS: &[&str] = &[
 pub fn run_generic_checks(path: impl AsRef<Path>) -> Vec<CheckOutcome> {
     let path = path.as_ref();
     let manifest = check_manifest(path);
-    if !manifest.passed {
+    if !manifest.passed() {
         return vec![manifest];
     }
     let mut out = vec![manifest];
-    let checks: [(&str, Check); 5] = [
+    let checks: [(&str, Check); 6] = [
         ("get-shape", check_get_shape),
         ("put-round-trip", check_put_round_trip),
         ("bad-json", check_bad_json),
         ("wrong-types", check_wrong_types),
+        ("reset", check_reset),
         ("backup-restore", check_backup_restore),
     ];
     for (name, check) in checks {
         let outcome = match Harness::load(path) {
             Ok(h) => match check(&h) {
-                Ok(Some(detail)) => CheckOutcome::pass(name, detail),
-                Ok(None) => CheckOutcome::skip(name, skip_reason(name, &h)),
+                Ok(Seen::Pass(detail)) => CheckOutcome::pass(name, detail),
+                Ok(Seen::Skip(reason)) => CheckOutcome::skip(name, reason),
                 Err(detail) => CheckOutcome::fail(name, detail),
             },
             Err(e) => CheckOutcome::fail(name, format!("cannot load a fresh instance: {e:#}")),
@@ -80,8 +113,15 @@ pub fn run_generic_checks(path: impl AsRef<Path>) -> Vec<CheckOutcome> {
     out
 }
 
-/// `Ok(Some(detail))`: passed; `Ok(None)`: not applicable; `Err(detail)`: failed.
-type Check = fn(&Harness) -> Result<Option<String>, String>;
+/// What a check saw when it did not fail.
+enum Seen {
+    Pass(String),
+    /// Not applicable, and why.
+    Skip(String),
+}
+
+/// `Err(detail)`: the check failed.
+type Check = fn(&Harness) -> Result<Seen, String>;
 
 /// The loader's short reason for a failed load.
 fn load_reason(e: &anyhow::Error) -> String {
@@ -131,28 +171,26 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-fn has_shape(h: &Harness) -> bool {
-    h.manifest().kind != Kind::Provider
-}
-
-fn skip_reason(name: &str, h: &Harness) -> String {
+/// `Some(skip)` when the plugin has no `{state, config}` document (a provider) or lacks
+/// one of `hooks`.
+fn needs(h: &Harness, hooks: &[Hook]) -> Option<Seen> {
     let m = h.manifest();
-    let needs: &[Hook] = match name {
-        "get-shape" => &[Hook::Get],
-        "put-round-trip" | "wrong-types" => &[Hook::Get, Hook::Put],
-        "bad-json" => &[Hook::Put],
-        "backup-restore" => &[Hook::Get, Hook::Backup, Hook::Restore, Hook::FactoryReset],
-        _ => &[],
-    };
-    if name != "backup-restore" && !has_shape(h) {
-        return "providers have no {state, config} document".to_string();
+    if m.kind == Kind::Provider {
+        return Some(Seen::Skip(
+            "providers have no {state, config} document".to_string(),
+        ));
     }
-    let missing: Vec<&str> = needs
+    let missing: Vec<&str> = hooks
         .iter()
         .filter(|hk| !m.has(**hk))
         .map(|hk| hk.op())
         .collect();
-    format!("the plugin does not implement {}", missing.join(", "))
+    (!missing.is_empty()).then(|| {
+        Seen::Skip(format!(
+            "the plugin does not implement {}",
+            missing.join(", ")
+        ))
+    })
 }
 
 fn show(e: &plugin_api::abi::PluginError) -> String {
@@ -180,12 +218,12 @@ fn get_shaped(h: &Harness) -> Result<Value, String> {
     Ok(body)
 }
 
-fn check_get_shape(h: &Harness) -> Result<Option<String>, String> {
-    if !has_shape(h) || !h.manifest().has(Hook::Get) {
-        return Ok(None);
+fn check_get_shape(h: &Harness) -> Result<Seen, String> {
+    if let Some(skip) = needs(h, &[Hook::Get]) {
+        return Ok(skip);
     }
     let body = get_shaped(h)?;
-    Ok(Some(format!("GET: {body}")))
+    Ok(Seen::Pass(format!("GET: {body}")))
 }
 
 /// Empties every array inside `v` (recursing through objects); returns how many.
@@ -200,9 +238,34 @@ fn empty_arrays(v: &mut Value) -> usize {
     }
 }
 
+/// Another value of the same JSON type as `v`, for a config that differs from the
+/// default (`None` for null, arrays and objects, and numbers that cannot grow).
+fn changed(v: &Value) -> Option<Value> {
+    Some(match v {
+        Value::Bool(b) => json!(!b),
+        Value::String(s) if s.is_empty() => json!("conformance"),
+        Value::String(s) => json!(format!("{s}-conformance")),
+        Value::Number(n) => {
+            if let Some(i) = n.as_u64() {
+                json!(i.checked_add(1)?)
+            } else if let Some(i) = n.as_i64() {
+                json!(i.checked_add(1)?)
+            } else {
+                json!(n.as_f64()? + 1.0)
+            }
+        }
+        Value::Null | Value::Array(_) | Value::Object(_) => return None,
+    })
+}
+
 fn put_and_compare(h: &Harness, body: &Value, what: &str) -> Result<(), String> {
     h.put(body)
         .map_err(|e| format!("PUT of {what} failed: {}", show(&e)))?;
+    read_back(h, body, what)
+}
+
+/// GET's config must be `body`'s after a PUT of `body`.
+fn read_back(h: &Harness, body: &Value, what: &str) -> Result<(), String> {
     let after = h
         .get()
         .map_err(|e| format!("GET after PUT of {what} failed: {}", show(&e)))?;
@@ -215,19 +278,54 @@ fn put_and_compare(h: &Harness, body: &Value, what: &str) -> Result<(), String> 
     Ok(())
 }
 
-fn check_put_round_trip(h: &Harness) -> Result<Option<String>, String> {
-    let m = h.manifest();
-    if !has_shape(h) || !m.has(Hook::Get) || !m.has(Hook::Put) {
-        return Ok(None);
+/// PUTs the config of `body` with one top-level field after another changed (see
+/// [`changed`]), keeping each change the plugin accepts; each accepted change must read
+/// back. A change the plugin refuses (a value it finds invalid, a tool the harness does
+/// not script) is dropped. Returns the last body accepted and the fields changed.
+fn put_changed_fields(h: &Harness, body: &Value) -> Result<(Value, Vec<String>), String> {
+    let mut current = body.clone();
+    let mut fields = vec![];
+    let config = body["config"].as_object().cloned().unwrap_or_default();
+    for (field, value) in &config {
+        let Some(new) = changed(value) else {
+            continue;
+        };
+        let mut candidate = current.clone();
+        candidate["config"][field] = new.clone();
+        if h.put(&candidate).is_err() {
+            continue;
+        }
+        read_back(h, &candidate, &format!("the config with {field} = {new}"))?;
+        current = candidate;
+        fields.push(field.clone());
+    }
+    Ok((current, fields))
+}
+
+fn check_put_round_trip(h: &Harness) -> Result<Seen, String> {
+    if let Some(skip) = needs(h, &[Hook::Get, Hook::Put]) {
+        return Ok(skip);
     }
     let body = get_shaped(h)?;
     put_and_compare(h, &body, "the GET body")?;
     let mut emptied = body.clone();
     let n = empty_arrays(&mut emptied["config"]);
     put_and_compare(h, &emptied, "the body with its arrays emptied")?;
-    Ok(Some(format!(
-        "config kept after PUT of the GET body and of the body with {n} array(s) emptied"
+    let (_, fields) = put_changed_fields(h, &body)?;
+    Ok(Seen::Pass(format!(
+        "config kept after PUT of the GET body, of the body with {n} array(s) emptied and \
+         with {}",
+        changed_note(&fields)
     )))
+}
+
+/// `"2 field(s) changed (a, b)"`, or that none could be.
+fn changed_note(fields: &[String]) -> String {
+    if fields.is_empty() {
+        "no field changed (the plugin accepted no changed value)".to_string()
+    } else {
+        format!("{} field(s) changed ({})", fields.len(), fields.join(", "))
+    }
 }
 
 /// A PUT the plugin must refuse with 400 without saving anything; `Err` says what went
@@ -268,9 +366,9 @@ fn refused(
     Ok(())
 }
 
-fn check_bad_json(h: &Harness) -> Result<Option<String>, String> {
-    if !has_shape(h) || !h.manifest().has(Hook::Put) {
-        return Ok(None);
+fn check_bad_json(h: &Harness) -> Result<Seen, String> {
+    if let Some(skip) = needs(h, &[Hook::Put]) {
+        return Ok(skip);
     }
     let bodies: [(&[u8], &str); 3] = [
         (b"{not json", "`{not json`"),
@@ -282,7 +380,7 @@ fn check_bad_json(h: &Harness) -> Result<Option<String>, String> {
         .filter_map(|(body, what)| refused(h, body, what, None).err())
         .collect();
     if errors.is_empty() {
-        Ok(Some(format!(
+        Ok(Seen::Pass(format!(
             "{} malformed bodies refused with 400",
             bodies.len()
         )))
@@ -303,10 +401,9 @@ fn other_type(v: &Value) -> Option<Value> {
     })
 }
 
-fn check_wrong_types(h: &Harness) -> Result<Option<String>, String> {
-    let m = h.manifest();
-    if !has_shape(h) || !m.has(Hook::Get) || !m.has(Hook::Put) {
-        return Ok(None);
+fn check_wrong_types(h: &Harness) -> Result<Seen, String> {
+    if let Some(skip) = needs(h, &[Hook::Get, Hook::Put]) {
+        return Ok(skip);
     }
     let body = get_shaped(h)?;
     let config: &Map<String, Value> = body["config"].as_object().expect("checked by get_shaped");
@@ -324,7 +421,7 @@ fn check_wrong_types(h: &Harness) -> Result<Option<String>, String> {
         }
     }
     if errors.is_empty() {
-        Ok(Some(format!(
+        Ok(Seen::Pass(format!(
             "{tried} of {} config field(s) refused with a wrong type",
             config.len()
         )))
@@ -333,18 +430,71 @@ fn check_wrong_types(h: &Harness) -> Result<Option<String>, String> {
     }
 }
 
-fn check_backup_restore(h: &Harness) -> Result<Option<String>, String> {
-    let m = h.manifest();
-    let needed = [Hook::Get, Hook::Backup, Hook::Restore, Hook::FactoryReset];
-    if !needed.iter().all(|hk| m.has(*hk)) {
-        return Ok(None);
+/// Whether `e` says the plugin has no reset: the SDK's text, or an unknown operation.
+fn no_reset(e: &plugin_api::abi::PluginError) -> bool {
+    (e.status == 500 && e.message.as_str() == RESET_NOT_SUPPORTED) || e.status == 501
+}
+
+/// A service advertises `reset` exactly when it implements it. The daemon answers a reset
+/// of a service that does not advertise it itself (500, [`RESET_NOT_SUPPORTED`], as
+/// upstream) without calling the plugin, so an unadvertised reset is unreachable, and an
+/// advertised one must do something else than say it is not supported.
+fn check_reset(h: &Harness) -> Result<Seen, String> {
+    if h.manifest().kind != Kind::Service {
+        return Ok(Seen::Skip("only services have reset".to_string()));
     }
+    // The plugin itself, past the host's gate.
+    let answer = h.invoke_raw(Hook::Reset.op(), b"");
+    let answer_text = match &answer {
+        Ok(out) => format!("succeeded ({})", String::from_utf8_lossy(out)),
+        Err(e) => format!("answered {}", show(e)),
+    };
+    if h.manifest().has(Hook::Reset) {
+        return match &answer {
+            Err(e) if no_reset(e) => Err(format!(
+                "the manifest advertises reset, but the plugin {answer_text}"
+            )),
+            _ => Ok(Seen::Pass(format!(
+                "reset advertised and implemented (in the harness it {answer_text})"
+            ))),
+        };
+    }
+    match &answer {
+        Err(e) if no_reset(e) => {}
+        _ => {
+            return Err(format!(
+                "the plugin implements reset (it {answer_text}) but its manifest does not \
+                 advertise it: the daemon answers {RESET_NOT_SUPPORTED:?} without calling it"
+            ))
+        }
+    }
+    Ok(Seen::Pass(format!(
+        "reset neither advertised nor implemented: the daemon answers 500 {RESET_NOT_SUPPORTED:?}"
+    )))
+}
+
+fn check_backup_restore(h: &Harness) -> Result<Seen, String> {
+    let needed = [Hook::Get, Hook::Backup, Hook::Restore, Hook::FactoryReset];
+    if let Some(skip) = needs(h, &needed) {
+        return Ok(skip);
+    }
+    // A config other than the default, where the plugin takes one: a backup that loses
+    // the data would otherwise give back what a factory reset leaves.
+    let changed_fields = if h.manifest().has(Hook::Put) {
+        let body = get_shaped(h)?;
+        put_changed_fields(h, &body)?.1
+    } else {
+        vec![]
+    };
     let before = h.get().map_err(|e| format!("GET failed: {}", show(&e)))?;
     let archive = h
         .backup(&json!({}))
         .map_err(|e| format!("backup failed: {}", show(&e)))?;
     h.factory_reset()
         .map_err(|e| format!("factory-reset failed: {}", show(&e)))?;
+    let reset = h
+        .get()
+        .map_err(|e| format!("GET after factory-reset failed: {}", show(&e)))?;
     h.restore(&archive)
         .map_err(|e| format!("restore failed: {}", show(&e)))?;
     let after = h
@@ -355,19 +505,27 @@ fn check_backup_restore(h: &Harness) -> Result<Option<String>, String> {
             "GET after restore is {after}, before backup it was {before}"
         ));
     }
-    Ok(Some(format!(
-        "backup ({} bytes), factory-reset and restore gave back the same GET",
-        archive.len()
+    let data = if reset == before {
+        "; the factory reset changed nothing GET shows, so the round trip proves little"
+    } else {
+        ""
+    };
+    Ok(Seen::Pass(format!(
+        "backup ({} bytes), factory-reset and restore gave back the same GET, with {} \
+         first{data}",
+        archive.len(),
+        changed_note(&changed_fields)
     )))
 }
 
-/// Asserts, from a plugin's own tests, that every generic check passes (a check the
-/// plugin's hooks make irrelevant counts as passed, skipped).
-pub fn assert_conformance(path: impl AsRef<Path>) {
+/// Asserts, from a plugin's own tests, that no generic check fails (a check the plugin's
+/// hooks make irrelevant is skipped, which is not a failure); returns the outcomes.
+pub fn assert_conformance(path: impl AsRef<Path>) -> Vec<CheckOutcome> {
     let outcomes = run_generic_checks(path);
-    let failed: Vec<&CheckOutcome> = outcomes.iter().filter(|o| !o.passed).collect();
+    let failed: Vec<&CheckOutcome> = outcomes.iter().filter(|o| o.failed()).collect();
     assert!(failed.is_empty(), "generic checks failed: {failed:#?}");
     assert_eq!(outcomes.len(), CHECKS.len(), "{outcomes:#?}");
+    outcomes
 }
 
 #[cfg(test)]

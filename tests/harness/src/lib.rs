@@ -17,7 +17,7 @@ use serde_json::Value;
 mod checks;
 mod host;
 
-pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CHECKS};
+pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CheckStatus, CHECKS};
 pub use host::{CommandCall, Failure, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
 pub use plugin_api::abi::{LogLevel, UnitOp};
 
@@ -130,7 +130,14 @@ impl Harness {
         self.invoke(Hook::Stop.op(), b"")
     }
 
+    /// `POST /1.0/services/<name>/:reset` as the daemon answers it: a plugin whose manifest
+    /// does not advertise `reset` is not called, the answer is 500
+    /// [`plugin_api::sdk::RESET_NOT_SUPPORTED`] (upstream's text). Call
+    /// [`Harness::invoke`] with `"reset"` to reach the plugin regardless.
     pub fn reset(&self) -> Result<Value, PluginError> {
+        if !self.manifest().has(Hook::Reset) {
+            return Err(PluginError::new(500, plugin_api::sdk::RESET_NOT_SUPPORTED));
+        }
         self.invoke(Hook::Reset.op(), b"")
     }
 
@@ -197,8 +204,18 @@ fn exe_artifact_dir() -> Option<PathBuf> {
 }
 
 /// The path of the built plugin library `lib<lib_stem>.so` in this build's target
-/// directory (`CARGO_TARGET_DIR` is honoured). Panics when it is not built.
+/// directory (`CARGO_TARGET_DIR` is honoured). Panics when it is not built, and when it is
+/// older than one of its sources: `cargo test` does not rebuild the cdylibs the tests
+/// load, so after an edit a test would otherwise run the old plugin.
 pub fn built_plugin(lib_stem: &str) -> PathBuf {
+    let path = find_built_plugin(lib_stem);
+    if let Err(why) = check_fresh(&path, lib_stem) {
+        panic!("{why}");
+    }
+    path
+}
+
+fn find_built_plugin(lib_stem: &str) -> PathBuf {
     let file = format!("lib{lib_stem}.so");
     let mut candidates = vec![];
     let exe_dir = exe_artifact_dir();
@@ -227,9 +244,148 @@ pub fn built_plugin(lib_stem: &str) -> PathBuf {
         })
 }
 
+/// `Err` naming the sources changed since `lib` was built and the command that rebuilds
+/// it. Goes by the dep-info file cargo writes next to the library (`lib<stem>.d`, the
+/// workspace sources it was built from); without one there is nothing to compare.
+fn check_fresh(lib: &Path, lib_stem: &str) -> Result<(), String> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(lib) else {
+        return Ok(());
+    };
+    let Ok(dep_info) = std::fs::read_to_string(lib.with_extension("d")) else {
+        return Ok(());
+    };
+    let sources = dep_info
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(": "))
+        .map(|(_, deps)| split_dep_list(deps))
+        .unwrap_or_default();
+    let newer: Vec<&PathBuf> = sources
+        .iter()
+        .filter(|p| modified(p).is_some_and(|t| t > built))
+        .collect();
+    if newer.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = newer
+        .iter()
+        .take(3)
+        .map(|p| p.display().to_string())
+        .collect();
+    let more = if newer.len() > 3 { ", ..." } else { "" };
+    let build = match package_of(lib_stem, &sources) {
+        Some(package) => format!("cargo build -p {package}"),
+        None => "cargo build --workspace".to_string(),
+    };
+    Err(format!(
+        "plugin library {} is older than its sources ({}{more} changed since): `cargo test` \
+         does not rebuild plugin libraries, run `{build}` first",
+        lib.display(),
+        shown.join(", ")
+    ))
+}
+
+/// The paths of a dep-info line (`a b\ c` is `a` and `b c`).
+fn split_dep_list(deps: &str) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            ' ' => out.extend((!cur.is_empty()).then(|| PathBuf::from(std::mem::take(&mut cur)))),
+            c => cur.push(c),
+        }
+    }
+    out.extend((!cur.is_empty()).then(|| PathBuf::from(cur)));
+    out
+}
+
+/// The cargo package whose library is `lib_stem`, from the crate root among `sources`
+/// (`<package>/src/lib.rs`) and its `Cargo.toml`.
+fn package_of(lib_stem: &str, sources: &[PathBuf]) -> Option<String> {
+    sources
+        .iter()
+        .filter(|p| p.ends_with("src/lib.rs"))
+        .filter_map(|p| std::fs::read_to_string(p.parent()?.parent()?.join("Cargo.toml")).ok())
+        .find(|toml| toml.contains(&format!("name = \"{lib_stem}\"")))
+        .and_then(|toml| {
+            toml.lines().find_map(|l| {
+                l.strip_prefix("name = \"")?
+                    .strip_suffix('"')
+                    .map(str::to_string)
+            })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake build: `lib<stem>.so` with its dep-info, built from `pkg/src/lib.rs` and
+    /// `pkg/src/a b.rs` of package `demo-pkg`; the library is `lib_age` old, the sources
+    /// `src_age`.
+    fn fake_build(lib_age: u64, src_age: u64) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("pkg/src")).unwrap();
+        std::fs::write(
+            d.join("pkg/Cargo.toml"),
+            "[package]\nname = \"demo-pkg\"\n\n[lib]\nname = \"demo\"\n",
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now();
+        let age = |s| now - std::time::Duration::from_secs(s);
+        for src in ["pkg/src/lib.rs", "pkg/src/a b.rs"] {
+            let f = std::fs::File::create(d.join(src)).unwrap();
+            f.set_modified(age(src_age)).unwrap();
+        }
+        let lib = d.join("libdemo.so");
+        std::fs::File::create(&lib)
+            .unwrap()
+            .set_modified(age(lib_age))
+            .unwrap();
+        let esc = |p: PathBuf| p.display().to_string().replace(' ', "\\ ");
+        std::fs::write(
+            d.join("libdemo.d"),
+            format!(
+                "{}: {} {}\n\n",
+                lib.display(),
+                esc(d.join("pkg/src/lib.rs")),
+                esc(d.join("pkg/src/a b.rs"))
+            ),
+        )
+        .unwrap();
+        (dir, lib)
+    }
+
+    #[test]
+    fn a_library_older_than_its_sources_is_refused_with_the_build_command() {
+        let (_dir, lib) = fake_build(100, 10);
+        let err = check_fresh(&lib, "demo").unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "plugin library {} is older than its sources (",
+                lib.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("pkg/src/a b.rs"), "{err}");
+        assert!(
+            err.ends_with("`cargo test` does not rebuild plugin libraries, run `cargo build -p demo-pkg` first"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_library_newer_than_its_sources_or_without_dep_info_is_taken() {
+        let (_dir, lib) = fake_build(10, 100);
+        check_fresh(&lib, "demo").unwrap();
+        let (_dir2, stale) = fake_build(100, 10);
+        std::fs::remove_file(stale.with_extension("d")).unwrap();
+        check_fresh(&stale, "demo").unwrap();
+    }
 
     #[test]
     fn the_sink_collects_and_the_source_reads_in_chunks() {

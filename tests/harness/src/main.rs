@@ -1,12 +1,13 @@
 //! `incus-osd-plugin-check [--json] PATH...`: runs the generic conformance checks on plugin
-//! libraries. Exit status 1 if any check failed or a library could not be loaded.
+//! libraries. Exit status 1 if any check failed or a library could not be loaded. A check
+//! that does not apply to a plugin is reported as skipped, never as passed.
 #![allow(clippy::print_stdout)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use incus_osd_harness::{run_generic_checks, CheckOutcome};
+use incus_osd_harness::{run_generic_checks, CheckStatus};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -20,14 +21,6 @@ struct Args {
     paths: Vec<PathBuf>,
 }
 
-fn status(o: &CheckOutcome) -> &'static str {
-    match (o.passed, o.skipped) {
-        (_, true) => "skip",
-        (true, false) => "pass",
-        (false, false) => "fail",
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
@@ -38,16 +31,16 @@ fn main() -> ExitCode {
             println!("== {}", path.display());
         }
         for o in &outcomes {
-            match status(o) {
-                "skip" => skipped += 1,
-                "pass" => passed += 1,
-                _ => failed += 1,
+            match o.status {
+                CheckStatus::Passed => passed += 1,
+                CheckStatus::Failed => failed += 1,
+                CheckStatus::Skipped => skipped += 1,
             }
             if !args.json {
-                match status(o) {
-                    "skip" => println!("SKIP {}: {}", o.name, o.detail),
-                    "pass" => println!("PASS {}", o.name),
-                    _ => println!("FAIL {}: {}", o.name, o.detail),
+                match o.status {
+                    CheckStatus::Passed => println!("PASS {}", o.name),
+                    CheckStatus::Failed => println!("FAIL {}: {}", o.name, o.detail),
+                    CheckStatus::Skipped => println!("SKIP {}: {}", o.name, o.detail),
                 }
             }
         }
@@ -55,7 +48,7 @@ fn main() -> ExitCode {
             "path": path.display().to_string(),
             "checks": outcomes.iter().map(|o| json!({
                 "name": o.name,
-                "status": status(o),
+                "status": o.status.as_str(),
                 "detail": o.detail,
             })).collect::<Vec<_>>(),
         }));

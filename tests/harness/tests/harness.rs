@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use incus_osd_harness::{
-    built_plugin, run_generic_checks, FileEffect, Harness, HarnessHost, LogLevel, LogLine, Reply,
-    UnitCall, UnitOp, CHECKS,
+    built_plugin, run_generic_checks, CheckStatus, FileEffect, Harness, HarnessHost, LogLevel,
+    LogLine, Reply, UnitCall, UnitOp, CHECKS,
 };
 use plugin_api::{Host, Kind, Manifest};
 use plugin_host::loader::LoadError;
@@ -358,8 +358,12 @@ fn generic_checks_pass_on_iscsi_and_skip_missing_hooks() {
     let names: Vec<&str> = outcomes.iter().map(|o| o.name.as_str()).collect();
     assert_eq!(names, CHECKS);
     for o in &outcomes {
-        assert!(o.passed, "{o:?}");
-        assert_eq!(o.skipped, o.name == "backup-restore", "{o:?}");
+        let expected = if o.name == "backup-restore" {
+            CheckStatus::Skipped
+        } else {
+            CheckStatus::Passed
+        };
+        assert_eq!(o.status, expected, "{o:?}");
     }
     assert_eq!(
         outcomes[0].detail,
@@ -368,7 +372,7 @@ fn generic_checks_pass_on_iscsi_and_skip_missing_hooks() {
             plugin_api::API_VERSION
         )
     );
-    assert!(outcomes[5].detail.contains("backup"), "{:?}", outcomes[5]);
+    assert!(outcomes[6].detail.contains("backup"), "{:?}", outcomes[6]);
 }
 
 #[test]
@@ -377,7 +381,7 @@ fn generic_checks_report_a_library_that_does_not_load() {
     let outcomes = run_generic_checks(&path);
     assert_eq!(outcomes.len(), 1, "{outcomes:?}");
     assert_eq!(outcomes[0].name, "manifest");
-    assert!(!outcomes[0].passed);
+    assert_eq!(outcomes[0].status, CheckStatus::Failed);
     assert!(
         outcomes[0]
             .detail
@@ -406,8 +410,9 @@ fn the_cli_prints_one_line_per_check_and_a_summary() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], format!("== {}", lib.display()));
     assert_eq!(lines[1], "PASS manifest");
-    assert!(lines[6].starts_with("SKIP backup-restore: "), "{out}");
-    assert_eq!(*lines.last().unwrap(), "5 passed, 0 failed, 1 skipped");
+    assert_eq!(lines[6], "PASS reset");
+    assert!(lines[7].starts_with("SKIP backup-restore: "), "{out}");
+    assert_eq!(*lines.last().unwrap(), "6 passed, 0 failed, 1 skipped");
 }
 
 #[test]
@@ -420,7 +425,7 @@ fn the_cli_fails_when_a_library_does_not_load() {
         out.contains("FAIL manifest: open check failed: not a loadable shared library"),
         "{out}"
     );
-    assert_eq!(out.lines().last().unwrap(), "5 passed, 1 failed, 1 skipped");
+    assert_eq!(out.lines().last().unwrap(), "6 passed, 1 failed, 1 skipped");
 }
 
 #[test]
@@ -431,11 +436,25 @@ fn the_cli_speaks_json() {
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (doc["passed"].clone(), doc["failed"].clone()),
-        (json!(5), json!(0))
+        (json!(6), json!(0))
     );
     assert_eq!(doc["skipped"], 1);
     assert_eq!(doc["libraries"][0]["checks"][0]["name"], "manifest");
     assert_eq!(doc["libraries"][0]["checks"][0]["status"], "pass");
+}
+
+/// A failing check makes the command fail and says why; a skipped one is counted apart.
+#[test]
+fn the_cli_reports_a_failed_check_with_its_reason() {
+    let lib = built_plugin("fixture_nc_bad_json");
+    let (code, out) = check_cli(&[lib.as_os_str()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("\nFAIL bad-json: `{not json`: PUT succeeded ({}) instead of answering 400"),
+        "{out}"
+    );
+    assert!(out.contains("\nSKIP backup-restore: "), "{out}");
+    assert_eq!(out.lines().last().unwrap(), "5 passed, 1 failed, 1 skipped");
 }
 
 #[test]

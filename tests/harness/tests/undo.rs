@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use incus_osd_harness::{Failure, HarnessHost, Reply};
+use incus_osd_harness::{Failure, FileEffect, HarnessHost, Reply, UnitOp};
 use plugin_api::sdk::{Arg, Host, Undo};
 use plugin_api::{Kind, Manifest};
 
@@ -86,8 +86,9 @@ fn units_return_to_their_previous_state() {
     assert_eq!(hh.unit_state("running.service"), "active");
 }
 
+/// (The order of several steps: `rollback_runs_steps_newest_first_with_the_units_last`.)
 #[test]
-fn compensating_actions_run_newest_first_and_drop_rolls_back() {
+fn dropping_without_commit_rolls_back_files_and_compensations() {
     let (hh, host) = host();
     {
         let mut undo = Undo::new(&host);
@@ -100,6 +101,87 @@ fn compensating_actions_run_newest_first_and_drop_rolls_back() {
     }
     assert!(hh.read_file("/etc/demo/x").is_none());
     assert!(hh.logs().iter().any(|l| l.message == "logged out"));
+}
+
+/// What probes registered with `on_rollback` saw, in the order they ran.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A compensation that records `name` and what the files and the unit are at that moment.
+fn probe(undo: &mut Undo, seen: &Seen, name: &'static str) {
+    let seen = seen.clone();
+    undo.on_rollback(name, move |h| {
+        let file = |p: &str| {
+            h.read_to_string(p)
+                .unwrap()
+                .unwrap_or_else(|| "-".to_string())
+        };
+        let line = format!(
+            "{name}: a={} b={} unit={}",
+            file("/etc/demo/a"),
+            file("/etc/demo/b"),
+            h.unit_active_state("demo.service").unwrap()
+        );
+        seen.lock().unwrap().push(line);
+        Ok(())
+    });
+}
+
+/// Several steps of each kind: files and compensations come back newest first, each
+/// compensation at its own place between the files, and the units after all of them.
+#[test]
+fn rollback_runs_steps_newest_first_with_the_units_last() {
+    let (hh, host) = host();
+    hh.put_file("/etc/demo/a", b"a0", 0o600);
+    let seen = Seen::default();
+    let mut undo = Undo::new(&host);
+    probe(&mut undo, &seen, "first");
+    undo.write_file("/etc/demo/a", b"a1", 0o600).unwrap();
+    undo.start_unit("demo.service").unwrap();
+    probe(&mut undo, &seen, "second");
+    undo.write_file("/etc/demo/b", b"b1", 0o600).unwrap();
+    undo.start_unit("other.service").unwrap();
+    probe(&mut undo, &seen, "third");
+    hh.clear_effects();
+    undo.rollback();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            // Newest first: nothing put back yet.
+            "third: a=a1 b=b1 unit=active",
+            // b (written after "second") is gone; a not yet back; the unit still runs.
+            "second: a=a1 b=- unit=active",
+            // Every file is back, and the unit is still running: units come last.
+            "first: a=a0 b=- unit=active",
+        ]
+    );
+    // The files newest first, then the units newest first.
+    assert_eq!(
+        hh.file_effects(),
+        [
+            FileEffect::Removed {
+                path: "/etc/demo/b".into()
+            },
+            FileEffect::Written {
+                path: "/etc/demo/a".into(),
+                mode: 0o600
+            },
+        ]
+    );
+    let stops: Vec<(UnitOp, String)> = hh
+        .units()
+        .into_iter()
+        .filter(|c| c.op != UnitOp::ActiveState)
+        .map(|c| (c.op, c.unit))
+        .collect();
+    assert_eq!(
+        stops,
+        [
+            (UnitOp::Stop, "other.service".to_string()),
+            (UnitOp::Stop, "demo.service".to_string()),
+        ]
+    );
+    assert_eq!(hh.unit_state("demo.service"), "inactive");
+    assert_eq!(hh.read_file("/etc/demo/a").unwrap(), b"a0");
 }
 
 #[test]

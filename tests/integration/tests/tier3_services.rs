@@ -793,27 +793,67 @@ async fn lvm_enable_fails_and_rolls_back_when_sanlock_and_wdmd_cannot_run() {
     );
 }
 
+/// A wrapper in front of the real `tool` (first in the daemon's `PATH`): it runs
+/// `/sbin/<tool>` with the daemon's arguments and passes its output and exit status on,
+/// recording each call (`<args> -> <status>`) in `/run/stand-in/<tool>.calls` and the
+/// last call's standard output in `/run/stand-in/<tool>.out`.
+fn install_recording_wrapper(m: &Machine, tool: &str) {
+    let path = format!("/usr/local/sbin/{tool}");
+    let script = format!(
+        "#!/bin/sh\n\
+         # Records the daemon's calls of the real {tool} (tier-3 test).\n\
+         mkdir -p /run/stand-in\n\
+         /sbin/{tool} \"$@\" >/run/stand-in/{tool}.out 2>/run/stand-in/{tool}.err\n\
+         status=$?\n\
+         printf '%s -> %s\\n' \"$*\" \"$status\" >>/run/stand-in/{tool}.calls\n\
+         cat /run/stand-in/{tool}.out\n\
+         cat /run/stand-in/{tool}.err >&2\n\
+         exit $status\n"
+    );
+    m.write_file(&path, script).unwrap();
+    m.run_ok(&["chmod", "755", &path]).unwrap();
+}
+
 /// The state is read with `pvs`/`vgs --reportformat json_std`, which Debian 12's lvm2
-/// (2.03.16) refuses; the plugin then reads plain `json` (numbers as strings). The real
-/// tools accept what the plugin runs, and the GET shows their report, not an error.
+/// (2.03.16) refuses; the plugin then reads plain `json` (numbers as strings). With no PV
+/// or VG in the machine the state is `{}`, which is also what the plugin shows when the
+/// tools fail or print no JSON; so the calls are recorded on their way to the real tools:
+/// the GET ran each of them, the last run exited 0, and what it printed is a JSON report
+/// with an empty list, i.e. the `{}` comes from the real tools' (empty) answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lvm_state_is_read_from_the_real_pvs_and_vgs() {
     tier3_or_return!();
-    let e = env(|_| {}).await;
-    for tool in ["pvs", "vgs"] {
-        let std = e.m.run(&[tool, "--reportformat", "json_std"]).unwrap();
-        let fallback = e.m.run(&[tool, "--reportformat", "json"]).unwrap();
+    let e = env(|m| {
+        install_recording_wrapper(m, "pvs");
+        install_recording_wrapper(m, "vgs");
+    })
+    .await;
+    e.run(&[
+        "rm",
+        "-f",
+        "/run/stand-in/pvs.calls",
+        "/run/stand-in/vgs.calls",
+    ]);
+    let state = e.get("lvm").await["state"].clone();
+    for (tool, key) in [("pvs", "pv"), ("vgs", "vg")] {
+        let calls = calls(&e, tool);
+        let last = calls
+            .last()
+            .unwrap_or_else(|| panic!("the GET did not run {tool}"));
         assert!(
-            std.success() || fallback.success(),
-            "{tool}: {}",
-            fallback.stderr
+            matches!(
+                last.as_str(),
+                "--reportformat json_std -> 0" | "--reportformat json -> 0"
+            ),
+            "{tool}: {calls:?}, stderr {:?}",
+            e.file(&format!("/run/stand-in/{tool}.err"))
         );
-        let out = if std.success() { std } else { fallback };
-        let doc: Value = serde_json::from_str(&out.stdout).unwrap();
-        assert!(doc["report"].is_array(), "{tool}: {doc}");
+        let out = e.file(&format!("/run/stand-in/{tool}.out")).unwrap();
+        let doc: Value =
+            serde_json::from_str(&out).unwrap_or_else(|err| panic!("{tool}: {err}: {out}"));
+        assert_eq!(doc["report"][0][key], json!([]), "{tool}: {doc}");
     }
     // No PV or VG in the machine: the lists are omitted, and nothing was logged as failed.
-    let state = e.get("lvm").await["state"].clone();
     assert_eq!(state, json!({}), "{state}");
 }
 

@@ -74,7 +74,7 @@ impl std::error::Error for Skipped {}
 /// `systemd-journal-remote` present.
 ///
 /// When it cannot, prints a loud `TIER 3 SKIPPED: <reason>` to stderr and returns `Err`;
-/// with env `CI=true` it panics instead, since a skipped tier is a failure under CI.
+/// under CI ([`under_ci`]) it panics instead, since a skipped tier is a failure there.
 /// Tests start with `if require_root_tier().is_err() { return; }` or with
 /// [`tier3_or_return!`].
 pub fn require_root_tier() -> Result<(), Skipped> {
@@ -86,12 +86,22 @@ pub fn require_root_tier() -> Result<(), Skipped> {
             // tests, and a skip must not be silent.
             use std::io::Write;
             let _ = write!(std::io::stderr(), "\n{skipped}\n\n");
-            if std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-                panic!("{skipped} (CI=true: a skipped tier is a failure)");
+            if under_ci() {
+                panic!("{skipped} (under CI a skipped tier is a failure)");
             }
             Err(skipped)
         }
     }
+}
+
+/// Whether the environment says this is CI: `CI=true` or `CI=1` (as `tests/run-all`
+/// reads it; CI services set one or the other).
+pub fn under_ci() -> bool {
+    is_ci_value(std::env::var("CI").ok().as_deref())
+}
+
+fn is_ci_value(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 fn check_root_tier() -> Result<(), String> {
@@ -122,7 +132,7 @@ fn check_root_tier() -> Result<(), String> {
 }
 
 /// Returns early from the calling test when [`require_root_tier`] says tier 3 cannot run
-/// (and panics under `CI=true`).
+/// (and panics under CI).
 #[macro_export]
 macro_rules! tier3_or_return {
     () => {
@@ -161,4 +171,20 @@ pub(crate) fn unique_name(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_is_true_or_1() {
+        for v in ["true", "TRUE", "True", "1"] {
+            assert!(is_ci_value(Some(v)), "{v}");
+        }
+        for v in ["", "0", "false", "yes", "11"] {
+            assert!(!is_ci_value(Some(v)), "{v}");
+        }
+        assert!(!is_ci_value(None));
+    }
 }

@@ -99,18 +99,6 @@ fn generic_checks_pass() {
 }
 
 #[test]
-fn manifest_declares_name_weight_paths_and_the_application() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "ceph");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 10);
-    assert_eq!(m.paths, ["/etc/ceph"]);
-    assert_eq!(m.requires_application.as_deref(), Some("incus-ceph"));
-    assert!(!m.has(plugin_api::Hook::Reset));
-}
-
-#[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
@@ -782,13 +770,4 @@ fn boot_start_and_stop_do_nothing_when_disabled() {
     assert!(host.file_effects().is_empty());
     assert!(host.commands().is_empty());
     assert_eq!(text(&h, "/etc/ceph/ceph.conf"), "kept\n");
-}
-
-#[test]
-fn reset_is_not_supported() {
-    let err = plugin().reset().unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (500, "reset isn't supported by this service")
-    );
 }

@@ -87,17 +87,6 @@ fn generic_checks_pass() {
 }
 
 #[test]
-fn manifest_declares_name_weight_and_paths() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "iscsi");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 20);
-    assert_eq!(m.paths, ["/etc/iscsi", "/var/lib/iscsi"]);
-    assert!(!m.has(plugin_api::Hook::Reset));
-}
-
-#[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
@@ -648,13 +637,4 @@ fn boot_start_and_stop_do_nothing_when_disabled() {
     assert!(host.units().is_empty());
     assert!(host.file_effects().is_empty());
     assert!(host.real_path("/var/lib/iscsi/nodes/x").exists());
-}
-
-#[test]
-fn reset_is_not_supported() {
-    let err = plugin().reset().unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (500, "reset isn't supported by this service")
-    );
 }

@@ -229,18 +229,6 @@ fn generic_checks_pass() {
 }
 
 #[test]
-fn manifest_declares_name_weight_paths_and_the_application() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "linstor");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 30);
-    assert_eq!(m.paths, ["/etc/linstor", "/etc/drbd.conf", "/etc/drbd.d"]);
-    assert_eq!(m.requires_application.as_deref(), Some("incus-linstor"));
-    assert!(!m.has(plugin_api::Hook::Reset));
-}
-
-#[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
@@ -845,13 +833,4 @@ fn boot_start_and_stop_do_nothing_when_disabled() {
     assert!(host.commands().is_empty());
     assert!(host.units().is_empty());
     assert!(host.file_effects().is_empty());
-}
-
-#[test]
-fn reset_is_not_supported() {
-    let err = plugin().reset().unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (500, "reset isn't supported by this service")
-    );
 }

@@ -162,24 +162,6 @@ fn generic_checks_pass() {
 }
 
 #[test]
-fn manifest_declares_name_weight_paths_and_reset() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "ovn");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 80);
-    assert_eq!(
-        m.paths,
-        [
-            "/etc/default/openvswitch-switch",
-            "/run/ovn",
-            "/run/systemd/system/ovn-controller.service"
-        ]
-    );
-    assert!(m.has(plugin_api::Hook::Reset));
-}
-
-#[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(

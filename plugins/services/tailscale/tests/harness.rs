@@ -418,17 +418,6 @@ fn generic_checks_pass() {
     assert_conformance(built_plugin("incus_osd_plugin_tailscale"));
 }
 
-#[test]
-fn manifest_declares_name_weight_and_no_paths() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "tailscale");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 90);
-    assert!(m.paths.is_empty());
-    assert!(!m.has(plugin_api::Hook::Reset));
-}
-
 /// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
@@ -1342,13 +1331,4 @@ fn boot_start_and_stop_do_nothing_when_disabled() {
     h.stop().unwrap();
     assert!(h.host().units().is_empty());
     assert!(h.host().commands().is_empty());
-}
-
-#[test]
-fn reset_is_not_supported() {
-    let err = plugin().reset().unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (500, "reset isn't supported by this service")
-    );
 }

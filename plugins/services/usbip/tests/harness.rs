@@ -107,17 +107,6 @@ fn generic_checks_pass() {
 }
 
 #[test]
-fn manifest_declares_name_weight_and_no_paths() {
-    let h = plugin();
-    let m = h.manifest();
-    assert_eq!(m.name, "usbip");
-    assert_eq!(m.kind, plugin_api::Kind::Service);
-    assert_eq!(m.start_weight, 100);
-    assert!(m.paths.is_empty());
-    assert!(!m.has(plugin_api::Hook::Reset));
-}
-
-#[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
@@ -548,13 +537,4 @@ fn boot_start_does_nothing_when_disabled() {
     preset(&h, &config(false, &[target("192.0.2.10", "1-1.2")]));
     h.start().unwrap();
     assert!(h.host().commands().is_empty());
-}
-
-#[test]
-fn reset_is_not_supported() {
-    let err = plugin().reset().unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (500, "reset isn't supported by this service")
-    );
 }

@@ -1,0 +1,247 @@
+//! The conformance checker's own tests: each deliberately faulty fixture plugin
+//! (`tests/fixtures/nc-*`, one broken rule each) fails exactly the checks its fault breaks,
+//! with a reason that says what was wrong; good plugins pass, and a check that does not
+//! apply is skipped, not passed. Fixtures come from the workspace build.
+
+use incus_osd_harness::{
+    assert_conformance, built_plugin, run_generic_checks, CheckOutcome, CheckStatus, Harness,
+    CHECKS,
+};
+use plugin_api::sdk::RESET_NOT_SUPPORTED;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    built_plugin(&format!("fixture_{}", name.replace('-', "_")))
+}
+
+fn outcome<'a>(outcomes: &'a [CheckOutcome], name: &str) -> &'a CheckOutcome {
+    outcomes
+        .iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no {name} check in {outcomes:#?}"))
+}
+
+/// Runs the checks on fixture `name`: exactly the checks of `failing` fail, each with a
+/// detail containing its text; `skipped` are skipped; every other check passes.
+fn assert_outcomes(name: &str, failing: &[(&str, &str)], skipped: &[&str]) -> Vec<CheckOutcome> {
+    let outcomes = run_generic_checks(fixture(name));
+    let names: Vec<&str> = outcomes.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, CHECKS, "{name}");
+    for o in &outcomes {
+        let expected = if let Some((_, why)) = failing.iter().find(|(n, _)| *n == o.name) {
+            assert!(o.detail.contains(why), "{name}: {:?} lacks {why:?}", o);
+            CheckStatus::Failed
+        } else if skipped.contains(&o.name.as_str()) {
+            CheckStatus::Skipped
+        } else {
+            CheckStatus::Passed
+        };
+        assert_eq!(o.status, expected, "{name}: {o:#?}");
+    }
+    outcomes
+}
+
+/// What every service fixture skips: services have no backup.
+const SERVICE_SKIPS: &[&str] = &["backup-restore"];
+
+#[test]
+fn a_put_that_accepts_bad_json_fails_bad_json() {
+    assert_outcomes(
+        "nc-bad-json",
+        &[(
+            "bad-json",
+            "`{not json`: PUT succeeded ({}) instead of answering 400; an empty body: PUT \
+             succeeded ({}) instead of answering 400",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_plugin_that_panics_on_bad_input_fails_bad_json_and_wrong_types() {
+    assert_outcomes(
+        "nc-panics",
+        &[
+            (
+                "bad-json",
+                "`{not json`: answered 500 plugin panicked in put: a valid body",
+            ),
+            (
+                "wrong-types",
+                "config.port = \"x\": answered 500 plugin panicked in put: a valid body",
+            ),
+        ],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_get_of_the_wrong_shape_fails_every_check_that_reads_it() {
+    let why = "GET returned the keys [\"config\", \"status\"], expected exactly \"state\" and \
+               \"config\"";
+    assert_outcomes(
+        "nc-get-shape",
+        &[
+            ("get-shape", why),
+            ("put-round-trip", why),
+            ("wrong-types", why),
+        ],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_put_that_drops_a_field_fails_the_round_trip() {
+    assert_outcomes(
+        "nc-drops-field",
+        &[(
+            "put-round-trip",
+            "after PUT of the config with enabled = true, GET's config is \
+             {\"enabled\":false,\"name\":\"\",\"port\":0,\"tags\":[]} instead of \
+             {\"enabled\":true,\"name\":\"\",\"port\":0,\"tags\":[]}",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_put_that_takes_wrong_types_fails_wrong_types() {
+    assert_outcomes(
+        "nc-wrong-types",
+        &[(
+            "wrong-types",
+            "config.enabled = \"x\": PUT succeeded ({}) instead of answering 400; config.name = \
+             12: PUT succeeded ({}) instead of answering 400; config.port = \"x\": PUT \
+             succeeded ({}) instead of answering 400; config.tags = {}: PUT succeeded ({}) \
+             instead of answering 400",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_refusal_that_saved_the_config_first_fails() {
+    assert_outcomes(
+        "nc-dirty-refusal",
+        &[
+            ("bad-json", "`[]`: the state document changed"),
+            (
+                "wrong-types",
+                "config.port = \"x\": the state document changed",
+            ),
+        ],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_refusal_that_does_not_name_the_field_fails_wrong_types() {
+    assert_outcomes(
+        "nc-unnamed-field",
+        &[(
+            "wrong-types",
+            "config.port = \"x\": the message \"invalid request\" does not name the field \
+             \"port\"",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_reset_that_is_not_advertised_fails_reset() {
+    assert_outcomes(
+        "nc-hidden-reset",
+        &[(
+            "reset",
+            "the plugin implements reset (it succeeded ({})) but its manifest does not \
+             advertise it: the daemon answers \"reset isn't supported by this service\" \
+             without calling it",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn an_advertised_reset_that_is_not_implemented_fails_reset() {
+    assert_outcomes(
+        "nc-missing-reset",
+        &[(
+            "reset",
+            "the manifest advertises reset, but the plugin answered 500 reset isn't supported \
+             by this service",
+        )],
+        SERVICE_SKIPS,
+    );
+}
+
+#[test]
+fn a_backup_that_loses_data_fails_the_round_trip() {
+    assert_outcomes(
+        "nc-backup-loses-data",
+        &[(
+            "backup-restore",
+            "GET after restore is {\"config\":{\"enabled\":true,\"name\":\"conformance\",\
+             \"port\":1,\"tags\":[]},\"state\":{\"data\":\"\",\"running\":true}}, before \
+             backup it was {\"config\":{\"enabled\":true,\"name\":\"conformance\",\"port\":1,\
+             \"tags\":[]},\"state\":{\"data\":\"conformance\",\"running\":true}}",
+        )],
+        &["reset"],
+    );
+}
+
+/// The fixture application keeps its data through backup, factory reset and restore: the
+/// round trip runs (on a config the check changed first) and passes.
+#[test]
+fn the_fixture_application_passes_the_backup_round_trip() {
+    let outcomes = assert_outcomes("backup-app", &[], &["reset"]);
+    let br = outcome(&outcomes, "backup-restore");
+    assert!(
+        br.detail
+            .contains("factory-reset and restore gave back the same GET, with 1 field(s) changed (greeting) first"),
+        "{br:?}"
+    );
+    assert!(!br.detail.contains("changed nothing"), "{br:?}");
+    assert_eq!(
+        outcome(&outcomes, "reset").detail,
+        "only services have reset"
+    );
+}
+
+#[test]
+fn a_skipped_check_is_not_a_pass() {
+    let outcomes = run_generic_checks(built_plugin("incus_osd_plugin_iscsi"));
+    let skipped = outcome(&outcomes, "backup-restore");
+    assert_eq!(skipped.status, CheckStatus::Skipped);
+    assert!(skipped.skipped() && !skipped.passed() && !skipped.failed());
+    assert_eq!(
+        skipped.detail,
+        "the plugin does not implement backup, restore, factory-reset"
+    );
+}
+
+#[test]
+fn assert_conformance_fails_on_a_faulty_plugin_and_returns_the_outcomes_of_a_good_one() {
+    let caught = std::panic::catch_unwind(|| assert_conformance(fixture("nc-bad-json")));
+    let msg = caught.unwrap_err();
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.starts_with("generic checks failed"), "{msg}");
+    assert!(msg.contains("PUT succeeded"), "{msg}");
+
+    let outcomes = assert_conformance(fixture("backup-app"));
+    assert_eq!(outcomes.len(), CHECKS.len());
+}
+
+/// The harness answers a reset of a plugin that does not advertise it as the daemon does,
+/// without calling the plugin (whose hidden reset would write a file and save state).
+#[test]
+fn the_harness_answers_an_unadvertised_reset_itself() {
+    let h = Harness::load(fixture("nc-hidden-reset")).unwrap();
+    let err = h.reset().unwrap_err();
+    assert_eq!(
+        (err.status, err.message.as_str()),
+        (500, RESET_NOT_SUPPORTED)
+    );
+    h.host().assert_untouched("an unadvertised reset");
+    // Past the host's gate the plugin does answer.
+    h.invoke("reset", b"").unwrap();
+    assert_eq!(h.host().files_written(), ["/var/lib/nc-hidden-reset/reset"]);
+}
