@@ -24,6 +24,7 @@ pub struct TestApp {
     timeout: Duration,
     adders: Vec<Adder>,
     ready: bool,
+    systemd: Option<Arc<dyn crate::platform::systemd::Systemd>>,
 }
 
 impl Default for TestApp {
@@ -55,6 +56,7 @@ impl TestApp {
             timeout: Duration::from_secs(10),
             adders: vec![],
             ready: true,
+            systemd: None,
         }
     }
 
@@ -68,7 +70,14 @@ impl TestApp {
         self
     }
 
-    /// Leaves `system_is_ready` false.
+    /// Uses `units` as systemd (e.g. one that records power actions).
+    pub fn systemd(mut self, units: Arc<dyn crate::platform::systemd::Systemd>) -> Self {
+        self.systemd = Some(units);
+        self
+    }
+
+    /// Leaves the daemon starting (`system_is_ready` false) and the plugins not started:
+    /// `crate::lifecycle::start_plugins` starts them.
     pub fn not_ready(mut self) -> Self {
         self.ready = false;
         self
@@ -114,7 +123,10 @@ impl TestApp {
         let root = self.root.path().to_path_buf();
         let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
         let store = Arc::new(Mutex::new(store));
-        let platform = Platform::for_root(&root);
+        let mut platform = Platform::for_root(&root);
+        if let Some(units) = self.systemd {
+            platform.units = units;
+        }
         let mut reg = Registry::default();
         for add in self.adders {
             add(&mut reg, &root, store.clone(), &platform, self.timeout);
@@ -128,7 +140,10 @@ impl TestApp {
         );
         let app = Arc::new(App::new(root, store, reg, info, platform));
         if self.ready {
-            app.set_ready();
+            app.registry.mark_all_started();
+            app.lifecycle
+                .move_to(crate::lifecycle::Phase::Ready)
+                .expect("starting -> ready");
         }
         (app, self.root)
     }

@@ -109,7 +109,7 @@ pub async fn verb(
         let body = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
             .await
             .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
-        return extra_route(&plugin, "applications", &rest, &method, query, body).await;
+        return extra_route(&plugin, &rest, &method, query, body).await;
     };
     require(&method, &[Method::POST])?;
     let plugin = lookup(&app, &name)?;

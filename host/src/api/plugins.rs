@@ -4,13 +4,13 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Method;
-use plugin_api::Kind;
+use plugin_api::{Call, Kind, RouteRequest};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::response::{sync, sync_raw};
 use super::{require, ApiError, ApiResult, AppState};
-use crate::plugins::{LoadFailure, Plugin};
+use crate::plugins::{LoadFailure, Plugin, Run};
 
 #[derive(Serialize)]
 struct Loaded<'a> {
@@ -19,6 +19,9 @@ struct Loaded<'a> {
     version: &'a str,
     api_version: &'a str,
     path: String,
+    /// Where the plugin is in the daemon's start and stop (`pending`, `starting`,
+    /// `started`, `not-started`, `stopped`).
+    state: Run,
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<String>,
 }
@@ -41,6 +44,7 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
             version: &p.manifest.version,
             api_version: &p.manifest.api_version,
             path: p.path.display().to_string(),
+            state: p.run_state(),
             degraded: p.degraded(),
         })
         .collect();
@@ -50,43 +54,40 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
     }))
 }
 
-/// Dispatches `/1.0/<collection>/<name>/<rest>` to a route the plugin declared. Unknown:
-/// GET is 404, other methods 501; a known path with another method is 501.
+/// Dispatches `/1.0/<collection of its kind>/<name>/<rest>` to a route the plugin
+/// declared. Unknown: GET is 404, other methods 501; a known path with another method is
+/// 501.
 pub async fn extra_route(
     plugin: &Plugin,
-    collection: &str,
     rest: &str,
     method: &Method,
     query: Option<String>,
     body: Bytes,
 ) -> ApiResult {
+    let collection = plugin.manifest.kind.collection().unwrap_or("plugins");
     let path = format!("/1.0/{collection}/{}/{rest}", plugin.name());
-    let (op, mutating) = {
-        let mut known = false;
-        let mut found = None;
-        for r in plugin.manifest.routes.iter().filter(|r| r.path == path) {
-            known = true;
-            if r.method == method.as_str() {
-                found = Some((r.op.clone(), r.method != "GET"));
-            }
-        }
-        match found {
-            Some(f) => f,
-            None if known || method != Method::GET => return Err(ApiError::not_implemented()),
-            None => return Err(ApiError::not_found()),
-        }
+    let mut routes = plugin.manifest.routes.iter().filter(|r| r.path == path);
+    let known = routes.clone().next().is_some();
+    let Some(route) = routes.find(|r| r.method.as_str() == method.as_str()) else {
+        return Err(if known || method != Method::GET {
+            ApiError::not_implemented()
+        } else {
+            ApiError::not_found()
+        });
     };
-    let body_value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
-    let query = parse_query(query.as_deref())?;
-    let input = serde_json::json!({ "query": query, "body": body_value });
-    let out = plugin
-        .call(&op, Bytes::from(input.to_string()), mutating)
-        .await?;
+    let request = RouteRequest {
+        query: parse_query(query.as_deref())?,
+        body,
+    };
+    let input = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+    let out = plugin.call(Call::Route(route), Bytes::from(input)).await?;
     Ok(sync_raw(out))
 }
 

@@ -84,5 +84,5 @@ pub async fn verb(
         plugin.hook(Hook::Reset, Bytes::new()).await?;
         return Ok(empty());
     }
-    extra_route(&plugin, "services", &rest, &method, query, body).await
+    extra_route(&plugin, &rest, &method, query, body).await
 }
