@@ -359,14 +359,17 @@ impl Plugin {
             Ok(j) => j,
             Err(_) => {
                 // Either it ended just now (then its result counts), or it is noted as
-                // timed out under the same lock, so its end is seen by the blocking side.
-                let ended = {
+                // timed out and the plugin degraded under the same lock, so the blocking
+                // side sees both when it ends.
+                let timed_out = {
                     let mut e = lock(&end);
-                    e.timed_out = !e.done;
-                    e.done
+                    (!e.done).then(|| {
+                        e.timed_out = true;
+                        self.timed_out(op, kind, limit, id)
+                    })
                 };
-                if !ended {
-                    return Err(self.timed_out(op, kind, limit, id));
+                if let Some(err) = timed_out {
+                    return Err(err);
                 }
                 task.await
             }

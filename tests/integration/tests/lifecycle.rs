@@ -161,7 +161,17 @@ async fn a_start_hook_that_killed_the_daemon_is_not_run_again_and_the_api_can_fi
         "{why}"
     );
     assert!(why.contains("restart the daemon"), "{why}");
-    assert_eq!(plugin(&listing, "iscsi")["state"], "started");
+    // iscsi's start hook runs beside faulty's: if it was running at the crash, it is a
+    // suspect too and left out once, saying so. Either way it is served.
+    let iscsi = plugin(&listing, "iscsi");
+    assert!(
+        iscsi["state"] == "started"
+            || (iscsi["state"] == "not-started"
+                && iscsi["degraded"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("start hook was running"))),
+        "{iscsi}"
+    );
     assert!(get_ok(&d.socket, "/1.0/services/iscsi").await["config"].is_object());
     // The API fixes the config; the plugin stays out until the daemon restarts.
     let (s, v) = request(
@@ -181,11 +191,14 @@ async fn a_start_hook_that_killed_the_daemon_is_not_run_again_and_the_api_can_fi
         d.log()
     );
 
-    // Third start: started again, healthy.
+    // Third start: both started again, healthy.
     let d = Daemon::start(&root, &[]);
-    let faulty = plugin(&get_ok(&d.socket, "/1.0/plugins").await, "faulty");
-    assert_eq!(faulty["state"], "started", "{faulty}");
-    assert!(faulty.get("degraded").is_none(), "{faulty}");
+    let listing = get_ok(&d.socket, "/1.0/plugins").await;
+    for name in ["faulty", "iscsi"] {
+        let p = plugin(&listing, name);
+        assert_eq!(p["state"], "started", "{p}");
+        assert!(p.get("degraded").is_none(), "{p}");
+    }
     assert!(d.log().contains("started plugin=faulty"), "{}", d.log());
 }
 
