@@ -306,3 +306,46 @@ async fn stop_hooks_keep_to_their_deadline_and_the_whole_budget() {
         assert_eq!(state(&app, p), Run::Stopped, "{p}");
     }
 }
+
+/// A service whose `get` panics while its config says so.
+#[derive(Serialize, Deserialize, Default, Clone)]
+#[serde(default)]
+struct FlakyConfig {
+    panic: bool,
+}
+
+struct Flaky;
+
+impl Service for Flaky {
+    const NAME: &'static str = "flaky";
+    type Config = FlakyConfig;
+    type State = Value;
+    fn new(_: Host) -> Result<Self> {
+        Ok(Flaky)
+    }
+    fn state(&self, c: &FlakyConfig) -> Result<Value> {
+        assert!(!c.panic, "flaky: deliberate panic");
+        Ok(json!({}))
+    }
+    fn update(&self, _: &FlakyConfig, _: &FlakyConfig) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_panic_keeps_the_plugin_degraded_until_the_daemon_restarts() {
+    let (r, app, _d) = TestApp::new().service::<Flaky>().router();
+    let put = |panic: bool| json!({"config": {"panic": panic}}).to_string();
+    assert_eq!(
+        call(&r, "PUT", "/1.0/services/flaky", &put(true)).await.0,
+        200
+    );
+    assert_eq!(call(&r, "GET", "/1.0/services/flaky", "").await.0, 500);
+    assert_eq!(
+        call(&r, "PUT", "/1.0/services/flaky", &put(false)).await.0,
+        200
+    );
+    assert_eq!(call(&r, "GET", "/1.0/services/flaky", "").await.0, 200);
+    let why = app.registry.get("flaky").unwrap().degraded().unwrap();
+    assert!(why.contains("deliberate panic"), "{why}");
+}
