@@ -201,7 +201,9 @@ pub const UNIT_STOP_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long requests in flight may take to finish once stopping began; the rest are cut.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Kept back from the unit's limit for saving the state and leaving the process.
+/// Kept back from the unit's limit for cutting off requests still running after the
+/// drain (2 s at most), saving the state and leaving the process (2 s at most for the
+/// runtime's blocking threads).
 pub const EXIT_MARGIN: Duration = Duration::from_secs(10);
 
 /// All plugins' stop hooks together: what the unit's limit leaves after the drain and the

@@ -11,6 +11,7 @@ use plugin_api::Manifest;
 
 use crate::api::{self, App};
 use crate::platform::files::RootFs;
+use crate::platform::systemd::Systemd;
 use crate::platform::Platform;
 use crate::plugins::Registry;
 use crate::state::Store;
@@ -24,7 +25,7 @@ pub struct TestApp {
     timeout: Duration,
     adders: Vec<Adder>,
     ready: bool,
-    systemd: Option<Arc<dyn crate::platform::systemd::Systemd>>,
+    systemd: Option<Arc<dyn Systemd>>,
 }
 
 impl Default for TestApp {
@@ -70,16 +71,17 @@ impl TestApp {
         self
     }
 
-    /// Uses `units` as systemd (e.g. one that records power actions).
-    pub fn systemd(mut self, units: Arc<dyn crate::platform::systemd::Systemd>) -> Self {
-        self.systemd = Some(units);
-        self
-    }
-
     /// Leaves the daemon starting (`system_is_ready` false) and the plugins not started:
     /// `crate::lifecycle::start_plugins` starts them.
     pub fn not_ready(mut self) -> Self {
         self.ready = false;
+        self
+    }
+
+    /// Drives units through `systemd` (a fake) instead of none: the platform stays offline
+    /// for commands.
+    pub fn systemd(mut self, systemd: Arc<dyn Systemd>) -> Self {
+        self.systemd = Some(systemd);
         self
     }
 
@@ -124,8 +126,8 @@ impl TestApp {
         let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
         let store = Arc::new(Mutex::new(store));
         let mut platform = Platform::for_root(&root);
-        if let Some(units) = self.systemd {
-            platform.units = units;
+        if let Some(systemd) = self.systemd {
+            platform.units = systemd;
         }
         let mut reg = Registry::default();
         for add in self.adders {

@@ -144,7 +144,7 @@ pub struct Route {
     pub op: String,
 }
 
-/// What a declared route receives: the decoded query string (the last value of a repeated
+/// What a declared route receives: the decoded query string (the first value of a repeated
 /// key wins) and the JSON body (null when the request had none). The host serializes it,
 /// the SDK decodes it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

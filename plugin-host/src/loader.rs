@@ -4,7 +4,8 @@
 //! 1. the file opens as a shared library;
 //! 2. it exports the plugin-api version symbol, and that version is compatible
 //!    (same major, equal or lower minor);
-//! 3. it carries an abi_stable header whose root-module layout matches ours;
+//! 3. it carries an abi_stable header whose root-module layout fits ours (the same, or
+//!    that of an older minor version: see `plugin_api::abi::check_layout`);
 //! 4. its manifest parses and validates;
 //! 5. (later, [`PluginLibrary::instantiate`]) its constructor succeeds and does not panic.
 //!
@@ -60,8 +61,9 @@ impl LoadError {
 }
 
 /// Shortens abi_stable's layout report (a dump of both type layouts, often over a hundred
-/// lines) to what differs: each `Error:<what>` with the `Expected:` and `Found:` values
-/// that follow it, e.g. `mismatched package, expected incus-osd-plugin-api, found x`.
+/// lines) to what differs: each `Error:<what>` with the `Expected:` (the plugin's) and
+/// `Found:` (the host's) values that follow it, e.g.
+/// `mismatched package: plugin has x, host has incus-osd-plugin-api`.
 fn summarize_layout_error(full: &str) -> String {
     let lines: Vec<&str> = full.lines().map(str::trim).collect();
     let value_after = |i: usize| {
@@ -79,9 +81,9 @@ fn summarize_layout_error(full: &str) -> String {
             let mut j = i + 1;
             while j < lines.len() && !lines[j].starts_with("Error:") {
                 if lines[j] == "Expected:" {
-                    part.push_str(&format!(", expected {}", value_after(j)));
+                    part.push_str(&format!(": plugin has {}", value_after(j)));
                 } else if lines[j] == "Found:" {
-                    part.push_str(&format!(", found {}", value_after(j)));
+                    part.push_str(&format!(", host has {}", value_after(j)));
                 }
                 j += 1;
             }
@@ -165,12 +167,17 @@ pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
         }
         other => LoadError::NotAbiStable(first_line(&other.to_string())),
     })?;
-    let module = header
-        .init_root_module::<PluginModuleRef>()
+    // abi_stable's own `init_root_module` would check the layout with the host as the side
+    // that may be shorter, refusing every plugin of an older minor version once the
+    // contract grew; `check_root_module` checks it the other way round (see there).
+    let layout = header.layout().ok_or_else(|| {
+        LoadError::NotAbiStable("the root module carries no layout to check".to_string())
+    })?;
+    plugin_api::abi::check_root_module(layout)
+        .map_err(|report| LoadError::Layout(summarize_layout_error(&report)))?;
+    // SAFETY: the root module's layout was checked just above.
+    let module = unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
         .map_err(|e| match e {
-            LibraryError::AbiInstability(report) => {
-                LoadError::Layout(summarize_layout_error(&report.to_string()))
-            }
             LibraryError::IncompatibleVersionNumber {
                 expected_version,
                 actual_version,
@@ -267,17 +274,17 @@ mod tests {
     fn layout_report_is_shortened_to_what_differs() {
         let dump = "package:'x' version:'0.1.0'\n  field: a\n".repeat(60);
         let report = format!(
-            "{dump}Error:mismatched package\nExpected:\n    incus-osd-plugin-api\nFound:\n    fixture-x\n"
+            "{dump}Error:mismatched package\nExpected:\n    fixture-x\nFound:\n    incus-osd-plugin-api\n"
         );
         assert_eq!(
             summarize_layout_error(&report),
-            "mismatched package, expected incus-osd-plugin-api, found fixture-x"
+            "mismatched package: plugin has fixture-x, host has incus-osd-plugin-api"
         );
         let twice =
             format!("{report}{report}Error:mismatched field name\nExpected:\n a\nFound:\n b\n");
         assert_eq!(
             summarize_layout_error(&twice),
-            "mismatched package, expected incus-osd-plugin-api, found fixture-x; mismatched field name, expected a, found b"
+            "mismatched package: plugin has fixture-x, host has incus-osd-plugin-api; mismatched field name: plugin has a, host has b"
         );
     }
 }

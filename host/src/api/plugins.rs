@@ -1,14 +1,16 @@
 //! `GET /1.0/plugins` (an extension: loaded plugins and load failures), and the routes
 //! plugins declare in their manifests.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::Method;
 use plugin_api::{Call, Kind, RouteRequest};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::body::read_json;
 use super::response::{sync, sync_raw};
+use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
 use crate::plugins::{LoadFailure, Plugin, Run};
 
@@ -54,6 +56,18 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
     }))
 }
 
+/// The path of a route of `plugin` below its collection (which comes from its kind).
+fn route_path(plugin: &Plugin, rest: &str) -> String {
+    let collection = plugin.manifest.kind.collection().unwrap_or("plugins");
+    format!("/1.0/{collection}/{}/{rest}", plugin.name())
+}
+
+/// Whether the plugin declares a route at `/1.0/<collection>/<name>/<rest>` (any method).
+pub fn declares(plugin: &Plugin, rest: &str) -> bool {
+    let path = route_path(plugin, rest);
+    plugin.manifest.routes.iter().any(|r| r.path == path)
+}
+
 /// Dispatches `/1.0/<collection of its kind>/<name>/<rest>` to a route the plugin
 /// declared. Unknown: GET is 404, other methods 501; a known path with another method is
 /// 501.
@@ -62,10 +76,9 @@ pub async fn extra_route(
     rest: &str,
     method: &Method,
     query: Option<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    let collection = plugin.manifest.kind.collection().unwrap_or("plugins");
-    let path = format!("/1.0/{collection}/{}/{rest}", plugin.name());
+    let path = route_path(plugin, rest);
     let mut routes = plugin.manifest.routes.iter().filter(|r| r.path == path);
     let known = routes.clone().next().is_some();
     let Some(route) = routes.find(|r| r.method.as_str() == method.as_str()) else {
@@ -75,33 +88,17 @@ pub async fn extra_route(
             ApiError::not_found()
         });
     };
+    let query = Query::parse(query.as_deref())?.first_values();
+    let body = read_json(body).await?;
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
-    let request = RouteRequest {
-        query: parse_query(query.as_deref())?,
-        body,
-    };
+    let request = RouteRequest { query, body };
     let input = serde_json::to_vec(&request)
         .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
     let out = plugin.call(Call::Route(route), Bytes::from(input)).await?;
     Ok(sync_raw(out))
-}
-
-/// Decodes a URL query string into a map (the last value of a repeated key wins).
-fn parse_query(
-    query: Option<&str>,
-) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    let Some(q) = query else {
-        return Ok(Default::default());
-    };
-    let uri: axum::http::Uri = format!("/?{q}")
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid query string"))?;
-    axum::extract::Query::try_from_uri(&uri)
-        .map(|axum::extract::Query(m)| m)
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
 }

@@ -139,11 +139,14 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            let limits = api::listener::Limits {
+                shutdown_grace: DRAIN_DEADLINE,
+                ..api::listener::Limits::for_this_process()
+            };
+            api::listener::serve(listener, router, limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         });
         tracing::info!(socket = %config.socket.display(), "API listening");
         // Ready for systemd once the API answers (upstream's clients may call it while the
@@ -181,14 +184,17 @@ impl Daemon {
         // hook still running is waited for (within the budget) before its stop hook.
         self.starting.abort();
         let _ = self.stop.send(true);
-        match tokio::time::timeout(DRAIN_DEADLINE, &mut self.server).await {
+        // The listener cuts requests still running after DRAIN_DEADLINE; a moment more
+        // for that (kept within EXIT_MARGIN), then it is no longer waited for.
+        let drain = DRAIN_DEADLINE + Duration::from_secs(2);
+        match tokio::time::timeout(drain, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "API server failed"),
             Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
             Err(_) => {
                 tracing::warn!(
-                    "requests still in flight after {}s: no longer waiting for them",
-                    DRAIN_DEADLINE.as_secs()
+                    "the API server did not stop {}s after shutdown began",
+                    drain.as_secs()
                 );
                 self.server.abort();
             }
@@ -269,19 +275,9 @@ async fn apply_logging(app: &Arc<App>) {
     if config == Default::default() {
         return;
     }
-    let app2 = app.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        crate::system::logging::apply(
-            &RootFs::new(&app2.root),
-            app2.platform.units.as_ref(),
-            &config,
-        )
-    })
-    .await;
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
-        Err(e) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
+    let (root, platform) = (app.root.clone(), app.platform.clone());
+    if let Err(e) = crate::system::logging::apply_stored(root, platform, config).await {
+        tracing::warn!(error = %e, "cannot apply the syslog configuration");
     }
 }
 

@@ -5,10 +5,12 @@
 //! services or runs system commands, and says so in its errors instead of pretending.
 
 pub mod journal;
+pub mod limits;
 pub mod notify;
 pub mod socket;
 pub mod systemd;
 pub mod systemd_dbus;
+pub mod uploads;
 
 use std::sync::Arc;
 

@@ -1,8 +1,9 @@
 //! What `GET /1.0` reports: the OS identity, read from the root prefix.
 //!
-//! Facts that cannot change while the daemon runs (OS name and release, machine id, the
-//! system UUID, the other A/B image) are read once at start; uptime is the kernel's uptime
-//! at start plus the time elapsed since, so a request reads no file.
+//! The running OS (name and release) is read once at start. The machine id, the system
+//! UUID and the other A/B image are read on every request, as upstream does (a machine id
+//! fixed or broken after start shows at once): two small files and one directory listing.
+//! Uptime is the kernel's uptime at start plus the time elapsed since.
 
 use std::path::Path;
 use std::time::Instant;
@@ -52,12 +53,13 @@ pub fn read_os_release(fs: &RootFs) -> Result<OsRelease, String> {
     Ok(rel)
 }
 
-/// `/etc/machine-id`: exactly 32 hex digits and a newline (33 bytes).
+/// `/etc/machine-id`: exactly 32 hex digits and a newline (33 bytes). The errors are
+/// upstream's texts.
 pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
     let data = fs
         .read("/etc/machine-id")
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| "missing /etc/machine-id".to_string())?;
+        .ok_or_else(|| "open /etc/machine-id: no such file or directory".to_string())?;
     if data.len() != 33 {
         return Err("invalid length for a machine-id".into());
     }
@@ -100,27 +102,26 @@ fn read_uptime(fs: &RootFs) -> Result<f64, String> {
         .ok_or_else(|| "cannot parse /proc/uptime".to_string())
 }
 
-/// The `environment` object of `GET /1.0`.
+/// The `environment` object of `GET /1.0`. Upstream builds it as a map, so its keys come
+/// out sorted; the fields are in that order.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Environment {
     pub hostname: String,
     pub machine_id: String,
     pub os_name: String,
     pub os_version: String,
-    pub os_version_next: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub os_version_alternate: Option<String>,
+    pub os_version_next: String,
     pub system_is_ready: bool,
     pub uptime: u64,
 }
 
-/// Identity facts read at start.
+/// The OS identity read at start, and where to read the rest per request.
 #[derive(Debug, Clone)]
 pub struct SystemInfo {
+    fs: RootFs,
     os: OsRelease,
-    machine_id: Result<String, String>,
-    hostname: String,
-    alternate: Option<String>,
     uptime_at_start: Result<f64, String>,
     started: Instant,
 }
@@ -128,16 +129,10 @@ pub struct SystemInfo {
 impl SystemInfo {
     pub fn read(root: &Path, os: OsRelease) -> SystemInfo {
         let fs = RootFs::new(root);
-        let machine_id = read_machine_id(&fs);
-        let hostname = read_product_uuid(&fs)
-            .or_else(|| machine_id.clone().ok())
-            .unwrap_or_else(|| os.name.clone());
         SystemInfo {
-            alternate: alternate_version(&fs, &os),
             uptime_at_start: read_uptime(&fs),
             started: Instant::now(),
-            machine_id,
-            hostname,
+            fs,
             os,
         }
     }
@@ -146,21 +141,20 @@ impl SystemInfo {
         &self.os
     }
 
-    /// The `environment` object; `next_release` comes from the state ("" = the running one).
+    /// The `environment` object; `next_release` is the stored release that boots next (""
+    /// until an update is staged). Reads the machine id, the system UUID and the boot
+    /// directory.
     pub fn environment(&self, next_release: &str, ready: bool) -> Result<Environment, String> {
-        let machine_id = self.machine_id.clone()?;
         let uptime = self.uptime_at_start.clone()? + self.started.elapsed().as_secs_f64();
+        let machine_id = read_machine_id(&self.fs)?;
+        let hostname = read_product_uuid(&self.fs).unwrap_or_else(|| machine_id.clone());
         Ok(Environment {
-            hostname: self.hostname.clone(),
+            hostname,
             machine_id,
             os_name: self.os.name.clone(),
             os_version: self.os.version.clone(),
-            os_version_next: if next_release.is_empty() {
-                self.os.version.clone()
-            } else {
-                next_release.to_string()
-            },
-            os_version_alternate: self.alternate.clone(),
+            os_version_alternate: alternate_version(&self.fs, &self.os),
+            os_version_next: next_release.to_string(),
             system_is_ready: ready,
             uptime: uptime as u64,
         })
@@ -202,20 +196,32 @@ mod tests {
         let env = info.environment("", true).unwrap();
         assert_eq!(env.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(env.hostname, "0123456789abcdef0123456789abcdef");
-        assert_eq!(env.os_version_next, "202511041601");
+        assert_eq!(env.os_version_next, "");
         assert_eq!(env.os_version_alternate.as_deref(), Some("202510010000"));
         assert!(env.uptime >= 1234);
+        assert_eq!(
+            info.environment("202512010000", true)
+                .unwrap()
+                .os_version_next,
+            "202512010000"
+        );
 
+        // Read per request: a product UUID appearing after start is the hostname at once.
         fs.write(
             "/sys/class/dmi/id/product_uuid",
             b"4c4c4544-0044-4810-8052-b4c04f4e3432\n",
             0o400,
         )
         .unwrap();
-        let info = SystemInfo::read(dir.path(), info.os().clone());
         assert_eq!(
             info.environment("", true).unwrap().hostname,
             "4c4c4544-0044-4810-8052-b4c04f4e3432"
+        );
+        fs.remove("/boot/EFI/Linux/IncusOS_202510010000.efi")
+            .unwrap();
+        assert_eq!(
+            info.environment("", true).unwrap().os_version_alternate,
+            None
         );
     }
 
@@ -229,9 +235,15 @@ mod tests {
             name: "IncusOS".into(),
             version: "1".into(),
         };
-        let err = SystemInfo::read(dir.path(), os)
-            .environment("", false)
-            .unwrap_err();
-        assert_eq!(err, "invalid length for a machine-id");
+        let info = SystemInfo::read(dir.path(), os);
+        assert_eq!(
+            info.environment("", false).unwrap_err(),
+            "invalid length for a machine-id"
+        );
+        fs.remove("/etc/machine-id").unwrap();
+        assert_eq!(
+            info.environment("", false).unwrap_err(),
+            "open /etc/machine-id: no such file or directory"
+        );
     }
 }

@@ -80,6 +80,9 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
     root.install_fixture("other_major", "other_major");
     root.install_fixture("layout_mismatch", "layout_mismatch");
     root.install_fixture("not_abi_stable", "not_abi_stable");
+    // Built against the contract as released at 1.0.0: loads on this newer host. Its file
+    // name sorts first, so the current plugins are checked after it (which once failed).
+    root.install_fixture("older_minor", "a_older_minor");
     std::fs::write(
         root.plugin_dir().join("libincus_osd_plugin_garbage.so"),
         b"definitely not ELF",
@@ -94,7 +97,7 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(loaded, ["faulty", "iscsi"]);
+    assert_eq!(loaded, ["faulty", "iscsi", "older-minor"]);
     let failed = failures(&listing);
     let checks: Vec<(&str, &str)> = failed
         .iter()

@@ -301,7 +301,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         (
             "ceph",
             cluster_with("keyrings", key(&format!("{ADMIN_KEY}\n[client.evil]"))),
-            r#"cluster "ceph": keyring "admin": key is not valid base64"#.into(),
+            "clusters.ceph.keyrings.admin.key: line breaks, NUL and other control characters \
+             are not allowed"
+                .into(),
         ),
         (
             "ceph",
@@ -321,7 +323,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         (
             "ceph",
             cluster_with("client_config", json!({"rbd_cache": "true\nkeyring = /tmp/x"})),
-            r#"cluster "ceph": client_config "rbd_cache": the value must be one line without '#' or ';'"#.into(),
+            "clusters.ceph.client_config.rbd_cache: line breaks, NUL and other control \
+             characters are not allowed"
+                .into(),
         ),
         (
             "ceph",
@@ -348,6 +352,108 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             assert_eq!(host.state(), Value::Null, "{message}");
             assert_no_secret_logged(&h);
         }
+    }
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing (and never
+/// quotes a key).
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = json!({"enabled": true, "clusters": {"ceph": main_cluster()}});
+    let fields = [
+        (
+            "/clusters/ceph/client_config/log file",
+            "clusters.ceph.client_config.log file",
+        ),
+        (
+            "/clusters/ceph/client_config/rbd_cache",
+            "clusters.ceph.client_config.rbd_cache",
+        ),
+        ("/clusters/ceph/fsid", "clusters.ceph.fsid"),
+        (
+            "/clusters/ceph/keyrings/admin/key",
+            "clusters.ceph.keyrings.admin.key",
+        ),
+        (
+            "/clusters/ceph/keyrings/incus/key",
+            "clusters.ceph.keyrings.incus.key",
+        ),
+        ("/clusters/ceph/monitors/0", "clusters.ceph.monitors[0]"),
+        ("/clusters/ceph/monitors/1", "clusters.ceph.monitors[1]"),
+        ("/clusters/ceph/monitors/2", "clusters.ceph.monitors[2]"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = plugin();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            for k in [ADMIN_KEY, INCUS_KEY] {
+                assert!(!err.message.contains(k), "{field}");
+            }
+            assert_eq!(h.host().state(), Value::Null, "{field}");
+        }
+    }
+}
+
+/// Map keys become file names and config lines too.
+#[test]
+fn control_characters_are_refused_in_names() {
+    let cases = [
+        (
+            json!({"ceph\n": main_cluster()}),
+            "clusters: a key holds a line break, NUL or another control character",
+        ),
+        (
+            json!({"ceph": cluster_with("keyrings", json!({"admin\u{0}": {"key": ADMIN_KEY}}))}),
+            "clusters.ceph.keyrings: a key holds a line break, NUL or another control character",
+        ),
+        (
+            json!({"ceph": cluster_with("client_config", json!({"rbd_cache\nkeyring": "x"}))}),
+            "clusters.ceph.client_config: a key holds a line break, NUL or another control \
+             character",
+        ),
+    ];
+    for (clusters, message) in cases {
+        let h = plugin();
+        let err = put_config(&h, &json!({"enabled": true, "clusters": clusters})).unwrap_err();
+        assert_eq!((err.status, err.message.as_str()), (400, message));
+        h.host().assert_untouched(message);
     }
 }
 

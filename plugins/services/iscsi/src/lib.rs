@@ -63,21 +63,14 @@ pub struct Iscsi {
     host: Host,
 }
 
-fn valid_target_name(name: &str) -> bool {
-    ["iqn.", "eui.", "naa."].iter().any(|p| {
-        name.strip_prefix(p).is_some_and(|rest| {
-            !rest.is_empty() && !rest.chars().any(|c| c.is_whitespace() || c.is_control())
-        })
-    })
-}
-
 fn check_target(t: &Target) -> std::result::Result<(), String> {
     if t.target.is_empty() {
         return Err("target name is empty".into());
     }
-    if !valid_target_name(&t.target) {
+    if !validate::iscsi_name(&t.target) {
         return Err(format!(
-            "invalid target name '{}' (expected an iqn., eui. or naa. name)",
+            "invalid target name '{}' (expected an iSCSI name: iqn.<yyyy-mm>.<reversed \
+             domain>[:<name>], eui.<16 hex digits> or naa.<16 or 32 hex digits>)",
             t.target
         ));
     }
@@ -194,6 +187,7 @@ impl Service for Iscsi {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, t) in config.targets.iter().enumerate() {
             check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
             if let Some(j) = config.targets[..i]

@@ -236,12 +236,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             "target 0: target name is empty",
         ),
         (
-            vec![target("storage.disk1", "10.0.0.5", 3260)],
-            "target 0: invalid target name 'storage.disk1' (expected an iqn., eui. or naa. name)",
-        ),
-        (
             vec![target(T1, "10.0.0.5", 3260), target("iqn.", "10.0.0.5", 0)],
-            "target 1: invalid target name 'iqn.' (expected an iqn., eui. or naa. name)",
+            "target 1: invalid target name 'iqn.' (expected an iSCSI name: iqn.<yyyy-mm>.\
+             <reversed domain>[:<name>], eui.<16 hex digits> or naa.<16 or 32 hex digits>)",
         ),
         (vec![target(T1, "", 3260)], "target 0: address is empty"),
         (
@@ -273,13 +270,44 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             "target 2: duplicate of target 0",
         ),
     ];
+    let bad_names = [
+        "storage.disk1",
+        "iqn.2024-1.com.example:disk1",
+        "iqn.2024-13.com.example:disk1",
+        "iqn.2024-01:disk1",
+        "iqn.2024-01.com.example:",
+        "iqn.2024-01.com.example:disk/1",
+        "iqn.2024-01.com.example:disk 1",
+        "IQN.2024-01.com.example:disk1",
+        "eui.02004567A425678",
+        "naa.52004567BA64678D0",
+    ];
+    let long = format!("iqn.2024-01.com.example:{}", "d".repeat(200));
+    let named: Vec<(Vec<Value>, String)> = bad_names
+        .into_iter()
+        .chain([long.as_str()])
+        .map(|name| {
+            let message = format!(
+                "target 0: invalid target name '{name}' (expected an iSCSI name: \
+                 iqn.<yyyy-mm>.<reversed domain>[:<name>], eui.<16 hex digits> or \
+                 naa.<16 or 32 hex digits>)"
+            );
+            (vec![target(name, "10.0.0.5", 3260)], message)
+        })
+        .collect();
+    let cases = cases
+        .iter()
+        .map(|(t, m)| (t.clone(), m.to_string()))
+        .chain(named);
+    let cases: Vec<(Vec<Value>, String)> = cases.collect();
     for enabled in [true, false] {
         for (targets, message) in &cases {
+            let message = message.as_str();
             let h = scripted();
             let err = put_config(&h, &config(enabled, targets)).unwrap_err();
             assert_eq!(
                 (err.status, err.message.as_str()),
-                (400, *message),
+                (400, message),
                 "{targets:?}"
             );
             let host = h.host();
@@ -296,8 +324,13 @@ fn valid_target_names_and_addresses_are_accepted() {
     let targets = [
         target("eui.02004567A425678D", "san", 0),
         target("naa.52004567BA64678D", "san.example.com.", 3260),
+        target("naa.6001405abcdef0123456789abcdef012", "san", 0),
         target(T1, "2001:db8::1", 65535),
         target(T1, "192.0.2.1", 3260),
+        // Capitals (Synology), underscores (TrueNAS), no unique part.
+        target("iqn.2000-01.com.synology:DS920.Target-1.5c3d2f", "san", 0),
+        target("iqn.2005-10.org.freenas.ctl:disk_1", "san", 0),
+        target("iqn.2003-01.org.linux-iscsi.san.x8664", "san", 0),
     ];
     put_config(&h, &config(false, &targets)).unwrap();
     assert_eq!(
@@ -305,9 +338,61 @@ fn valid_target_names_and_addresses_are_accepted() {
             .as_array()
             .unwrap()
             .len(),
-        4
+        8
     );
     assert!(h.host().commands().is_empty());
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = config(true, &[target(T1, "san.example.com", 3260)]);
+    let fields = [
+        ("/targets/0/address", "targets[0].address"),
+        ("/targets/0/target", "targets[0].target"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), Value::Null, "{field}");
+        }
+    }
 }
 
 #[test]

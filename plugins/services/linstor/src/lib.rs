@@ -70,6 +70,13 @@ const KEYSTORE_COMMANDS: [&[&str]; 3] = [
     ],
 ];
 
+/// Written to files as they are: line breaks are part of them.
+const PEM_FIELDS: [&str; 3] = [
+    "tls_server_certificate",
+    "tls_server_key",
+    "tls_trusted_certificates",
+];
+
 /// The keystore settings appended to `[netcom]` in TLS mode.
 const TLS_SETTINGS: &str = r#"
   server_certificate="/etc/linstor/server.jks"
@@ -301,6 +308,7 @@ impl Service for Linstor {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &PEM_FIELDS).map_err(Error::bad_request)?;
         if !config.listen_address.is_empty() {
             check_listen_address(&config.listen_address).map_err(Error::bad_request)?;
         }

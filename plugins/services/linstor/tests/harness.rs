@@ -395,6 +395,86 @@ fn every_config_field_round_trips() {
     );
 }
 
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing. The PEM
+/// fields are files: line breaks belong there, other control characters do not.
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    const ONE_LINE: &str = "line breaks, NUL and other control characters are not allowed";
+    const TEXT: &str = "NUL and control characters other than line breaks and tabs are not allowed";
+    let full = {
+        let mut c = tls(true);
+        c["listen_address"] = json!("10.0.0.10:3367");
+        c
+    };
+    let fields = [
+        ("/listen_address", "listen_address", ONE_LINE),
+        ("/tls_server_certificate", "tls_server_certificate", TEXT),
+        ("/tls_server_key", "tls_server_key", TEXT),
+        (
+            "/tls_trusted_certificates/0",
+            "tls_trusted_certificates[0]",
+            TEXT,
+        ),
+        (
+            "/tls_trusted_certificates/1",
+            "tls_trusted_certificates[1]",
+            TEXT,
+        ),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field, why) in fields {
+        // Files hold line breaks; NUL, escape sequences and DEL do not belong there.
+        let bad: &[&str] = if why == TEXT {
+            &["\0", "\u{1b}[2J", "\u{7f}"]
+        } else {
+            &["\n", "\r", "\0", "\t"]
+        };
+        for bad in bad {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected = format!("{field}: {why}");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            for marker in KEY_MARKERS {
+                assert!(!err.message.contains(marker), "{field}");
+            }
+            assert_eq!(h.host().state(), Value::Null, "{field}");
+        }
+    }
+}
+
 #[test]
 fn valid_pem_variants_are_accepted() {
     let h = plugin();
@@ -441,10 +521,13 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         "[10.0.0.10]:3366",
         "[fd00::10%eth0]:3366",
         "server01:3366",
-        "10.0.0.10:3366\"\nx = 1",
     ] {
         cases.push((listen(a), bad_address(a)));
     }
+    cases.push((
+        listen("10.0.0.10:3366\"\nx = 1"),
+        "listen_address: line breaks, NUL and other control characters are not allowed".into(),
+    ));
     let tls_together =
         "(tls_server_certificate, tls_server_key and tls_trusted_certificates go together)";
     cases.extend([

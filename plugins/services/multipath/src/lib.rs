@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use plugin_api::sdk::Undo;
-use plugin_api::{Error, Host, Result, Service};
+use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Deserializer, Serialize};
 
 const MULTIPATHD: &str = "multipathd.service";
@@ -272,6 +272,7 @@ impl Service for Multipath {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, wwn) in config.wwns.iter().enumerate() {
             if !valid_wwn(wwn) {
                 return Err(Error::bad_request(format!(

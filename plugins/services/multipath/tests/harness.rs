@@ -358,6 +358,57 @@ fn every_config_field_round_trips() {
     assert_eq!(h.get().unwrap()["config"], config(false, &[]));
 }
 
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing.
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = config(true, &[LUN, SAS]);
+    let fields = [("/wwns/0", "wwns[0]"), ("/wwns/1", "wwns[1]")];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), Value::Null, "{field}");
+        }
+    }
+}
+
 #[test]
 fn invalid_configs_are_refused_with_400_and_change_nothing() {
     let format_error = |i: usize, w: &str| {

@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{Arg, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
@@ -53,14 +53,19 @@ impl Config {
         self.extra_dns_labels.as_deref().unwrap_or_default()
     }
 
-    /// `netbird up` with upstream's exact arguments (the setup key among them).
-    fn up_argv(&self) -> Vec<String> {
+    /// `netbird up` with upstream's exact arguments, the setup key marked secret.
+    fn up_argv(&self) -> Vec<Arg> {
+        let mut argv: Vec<Arg> = ["netbird", "up", "--no-browser", "--setup-key"]
+            .map(Arg::from)
+            .into();
+        argv.push(Arg::secret(&self.setup_key));
+        argv.extend(self.up_options().into_iter().map(Arg::from));
+        argv
+    }
+
+    /// The arguments of `netbird up` after the setup key.
+    fn up_options(&self) -> Vec<String> {
         let mut argv: Vec<String> = [
-            "netbird",
-            "up",
-            "--no-browser",
-            "--setup-key",
-            &self.setup_key,
             "--management-url",
             &self.management_url,
             "--admin-url",
@@ -97,20 +102,6 @@ impl Config {
 pub struct State {}
 
 // --- validation ------------------------------------------------------------------------
-
-/// A management or admin URL: [`validate::http_url`], plus rules it lacks: the scheme
-/// matches in any case (`HTTPS://`, as Go's net/url reads it), no whitespace or control
-/// character may appear anywhere (the URL goes on netbird's command line), and an IPv6
-/// host needs its brackets (`http_url` takes `http://fd00::1` as a host).
-fn valid_url(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    !url.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (authority.starts_with('[') || authority.matches(':').count() < 2)
-        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
-}
 
 /// A Linux interface name (at most 15 bytes, no `/`, whitespace or `:`).
 fn valid_interface_name(name: &str) -> bool {
@@ -152,20 +143,19 @@ fn check_duplicates(field: &str, items: &[String]) -> std::result::Result<(), St
 }
 
 fn check(c: &Config) -> std::result::Result<(), String> {
+    validate::config_strings(c, &[])?;
     if c.enabled && c.setup_key.trim().is_empty() {
         return Err("setup_key: a setup key is required to enable netbird".into());
     }
-    if c.setup_key
-        .chars()
-        .any(|ch| ch.is_whitespace() || ch.is_control())
-    {
+    // Never quoted: it is a secret.
+    if !c.setup_key.is_empty() && !validate::token(&c.setup_key) {
         return Err("setup_key: the setup key contains whitespace".into());
     }
     for (field, url) in [
         ("management_url", &c.management_url),
         ("admin_url", &c.admin_url),
     ] {
-        if !url.is_empty() && !valid_url(url) {
+        if !url.is_empty() && !validate::http_url(url) {
             return Err(format!(
                 "{field}: invalid URL '{url}' (expected http(s)://host[:port][/path])"
             ));
@@ -203,10 +193,7 @@ fn check(c: &Config) -> std::result::Result<(), String> {
 /// key is masked in any error (upstream's error shows the whole command line).
 fn configure(h: &Host, c: &Config) -> Result<()> {
     h.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
-    let argv = c.up_argv();
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    h.run_ok_redacted(&argv, &[&c.setup_key], UP_TIMEOUT)
-        .map(drop)
+    h.run_ok_masked(&c.up_argv(), UP_TIMEOUT).map(drop)
 }
 
 pub struct Netbird {
@@ -216,6 +203,8 @@ pub struct Netbird {
 impl Service for Netbird {
     const NAME: &'static str = "netbird";
     const START_WEIGHT: i32 = 40;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;

@@ -1,6 +1,8 @@
 //! The netbird plugin as the daemon loads it, against the recording harness host.
 
-use incus_osd_harness::{assert_conformance, built_plugin, Harness, Reply, UnitCall, UnitOp};
+use incus_osd_harness::{
+    assert_conformance, built_plugin, Failure, Harness, Reply, UnitCall, UnitOp,
+};
 use serde_json::{json, Value};
 
 const UNIT: &str = "netbird.service";
@@ -142,12 +144,13 @@ fn manifest_declares_name_weight_and_no_paths() {
     assert!(!m.has(plugin_api::Hook::Reset));
 }
 
+/// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
         h.get_raw().unwrap(),
-        r#"{"state":{},"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null}}"#
+        r#"{"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null},"state":{}}"#
     );
     assert!(h.host().commands().is_empty());
 }
@@ -184,6 +187,10 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         ),
         (
             json!({"setup_key": "A616097E FCF0"}),
+            "setup_key: the setup key contains whitespace",
+        ),
+        (
+            json!({"enabled": true, "setup_key": "A616097E\u{a0}FCF0"}),
             "setup_key: the setup key contains whitespace",
         ),
         (
@@ -273,6 +280,70 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         host.assert_untouched(message);
         assert_eq!(host.state(), before, "{message}");
         assert_no_secret(&h, &err.message);
+    }
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing (and never quotes the setup key).
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = full();
+    let fields = [
+        ("/admin_url", "admin_url"),
+        ("/dns_resolver_address", "dns_resolver_address"),
+        ("/external_ip_map/0", "external_ip_map[0]"),
+        ("/external_ip_map/1", "external_ip_map[1]"),
+        ("/external_ip_map/2", "external_ip_map[2]"),
+        ("/extra_dns_labels/0", "extra_dns_labels[0]"),
+        ("/extra_dns_labels/1", "extra_dns_labels[1]"),
+        ("/management_url", "management_url"),
+        ("/setup_key", "setup_key"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            preset(&h, &enabled());
+            let before = h.host().state();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), before, "{field}");
+            assert_no_secret(&h, &err.message);
+        }
     }
 }
 
@@ -421,6 +492,30 @@ fn a_failing_connect_undoes_the_enable_and_hides_the_key() {
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
     assert_no_secret(&h, &err.message);
+}
+
+/// A `netbird up` that cannot be started or times out: the host's error text names the
+/// command line with the setup key masked, and the enable is undone.
+#[test]
+fn a_connect_that_cannot_start_or_times_out_hides_the_key() {
+    for (failure, ending) in [
+        (Failure::Spawn, "No such file or directory (os error 2)"),
+        (Failure::Timeout, "timed out after 60.0s"),
+    ] {
+        let h = scripted();
+        let host = h.host();
+        host.on_command_failure(&["netbird", "up"], failure);
+        let err = put_config(&h, &enabled()).unwrap_err();
+        assert_eq!(err.status, 500);
+        assert_eq!(
+            err.message.as_str(),
+            format!("Failed to run: netbird up --no-browser --setup-key *** --management-url  --admin-url  --dns-resolver-address  --external-ip-map  --extra-dns-labels : {ending}")
+        );
+        assert_eq!(host.commands(), [down(), up_minimal(KEY)]);
+        assert_eq!(host.unit_state(UNIT), "inactive");
+        assert_eq!(host.state(), Value::Null);
+        assert_no_secret(&h, &err.message);
+    }
 }
 
 #[test]

@@ -26,8 +26,6 @@ const MODPROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const BUDGET: Duration = Duration::from_secs(30);
 const TRIES: usize = 10;
 const PAUSE: Duration = Duration::from_millis(500);
-/// The longest NQN the NVMe specification allows.
-const MAX_NQN_LEN: usize = 223;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -151,14 +149,11 @@ fn check_target(t: &Target) -> std::result::Result<(), String> {
         "" => return Err("transport is empty (expected tcp or fc)".into()),
         other => return Err(format!("invalid transport '{other}' (expected tcp or fc)")),
     }
-    if !t.nqn.is_empty()
-        && (!t.nqn.starts_with("nqn.")
-            || t.nqn.len() > MAX_NQN_LEN
-            || t.nqn.chars().any(|c| c.is_whitespace() || c.is_control()))
-    {
+    if !t.nqn.is_empty() && !validate::nqn(&t.nqn) {
         return Err(format!(
-            "invalid nqn '{}' (expected an nqn. name of at most {MAX_NQN_LEN} characters)",
-            t.nqn
+            "invalid nqn '{}' (expected an nqn. name of at most {} characters)",
+            t.nqn,
+            validate::MAX_NAME_LEN
         ));
     }
     Ok(())
@@ -428,6 +423,7 @@ impl Service for Nvme {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, t) in config.targets.iter().enumerate() {
             check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
             if let Some(j) = config.targets[..i].iter().position(|o| o == t) {

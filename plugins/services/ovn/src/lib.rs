@@ -42,6 +42,13 @@ const UNIT_TAIL: &str = " unix:/run/openvswitch/db.sock\n\
                          ExecStop=-/usr/bin/ovn-appctl -t ovn-controller exit --restart\n\
                          Restart=on-failure\n";
 
+/// Written to files as they are: line breaks are part of them.
+const PEM_FIELDS: [&str; 3] = [
+    "tls_client_certificate",
+    "tls_client_key",
+    "tls_ca_certificate",
+];
+
 const DEFAULT_TUNNEL_PROTOCOL: &str = "geneve";
 /// Open vSwitch 3.6 dropped STT.
 const TUNNEL_PROTOCOLS: [&str; 2] = ["geneve", "vxlan"];
@@ -96,22 +103,6 @@ pub fn controller_unit(tls: bool) -> String {
         "{UNIT_HEAD}{EXEC_START}{}{UNIT_TAIL}",
         if tls { TLS_ARGS } else { "" }
     )
-}
-
-/// One OVSDB remote: `tcp:<host>[:<port>]`, `ssl:<host>[:<port>]` or `unix:<path>`.
-/// The address is a [`validate::endpoint`], except that an IPv6 address must be in
-/// brackets: OVS would take the part after its last colon for the port.
-fn valid_remote(remote: &str) -> bool {
-    if let Some(path) = remote.strip_prefix("unix:") {
-        return path.starts_with('/');
-    }
-    let Some(addr) = remote
-        .strip_prefix("tcp:")
-        .or_else(|| remote.strip_prefix("ssl:"))
-    else {
-        return false;
-    };
-    validate::endpoint(addr).is_some_and(|(host, _)| addr.starts_with('[') || !host.contains(':'))
 }
 
 /// Whether `value` has a `-----BEGIN <...>-----`/`-----END <...>-----` pair of lines whose
@@ -279,11 +270,12 @@ impl Service for Ovn {
     }
 
     fn validate(&self, c: &Config) -> Result<()> {
+        validate::config_strings(c, &PEM_FIELDS).map_err(Error::bad_request)?;
         for remote in list(&c.database) {
-            if !valid_remote(remote) {
+            if !validate::ovsdb_remote(remote) {
                 return Err(Error::bad_request(format!(
                     "database: invalid OVN database address '{remote}' \
-                     (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<path>)"
+                     (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)"
                 )));
             }
         }

@@ -225,19 +225,35 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         ),
         (
             set(json!({"database": "192.0.2.1:6642"})),
-            "database: invalid OVN database address '192.0.2.1:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<path>)",
+            "database: invalid OVN database address '192.0.2.1:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
         ),
         (
             set(json!({"database": "tcp:192.0.2.1:6642,tcp:192.0.2.2:99999"})),
-            "database: invalid OVN database address 'tcp:192.0.2.2:99999' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<path>)",
+            "database: invalid OVN database address 'tcp:192.0.2.2:99999' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
         ),
         (
             set(json!({"database": "ssl:[192.0.2.1]:6642"})),
-            "database: invalid OVN database address 'ssl:[192.0.2.1]:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<path>)",
+            "database: invalid OVN database address 'ssl:[192.0.2.1]:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
         ),
         (
             set(json!({"database": "unix:db.sock"})),
-            "database: invalid OVN database address 'unix:db.sock' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<path>)",
+            "database: invalid OVN database address 'unix:db.sock' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
+        ),
+        (
+            set(json!({"database": "tcp:192.0.2.1:6642,unix:/run/ovn sb.sock"})),
+            "database: invalid OVN database address 'unix:/run/ovn sb.sock' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
+        ),
+        (
+            set(json!({"database": "ptcp:6642"})),
+            "database: invalid OVN database address 'ptcp:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
+        ),
+        (
+            set(json!({"database": "tcp:2001:db8::1:6642"})),
+            "database: invalid OVN database address 'tcp:2001:db8::1:6642' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
+        ),
+        (
+            set(json!({"database": "tcp:192.0.2.1:6642,"})),
+            "database: invalid OVN database address '' (expected tcp:<host>:<port>, ssl:<host>:<port> or unix:<absolute path>)",
         ),
         (
             set(json!({"database": TLS_DB})),
@@ -316,9 +332,79 @@ fn valid_remotes_are_accepted() {
         "tcp:192.0.2.1",
         "unix:/run/ovn/ovnsb_db.sock",
         "tcp:192.0.2.1:6642,tcp:192.0.2.2:6642",
+        "ssl:ovn-central:6642,unix:/var/run/ovn/ovnsb_db.sock",
     ] {
         let cfg = json!({"enabled": false, "database": db, "tunnel_address": "", "tunnel_protocol": "geneve,vxlan"});
         put_config(&h, &cfg).unwrap_or_else(|e| panic!("{db}: {e:?}"));
+    }
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a valid config, with a control character added, is a 400 naming
+/// the field that changes nothing and never quotes a key. The PEM fields are files: line
+/// breaks belong there, NUL and escape sequences do not.
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let mut full = with_tls();
+    full["tunnel_protocol"] = json!("geneve");
+    // A line break is appended to the last remote: a path.
+    full["database"] = json!("ssl:192.0.2.1:6642,unix:/run/ovn/ovnsb_db.sock");
+    let one_line = "line breaks, NUL and other control characters are not allowed";
+    let text = "NUL and control characters other than line breaks and tabs are not allowed";
+    let fields = [
+        ("/database", one_line),
+        ("/tls_ca_certificate", text),
+        ("/tls_client_certificate", text),
+        ("/tls_client_key", text),
+        ("/tunnel_address", one_line),
+        ("/tunnel_protocol", one_line),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, why) in fields {
+        let bad: &[&str] = if why == text {
+            &["\0", "\u{1b}[2J", "\u{7f}"]
+        } else {
+            &["\n", "\r", "\0", "\t"]
+        };
+        for bad in bad {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected = format!("{}: {why}", &pointer[1..]);
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            assert!(!err.message.contains(KEY_BODY));
+            h.host().assert_untouched(pointer);
+            assert_eq!(h.host().state(), Value::Null, "{pointer}");
+        }
     }
 }
 

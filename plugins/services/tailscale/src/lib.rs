@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{Arg, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
@@ -203,20 +203,6 @@ pub fn parse_status(json: &str) -> std::result::Result<State, serde_json::Error>
 
 // --- validation ------------------------------------------------------------------------
 
-/// A login server: [`validate::http_url`], plus rules it lacks: the scheme matches in any
-/// case (`HTTPS://`, as Go's net/url reads it), no whitespace or control character may
-/// appear anywhere (the URL goes on tailscale's command line), and an IPv6 host needs its
-/// brackets (`http_url` takes `http://fd00::1` as a host).
-fn valid_url(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    !url.chars().any(|c| c.is_whitespace() || c.is_control())
-        && (authority.starts_with('[') || authority.matches(':').count() < 2)
-        && validate::http_url(&format!("{}://{rest}", scheme.to_ascii_lowercase()))
-}
-
 /// A route as `tailscale set --advertise-routes` takes it: [`validate::cidr`], plus
 /// tailscale's own rules (netip.ParsePrefix and its router checks), checked before
 /// anything is touched: no zero-padded length, no host bits, sane 4-in-6 "via" routes.
@@ -304,8 +290,13 @@ fn valid_service_name(name: &str) -> bool {
 }
 
 fn check(config: &Config) -> std::result::Result<(), String> {
+    validate::config_strings(config, &[])?;
+    // Never quoted: it is a secret.
+    if !config.auth_key.is_empty() && !validate::token(&config.auth_key) {
+        return Err("auth_key: the auth key contains whitespace".into());
+    }
     let url = &config.login_server;
-    if !url.is_empty() && !valid_url(url) {
+    if !url.is_empty() && !validate::http_url(url) {
         return Err(format!(
             "login_server: invalid URL '{url}' (expected http(s)://host[:port][/path])"
         ));
@@ -360,22 +351,24 @@ fn logout(h: &Host) -> Result<()> {
     h.run_ok(&["tailscale", "logout"], LOGOUT_TIMEOUT).map(drop)
 }
 
-/// Joins the tailnet with the auth key, which is masked in any error (upstream's error
-/// text would show the whole command line).
+/// Joins the tailnet with the auth key, marked secret: the host masks it in every error
+/// and log line (upstream's error text would show the whole command line).
 fn up(h: &Host, c: &Config) -> Result<()> {
-    let mut up = vec![
+    let mut up: Vec<Arg> = [
         "tailscale",
         "up",
         "--reset",
         "--timeout",
         "30s",
         "--auth-key",
-        &c.auth_key,
-    ];
+    ]
+    .map(Arg::from)
+    .into();
+    up.push(Arg::secret(&c.auth_key));
     if !c.login_server.is_empty() {
-        up.extend(["--login-server", &c.login_server]);
+        up.extend([Arg::from("--login-server"), Arg::from(&c.login_server)]);
     }
-    h.run_ok_redacted(&up, &[&c.auth_key], UP_TIMEOUT).map(drop)
+    h.run_ok_masked(&up, UP_TIMEOUT).map(drop)
 }
 
 /// The preferences (`tailscale set`) and the HTTPS proxy to the local API
@@ -462,6 +455,8 @@ impl Tailscale {
 impl Service for Tailscale {
     const NAME: &'static str = "tailscale";
     const START_WEIGHT: i32 = 90;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;

@@ -1,7 +1,7 @@
 //! The tailscale plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, Failure, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -429,13 +429,14 @@ fn manifest_declares_name_weight_and_no_paths() {
     assert!(!m.has(plugin_api::Hook::Reset));
 }
 
+/// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
         h.get_raw().unwrap(),
         format!(
-            r#"{{"state":{EMPTY_STATE},"config":{{"enabled":false,"login_server":"","auth_key":"","accept_routes":false,"accept_dns":false,"advertised_routes":null,"advertise_exit_node":false,"exit_node":"","exit_node_allow_lan_access":false,"serve_enabled":false,"serve_port":0,"serve_service":""}}}}"#
+            r#"{{"config":{{"enabled":false,"login_server":"","auth_key":"","accept_routes":false,"accept_dns":false,"advertised_routes":null,"advertise_exit_node":false,"exit_node":"","exit_node_allow_lan_access":false,"serve_enabled":false,"serve_port":0,"serve_service":""}},"state":{EMPTY_STATE}}}"#
         )
     );
     // Disabled: tailscaled is stopped, nothing is asked.
@@ -582,6 +583,111 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             host.assert_untouched(message);
             assert_eq!(host.state(), Value::Null, "{message}");
         }
+    }
+}
+
+/// The JSON pointer of every string in `v`, in document order.
+fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::String(_) => out.push(at.to_string()),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                string_pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                string_pointers(item, &format!("{at}/{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Each string field of a full config with a control character added is a 400 naming the
+/// field that changes nothing (and never quotes the auth key).
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    let full = json!({
+        "enabled": true,
+        "login_server": "https://headscale.example.com:8080/",
+        "auth_key": KEY,
+        "accept_routes": true,
+        "accept_dns": true,
+        "advertised_routes": ["10.20.0.0/16", "fd00:20::/64"],
+        "advertise_exit_node": false,
+        "exit_node": "100.88.12.40",
+        "exit_node_allow_lan_access": true,
+        "serve_enabled": true,
+        "serve_port": 443,
+        "serve_service": "svc:incus"
+    });
+    let fields = [
+        ("/advertised_routes/0", "advertised_routes[0]"),
+        ("/advertised_routes/1", "advertised_routes[1]"),
+        ("/auth_key", "auth_key"),
+        ("/exit_node", "exit_node"),
+        ("/login_server", "login_server"),
+        ("/serve_service", "serve_service"),
+    ];
+    let mut pointers = vec![];
+    string_pointers(&full, "", &mut pointers);
+    assert_eq!(
+        pointers,
+        fields.map(|(p, _)| p),
+        "every string field has a case"
+    );
+    for (pointer, field) in fields {
+        for bad in ["\n", "\r", "\0", "\t"] {
+            let mut cfg = full.clone();
+            let value = cfg.pointer_mut(pointer).unwrap();
+            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
+            let h = scripted(Some(STATUS_RUNNING));
+            preset(&h, &enabled());
+            let before = h.host().state();
+            let err = put_config(&h, &cfg).unwrap_err();
+            let expected =
+                format!("{field}: line breaks, NUL and other control characters are not allowed");
+            assert_eq!(
+                (err.status, err.message.as_str()),
+                (400, expected.as_str()),
+                "{bad:?}"
+            );
+            h.host().assert_untouched(field);
+            assert_eq!(h.host().state(), before, "{field}");
+            assert_no_secret(&h, &err.message);
+        }
+    }
+}
+
+#[test]
+fn an_auth_key_with_whitespace_is_refused_without_quoting_it() {
+    for key in [
+        format!("{KEY} "),
+        format!("tskey-auth-kBf3 {KEY}"),
+        format!("{KEY}\u{a0}"),
+    ] {
+        let h = scripted(Some(STATUS_RUNNING));
+        preset(&h, &enabled());
+        let before = h.host().state();
+        let cfg = config(json!({"enabled": true, "auth_key": key}));
+        let err = put_config(&h, &cfg).unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (400, "auth_key: the auth key contains whitespace"),
+            "{key:?}"
+        );
+        h.host().assert_untouched(&key);
+        assert_eq!(h.host().state(), before);
+        assert_no_secret(&h, &err.message);
+    }
+    // Tailscale's own key options and file references stay valid.
+    let h = scripted(Some(STATUS_RUNNING));
+    for key in [
+        format!("{KEY}?ephemeral=true&preauthorized=true"),
+        "file:/run/credentials/tailscale.key".to_string(),
+    ] {
+        put_config(&h, &config(json!({"auth_key": key}))).unwrap();
     }
 }
 
@@ -872,6 +978,30 @@ fn a_failing_join_undoes_the_enable_and_hides_the_key() {
     assert_no_secret(&h, &err.message);
 }
 
+/// A `tailscale up` that cannot be started or times out: the host's error text names the
+/// command line with the auth key masked, and the enable is undone.
+#[test]
+fn a_join_that_cannot_start_or_times_out_hides_the_key() {
+    for (failure, ending) in [
+        (Failure::Spawn, "No such file or directory (os error 2)"),
+        (Failure::Timeout, "timed out after 60.0s"),
+    ] {
+        let h = scripted(None);
+        let host = h.host();
+        host.on_command_failure(&["tailscale", "up"], failure);
+        let err = put_config(&h, &enabled()).unwrap_err();
+        assert_eq!(err.status, 500);
+        assert_eq!(
+            err.message.as_str(),
+            format!("Failed to run: tailscale up --reset --timeout 30s --auth-key ***: {ending}")
+        );
+        assert_eq!(host.commands(), [logout(), up(KEY)]);
+        assert_eq!(host.unit_state(UNIT), "inactive");
+        assert_eq!(host.state(), Value::Null);
+        assert_no_secret(&h, &err.message);
+    }
+}
+
 #[test]
 fn a_failing_update_brings_the_old_preferences_back() {
     let h = scripted(Some(STATUS_RUNNING));
@@ -1131,10 +1261,11 @@ fn live_state_comes_from_tailscale_status() {
     );
     assert_eq!(h.host().commands(), [status()]);
     assert_eq!(h.host().command_calls()[0].timeout_ms, 5_000);
-    // The raw text keeps upstream's field order.
+    // The raw text keeps upstream's field order: config, then state.
     let raw = h.get_raw().unwrap();
+    assert!(raw.starts_with(r#"{"config":{"enabled":true,"#), "{raw}");
     assert!(
-        raw.starts_with(r#"{"state":{"version":"1.102.3","backend_state":"Running","tailnet_name":"ops@example.com","tailnet_dns_suffix":"tail4c2f1e.ts.net","self":{"id":"#),
+        raw.contains(r#"},"state":{"version":"1.102.3","backend_state":"Running","tailnet_name":"ops@example.com","tailnet_dns_suffix":"tail4c2f1e.ts.net","self":{"id":"#),
         "{raw}"
     );
 }
@@ -1144,8 +1275,9 @@ fn live_state_of_a_logged_out_node() {
     let h = scripted(Some(STATUS_NEEDS_LOGIN));
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
-    let expected = r#"{"state":{"version":"1.102.3","backend_state":"NeedsLogin","self":{"id":"","public_key":"nodekey:0000000000000000000000000000000000000000000000000000000000000000","host_name":"incus-os-01","dns_name":"","os":"linux","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false,"health":["You are logged out. The last login error was: invalid key: unable to validate API key"]},"config":"#;
-    assert!(raw.starts_with(expected), "{raw}");
+    let expected = r#","state":{"version":"1.102.3","backend_state":"NeedsLogin","self":{"id":"","public_key":"nodekey:0000000000000000000000000000000000000000000000000000000000000000","host_name":"incus-os-01","dns_name":"","os":"linux","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false,"health":["You are logged out. The last login error was: invalid key: unable to validate API key"]}}"#;
+    assert!(raw.starts_with(r#"{"config":"#), "{raw}");
+    assert!(raw.ends_with(expected), "{raw}");
     assert_eq!(h.get().unwrap()["config"], enabled());
 }
 
@@ -1156,7 +1288,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
 
@@ -1165,7 +1297,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
     assert_eq!(h.host().commands(), [status()]);
@@ -1175,7 +1307,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
     let warnings: Vec<_> = h

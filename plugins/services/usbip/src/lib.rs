@@ -202,6 +202,7 @@ impl Service for Usbip {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, t) in config.targets.iter().enumerate() {
             check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
             if let Some(j) = config.targets[..i].iter().position(|o| o == t) {
