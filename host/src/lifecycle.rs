@@ -7,13 +7,15 @@
 //! plugin whose start hook killed the daemon from being started again right away.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::api::App;
+use crate::daemon::STATE_DIR;
+use crate::platform::files::RootFs;
 use crate::platform::systemd::PowerAction;
 
 /// Why the daemon is stopping.
@@ -219,53 +221,55 @@ pub const STOP_HOOK_DEADLINE: Duration = Duration::from_secs(15);
 /// Which plugins' start hooks are running, noted on disk, so a start hook that kills the
 /// daemon (an abort, `exit`, a double panic) is found at the next start: one empty file
 /// per plugin in `<state dir>/starting/`, created before the hook and removed once it
-/// returned (and, for hooks still running, at a clean stop).
+/// returned (and, for hooks still running, at a clean stop). Like every daemon file, they
+/// resolve inside the root prefix.
 #[derive(Debug, Clone)]
 pub struct StartMarkers {
-    dir: PathBuf,
+    fs: RootFs,
+    dir: String,
 }
 
 impl StartMarkers {
-    pub fn new(state_dir: &Path) -> StartMarkers {
+    /// The markers of the daemon running over `root`.
+    pub fn new(root: &Path) -> StartMarkers {
         StartMarkers {
-            dir: state_dir.join("starting"),
+            fs: RootFs::new(root),
+            dir: format!("{STATE_DIR}/starting"),
         }
+    }
+
+    fn path(&self, plugin: &str) -> String {
+        format!("{}/{plugin}", self.dir)
     }
 
     /// The plugins whose start hook was running when the daemon last ended without a
     /// clean stop. Their markers are removed: such a plugin is left out of this start
     /// only, and the next start of the daemon tries it again.
     pub fn take_crashed(&self) -> BTreeSet<String> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return BTreeSet::new();
+        let names = match self.fs.list(&self.dir) {
+            Ok(names) => names.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the start markers");
+                return BTreeSet::new();
+            }
         };
-        let mut found = BTreeSet::new();
-        for e in entries.flatten() {
-            if let Some(name) = e.file_name().to_str() {
-                found.insert(name.to_string());
-            }
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a start marker");
-            }
+        for name in &names {
+            self.clear(name);
         }
-        found
+        names.into_iter().collect()
     }
 
     /// Notes that `plugin`'s start hook is about to run.
     pub fn set(&self, plugin: &str) {
-        let made = std::fs::create_dir_all(&self.dir)
-            .and_then(|_| std::fs::write(self.dir.join(plugin), b""));
-        if let Err(e) = made {
+        if let Err(e) = self.fs.write(&self.path(plugin), b"", 0o600) {
             tracing::warn!(plugin, error = %e, "cannot note the start hook on disk");
         }
     }
 
     /// Notes that `plugin`'s start hook returned.
     pub fn clear(&self, plugin: &str) {
-        match std::fs::remove_file(self.dir.join(plugin)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(plugin, error = %e, "cannot remove a start marker"),
+        if let Err(e) = self.fs.remove(&self.path(plugin)) {
+            tracing::warn!(plugin, error = %e, "cannot remove a start marker");
         }
     }
 
@@ -280,7 +284,7 @@ impl StartMarkers {
 /// start hook was running when the daemon died last time: those are left out, degraded.
 /// Returns once every plugin started or gave up.
 pub async fn start_plugins(app: &App) {
-    let markers = Arc::new(StartMarkers::new(&app.state_dir()));
+    let markers = Arc::new(StartMarkers::new(&app.root));
     let crashed = markers.take_crashed();
     app.registry
         .start_all(markers, &crashed, app.lifecycle.clone())
@@ -476,8 +480,8 @@ mod tests {
 
     #[test]
     fn start_markers_name_the_plugins_whose_start_never_returned() {
-        let dir = tempfile::tempdir().unwrap();
-        let m = StartMarkers::new(dir.path());
+        let root = tempfile::tempdir().unwrap();
+        let m = StartMarkers::new(root.path());
         assert!(m.take_crashed().is_empty(), "nothing noted yet");
         m.set("a");
         m.set("b");
@@ -488,7 +492,18 @@ mod tests {
             "taken once: the next start tries again"
         );
         m.set("c");
+        assert!(root.path().join("var/lib/incus-os/starting/c").is_file());
         m.clear_all();
         assert!(m.take_crashed().is_empty());
+        // A symlink planted in the root does not lead the markers out of it.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::remove_dir_all(root.path().join("var/lib/incus-os/starting")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path(),
+            root.path().join("var/lib/incus-os/starting"),
+        )
+        .unwrap();
+        m.set("d");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
     }
 }

@@ -49,6 +49,8 @@ fn config(args: Args) -> Result<Config, String> {
                 .map_err(|e| format!("cannot prepare dev root {}: {e}", root.display()))?;
             let mut c = Config::for_root(root);
             c.plugin_dirs = vec![exe_dir.clone()];
+            // The dev run shows this machine's kernel facts (uptime, modules, ...).
+            c.kernel = incus_osd::platform::kernel::KernelFiles::host();
             c
         }
         _ => Config::for_root("/"),

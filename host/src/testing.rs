@@ -135,6 +135,7 @@ impl TestApp {
         }
         let info = SystemInfo::read(
             &root,
+            &platform.kernel,
             OsRelease {
                 name: "IncusOS".into(),
                 version: "202511041601".into(),

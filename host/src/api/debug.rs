@@ -7,7 +7,6 @@ use super::proxy;
 use super::response::sync;
 use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
 use crate::platform::journal::{self, LogQuery};
 use crate::system::debug;
 
@@ -76,7 +75,7 @@ pub async fn processes(method: Method) -> ApiResult {
 /// Kernel release, architecture, CPU baseline and loaded modules.
 pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = app.root.clone();
+    let kernel = app.platform.kernel.clone();
     let k = tokio::task::spawn_blocking(move || {
         let ld = [
             "/lib64/ld-linux-x86-64.so.2".to_string(),
@@ -88,7 +87,7 @@ pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
                 .ok()
                 .filter(|o| o.status == 0)
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        debug::kernel(&RootFs::new(root), help.as_deref())
+        debug::kernel(&kernel, help.as_deref())
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

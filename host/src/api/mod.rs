@@ -100,11 +100,6 @@ impl App {
         self.lifecycle.is_ready()
     }
 
-    /// The daemon's state directory (`var/lib/incus-os` under the root).
-    pub fn state_dir(&self) -> PathBuf {
-        self.root.join("var/lib/incus-os")
-    }
-
     /// Whether application `name` is installed (its plugin is loaded, or the host's state
     /// records an installed version).
     pub fn application_installed(&self, name: &str) -> bool {

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::platform::files::RootFs;
+use crate::platform::kernel::KernelFiles;
 
 /// `GET /1.0/debug/kernel`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -81,18 +81,19 @@ pub fn parse_cpu_baseline(ld_help: Option<&str>) -> String {
 
 /// Reads the kernel facts; `ld_help` is the loader's `--help` output (`None` when it could
 /// not be run).
-pub fn kernel(fs: &RootFs, ld_help: Option<&str>) -> Result<DebugKernel, String> {
-    let read = |p: &str| -> Result<String, String> {
-        fs.read(p)
-            .map_err(|e| e.to_string())?
+pub fn kernel(k: &KernelFiles, ld_help: Option<&str>) -> Result<DebugKernel, String> {
+    let read = |rel: &str| -> Result<String, String> {
+        let p = k.proc_path(rel);
+        KernelFiles::read(&p)
+            .map_err(|e| format!("{}: {e}", p.display()))?
             .map(|d| String::from_utf8_lossy(&d).trim().to_string())
-            .ok_or_else(|| format!("missing {p}"))
+            .ok_or_else(|| format!("missing {}", p.display()))
     };
     Ok(DebugKernel {
-        version: read("/proc/sys/kernel/osrelease")?,
+        version: read("sys/kernel/osrelease")?,
         architecture: std::env::consts::ARCH.to_string(),
         cpu_baseline: parse_cpu_baseline(ld_help),
-        modules: parse_modules(&read("/proc/modules").unwrap_or_default()),
+        modules: parse_modules(&read("modules").unwrap_or_default()),
     })
 }
 

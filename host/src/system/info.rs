@@ -11,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::platform::files::RootFs;
+use crate::platform::kernel::KernelFiles;
 
 /// `NAME` and `IMAGE_VERSION` from `/lib/os-release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,19 +68,19 @@ pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
 }
 
 /// The DMI product UUID (37 bytes with its newline), if readable.
-fn read_product_uuid(fs: &RootFs) -> Option<String> {
-    let data = fs.read("/sys/class/dmi/id/product_uuid").ok()??;
+fn read_product_uuid(kernel: &KernelFiles) -> Option<String> {
+    let data = KernelFiles::read(&kernel.sys_path("class/dmi/id/product_uuid")).ok()??;
     (data.len() == 37).then(|| String::from_utf8_lossy(&data).trim().to_string())
 }
 
 /// The other A/B image's version: `/boot/EFI/Linux/<name>_<version>.efi` files other than
 /// the running one.
 fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
-    let dir = fs.resolve("/boot/EFI/Linux").ok()?;
     let prefix = format!("{}_", os.name);
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let mut found: Vec<String> = fs
+        .list("/boot/EFI/Linux")
+        .ok()??
+        .into_iter()
         .filter_map(|n| {
             let v = n.strip_prefix(&prefix)?.strip_suffix(".efi")?;
             (v != os.version && !v.is_empty()).then(|| v.to_string())
@@ -89,17 +90,17 @@ fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
     found.pop()
 }
 
-/// Seconds of kernel uptime from `/proc/uptime` under the root.
-fn read_uptime(fs: &RootFs) -> Result<f64, String> {
-    let text = fs
-        .read("/proc/uptime")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "missing /proc/uptime".to_string())?;
+/// Seconds of kernel uptime from `/proc/uptime`.
+fn read_uptime(kernel: &KernelFiles) -> Result<f64, String> {
+    let path = kernel.proc_path("uptime");
+    let text = KernelFiles::read(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("missing {}", path.display()))?;
     String::from_utf8_lossy(&text)
         .split_whitespace()
         .next()
         .and_then(|s| s.parse::<f64>().ok())
-        .ok_or_else(|| "cannot parse /proc/uptime".to_string())
+        .ok_or_else(|| format!("cannot parse {}", path.display()))
 }
 
 /// The `environment` object of `GET /1.0`. Upstream builds it as a map, so its keys come
@@ -121,16 +122,18 @@ pub struct Environment {
 #[derive(Debug, Clone)]
 pub struct SystemInfo {
     fs: RootFs,
+    kernel: KernelFiles,
     os: OsRelease,
     uptime_at_start: Result<f64, String>,
     started: Instant,
 }
 
 impl SystemInfo {
-    pub fn read(root: &Path, os: OsRelease) -> SystemInfo {
+    pub fn read(root: &Path, kernel: &KernelFiles, os: OsRelease) -> SystemInfo {
         let fs = RootFs::new(root);
         SystemInfo {
-            uptime_at_start: read_uptime(&fs),
+            uptime_at_start: read_uptime(kernel),
+            kernel: kernel.clone(),
             started: Instant::now(),
             fs,
             os,
@@ -147,7 +150,7 @@ impl SystemInfo {
     pub fn environment(&self, next_release: &str, ready: bool) -> Result<Environment, String> {
         let uptime = self.uptime_at_start.clone()? + self.started.elapsed().as_secs_f64();
         let machine_id = read_machine_id(&self.fs)?;
-        let hostname = read_product_uuid(&self.fs).unwrap_or_else(|| machine_id.clone());
+        let hostname = read_product_uuid(&self.kernel).unwrap_or_else(|| machine_id.clone());
         Ok(Environment {
             hostname,
             machine_id,
@@ -192,7 +195,7 @@ mod tests {
             name: "IncusOS".into(),
             version: "202511041601".into(),
         };
-        let info = SystemInfo::read(dir.path(), os);
+        let info = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os);
         let env = info.environment("", true).unwrap();
         assert_eq!(env.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(env.hostname, "0123456789abcdef0123456789abcdef");
@@ -235,7 +238,7 @@ mod tests {
             name: "IncusOS".into(),
             version: "1".into(),
         };
-        let info = SystemInfo::read(dir.path(), os);
+        let info = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os);
         assert_eq!(
             info.environment("", false).unwrap_err(),
             "invalid length for a machine-id"
