@@ -117,6 +117,14 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
+        // Before anything is bound: a SIGTERM from now on means a clean stop.
+        let mut signals = match daemon::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the signal handlers");
+                return ExitCode::FAILURE;
+            }
+        };
         tracing::info!(
             root = %cfg.root.display(),
             socket = %cfg.socket.display(),
@@ -125,7 +133,7 @@ fn main() -> ExitCode {
         );
         match Daemon::start(&cfg).await {
             Ok(d) => {
-                daemon::wait_for_signal().await;
+                signals.recv().await;
                 d.shutdown().await;
                 ExitCode::SUCCESS
             }

@@ -73,7 +73,8 @@ impl TestApp {
         self
     }
 
-    /// Leaves `system_is_ready` false.
+    /// Leaves the daemon starting (`system_is_ready` false) and the plugins not started:
+    /// `crate::lifecycle::start_plugins` starts them.
     pub fn not_ready(mut self) -> Self {
         self.ready = false;
         self
@@ -154,7 +155,10 @@ impl TestApp {
         );
         let app = Arc::new(App::new(root, store, reg, info, platform));
         if self.ready {
-            app.set_ready();
+            app.registry.mark_all_started();
+            app.lifecycle
+                .move_to(crate::lifecycle::Phase::Ready)
+                .expect("starting -> ready");
         }
         (app, self.root)
     }

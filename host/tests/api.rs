@@ -37,12 +37,12 @@ impl Service for Echo {
     const START_WEIGHT: i32 = 5;
     const ROUTES: &'static [RouteSpec] = &[
         RouteSpec {
-            method: "POST",
+            method: plugin_api::Method::Post,
             suffix: ":ping",
             op: "ping",
         },
         RouteSpec {
-            method: "GET",
+            method: plugin_api::Method::Get,
             suffix: "peers",
             op: "peers",
         },
@@ -650,25 +650,48 @@ async fn a_panicking_plugin_gets_a_500_is_marked_degraded_and_the_rest_keeps_ser
 }
 
 #[tokio::test]
-async fn a_plugin_call_that_times_out_gets_a_500_and_the_rest_keeps_serving() {
+async fn a_change_that_times_out_is_reported_as_still_running_and_then_holds() {
     let (r, _, _d) = app().timeout(Duration::from_millis(300)).router();
     let (code, msg) = call(
         &r,
         "PUT",
         "/1.0/services/trouble",
-        r#"{"config": {"sleep_ms": 2000}}"#,
+        r#"{"config": {"sleep_ms": 1000}}"#,
     )
     .await
     .error();
-    assert_eq!(code, 500);
-    assert!(msg.contains("did not finish within 0.3s"), "{msg}");
+    // Not "failed": it may still take effect, and the answer says where to look.
+    assert_eq!(code, 504);
+    assert!(msg.contains("'put' is still running after 0.3s"), "{msg}");
+    assert!(
+        msg.contains("GET /1.0/services/trouble shows the result"),
+        "{msg}"
+    );
     assert_eq!(get(&r, "/1.0/services/echo").await.status, StatusCode::OK);
-    let plugins = get(&r, "/1.0/plugins").await.metadata();
-    assert!(plugins["loaded"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["name"] == "trouble" && p["degraded"].is_string()));
+    let degraded = |plugins: Value| {
+        plugins["loaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "trouble")
+            .unwrap()["degraded"]
+            .clone()
+    };
+    let d = degraded(get(&r, "/1.0/plugins").await.metadata());
+    assert!(
+        d.as_str().unwrap().contains("did not finish within 0.3s"),
+        "{d}"
+    );
+    // Once it ends, the change holds and the plugin recovers.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        get(&r, "/1.0/services/trouble").await.metadata()["config"]["sleep_ms"],
+        1000
+    );
+    assert_eq!(
+        degraded(get(&r, "/1.0/plugins").await.metadata()),
+        Value::Null
+    );
 }
 
 #[tokio::test]
@@ -810,7 +833,7 @@ async fn changes_wait_for_start_up_to_finish_while_reads_answer_at_once() {
         get(&r, "/1.0/services/echo").await.metadata()["config"]["name"],
         ""
     );
-    app.set_ready();
+    incus_osd::lifecycle::start_plugins(&app).await;
     assert_eq!(put.await.unwrap().status, StatusCode::OK);
     assert_eq!(
         get(&r, "/1.0/services/echo").await.metadata()["config"]["name"],

@@ -35,7 +35,7 @@ struct Conf;
 impl Service for Conf {
     const NAME: &'static str = "conf";
     const ROUTES: &'static [RouteSpec] = &[RouteSpec {
-        method: "GET",
+        method: plugin_api::Method::Get,
         suffix: "peers",
         op: "peers",
     }];

@@ -67,6 +67,6 @@ pub mod __private {
     pub use serde_json;
 }
 
-pub use manifest::{Hook, Kind, Manifest, Route};
+pub use manifest::{Call, Hook, Kind, Manifest, Method, Route, RouteRequest};
 pub use sdk::{Application, Error, Host, Provider, Result, Service, Undo};
 pub use version::API_VERSION;

@@ -46,7 +46,25 @@ pub enum Hook {
 }
 
 impl Hook {
-    /// The `invoke` operation name of this hook.
+    /// Every hook, in declaration order.
+    pub const ALL: [Hook; 13] = [
+        Hook::Get,
+        Hook::Put,
+        Hook::Reset,
+        Hook::Action,
+        Hook::Backup,
+        Hook::Restore,
+        Hook::FactoryReset,
+        Hook::Restart,
+        Hook::Start,
+        Hook::Stop,
+        Hook::Register,
+        Hook::Deregister,
+        Hook::CheckUpdate,
+    ];
+
+    /// The `invoke` operation name of this hook (also its name in the manifest). This is
+    /// the only place the names are spelled.
     pub fn op(self) -> &'static str {
         match self {
             Hook::Get => "get",
@@ -65,21 +83,103 @@ impl Hook {
         }
     }
 
-    /// Whether the hook changes the plugin's state (such calls are serialized per plugin).
-    pub fn is_mutating(self) -> bool {
-        !matches!(self, Hook::Get | Hook::Backup)
+    /// The hook an `invoke` operation name stands for; `None` for anything else (such as a
+    /// declared route's operation).
+    pub fn from_op(op: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.op() == op)
+    }
+}
+
+/// The HTTP method of a declared route. Serialized as the method's name (`"POST"`), so the
+/// manifest's JSON is what it always was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    Get,
+    Put,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Put => "PUT",
+            Method::Post => "POST",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    /// The method named `name` (exact, upper case), if routes may use it.
+    pub fn parse(name: &str) -> Option<Method> {
+        [
+            Method::Get,
+            Method::Put,
+            Method::Post,
+            Method::Patch,
+            Method::Delete,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// An extra endpoint a plugin serves, beyond the standard ones of its kind. The path must
-/// lie inside the plugin's own namespace (`/1.0/services/<name>/...` or
-/// `/1.0/applications/<name>/...`). The host answers it by calling `invoke(op, request)`,
-/// where the request is a JSON object `{"query": {..}, "body": <JSON or null>}`.
+/// lie inside the plugin's own namespace (`/1.0/<collection of its kind>/<name>/...`). The
+/// host answers it by calling `invoke(op, request)` with a [`RouteRequest`] as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
-    pub method: String,
+    pub method: Method,
     pub path: String,
     pub op: String,
+}
+
+/// What a declared route receives: the decoded query string (the first value of a repeated
+/// key wins) and the JSON body (null when the request had none). The host serializes it,
+/// the SDK decodes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+/// A call the host makes into a plugin: one of its hooks or one of its declared routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call<'a> {
+    Hook(Hook),
+    Route(&'a Route),
+}
+
+impl Call<'_> {
+    /// The `invoke` operation name.
+    pub fn op(&self) -> &str {
+        match self {
+            Call::Hook(h) => h.op(),
+            Call::Route(r) => &r.op,
+        }
+    }
+
+    /// Whether the call may change state. The one place this is decided: such calls are
+    /// serialized per plugin, wait until the plugin started, are refused once it stopped,
+    /// and get the longer change timeout. Reads are `get`, `backup` and `GET` routes.
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Call::Hook(h) => !matches!(h, Hook::Get | Hook::Backup),
+            Call::Route(r) => r.method != Method::Get,
+        }
+    }
 }
 
 /// The manifest every plugin returns as JSON from its root module.
@@ -168,15 +268,6 @@ impl Manifest {
             .collection()
             .map(|c| format!("/1.0/{c}/{}/", self.name));
         for r in &self.routes {
-            if !matches!(
-                r.method.as_str(),
-                "GET" | "PUT" | "POST" | "PATCH" | "DELETE"
-            ) {
-                return err(format!(
-                    "route {} has unsupported method {}",
-                    r.path, r.method
-                ));
-            }
             let inside = ns.as_deref().is_some_and(|ns| r.path.starts_with(ns))
                 && !r.path.contains("//")
                 && !r.path.contains("/../")
@@ -242,7 +333,7 @@ mod tests {
 
         let mut m = base();
         m.routes.push(Route {
-            method: "POST".into(),
+            method: Method::Post,
             path: "/1.0/services/other/:x".into(),
             op: "x".into(),
         });
@@ -257,5 +348,68 @@ mod tests {
         assert!(m.validate().unwrap_err().0.contains("get hook"));
 
         assert!(Manifest::parse("{\"name\":1}").is_err());
+    }
+
+    #[test]
+    fn every_hook_has_one_name_for_invoke_and_the_manifest() {
+        for h in Hook::ALL {
+            assert_eq!(Hook::from_op(h.op()), Some(h));
+            assert_eq!(serde_json::to_value(h).unwrap(), h.op());
+        }
+        assert_eq!(Hook::from_op("rejoin"), None);
+        assert_eq!(Hook::from_op("GET"), None);
+    }
+
+    #[test]
+    fn route_methods_are_an_enum_with_the_old_wire_form() {
+        let r = Route {
+            method: Method::Post,
+            path: "/1.0/services/usbip/:x".into(),
+            op: "x".into(),
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["method"], "POST");
+        assert_eq!(serde_json::from_value::<Route>(json).unwrap(), r);
+        let mut m = serde_json::to_value(base()).unwrap();
+        m["routes"] =
+            serde_json::json!([{"method": "HEAD", "path": "/1.0/services/usbip/x", "op": "x"}]);
+        let e = Manifest::parse(&m.to_string()).unwrap_err();
+        assert!(e.0.contains("unknown variant `HEAD`"), "{e}");
+        assert_eq!(Method::parse("PATCH"), Some(Method::Patch));
+        assert_eq!(Method::parse("post"), None);
+    }
+
+    #[test]
+    fn what_changes_state_is_decided_by_the_call() {
+        let route = |method| Route {
+            method,
+            path: "/1.0/services/usbip/x".into(),
+            op: "x".into(),
+        };
+        let reads: Vec<Hook> = Hook::ALL
+            .into_iter()
+            .filter(|h| !Call::Hook(*h).changes_state())
+            .collect();
+        assert_eq!(reads, [Hook::Get, Hook::Backup]);
+        assert!(!Call::Route(&route(Method::Get)).changes_state());
+        for m in [Method::Put, Method::Post, Method::Patch, Method::Delete] {
+            assert!(Call::Route(&route(m)).changes_state(), "{m}");
+        }
+        assert_eq!(Call::Route(&route(Method::Get)).op(), "x");
+        assert_eq!(Call::Hook(Hook::FactoryReset).op(), "factory-reset");
+    }
+
+    #[test]
+    fn a_route_request_round_trips_and_defaults_when_empty() {
+        let req = RouteRequest {
+            query: [("a".to_string(), "1".to_string())].into(),
+            body: serde_json::json!({"x": true}),
+        };
+        let bytes = serde_json::to_vec(&req).unwrap();
+        assert_eq!(serde_json::from_slice::<RouteRequest>(&bytes).unwrap(), req);
+        assert_eq!(
+            serde_json::from_str::<RouteRequest>("{}").unwrap(),
+            RouteRequest::default()
+        );
     }
 }

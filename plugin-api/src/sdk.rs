@@ -398,25 +398,17 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// An extra endpoint a plugin serves below its own URL, e.g.
-/// `RouteSpec { method: "POST", suffix: ":rejoin", op: "rejoin" }` for
+/// `RouteSpec { method: Method::Post, suffix: ":rejoin", op: "rejoin" }` for
 /// `POST /1.0/services/<name>/:rejoin`. Requests reach [`Service::route`] or
-/// [`Application::route`] with the op name.
+/// [`Application::route`] with the op name and a [`RouteRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
-    pub method: &'static str,
+    pub method: crate::manifest::Method,
     pub suffix: &'static str,
     pub op: &'static str,
 }
 
-/// What a declared route receives: the decoded query string and the JSON body (null when
-/// the request had none).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RouteRequest {
-    #[serde(default)]
-    pub query: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub body: serde_json::Value,
-}
+pub use crate::manifest::{Method, RouteRequest};
 
 /// `{"state": .., "config": ..}`: the shape of every service and application.
 #[derive(Serialize)]
@@ -956,7 +948,7 @@ fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
     specs
         .iter()
         .map(|r| Route {
-            method: r.method.to_string(),
+            method: r.method,
             path: format!("/1.0/{collection}/{name}/{}", r.suffix),
             op: r.op.to_string(),
         })

@@ -12,7 +12,7 @@ impl plugin_api::Service for Svc {
     const HAS_RESET: bool = true;
     const PATHS: &'static [&'static str] = &["/etc/svc"];
     const ROUTES: &'static [RouteSpec] = &[RouteSpec {
-        method: "POST",
+        method: plugin_api::Method::Post,
         suffix: ":rejoin",
         op: "rejoin",
     }];

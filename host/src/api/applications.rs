@@ -179,8 +179,8 @@ pub async fn verb(
         if NOT_BUILT.contains(&rest) {
             require(&method, &[Method::POST])?;
             let plugin = lookup(&app, params.name())?;
-            if declares(&plugin, "applications", rest) {
-                return extra_route(&plugin, "applications", rest, &method, query, body).await;
+            if declares(&plugin, rest) {
+                return extra_route(&plugin, rest, &method, query, body).await;
             }
             return Err(ApiError::new(
                 501,
@@ -191,8 +191,8 @@ pub async fn verb(
             ));
         }
         return match lookup(&app, params.name()) {
-            Ok(plugin) if declares(&plugin, "applications", rest) => {
-                extra_route(&plugin, "applications", rest, &method, query, body).await
+            Ok(plugin) if declares(&plugin, rest) => {
+                extra_route(&plugin, rest, &method, query, body).await
             }
             _ => Err(unmatched(&method)),
         };

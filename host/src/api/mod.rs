@@ -30,13 +30,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
+use crate::lifecycle::Lifecycle;
 use crate::platform::systemd::PowerAction;
 use crate::platform::Platform;
 use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::SystemInfo;
 pub use response::{ApiError, ApiResult};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Everything the handlers share.
 pub struct App {
@@ -45,7 +46,8 @@ pub struct App {
     pub registry: Registry,
     pub info: SystemInfo,
     pub platform: Platform,
-    ready: watch::Sender<bool>,
+    /// Where the daemon is in its life; changes are taken only when ready.
+    pub lifecycle: Arc<Lifecycle>,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -65,7 +67,7 @@ impl App {
             registry,
             info,
             platform,
-            ready: watch::Sender::new(false),
+            lifecycle: Arc::new(Lifecycle::new()),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -93,20 +95,9 @@ impl App {
         f(&mut store)
     }
 
-    pub fn set_ready(&self) {
-        self.ready.send_replace(true);
-    }
-
+    /// Whether start-up finished and nothing is stopping (`system_is_ready`).
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
-    }
-
-    /// Waits until start-up finished (at most `limit`); false if it did not.
-    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
-        let mut rx = self.ready.subscribe();
-        tokio::time::timeout(limit, rx.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.lifecycle.is_ready()
     }
 
     /// Whether application `name` is installed (its plugin is loaded, or the host's state
@@ -182,12 +173,15 @@ pub fn unmatched(method: &Method) -> ApiError {
     }
 }
 
-/// How long a change waits for start-up to finish before it is refused.
+/// How long a change that does not go to a plugin waits for start-up to finish before it
+/// is refused.
 pub const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Runs before routing: one form for escaped path segments, path cleaning, and holding
-/// changes until start-up finished (the API answers before the plugins' start hooks ran; a
-/// change applied meanwhile would race them).
+/// Runs before routing: one form for escaped path segments, path cleaning, and the
+/// lifecycle's rule for changes: taken only when ready. While starting, a change to a
+/// plugin goes on (the plugin holds it until that plugin started); any other change waits
+/// for start-up to finish. Once stopping (shutdown or a power action), every change is
+/// refused at once.
 async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     if let Some(canonical) = uri::canonical_path(req.uri().path()) {
         let path_and_query = match req.uri().query() {
@@ -217,8 +211,13 @@ async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Res
         return resp;
     }
     let internal = path == "/internal" || path.starts_with("/internal/");
-    if req.method() != Method::GET && !internal && !app.wait_ready(STARTUP_WAIT).await {
-        return ApiError::new(503, "the system is still starting, try again later").into_response();
+    if req.method() != Method::GET && !internal {
+        let for_plugin = ["/1.0/services/", "/1.0/applications/"]
+            .iter()
+            .any(|c| path.strip_prefix(c).is_some_and(|rest| !rest.is_empty()));
+        if let Err(why) = app.lifecycle.admit_change(for_plugin, STARTUP_WAIT).await {
+            return ApiError::new(503, why).into_response();
+        }
     }
     next.run(req).await
 }

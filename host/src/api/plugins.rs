@@ -4,7 +4,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::Method;
-use plugin_api::Kind;
+use plugin_api::{Call, Kind, RouteRequest};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -12,7 +12,7 @@ use super::body::read_json;
 use super::response::{sync, sync_raw};
 use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
-use crate::plugins::{LoadFailure, Plugin};
+use crate::plugins::{LoadFailure, Plugin, Run};
 
 #[derive(Serialize)]
 struct Loaded<'a> {
@@ -21,6 +21,9 @@ struct Loaded<'a> {
     version: &'a str,
     api_version: &'a str,
     path: String,
+    /// Where the plugin is in the daemon's start and stop (`pending`, `starting`,
+    /// `started`, `not-started`, `stopped`).
+    state: Run,
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<String>,
 }
@@ -43,6 +46,7 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
             version: &p.manifest.version,
             api_version: &p.manifest.api_version,
             path: p.path.display().to_string(),
+            state: p.run_state(),
             degraded: p.degraded(),
         })
         .collect();
@@ -52,53 +56,49 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
     }))
 }
 
-fn route_path(plugin: &Plugin, collection: &str, rest: &str) -> String {
+/// The path of a route of `plugin` below its collection (which comes from its kind).
+fn route_path(plugin: &Plugin, rest: &str) -> String {
+    let collection = plugin.manifest.kind.collection().unwrap_or("plugins");
     format!("/1.0/{collection}/{}/{rest}", plugin.name())
 }
 
 /// Whether the plugin declares a route at `/1.0/<collection>/<name>/<rest>` (any method).
-pub fn declares(plugin: &Plugin, collection: &str, rest: &str) -> bool {
-    let path = route_path(plugin, collection, rest);
+pub fn declares(plugin: &Plugin, rest: &str) -> bool {
+    let path = route_path(plugin, rest);
     plugin.manifest.routes.iter().any(|r| r.path == path)
 }
 
-/// Dispatches `/1.0/<collection>/<name>/<rest>` to a route the plugin declared. Unknown:
-/// GET is 404, other methods 501; a known path with another method is 501.
+/// Dispatches `/1.0/<collection of its kind>/<name>/<rest>` to a route the plugin
+/// declared. Unknown: GET is 404, other methods 501; a known path with another method is
+/// 501.
 pub async fn extra_route(
     plugin: &Plugin,
-    collection: &str,
     rest: &str,
     method: &Method,
     query: Option<String>,
     body: Body,
 ) -> ApiResult {
-    let path = route_path(plugin, collection, rest);
-    let (op, mutating) = {
-        let mut known = false;
-        let mut found = None;
-        for r in plugin.manifest.routes.iter().filter(|r| r.path == path) {
-            known = true;
-            if r.method == method.as_str() {
-                found = Some((r.op.clone(), r.method != "GET"));
-            }
-        }
-        match found {
-            Some(f) => f,
-            None if known || method != Method::GET => return Err(ApiError::not_implemented()),
-            None => return Err(ApiError::not_found()),
-        }
+    let path = route_path(plugin, rest);
+    let mut routes = plugin.manifest.routes.iter().filter(|r| r.path == path);
+    let known = routes.clone().next().is_some();
+    let Some(route) = routes.find(|r| r.method.as_str() == method.as_str()) else {
+        return Err(if known || method != Method::GET {
+            ApiError::not_implemented()
+        } else {
+            ApiError::not_found()
+        });
     };
     let query = Query::parse(query.as_deref())?.first_values();
     let body = read_json(body).await?;
-    let body_value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
-    let input = serde_json::json!({ "query": query, "body": body_value });
-    let out = plugin
-        .call(&op, Bytes::from(input.to_string()), mutating)
-        .await?;
+    let request = RouteRequest { query, body };
+    let input = serde_json::to_vec(&request)
+        .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?;
+    let out = plugin.call(Call::Route(route), Bytes::from(input)).await?;
     Ok(sync_raw(out))
 }

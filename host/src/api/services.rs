@@ -92,8 +92,8 @@ pub async fn verb(
         return Ok(empty());
     }
     match find(&app, params.name()) {
-        Some(plugin) if declares(&plugin, "services", rest) => {
-            extra_route(&plugin, "services", rest, &method, query, body).await
+        Some(plugin) if declares(&plugin, rest) => {
+            extra_route(&plugin, rest, &method, query, body).await
         }
         _ => Err(unmatched(&method)),
     }

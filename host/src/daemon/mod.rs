@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::{self, App};
+use crate::lifecycle::{self, Phase, StartMarkers, StopReason, DRAIN_DEADLINE};
 use crate::platform::files::RootFs;
 use crate::platform::kernel::KernelFiles;
 use crate::platform::systemd::PowerAction;
@@ -153,13 +154,14 @@ pub struct Daemon {
     pub socket: PathBuf,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// Set once the plugins' stop hooks ran (by a power action or at shutdown).
-    plugins_stopped: Arc<tokio::sync::Mutex<bool>>,
+    /// Start-up after the API answers (plugins' start hooks, then ready).
+    starting: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
-    /// Loads everything, binds the socket, serves, runs the plugins' start hooks in order,
-    /// then reports the system ready.
+    /// Loads everything, binds the socket and serves; then, in the background, starts the
+    /// plugins (each after its dependencies) and reports the system ready once every one
+    /// started or gave up. Install the signal handlers ([`Signals::install`]) first.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
         let listener = bind_socket(&config.socket)?;
         let platform = Platform::connect(&config.root, config.system_bus.as_deref()).await;
@@ -173,7 +175,10 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            let limits = api::listener::Limits::for_this_process();
+            let limits = api::listener::Limits {
+                shutdown_grace: DRAIN_DEADLINE,
+                ..api::listener::Limits::for_this_process()
+            };
             api::listener::serve(listener, router, limits, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
@@ -187,56 +192,73 @@ impl Daemon {
         tokio::task::spawn_blocking(|| notify_barrier(Duration::from_secs(5)))
             .await
             .ok();
-        apply_logging(&app).await;
-        app.registry.start_all().await;
-        {
-            let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
-            if !store.doc().os.successful_boot {
-                if let Err(e) = store.update(|d| d.os.successful_boot = true) {
-                    tracing::warn!(error = %e, "cannot record the successful boot");
-                }
-            }
-        }
-        app.set_ready();
-        tracing::info!(version = %app.info.os().version, "System is ready");
-        let plugins_stopped = Arc::new(tokio::sync::Mutex::new(false));
         if let Some(requests) = app.take_power_requests() {
-            tokio::spawn(action_loop(app.clone(), requests, plugins_stopped.clone()));
+            tokio::spawn(action_loop(app.clone(), requests));
         }
+        let starting = tokio::spawn(finish_start(app.clone()));
         Ok(Daemon {
             app,
             socket: config.socket.clone(),
             stop,
             server,
-            plugins_stopped,
+            starting,
         })
     }
 
-    /// Stops serving (in-flight requests finish), stops plugins in reverse start order,
-    /// saves the state and removes the socket.
-    pub async fn shutdown(self) {
+    /// Stops within the unit's `TimeoutStopSec`: changes are refused from now on;
+    /// requests in flight get [`DRAIN_DEADLINE`] to finish; plugins stop in reverse start
+    /// order within [`lifecycle::STOP_HOOKS_BUDGET`]; the state is saved and the socket
+    /// removed.
+    pub async fn shutdown(mut self) {
+        let app = self.app.clone();
+        if let Err(e) = app.lifecycle.move_to(Phase::Stopping(StopReason::Shutdown)) {
+            tracing::warn!(error = %e, "shutting down anyway");
+        }
         tracing::info!("shutting down");
+        notify_systemd("STOPPING=1");
+        // Start-up, if still going, ends here: plugins not started yet stay so, and a start
+        // hook still running is waited for (within the budget) before its stop hook.
+        self.starting.abort();
         let _ = self.stop.send(true);
-        match tokio::time::timeout(Duration::from_secs(30), self.server).await {
+        // The listener cuts requests still running after DRAIN_DEADLINE; a moment more
+        // for that (kept within EXIT_MARGIN), then it is no longer waited for.
+        let drain = DRAIN_DEADLINE + Duration::from_secs(2);
+        match tokio::time::timeout(drain, &mut self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::error!(error = %e, "API server failed"),
             Ok(Err(e)) => tracing::error!(error = %e, "API server task failed"),
-            Err(_) => tracing::warn!("in-flight requests did not finish within 30s"),
+            Err(_) => {
+                tracing::warn!(
+                    "the API server did not stop {}s after shutdown began",
+                    drain.as_secs()
+                );
+                self.server.abort();
+            }
         }
-        notify_systemd("STOPPING=1");
-        stop_plugins_once(&self.app, &self.plugins_stopped).await;
-        save_state(&self.app);
+        lifecycle::stop_plugins(&app).await;
+        save_state(&app);
+        StartMarkers::new(&app.root).clear_all();
         let _ = std::fs::remove_file(&self.socket);
+        let _ = app.lifecycle.move_to(Phase::Stopped);
         tracing::info!("stopped");
     }
 }
 
-/// Runs the plugins' stop hooks, unless that already happened.
-async fn stop_plugins_once(app: &App, stopped: &tokio::sync::Mutex<bool>) {
-    let mut done = stopped.lock().await;
-    if !*done {
-        app.registry.stop_all().await;
-        *done = true;
+/// Start-up after the API answers: the stored syslog forwarding, the plugins, then ready.
+async fn finish_start(app: Arc<App>) {
+    apply_logging(&app).await;
+    lifecycle::start_plugins(&app).await;
+    {
+        let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
+        if !store.doc().os.successful_boot {
+            if let Err(e) = store.update(|d| d.os.successful_boot = true) {
+                tracing::warn!(error = %e, "cannot record the successful boot");
+            }
+        }
+    }
+    match app.lifecycle.move_to(Phase::Ready) {
+        Ok(_) => tracing::info!(version = %app.info.os().version, "System is ready"),
+        Err(e) => tracing::info!(error = %e, "start-up ended while stopping"),
     }
 }
 
@@ -251,20 +273,21 @@ fn save_state(app: &App) {
     });
 }
 
-/// Carries out power requests: for reboot and power-off the shutdown sequence first (plugins
-/// stopped in reverse order, state saved), then the request to systemd. If systemd refuses,
-/// the plugins are started again.
-async fn action_loop(
-    app: Arc<App>,
-    mut requests: tokio::sync::mpsc::Receiver<PowerAction>,
-    plugins_stopped: Arc<tokio::sync::Mutex<bool>>,
-) {
+/// Carries out power requests. For reboot and power-off: stopping (changes refused), the
+/// plugins stopped in reverse order, the state saved, then the request to systemd; if
+/// systemd refuses, the daemon is ready again and the plugins start again. Suspend
+/// changes nothing of the lifecycle.
+pub async fn action_loop(app: Arc<App>, mut requests: tokio::sync::mpsc::Receiver<PowerAction>) {
     while let Some(action) = requests.recv().await {
         tracing::info!(action = action.as_str(), "power action requested");
-        let shutdown = action != PowerAction::Suspend;
-        if shutdown {
+        let reason = StopReason::for_power(action);
+        if let Some(reason) = reason {
+            if let Err(e) = app.lifecycle.move_to(Phase::Stopping(reason)) {
+                tracing::warn!(action = action.as_str(), error = %e, "power action dropped");
+                continue;
+            }
             tracing::info!("System is shutting down");
-            stop_plugins_once(&app, &plugins_stopped).await;
+            lifecycle::stop_plugins(&app).await;
             save_state(&app);
         }
         let app2 = app.clone();
@@ -273,10 +296,10 @@ async fn action_loop(
             .unwrap_or_else(|e| Err(crate::platform::PlatformError(e.to_string())));
         if let Err(e) = result {
             tracing::error!(action = action.as_str(), error = %e, "power action failed");
-            if shutdown {
-                let mut stopped = plugins_stopped.lock().await;
-                app.registry.start_all().await;
-                *stopped = false;
+            // Ready first: a shutdown that comes meanwhile then finds the plugins to stop,
+            // and a plugin's start checks for it under the plugin's lock.
+            if reason.is_some() && app.lifecycle.move_to(Phase::Ready).is_ok() {
+                lifecycle::start_plugins(&app).await;
             }
         }
     }
@@ -294,13 +317,29 @@ async fn apply_logging(app: &Arc<App>) {
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// SIGTERM and SIGINT, caught from the moment this is installed: install it before the
+/// socket is bound, so a signal that comes as soon as the API answers stops the daemon
+/// cleanly instead of killing it by the default action.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the async runtime).
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT (one that came earlier is returned at once).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -6,4 +6,6 @@ pub mod registry;
 /// Loading plugin libraries (shared with the plugin harness).
 pub use plugin_host::loader;
 
-pub use registry::{CallError, LoadFailure, Plugin, Registry, Timeouts};
+pub use registry::{
+    CallError, LoadFailure, Plugin, Registry, Run, Timeouts, MAX_CHANGES, MAX_READS,
+};

@@ -1,14 +1,19 @@
-//! The registry of loaded plugins, their lifecycle, and dispatch of calls into them.
+//! The registry of loaded plugins, their start and stop, and dispatch of calls into them.
 //!
 //! Plugin calls are synchronous on the ABI side: each runs on a blocking thread with a
-//! timeout. Mutating calls to one plugin are serialized (the lock is held until the call
-//! really ends, even after its caller timed out). A plugin that panics or times out is
-//! marked degraded; the daemon keeps serving everything else.
+//! timeout. Every plugin's calls in flight are bounded ([`MAX_READS`] reads, [`MAX_CHANGES`]
+//! changes running or waiting); beyond that a call is refused at once with a 503, so one
+//! stuck plugin cannot take the blocking threads every other plugin needs. Changes to one
+//! plugin are serialized (the lock is held until the call really ends, even after its
+//! caller timed out), wait until that plugin started, and are refused once it stopped.
+//! A plugin that panics or times out is marked degraded; the daemon keeps serving
+//! everything else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
@@ -17,11 +22,12 @@ use plugin_api::abi::{
     ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, HostHandle, PluginBox, PluginError,
 };
 use plugin_api::sdk::PANIC_PREFIX;
-use plugin_api::{Hook, Kind, Manifest};
+use plugin_api::{Call, Hook, Kind, Manifest};
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use super::loader::{self, LoadError};
+use crate::lifecycle::{Lifecycle, StartMarkers};
 
 /// A plugin that did not load, and why.
 #[derive(Debug, Clone, Serialize)]
@@ -50,8 +56,16 @@ impl From<PluginError> for CallError {
     }
 }
 
-/// How long a read call is awaited without parking the worker (see `Plugin::finish`).
+/// How long a read call is awaited without parking the worker (see `Plugin::run`).
 const SPIN: Duration = Duration::from_micros(100);
+
+/// Reads (`get`, `backup`, `GET` routes) one plugin may have in flight. A read counts until
+/// it really ends, also after its caller timed out.
+pub const MAX_READS: usize = 32;
+
+/// Changes one plugin may have running or waiting: one runs, the others wait their turn.
+/// More are refused at once, so clients queuing behind a slow change hold nothing.
+pub const MAX_CHANGES: usize = 4;
 
 /// How long plugin calls may take before they fail and the plugin is marked degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,14 +82,6 @@ impl Timeouts {
     pub fn both(t: Duration) -> Timeouts {
         Timeouts { read: t, change: t }
     }
-
-    fn for_call(&self, mutating: bool) -> Duration {
-        if mutating {
-            self.change
-        } else {
-            self.read
-        }
-    }
 }
 
 impl Default for Timeouts {
@@ -87,13 +93,104 @@ impl Default for Timeouts {
     }
 }
 
+/// Where a plugin is in the daemon's start and stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Run {
+    /// Its start hook has not run yet (it may be waiting for its dependencies).
+    Pending,
+    /// Its start hook is running.
+    Starting,
+    /// Started, or its start hook failed or gave up: changes are taken.
+    Started,
+    /// Left out of this start (its start hook killed the daemon last time); changes are
+    /// taken, so its configuration can be fixed.
+    NotStarted,
+    /// Stopped (or never to be started: the daemon is stopping): changes are refused.
+    Stopped,
+}
+
+/// Why a plugin is degraded, and what clears it.
+#[derive(Debug, Clone)]
+struct Degraded {
+    reason: String,
+    /// The call whose end clears it (a call that timed out); `None`: it stays until the
+    /// daemon restarts (a panic, a crash in a start hook).
+    cleared_by: Option<u64>,
+}
+
+type Health = Arc<Mutex<Option<Degraded>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Marks a plugin degraded. A lasting reason is not replaced by a passing one.
+fn mark_degraded(health: &Health, plugin: &str, reason: String, cleared_by: Option<u64>) {
+    let mut h = lock(health);
+    if h.as_ref().is_some_and(|d| d.cleared_by.is_none()) && cleared_by.is_some() {
+        return;
+    }
+    tracing::error!(plugin, reason = %reason, "plugin degraded");
+    *h = Some(Degraded { reason, cleared_by });
+}
+
+/// How a call that timed out ended later: the plugin recovers unless it panicked.
+fn late_end<T>(health: &Health, plugin: &str, op: &str, call: u64, r: &RResult<T, PluginError>) {
+    match r {
+        RResult::RErr(e) if e.message.as_str().starts_with(PANIC_PREFIX) => {
+            mark_degraded(health, plugin, e.message.to_string(), None);
+            return;
+        }
+        RResult::RErr(e) => {
+            tracing::warn!(plugin, op, error = %e.message, "a call that timed out failed later")
+        }
+        RResult::ROk(_) => tracing::info!(plugin, op, "a call that timed out finished later"),
+    }
+    let mut h = lock(health);
+    if h.as_ref().is_some_and(|d| d.cleared_by == Some(call)) {
+        *h = None;
+        tracing::info!(plugin, "plugin recovered");
+    }
+}
+
+/// What a call holds while it runs: its place in the plugin's bounds and, for a change,
+/// the plugin's change lock. Released when the blocking call really ends.
+struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+    _lock: Option<OwnedMutexGuard<()>>,
+}
+
+/// What kind of call `Plugin::run` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    Read,
+    Change,
+    /// A start or stop hook the daemon runs (no client waits for it).
+    Lifecycle,
+}
+
+/// Whether a call that hit its timeout really ended meanwhile (see `Plugin::run`).
+#[derive(Default)]
+struct CallEnd {
+    done: bool,
+    timed_out: bool,
+}
+
 /// A loaded plugin.
 pub struct Plugin {
     pub manifest: Manifest,
     pub path: PathBuf,
     instance: Arc<PluginBox>,
     mutate: Arc<tokio::sync::Mutex<()>>,
-    degraded: Mutex<Option<String>>,
+    reads: Arc<Semaphore>,
+    changes: Arc<Semaphore>,
+    health: Health,
+    run: watch::Sender<Run>,
+    /// Left out of this daemon's start (also when plugins are started again after a
+    /// refused power action).
+    left_out: AtomicBool,
+    calls: AtomicU64,
     timeouts: Timeouts,
 }
 
@@ -106,6 +203,10 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+fn refused(status: u16, message: String) -> CallError {
+    CallError { status, message }
+}
+
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.manifest.name
@@ -113,100 +214,256 @@ impl Plugin {
 
     /// Why the plugin is degraded, if it is.
     pub fn degraded(&self) -> Option<String> {
-        self.degraded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.health).as_ref().map(|d| d.reason.clone())
     }
 
-    fn mark_degraded(&self, why: String) {
-        tracing::error!(plugin = %self.manifest.name, reason = %why, "plugin degraded");
-        *self.degraded.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    /// Where the plugin is in the daemon's start and stop.
+    pub fn run_state(&self) -> Run {
+        *self.run.borrow()
     }
 
-    async fn lock_if(
-        &self,
-        mutating: bool,
-        op: &str,
-    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, CallError> {
-        if !mutating {
-            return Ok(None);
+    /// Where `GET` shows the outcome of a change to this plugin.
+    fn result_url(&self) -> String {
+        match self.manifest.kind.collection() {
+            Some(c) => format!("GET /1.0/{c}/{}", self.manifest.name),
+            None => "GET /1.0/plugins".to_string(),
         }
-        match tokio::time::timeout(self.timeouts.change, self.mutate.clone().lock_owned()).await {
-            Ok(g) => Ok(Some(g)),
-            Err(_) => Err(CallError {
-                status: 500,
-                message: format!(
-                    "plugin '{}' is busy: an earlier change is still running, '{op}' not started",
+    }
+
+    fn refuse_if_stopped(&self, op: &str) -> Result<(), CallError> {
+        if self.run_state() == Run::Stopped {
+            return Err(refused(
+                503,
+                format!(
+                    "plugin '{}' is stopped (the daemon is shutting down or the system is \
+                     rebooting): '{op}' was not started",
                     self.manifest.name
                 ),
-            }),
+            ));
         }
+        Ok(())
     }
 
-    /// Waits for a blocking plugin call, applying the timeout and the degraded rules.
-    async fn finish<T>(
+    /// A read's place within [`MAX_READS`], or a 503 at once.
+    fn admit_read(&self, op: &str) -> Result<Held, CallError> {
+        let permit = self.reads.clone().try_acquire_owned().map_err(|_| {
+            refused(
+                503,
+                format!(
+                    "plugin '{}' already has {MAX_READS} calls in flight (it may be stuck): \
+                     '{op}' was not started, try again later",
+                    self.manifest.name
+                ),
+            )
+        })?;
+        Ok(Held {
+            _permit: Some(permit),
+            _lock: None,
+        })
+    }
+
+    /// A change's place within [`MAX_CHANGES`] (or a 503 at once), then its turn: once the
+    /// plugin started, holding the change lock. Refused if the plugin stopped meanwhile.
+    async fn admit_change(&self, op: &str) -> Result<Held, CallError> {
+        let name = &self.manifest.name;
+        let permit = self.changes.clone().try_acquire_owned().map_err(|_| {
+            refused(
+                503,
+                format!(
+                    "plugin '{name}' is busy: {MAX_CHANGES} changes are already running or \
+                     waiting; '{op}' was not started, try again later"
+                ),
+            )
+        })?;
+        let limit = self.timeouts.change;
+        let mut run = self.run.subscribe();
+        let started = tokio::time::timeout(
+            limit,
+            run.wait_for(|r| !matches!(r, Run::Pending | Run::Starting)),
+        )
+        .await
+        .is_ok();
+        if !started {
+            return Err(refused(
+                503,
+                format!(
+                    "plugin '{name}' is still starting: '{op}' was not started, try again later"
+                ),
+            ));
+        }
+        self.refuse_if_stopped(op)?;
+        let guard = tokio::time::timeout(limit, self.mutate.clone().lock_owned())
+            .await
+            .map_err(|_| {
+                refused(
+                    503,
+                    format!(
+                        "plugin '{name}' is busy: an earlier change is still running; '{op}' \
+                         was not started, try again later"
+                    ),
+                )
+            })?;
+        self.refuse_if_stopped(op)?;
+        Ok(Held {
+            _permit: Some(permit),
+            _lock: Some(guard),
+        })
+    }
+
+    /// Runs `f` on a blocking thread with what it holds, within `limit`.
+    ///
+    /// A change that passes its limit is not reported as failed: it cannot be cancelled
+    /// and may still take effect, so the answer (504) says it is still running and where
+    /// its result shows. The plugin is degraded until that call ends; then it recovers
+    /// (unless the call panicked). `on_end` runs on the blocking thread once `f` returned.
+    async fn run<T: Send + 'static>(
         &self,
         op: &str,
-        mutating: bool,
-        task: tokio::task::JoinHandle<RResult<T, PluginError>>,
+        kind: CallKind,
+        limit: Duration,
+        held: Held,
+        on_end: Option<Box<dyn FnOnce() + Send>>,
+        f: impl FnOnce(&PluginBox) -> RResult<T, PluginError> + Send + 'static,
     ) -> Result<T, CallError> {
-        let limit = self.timeouts.for_call(mutating);
-        if !mutating {
+        let id = self.calls.fetch_add(1, Ordering::Relaxed);
+        let end = Arc::new(Mutex::new(CallEnd::default()));
+        let task = {
+            let (inst, end, health) = (self.instance.clone(), end.clone(), self.health.clone());
+            let (plugin, op) = (self.manifest.name.clone(), op.to_string());
+            tokio::task::spawn_blocking(move || {
+                let r = f(&inst);
+                drop(held);
+                let mut e = lock(&end);
+                e.done = true;
+                if e.timed_out {
+                    late_end(&health, &plugin, &op, id, &r);
+                }
+                drop(e);
+                if let Some(on_end) = on_end {
+                    on_end();
+                }
+                r
+            })
+        };
+        let mut task = task;
+        if kind == CallKind::Read {
             // A read usually answers within microseconds: stay awake for it briefly rather
             // than parking the worker and paying a wake-up on each side.
-            let spin_until = std::time::Instant::now() + SPIN;
-            while !task.is_finished() && std::time::Instant::now() < spin_until {
+            let spin_until = Instant::now() + SPIN;
+            while !task.is_finished() && Instant::now() < spin_until {
                 tokio::task::yield_now().await;
             }
         }
-        match tokio::time::timeout(limit, task).await {
+        let name = &self.manifest.name;
+        let joined = match tokio::time::timeout(limit, &mut task).await {
+            Ok(j) => j,
             Err(_) => {
-                let why = format!("'{op}' did not finish within {}s", limit.as_secs_f64());
-                self.mark_degraded(why.clone());
-                Err(CallError {
-                    status: 500,
-                    message: format!("plugin '{}': {why}", self.manifest.name),
-                })
+                // Either it ended just now (then its result counts), or it is noted as
+                // timed out and the plugin degraded under the same lock, so the blocking
+                // side sees both when it ends.
+                let timed_out = {
+                    let mut e = lock(&end);
+                    (!e.done).then(|| {
+                        e.timed_out = true;
+                        self.timed_out(op, kind, limit, id)
+                    })
+                };
+                if let Some(err) = timed_out {
+                    return Err(err);
+                }
+                task.await
             }
-            Ok(Err(join)) => {
+        };
+        match joined {
+            Err(join) => {
                 let why = format!("'{op}' crashed: {join}");
-                self.mark_degraded(why.clone());
-                Err(CallError {
-                    status: 500,
-                    message: format!("plugin '{}': {why}", self.manifest.name),
-                })
+                mark_degraded(&self.health, name, why.clone(), None);
+                Err(refused(500, format!("plugin '{name}': {why}")))
             }
-            Ok(Ok(RResult::RErr(e))) => {
+            Ok(RResult::RErr(e)) => {
                 if e.message.as_str().starts_with(PANIC_PREFIX) {
-                    self.mark_degraded(e.message.to_string());
+                    mark_degraded(&self.health, name, e.message.to_string(), None);
                 }
                 Err(e.into())
             }
-            Ok(Ok(RResult::ROk(v))) => Ok(v),
+            Ok(RResult::ROk(v)) => Ok(v),
         }
     }
 
-    /// Calls `op` with JSON `input`; returns the plugin's JSON output.
-    pub async fn call(&self, op: &str, input: Bytes, mutating: bool) -> Result<Vec<u8>, CallError> {
-        let guard = self.lock_if(mutating, op).await?;
-        let inst = self.instance.clone();
+    /// The answer for a call that passed its limit; the plugin is degraded until it ends.
+    fn timed_out(&self, op: &str, kind: CallKind, limit: Duration, id: u64) -> CallError {
+        let name = &self.manifest.name;
+        let secs = limit.as_secs_f64();
+        let why = format!("'{op}' did not finish within {secs}s");
+        mark_degraded(&self.health, name, why.clone(), Some(id));
+        if kind == CallKind::Change {
+            refused(
+                504,
+                format!(
+                    "plugin '{name}': '{op}' is still running after {secs}s; it was not \
+                     cancelled and may still take effect: {} shows the result once it \
+                     finished",
+                    self.result_url()
+                ),
+            )
+        } else {
+            refused(500, format!("plugin '{name}': {why}"))
+        }
+    }
+
+    /// Makes `call` with JSON `input`; returns the plugin's JSON output. Whether the call
+    /// changes state (and so is bounded, ordered and gated as a change) is the call's
+    /// own decision ([`Call::changes_state`]).
+    pub async fn call(&self, call: Call<'_>, input: Bytes) -> Result<Vec<u8>, CallError> {
+        let op = call.op();
+        let (kind, held, limit) = if call.changes_state() {
+            let held = self.admit_change(op).await?;
+            (CallKind::Change, held, self.timeouts.change)
+        } else {
+            (CallKind::Read, self.admit_read(op)?, self.timeouts.read)
+        };
         let op_owned = op.to_string();
-        let task = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+        self.run(op, kind, limit, held, None, move |inst| {
             inst.invoke(RStr::from_str(&op_owned), RSlice::from_slice(&input))
                 .map(|v| v.into_vec())
-        });
-        self.finish(op, mutating, task).await
+        })
+        .await
     }
 
     /// Calls a hook.
     pub async fn hook(&self, hook: Hook, input: Bytes) -> Result<Vec<u8>, CallError> {
-        self.call(hook.op(), input, hook.is_mutating()).await
+        self.call(Call::Hook(hook), input).await
+    }
+
+    /// Runs the start or stop hook, holding the change lock the caller took.
+    async fn lifecycle_hook(
+        &self,
+        hook: Hook,
+        lock: OwnedMutexGuard<()>,
+        limit: Duration,
+        on_end: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Result<Vec<u8>, CallError> {
+        let held = Held {
+            _permit: None,
+            _lock: Some(lock),
+        };
+        self.run(
+            hook.op(),
+            CallKind::Lifecycle,
+            limit,
+            held,
+            on_end,
+            move |inst| {
+                inst.invoke(RStr::from_str(hook.op()), RSlice::from_slice(&[]))
+                    .map(|v| v.into_vec())
+            },
+        )
+        .await
     }
 
     /// Starts a backup. The archive arrives as chunks on the returned channel; the call's
-    /// result follows once the plugin returns. Nothing is buffered whole.
+    /// result follows once the plugin returns. Nothing is buffered whole. A backup is a
+    /// read: it counts against [`MAX_READS`] until it ends.
     pub async fn backup(
         &self,
         options: Bytes,
@@ -215,9 +472,14 @@ impl Plugin {
         tokio::task::JoinHandle<Result<(), CallError>>,
     ) {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let held = match self.admit_read("backup") {
+            Ok(h) => h,
+            Err(e) => return (rx, tokio::spawn(async move { Err(e) })),
+        };
         let inst = self.instance.clone();
         let plugin = self.manifest.name.clone();
         let task = tokio::task::spawn_blocking(move || {
+            let _held = held;
             let mut sink = ChannelSink { tx };
             let r = inst.backup(
                 RSlice::from_slice(&options),
@@ -241,19 +503,86 @@ impl Plugin {
         (rx, handle)
     }
 
-    /// Restores from a stream of chunks.
+    /// Restores from a stream of chunks (a change).
     pub async fn restore(&self, chunks: mpsc::Receiver<Bytes>) -> Result<(), CallError> {
-        let guard = self.lock_if(true, "restore").await?;
-        let inst = self.instance.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
-            let mut source = ChannelSource {
-                rx: chunks,
-                current: Bytes::new(),
+        let held = self.admit_change("restore").await?;
+        self.run(
+            "restore",
+            CallKind::Change,
+            self.timeouts.change,
+            held,
+            None,
+            move |inst| {
+                let mut source = ChannelSource {
+                    rx: chunks,
+                    current: Bytes::new(),
+                };
+                inst.restore(ByteSource_TO::from_ptr(&mut source, TD_Opaque))
+            },
+        )
+        .await
+    }
+
+    /// Moves `from` -> `to` only if the plugin is in `from`.
+    fn run_if(&self, from: Run, to: Run) -> bool {
+        self.run.send_if_modified(|r| {
+            if *r == from {
+                *r = to;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Starts this plugin once `deps` started (or gave up).
+    async fn start(
+        self: Arc<Self>,
+        deps: Vec<Arc<Plugin>>,
+        markers: Arc<StartMarkers>,
+        left_out: bool,
+        lifecycle: Arc<Lifecycle>,
+    ) {
+        for d in deps {
+            let mut rx = d.run.subscribe();
+            let _ = rx
+                .wait_for(|r| !matches!(r, Run::Pending | Run::Starting))
+                .await;
+        }
+        let lock = self.mutate.clone().lock_owned().await;
+        // Under the change lock, so a stop cannot slip in between the check and the hook.
+        if lifecycle.is_stopping() {
+            self.run_if(Run::Pending, Run::Stopped);
+            return;
+        }
+        let next = if left_out {
+            Run::NotStarted
+        } else {
+            Run::Starting
+        };
+        if !self.run_if(Run::Pending, next) || left_out {
+            return;
+        }
+        let name = self.manifest.name.clone();
+        if self.manifest.has(Hook::Start) {
+            markers.set(&name);
+            let on_end: Box<dyn FnOnce() + Send> = {
+                let (markers, name) = (markers.clone(), name.clone());
+                Box::new(move || markers.clear(&name))
             };
-            inst.restore(ByteSource_TO::from_ptr(&mut source, TD_Opaque))
-        });
-        self.finish("restore", true, task).await
+            let limit = self.timeouts.change;
+            match self
+                .lifecycle_hook(Hook::Start, lock, limit, Some(on_end))
+                .await
+            {
+                Ok(_) => tracing::debug!(plugin = %name, "started"),
+                Err(e) => tracing::error!(plugin = %name, error = %e.message, "start failed"),
+            }
+        } else {
+            drop(lock);
+            tracing::debug!(plugin = %name, "started");
+        }
+        self.run_if(Run::Starting, Run::Started);
     }
 }
 
@@ -400,7 +729,12 @@ impl Registry {
                 path: path.to_path_buf(),
                 instance: Arc::new(instance),
                 mutate: Arc::new(tokio::sync::Mutex::new(())),
-                degraded: Mutex::new(None),
+                reads: Arc::new(Semaphore::new(MAX_READS)),
+                changes: Arc::new(Semaphore::new(MAX_CHANGES)),
+                health: Arc::new(Mutex::new(None)),
+                run: watch::Sender::new(Run::Pending),
+                left_out: AtomicBool::new(false),
+                calls: AtomicU64::new(0),
                 timeouts,
             }),
         );
@@ -488,26 +822,94 @@ impl Registry {
         out
     }
 
-    /// Runs every plugin's start hook in start order. Failures are logged, not fatal.
-    pub async fn start_all(&self) {
-        for p in self.start_order() {
-            if !p.manifest.has(Hook::Start) {
-                continue;
+    /// Starts every plugin: each one's start hook runs once the plugins it depends on
+    /// started or gave up, so a start hook that blocks (until `--plugin-change-timeout`)
+    /// delays only its own plugin and those depending on it. Plugins named in `left_out`
+    /// (their start hook killed the daemon last time) are not started and stay degraded.
+    /// Nothing starts once `lifecycle` is stopping. Returns when every plugin started or
+    /// gave up.
+    pub async fn start_all(
+        &self,
+        markers: Arc<StartMarkers>,
+        left_out: &BTreeSet<String>,
+        lifecycle: Arc<Lifecycle>,
+    ) {
+        let order = self.start_order();
+        let position: BTreeMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name(), i))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, p) in order.iter().enumerate() {
+            p.run_if(Run::Stopped, Run::Pending);
+            if left_out.contains(p.name()) && !p.left_out.swap(true, Ordering::Relaxed) {
+                let why = "not started: its start hook was running when the daemon last \
+                           ended without stopping (a crash?); fix its configuration, then \
+                           restart the daemon to start it again";
+                tracing::error!(plugin = %p.name(), "{why}");
+                mark_degraded(&p.health, p.name(), why.to_string(), None);
             }
-            match p.hook(Hook::Start, Bytes::new()).await {
-                Ok(_) => tracing::debug!(plugin = %p.name(), "started"),
-                Err(e) => tracing::error!(plugin = %p.name(), error = %e.message, "start failed"),
+            let left = p.left_out.load(Ordering::Relaxed);
+            // Only dependencies earlier in the order are awaited (a cycle cannot deadlock).
+            let deps = p
+                .manifest
+                .dependencies
+                .iter()
+                .filter(|d| position.get(d.as_str()).is_some_and(|&j| j < i))
+                .filter_map(|d| self.plugins.get(d).cloned())
+                .collect();
+            tasks.spawn(
+                p.clone()
+                    .start(deps, markers.clone(), left, lifecycle.clone()),
+            );
+        }
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a plugin's start task failed");
             }
         }
     }
 
-    /// Runs every plugin's stop hook in reverse start order.
-    pub async fn stop_all(&self) {
+    /// Marks every plugin started without running start hooks (for embedders and tests
+    /// that do not exercise start-up).
+    pub fn mark_all_started(&self) {
+        for p in self.plugins.values() {
+            p.run_if(Run::Pending, Run::Started);
+        }
+    }
+
+    /// Stops every plugin in reverse start order: from then on its changes are refused;
+    /// a change already running ends first, then its stop hook runs. Each plugin gets at
+    /// most `per_plugin` (and never more than `--plugin-change-timeout`), all of them
+    /// together `budget`; a plugin that does not stop in time is logged and left behind.
+    /// Plugins that never started are not stopped.
+    pub async fn stop_all(&self, budget: Duration, per_plugin: Duration) {
+        let deadline = Instant::now() + budget;
         for p in self.start_order().into_iter().rev() {
+            let was = p.run.send_replace(Run::Stopped);
+            if !matches!(was, Run::Starting | Run::Started) {
+                continue;
+            }
+            let limit = || {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(per_plugin)
+                    .min(p.timeouts.change)
+            };
+            let waited = limit();
+            let Ok(lock) = tokio::time::timeout(waited, p.mutate.clone().lock_owned()).await else {
+                tracing::error!(
+                    plugin = %p.name(),
+                    "stop skipped: its start hook or a change was still running after {}s",
+                    waited.as_secs_f64()
+                );
+                continue;
+            };
             if !p.manifest.has(Hook::Stop) {
                 continue;
             }
-            match p.hook(Hook::Stop, Bytes::new()).await {
+            match p.lifecycle_hook(Hook::Stop, lock, limit(), None).await {
                 Ok(_) => tracing::debug!(plugin = %p.name(), "stopped"),
                 Err(e) => tracing::error!(plugin = %p.name(), error = %e.message, "stop failed"),
             }
