@@ -55,6 +55,7 @@
 //! ```
 
 pub mod abi;
+mod helpers;
 pub mod manifest;
 pub mod sdk;
 mod undo;

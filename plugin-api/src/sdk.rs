@@ -20,6 +20,7 @@ use crate::abi::{
 };
 use crate::manifest::{Hook, Kind, Manifest, Route};
 
+pub use crate::helpers::{nullable, retry};
 pub use crate::undo::{is_active, Undo};
 
 /// An error a hook returns; `status` picks the HTTP status the API answers with.
