@@ -49,6 +49,8 @@ fn config(args: Args) -> Result<Config, String> {
                 .map_err(|e| format!("cannot prepare dev root {}: {e}", root.display()))?;
             let mut c = Config::for_root(root);
             c.plugin_dirs = vec![exe_dir.clone()];
+            // The dev run shows this machine's kernel facts (uptime, modules, ...).
+            c.kernel = incus_osd::platform::kernel::KernelFiles::host();
             c
         }
         _ => Config::for_root("/"),
@@ -78,28 +80,25 @@ fn config(args: Args) -> Result<Config, String> {
 }
 
 fn init_logging() {
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("INCUS_OSD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // Under systemd: the journal stamps each line, and a `<N>` prefix gives it the
-        // syslog priority, so MESSAGE reads `INFO System is ready version=...`.
-        builder
-            .event_format(incus_osd::logging::JournalFormat)
-            .init();
-    } else {
-        builder.init();
-    }
+    // Under systemd the journal stamps each line, and a `<N>` prefix gives it the syslog
+    // priority, so MESSAGE reads `INFO System is ready version=...`.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    incus_osd::logging::subscriber(filter, std::io::stderr, journal, ansi).init();
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging();
+    // Every connection holds a descriptor: take what the hard limit allows (the connection
+    // cap is sized from it).
+    if let Err(e) = incus_osd::platform::limits::raise_open_files() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let cfg = match config(args) {
         Ok(c) => c,
         Err(e) => {

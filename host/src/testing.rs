@@ -11,6 +11,7 @@ use plugin_api::Manifest;
 
 use crate::api::{self, App};
 use crate::platform::files::RootFs;
+use crate::platform::systemd::Systemd;
 use crate::platform::Platform;
 use crate::plugins::Registry;
 use crate::state::Store;
@@ -24,6 +25,8 @@ pub struct TestApp {
     timeout: Duration,
     adders: Vec<Adder>,
     ready: bool,
+    systemd: Option<Arc<dyn Systemd>>,
+    commands: Option<Arc<dyn crate::platform::exec::Commands>>,
 }
 
 impl Default for TestApp {
@@ -55,6 +58,8 @@ impl TestApp {
             timeout: Duration::from_secs(10),
             adders: vec![],
             ready: true,
+            systemd: None,
+            commands: None,
         }
     }
 
@@ -71,6 +76,20 @@ impl TestApp {
     /// Leaves `system_is_ready` false.
     pub fn not_ready(mut self) -> Self {
         self.ready = false;
+        self
+    }
+
+    /// Drives units through `systemd` (a fake) instead of none: the platform stays offline
+    /// for commands.
+    pub fn systemd(mut self, systemd: Arc<dyn Systemd>) -> Self {
+        self.systemd = Some(systemd);
+        self
+    }
+
+    /// Runs commands through `commands` (e.g. the real adapter, for endpoints that run
+    /// read-only tools) instead of refusing them as an offline platform does.
+    pub fn commands(mut self, commands: Arc<dyn crate::platform::exec::Commands>) -> Self {
+        self.commands = Some(commands);
         self
     }
 
@@ -114,13 +133,20 @@ impl TestApp {
         let root = self.root.path().to_path_buf();
         let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
         let store = Arc::new(Mutex::new(store));
-        let platform = Platform::for_root(&root);
+        let mut platform = Platform::for_root(&root);
+        if let Some(commands) = self.commands {
+            platform.commands = commands;
+        }
+        if let Some(systemd) = self.systemd {
+            platform.units = systemd;
+        }
         let mut reg = Registry::default();
         for add in self.adders {
             add(&mut reg, &root, store.clone(), &platform, self.timeout);
         }
         let info = SystemInfo::read(
             &root,
+            &platform.kernel,
             OsRelease {
                 name: "IncusOS".into(),
                 version: "202511041601".into(),

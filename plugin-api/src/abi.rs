@@ -3,7 +3,12 @@
 //!
 //! Compatibility rules (see `docs/plugins.md`):
 //! - new root-module entry points and new trait methods are only ever appended after the
-//!   `last_prefix_field` marker, so plugins built against an older minor version keep loading;
+//!   `last_prefix_field` marker, so plugins built against an older minor version keep loading
+//!   (the host checks layouts with [`check_root_module`], which lets the host's side of
+//!   every type be longer than the plugin's, never shorter);
+//! - an appended root-module field or [`PluginOps`] method is one an older plugin lacks: the
+//!   field gets `#[sabi(missing_field(option))]`, the method a default body, and the host
+//!   copes with its absence;
 //! - no axum, tokio or tracing type crosses; payloads are JSON bytes;
 //! - a panic never crosses: the SDK's export macros catch it and return a [`PluginError`].
 
@@ -13,6 +18,7 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     std_types::{RBox, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+    type_layout::TypeLayout,
     StableAbi,
 };
 
@@ -118,8 +124,9 @@ pub struct CommandSpec {
 
 /// The capabilities the host gives a plugin at construction.
 ///
-/// Methods are appended after the `last_prefix_field` marker in later minor versions; a
-/// plugin built for an older minor version simply never calls them.
+/// Methods are appended after the `last_prefix_field` marker in later minor versions (each
+/// says since which); the host implements all of them, and a plugin built for an older minor
+/// version simply never calls the newer ones.
 #[sabi_trait]
 pub trait HostOps: Send + Sync {
     /// Writes a log line; the host adds the plugin's name.
@@ -174,6 +181,63 @@ pub trait HostOps: Send + Sync {
         &self,
         path: RStr<'_>,
     ) -> RResult<abi_stable::std_types::ROption<FileStat>, PluginError>;
+
+    /// Since 1.1. Runs a command as [`HostOps::run`] does, where the arguments at the
+    /// indices `secret_args` of `spec.argv` are secrets (auth keys, setup keys): the host
+    /// never shows them. Every error text and log line about the command shows `***` in
+    /// their place, and each occurrence of a secret in the captured output is replaced by
+    /// `***` before the output is returned.
+    fn run_masked(
+        &self,
+        spec: CommandSpec,
+        secret_args: RSlice<'_, u32>,
+    ) -> RResult<CommandOutput, PluginError>;
+}
+
+/// What stands for a secret wherever the host shows a command line or output of
+/// [`HostOps::run_masked`].
+pub const SECRET_MASK: &str = "***";
+
+/// The masking rule of [`HostOps::run_masked`], for hosts: the secret arguments of `argv`
+/// (indices in `secret_args`; indices past the end are ignored).
+pub fn secret_values<'a>(argv: &'a [RString], secret_args: &[u32]) -> Vec<&'a str> {
+    secret_args
+        .iter()
+        .filter_map(|&i| argv.get(i as usize))
+        .map(RString::as_str)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The masking rule of [`HostOps::run_masked`], for hosts: `text` with every occurrence of
+/// each of `secrets` replaced by [`SECRET_MASK`]. Longer secrets are replaced first, so a
+/// secret containing another one is masked whole.
+pub fn mask_secrets(text: &[u8], secrets: &[&str]) -> Vec<u8> {
+    let mut secrets: Vec<&[u8]> = secrets
+        .iter()
+        .map(|s| s.as_bytes())
+        .filter(|s| !s.is_empty())
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for s in &secrets {
+            if rest.starts_with(s) {
+                out.extend_from_slice(SECRET_MASK.as_bytes());
+                rest = &rest[s.len()..];
+                continue 'scan;
+            }
+        }
+        out.push(rest[0]);
+        rest = &rest[1..];
+    }
+    out
+}
+
+/// [`mask_secrets`] for text.
+pub fn mask_secrets_str(text: &str, secrets: &[&str]) -> String {
+    String::from_utf8_lossy(&mask_secrets(text.as_bytes(), secrets)).into_owned()
 }
 
 /// The host handle as a plugin holds it.
@@ -234,4 +298,195 @@ impl RootModule for PluginModuleRef {
     // abi_stable's own version gate; the contract's version rule is applied by the host
     // through `version::VERSION_SYMBOL` (see `version::check_compatible`).
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// Checks the layout of a plugin's root module (from its library's abi_stable header)
+/// against this contract's; see [`check_layout`]. On refusal, returns abi_stable's report.
+pub fn check_root_module(plugin: &'static TypeLayout) -> Result<(), String> {
+    check_layout(plugin, <PluginModuleRef as StableAbi>::LAYOUT)
+}
+
+/// abi_stable's layout check, oriented the way this contract grows: the plugin may have been
+/// built against an older minor version than the host, never a newer one.
+///
+/// abi_stable's own check (`init_root_module`) takes the loading side (the host) as the
+/// interface and lets only the library's side of a prefix type (root module, vtable) have
+/// more fields: a newer library for an older host. Here the host is the newer side, for the
+/// types a plugin implements (root module, [`PluginOps`]) as for the one the host implements
+/// ([`HostOps`]). So the plugin's layout is checked as the interface and the host's as the
+/// implementation: every prefix type of the plugin must be a prefix of the host's, and all
+/// other types must be equal. A plugin using a host capability appended later than its
+/// contract cannot exist (it would have been built for a newer minor version); a root-module
+/// field or `PluginOps` method the plugin lacks is handled by the host (see the module
+/// docs).
+///
+/// Each call starts from a fresh checking state. abi_stable's public check
+/// (`check_layout_compatibility`) also merges every prefix type it saw into process-wide
+/// state, so that all libraries of a process agree with one another, and compares later
+/// libraries with that merged view: after a plugin of an older minor version, a current
+/// plugin's vtable was compared with the older plugin's rather than the host's, and refused.
+/// Plugins never exchange ABI objects with one another, only with the host, so each one is
+/// checked against the host alone (with the same checker, from abi_stable 0.11's
+/// `abi_checking` module, public but hidden from its docs).
+///
+/// In the returned report, `Expected:` is the plugin's side and `Found:` the host's.
+pub fn check_layout(plugin: &'static TypeLayout, host: &'static TypeLayout) -> Result<(), String> {
+    use abi_stable::abi_stability::abi_checking::{
+        check_layout_compatibility_with_globals, CheckingGlobals,
+    };
+    check_layout_compatibility_with_globals(plugin, host, &CheckingGlobals::new())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::prefix_type::{PrefixRefTrait, PrefixTypeTrait};
+
+    /// A root module as released in some 1.0, and the same module in a 1.1 that appended a
+    /// field. Same type name, same package: only the field count differs.
+    #[allow(dead_code)] // only the newer view's accessors are called
+    mod v1_0 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct Mod {
+            pub a: extern "C" fn() -> u32,
+            #[sabi(last_prefix_field)]
+            pub b: extern "C" fn() -> u32,
+        }
+    }
+
+    mod v1_1 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct Mod {
+            pub a: extern "C" fn() -> u32,
+            #[sabi(last_prefix_field)]
+            pub b: extern "C" fn() -> u32,
+            #[sabi(missing_field(option))]
+            pub c: extern "C" fn() -> u32,
+        }
+    }
+
+    extern "C" fn one() -> u32 {
+        1
+    }
+
+    #[test]
+    fn an_older_root_module_fits_a_newer_host_and_its_new_field_reads_as_absent() {
+        let old = <v1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <v1_1::ModRef as StableAbi>::LAYOUT;
+        check_layout(old, new).expect("a 1.0 plugin on a 1.1 host");
+        check_layout(new, new).expect("same version");
+        // abi_stable's own orientation (host as interface) refuses exactly this case.
+        assert!(
+            abi_stable::abi_stability::check_layout_compatibility(new, old)
+                .into_result()
+                .is_err()
+        );
+
+        // What the host then sees through its newer view of the older module.
+        let module = v1_0::Mod { a: one, b: one }.leak_into_prefix();
+        // SAFETY: the layouts were found compatible above; this is what the loader does
+        // after its check (abi_stable's `unchecked_layout`).
+        let view = unsafe { v1_1::ModRef::from_prefix_ref(module.0.cast()) };
+        assert_eq!((view.a())() + (view.b())(), 2);
+        assert!(view.c().is_none(), "an appended field reads as absent");
+    }
+
+    /// A root module that stayed the same while a vtable it hands over grew, as `HostOps`
+    /// in 1.1.
+    #[allow(dead_code)]
+    mod h1_0 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = HostRef)))]
+        pub struct Host {
+            #[sabi(last_prefix_field)]
+            pub a: extern "C" fn() -> u32,
+        }
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        pub struct Mod {
+            #[sabi(last_prefix_field)]
+            pub instantiate: extern "C" fn(HostRef) -> u32,
+        }
+    }
+
+    #[allow(dead_code)]
+    mod h1_1 {
+        use super::*;
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = HostRef)))]
+        pub struct Host {
+            #[sabi(last_prefix_field)]
+            pub a: extern "C" fn() -> u32,
+            pub b: extern "C" fn() -> u32,
+        }
+
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = ModRef)))]
+        pub struct Mod {
+            #[sabi(last_prefix_field)]
+            pub instantiate: extern "C" fn(HostRef) -> u32,
+        }
+    }
+
+    /// abi_stable's public check merges the layouts it saw into process-wide state; with
+    /// it, a current plugin checked after an older one was compared with the older one's
+    /// vtable, not the host's, and refused (`too many fields`). Each check starts afresh.
+    #[test]
+    fn older_and_current_plugins_fit_in_any_order() {
+        let old = <h1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <h1_1::ModRef as StableAbi>::LAYOUT;
+        check_layout(old, new).expect("an older plugin");
+        check_layout(new, new).expect("a current plugin, after an older one");
+        check_layout(old, new).expect("an older plugin again");
+        assert!(check_layout(new, old).is_err(), "a newer plugin never fits");
+    }
+
+    #[test]
+    fn a_newer_root_module_does_not_fit_an_older_host() {
+        let old = <v1_0::ModRef as StableAbi>::LAYOUT;
+        let new = <v1_1::ModRef as StableAbi>::LAYOUT;
+        let report = check_layout(new, old).expect_err("a 1.1 plugin on a 1.0 host");
+        assert!(report.contains("too many fields"), "{report}");
+    }
+
+    #[test]
+    fn secrets_are_masked_wherever_they_occur() {
+        let argv: Vec<RString> = ["vpn", "up", "--key", "tskey-1", "--key2", ""]
+            .map(RString::from)
+            .into();
+        // Index 5 is an empty secret (nothing to mask), 9 is past the end.
+        let secrets = secret_values(&argv, &[3, 5, 9]);
+        assert_eq!(secrets, ["tskey-1"]);
+        assert_eq!(
+            mask_secrets_str("bad key tskey-1, again tskey-1tskey-1.", &secrets),
+            "bad key ***, again ******."
+        );
+        // A secret containing another is masked whole, not in pieces.
+        assert_eq!(mask_secrets_str("k=abc-123", &["abc", "abc-123"]), "k=***");
+        assert_eq!(mask_secrets(b"\xffabc\xfe", &["abc"]), b"\xff***\xfe");
+    }
+
+    #[test]
+    fn this_contracts_root_module_fits_itself() {
+        check_root_module(<PluginModuleRef as StableAbi>::LAYOUT).unwrap();
+    }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::abi::{
     ByteSinkRef, ByteSourceRef, CommandOutput, CommandSpec, HostHandle, LogLevel, PluginBox,
-    PluginError, PluginOps, PluginOps_TO, UnitOp,
+    PluginError, PluginOps, PluginOps_TO, UnitOp, SECRET_MASK,
 };
 use crate::manifest::{Hook, Kind, Manifest, Route};
 
@@ -262,61 +262,119 @@ impl Host {
 
     /// Runs a command with a timeout; a non-zero exit is returned, not an error.
     pub fn run(&self, argv: &[&str], timeout: std::time::Duration) -> Result<Output> {
-        let spec = CommandSpec {
-            argv: argv.iter().map(|a| RString::from(*a)).collect(),
-            stdin: RVec::new(),
-            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
-        };
-        let CommandOutput {
-            status,
-            stdout,
-            stderr,
-        } = self.inner.run(spec).into_result()?;
-        Ok(Output {
-            status,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        })
+        let out = self.inner.run(command_spec(argv, timeout)).into_result()?;
+        Ok(out.into())
+    }
+
+    /// [`Host::run`] for a command line that carries secrets: each [`Arg::Secret`] is
+    /// shown as `***` in every error text and log line (the host masks them), and any
+    /// occurrence of a secret in the captured output comes back as `***`.
+    pub fn run_masked(&self, argv: &[Arg], timeout: std::time::Duration) -> Result<Output> {
+        let words: Vec<&str> = argv.iter().map(|a| a.value()).collect();
+        let secret: Vec<u32> = (0u32..)
+            .zip(argv)
+            .filter(|(_, a)| matches!(a, Arg::Secret(_)))
+            .map(|(i, _)| i)
+            .collect();
+        let out = self
+            .inner
+            .run_masked(command_spec(&words, timeout), RSlice::from_slice(&secret))
+            .into_result()?;
+        Ok(out.into())
     }
 
     /// Runs a command and fails unless it exits 0, with upstream's error text:
     /// `Failed to run: <argv>: exit status <n> (<stderr>)`. Returns stdout.
     pub fn run_ok(&self, argv: &[&str], timeout: std::time::Duration) -> Result<String> {
-        self.run_ok_redacted(argv, &[], timeout)
+        succeeded(&argv.join(" "), self.run(argv, timeout)?)
     }
 
-    /// [`Host::run_ok`] for a command line that carries secrets (auth keys, setup keys):
-    /// each of `secrets` is shown as `***` in the error text, which reaches API clients and
-    /// logs.
-    pub fn run_ok_redacted(
-        &self,
-        argv: &[&str],
-        secrets: &[&str],
-        timeout: std::time::Duration,
-    ) -> Result<String> {
-        let out = self.run(argv, timeout)?;
-        if out.status == 0 {
-            return Ok(out.stdout);
-        }
-        let mut msg = format!(
-            "Failed to run: {}: exit status {}",
-            argv.join(" "),
-            out.status
-        );
-        let stderr = out.stderr.trim();
-        if !stderr.is_empty() {
-            msg.push_str(&format!(" ({stderr})"));
-        }
-        Err(Error::internal(redact(&msg, secrets)))
+    /// [`Host::run_ok`] for a command line that carries secrets (auth keys, setup keys),
+    /// marked [`Arg::Secret`]: they are `***` in the error text, as in everything the host
+    /// shows (see [`Host::run_masked`]).
+    pub fn run_ok_masked(&self, argv: &[Arg], timeout: std::time::Duration) -> Result<String> {
+        let shown: Vec<&str> = argv.iter().map(|a| a.shown()).collect();
+        succeeded(&shown.join(" "), self.run_masked(argv, timeout)?)
     }
 }
 
-/// Replaces every non-empty secret in `text` by `***`.
-pub fn redact(text: &str, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .filter(|s| !s.is_empty())
-        .fold(text.to_string(), |t, s| t.replace(s, "***"))
+/// One argument of a command line for [`Host::run_masked`]. Strings convert into
+/// [`Arg::Plain`]; [`Arg::secret`] marks a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    Plain(String),
+    /// A secret (an auth key, a setup key): never shown, `***` in its place.
+    Secret(String),
+}
+
+impl Arg {
+    /// A secret argument.
+    pub fn secret(value: impl Into<String>) -> Self {
+        Arg::Secret(value.into())
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Arg::Plain(s) | Arg::Secret(s) => s,
+        }
+    }
+
+    fn shown(&self) -> &str {
+        match self {
+            Arg::Plain(s) => s,
+            Arg::Secret(_) => SECRET_MASK,
+        }
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Plain(s.to_string())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Plain(s)
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(s: &String) -> Self {
+        Arg::Plain(s.clone())
+    }
+}
+
+fn command_spec(argv: &[&str], timeout: std::time::Duration) -> CommandSpec {
+    CommandSpec {
+        argv: argv.iter().map(|a| RString::from(*a)).collect(),
+        stdin: RVec::new(),
+        timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+    }
+}
+
+impl From<CommandOutput> for Output {
+    fn from(o: CommandOutput) -> Self {
+        Output {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// stdout of a command that exited 0, else upstream's error text for `shown` (the command
+/// line as it may be shown).
+fn succeeded(shown: &str, out: Output) -> Result<String> {
+    if out.status == 0 {
+        return Ok(out.stdout);
+    }
+    let mut msg = format!("Failed to run: {shown}: exit status {}", out.status);
+    let stderr = out.stderr.trim();
+    if !stderr.is_empty() {
+        msg.push_str(&format!(" ({stderr})"));
+    }
+    Err(Error::internal(msg))
 }
 
 /// Decodes a JSON request body with a clear error (the field path, what was wrong).
@@ -366,6 +424,13 @@ pub struct RouteRequest {
 struct Shape<'a, S, C> {
     state: &'a S,
     config: &'a C,
+}
+
+/// The same shape, `config` first (see [`Service::CONFIG_FIRST`]).
+#[derive(Serialize)]
+struct ConfigFirst<'a, S, C> {
+    config: &'a C,
+    state: &'a S,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +483,9 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// &Config) -> Result<()>`. The manifest lists the `reset` hook exactly when this is
     /// set; without it, a reset answers upstream's "not supported" error.
     const RESET: Option<ResetFn<Self>> = None;
+    /// Whether a GET answers `{"config", "state"}` rather than `{"state", "config"}`, to
+    /// keep the key order of the upstream struct the service mirrors.
+    const CONFIG_FIRST: bool = false;
 
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
     type State: Serialize;
@@ -638,13 +706,24 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         Ok(self.host.load_state::<Stored<C>>()?.config)
     }
 
-    fn get<S: Serialize>(&self, state: impl FnOnce(&C) -> Result<S>) -> Result<Vec<u8>> {
+    fn get<S: Serialize>(
+        &self,
+        config_first: bool,
+        state: impl FnOnce(&C) -> Result<S>,
+    ) -> Result<Vec<u8>> {
         let config = self.config()?;
         let state = state(&config)?;
-        encode(&Shape {
-            state: &state,
-            config: &config,
-        })
+        if config_first {
+            encode(&ConfigFirst {
+                config: &config,
+                state: &state,
+            })
+        } else {
+            encode(&Shape {
+                state: &state,
+                config: &config,
+            })
+        }
     }
 
     /// PUT: decode, validate, then `update` with a fresh journal and save. A failed
@@ -725,7 +804,7 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let s = &self.svc;
         match op {
-            "get" => self.cfg.get(|c| s.state(c)),
+            "get" => self.cfg.get(T::CONFIG_FIRST, |c| s.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| s.validate(c),
@@ -770,7 +849,7 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let a = &self.app;
         match op {
-            "get" => self.cfg.get(|c| a.state(c)),
+            "get" => self.cfg.get(false, |c| a.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| a.validate(c),
@@ -817,7 +896,7 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let p = &self.prov;
         match op {
-            "get" => self.cfg.get(|c| p.state(c)),
+            "get" => self.cfg.get(false, |c| p.state(c)),
             "put" => self.cfg.put(
                 input,
                 |c| p.validate(c),
@@ -1047,6 +1126,13 @@ pub type __RBox<T> = RBox<T>;
 #[macro_export]
 macro_rules! __export_plugin {
     ($manifest:ident, $instance:ident, $ty:ty, $api:expr) => {
+        // The SDK turns a panic in a hook into an error with `catch_unwind`; with
+        // `panic = "abort"` the same panic would abort the whole daemon.
+        #[cfg(panic = "abort")]
+        ::std::compile_error!(
+            "incus-osd plugins must be built with panic = \"unwind\" (the default): with \"abort\", a panic in the plugin would take the daemon down"
+        );
+
         #[no_mangle]
         pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
             static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();

@@ -78,6 +78,14 @@ mod tests {
         assert!(check_compatible("1.3.0", "1.3.9").is_ok());
     }
 
+    /// abi_stable treats every `0.x` minor version as breaking, in its version check of the
+    /// root module and in the package version of each type: the contract could not grow
+    /// in a minor version below 1.0.
+    #[test]
+    fn the_contract_is_past_0_x() {
+        assert!(Version::parse(API_VERSION).unwrap().major >= 1);
+    }
+
     #[test]
     fn newer_minor_and_other_major_are_refused() {
         assert!(matches!(

@@ -61,6 +61,21 @@ impl Commands for Refused {
     }
 }
 
+/// The error of a command that could not be started. (Secret arguments are masked by
+/// `PluginHost`, in this text as in every other about a plugin's command.)
+pub fn spawn_failed(argv: &[String], e: &std::io::Error) -> PlatformError {
+    PlatformError(format!("Failed to run: {}: {e}", argv.join(" ")))
+}
+
+/// The error of a command killed at its timeout.
+pub fn timed_out(argv: &[String], timeout: Duration) -> PlatformError {
+    PlatformError(format!(
+        "Failed to run: {}: timed out after {:.1}s",
+        argv.join(" "),
+        timeout.as_secs_f64()
+    ))
+}
+
 /// Spawns `argv`, feeds `stdin`, captures both outputs, kills the process at `timeout`.
 pub fn run_with_timeout(
     argv: &[String],
@@ -80,7 +95,7 @@ pub fn run_with_timeout(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| PlatformError(format!("Failed to run: {}: {e}", argv.join(" "))))?;
+        .map_err(|e| spawn_failed(argv, &e))?;
     if let Some(mut input) = child.stdin.take() {
         let data = stdin.to_vec();
         std::thread::spawn(move || {
@@ -107,11 +122,7 @@ pub fn run_with_timeout(
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(PlatformError(format!(
-                    "Failed to run: {}: timed out after {:.1}s",
-                    argv.join(" "),
-                    timeout.as_secs_f64()
-                )));
+                return Err(timed_out(argv, timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(PlatformError(format!("waiting for {prog}: {e}"))),

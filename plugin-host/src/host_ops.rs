@@ -8,8 +8,8 @@ use std::time::Duration;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use plugin_api::abi::{
-    CommandOutput, CommandSpec, FileKind, FileStat, HostHandle, HostOps, HostOps_TO, LogLevel,
-    PluginError, UnitOp,
+    mask_secrets, mask_secrets_str, secret_values, CommandOutput, CommandSpec, FileKind, FileStat,
+    HostHandle, HostOps, HostOps_TO, LogLevel, PluginError, UnitOp,
 };
 use serde_json::Value;
 
@@ -213,19 +213,49 @@ impl HostOps for PluginHost {
     }
 
     fn run(&self, spec: CommandSpec) -> RResult<CommandOutput, PluginError> {
+        self.run_command(spec, &[])
+    }
+
+    fn run_masked(
+        &self,
+        spec: CommandSpec,
+        secret_args: RSlice<'_, u32>,
+    ) -> RResult<CommandOutput, PluginError> {
+        self.run_command(spec, secret_args.as_slice())
+    }
+}
+
+impl PluginHost {
+    /// Runs a plugin's command. The secret arguments (indices `secret_args`) never leave:
+    /// the log line names the program only, and the error text (whichever adapter wrote
+    /// it: spawn failure, timeout, refusal) and the captured output get each secret
+    /// replaced by `***`.
+    fn run_command(
+        &self,
+        spec: CommandSpec,
+        secret_args: &[u32],
+    ) -> RResult<CommandOutput, PluginError> {
+        let secrets = secret_values(&spec.argv, secret_args);
+        let mask = |bytes: Vec<u8>| -> RVec<u8> {
+            if secrets.is_empty() {
+                bytes.into()
+            } else {
+                mask_secrets(&bytes, &secrets).into()
+            }
+        };
         let argv: Vec<String> = spec.argv.iter().map(|a| a.to_string()).collect();
-        tracing::debug!(plugin = %self.name, program = argv.first().map(String::as_str).unwrap_or(""), "run command");
+        let program = argv.first().map(String::as_str).unwrap_or("");
+        let program = mask_secrets_str(program, &secrets);
+        tracing::debug!(plugin = %self.name, program, "run command");
         let timeout = Duration::from_millis(spec.timeout_ms.max(1));
-        to_r(
-            self.a
-                .commands
-                .run(&argv, spec.stdin.as_slice(), timeout)
-                .map(|o| CommandOutput {
-                    status: o.status,
-                    stdout: o.stdout.into(),
-                    stderr: o.stderr.into(),
-                }),
-        )
+        match self.a.commands.run(&argv, spec.stdin.as_slice(), timeout) {
+            Ok(o) => RResult::ROk(CommandOutput {
+                status: o.status,
+                stdout: mask(o.stdout),
+                stderr: mask(o.stderr),
+            }),
+            Err(e) => RResult::RErr(err(mask_secrets_str(&e.0, &secrets))),
+        }
     }
 }
 
@@ -264,12 +294,16 @@ mod tests {
     }
 
     fn host(root: &std::path::Path) -> PluginHost {
+        host_with(root, Arc::new(Refused::new("test")))
+    }
+
+    fn host_with(root: &std::path::Path, commands: Arc<dyn Commands>) -> PluginHost {
         PluginHost::new(
             "demo",
             Adapters {
                 files: Arc::new(RootFs::restricted(root, &["/etc/demo".to_string()])),
                 units: Arc::new(Unavailable::new("test")),
-                commands: Arc::new(Refused::new("test")),
+                commands,
                 state: Arc::new(MemState::default()),
                 log: Arc::new(TracingLog),
             },
@@ -324,5 +358,53 @@ mod tests {
             .unwrap_err();
         assert!(e.message.as_str().contains("outside"), "{e:?}");
         assert!(!dir.path().join("etc/passwd").exists());
+    }
+
+    const KEY: &str = "tskey-auth-k1234";
+
+    fn spec(argv: &[&str], timeout_ms: u64) -> CommandSpec {
+        CommandSpec {
+            argv: argv.iter().map(|a| RString::from(*a)).collect(),
+            stdin: RVec::new(),
+            timeout_ms,
+        }
+    }
+
+    /// With the real command adapter: whatever way the command ends, a secret argument
+    /// never comes back, while the same command run unmasked shows it.
+    #[test]
+    fn secret_arguments_never_leave_in_errors_or_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host_with(dir.path(), Arc::new(crate::exec::RealCommands));
+        let secret = RSlice::from_slice(&[3u32]);
+
+        let missing = ["/nonexistent/vpn", "up", "--auth-key", KEY];
+        let e = h.run_masked(spec(&missing, 5000), secret).unwrap_err();
+        assert_eq!(
+            e.message.as_str(),
+            "Failed to run: /nonexistent/vpn up --auth-key ***: No such file or directory (os error 2)"
+        );
+        let shown = h.run(spec(&missing, 5000)).unwrap_err();
+        assert!(shown.message.contains(KEY), "{shown:?}");
+
+        let slow = ["sh", "-c", "exec sleep 5", KEY];
+        let e = h.run_masked(spec(&slow, 100), secret).unwrap_err();
+        assert_eq!(
+            e.message.as_str(),
+            "Failed to run: sh -c exec sleep 5 ***: timed out after 0.1s"
+        );
+
+        let failing = [
+            "sh",
+            "-c",
+            "echo \"key $0\"; echo \"bad $0\" >&2; exit 1",
+            KEY,
+        ];
+        let o = h.run_masked(spec(&failing, 5000), secret).unwrap();
+        assert_eq!(o.status, 1);
+        assert_eq!(o.stdout.as_slice(), b"key ***\n");
+        assert_eq!(o.stderr.as_slice(), b"bad ***\n");
+        let shown = h.run(spec(&failing, 5000)).unwrap();
+        assert_eq!(shown.stderr.as_slice(), format!("bad {KEY}\n").as_bytes());
     }
 }

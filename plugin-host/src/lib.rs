@@ -12,11 +12,14 @@
 //! the harness plugs in recording ones. Everything a plugin can ask of its host is decided
 //! here once: unit-name checks, the write allow-list, error texts.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod crash;
 pub mod exec;
 pub mod files;
 pub mod host_ops;
 pub mod loader;
 pub mod random;
+mod sys;
 pub mod units;
 
 pub use host_ops::{Adapters, Files, LogSink, PluginHost, StateSlot, TracingLog};

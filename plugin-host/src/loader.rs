@@ -1,16 +1,23 @@
 //! Opening a plugin library and checking it, layer by layer, before anything runs.
 //!
 //! Order of checks (each failure is a [`LoadError`] naming the check):
+//! 0. (the daemon, [`open_trusted`]) the file and its directory are trusted: owned by root
+//!    or by the user the daemon runs as, not writable by group or others, and the file is
+//!    a regular file, not a symlink (like sshd's `StrictModes`). The checks are made on the
+//!    opened descriptors and the library is loaded through that same descriptor, so the
+//!    file cannot be swapped between the check and the load;
 //! 1. the file opens as a shared library;
 //! 2. it exports the plugin-api version symbol, and that version is compatible
 //!    (same major, equal or lower minor);
-//! 3. it carries an abi_stable header whose root-module layout matches ours;
+//! 3. it carries an abi_stable header whose root-module layout fits ours (the same, or
+//!    that of an older minor version: see `plugin_api::abi::check_layout`);
 //! 4. its manifest parses and validates;
 //! 5. (later, [`PluginLibrary::instantiate`]) its constructor succeeds and does not panic.
 //!
 //! Libraries are never unloaded: a loaded library is leaked on purpose.
 
 use std::ffi::CStr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::raw::c_char;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +25,8 @@ use abi_stable::library::{lib_header_from_raw_library, LibraryError, RawLibrary}
 use plugin_api::abi::{HostHandle, PluginBox, PluginModuleRef};
 use plugin_api::version::{check_compatible, VERSION_SYMBOL};
 use plugin_api::Manifest;
+
+use crate::sys;
 
 /// Why a plugin was not loaded. `Display` is short: the check, then expected/found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,8 +45,14 @@ pub enum LoadError {
     Manifest(String),
     #[error("constructor failed: {0}")]
     Constructor(String),
-    #[error("a plugin named '{name}' is already loaded from {other}")]
-    Duplicate { name: String, other: String },
+    #[error("untrusted: {0}")]
+    Untrusted(String),
+    #[error("plugin '{name}' in {refused} is not loaded: a plugin of that name was already loaded from {loaded} (the first plugin directory wins; within a directory, the first file by name)")]
+    Duplicate {
+        name: String,
+        loaded: String,
+        refused: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -46,6 +61,7 @@ impl LoadError {
     /// A stable short name of the check that failed (used by the API and the tests).
     pub fn check(&self) -> &'static str {
         match self {
+            LoadError::Untrusted(_) => "trust",
             LoadError::NotALibrary(_) => "open",
             LoadError::NoVersionSymbol => "version-symbol",
             LoadError::Version(_) => "api-version",
@@ -60,8 +76,9 @@ impl LoadError {
 }
 
 /// Shortens abi_stable's layout report (a dump of both type layouts, often over a hundred
-/// lines) to what differs: each `Error:<what>` with the `Expected:` and `Found:` values
-/// that follow it, e.g. `mismatched package, expected incus-osd-plugin-api, found x`.
+/// lines) to what differs: each `Error:<what>` with the `Expected:` (the plugin's) and
+/// `Found:` (the host's) values that follow it, e.g.
+/// `mismatched package: plugin has x, host has incus-osd-plugin-api`.
 fn summarize_layout_error(full: &str) -> String {
     let lines: Vec<&str> = full.lines().map(str::trim).collect();
     let value_after = |i: usize| {
@@ -79,9 +96,9 @@ fn summarize_layout_error(full: &str) -> String {
             let mut j = i + 1;
             while j < lines.len() && !lines[j].starts_with("Error:") {
                 if lines[j] == "Expected:" {
-                    part.push_str(&format!(", expected {}", value_after(j)));
+                    part.push_str(&format!(": plugin has {}", value_after(j)));
                 } else if lines[j] == "Found:" {
-                    part.push_str(&format!(", found {}", value_after(j)));
+                    part.push_str(&format!(", host has {}", value_after(j)));
                 }
                 j += 1;
             }
@@ -130,15 +147,122 @@ impl std::fmt::Debug for PluginLibrary {
     }
 }
 
-/// Opens and checks a plugin library (steps 1 to 4).
+/// Opens and checks a plugin library (steps 1 to 4), without the trust checks (the
+/// harness and tests load what the developer just built).
 pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
-    let raw = RawLibrary::load_at(path).map_err(|e| match e {
-        LibraryError::OpenError { err, .. } => LoadError::NotALibrary(err.to_string()),
-        other => LoadError::NotALibrary(other.to_string()),
+    check(dlopen(path, path)?, path)
+}
+
+/// Opens and checks a plugin library as the daemon does: the trust checks (step 0) on the
+/// opened file and directory, then steps 1 to 4 on that same file.
+pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(d), Some(n)) => (
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            },
+            n,
+        ),
+        _ => {
+            return Err(LoadError::NotALibrary(format!(
+                "{}: not a file path",
+                path.display()
+            )))
+        }
+    };
+    let dirfd = open_trusted_dir(dir)?;
+    let fd = match sys::openat(dirfd.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW, 0) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(LoadError::Untrusted(format!(
+                "{} is a symbolic link; install the library file itself",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(not_opened(path, e)),
+    };
+    let st = sys::fstat(fd.as_fd()).map_err(|e| not_opened(path, e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(LoadError::Untrusted(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    check_trust(&st, "plugin library", path)?;
+    // Load the very file that was checked, through its descriptor.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let raw = dlopen(&by_fd, path)?;
+    // The loader knows the library by that name for as long as it stays loaded (forever):
+    // keep the descriptor open so the name is never reused for another file.
+    std::mem::forget(fd);
+    check(raw, path)
+}
+
+fn not_opened(path: &Path, e: std::io::Error) -> LoadError {
+    LoadError::NotALibrary(format!("cannot open {}: {e}", path.display()))
+}
+
+/// Opens a plugin directory and checks it is trusted (step 0 for the directory).
+fn open_trusted_dir(dir: &Path) -> Result<std::os::fd::OwnedFd, LoadError> {
+    let fd = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|e| not_opened(dir, e))?;
+    let st = sys::fstat(fd.as_fd()).map_err(|e| not_opened(dir, e))?;
+    check_trust(&st, "plugin directory", dir)?;
+    Ok(fd)
+}
+
+/// The trust check of a plugin directory alone, so that a refused directory is reported
+/// once rather than once per library in it ([`open_trusted`] checks it again).
+pub fn check_dir(dir: &Path) -> Result<(), LoadError> {
+    open_trusted_dir(dir).map(drop)
+}
+
+/// The trust rule for a plugin file or directory (see the module docs): owner root or the
+/// daemon's own user, no write permission for group or others.
+fn check_trust(st: &libc::stat, what: &str, path: &Path) -> Result<(), LoadError> {
+    let me = sys::euid();
+    let rule = if me == 0 {
+        "plugin libraries and their directory must be owned by root and not writable by group or others".to_string()
+    } else {
+        format!("plugin libraries and their directory must be owned by root or uid {me} (the daemon's user) and not writable by group or others")
+    };
+    if st.st_uid != 0 && st.st_uid != me {
+        return Err(LoadError::Untrusted(format!(
+            "{what} {} is owned by uid {}; {rule}",
+            path.display(),
+            st.st_uid
+        )));
+    }
+    let writable = match (st.st_mode & 0o020 != 0, st.st_mode & 0o002 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "group",
+        (false, true) => "others",
+        (false, false) => return Ok(()),
+    };
+    Err(LoadError::Untrusted(format!(
+        "{what} {} is writable by {writable} (mode {:04o}); {rule}",
+        path.display(),
+        st.st_mode & 0o7777
+    )))
+}
+
+/// Step 1: `dlopen(dl_path)`; errors name `path`. The library is never unloaded.
+fn dlopen(dl_path: &Path, path: &Path) -> Result<&'static RawLibrary, LoadError> {
+    let raw = RawLibrary::load_at(dl_path).map_err(|e| {
+        let msg = match e {
+            LibraryError::OpenError { err, .. } => err.to_string(),
+            other => other.to_string(),
+        };
+        let msg = msg.replace(&*dl_path.to_string_lossy(), &path.to_string_lossy());
+        LoadError::NotALibrary(msg)
     })?;
     // Never unloaded: function pointers and statics of the library stay valid forever.
-    let raw: &'static RawLibrary = Box::leak(Box::new(raw));
+    Ok(Box::leak(Box::new(raw)))
+}
 
+/// Steps 2 to 4 on a loaded library.
+fn check(raw: &'static RawLibrary, path: &Path) -> Result<PluginLibrary, LoadError> {
     // SAFETY: the symbol is declared by the SDK as `extern "C" fn() -> *const c_char`
     // returning a NUL-terminated static string; a foreign library exporting the same name
     // with another type is outside what we can defend against.
@@ -165,12 +289,17 @@ pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
         }
         other => LoadError::NotAbiStable(first_line(&other.to_string())),
     })?;
-    let module = header
-        .init_root_module::<PluginModuleRef>()
+    // abi_stable's own `init_root_module` would check the layout with the host as the side
+    // that may be shorter, refusing every plugin of an older minor version once the
+    // contract grew; `check_root_module` checks it the other way round (see there).
+    let layout = header.layout().ok_or_else(|| {
+        LoadError::NotAbiStable("the root module carries no layout to check".to_string())
+    })?;
+    plugin_api::abi::check_root_module(layout)
+        .map_err(|report| LoadError::Layout(summarize_layout_error(&report)))?;
+    // SAFETY: the root module's layout was checked just above.
+    let module = unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
         .map_err(|e| match e {
-            LibraryError::AbiInstability(report) => {
-                LoadError::Layout(summarize_layout_error(&report.to_string()))
-            }
             LibraryError::IncompatibleVersionNumber {
                 expected_version,
                 actual_version,
@@ -263,21 +392,116 @@ mod tests {
         assert_eq!(err.check(), "open", "{err}");
     }
 
+    /// A plugin directory (0755) holding one garbage "library" (0644).
+    fn plugin_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o755);
+        let lib = dir.join("libincus_osd_plugin_x.so");
+        std::fs::write(&lib, b"not ELF").unwrap();
+        chmod(&lib, 0o644);
+        (top, dir, lib)
+    }
+
+    fn chmod(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[track_caller]
+    fn untrusted(path: &Path) -> String {
+        match open_trusted(path) {
+            Err(e @ LoadError::Untrusted(_)) => {
+                assert_eq!(e.check(), "trust");
+                e.to_string()
+            }
+            other => panic!("expected a trust refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_trusted_file_gets_to_the_library_checks_and_errors_name_its_path() {
+        let (_top, _dir, lib) = plugin_dir();
+        let err = open_trusted(&lib).unwrap_err();
+        assert_eq!(err.check(), "open", "{err}");
+        // Loaded through /proc/self/fd, reported under its real name.
+        let msg = err.to_string();
+        assert!(msg.contains(&*lib.to_string_lossy()), "{msg}");
+        assert!(!msg.contains("/proc/self/fd"), "{msg}");
+    }
+
+    #[test]
+    fn group_or_world_writable_files_and_directories_are_refused() {
+        let (_top, dir, lib) = plugin_dir();
+        chmod(&lib, 0o664);
+        let msg = untrusted(&lib);
+        assert!(
+            msg.contains("plugin library") && msg.contains("writable by group (mode 0664)"),
+            "{msg}"
+        );
+        chmod(&lib, 0o646);
+        assert!(untrusted(&lib).contains("writable by others (mode 0646)"));
+        chmod(&lib, 0o755);
+        assert_eq!(open_trusted(&lib).unwrap_err().check(), "open");
+        for mode in [0o777, 0o1777, 0o775] {
+            chmod(&dir, mode);
+            let msg = untrusted(&lib);
+            assert!(msg.contains("plugin directory"), "{msg}");
+            assert!(msg.contains(&format!("(mode {mode:04o})")), "{msg}");
+            assert_eq!(check_dir(&dir).unwrap_err().check(), "trust");
+        }
+        chmod(&dir, 0o755);
+        check_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn symlinks_and_non_files_are_refused() {
+        let (top, dir, _lib) = plugin_dir();
+        // A link to a library that would pass every check itself.
+        let elsewhere = top.path().join("libincus_osd_plugin_y.so");
+        std::fs::write(&elsewhere, b"not ELF").unwrap();
+        chmod(&elsewhere, 0o644);
+        let link = dir.join("libincus_osd_plugin_y.so");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(untrusted(&link).contains("is a symbolic link"));
+        assert_eq!(open_trusted(&elsewhere).unwrap_err().check(), "open");
+        let sub = dir.join("libincus_osd_plugin_z.so");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(untrusted(&sub).contains("not a regular file"));
+    }
+
+    #[test]
+    fn files_of_another_user_are_refused() {
+        let (_top, dir, lib) = plugin_dir();
+        let other = if sys::euid() == 4242 { 4243 } else { 4242 };
+        if std::os::unix::fs::chown(&lib, Some(other), None).is_err() {
+            // Only root can give a file away; say so rather than pass silently.
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        let msg = untrusted(&lib);
+        assert!(msg.contains(&format!("is owned by uid {other}")), "{msg}");
+        std::os::unix::fs::chown(&lib, Some(sys::euid()), None).unwrap();
+        std::os::unix::fs::chown(&dir, Some(other), None).unwrap();
+        assert!(untrusted(&lib).contains("plugin directory"));
+    }
+
     #[test]
     fn layout_report_is_shortened_to_what_differs() {
         let dump = "package:'x' version:'0.1.0'\n  field: a\n".repeat(60);
         let report = format!(
-            "{dump}Error:mismatched package\nExpected:\n    incus-osd-plugin-api\nFound:\n    fixture-x\n"
+            "{dump}Error:mismatched package\nExpected:\n    fixture-x\nFound:\n    incus-osd-plugin-api\n"
         );
         assert_eq!(
             summarize_layout_error(&report),
-            "mismatched package, expected incus-osd-plugin-api, found fixture-x"
+            "mismatched package: plugin has fixture-x, host has incus-osd-plugin-api"
         );
         let twice =
             format!("{report}{report}Error:mismatched field name\nExpected:\n a\nFound:\n b\n");
         assert_eq!(
             summarize_layout_error(&twice),
-            "mismatched package, expected incus-osd-plugin-api, found fixture-x; mismatched field name, expected a, found b"
+            "mismatched package: plugin has fixture-x, host has incus-osd-plugin-api; mismatched field name: plugin has a, host has b"
         );
     }
 }

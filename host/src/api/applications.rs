@@ -3,21 +3,33 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use plugin_api::{Hook, Kind};
-use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::plugins::extra_route;
-use super::proxy::api_root;
-use super::response::{empty, sync, sync_raw};
-use super::{require, ApiError, ApiResult, App, AppState};
+use super::body::{read_json, require_entity, require_object};
+use super::plugins::{declares, extra_route};
+use super::proxy;
+use super::response::{empty, sync_raw};
+use super::uri::Params;
+use super::{require, unmatched, ApiError, ApiResult, App, AppState};
+use crate::platform::uploads;
 use crate::plugins::Plugin;
 
 const NOT_SUPPORTED: &str = "not supported";
+
+/// Upstream's application verbs this daemon does not implement itself (a plugin may serve
+/// them as declared routes). Like every application verb, they check the method first.
+const NOT_BUILT: [&str; 4] = [":check-update", ":debug", ":remove", ":switch-version"];
+
+/// Where uploads wait, next to the state file (on the state disk: not a tmpfs, not memory).
+const UPLOADS: &str = "uploads";
 
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {
     app.registry
@@ -43,23 +55,22 @@ pub async fn list(State(app): State<AppState>, method: Method, headers: HeaderMa
         ));
     }
     require(&method, &[Method::GET])?;
-    let root = api_root(&headers);
     let urls: Vec<String> = app
         .registry
         .of_kind(Kind::Application)
-        .map(|p| format!("{root}/applications/{}", p.name()))
+        .map(|p| proxy::url(&headers, &["applications", p.name()]))
         .collect();
-    Ok(sync(&urls))
+    Ok(super::response::sync(&urls))
 }
 
 /// `GET|PUT /1.0/applications/{name}`: the name is looked up before the method.
 pub async fn entity(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    params: Params,
     method: Method,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    let plugin = lookup(&app, &name)?;
+    let plugin = lookup(&app, params.name())?;
     match method {
         Method::GET => {
             let out = plugin.hook(Hook::Get, Bytes::new()).await?;
@@ -67,6 +78,8 @@ pub async fn entity(
         }
         Method::PUT => {
             supports(&plugin, Hook::Put)?;
+            let body = read_json(body).await?;
+            require_entity(&body)?;
             plugin.hook(Hook::Put, body).await?;
             Ok(empty())
         }
@@ -74,29 +87,87 @@ pub async fn entity(
     }
 }
 
-/// `state.is_primary` is the host's fact, filled at request time.
+/// `state.is_primary` is the host's fact, filled at request time as the state's first
+/// field (upstream's order). The plugin's key order is kept everywhere else.
 fn with_primary_flag(out: Vec<u8>, primary: bool) -> Response {
-    match serde_json::from_slice::<Value>(&out) {
-        Ok(mut v) => {
-            if let Some(state) = v.get_mut("state").and_then(Value::as_object_mut) {
-                state.insert("is_primary".into(), Value::Bool(primary));
-            }
-            sync(&v)
-        }
-        Err(_) => sync_raw(out),
+    let with_flag = || -> Option<String> {
+        let top: OrderedObject = serde_json::from_slice(&out).ok()?;
+        let state = top.0.iter().find(|(k, _)| k == "state")?.1;
+        let state: OrderedObject = serde_json::from_str(state.get()).ok()?;
+        let mut fields = vec![("is_primary", if primary { "true" } else { "false" })];
+        fields.extend(
+            state
+                .0
+                .iter()
+                .filter(|(k, _)| k != "is_primary")
+                .map(|(k, v)| (k.as_str(), v.get())),
+        );
+        let state = write_object(&fields);
+        let top: Vec<(&str, &str)> = top
+            .0
+            .iter()
+            .map(|(k, v)| (k.as_str(), if k == "state" { &state } else { v.get() }))
+            .collect();
+        Some(write_object(&top))
+    };
+    match with_flag() {
+        Some(text) => sync_raw(text.into_bytes()),
+        None => sync_raw(out),
     }
 }
 
-/// `/1.0/applications/{name}/...`: the standard verbs (method checked first), then routes
-/// the plugin declares.
+/// A JSON object's entries in document order, values left as text.
+struct OrderedObject<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for OrderedObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = OrderedObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = vec![];
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    out.push(entry);
+                }
+                Ok(OrderedObject(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn write_object<K: AsRef<str>, V: AsRef<str>>(entries: &[(K, V)]) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(k.as_ref()).expect("a string encodes"));
+        out.push(':');
+        out.push_str(v.as_ref());
+    }
+    out.push('}');
+    out
+}
+
+/// `/1.0/applications/{name}/...`: the standard verbs (method checked first, then the
+/// name), upstream's verbs not built here (the same order), then routes the plugin
+/// declares; any other path is upstream's catch-all (GET 404, else 501).
 pub async fn verb(
     State(app): State<AppState>,
-    Path((name, rest)): Path<(String, String)>,
+    params: Params,
     method: Method,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult {
-    let hook = match rest.as_str() {
+    let rest = params.rest();
+    let hook = match rest {
         ":backup" => Some(Hook::Backup),
         ":restore" => Some(Hook::Restore),
         ":factory-reset" => Some(Hook::FactoryReset),
@@ -105,21 +176,37 @@ pub async fn verb(
         _ => None,
     };
     let Some(hook) = hook else {
-        let plugin = lookup(&app, &name)?;
-        let body = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
-        return extra_route(&plugin, "applications", &rest, &method, query, body).await;
+        if NOT_BUILT.contains(&rest) {
+            require(&method, &[Method::POST])?;
+            let plugin = lookup(&app, params.name())?;
+            if declares(&plugin, "applications", rest) {
+                return extra_route(&plugin, "applications", rest, &method, query, body).await;
+            }
+            return Err(ApiError::new(
+                501,
+                format!(
+                    "/1.0/applications/{}/{rest} is not implemented by this daemon yet",
+                    plugin.name()
+                ),
+            ));
+        }
+        return match lookup(&app, params.name()) {
+            Ok(plugin) if declares(&plugin, "applications", rest) => {
+                extra_route(&plugin, "applications", rest, &method, query, body).await
+            }
+            _ => Err(unmatched(&method)),
+        };
     };
     require(&method, &[Method::POST])?;
-    let plugin = lookup(&app, &name)?;
+    let plugin = lookup(&app, params.name())?;
     supports(&plugin, hook)?;
     match hook {
-        Hook::Restore => restore(&plugin, body).await,
+        // The archive is stored on disk, then streamed to the plugin: no size limit, never
+        // whole in memory.
+        Hook::Restore => restore(&app, &plugin, body).await,
         Hook::Backup => {
-            let options = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
-                .await
-                .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+            let options = read_json(body).await?;
+            require_object(&options)?;
             backup(&plugin, options).await
         }
         Hook::FactoryReset | Hook::Restart => {
@@ -138,9 +225,8 @@ pub async fn verb(
             Ok(empty())
         }
         _ => {
-            let body = axum::body::to_bytes(body, super::JSON_BODY_LIMIT)
-                .await
-                .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+            let body = read_json(body).await?;
+            require_object(&body)?;
             Ok(sync_raw(plugin.hook(hook, body).await?))
         }
     }
@@ -180,22 +266,51 @@ async fn backup(plugin: &Plugin, options: Bytes) -> ApiResult {
     Ok(resp)
 }
 
-/// Feeds the request body to the plugin chunk by chunk.
-async fn restore(plugin: &Plugin, body: Body) -> ApiResult {
+/// Size of the pieces the stored archive is handed to the plugin in.
+const RESTORE_CHUNK: usize = 64 * 1024;
+
+/// Stores the uploaded archive on disk (never whole in memory), then feeds it to the plugin
+/// chunk by chunk. An upload that breaks off never reaches the plugin.
+async fn restore(app: &App, plugin: &Plugin, body: Body) -> ApiResult {
+    let mut file = spool(app, body).await?;
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let mut stream = body.into_data_stream();
     let feeder = tokio::spawn(async move {
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("cannot read request body: {e}"))?;
-            if tx.send(chunk).await.is_err() {
-                break; // the plugin stopped reading
+        loop {
+            let mut buf = BytesMut::with_capacity(RESTORE_CHUNK);
+            let n = file
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| format!("cannot read the stored archive: {e}"))?;
+            if n == 0 || tx.send(buf.freeze()).await.is_err() {
+                // The end, or the plugin stopped reading.
+                return Ok::<(), String>(());
             }
         }
-        Ok::<(), String>(())
     });
     let result = plugin.restore(rx).await;
     let fed = feeder.await.unwrap_or_else(|e| Err(e.to_string()));
     result?;
-    fed.map_err(ApiError::bad_request)?;
+    fed.map_err(ApiError::internal)?;
     Ok(empty())
+}
+
+/// Writes the request body to an anonymous file under the state directory (0600, gone once
+/// dropped) and returns it rewound.
+async fn spool(app: &App, body: Body) -> Result<tokio::fs::File, ApiError> {
+    let stored = |e: std::io::Error| ApiError::internal(format!("cannot store the archive: {e}"));
+    let dir = app.with_state(|s| s.path().with_file_name(UPLOADS));
+    let file = tokio::task::spawn_blocking(move || uploads::anonymous_file(&dir))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(stored)?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        file.write_all(&chunk).await.map_err(stored)?;
+    }
+    file.flush().await.map_err(stored)?;
+    file.rewind().await.map_err(stored)?;
+    Ok(file)
 }

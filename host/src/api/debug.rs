@@ -1,51 +1,45 @@
 //! `/1.0/debug`: the journal, processes and kernel facts.
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
-use serde::Deserialize;
 
-use super::proxy::api_root;
+use super::proxy;
 use super::response::sync;
+use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
 use crate::platform::journal::{self, LogQuery};
 use crate::system::debug;
 
-/// Exactly upstream's five entries, in upstream's order.
-const ENTRIES: [&str; 5] = ["kernel", "log", "processes", ":run-script", "secureboot"];
+/// What this daemon serves of upstream's five entries, in upstream's order. Upstream also
+/// lists `:run-script` and `secureboot`, which are not built here: a listing names only
+/// what answers.
+const ENTRIES: [&str; 3] = ["kernel", "log", "processes"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = api_root(&headers);
     let urls: Vec<String> = ENTRIES
         .iter()
-        .map(|e| format!("{root}/debug/{e}"))
+        .map(|e| proxy::url(&headers, &["debug", e]))
         .collect();
     Ok(sync(&urls))
 }
 
-#[derive(Deserialize, Default)]
-pub struct LogParams {
-    unit: Option<String>,
-    boot: Option<String>,
-    entries: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-}
-
-/// Journal entries as objects with journald's field names.
+/// Journal entries as objects with journald's field names. Filters come from the query
+/// string, the first value of a repeated key winning (as upstream's `Form.Get`).
 pub async fn log(
     State(app): State<AppState>,
     method: Method,
-    Query(p): Query<LogParams>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult {
     require(&method, &[Method::GET])?;
+    let p = Query::parse(query.as_deref())?;
+    let param = |k: &str| p.get(k).filter(|s| !s.is_empty()).map(str::to_string);
     let q = LogQuery {
-        unit: p.unit.filter(|s| !s.is_empty()),
-        boot: p.boot.filter(|s| !s.is_empty()),
-        entries: p.entries.filter(|s| !s.is_empty()),
-        since: p.since.filter(|s| !s.is_empty()),
-        until: p.until.filter(|s| !s.is_empty()),
+        unit: param("unit"),
+        boot: param("boot"),
+        entries: param("entries"),
+        since: param("since"),
+        until: param("until"),
     };
     let root = app.root.clone();
     let entries = tokio::task::spawn_blocking(move || journal::read(&root, &q))
@@ -58,12 +52,14 @@ pub async fn log(
     Ok(sync(&entries))
 }
 
-/// `ps fauxww`, as text.
-pub async fn processes(method: Method) -> ApiResult {
+/// `ps fauxww`, as text (through the platform's command adapter: refused, with the reason,
+/// when the daemon runs offline).
+pub async fn processes(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
     let argv: Vec<String> = ["ps", "fauxww"].iter().map(|s| s.to_string()).collect();
+    let commands = app.platform.commands.clone();
     let out = tokio::task::spawn_blocking(move || {
-        crate::platform::exec::run_with_timeout(&argv, b"", std::time::Duration::from_secs(10))
+        commands.run(&argv, b"", std::time::Duration::from_secs(10))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -81,17 +77,20 @@ pub async fn processes(method: Method) -> ApiResult {
 /// Kernel release, architecture, CPU baseline and loaded modules.
 pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = app.root.clone();
+    let kernel = app.platform.kernel.clone();
+    let commands = app.platform.commands.clone();
     let k = tokio::task::spawn_blocking(move || {
-        let ld = [
-            "/lib64/ld-linux-x86-64.so.2".to_string(),
-            "--help".to_string(),
-        ];
-        let help =
-            crate::platform::exec::run_with_timeout(&ld, b"", std::time::Duration::from_secs(5))
+        // The CPU levels come from the dynamic loader this daemon runs under; upstream's
+        // rule: the loader must run and exit 0 for a baseline to be reported.
+        let help = crate::platform::kernel::dynamic_loader().and_then(|ld| {
+            let argv = [ld.to_string_lossy().into_owned(), "--help".to_string()];
+            commands
+                .run(&argv, b"", std::time::Duration::from_secs(5))
+                .ok()
+                .filter(|o| o.status == 0)
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-        debug::kernel(&RootFs::new(root), &help)
+        });
+        debug::kernel(&kernel, help.as_deref())
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?

@@ -1,19 +1,14 @@
-//! `/internal/*`: socket-only endpoints (proxied requests are refused by the router's guard).
+//! `/internal/*`: socket-only endpoints. Each handler refuses proxied requests first
+//! (the [`NotProxied`] extractor); unknown paths below `/internal` are plain 404s.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::http::Method;
-use serde::Deserialize;
+use serde_json::Value;
 
+use super::body::{read_json, require_object};
+use super::proxy::NotProxied;
 use super::response::empty;
 use super::{require, ApiError, ApiResult};
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(default)]
-    level: Option<String>,
-    #[serde(default)]
-    message: String,
-}
 
 /// The levels a message may be written at: upstream's slog names, case-insensitive, with an
 /// optional `+n`/`-n` offset (`INFO+2` is between INFO and WARN, so it logs as INFO).
@@ -26,25 +21,33 @@ enum Level {
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
-    let upper = s.to_ascii_uppercase();
+    let fail = |why: String| format!("slog: level string {}: {why}", go_quote(s));
+    let upper = s.to_uppercase();
     let (name, offset) = match upper.find(['+', '-']) {
         Some(i) => {
-            let n: i32 = upper[i..]
-                .parse()
-                .map_err(|_| format!("slog: level string {s:?}: invalid offset"))?;
+            let text = &s[s.find(['+', '-']).unwrap_or(i)..];
+            let n: i64 = text.parse().map_err(|e: std::num::ParseIntError| {
+                let why = match e.kind() {
+                    std::num::IntErrorKind::PosOverflow | std::num::IntErrorKind::NegOverflow => {
+                        "value out of range"
+                    }
+                    _ => "invalid syntax",
+                };
+                fail(format!("strconv.Atoi: parsing {}: {why}", go_quote(text)))
+            })?;
             (&upper[..i], n)
         }
         None => (upper.as_str(), 0),
     };
     // slog's numeric levels: DEBUG -4, INFO 0, WARN 4, ERROR 8.
-    let base = match name {
+    let base: i64 = match name {
         "DEBUG" => -4,
         "INFO" => 0,
         "WARN" => 4,
         "ERROR" => 8,
-        _ => return Err(format!("slog: level string {s:?}: unknown name")),
+        _ => return Err(fail("unknown name".into())),
     };
-    Ok(match base + offset {
+    Ok(match base.saturating_add(offset) {
         n if n < 0 => Level::Debug,
         n if n < 4 => Level::Info,
         n if n < 8 => Level::Warn,
@@ -52,20 +55,59 @@ fn parse_level(s: &str) -> Result<Level, String> {
     })
 }
 
+/// Go's `%q` for the texts quoted in slog's errors.
+fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{b}' => out.push_str("\\v"),
+            '\u{c}' => out.push_str("\\f"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// `POST /internal/tui/:write-message` (and the seed's `/1.0/debug/tui/:write-message`,
 /// which is not listed anywhere): writes the message to the daemon's log at that level.
-pub async fn write_message(method: Method, body: Bytes) -> ApiResult {
+/// Checks in upstream's order: proxy, method, body (the level first, as slog's decoder
+/// fails on it), then the message. The log formatting keeps the text on one line.
+pub async fn write_message(_: NotProxied, method: Method, body: Body) -> ApiResult {
     require(&method, &[Method::POST])?;
-    let msg: Message =
+    let body = read_json(body).await?;
+    require_object(&body)?;
+    let msg: serde_json::Map<String, Value> =
         plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
-    let level = match msg.level.as_deref() {
-        None | Some("") => Level::Info,
-        Some(l) => parse_level(l).map_err(ApiError::bad_request)?,
+    // A missing level is INFO; anything but a string fails slog's decoder (which unquotes
+    // the JSON text first), and so does a string that names no level.
+    let level = match msg.get("level") {
+        None => Level::Info,
+        Some(Value::String(l)) => parse_level(l).map_err(ApiError::bad_request)?,
+        Some(_) => return Err(ApiError::bad_request("invalid syntax")),
     };
-    if msg.message.is_empty() {
+    let text = match msg.get("message") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(m)) => m.as_str(),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid request body: message: invalid type: {}, expected a string",
+                kind(other)
+            )))
+        }
+    };
+    if text.is_empty() {
         return Err(ApiError::bad_request("no log message provided"));
     }
-    let text = msg.message.as_str();
     match level {
         Level::Debug => tracing::debug!("{text}"),
         Level::Info => tracing::info!("{text}"),
@@ -73,6 +115,17 @@ pub async fn write_message(method: Method, body: Bytes) -> ApiResult {
         Level::Error => tracing::error!("{text}"),
     }
     Ok(empty())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +140,24 @@ mod tests {
         assert_eq!(parse_level("DEBUG"), Ok(Level::Debug));
         assert_eq!(parse_level("INFO+4"), Ok(Level::Warn));
         assert_eq!(parse_level("INFO-1"), Ok(Level::Debug));
-        assert!(parse_level("LOUD").is_err());
-        assert!(parse_level("INFO+x").is_err());
+        assert_eq!(
+            parse_level("LOUD"),
+            Err("slog: level string \"LOUD\": unknown name".into())
+        );
+        assert_eq!(
+            parse_level(""),
+            Err("slog: level string \"\": unknown name".into())
+        );
+        assert_eq!(
+            parse_level("INFO+x"),
+            Err(
+                "slog: level string \"INFO+x\": strconv.Atoi: parsing \"+x\": invalid syntax"
+                    .into()
+            )
+        );
+        assert_eq!(
+            parse_level("info+99999999999999999999"),
+            Err("slog: level string \"info+99999999999999999999\": strconv.Atoi: parsing \"+99999999999999999999\": value out of range".into())
+        );
     }
 }

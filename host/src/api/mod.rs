@@ -2,24 +2,29 @@
 //!
 //! Routing follows upstream's rules: a wrong method is `501 not implemented` (never 405);
 //! an unknown path is `404 not found` for GET and `501` for anything else; unclean paths
-//! (`//`, `/./`, `/../`) are redirected with a 301 to their clean form; `/internal/*`
-//! refuses proxied requests with `403 not authorized` before anything else.
+//! (`//`, `/./`, `/../`) are redirected with a 301 to their clean form; percent-encoded
+//! segments match what they decode to; `/internal/*` handlers refuse proxied requests with
+//! `403 not authorized` before anything else. Every error, including a rejected path,
+//! query or body, is the JSON envelope.
 
 pub mod applications;
+pub mod body;
 pub mod debug;
 pub mod internal;
+pub mod listener;
 pub mod plugins;
 pub mod proxy;
 pub mod response;
 pub mod root;
 pub mod services;
 pub mod system;
+pub mod uri;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -125,12 +130,12 @@ impl App {
 
 pub type AppState = Arc<App>;
 
-/// Request bodies of JSON endpoints are capped (restore streams and has no cap).
-pub const JSON_BODY_LIMIT: usize = 16 * 1024 * 1024;
+pub use body::JSON_BODY_LIMIT;
 
-/// The API router.
+/// The API router. The guard runs before routing (it may rewrite the path), so the routes
+/// sit in an inner router that is the outer one's only service.
 pub fn router(app: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .without_v07_checks()
         .route("/", any(root::root))
         .route("/1.0", any(root::info))
@@ -157,13 +162,19 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:suspend", any(system::suspend))
         .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
-        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(app.clone(), guard))
-        .with_state(app)
+        .with_state(app.clone());
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(app, guard))
 }
 
 /// Unmatched paths: GET is 404, anything else 501.
-async fn fallback(method: Method) -> ApiError {
+pub async fn fallback(method: Method) -> ApiError {
+    unmatched(&method)
+}
+
+/// What upstream's catch-all answers: GET is 404, anything else 501.
+pub fn unmatched(method: &Method) -> ApiError {
     if method == Method::GET {
         ApiError::not_found()
     } else {
@@ -174,10 +185,25 @@ async fn fallback(method: Method) -> ApiError {
 /// How long a change waits for start-up to finish before it is refused.
 pub const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Runs before routing: path cleaning, the `/internal` proxy rule, and holding changes
-/// until start-up finished (the API answers before the plugins' start hooks ran; a change
-/// applied meanwhile would race them).
-async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+/// Runs before routing: one form for escaped path segments, path cleaning, and holding
+/// changes until start-up finished (the API answers before the plugins' start hooks ran; a
+/// change applied meanwhile would race them).
+async fn guard(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(canonical) = uri::canonical_path(req.uri().path()) {
+        let path_and_query = match req.uri().query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        match path_and_query.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return ApiError::not_found().into_response(),
+        }
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return ApiError::not_found().into_response(),
+        }
+    }
     let path = req.uri().path();
     if let Some(clean) = clean_path(path) {
         let location = match req.uri().query() {
@@ -189,11 +215,6 @@ async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Respons
             resp.headers_mut().insert(header::LOCATION, v);
         }
         return resp;
-    }
-    if (path == "/internal" || path.starts_with("/internal/"))
-        && proxy::proxy_value(req.headers()).is_some()
-    {
-        return ApiError::forbidden().into_response();
     }
     let internal = path == "/internal" || path.starts_with("/internal/");
     if req.method() != Method::GET && !internal && !app.wait_ready(STARTUP_WAIT).await {

@@ -1,14 +1,16 @@
 //! `GET /1.0/plugins` (an extension: loaded plugins and load failures), and the routes
 //! plugins declare in their manifests.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::Method;
 use plugin_api::Kind;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::body::read_json;
 use super::response::{sync, sync_raw};
+use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
 use crate::plugins::{LoadFailure, Plugin};
 
@@ -50,6 +52,16 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
     }))
 }
 
+fn route_path(plugin: &Plugin, collection: &str, rest: &str) -> String {
+    format!("/1.0/{collection}/{}/{rest}", plugin.name())
+}
+
+/// Whether the plugin declares a route at `/1.0/<collection>/<name>/<rest>` (any method).
+pub fn declares(plugin: &Plugin, collection: &str, rest: &str) -> bool {
+    let path = route_path(plugin, collection, rest);
+    plugin.manifest.routes.iter().any(|r| r.path == path)
+}
+
 /// Dispatches `/1.0/<collection>/<name>/<rest>` to a route the plugin declared. Unknown:
 /// GET is 404, other methods 501; a known path with another method is 501.
 pub async fn extra_route(
@@ -58,9 +70,9 @@ pub async fn extra_route(
     rest: &str,
     method: &Method,
     query: Option<String>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    let path = format!("/1.0/{collection}/{}/{rest}", plugin.name());
+    let path = route_path(plugin, collection, rest);
     let (op, mutating) = {
         let mut known = false;
         let mut found = None;
@@ -76,31 +88,17 @@ pub async fn extra_route(
             None => return Err(ApiError::not_found()),
         }
     };
+    let query = Query::parse(query.as_deref())?.first_values();
+    let body = read_json(body).await?;
     let body_value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
     };
-    let query = parse_query(query.as_deref())?;
     let input = serde_json::json!({ "query": query, "body": body_value });
     let out = plugin
         .call(&op, Bytes::from(input.to_string()), mutating)
         .await?;
     Ok(sync_raw(out))
-}
-
-/// Decodes a URL query string into a map (the last value of a repeated key wins).
-fn parse_query(
-    query: Option<&str>,
-) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    let Some(q) = query else {
-        return Ok(Default::default());
-    };
-    let uri: axum::http::Uri = format!("/?{q}")
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid query string"))?;
-    axum::extract::Query::try_from_uri(&uri)
-        .map(|axum::extract::Query(m)| m)
-        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
 }

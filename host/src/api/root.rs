@@ -20,12 +20,11 @@ struct Info {
     environment: Environment,
 }
 
+/// `GET /1.0`. The state lock is held only to copy the stored next release; the files are
+/// read after it is released.
 pub async fn info(State(app): State<AppState>, method: Method) -> Result<Response, ApiError> {
     require(&method, &[Method::GET])?;
-    let next = {
-        let store = app.store.lock().unwrap_or_else(|p| p.into_inner());
-        store.doc().os.next_release.clone()
-    };
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
     let environment = app
         .info
         .environment(&next, app.is_ready())

@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
 use plugin_api::{Hook, Kind};
 
-use super::plugins::extra_route;
-use super::proxy::api_root;
+use super::body::{read_json, require_entity};
+use super::plugins::{declares, extra_route};
+use super::proxy;
 use super::response::{empty, sync, sync_raw};
-use super::{require, ApiError, ApiResult, App, AppState};
+use super::uri::Params;
+use super::{require, unmatched, ApiError, ApiResult, App, AppState};
 use crate::plugins::Plugin;
 
 /// The upstream error text for services without reset.
@@ -26,40 +28,42 @@ fn usable(app: &App, plugin: &Plugin) -> bool {
             .is_none_or(|a| app.application_installed(a))
 }
 
+fn find(app: &App, name: &str) -> Option<Arc<Plugin>> {
+    app.registry.get(name).filter(|p| usable(app, p)).cloned()
+}
+
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {
-    app.registry
-        .get(name)
-        .filter(|p| usable(app, p))
-        .cloned()
-        .ok_or_else(ApiError::not_found)
+    find(app, name).ok_or_else(ApiError::not_found)
 }
 
 pub async fn list(State(app): State<AppState>, method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = api_root(&headers);
     let urls: Vec<String> = app
         .registry
         .of_kind(Kind::Service)
         .filter(|p| usable(&app, p))
-        .map(|p| format!("{root}/services/{}", p.name()))
+        .map(|p| proxy::url(&headers, &["services", p.name()]))
         .collect();
     Ok(sync(&urls))
 }
 
-/// `GET|PUT /1.0/services/{name}`: the name is looked up before the method is checked.
+/// `GET|PUT /1.0/services/{name}`: the name is looked up before the method is checked,
+/// the body read last.
 pub async fn entity(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    params: Params,
     method: Method,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    let plugin = lookup(&app, &name)?;
+    let plugin = lookup(&app, params.name())?;
     match method {
         Method::GET => Ok(sync_raw(plugin.hook(Hook::Get, Bytes::new()).await?)),
         Method::PUT => {
             if !plugin.manifest.has(Hook::Put) {
                 return Err(ApiError::internal("this service has no configuration"));
             }
+            let body = read_json(body).await?;
+            require_entity(&body)?;
             plugin.hook(Hook::Put, body).await?;
             Ok(empty())
         }
@@ -67,16 +71,19 @@ pub async fn entity(
     }
 }
 
-/// `/1.0/services/{name}/...`: `:reset`, then routes the plugin declares.
+/// `/1.0/services/{name}/...`: `:reset` (the name looked up before the method), then
+/// routes the plugin declares; any other path is upstream's catch-all (GET 404, else 501),
+/// whatever the name.
 pub async fn verb(
     State(app): State<AppState>,
-    Path((name, rest)): Path<(String, String)>,
+    params: Params,
     method: Method,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
-    let plugin = lookup(&app, &name)?;
+    let rest = params.rest();
     if rest == ":reset" {
+        let plugin = lookup(&app, params.name())?;
         require(&method, &[Method::POST])?;
         if !plugin.manifest.has(Hook::Reset) {
             return Err(ApiError::internal(RESET_NOT_SUPPORTED));
@@ -84,5 +91,10 @@ pub async fn verb(
         plugin.hook(Hook::Reset, Bytes::new()).await?;
         return Ok(empty());
     }
-    extra_route(&plugin, "services", &rest, &method, query, body).await
+    match find(&app, params.name()) {
+        Some(plugin) if declares(&plugin, "services", rest) => {
+            extra_route(&plugin, "services", rest, &method, query, body).await
+        }
+        _ => Err(unmatched(&method)),
+    }
 }

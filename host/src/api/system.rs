@@ -1,14 +1,15 @@
 //! `/1.0/system`: the listing, logging, and power.
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 
-use super::proxy::api_root;
+use super::body::{read_json, require_object};
+use super::proxy;
 use super::response::{empty, sync};
-use super::{require, ApiError, ApiResult, AppState};
-use crate::platform::files::RootFs;
+use super::uri::Params;
+use super::{require, unmatched, ApiError, ApiResult, AppState};
 use crate::platform::systemd::PowerAction;
 use crate::system::logging::{self, LoggingConfig};
 
@@ -41,25 +42,23 @@ const NOT_BUILT: [&str; 11] = [
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
-    let root = api_root(&headers);
     let urls: Vec<String> = ENTRIES
         .iter()
-        .map(|e| format!("{root}/system/{e}"))
+        .map(|e| proxy::url(&headers, &["system", e]))
         .collect();
     Ok(sync(&urls))
 }
 
 /// Upstream endpoints not built yet say so, rather than answering with a made-up body.
-pub async fn not_built(Path(name): Path<String>, method: Method) -> ApiError {
-    if NOT_BUILT.contains(&name.as_str()) {
+pub async fn not_built(params: Params, method: Method) -> ApiError {
+    let name = params.name();
+    if NOT_BUILT.contains(&name) {
         ApiError::new(
             501,
             format!("/1.0/system/{name} is not implemented by this daemon yet"),
         )
-    } else if method == Method::GET {
-        ApiError::not_found()
     } else {
-        ApiError::not_implemented()
+        unmatched(&method)
     }
 }
 
@@ -75,7 +74,7 @@ struct LoggingPut {
 }
 
 /// `GET|PUT /1.0/system/logging`.
-pub async fn logging(State(app): State<AppState>, method: Method, body: Bytes) -> ApiResult {
+pub async fn logging(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
     match method {
         Method::GET => {
             let config = app.with_state(|s| s.doc().system.logging.clone());
@@ -85,26 +84,24 @@ pub async fn logging(State(app): State<AppState>, method: Method, body: Bytes) -
             }))
         }
         Method::PUT => {
+            let body = read_json(body).await?;
+            require_object(&body)?;
             let put: LoggingPut =
                 plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
             let config = put.config.ok_or_else(|| {
                 ApiError::bad_request("invalid request body: missing field `config`")
             })?;
             logging::validate(&config).map_err(ApiError::bad_request)?;
-            let app2 = app.clone();
-            let applied = config.clone();
-            tokio::task::spawn_blocking(move || {
-                logging::apply(
-                    &RootFs::new(&app2.root),
-                    app2.platform.units.as_ref(),
-                    &applied,
-                )
-            })
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(ApiError::internal)?;
-            app.with_state(|s| s.update(|d| d.system.logging = config))
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let store = app.store.clone();
+            let save = move |c: &LoggingConfig| {
+                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+                store
+                    .update(|d| d.system.logging = c.clone())
+                    .map_err(|e| e.to_string())
+            };
+            logging::change(app.root.clone(), app.platform.clone(), config, save)
+                .await
+                .map_err(ApiError::internal)?;
             Ok(empty())
         }
         _ => Err(ApiError::not_implemented()),

@@ -2,10 +2,13 @@
 
 use std::path::Path;
 
-use crate::platform::files::RootFs;
+use crate::platform::files::{RootFs, StatKind};
 
-/// Lays out a dev root on first use: an OS identity, a machine id, and links to this
-/// machine's `/proc` and `/sys` so uptime and hardware facts are real.
+/// Lays out a dev root on first use: an OS identity and a machine id. Kernel facts
+/// (uptime, modules) come from this machine's `/proc` and `/sys` directly (the dev run's
+/// [`crate::platform::kernel::KernelFiles`]), not through links in the root: the root
+/// prefix resolves every link inside the root. The `proc -> /proc` and `sys -> /sys` links
+/// older dev roots have are removed.
 pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
     let fs = RootFs::new(root);
     let io = |e: crate::platform::files::FsError| std::io::Error::other(e.to_string());
@@ -25,8 +28,11 @@ pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
     }
     for link in ["proc", "sys"] {
         let p = root.join(link);
-        if std::fs::symlink_metadata(&p).is_err() {
-            std::os::unix::fs::symlink(format!("/{link}"), &p)?;
+        if let Some(st) = fs.stat(&format!("/{link}")).map_err(io)? {
+            if st.kind == StatKind::Symlink && st.link_target == format!("/{link}") {
+                fs.remove(&format!("/{link}")).map_err(io)?;
+                tracing::info!(link = %p.display(), "removed an old dev root's link");
+            }
         }
     }
     Ok(())
@@ -87,5 +93,21 @@ mod tests {
             std::fs::read(dir.path().join("etc/machine-id")).unwrap(),
             before
         );
+        assert!(!dir.path().join("proc").exists() && !dir.path().join("sys").exists());
+    }
+
+    #[test]
+    fn an_old_dev_roots_proc_and_sys_links_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_dev_root(dir.path()).unwrap();
+        std::os::unix::fs::symlink("/proc", dir.path().join("proc")).unwrap();
+        std::os::unix::fs::symlink("/sys", dir.path().join("sys")).unwrap();
+        prepare_dev_root(dir.path()).unwrap();
+        assert!(std::fs::symlink_metadata(dir.path().join("proc")).is_err());
+        assert!(std::fs::symlink_metadata(dir.path().join("sys")).is_err());
+        // A real directory of that name is not ours to remove.
+        std::fs::create_dir(dir.path().join("proc")).unwrap();
+        prepare_dev_root(dir.path()).unwrap();
+        assert!(dir.path().join("proc").is_dir());
     }
 }

@@ -4,7 +4,6 @@ mod devroot;
 
 use crate::platform::notify::{notify_barrier, notify_systemd};
 pub use crate::platform::socket::bind_socket;
-use crate::platform::socket::private_dir;
 pub use devroot::prepare_dev_root;
 
 use std::path::PathBuf;
@@ -15,11 +14,15 @@ use tokio::sync::watch;
 
 use crate::api::{self, App};
 use crate::platform::files::RootFs;
+use crate::platform::kernel::KernelFiles;
 use crate::platform::systemd::PowerAction;
 use crate::platform::{Mode, Platform};
 use crate::plugins::Registry;
 use crate::state::Store;
 use crate::system::info::{read_os_release, SystemInfo};
+
+/// The state directory, as an OS path under the root.
+pub const STATE_DIR: &str = "/var/lib/incus-os";
 
 /// Where the daemon finds and keeps everything.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct Config {
     /// D-Bus address of the systemd to drive; `None`: the system bus when the root is `/`,
     /// no systemd otherwise.
     pub system_bus: Option<String>,
+    /// Where kernel facts are read: this machine's `/proc` and `/sys` for the root `/` and
+    /// the dev root, stand-ins under any other root.
+    pub kernel: KernelFiles,
 }
 
 impl Config {
@@ -47,12 +53,15 @@ impl Config {
             plugin_dirs: vec![root.join("usr/lib/incus-osd/plugins")],
             plugin_timeouts: crate::plugins::Timeouts::default(),
             system_bus: None,
+            kernel: KernelFiles::for_root(&root),
             root,
         }
     }
 
+    /// The state directory on the host (for messages; it is opened as [`STATE_DIR`]
+    /// inside the root).
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join("var/lib/incus-os")
+        self.root.join(STATE_DIR.trim_start_matches('/'))
     }
 }
 
@@ -73,15 +82,22 @@ pub enum StartError {
 }
 
 /// Everything loaded before serving: state, OS identity, plugins.
-pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartError> {
-    let state_dir = config.state_dir();
-    private_dir(&state_dir, 0o700)?;
-    let mut store = Store::load_or_create(&state_dir)?;
-    let os =
-        read_os_release(&RootFs::new(&config.root)).map_err(|reason| StartError::OsRelease {
-            root: config.root.display().to_string(),
-            reason,
+pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, StartError> {
+    platform.kernel = config.kernel.clone();
+    let fs = RootFs::new(&config.root);
+    let state_dir = fs
+        .create_dir_handle(STATE_DIR, 0o700)
+        .map_err(|e| StartError::Io {
+            what: "cannot open the state directory",
+            path: config.state_dir().display().to_string(),
+            source: std::io::Error::other(e.to_string()),
         })?;
+    let mut store = Store::load_or_create_in(state_dir)?;
+    remove_temp_files(&fs, crate::system::logging::CONF);
+    let os = read_os_release(&fs).map_err(|reason| StartError::OsRelease {
+        root: config.root.display().to_string(),
+        reason,
+    })?;
     if store.doc().os.name != os.name || store.doc().os.running_release != os.version {
         let (name, version) = (os.name.clone(), os.version.clone());
         if let Err(e) = store.update(|d| {
@@ -91,7 +107,7 @@ pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartErr
             tracing::warn!(error = %e, "cannot record the OS release in the state");
         }
     }
-    let info = SystemInfo::read(&config.root, os);
+    let info = SystemInfo::read(&config.root, &platform.kernel, os);
     if let Mode::Offline(why) = &platform.mode {
         tracing::warn!("{why}");
     }
@@ -99,6 +115,9 @@ pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartErr
     let registry = {
         let (root, store, platform) = (config.root.clone(), store.clone(), platform.clone());
         Registry::load(&config.plugin_dirs, config.plugin_timeouts, move |m| {
+            for path in &m.paths {
+                remove_temp_files(&RootFs::new(&root), path);
+            }
             crate::plugins::host::handle(m, &root, store.clone(), &platform)
         })
     };
@@ -109,6 +128,23 @@ pub fn prepare(config: &Config, platform: Platform) -> Result<Arc<App>, StartErr
         info,
         platform,
     )))
+}
+
+/// Removes the temporary files interrupted atomic writes left at `os_path` (the daemon's
+/// own files, each plugin's declared paths) before anything writes there: everywhere under
+/// it if it is a directory, else the ones of that file next to it. Failures are logged.
+fn remove_temp_files(fs: &RootFs, os_path: &str) {
+    match fs.remove_temp_files(os_path) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            path = os_path,
+            removed = n,
+            "removed leftover temporary files"
+        ),
+        Err(e) => {
+            tracing::warn!(path = os_path, error = %e, "cannot remove leftover temporary files")
+        }
+    }
 }
 
 /// A running daemon.
@@ -137,11 +173,11 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
+            let limits = api::listener::Limits::for_this_process();
+            api::listener::serve(listener, router, limits, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
         });
         tracing::info!(socket = %config.socket.display(), "API listening");
         // Ready for systemd once the API answers (upstream's clients may call it while the
@@ -252,19 +288,9 @@ async fn apply_logging(app: &Arc<App>) {
     if config == Default::default() {
         return;
     }
-    let app2 = app.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        crate::system::logging::apply(
-            &RootFs::new(&app2.root),
-            app2.platform.units.as_ref(),
-            &config,
-        )
-    })
-    .await;
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
-        Err(e) => tracing::warn!(error = %e, "cannot apply the syslog configuration"),
+    let (root, platform) = (app.root.clone(), app.platform.clone());
+    if let Err(e) = crate::system::logging::apply_stored(root, platform, config).await {
+        tracing::warn!(error = %e, "cannot apply the syslog configuration");
     }
 }
 

@@ -5,10 +5,13 @@
 //! services or runs system commands, and says so in its errors instead of pretending.
 
 pub mod journal;
+pub mod kernel;
+pub mod limits;
 pub mod notify;
 pub mod socket;
 pub mod systemd;
 pub mod systemd_dbus;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -33,6 +36,8 @@ pub struct Platform {
     pub mode: Mode,
     pub units: Arc<dyn systemd::Systemd>,
     pub commands: Arc<dyn exec::Commands>,
+    /// Where kernel facts (`/proc`, `/sys`) are read.
+    pub kernel: kernel::KernelFiles,
 }
 
 impl Platform {
@@ -54,13 +59,16 @@ impl Platform {
         p
     }
 
-    /// The adapters for a root prefix, without systemd (see [`Platform::connect`]).
+    /// The adapters for a root prefix, without systemd (see [`Platform::connect`]). Kernel
+    /// facts come from [`kernel::KernelFiles::for_root`].
     pub fn for_root(root: &std::path::Path) -> Platform {
+        let kernel = kernel::KernelFiles::for_root(root);
         if root == std::path::Path::new("/") {
             Platform {
                 mode: Mode::Live,
                 units: Arc::new(systemd::Unavailable::new("no D-Bus connection")),
                 commands: Arc::new(exec::RealCommands),
+                kernel,
             }
         } else {
             let why = format!(
@@ -71,6 +79,7 @@ impl Platform {
                 mode: Mode::Offline(why.clone()),
                 units: Arc::new(systemd::Unavailable::new(&why)),
                 commands: Arc::new(exec::Refused::new(&why)),
+                kernel,
             }
         }
     }

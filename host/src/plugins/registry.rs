@@ -301,8 +301,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Scans `dirs` and loads every plugin library found. A library that fails any check
-    /// is recorded in [`Registry::failures`] and logged; it never stops the daemon.
+    /// Scans `dirs` in order and loads every plugin library found. Only trusted files
+    /// load (see [`loader::open_trusted`]); a directory that is not trusted is refused as
+    /// a whole. When two libraries declare the same plugin name, the first one loaded wins:
+    /// the first directory in `dirs`, then the first file by name. A library that fails any
+    /// check is recorded in [`Registry::failures`] and logged; it never stops the daemon.
     /// `host_for` builds the host handle for a plugin from its manifest.
     pub fn load(
         dirs: &[PathBuf],
@@ -312,7 +315,12 @@ impl Registry {
         let mut reg = Registry::default();
         for dir in dirs {
             match loader::scan_dir(dir) {
+                Ok(files) if files.is_empty() => {}
                 Ok(files) => {
+                    if let Err(e) = loader::check_dir(dir) {
+                        reg.fail(dir, None, e);
+                        continue;
+                    }
                     for f in files {
                         reg.load_one(&f, timeouts, &host_for);
                     }
@@ -348,7 +356,7 @@ impl Registry {
         timeouts: Timeouts,
         host_for: &impl Fn(&Manifest) -> HostHandle,
     ) {
-        let lib = match loader::open(path) {
+        let lib = match loader::open_trusted(path) {
             Ok(l) => l,
             Err(e) => return self.fail(path, None, e),
         };
@@ -356,7 +364,8 @@ impl Registry {
         if let Some(other) = self.plugins.get(&name) {
             let e = LoadError::Duplicate {
                 name: name.clone(),
-                other: other.path.display().to_string(),
+                loaded: other.path.display().to_string(),
+                refused: path.display().to_string(),
             };
             return self.fail(path, Some(name), e);
         }

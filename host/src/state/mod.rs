@@ -8,6 +8,9 @@
 //! - A document that does not parse stops the start with a clear error and is never
 //!   overwritten.
 //! - Plugins own one namespace each (`plugins.<name>`), opaque to the host.
+//! - Saves are atomic (`plugin_host::files::write_in`): a crash or a failed write leaves
+//!   the previous document or the new one, whole. The state directory is opened once; the
+//!   leftover temporary files of a killed daemon in it are removed when the store opens.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::platform::files::atomic_write;
+use crate::platform::files::Dir;
 
 /// The schema version this daemon writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -114,6 +117,8 @@ fn upgrade_v0_to_v1(mut v: Value) -> Result<Value, String> {
 /// The loaded state and where it lives.
 #[derive(Debug)]
 pub struct Store {
+    /// The state directory, opened once: saves land in it whatever happens to its path.
+    dir: Dir,
     path: PathBuf,
     doc: Document,
     /// Set when the file came from a newer daemon: saves are refused.
@@ -121,14 +126,31 @@ pub struct Store {
 }
 
 impl Store {
-    /// Loads `dir/state.json`, creating a fresh document when there is none.
+    /// Loads `dir/state.json`, creating `dir` (0700) when missing and a fresh document
+    /// when there is none.
     pub fn load_or_create(dir: &Path) -> Result<Store, StateError> {
-        let path = dir.join(STATE_FILE);
+        let dir = Dir::create(dir, 0o700).map_err(|source| StateError::Read {
+            path: dir.join(STATE_FILE).display().to_string(),
+            source,
+        })?;
+        Store::load_or_create_in(dir)
+    }
+
+    /// Loads `state.json` in the open directory `dir`, creating a fresh document when there
+    /// is none. Leftover temporary files of interrupted saves are removed first.
+    pub fn load_or_create_in(dir: Dir) -> Result<Store, StateError> {
+        let path = dir.path().join(STATE_FILE);
         let display = path.display().to_string();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match remove_leftovers(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed leftover temporary state files"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove leftover temporary state files"),
+        }
+        let bytes = match dir.read(STATE_FILE) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 let store = Store {
+                    dir,
                     path,
                     doc: Document::default(),
                     read_only: None,
@@ -167,6 +189,7 @@ impl Store {
                 "state written by a newer incus-osd: running with saves disabled"
             );
             return Ok(Store {
+                dir,
                 path,
                 doc,
                 read_only: Some(version),
@@ -181,6 +204,7 @@ impl Store {
         }
         let doc: Document = serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
         let store = Store {
+            dir,
             path,
             doc,
             read_only: None,
@@ -231,11 +255,32 @@ impl Store {
         }
         let mut bytes = serde_json::to_vec_pretty(&self.doc).expect("state serializes");
         bytes.push(b'\n');
-        atomic_write(&self.path, &bytes, 0o600).map_err(|source| StateError::Write {
-            path: self.path.display().to_string(),
-            source,
-        })
+        self.dir
+            .write(STATE_FILE, &bytes, 0o600)
+            .map_err(|source| StateError::Write {
+                path: self.path.display().to_string(),
+                source,
+            })
     }
+}
+
+/// Removes the temporary files of interrupted saves in the state directory: the current
+/// pattern (`plugin_host::files::temp_name`) and the `.state.json.tmp.<pid>` files of
+/// daemons before it.
+fn remove_leftovers(dir: &Dir) -> std::io::Result<usize> {
+    let mut n = dir.remove_temp_files()?;
+    let legacy = format!(".{STATE_FILE}.tmp.");
+    for name in dir.list()? {
+        let is_legacy = name
+            .to_str()
+            .and_then(|s| s.strip_prefix(&legacy))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        if is_legacy {
+            dir.remove_file(&name)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -303,6 +348,142 @@ mod tests {
         assert!(matches!(err, StateError::ReadOnly { found: 99, .. }));
         assert_eq!(s.doc().os.name, "");
         assert_eq!(std::fs::read(&p).unwrap(), newer);
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::load_or_create(dir.path()).unwrap();
+        s.update(|d| d.os.name = "kept".into()).unwrap();
+        let tmp = plugin_host::files::temp_name(std::ffi::OsStr::new(STATE_FILE)).unwrap();
+        for leftover in [tmp.to_str().unwrap(), ".state.json.tmp.4242"] {
+            std::fs::write(dir.path().join(leftover), b"{\"torn").unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        let s = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(s.doc().os.name, "kept");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "state.json"]);
+    }
+
+    // The guarantee of `save`, tested from outside (see plugin_host's files tests for the
+    // same on `atomic_write`): a daemon killed at any moment, or a save failing half-way,
+    // leaves a state file that loads, holding the previous document or the new one. With
+    // an in-place write (truncate, then write) a kill lands between the two and the next
+    // start finds a truncated, corrupt file; a write failing with EFBIG after 64 KiB leaves
+    // 64 KiB of the new document.
+
+    /// The document of save number `k`: a marker and a padding whose length follows `k`,
+    /// so a mix of two saves is recognised.
+    fn doc_for(d: &mut Document, k: u64) {
+        d.plugins.insert(
+            "demo".into(),
+            serde_json::json!({"k": k, "pad": "x".repeat(((k % 8) as usize + 1) << 17)}),
+        );
+    }
+
+    /// Which save `doc` is, checking it is that save's whole document.
+    fn save_number(doc: &Document) -> u64 {
+        let v = &doc.plugins["demo"];
+        let k = v["k"].as_u64().unwrap();
+        assert_eq!(
+            v["pad"].as_str().unwrap().len(),
+            ((k % 8) as usize + 1) << 17,
+            "save {k} is not whole"
+        );
+        k
+    }
+
+    /// The child side: `loop:<dir>` saves 1, 2, ... forever; `efbig:<dir>` saves once
+    /// under a 64 KiB file size limit and reports the result.
+    #[test]
+    #[ignore = "started by the crash tests as a child process"]
+    fn store_child() {
+        let Some(job) = plugin_host::crash::child_job() else {
+            return;
+        };
+        let (what, dir) = job.split_once(':').unwrap();
+        let mut s = Store::load_or_create(Path::new(dir)).unwrap();
+        match what {
+            "loop" => {
+                for k in 1.. {
+                    s.update(|d| doc_for(d, k)).unwrap();
+                }
+            }
+            "efbig" => {
+                plugin_host::crash::limit_file_size(64 << 10);
+                match s.update(|d| doc_for(d, 7)) {
+                    Ok(()) => plugin_host::crash::report("ok"),
+                    Err(e) => plugin_host::crash::report(&format!("error: {e}")),
+                }
+                assert_eq!(save_number(s.doc()), 0, "memory follows the failed save");
+            }
+            other => panic!("unknown job {other}"),
+        }
+    }
+
+    #[test]
+    fn a_daemon_killed_while_saving_leaves_a_whole_state_and_no_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(STATE_FILE);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            let before = std::fs::read(&file).ok();
+            let mut child = plugin_host::crash::spawn_child(
+                "state::tests::store_child",
+                &format!("loop:{}", dir.path().display()),
+            );
+            plugin_host::crash::kill_at_random(
+                &mut child,
+                || {
+                    std::fs::read(&file)
+                        .ok()
+                        .is_some_and(|d| Some(&d) != before.as_ref())
+                },
+                std::time::Duration::from_millis(40),
+            );
+            // What the next start finds: a state that loads, one save whole.
+            let s = Store::load_or_create(dir.path())
+                .unwrap_or_else(|e| panic!("the next start fails: {e}"));
+            seen.insert(save_number(s.doc()));
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(left.len(), 1, "leftovers after the start: {left:?}");
+        }
+        assert!(seen.len() > 1, "{seen:?}");
+    }
+
+    #[test]
+    fn a_save_failing_half_way_keeps_the_previous_state_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::load_or_create(dir.path()).unwrap();
+        s.update(|d| doc_for(d, 0)).unwrap();
+        let before = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        let out = plugin_host::crash::spawn_child(
+            "state::tests::store_child",
+            &format!("efbig:{}", dir.path().display()),
+        )
+        .wait_with_output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(
+            stdout.contains("RESULT error: cannot save state file")
+                && stdout.contains("File too large"),
+            "{stdout}"
+        );
+        let after = std::fs::read(dir.path().join(STATE_FILE)).unwrap();
+        assert!(
+            after == before,
+            "the state file changed: {} bytes, was {}",
+            after.len(),
+            before.len()
+        );
+        let s = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(save_number(s.doc()), 0);
     }
 
     #[test]

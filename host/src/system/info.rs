@@ -1,8 +1,9 @@
 //! What `GET /1.0` reports: the OS identity, read from the root prefix.
 //!
-//! Facts that cannot change while the daemon runs (OS name and release, machine id, the
-//! system UUID, the other A/B image) are read once at start; uptime is the kernel's uptime
-//! at start plus the time elapsed since, so a request reads no file.
+//! The running OS (name and release) is read once at start. The machine id, the system
+//! UUID and the other A/B image are read on every request, as upstream does (a machine id
+//! fixed or broken after start shows at once): two small files and one directory listing.
+//! Uptime is the kernel's uptime at start plus the time elapsed since.
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::platform::files::RootFs;
+use crate::platform::kernel::KernelFiles;
 
 /// `NAME` and `IMAGE_VERSION` from `/lib/os-release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,12 +54,13 @@ pub fn read_os_release(fs: &RootFs) -> Result<OsRelease, String> {
     Ok(rel)
 }
 
-/// `/etc/machine-id`: exactly 32 hex digits and a newline (33 bytes).
+/// `/etc/machine-id`: exactly 32 hex digits and a newline (33 bytes). The errors are
+/// upstream's texts.
 pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
     let data = fs
         .read("/etc/machine-id")
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| "missing /etc/machine-id".to_string())?;
+        .ok_or_else(|| "open /etc/machine-id: no such file or directory".to_string())?;
     if data.len() != 33 {
         return Err("invalid length for a machine-id".into());
     }
@@ -65,19 +68,19 @@ pub fn read_machine_id(fs: &RootFs) -> Result<String, String> {
 }
 
 /// The DMI product UUID (37 bytes with its newline), if readable.
-fn read_product_uuid(fs: &RootFs) -> Option<String> {
-    let data = fs.read("/sys/class/dmi/id/product_uuid").ok()??;
+fn read_product_uuid(kernel: &KernelFiles) -> Option<String> {
+    let data = KernelFiles::read(&kernel.sys_path("class/dmi/id/product_uuid")).ok()??;
     (data.len() == 37).then(|| String::from_utf8_lossy(&data).trim().to_string())
 }
 
 /// The other A/B image's version: `/boot/EFI/Linux/<name>_<version>.efi` files other than
 /// the running one.
 fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
-    let dir = fs.resolve("/boot/EFI/Linux").ok()?;
     let prefix = format!("{}_", os.name);
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let mut found: Vec<String> = fs
+        .list("/boot/EFI/Linux")
+        .ok()??
+        .into_iter()
         .filter_map(|n| {
             let v = n.strip_prefix(&prefix)?.strip_suffix(".efi")?;
             (v != os.version && !v.is_empty()).then(|| v.to_string())
@@ -87,57 +90,52 @@ fn alternate_version(fs: &RootFs, os: &OsRelease) -> Option<String> {
     found.pop()
 }
 
-/// Seconds of kernel uptime from `/proc/uptime` under the root.
-fn read_uptime(fs: &RootFs) -> Result<f64, String> {
-    let text = fs
-        .read("/proc/uptime")
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "missing /proc/uptime".to_string())?;
+/// Seconds of kernel uptime from `/proc/uptime`.
+fn read_uptime(kernel: &KernelFiles) -> Result<f64, String> {
+    let path = kernel.proc_path("uptime");
+    let text = KernelFiles::read(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("missing {}", path.display()))?;
     String::from_utf8_lossy(&text)
         .split_whitespace()
         .next()
         .and_then(|s| s.parse::<f64>().ok())
-        .ok_or_else(|| "cannot parse /proc/uptime".to_string())
+        .ok_or_else(|| format!("cannot parse {}", path.display()))
 }
 
-/// The `environment` object of `GET /1.0`.
+/// The `environment` object of `GET /1.0`. Upstream builds it as a map, so its keys come
+/// out sorted; the fields are in that order.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Environment {
     pub hostname: String,
     pub machine_id: String,
     pub os_name: String,
     pub os_version: String,
-    pub os_version_next: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub os_version_alternate: Option<String>,
+    pub os_version_next: String,
     pub system_is_ready: bool,
     pub uptime: u64,
 }
 
-/// Identity facts read at start.
+/// The OS identity read at start, and where to read the rest per request.
 #[derive(Debug, Clone)]
 pub struct SystemInfo {
+    fs: RootFs,
+    kernel: KernelFiles,
     os: OsRelease,
-    machine_id: Result<String, String>,
-    hostname: String,
-    alternate: Option<String>,
     uptime_at_start: Result<f64, String>,
     started: Instant,
 }
 
 impl SystemInfo {
-    pub fn read(root: &Path, os: OsRelease) -> SystemInfo {
+    pub fn read(root: &Path, kernel: &KernelFiles, os: OsRelease) -> SystemInfo {
         let fs = RootFs::new(root);
-        let machine_id = read_machine_id(&fs);
-        let hostname = read_product_uuid(&fs)
-            .or_else(|| machine_id.clone().ok())
-            .unwrap_or_else(|| os.name.clone());
         SystemInfo {
-            alternate: alternate_version(&fs, &os),
-            uptime_at_start: read_uptime(&fs),
+            uptime_at_start: read_uptime(kernel),
+            kernel: kernel.clone(),
             started: Instant::now(),
-            machine_id,
-            hostname,
+            fs,
             os,
         }
     }
@@ -146,21 +144,20 @@ impl SystemInfo {
         &self.os
     }
 
-    /// The `environment` object; `next_release` comes from the state ("" = the running one).
+    /// The `environment` object; `next_release` is the stored release that boots next (""
+    /// until an update is staged). Reads the machine id, the system UUID and the boot
+    /// directory.
     pub fn environment(&self, next_release: &str, ready: bool) -> Result<Environment, String> {
-        let machine_id = self.machine_id.clone()?;
         let uptime = self.uptime_at_start.clone()? + self.started.elapsed().as_secs_f64();
+        let machine_id = read_machine_id(&self.fs)?;
+        let hostname = read_product_uuid(&self.kernel).unwrap_or_else(|| machine_id.clone());
         Ok(Environment {
-            hostname: self.hostname.clone(),
+            hostname,
             machine_id,
             os_name: self.os.name.clone(),
             os_version: self.os.version.clone(),
-            os_version_next: if next_release.is_empty() {
-                self.os.version.clone()
-            } else {
-                next_release.to_string()
-            },
-            os_version_alternate: self.alternate.clone(),
+            os_version_alternate: alternate_version(&self.fs, &self.os),
+            os_version_next: next_release.to_string(),
             system_is_ready: ready,
             uptime: uptime as u64,
         })
@@ -198,24 +195,36 @@ mod tests {
             name: "IncusOS".into(),
             version: "202511041601".into(),
         };
-        let info = SystemInfo::read(dir.path(), os);
+        let info = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os);
         let env = info.environment("", true).unwrap();
         assert_eq!(env.machine_id, "0123456789abcdef0123456789abcdef");
         assert_eq!(env.hostname, "0123456789abcdef0123456789abcdef");
-        assert_eq!(env.os_version_next, "202511041601");
+        assert_eq!(env.os_version_next, "");
         assert_eq!(env.os_version_alternate.as_deref(), Some("202510010000"));
         assert!(env.uptime >= 1234);
+        assert_eq!(
+            info.environment("202512010000", true)
+                .unwrap()
+                .os_version_next,
+            "202512010000"
+        );
 
+        // Read per request: a product UUID appearing after start is the hostname at once.
         fs.write(
             "/sys/class/dmi/id/product_uuid",
             b"4c4c4544-0044-4810-8052-b4c04f4e3432\n",
             0o400,
         )
         .unwrap();
-        let info = SystemInfo::read(dir.path(), info.os().clone());
         assert_eq!(
             info.environment("", true).unwrap().hostname,
             "4c4c4544-0044-4810-8052-b4c04f4e3432"
+        );
+        fs.remove("/boot/EFI/Linux/IncusOS_202510010000.efi")
+            .unwrap();
+        assert_eq!(
+            info.environment("", true).unwrap().os_version_alternate,
+            None
         );
     }
 
@@ -229,9 +238,15 @@ mod tests {
             name: "IncusOS".into(),
             version: "1".into(),
         };
-        let err = SystemInfo::read(dir.path(), os)
-            .environment("", false)
-            .unwrap_err();
-        assert_eq!(err, "invalid length for a machine-id");
+        let info = SystemInfo::read(dir.path(), &KernelFiles::under(dir.path()), os);
+        assert_eq!(
+            info.environment("", false).unwrap_err(),
+            "invalid length for a machine-id"
+        );
+        fs.remove("/etc/machine-id").unwrap();
+        assert_eq!(
+            info.environment("", false).unwrap_err(),
+            "open /etc/machine-id: no such file or directory"
+        );
     }
 }

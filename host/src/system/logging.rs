@@ -4,11 +4,19 @@
 //! Otherwise the file is written (protocol `udp` and format `rfc5424` when left empty) and
 //! the unit restarted. The stored config is what the client sent, defaults not filled in,
 //! as upstream does. Unlike upstream, a bad address, protocol or format is refused.
+//!
+//! Changes are serialized and journaled ([`Undo`], through the subsystem's own host
+//! handle): a change that fails half way puts the file and the unit back, and the config is
+//! stored only once the change succeeded.
 
+use std::path::PathBuf;
+
+use plugin_api::sdk::{self, Host};
+use plugin_api::Undo;
 use serde::{Deserialize, Serialize};
 
-use crate::platform::files::RootFs;
-use crate::platform::systemd::{UnitAction, Units};
+use super::host::{self, Subsystem};
+use crate::platform::Platform;
 
 pub const CONF: &str = "/etc/systemd/netlogd.conf";
 pub const UNIT: &str = "systemd-netlogd.service";
@@ -79,46 +87,94 @@ pub fn render(c: &LoggingConfig) -> Option<String> {
     ))
 }
 
-/// Writes the file and drives the unit; on failure the previous file is put back (and the
-/// unit brought back in line with it, best effort).
-pub fn apply(fs: &RootFs, units: &dyn Units, c: &LoggingConfig) -> Result<(), String> {
-    let previous = fs.read(CONF).map_err(|e| e.to_string())?;
-    let result = match render(c) {
-        None => fs.remove(CONF).map_err(|e| e.to_string()).and_then(|_| {
-            units
-                .unit(UnitAction::Stop, UNIT)
-                .map(drop)
-                .map_err(|e| e.0)
-        }),
-        Some(text) => fs
-            .write(CONF, text.as_bytes(), 0o644)
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                units
-                    .unit(UnitAction::Restart, UNIT)
-                    .map(drop)
-                    .map_err(|e| e.0)
-            }),
-    };
-    if let Err(e) = result {
-        let undo = match &previous {
-            Some(old) => fs
-                .write(CONF, old, 0o644)
-                .map_err(|e| e.to_string())
-                .and_then(|_| {
-                    units
-                        .unit(UnitAction::Restart, UNIT)
-                        .map(drop)
-                        .map_err(|e| e.0)
-                }),
-            None => fs.remove(CONF).map_err(|e| e.to_string()),
-        };
-        if let Err(u) = undo {
-            tracing::error!(error = %u, "cannot restore the previous syslog configuration");
+/// The logging subsystem's host handle writes only `netlogd.conf`.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    name: "logging",
+    writable: &[CONF],
+};
+
+/// One logging change at a time, whoever makes it (a PUT, start-up): the file, the unit
+/// and the stored config move together. The daemon has one logging configuration, so one
+/// lock for the process.
+static CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Brings the file and the unit in line with `c`, each step journaled in `undo`.
+fn steps(undo: &mut Undo, c: &LoggingConfig) -> sdk::Result<()> {
+    match render(c) {
+        None => {
+            undo.remove(CONF)?;
+            undo.stop_unit(UNIT)
         }
-        return Err(e);
+        Some(text) => {
+            undo.write_file(CONF, text.as_bytes(), 0o644)?;
+            undo.restart_unit(UNIT)
+        }
     }
-    Ok(())
+}
+
+/// Refuses at once, before anything is touched, when there is no systemd to drive.
+fn require_systemd(platform: &Platform, c: &LoggingConfig) -> Result<(), String> {
+    let verb = if render(c).is_some() {
+        "restart"
+    } else {
+        "stop"
+    };
+    platform
+        .units
+        .reachable()
+        .map_err(|e| format!("cannot {verb} {UNIT}: {e}"))
+}
+
+/// Runs `f` under the change lock on a blocking thread, with the logging host handle. The
+/// lock is held until `f` returns, even if the caller stops waiting.
+async fn locked<T: Send + 'static>(
+    root: PathBuf,
+    platform: Platform,
+    c: LoggingConfig,
+    f: impl FnOnce(&Host, &LoggingConfig) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let guard = CHANGES.lock().await;
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        require_systemd(&platform, &c)?;
+        f(&host::handle(&root, &platform, &SUBSYSTEM), &c)
+    })
+    .await
+    .map_err(|e| format!("the syslog change crashed: {e}"))?
+}
+
+/// Changes the forwarding to `c` (validated by the caller): writes the file, restarts (or
+/// stops) the unit, then `save`s the config. If any step fails, `save` included, the file
+/// and the unit are put back and the error returned: the stored config and the file always
+/// agree.
+pub async fn change(
+    root: PathBuf,
+    platform: Platform,
+    c: LoggingConfig,
+    save: impl FnOnce(&LoggingConfig) -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    locked(root, platform, c, |host, c| {
+        // Dropped without `commit` on any early return: everything is put back.
+        let mut undo = Undo::new(host);
+        steps(&mut undo, c).map_err(|e| e.message)?;
+        save(c)?;
+        undo.commit();
+        Ok(())
+    })
+    .await
+}
+
+/// Applies the stored config at start. What it does is kept even if a step fails: the
+/// stored config is what was asked for, and there is nothing older to go back to.
+pub async fn apply_stored(
+    root: PathBuf,
+    platform: Platform,
+    c: LoggingConfig,
+) -> Result<(), String> {
+    locked(root, platform, c, |host, c| {
+        Undo::kept(host, |undo| steps(undo, c)).map_err(|e| e.message)
+    })
+    .await
 }
 
 #[cfg(test)]

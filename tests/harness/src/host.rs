@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use plugin_api::abi::{HostHandle, LogLevel, UnitOp};
 use plugin_api::Manifest;
-use plugin_host::exec::{Commands, Output};
+use plugin_host::exec::{self, Commands, Output};
 use plugin_host::files::{FsError, RootFs, Stat};
 use plugin_host::units::{UnitAction, Units};
 use plugin_host::{Adapters, Files, LogSink, PlatformError, PluginHost, StateSlot};
@@ -73,9 +73,19 @@ impl Reply {
     }
 }
 
+/// How a scripted command fails without exiting, with the real command adapter's error
+/// text (`plugin_host::exec`), which names the whole command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The program could not be started (as a missing binary).
+    Spawn,
+    /// The command ran past its timeout and was killed.
+    Timeout,
+}
+
 struct Rule {
     prefix: Vec<String>,
-    reply: Reply,
+    reply: Result<Reply, Failure>,
     /// `None`: answers forever; `Some(n)`: answers `n` more times.
     remaining: Option<usize>,
 }
@@ -178,16 +188,22 @@ impl HarnessHost {
     /// Answers every command whose argv starts with `prefix` with `reply`. The longest
     /// matching prefix wins; among equal prefixes the latest registration wins.
     pub fn on_command(&self, prefix: &[&str], reply: Reply) {
-        self.add_rule(prefix, reply, None);
+        self.add_rule(prefix, Ok(reply), None);
     }
 
     /// Like [`HarnessHost::on_command`] but answers only the next `times` matching commands;
     /// such one-shot answers take precedence over permanent ones.
     pub fn on_command_times(&self, prefix: &[&str], times: usize, reply: Reply) {
-        self.add_rule(prefix, reply, Some(times));
+        self.add_rule(prefix, Ok(reply), Some(times));
     }
 
-    fn add_rule(&self, prefix: &[&str], reply: Reply, remaining: Option<usize>) {
+    /// Like [`HarnessHost::on_command`], but the matching commands fail without exiting:
+    /// they cannot be started, or they time out.
+    pub fn on_command_failure(&self, prefix: &[&str], failure: Failure) {
+        self.add_rule(prefix, Err(failure), None);
+    }
+
+    fn add_rule(&self, prefix: &[&str], reply: Result<Reply, Failure>, remaining: Option<usize>) {
         self.record().rules.push(Rule {
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             reply,
@@ -344,7 +360,7 @@ impl HarnessHost {
 }
 
 impl Record {
-    fn take_reply(&mut self, argv: &[String]) -> Option<Reply> {
+    fn take_reply(&mut self, argv: &[String]) -> Option<Result<Reply, Failure>> {
         let matches = |r: &Rule| r.remaining != Some(0) && argv.starts_with(&r.prefix);
         // Best rule: one-shot before permanent, then longest prefix, then latest.
         let idx = self
@@ -491,11 +507,17 @@ impl Commands for HarnessHost {
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
         });
         match r.take_reply(argv) {
-            Some(reply) => Ok(Output {
+            Some(Ok(reply)) => Ok(Output {
                 status: reply.status,
                 stdout: reply.stdout.into_bytes(),
                 stderr: reply.stderr.into_bytes(),
             }),
+            // ENOENT, as for a missing binary.
+            Some(Err(Failure::Spawn)) => Err(exec::spawn_failed(
+                argv,
+                &std::io::Error::from_raw_os_error(2),
+            )),
+            Some(Err(Failure::Timeout)) => Err(exec::timed_out(argv, timeout)),
             None => Err(PlatformError(format!(
                 "command not scripted in the harness: {}",
                 argv.join(" ")

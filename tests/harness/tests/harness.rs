@@ -361,7 +361,13 @@ fn generic_checks_pass_on_iscsi_and_skip_missing_hooks() {
         assert!(o.passed, "{o:?}");
         assert_eq!(o.skipped, o.name == "backup-restore", "{o:?}");
     }
-    assert_eq!(outcomes[0].detail, "service iscsi 0.1.0 (plugin-api 1.0.0)");
+    assert_eq!(
+        outcomes[0].detail,
+        format!(
+            "service iscsi 0.1.0 (plugin-api {})",
+            plugin_api::API_VERSION
+        )
+    );
     assert!(outcomes[5].detail.contains("backup"), "{:?}", outcomes[5]);
 }
 

@@ -1,9 +1,13 @@
 //! The SDK's `Undo` journal over the harness host: what a half-applied change leaves
 //! behind after a rollback.
 
-use incus_osd_harness::HarnessHost;
-use plugin_api::sdk::{Host, Undo};
+use std::time::Duration;
+
+use incus_osd_harness::{Failure, HarnessHost, Reply};
+use plugin_api::sdk::{Arg, Host, Undo};
 use plugin_api::{Kind, Manifest};
+
+const SECOND: Duration = Duration::from_secs(1);
 
 fn host() -> (HarnessHost, Host) {
     let manifest = Manifest {
@@ -142,24 +146,61 @@ fn starting_a_running_unit_is_not_undone_by_a_restart() {
     assert_eq!(hh.unit_state("vpn.service"), "active");
 }
 
+/// `vpn up --auth-key tskey-123`, the key marked secret.
+fn vpn_up() -> Vec<Arg> {
+    vec![
+        "vpn".into(),
+        "up".into(),
+        "--auth-key".into(),
+        Arg::secret("tskey-123"),
+    ]
+}
+
 #[test]
-fn redacted_command_errors_hide_secrets() {
+fn secret_arguments_are_masked_in_exit_errors_and_output() {
     let (hh, host) = host();
     hh.on_command(
         &["vpn", "up"],
-        incus_osd_harness::Reply::fail(1, "bad key tskey-123"),
+        Reply {
+            status: 1,
+            stdout: "using tskey-123\n".into(),
+            stderr: "bad key tskey-123".into(),
+        },
     );
-    let err = host
-        .run_ok_redacted(
-            &["vpn", "up", "--auth-key", "tskey-123"],
-            &["tskey-123"],
-            std::time::Duration::from_secs(1),
-        )
-        .unwrap_err();
+    let err = host.run_ok_masked(&vpn_up(), SECOND).unwrap_err();
     assert_eq!(
         err.message,
         "Failed to run: vpn up --auth-key ***: exit status 1 (bad key ***)"
     );
+    let out = host.run_masked(&vpn_up(), SECOND).unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("using ***\n", "bad key ***")
+    );
+    // The command itself ran with the key.
+    assert_eq!(hh.commands()[0][3], "tskey-123");
+}
+
+#[test]
+fn secret_arguments_are_masked_when_the_command_cannot_start_or_times_out() {
+    let (hh, host) = host();
+    hh.on_command_failure(&["vpn", "up"], Failure::Spawn);
+    let err = host.run_ok_masked(&vpn_up(), SECOND).unwrap_err();
+    assert_eq!(
+        err.message,
+        "Failed to run: vpn up --auth-key ***: No such file or directory (os error 2)"
+    );
+    hh.on_command_failure(&["vpn", "up"], Failure::Timeout);
+    let err = host.run_ok_masked(&vpn_up(), SECOND).unwrap_err();
+    assert_eq!(
+        err.message,
+        "Failed to run: vpn up --auth-key ***: timed out after 1.0s"
+    );
+    // Without the mark, the same failure shows the whole command line.
+    let plain = host
+        .run_ok(&["vpn", "up", "--auth-key", "tskey-123"], SECOND)
+        .unwrap_err();
+    assert!(plain.message.contains("tskey-123"), "{plain:?}");
 }
 
 #[test]

@@ -80,6 +80,9 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
     root.install_fixture("other_major", "other_major");
     root.install_fixture("layout_mismatch", "layout_mismatch");
     root.install_fixture("not_abi_stable", "not_abi_stable");
+    // Built against the contract as released at 1.0.0: loads on this newer host. Its file
+    // name sorts first, so the current plugins are checked after it (which once failed).
+    root.install_fixture("older_minor", "a_older_minor");
     std::fs::write(
         root.plugin_dir().join("libincus_osd_plugin_garbage.so"),
         b"definitely not ELF",
@@ -94,7 +97,7 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(loaded, ["faulty", "iscsi"]);
+    assert_eq!(loaded, ["faulty", "iscsi", "older-minor"]);
     let failed = failures(&listing);
     let checks: Vec<(&str, &str)> = failed
         .iter()
@@ -121,7 +124,8 @@ async fn broken_and_incompatible_plugins_are_refused_and_the_daemon_keeps_servin
     }
     let reason = |f: &str| failed.iter().find(|x| x.0 == f).unwrap().2.clone();
     assert!(reason("libincus_osd_plugin_ctor_panic.so").contains("panicked"));
-    assert!(reason("libincus_osd_plugin_iscsi_copy.so").contains("'iscsi' is already loaded"));
+    assert!(reason("libincus_osd_plugin_iscsi_copy.so")
+        .contains("a plugin of that name was already loaded from"));
     assert!(reason("libincus_osd_plugin_newer_minor.so").contains("too new"));
     assert!(reason("libincus_osd_plugin_other_major.so").contains("major"));
     // The log says the same, briefly.
@@ -331,4 +335,194 @@ async fn tui_messages_land_in_the_daemon_log_at_their_level() {
     ] {
         assert!(log.contains(needle), "{needle} missing from:\n{log}");
     }
+}
+
+#[tokio::test]
+async fn links_in_the_root_keep_start_hooks_and_puts_inside_it() {
+    let root = Root::new();
+    let outside = tempfile::tempdir().unwrap();
+    let out = outside.path();
+    let out_rel = out.strip_prefix("/").unwrap();
+    // `var/lib` climbs out of the root with `..`: as in a chroot it stops at the root, so
+    // it means `<root>/<outside's path>`, a mirror of the outside directory in the root.
+    let mirror = root.path().join(out_rel);
+    let state = br#"{"schema_version": 1, "plugins": {"iscsi": {"config": {"enabled": true, "targets": []}}}}"#;
+    for base in [out, mirror.as_path()] {
+        std::fs::create_dir_all(base.join("iscsi/nodes")).unwrap();
+        std::fs::write(base.join("iscsi/nodes/keep"), b"keep").unwrap();
+        std::fs::create_dir_all(base.join("incus-os")).unwrap();
+        std::fs::write(base.join("incus-os/state.json"), state).unwrap();
+    }
+    std::fs::create_dir_all(root.path().join("var")).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../../../../../../../../{}", out_rel.display()),
+        root.path().join("var/lib"),
+    )
+    .unwrap();
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_iscsi"),
+        "iscsi",
+    );
+    root.install_plugin(
+        &incus_osd_integration::built_plugin("incus_osd_plugin_usbip"),
+        "usbip",
+    );
+    let d = Daemon::start(&root, &[]);
+    // iscsi's start hook removes its state directory `/var/lib/iscsi`: that resolves to the
+    // mirror, not under what iscsi declared, so the removal is refused with the reason.
+    let log = d.log();
+    let refusal = format!(
+        "path \"/var/lib/iscsi\" resolves to \"/{}/iscsi\" through a symlink, outside what this plugin may write",
+        out_rel.display()
+    );
+    assert!(log.contains(&refusal), "{log}");
+    assert_eq!(
+        std::fs::read(mirror.join("iscsi/nodes/keep")).unwrap(),
+        b"keep"
+    );
+    // The daemon's own state follows the link inside the root: it loaded the mirror's.
+    assert_eq!(
+        get_ok(&d.socket, "/1.0/services/iscsi").await["config"]["enabled"],
+        true
+    );
+    let (s, v) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/services/usbip",
+        r#"{"config":{"enabled":false,"targets":[]}}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let saved = std::fs::read_to_string(mirror.join("incus-os/state.json")).unwrap();
+    assert!(saved.contains("usbip"), "{saved}");
+    // Outside the root: exactly as before.
+    assert_eq!(
+        std::fs::read(out.join("iscsi/nodes/keep")).unwrap(),
+        b"keep"
+    );
+    assert_eq!(
+        std::fs::read(out.join("incus-os/state.json")).unwrap(),
+        state
+    );
+    let mut names: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["incus-os", "iscsi"]);
+}
+
+/// Sets the permission bits of `p`.
+fn chmod(p: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn a_plugin_name_in_two_directories_loads_from_the_first_directory() {
+    let root = Root::new();
+    let iscsi = incus_osd_integration::built_plugin("incus_osd_plugin_iscsi");
+    // The second directory's copy sorts first by name: the directory order decides.
+    let second = root.path().join("more-plugins");
+    std::fs::create_dir(&second).unwrap();
+    root.install_plugin(&iscsi, "zz_iscsi");
+    let refused = second.join("libincus_osd_plugin_aa_iscsi.so");
+    std::fs::copy(&iscsi, &refused).unwrap();
+    let d = Daemon::start(&root, &["--plugins", second.to_str().unwrap()]);
+    let loaded_path = root.plugin_dir().join("libincus_osd_plugin_zz_iscsi.so");
+
+    let listing = get_ok(&d.socket, "/1.0/plugins").await;
+    let loaded = listing["loaded"].as_array().unwrap();
+    assert_eq!(loaded.len(), 1, "{listing}");
+    assert_eq!(loaded[0]["name"], "iscsi");
+    assert_eq!(
+        loaded[0]["path"],
+        loaded_path.to_str().unwrap(),
+        "{listing}"
+    );
+    let failed = listing["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{listing}");
+    assert_eq!(failed[0]["path"], refused.to_str().unwrap());
+    assert_eq!(failed[0]["check"], "duplicate-name");
+    let reason = failed[0]["reason"].as_str().unwrap();
+    for needle in [
+        refused.to_str().unwrap(),
+        loaded_path.to_str().unwrap(),
+        "the first plugin directory wins",
+    ] {
+        assert!(reason.contains(needle), "{needle} missing from: {reason}");
+    }
+    // Loudly in the log too, with both paths.
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("plugin not loaded"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+    assert!(
+        line.contains(refused.to_str().unwrap()) && line.contains(loaded_path.to_str().unwrap()),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn only_trusted_plugin_files_load_and_the_others_are_listed_with_the_reason() {
+    let root = Root::new();
+    let lib = |n: &str| incus_osd_integration::built_plugin(&format!("incus_osd_plugin_{n}"));
+    let dir = root.plugin_dir();
+    // As cargo builds it (owner: this user, umask-produced mode): loads.
+    root.install_plugin(&lib("usbip"), "usbip");
+    // Group-writable.
+    root.install_plugin(&lib("iscsi"), "iscsi");
+    chmod(&dir.join("libincus_osd_plugin_iscsi.so"), 0o775);
+    // A symlink to a library that would load.
+    std::os::unix::fs::symlink(lib("nvme"), dir.join("libincus_osd_plugin_nvme.so")).unwrap();
+    // Owned by another user (only root can give a file away).
+    root.install_plugin(&lib("lvm"), "lvm");
+    let lvm = dir.join("libincus_osd_plugin_lvm.so");
+    let as_root = std::os::unix::fs::chown(&lvm, Some(4242), None).is_ok();
+    if !as_root {
+        eprintln!("SKIPPED (needs root): a library owned by another user");
+        std::fs::remove_file(&lvm).unwrap();
+    }
+    // A world-writable directory: refused as a whole.
+    let open_dir = root.path().join("open-plugins");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::copy(
+        lib("multipath"),
+        open_dir.join("libincus_osd_plugin_multipath.so"),
+    )
+    .unwrap();
+    chmod(&open_dir, 0o777);
+
+    let d = Daemon::start(&root, &["--plugins", open_dir.to_str().unwrap()]);
+    let listing = get_ok(&d.socket, "/1.0/plugins").await;
+    let loaded: Vec<&str> = listing["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(loaded, ["usbip"], "{listing}");
+    let failed = failures(&listing);
+    let mut expected = vec![
+        (
+            "libincus_osd_plugin_iscsi.so",
+            "writable by group (mode 0775)",
+        ),
+        ("libincus_osd_plugin_nvme.so", "is a symbolic link"),
+        ("open-plugins", "writable by group and others (mode 0777)"),
+    ];
+    if as_root {
+        expected.insert(1, ("libincus_osd_plugin_lvm.so", "is owned by uid 4242"));
+    }
+    assert_eq!(failed.len(), expected.len(), "{failed:#?}");
+    for ((file, check, reason), (want_file, want_reason)) in failed.iter().zip(&expected) {
+        assert_eq!((file.as_str(), check.as_str()), (*want_file, "trust"));
+        assert!(reason.contains(want_reason), "{file}: {reason}");
+    }
+    // The daemon serves what did load.
+    assert_eq!(
+        get_ok(&d.socket, "/1.0/services/usbip").await["config"]["enabled"],
+        false
+    );
 }

@@ -121,7 +121,7 @@ fn a_root_module_with_another_layout_is_refused_with_a_short_reason() {
     // module declared in another crate the difference it names is the package.
     assert_eq!(
         reason,
-        "root module layout mismatch: mismatched package, expected incus-osd-plugin-api, found fixture-layout-mismatch"
+        "root module layout mismatch: mismatched package: plugin has fixture-layout-mismatch, host has incus-osd-plugin-api"
     );
 }
 
@@ -139,6 +139,120 @@ fn a_plugin_for_a_newer_minor_version_is_refused_naming_both_versions() {
         msg.contains(&newer),
         "plugin version {newer} missing: {msg}"
     );
+}
+
+/// `tests/fixtures/older-minor` is built against `tests/fixtures/api-1.0`, the contract as
+/// released at 1.0.0, before `HostOps` grew (`run_masked`, 1.1). The host loads it, and
+/// every hook and host capability of 1.0 works for it: constructor, get, put (validation,
+/// files, units, state, rollback), start, stop, routes (commands, file listing, stat, read,
+/// directory creation, removal) and logs.
+#[test]
+fn a_plugin_built_for_an_older_minor_version_loads_and_all_it_knows_works() {
+    use incus_osd_harness::{FileEffect, Reply, UnitCall, UnitOp};
+
+    const UNIT: &str = "older-minor.service";
+    const FILE: &str = "/etc/older-minor/greeting";
+    let path = fixture("older-minor");
+    let lib = opened(&path);
+    assert_eq!(lib.manifest.api_version, "1.0.0");
+    assert!(
+        api_version_with(|major, minor| (major, minor)) != "1.0.0",
+        "the host must be newer than the fixture's contract for this test to mean anything"
+    );
+
+    let plugin = Harness::load(&path).expect("a 1.0 plugin loads on this host");
+    let host = plugin.host();
+    let logs: Vec<String> = host.logs().into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, ["older-minor: built against plugin-api 1.0.0"]);
+
+    // get and put: files, units and state.
+    assert_eq!(
+        plugin.get().expect("get"),
+        json!({"state": {"file": null, "unit": "inactive"}, "config": {"greeting": ""}})
+    );
+    plugin
+        .put(&json!({"config": {"greeting": "hello"}}))
+        .expect("put");
+    assert_eq!(host.read_file(FILE).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        host.file_effects(),
+        [FileEffect::Written {
+            path: FILE.into(),
+            mode: 0o640
+        }]
+    );
+    assert_eq!(host.unit_state(UNIT), "active");
+    assert_eq!(host.state(), json!({"config": {"greeting": "hello"}}));
+    assert_eq!(
+        plugin.get().expect("get")["state"],
+        json!({"file": "hello", "unit": "active"})
+    );
+
+    // A refused config and a failed update change nothing (Undo over the new host).
+    host.clear_effects();
+    let err = plugin
+        .put(&json!({"config": {"greeting": "a\nb"}}))
+        .expect_err("newline refused");
+    assert_eq!(err.status, 400, "{err:?}");
+    host.assert_untouched("refused put");
+    host.fail_unit(UNIT, "unit older-minor.service failed");
+    let err = plugin
+        .put(&json!({"config": {"greeting": "other"}}))
+        .expect_err("failing unit");
+    assert_eq!(err.status, 500, "{err:?}");
+    assert_eq!(host.read_file(FILE).as_deref(), Some(&b"hello"[..]));
+    assert_eq!(host.state(), json!({"config": {"greeting": "hello"}}));
+    host.clear_unit_failure(UNIT);
+
+    // start and stop.
+    host.clear_effects();
+    plugin.start().expect("start");
+    assert_eq!(
+        host.units(),
+        [UnitCall {
+            op: UnitOp::Restart,
+            unit: UNIT.into()
+        }]
+    );
+    plugin.stop().expect("stop");
+
+    // Routes: commands, plain and with 1.0's SDK-side redaction.
+    host.on_command(&["greet"], Reply::ok("hi\n"));
+    let out = plugin
+        .invoke("run", br#"{"body": {"argv": ["greet", "x"]}}"#)
+        .expect("run");
+    assert_eq!(out, json!({"stdout": "hi\n"}));
+    host.on_command(&["vpn"], Reply::fail(1, "bad key tskey-9"));
+    let err = plugin
+        .invoke(
+            "run",
+            br#"{"body": {"argv": ["vpn", "up", "tskey-9"], "secret": "tskey-9"}}"#,
+        )
+        .expect_err("failing command");
+    assert_eq!(
+        err.message.as_str(),
+        "Failed to run: vpn up ***: exit status 1 (bad key ***)"
+    );
+    assert_eq!(
+        host.commands(),
+        [vec!["greet", "x"], vec!["vpn", "up", "tskey-9"]]
+    );
+
+    // Routes: the file capabilities.
+    let seen = plugin.invoke("files", b"{}").expect("files");
+    assert_eq!(
+        seen,
+        json!({
+            "seen": {
+                "list": ["greeting", "sub"],
+                "stat": {"mode": 0o640},
+                "exists": true,
+                "read": "hello",
+            },
+            "after": false,
+        })
+    );
+    assert!(host.read_file(FILE).is_none());
 }
 
 #[test]

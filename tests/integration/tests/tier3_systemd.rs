@@ -201,6 +201,7 @@ fn live_platform(sd: DbusSystemd) -> Platform {
         mode: Mode::Live,
         units: Arc::new(sd),
         commands: Arc::new(Refused::new("not in this test")),
+        kernel: incus_osd::platform::kernel::KernelFiles::host(),
     }
 }
 

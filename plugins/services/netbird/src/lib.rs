@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{Arg, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
@@ -53,14 +53,19 @@ impl Config {
         self.extra_dns_labels.as_deref().unwrap_or_default()
     }
 
-    /// `netbird up` with upstream's exact arguments (the setup key among them).
-    fn up_argv(&self) -> Vec<String> {
+    /// `netbird up` with upstream's exact arguments, the setup key marked secret.
+    fn up_argv(&self) -> Vec<Arg> {
+        let mut argv: Vec<Arg> = ["netbird", "up", "--no-browser", "--setup-key"]
+            .map(Arg::from)
+            .into();
+        argv.push(Arg::secret(&self.setup_key));
+        argv.extend(self.up_options().into_iter().map(Arg::from));
+        argv
+    }
+
+    /// The arguments of `netbird up` after the setup key.
+    fn up_options(&self) -> Vec<String> {
         let mut argv: Vec<String> = [
-            "netbird",
-            "up",
-            "--no-browser",
-            "--setup-key",
-            &self.setup_key,
             "--management-url",
             &self.management_url,
             "--admin-url",
@@ -186,10 +191,7 @@ fn check(c: &Config) -> std::result::Result<(), String> {
 /// key is masked in any error (upstream's error shows the whole command line).
 fn configure(h: &Host, c: &Config) -> Result<()> {
     h.run_ok(&["netbird", "down"], DOWN_TIMEOUT)?;
-    let argv = c.up_argv();
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    h.run_ok_redacted(&argv, &[&c.setup_key], UP_TIMEOUT)
-        .map(drop)
+    h.run_ok_masked(&c.up_argv(), UP_TIMEOUT).map(drop)
 }
 
 pub struct Netbird {
@@ -199,6 +201,8 @@ pub struct Netbird {
 impl Service for Netbird {
     const NAME: &'static str = "netbird";
     const START_WEIGHT: i32 = 40;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;

@@ -1,6 +1,8 @@
 //! The netbird plugin as the daemon loads it, against the recording harness host.
 
-use incus_osd_harness::{assert_conformance, built_plugin, Harness, Reply, UnitCall, UnitOp};
+use incus_osd_harness::{
+    assert_conformance, built_plugin, Failure, Harness, Reply, UnitCall, UnitOp,
+};
 use serde_json::{json, Value};
 
 const UNIT: &str = "netbird.service";
@@ -142,12 +144,13 @@ fn manifest_declares_name_weight_and_no_paths() {
     assert!(!m.has(plugin_api::Hook::Reset));
 }
 
+/// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
         h.get_raw().unwrap(),
-        r#"{"state":{},"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null}}"#
+        r#"{"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null},"state":{}}"#
     );
     assert!(h.host().commands().is_empty());
 }
@@ -489,6 +492,30 @@ fn a_failing_connect_undoes_the_enable_and_hides_the_key() {
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
     assert_no_secret(&h, &err.message);
+}
+
+/// A `netbird up` that cannot be started or times out: the host's error text names the
+/// command line with the setup key masked, and the enable is undone.
+#[test]
+fn a_connect_that_cannot_start_or_times_out_hides_the_key() {
+    for (failure, ending) in [
+        (Failure::Spawn, "No such file or directory (os error 2)"),
+        (Failure::Timeout, "timed out after 60.0s"),
+    ] {
+        let h = scripted();
+        let host = h.host();
+        host.on_command_failure(&["netbird", "up"], failure);
+        let err = put_config(&h, &enabled()).unwrap_err();
+        assert_eq!(err.status, 500);
+        assert_eq!(
+            err.message.as_str(),
+            format!("Failed to run: netbird up --no-browser --setup-key *** --management-url  --admin-url  --dns-resolver-address  --external-ip-map  --extra-dns-labels : {ending}")
+        );
+        assert_eq!(host.commands(), [down(), up_minimal(KEY)]);
+        assert_eq!(host.unit_state(UNIT), "inactive");
+        assert_eq!(host.state(), Value::Null);
+        assert_no_secret(&h, &err.message);
+    }
 }
 
 #[test]

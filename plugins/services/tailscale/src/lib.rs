@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{Arg, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
 use serde::{Deserialize, Serialize};
 
@@ -351,22 +351,24 @@ fn logout(h: &Host) -> Result<()> {
     h.run_ok(&["tailscale", "logout"], LOGOUT_TIMEOUT).map(drop)
 }
 
-/// Joins the tailnet with the auth key, which is masked in any error (upstream's error
-/// text would show the whole command line).
+/// Joins the tailnet with the auth key, marked secret: the host masks it in every error
+/// and log line (upstream's error text would show the whole command line).
 fn up(h: &Host, c: &Config) -> Result<()> {
-    let mut up = vec![
+    let mut up: Vec<Arg> = [
         "tailscale",
         "up",
         "--reset",
         "--timeout",
         "30s",
         "--auth-key",
-        &c.auth_key,
-    ];
+    ]
+    .map(Arg::from)
+    .into();
+    up.push(Arg::secret(&c.auth_key));
     if !c.login_server.is_empty() {
-        up.extend(["--login-server", &c.login_server]);
+        up.extend([Arg::from("--login-server"), Arg::from(&c.login_server)]);
     }
-    h.run_ok_redacted(&up, &[&c.auth_key], UP_TIMEOUT).map(drop)
+    h.run_ok_masked(&up, UP_TIMEOUT).map(drop)
 }
 
 /// The preferences (`tailscale set`) and the HTTPS proxy to the local API
@@ -453,6 +455,8 @@ impl Tailscale {
 impl Service for Tailscale {
     const NAME: &'static str = "tailscale";
     const START_WEIGHT: i32 = 90;
+    /// Upstream's struct declares `config` before `state`.
+    const CONFIG_FIRST: bool = true;
 
     type Config = Config;
     type State = State;

@@ -1,7 +1,7 @@
 //! The tailscale plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, Failure, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -429,13 +429,14 @@ fn manifest_declares_name_weight_and_no_paths() {
     assert!(!m.has(plugin_api::Hook::Reset));
 }
 
+/// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
     let h = plugin();
     assert_eq!(
         h.get_raw().unwrap(),
         format!(
-            r#"{{"state":{EMPTY_STATE},"config":{{"enabled":false,"login_server":"","auth_key":"","accept_routes":false,"accept_dns":false,"advertised_routes":null,"advertise_exit_node":false,"exit_node":"","exit_node_allow_lan_access":false,"serve_enabled":false,"serve_port":0,"serve_service":""}}}}"#
+            r#"{{"config":{{"enabled":false,"login_server":"","auth_key":"","accept_routes":false,"accept_dns":false,"advertised_routes":null,"advertise_exit_node":false,"exit_node":"","exit_node_allow_lan_access":false,"serve_enabled":false,"serve_port":0,"serve_service":""}},"state":{EMPTY_STATE}}}"#
         )
     );
     // Disabled: tailscaled is stopped, nothing is asked.
@@ -977,6 +978,30 @@ fn a_failing_join_undoes_the_enable_and_hides_the_key() {
     assert_no_secret(&h, &err.message);
 }
 
+/// A `tailscale up` that cannot be started or times out: the host's error text names the
+/// command line with the auth key masked, and the enable is undone.
+#[test]
+fn a_join_that_cannot_start_or_times_out_hides_the_key() {
+    for (failure, ending) in [
+        (Failure::Spawn, "No such file or directory (os error 2)"),
+        (Failure::Timeout, "timed out after 60.0s"),
+    ] {
+        let h = scripted(None);
+        let host = h.host();
+        host.on_command_failure(&["tailscale", "up"], failure);
+        let err = put_config(&h, &enabled()).unwrap_err();
+        assert_eq!(err.status, 500);
+        assert_eq!(
+            err.message.as_str(),
+            format!("Failed to run: tailscale up --reset --timeout 30s --auth-key ***: {ending}")
+        );
+        assert_eq!(host.commands(), [logout(), up(KEY)]);
+        assert_eq!(host.unit_state(UNIT), "inactive");
+        assert_eq!(host.state(), Value::Null);
+        assert_no_secret(&h, &err.message);
+    }
+}
+
 #[test]
 fn a_failing_update_brings_the_old_preferences_back() {
     let h = scripted(Some(STATUS_RUNNING));
@@ -1255,10 +1280,11 @@ fn live_state_comes_from_tailscale_status() {
     );
     assert_eq!(h.host().commands(), [status()]);
     assert_eq!(h.host().command_calls()[0].timeout_ms, 5_000);
-    // The raw text keeps upstream's field order.
+    // The raw text keeps upstream's field order: config, then state.
     let raw = h.get_raw().unwrap();
+    assert!(raw.starts_with(r#"{"config":{"enabled":true,"#), "{raw}");
     assert!(
-        raw.starts_with(r#"{"state":{"version":"1.102.3","backend_state":"Running","tailnet_name":"ops@example.com","tailnet_dns_suffix":"tail4c2f1e.ts.net","self":{"id":"#),
+        raw.contains(r#"},"state":{"version":"1.102.3","backend_state":"Running","tailnet_name":"ops@example.com","tailnet_dns_suffix":"tail4c2f1e.ts.net","self":{"id":"#),
         "{raw}"
     );
 }
@@ -1268,8 +1294,9 @@ fn live_state_of_a_logged_out_node() {
     let h = scripted(Some(STATUS_NEEDS_LOGIN));
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
-    let expected = r#"{"state":{"version":"1.102.3","backend_state":"NeedsLogin","self":{"id":"","public_key":"nodekey:0000000000000000000000000000000000000000000000000000000000000000","host_name":"incus-os-01","dns_name":"","os":"linux","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false,"health":["You are logged out. The last login error was: invalid key: unable to validate API key"]},"config":"#;
-    assert!(raw.starts_with(expected), "{raw}");
+    let expected = r#","state":{"version":"1.102.3","backend_state":"NeedsLogin","self":{"id":"","public_key":"nodekey:0000000000000000000000000000000000000000000000000000000000000000","host_name":"incus-os-01","dns_name":"","os":"linux","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false,"health":["You are logged out. The last login error was: invalid key: unable to validate API key"]}}"#;
+    assert!(raw.starts_with(r#"{"config":"#), "{raw}");
+    assert!(raw.ends_with(expected), "{raw}");
     assert_eq!(h.get().unwrap()["config"], enabled());
 }
 
@@ -1280,7 +1307,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
 
@@ -1289,7 +1316,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
     assert_eq!(h.host().commands(), [status()]);
@@ -1299,7 +1326,7 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     preset(&h, &enabled());
     let raw = h.get_raw().unwrap();
     assert!(
-        raw.starts_with(&format!(r#"{{"state":{EMPTY_STATE},"#)),
+        raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
     let warnings: Vec<_> = h
