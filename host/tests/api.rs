@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use incus_osd::testing::TestApp;
-use plugin_api::sdk::{Error, Host, Result, RouteRequest, RouteSpec};
+use plugin_api::sdk::{Error, Host, ResetFn, Result, RouteRequest, RouteSpec, Undo};
 use plugin_api::{Application, Hook, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,9 +31,16 @@ struct Echo {
     host: Host,
 }
 
+impl Echo {
+    fn reset(&self, _: &mut Undo, _config: &EchoConfig) -> Result<()> {
+        self.host.info("echo reset");
+        Ok(())
+    }
+}
+
 impl Service for Echo {
     const NAME: &'static str = "echo";
-    const HAS_RESET: bool = true;
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
     const START_WEIGHT: i32 = 5;
     const ROUTES: &'static [RouteSpec] = &[
         RouteSpec {
@@ -65,12 +72,8 @@ impl Service for Echo {
         }
         Ok(())
     }
-    fn update(&self, _old: &EchoConfig, _new: &EchoConfig) -> Result<()> {
-        Ok(())
-    }
-    fn reset(&self, _config: &EchoConfig) -> Result<()> {
-        self.host.info("echo reset");
-        Ok(())
+    fn enabled(config: &EchoConfig) -> bool {
+        config.enabled
     }
     fn route(&self, op: &str, request: RouteRequest, config: &EchoConfig) -> Result<Value> {
         Ok(json!({ "op": op, "query": request.query, "body": request.body, "name": config.name }))
@@ -92,8 +95,8 @@ impl Service for Plain {
     fn state(&self, _: &Empty) -> Result<Empty> {
         Ok(Empty {})
     }
-    fn update(&self, _: &Empty, _: &Empty) -> Result<()> {
-        Ok(())
+    fn enabled(_: &Empty) -> bool {
+        false
     }
 }
 
@@ -110,8 +113,8 @@ impl Service for Gated {
     fn state(&self, _: &Empty) -> Result<Empty> {
         Ok(Empty {})
     }
-    fn update(&self, _: &Empty, _: &Empty) -> Result<()> {
-        Ok(())
+    fn enabled(_: &Empty) -> bool {
+        false
     }
 }
 
@@ -142,7 +145,10 @@ impl Service for Trouble {
         }
         Ok(json!({ "max_in_flight": self.max_in_flight.load(Ordering::SeqCst) }))
     }
-    fn update(&self, _: &TroubleConfig, new: &TroubleConfig) -> Result<()> {
+    fn enabled(_: &TroubleConfig) -> bool {
+        false
+    }
+    fn update(&self, _: &mut Undo, _: &TroubleConfig, new: &TroubleConfig) -> Result<()> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(new.sleep_ms));

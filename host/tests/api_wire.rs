@@ -47,8 +47,8 @@ impl Service for Conf {
     fn state(&self, c: &Config) -> Result<State> {
         Ok(State { up: c.enabled })
     }
-    fn update(&self, _: &Config, _: &Config) -> Result<()> {
-        Ok(())
+    fn enabled(c: &Config) -> bool {
+        c.enabled
     }
     fn route(&self, op: &str, req: RouteRequest, _: &Config) -> Result<Value> {
         Ok(json!({ "op": op, "query": req.query }))
@@ -69,8 +69,8 @@ impl Service for Ordered {
     fn state(&self, c: &Config) -> Result<State> {
         Ok(State { up: c.enabled })
     }
-    fn update(&self, _: &Config, _: &Config) -> Result<()> {
-        Ok(())
+    fn enabled(c: &Config) -> bool {
+        c.enabled
     }
 }
 

@@ -17,7 +17,7 @@ use incus_osd::platform::PlatformError;
 use incus_osd::plugins::Run;
 use incus_osd::testing::TestApp;
 use plugin_api::sdk::{Host, Result};
-use plugin_api::{Hook, Service};
+use plugin_api::{Hook, Service, Undo};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -44,14 +44,17 @@ macro_rules! slow_service {
             fn state(&self, _: &SlowConfig) -> Result<Value> {
                 Ok(json!({}))
             }
-            fn update(&self, _: &SlowConfig, _: &SlowConfig) -> Result<()> {
+            fn enabled(_: &SlowConfig) -> bool {
+                true
+            }
+            fn update(&self, _: &mut Undo, _: &SlowConfig, _: &SlowConfig) -> Result<()> {
                 Ok(())
             }
-            fn start(&self, c: &SlowConfig) -> Result<()> {
+            fn start(&self, _: &mut Undo, c: &SlowConfig) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(c.start_ms));
                 Ok(())
             }
-            fn stop(&self, c: &SlowConfig) -> Result<()> {
+            fn stop(&self, _: &mut Undo, c: &SlowConfig) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(c.stop_ms));
                 Ok(())
             }
@@ -327,7 +330,10 @@ impl Service for Flaky {
         assert!(!c.panic, "flaky: deliberate panic");
         Ok(json!({}))
     }
-    fn update(&self, _: &FlakyConfig, _: &FlakyConfig) -> Result<()> {
+    fn enabled(_: &FlakyConfig) -> bool {
+        true
+    }
+    fn update(&self, _: &mut Undo, _: &FlakyConfig, _: &FlakyConfig) -> Result<()> {
         Ok(())
     }
 }

@@ -35,8 +35,8 @@ impl Service for Slow {
         std::thread::sleep(Duration::from_millis(c.sleep_ms));
         Ok(json!({}))
     }
-    fn update(&self, _: &SlowConfig, _: &SlowConfig) -> Result<()> {
-        Ok(())
+    fn enabled(_: &SlowConfig) -> bool {
+        false
     }
 }
 

@@ -14,7 +14,7 @@
 //! The README's example plugin (kept in step with it by this doctest):
 //!
 //! ```no_run
-//! use plugin_api::sdk::{Error, Host, Result};
+//! use plugin_api::sdk::{is_active, Error, Host, Result, Undo};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, Default, Clone)]
@@ -22,7 +22,7 @@
 //! pub struct Config { enabled: bool, address: String }
 //!
 //! #[derive(Serialize)]
-//! pub struct State { connected: bool }
+//! pub struct State { running: bool }
 //!
 //! pub struct Demo { host: Host }
 //!
@@ -33,20 +33,25 @@
 //!     type State = State;
 //!
 //!     fn new(host: Host) -> Result<Self> { Ok(Demo { host }) }
-//!     fn state(&self, _: &Config) -> Result<State> { Ok(State { connected: false }) }
+//!     fn state(&self, _: &Config) -> Result<State> {
+//!         Ok(State { running: is_active(&self.host.unit_active_state("demo.service")?) })
+//!     }
+//!     fn enabled(c: &Config) -> bool { c.enabled }
 //!     fn validate(&self, c: &Config) -> Result<()> {
 //!         if c.enabled && c.address.is_empty() {
 //!             return Err(Error::bad_request("an address is required"));
 //!         }
 //!         Ok(())
 //!     }
-//!     fn update(&self, _old: &Config, new: &Config) -> Result<()> {
-//!         // Undo puts the file and the unit back if a later step fails.
-//!         let mut undo = plugin_api::Undo::new(&self.host);
-//!         undo.write_file("/etc/demo/demo.conf", new.address.as_bytes(), 0o600)?;
-//!         if new.enabled { undo.start_unit("demo.service")? } else { undo.stop_unit("demo.service")? }
-//!         undo.commit();
-//!         Ok(())
+//!     // Enabling, disabling, changes, boot start and shutdown are built from these two.
+//!     // Through `undo`, a failure (or a failed save of the config) puts the file and the
+//!     // unit back as they were.
+//!     fn bring_up(&self, undo: &mut Undo, c: &Config) -> Result<()> {
+//!         undo.write_file("/etc/demo/demo.conf", c.address.as_bytes(), 0o600)?;
+//!         undo.restart_unit("demo.service")
+//!     }
+//!     fn take_down(&self, undo: &mut Undo, _: &Config) -> Result<()> {
+//!         undo.stop_unit("demo.service")
 //!     }
 //! }
 //!
@@ -55,6 +60,7 @@
 //! ```
 
 pub mod abi;
+mod helpers;
 pub mod manifest;
 pub mod sdk;
 mod undo;

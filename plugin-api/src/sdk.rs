@@ -20,6 +20,7 @@ use crate::abi::{
 };
 use crate::manifest::{Hook, Kind, Manifest, Route};
 
+pub use crate::helpers::{nullable, retry};
 pub use crate::undo::{is_active, Undo};
 
 /// An error a hook returns; `status` picks the HTTP status the API answers with.
@@ -437,11 +438,29 @@ struct Stored<C> {
     config: C,
 }
 
+/// A service's reset hook (`POST /1.0/services/{name}/:reset`): see [`Service::RESET`].
+pub type ResetFn<S> = fn(&S, &mut Undo, &<S as Service>::Config) -> Result<()>;
+
 /// A system service (`/1.0/services/{name}`).
 ///
-/// The SDK persists `Config`, answers GET with `{"state", "config"}`, and on PUT decodes
-/// and validates the new config before calling [`Service::update`], saving it only once
-/// the update succeeded.
+/// The SDK persists `Config` and answers GET with `{"state", "config"}`. On PUT it decodes
+/// the new config, calls [`Service::validate`] and [`Service::validate_change`], then
+/// [`Service::update`] with a fresh [`Undo`] journal, and saves the config. If the update
+/// or the save fails, the journal is rolled back (the system and the saved config stay as
+/// they were); only once the config is saved is the journal committed.
+///
+/// Every service has an on/off switch ([`Service::enabled`]), and the lifecycle defaults
+/// are built on two hooks, [`Service::bring_up`] and [`Service::take_down`]:
+///
+/// | hook | default |
+/// |---|---|
+/// | `update(old, new)` | off→off: nothing; on→off: `take_down(old)`; off→on: `bring_up(new)`; on→on: `reconfigure(old, new)` |
+/// | `reconfigure(old, new)` | `take_down(old)`, then `bring_up(new)` |
+/// | `start(config)` (daemon start) | `bring_up(config)` if enabled |
+/// | `stop(config)` (daemon shutdown) | `take_down(config)` if enabled |
+///
+/// Start, stop and reset get a journal whose changes are kept even when the hook fails
+/// (boot and shutdown have no previous state to go back to).
 pub trait Service: Sized + Send + Sync + 'static {
     /// The service name (URL segment).
     const NAME: &'static str;
@@ -451,8 +470,11 @@ pub trait Service: Sized + Send + Sync + 'static {
     const PATHS: &'static [&'static str] = &[];
     /// Listed and usable only when this application is installed.
     const REQUIRES_APPLICATION: Option<&'static str> = None;
-    /// Whether [`Service::reset`] is implemented.
-    const HAS_RESET: bool = false;
+    /// The reset hook, if the service has one: `const RESET: Option<ResetFn<Self>> =
+    /// Some(Self::reset);` with an inherent `fn reset(&self, undo: &mut Undo, config:
+    /// &Config) -> Result<()>`. The manifest lists the `reset` hook exactly when this is
+    /// set; without it, a reset answers upstream's "not supported" error.
+    const RESET: Option<ResetFn<Self>> = None;
     /// Whether a GET answers `{"config", "state"}` rather than `{"state", "config"}`, to
     /// keep the key order of the upstream struct the service mirrors.
     const CONFIG_FIRST: bool = false;
@@ -466,6 +488,9 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// The live state, read from the system.
     fn state(&self, config: &Self::Config) -> Result<Self::State>;
 
+    /// Whether `config` has the service running (its `enabled` switch).
+    fn enabled(config: &Self::Config) -> bool;
+
     /// Refuses a config that cannot work (400). Called before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
         Ok(())
@@ -477,23 +502,49 @@ pub trait Service: Sized + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Applies a new config. On error, undo what was done (see [`crate::sdk::Undo`]): the
-    /// old config stays saved.
-    fn update(&self, old: &Self::Config, new: &Self::Config) -> Result<()>;
+    /// Brings the service up as `config` says (it is enabled), recording in `undo` what
+    /// it changes.
+    fn bring_up(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Takes the service down (`config` is the enabled config it ran with), recording in
+    /// `undo` what it changes.
+    fn take_down(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Moves a running service from `old` to `new` (both enabled).
+    fn reconfigure(&self, undo: &mut Undo, old: &Self::Config, new: &Self::Config) -> Result<()> {
+        self.take_down(undo, old)?;
+        self.bring_up(undo, new)
+    }
+
+    /// Applies a new config, recording in `undo` what it changes: a failure here, or in
+    /// the save that follows, rolls the journal back.
+    fn update(&self, undo: &mut Undo, old: &Self::Config, new: &Self::Config) -> Result<()> {
+        match (Self::enabled(old), Self::enabled(new)) {
+            (false, false) => Ok(()),
+            (true, false) => self.take_down(undo, old),
+            (false, true) => self.bring_up(undo, new),
+            (true, true) => self.reconfigure(undo, old, new),
+        }
+    }
 
     /// Brings the system to the configured state at daemon start.
-    fn start(&self, _config: &Self::Config) -> Result<()> {
+    fn start(&self, undo: &mut Undo, config: &Self::Config) -> Result<()> {
+        if Self::enabled(config) {
+            self.bring_up(undo, config)?;
+        }
         Ok(())
     }
 
     /// Called at daemon shutdown, in reverse start order.
-    fn stop(&self, _config: &Self::Config) -> Result<()> {
+    fn stop(&self, undo: &mut Undo, config: &Self::Config) -> Result<()> {
+        if Self::enabled(config) {
+            self.take_down(undo, config)?;
+        }
         Ok(())
-    }
-
-    /// `POST /1.0/services/{name}/:reset`.
-    fn reset(&self, _config: &Self::Config) -> Result<()> {
-        Err(Error::internal(RESET_NOT_SUPPORTED))
     }
 
     /// Extra endpoints below `/1.0/services/<name>/`.
@@ -514,6 +565,11 @@ pub trait Service: Sized + Send + Sync + 'static {
 }
 
 /// An application (`/1.0/applications/{name}`).
+///
+/// Config handling is the service's: PUT calls [`Application::validate`],
+/// [`Application::validate_change`], then [`Application::update`] with a journal that is
+/// rolled back if the update or the save fails, and committed once the config is saved.
+/// Start and stop get a journal whose changes are kept.
 pub trait Application: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     const START_WEIGHT: i32 = 0;
@@ -528,16 +584,23 @@ pub trait Application: Sized + Send + Sync + 'static {
 
     fn new(host: Host) -> Result<Self>;
     fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    /// Refuses a config that cannot work (400), before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
-    fn update(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+    /// Refuses a change that depends on the saved config (400), before anything is
+    /// touched.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
-    fn start(&self, _config: &Self::Config) -> Result<()> {
+    /// Applies a new config, recording in `undo` what it changes.
+    fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
-    fn stop(&self, _config: &Self::Config) -> Result<()> {
+    fn start(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    fn stop(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
     fn restart(&self, _config: &Self::Config) -> Result<()> {
@@ -580,7 +643,7 @@ pub trait Application: Sized + Send + Sync + 'static {
     }
 }
 
-/// An update provider.
+/// An update provider. Its config is handled as a service's (see [`Application`]).
 pub trait Provider: Sized + Send + Sync + 'static {
     const NAME: &'static str;
     /// Hooks implemented beyond get (e.g. `Hook::Register`).
@@ -590,10 +653,17 @@ pub trait Provider: Sized + Send + Sync + 'static {
 
     fn new(host: Host) -> Result<Self>;
     fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    /// Refuses a config that cannot work (400), before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
-    fn update(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+    /// Refuses a change that depends on the saved config (400), before anything is
+    /// touched.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Applies a new config, recording in `undo` what it changes.
+    fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
     fn register(&self, _config: &Self::Config) -> Result<()> {
@@ -648,12 +718,15 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         }
     }
 
+    /// PUT: decode, validate, then `update` with a fresh journal and save. A failed
+    /// update or save rolls the journal back (the saved config is still the old one); the
+    /// journal is committed only once the new config is saved.
     fn put(
         &self,
         input: &[u8],
         validate: impl FnOnce(&C) -> Result<()>,
         validate_change: impl FnOnce(&C, &C) -> Result<()>,
-        update: impl Fn(&C, &C) -> Result<()>,
+        update: impl FnOnce(&mut Undo, &C, &C) -> Result<()>,
     ) -> Result<Vec<u8>> {
         let body: PutBody<C> = decode(input)?;
         let new = body
@@ -663,24 +736,32 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.config()?;
         validate_change(&old, &new)?;
-        update(&old, &new)?;
-        if let Err(e) = self.host.save_state(&Stored {
-            config: new.clone(),
-        }) {
-            // The change is applied but could not be recorded: put the system back.
-            if let Err(undo) = update(&new, &old) {
-                self.host.error(&format!(
-                    "failed to undo config change after a failed save: {undo}"
-                ));
+        let mut undo = Undo::new(&self.host);
+        let applied = update(&mut undo, &old, &new)
+            .and_then(|()| self.host.save_state(&Stored { config: new }));
+        match applied {
+            Ok(()) => {
+                undo.commit();
+                empty()
             }
-            return Err(e);
+            Err(e) => {
+                undo.rollback();
+                Err(e)
+            }
         }
-        Ok(b"{}".to_vec())
     }
 
     fn with_config<T>(&self, f: impl FnOnce(&C) -> Result<T>) -> Result<T> {
         let config = self.config()?;
         f(&config)
+    }
+
+    /// Start, stop, reset: `f` with the saved config and a journal whose changes are kept
+    /// whatever `f` returns.
+    fn kept(&self, f: impl FnOnce(&mut Undo, &C) -> Result<()>) -> Result<Vec<u8>> {
+        let config = self.config()?;
+        Undo::kept(&self.host, |undo| f(undo, &config))?;
+        empty()
     }
 }
 
@@ -720,11 +801,14 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
                 input,
                 |c| s.validate(c),
                 |old, new| s.validate_change(old, new),
-                |old, new| s.update(old, new),
+                |undo, old, new| s.update(undo, old, new),
             ),
-            "start" => self.cfg.with_config(|c| s.start(c)).and_then(|_| empty()),
-            "stop" => self.cfg.with_config(|c| s.stop(c)).and_then(|_| empty()),
-            "reset" => self.cfg.with_config(|c| s.reset(c)).and_then(|_| empty()),
+            "start" => self.cfg.kept(|undo, c| s.start(undo, c)),
+            "stop" => self.cfg.kept(|undo, c| s.stop(undo, c)),
+            "reset" => match T::RESET {
+                Some(reset) => self.cfg.kept(|undo, c| reset(s, undo, c)),
+                None => Err(Error::internal(RESET_NOT_SUPPORTED)),
+            },
             _ if T::ROUTES.iter().any(|r| r.op == op) => {
                 let req: RouteRequest = decode(input)?;
                 encode(&self.cfg.with_config(|c| s.route(op, req, c))?)
@@ -761,11 +845,11 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
             "put" => self.cfg.put(
                 input,
                 |c| a.validate(c),
-                |_, _| Ok(()),
-                |old, new| a.update(old, new),
+                |old, new| a.validate_change(old, new),
+                |undo, old, new| a.update(undo, old, new),
             ),
-            "start" => self.cfg.with_config(|c| a.start(c)).and_then(|_| empty()),
-            "stop" => self.cfg.with_config(|c| a.stop(c)).and_then(|_| empty()),
+            "start" => self.cfg.kept(|undo, c| a.start(undo, c)),
+            "stop" => self.cfg.kept(|undo, c| a.stop(undo, c)),
             "restart" => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
             "factory-reset" => self
                 .cfg
@@ -808,8 +892,8 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
             "put" => self.cfg.put(
                 input,
                 |c| p.validate(c),
-                |_, _| Ok(()),
-                |old, new| p.update(old, new),
+                |old, new| p.validate_change(old, new),
+                |undo, old, new| p.update(undo, old, new),
             ),
             "register" => self
                 .cfg
@@ -933,7 +1017,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manifest {
     let mut m = base_manifest(T::NAME, Kind::Service, version, api_version);
     m.hooks.extend([Hook::Start, Hook::Stop]);
-    if T::HAS_RESET {
+    if T::RESET.is_some() {
         m.hooks.push(Hook::Reset);
     }
     m.start_weight = T::START_WEIGHT;

@@ -1,8 +1,8 @@
 //! Checks that service configs share: host names, addresses, ports, URLs, UUIDs, base64,
-//! PEM, iSCSI and NVMe names, OVSDB remotes, secret tokens, and what any text must be to
-//! land in a file or on a command line. Each returns whether the text is well formed (or
-//! its parts); messages are the caller's, so they can name the field and never echo a
-//! secret.
+//! PEM, iSCSI and NVMe names, OVSDB remotes, secret tokens, unique entries, and what any
+//! text must be to land in a file or on a command line. Each returns whether the text is
+//! well formed (or its parts); messages are the caller's, so they can name the field and
+//! never echo a secret.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -343,6 +343,20 @@ fn strings(
     }
 }
 
+/// The first entry that repeats an earlier one, compared by `key`: `Some((i, j))` where
+/// entry `i` has the same key as the earlier entry `j` (the smallest such `i`, and its
+/// first match `j`), `None` when all keys differ. For "entry i: duplicate of entry j"
+/// errors.
+pub fn first_duplicate<'a, T, K: PartialEq>(
+    items: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Option<(usize, usize)> {
+    let keys: Vec<K> = items.iter().map(key).collect();
+    keys.iter()
+        .enumerate()
+        .find_map(|(i, k)| keys[..i].iter().position(|o| o == k).map(|j| (i, j)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,5 +556,23 @@ mod tests {
         );
         let e = err(serde_json::json!({"m": {"k": ["ok", "\0"]}}));
         assert!(e.starts_with("m.k[1]: "), "{e}");
+    }
+
+    #[test]
+    fn first_duplicate_names_the_repeat_and_what_it_repeats() {
+        let none: [&str; 0] = [];
+        assert_eq!(first_duplicate(&none, |s| *s), None);
+        assert_eq!(first_duplicate(&["a", "b", "c"], |s| *s), None);
+        assert_eq!(first_duplicate(&["a", "b", "a", "b"], |s| *s), Some((2, 0)));
+        // The earliest repeat wins, matched with the first entry it repeats.
+        assert_eq!(
+            first_duplicate(&["x", "b", "b", "x", "b"], |s| *s),
+            Some((2, 1))
+        );
+        // Compared by key only.
+        let pairs = [("t", 1), ("t", 2), ("u", 1)];
+        assert_eq!(first_duplicate(&pairs, |p| p.1), Some((2, 0)));
+        assert_eq!(first_duplicate(&pairs, |p| p.0), Some((1, 0)));
+        assert_eq!(first_duplicate(&pairs, |p| *p), None);
     }
 }

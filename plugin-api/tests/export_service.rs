@@ -1,15 +1,21 @@
 //! The export macro expands and produces the module the host reads (one plugin per test
 //! binary: the macro defines the library's exported symbols).
 
-use plugin_api::sdk::{Host, Result, RouteSpec};
+use plugin_api::sdk::{Host, ResetFn, Result, RouteSpec, Undo};
 use plugin_api::{Hook, Kind, Manifest};
 
 struct Svc;
 
+impl Svc {
+    fn reset(&self, _: &mut Undo, _: &()) -> Result<()> {
+        Ok(())
+    }
+}
+
 impl plugin_api::Service for Svc {
     const NAME: &'static str = "svc";
     const START_WEIGHT: i32 = 7;
-    const HAS_RESET: bool = true;
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
     const PATHS: &'static [&'static str] = &["/etc/svc"];
     const ROUTES: &'static [RouteSpec] = &[RouteSpec {
         method: plugin_api::Method::Post,
@@ -24,12 +30,42 @@ impl plugin_api::Service for Svc {
     fn state(&self, _: &()) -> Result<()> {
         Ok(())
     }
-    fn update(&self, _: &(), _: &()) -> Result<()> {
-        Ok(())
+    fn enabled(_: &()) -> bool {
+        true
     }
 }
 
 plugin_api::export_service!(Svc);
+
+/// The same service without a reset.
+struct NoReset;
+
+impl plugin_api::Service for NoReset {
+    const NAME: &'static str = "no-reset";
+    type Config = ();
+    type State = ();
+    fn new(_: Host) -> Result<Self> {
+        Ok(NoReset)
+    }
+    fn state(&self, _: &()) -> Result<()> {
+        Ok(())
+    }
+    fn enabled(_: &()) -> bool {
+        true
+    }
+}
+
+#[test]
+fn reset_is_advertised_exactly_when_the_service_has_one() {
+    let with = plugin_api::sdk::__service_manifest::<Svc>("1.0.0", plugin_api::API_VERSION);
+    let without = plugin_api::sdk::__service_manifest::<NoReset>("1.0.0", plugin_api::API_VERSION);
+    assert!(with.has(Hook::Reset), "{:?}", with.hooks);
+    assert!(!without.has(Hook::Reset), "{:?}", without.hooks);
+    // Everything else a service has is listed for both.
+    for hook in [Hook::Get, Hook::Put, Hook::Start, Hook::Stop] {
+        assert!(with.has(hook) && without.has(hook), "{hook:?}");
+    }
+}
 
 #[test]
 fn the_exported_module_describes_the_service() {

@@ -9,18 +9,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use plugin_api::abi::FileKind;
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{nullable, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 const CEPH_DIR: &str = "/etc/ceph";
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// JSON `null` reads as the zero value, as Go's decoder does.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -272,9 +267,9 @@ fn check_cluster(c: &Cluster) -> std::result::Result<(), String> {
                  v1:/v2:<ip>:<port> or a host name[:port])"
             ));
         }
-        if let Some(j) = monitors[..i].iter().position(|o| o == m) {
-            return Err(format!("monitor {i}: duplicate of monitor {j}"));
-        }
+    }
+    if let Some((i, j)) = validate::first_duplicate(monitors, |m| m) {
+        return Err(format!("monitor {i}: duplicate of monitor {j}"));
     }
     for (name, keyring) in c.keyrings.iter().flatten() {
         if !valid_keyring_name(name) {
@@ -341,23 +336,6 @@ fn write(h: &Host, undo: &mut Undo, path: &str, data: &[u8], mode: u32) -> Resul
     undo.write_file(path, data, mode)
 }
 
-impl Ceph {
-    /// Upstream's Start: the config directory, then each cluster's files.
-    fn write_config(&self, config: &Config, undo: &mut Undo) -> Result<()> {
-        let h = &self.host;
-        undo.create_dir(CEPH_DIR, 0o755)?;
-        for (name, cluster) in &config.clusters {
-            let conf = conf_content(cluster);
-            write(h, undo, &conf_file(name), conf.as_bytes(), 0o644)?;
-            for (kname, keyring) in cluster.keyrings.iter().flatten() {
-                let (path, content) = (keyring_file(name, kname), keyring_content(kname, keyring));
-                write(h, undo, &path, content.as_bytes(), 0o600)?;
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Service for Ceph {
     const NAME: &'static str = "ceph";
     const START_WEIGHT: i32 = 10;
@@ -407,33 +385,29 @@ impl Service for Ceph {
         Ok(())
     }
 
-    /// `/etc/ceph` is rebuilt from scratch. On failure the rollback puts the previous tree
-    /// back as it was (foreign files and modes included).
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        if old.enabled {
-            undo.remove(CEPH_DIR)?;
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    /// Upstream's Start: the config directory, then each cluster's files.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        let h = &self.host;
+        undo.create_dir(CEPH_DIR, 0o755)?;
+        for (name, cluster) in &config.clusters {
+            let conf = conf_content(cluster);
+            write(h, undo, &conf_file(name), conf.as_bytes(), 0o644)?;
+            for (kname, keyring) in cluster.keyrings.iter().flatten() {
+                let (path, content) = (keyring_file(name, kname), keyring_content(kname, keyring));
+                write(h, undo, &path, content.as_bytes(), 0o600)?;
+            }
         }
-        if new.enabled {
-            self.write_config(new, &mut undo)?;
-        }
-        undo.commit();
         Ok(())
     }
 
-    /// Boot start keeps what it managed to write, as before: nothing is rolled back.
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.write_config(config, undo))
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        self.host.remove(CEPH_DIR)
+    /// `/etc/ceph` goes, so a new config is written from scratch. A rollback puts the
+    /// previous tree back as it was (foreign files and modes included).
+    fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
+        undo.remove(CEPH_DIR)
     }
 }
 

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use plugin_api::sdk::retry;
 use plugin_api::{validate, Error, Host, Result, Service, Undo};
 use serde::{Deserialize, Serialize};
 
@@ -91,29 +92,6 @@ fn node_cmd<'a>(target: &'a str, portal: &'a str, action: &'a str) -> [&'a str; 
 }
 
 impl Iscsi {
-    /// Upstream's common start: initiator name, iscsid, discovery and login of every
-    /// target. An existing /etc/iscsi keeps its mode, as with upstream's MkdirAll.
-    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
-        let h = &self.host;
-        undo.create_dir(CONFIG_DIR, 0o700)?;
-        if !h.exists(INITIATOR_NAME_FILE)? {
-            let name = h.run_ok(&["iscsi-iname", "-p", IQN_PREFIX], SHORT)?;
-            let content = format!("InitiatorName={}\n", name.trim());
-            undo.write_file(INITIATOR_NAME_FILE, content.as_bytes(), 0o600)?;
-        }
-        if !h.exists(ISCSID_CONF)? {
-            undo.write_file(ISCSID_CONF, b"", 0o600)?;
-        }
-        undo.start_unit(ISCSID)?;
-        for t in &config.targets {
-            self.log_in(t)?;
-            let (iscsi, t) = (self.clone(), t.clone());
-            let what = format!("log out of {} at {}", t.target, t.portal());
-            undo.on_rollback(&what, move |_| iscsi.log_out(&t));
-        }
-        Ok(())
-    }
-
     /// Discovery (retried: right after iscsid started it may fail), then login.
     fn log_in(&self, t: &Target) -> Result<()> {
         let portal = t.portal();
@@ -126,15 +104,9 @@ impl Iscsi {
             "-p",
             &portal,
         ];
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.host.run_ok(&argv, SHORT) {
-                Ok(_) => break,
-                Err(e) if tries >= DISCOVERY_TRIES => return Err(e),
-                Err(_) => std::thread::sleep(DISCOVERY_PAUSE),
-            }
-        }
+        retry(DISCOVERY_TRIES, DISCOVERY_PAUSE, None, || {
+            self.host.run_ok(&argv, SHORT)
+        })?;
         let login = node_cmd(&t.target, &portal, "--login");
         self.host.run_ok(&login, LOGIN_TIMEOUT).map(drop)
     }
@@ -190,47 +162,66 @@ impl Service for Iscsi {
         validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, t) in config.targets.iter().enumerate() {
             check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
-            if let Some(j) = config.targets[..i]
-                .iter()
-                .position(|o| o.target == t.target && o.portal() == t.portal())
-            {
-                return Err(Error::bad_request(format!(
-                    "target {i}: duplicate of target {j}"
-                )));
-            }
+        }
+        if let Some((i, j)) =
+            validate::first_duplicate(&config.targets, |t| (t.target.as_str(), t.portal()))
+        {
+            return Err(Error::bad_request(format!(
+                "target {i}: duplicate of target {j}"
+            )));
         }
         Ok(())
     }
 
-    /// A failure puts back what was done (dropping the journal rolls it back).
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        if old.enabled {
-            // Rolled back last: iscsid is running again by then.
-            let (iscsi, targets) = (self.clone(), old.targets.clone());
-            undo.on_rollback("log back in to the previous targets", move |_| {
-                targets.iter().try_for_each(|t| iscsi.log_in(t))
-            });
-            self.log_out_all(&old.targets);
-            undo.stop_unit(ISCSID)?;
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    /// Upstream's common start: initiator name, iscsid, discovery and login of every
+    /// target. An existing /etc/iscsi keeps its mode, as with upstream's MkdirAll.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        let h = &self.host;
+        undo.create_dir(CONFIG_DIR, 0o700)?;
+        if !h.exists(INITIATOR_NAME_FILE)? {
+            let name = h.run_ok(&["iscsi-iname", "-p", IQN_PREFIX], SHORT)?;
+            let content = format!("InitiatorName={}\n", name.trim());
+            undo.write_file(INITIATOR_NAME_FILE, content.as_bytes(), 0o600)?;
         }
-        if new.enabled {
-            self.bring_up(&mut undo, new)?;
+        if !h.exists(ISCSID_CONF)? {
+            undo.write_file(ISCSID_CONF, b"", 0o600)?;
         }
-        undo.commit();
+        undo.start_unit(ISCSID)?;
+        for t in &config.targets {
+            self.log_in(t)?;
+            let (iscsi, t) = (self.clone(), t.clone());
+            let what = format!("log out of {} at {}", t.target, t.portal());
+            undo.on_rollback(&what, move |_| iscsi.log_out(&t));
+        }
         Ok(())
     }
 
-    fn start(&self, config: &Config) -> Result<()> {
+    /// Logs out of `config`'s targets and stops iscsid.
+    fn take_down(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        // Rolled back last: iscsid is running again by then.
+        let (iscsi, targets) = (self.clone(), config.targets.clone());
+        undo.on_rollback("log back in to the previous targets", move |_| {
+            targets.iter().try_for_each(|t| iscsi.log_in(t))
+        });
+        self.log_out_all(&config.targets);
+        undo.stop_unit(ISCSID)
+    }
+
+    /// Boot start begins from a clean node database, as upstream does.
+    fn start(&self, undo: &mut Undo, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }
         self.host.remove(STATE_DIR)?;
-        // Boot keeps what it did even when it fails, as upstream does.
-        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
+        self.bring_up(undo, config)
     }
 
-    fn stop(&self, config: &Config) -> Result<()> {
+    /// Shutdown logs out and stops iscsid, with nothing to put back.
+    fn stop(&self, _undo: &mut Undo, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }

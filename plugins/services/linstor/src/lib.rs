@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{nullable, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 const SATELLITE: &str = "linstor-satellite.service";
 const LINSTOR_DIR: &str = "/etc/linstor";
@@ -86,11 +86,6 @@ const TLS_SETTINGS: &str = r#"
   truststore_password="linstor"
   ssl_protocol="TLSv1.3"
 "#;
-
-/// JSON `null` reads as the zero value, as Go's decoder does.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -243,14 +238,11 @@ fn check_tls(config: &Config) -> std::result::Result<(), String> {
     check_private_key(&config.tls_server_key)?;
     for (i, cert) in config.tls_trusted_certificates.iter().enumerate() {
         check_certificates(&format!("tls_trusted_certificates {i}"), cert)?;
-        if let Some(j) = config.tls_trusted_certificates[..i]
-            .iter()
-            .position(|c| c == cert)
-        {
-            return Err(format!(
-                "tls_trusted_certificates {i}: duplicate of certificate {j}"
-            ));
-        }
+    }
+    if let Some((i, j)) = validate::first_duplicate(&config.tls_trusted_certificates, |c| c) {
+        return Err(format!(
+            "tls_trusted_certificates {i}: duplicate of certificate {j}"
+        ));
     }
     Ok(())
 }
@@ -265,29 +257,6 @@ fn satellite_toml(config: &Config) -> String {
         out.push_str(TLS_SETTINGS);
     }
     out
-}
-
-impl Linstor {
-    /// Upstream's Start for an enabled config, journaled in `undo`.
-    fn bring_up(&self, config: &Config, undo: &mut Undo) -> Result<()> {
-        undo.remove(LINSTOR_DIR)?;
-        undo.create_dir(LINSTOR_DIR, 0o700)?;
-        undo.write_file(SATELLITE_TOML, satellite_toml(config).as_bytes(), 0o600)?;
-        if config.is_tls() {
-            let trusted = config.tls_trusted_certificates.join("\n");
-            undo.write_file(SERVER_CRT, config.tls_server_certificate.as_bytes(), 0o600)?;
-            undo.write_file(SERVER_KEY, config.tls_server_key.as_bytes(), 0o600)?;
-            undo.write_file(TRUSTED_CRT, trusted.as_bytes(), 0o600)?;
-            // The keystores land in the freshly created /etc/linstor: a rollback removes
-            // them with it.
-            for argv in KEYSTORE_COMMANDS {
-                self.host.run_ok(argv, KEYSTORE_TIMEOUT)?;
-            }
-        }
-        undo.create_dir(DRBD_DIR, 0o755)?;
-        undo.write_file(DRBD_CONF, DRBD_CONF_CONTENT.as_bytes(), 0o644)?;
-        undo.start_unit(SATELLITE)
-    }
 }
 
 impl Service for Linstor {
@@ -315,29 +284,38 @@ impl Service for Linstor {
         check_tls(config).map_err(Error::bad_request)
     }
 
-    /// On failure the rollback puts back the previous `/etc/linstor` tree, the DRBD files
-    /// and the satellite's previous state.
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        if old.enabled {
-            undo.stop_unit(SATELLITE)?;
-        }
-        if new.enabled {
-            self.bring_up(new, &mut undo)?;
-        }
-        undo.commit();
-        Ok(())
+    fn enabled(config: &Config) -> bool {
+        config.enabled
     }
 
-    /// Boot start keeps what it managed to do, as before: nothing is rolled back.
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
+    /// Upstream's Start for an enabled config, journaled in `undo`.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        undo.remove(LINSTOR_DIR)?;
+        undo.create_dir(LINSTOR_DIR, 0o700)?;
+        undo.write_file(SATELLITE_TOML, satellite_toml(config).as_bytes(), 0o600)?;
+        if config.is_tls() {
+            let trusted = config.tls_trusted_certificates.join("\n");
+            undo.write_file(SERVER_CRT, config.tls_server_certificate.as_bytes(), 0o600)?;
+            undo.write_file(SERVER_KEY, config.tls_server_key.as_bytes(), 0o600)?;
+            undo.write_file(TRUSTED_CRT, trusted.as_bytes(), 0o600)?;
+            // The keystores land in the freshly created /etc/linstor: a rollback removes
+            // them with it.
+            for argv in KEYSTORE_COMMANDS {
+                self.host.run_ok(argv, KEYSTORE_TIMEOUT)?;
+            }
         }
-        Undo::kept(&self.host, |undo| self.bring_up(config, undo))
+        undo.create_dir(DRBD_DIR, 0o755)?;
+        undo.write_file(DRBD_CONF, DRBD_CONF_CONTENT.as_bytes(), 0o644)?;
+        undo.start_unit(SATELLITE)
     }
 
-    fn stop(&self, config: &Config) -> Result<()> {
+    /// Stops the satellite (a rollback starts it again).
+    fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
+        undo.stop_unit(SATELLITE)
+    }
+
+    /// Shutdown stops the satellite, with nothing to put back.
+    fn stop(&self, _undo: &mut Undo, config: &Config) -> Result<()> {
         if !config.enabled {
             return Ok(());
         }

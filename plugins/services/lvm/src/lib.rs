@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use plugin_api::sdk::ResetFn;
 use plugin_api::{Error, Host, Result, Service, Undo};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -175,25 +176,20 @@ impl Lvm {
         undo.write_file(SANLOCK_DEFAULTS, SANLOCK_OPTS.as_bytes(), 0o644)
     }
 
-    /// Upstream's Start: configure, the three units, then the lock manager.
-    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
-        self.configure(undo, config)?;
-        for unit in UNITS {
-            undo.start_unit(unit)?;
+    /// `POST /1.0/services/lvm/:reset`: kills the three units, clears wdmd's leftover
+    /// and brings LVM up again.
+    fn reset(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Err(Error::internal("LVM isn't currently enabled"));
         }
-        // Before trying: a failed --lock-start may still have started some lockspaces.
-        undo.on_rollback("stop the lock manager", |h| lock(h, "--lock-stop"));
-        lock(&self.host, "--lock-start")
-    }
-
-    /// Upstream's Stop: the lock manager, then the three units.
-    fn take_down(&self, undo: &mut Undo) -> Result<()> {
-        lock(&self.host, "--lock-stop")?;
-        undo.on_rollback("start the lock manager", |h| lock(h, "--lock-start"));
         for unit in UNITS {
-            undo.stop_unit(unit)?;
+            self.host.kill_unit(unit)?;
         }
-        Ok(())
+        // Absent is fine; like upstream, a failure to remove it is not fatal either.
+        if let Err(e) = self.host.remove(WDMD_SHM) {
+            self.host.warn(&format!("failed to remove {WDMD_SHM}: {e}"));
+        }
+        self.bring_up(undo, config)
     }
 }
 
@@ -201,7 +197,7 @@ impl Service for Lvm {
     const NAME: &'static str = "lvm";
     const START_WEIGHT: i32 = 70;
     const PATHS: &'static [&'static str] = &[LVM_DIR, SANLOCK_DEFAULTS, WDMD_SHM];
-    const HAS_RESET: bool = true;
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
 
     type Config = Config;
     type State = State;
@@ -216,6 +212,10 @@ impl Service for Lvm {
         Ok(State { pvs, vgs, log })
     }
 
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
     fn validate(&self, config: &Config) -> Result<()> {
         let min = i64::from(config.enabled);
         if !(min..=MAX_HOST_ID).contains(&config.system_id) {
@@ -228,47 +228,32 @@ impl Service for Lvm {
         Ok(())
     }
 
-    // Upstream rewrites the configuration files on every update, also when the service
-    // ends up disabled; here a disabled service writes nothing. A failure puts back what
-    // was done (dropping the journal rolls it back).
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        match (old.enabled, new.enabled) {
-            (false, false) => {}
-            (true, false) => self.take_down(&mut undo)?,
-            (false, true) => self.bring_up(&mut undo, new)?,
-            (true, true) => self.configure(&mut undo, new)?,
+    /// Upstream's Start: configure, the three units, then the lock manager.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        self.configure(undo, config)?;
+        for unit in UNITS {
+            undo.start_unit(unit)?;
         }
-        undo.commit();
+        // Before trying: a failed --lock-start may still have started some lockspaces.
+        undo.on_rollback("stop the lock manager", |h| lock(h, "--lock-stop"));
+        lock(&self.host, "--lock-start")
+    }
+
+    /// Upstream's Stop: the lock manager, then the three units.
+    fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
+        lock(&self.host, "--lock-stop")?;
+        undo.on_rollback("start the lock manager", |h| lock(h, "--lock-start"));
+        for unit in UNITS {
+            undo.stop_unit(unit)?;
+        }
         Ok(())
     }
 
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.take_down(undo))
-    }
-
-    fn reset(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Err(Error::internal("LVM isn't currently enabled"));
-        }
-        for unit in UNITS {
-            self.host.kill_unit(unit)?;
-        }
-        // Absent is fine; like upstream, a failure to remove it is not fatal either.
-        if let Err(e) = self.host.remove(WDMD_SHM) {
-            self.host.warn(&format!("failed to remove {WDMD_SHM}: {e}"));
-        }
-        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
+    // Upstream rewrites the configuration files on every update, also when the service
+    // ends up disabled; here a disabled service writes nothing, and a running one only
+    // gets its files rewritten.
+    fn reconfigure(&self, undo: &mut Undo, _old: &Config, new: &Config) -> Result<()> {
+        self.configure(undo, new)
     }
 }
 

@@ -6,11 +6,13 @@
 //! (always) and, when enabled, the multipath topology of each configured WWN.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use plugin_api::sdk::Undo;
+use plugin_api::sdk::{nullable, Undo};
 use plugin_api::{validate, Error, Host, Result, Service};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 const MULTIPATHD: &str = "multipathd.service";
 const MULTIPATHD_SOCKET: &str = "multipathd.socket";
@@ -22,11 +24,6 @@ const FC_HOST: &str = "/sys/class/fc_host";
 const MULTIPATH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream lets the reload settle before stopping multipathd.
 const SETTLE: Duration = Duration::from_secs(1);
-
-/// JSON `null` reads as the zero value, as Go's decoder does.
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -211,45 +208,6 @@ impl Multipath {
         let target = self.host.read_link(&by_id(wwn)).ok().flatten()?;
         self.host.exists(&target).ok()?.then_some(target)
     }
-
-    /// Upstream's Start for an enabled config, journaled in `undo`.
-    fn bring_up(&self, config: &Config, undo: &mut Undo) -> Result<()> {
-        let h = &self.host;
-        undo.create_dir(CONFIG_DIR, 0o700)?;
-        // Journaled before `multipath -a` appends to it: a rollback undoes those too.
-        undo.write_file(WWIDS, b"", 0o600)?;
-        for wwn in &config.wwns {
-            let Some(target) = self.device_of(wwn) else {
-                h.warn(&format!("failed to locate multipath disk {wwn}"));
-                continue;
-            };
-            if let Err(e) = h.run_ok(&["multipath", "-a", &target], MULTIPATH_TIMEOUT) {
-                h.warn(&format!("failed to add multipath disk {wwn}: {e}"));
-            }
-        }
-        undo.start_unit(MULTIPATHD)?;
-        // The last step: if it fails, the maps were not changed.
-        h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
-        Ok(())
-    }
-
-    /// Upstream's Stop for an enabled config, journaled in `undo`.
-    fn tear_down(&self, undo: &mut Undo) -> Result<()> {
-        let h = &self.host;
-        // Registered first so that it runs last on rollback, once the WWID list and the
-        // units are back: the maps follow the restored list again.
-        undo.on_rollback("reload the multipath maps", |host| {
-            host.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)
-                .map(drop)
-        });
-        undo.remove(CONFIG_DIR)?;
-        h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
-        std::thread::sleep(SETTLE);
-        // Upstream stops both in one `systemctl stop`; one at a time, the socket goes
-        // first so that it cannot start the service again in between.
-        undo.stop_unit(MULTIPATHD_SOCKET)?;
-        undo.stop_unit(MULTIPATHD)
-    }
 }
 
 impl Service for Multipath {
@@ -280,11 +238,11 @@ impl Service for Multipath {
                      hexadecimal digits, e.g. 0x5abcdef123456001)"
                 )));
             }
-            if let Some(j) = config.wwns[..i].iter().position(|o| o == wwn) {
-                return Err(Error::bad_request(format!(
-                    "wwns {i}: duplicate of WWN {j}"
-                )));
-            }
+        }
+        if let Some((i, j)) = validate::first_duplicate(&config.wwns, |w| w) {
+            return Err(Error::bad_request(format!(
+                "wwns {i}: duplicate of WWN {j}"
+            )));
         }
         if config.enabled {
             let present = self.host.list_dir(BY_ID)?.unwrap_or_default();
@@ -299,32 +257,67 @@ impl Service for Multipath {
         Ok(())
     }
 
-    /// Upstream's Update, except that disabling also stores the new config (upstream
-    /// kept the old one in that branch, so the service came back enabled). On failure the
-    /// rollback puts back `/etc/multipath` and the units' previous states.
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        match (old.enabled, new.enabled) {
-            (true, false) => self.tear_down(&mut undo)?,
-            (_, true) => self.bring_up(new, &mut undo)?,
-            (false, false) => {}
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    /// Upstream's Start for an enabled config, journaled in `undo`.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        let h = &self.host;
+        // Once the maps were reloaded (the last step), a rollback (a failed save) reloads
+        // them again. Registered first, so that it runs once the WWID list is back and
+        // before multipathd is put back.
+        let reloaded = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&reloaded);
+        undo.on_rollback("reload the multipath maps", move |host| {
+            if !flag.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            host.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)
+                .map(drop)
+        });
+        undo.create_dir(CONFIG_DIR, 0o700)?;
+        // Journaled before `multipath -a` appends to it: a rollback undoes those too.
+        undo.write_file(WWIDS, b"", 0o600)?;
+        for wwn in &config.wwns {
+            let Some(target) = self.device_of(wwn) else {
+                h.warn(&format!("failed to locate multipath disk {wwn}"));
+                continue;
+            };
+            if let Err(e) = h.run_ok(&["multipath", "-a", &target], MULTIPATH_TIMEOUT) {
+                h.warn(&format!("failed to add multipath disk {wwn}: {e}"));
+            }
         }
-        undo.commit();
+        undo.start_unit(MULTIPATHD)?;
+        // The last step: if it fails, the maps were not changed.
+        h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
+        reloaded.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.bring_up(config, undo))
+    /// Upstream's Stop for an enabled config, journaled in `undo`. Disabling stores the
+    /// new config (upstream's Update kept the old one in that branch, so the service came
+    /// back enabled).
+    fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
+        let h = &self.host;
+        // Registered first so that it runs last on rollback, once the WWID list and the
+        // units are back: the maps follow the restored list again.
+        undo.on_rollback("reload the multipath maps", |host| {
+            host.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)
+                .map(drop)
+        });
+        undo.remove(CONFIG_DIR)?;
+        h.run_ok(&["multipath", "-r"], MULTIPATH_TIMEOUT)?;
+        std::thread::sleep(SETTLE);
+        // Upstream stops both in one `systemctl stop`; one at a time, the socket goes
+        // first so that it cannot start the service again in between.
+        undo.stop_unit(MULTIPATHD_SOCKET)?;
+        undo.stop_unit(MULTIPATHD)
     }
 
-    fn stop(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.tear_down(undo))
+    /// Upstream's Update of a running multipath: the new WWID list, without a stop.
+    fn reconfigure(&self, undo: &mut Undo, _old: &Config, new: &Config) -> Result<()> {
+        self.bring_up(undo, new)
     }
 }
 

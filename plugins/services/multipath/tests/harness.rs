@@ -683,6 +683,27 @@ fn a_failing_save_is_undone() {
 }
 
 #[test]
+fn a_failing_save_reloads_the_maps_from_the_restored_list() {
+    let h = scripted();
+    let host = h.host();
+    let old = config(true, &[LUN]);
+    put_config(&h, &old).unwrap();
+    let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
+    host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
+    host.clear_effects();
+    host.fail_next_save("disk full");
+
+    let err = put_config(&h, &config(true, &[SAS])).unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    // The new list was loaded into the maps: once the old list is back, they are reloaded
+    // from it.
+    assert_eq!(host.commands(), [add("/dev/sda"), reload(), reload()]);
+    assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), lun_wwids);
+    assert_eq!(host.unit_state(MULTIPATHD), "active");
+    assert_eq!(host.state(), json!({ "config": old }));
+}
+
+#[test]
 fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
     let h = scripted();
     let host = h.host();

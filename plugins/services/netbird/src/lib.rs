@@ -134,12 +134,10 @@ fn check_external_ip(entry: &str) -> std::result::Result<(), String> {
 }
 
 fn check_duplicates(field: &str, items: &[String]) -> std::result::Result<(), String> {
-    for (i, item) in items.iter().enumerate() {
-        if let Some(j) = items[..i].iter().position(|o| o == item) {
-            return Err(format!("{field}[{i}]: duplicate of {field}[{j}]"));
-        }
+    match validate::first_duplicate(items, |item| item) {
+        Some((i, j)) => Err(format!("{field}[{i}]: duplicate of {field}[{j}]")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn check(c: &Config) -> std::result::Result<(), String> {
@@ -221,15 +219,37 @@ impl Service for Netbird {
         check(config).map_err(Error::bad_request)
     }
 
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    /// Boot start only starts the unit: the daemon keeps its own login state.
+    fn bring_up(&self, _undo: &mut Undo, _config: &Config) -> Result<()> {
+        self.host.start_unit(UNIT)
+    }
+
+    fn take_down(&self, _undo: &mut Undo, _config: &Config) -> Result<()> {
+        self.host.stop_unit(UNIT)
+    }
+
+    fn update(&self, undo: &mut Undo, old: &Config, new: &Config) -> Result<()> {
         let h = &self.host;
         if !new.enabled {
             if old.enabled {
-                h.stop_unit(UNIT)?;
+                self.take_down(undo, old)?;
+                let old = old.clone();
+                // A failed save: the node is connected again as before.
+                undo.on_rollback("connect again", move |h| {
+                    if let Err(e) = h.start_unit(UNIT).and_then(|()| configure(h, &old)) {
+                        h.error(&format!(
+                            "failed to connect NetBird again with the previous configuration: {e}"
+                        ));
+                    }
+                    Ok(())
+                });
             }
             return Ok(());
         }
-        let mut undo = Undo::new(h);
         // Not `undo.start_unit`: its rollback restarts a unit that was running, which
         // would cut the mesh off for nothing. A unit that was stopped is stopped again; a
         // running one is connected with the old configuration again.
@@ -248,23 +268,7 @@ impl Service for Netbird {
             });
         }
         h.start_unit(UNIT)?;
-        configure(h, new)?;
-        undo.commit();
-        Ok(())
-    }
-
-    fn start(&self, config: &Config) -> Result<()> {
-        if config.enabled {
-            self.host.start_unit(UNIT)?;
-        }
-        Ok(())
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if config.enabled {
-            self.host.stop_unit(UNIT)?;
-        }
-        Ok(())
+        configure(h, new)
     }
 }
 

@@ -629,6 +629,22 @@ fn a_failing_save_is_undone() {
 }
 
 #[test]
+fn a_failing_save_after_disabling_connects_again() {
+    let h = scripted();
+    let host = h.host();
+    preset(&h, &enabled());
+    host.set_unit_state(UNIT, "active");
+    host.fail_next_save("disk full");
+    let err = put_config(&h, &default_config()).unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    assert_eq!(host.units(), [unit(UnitOp::Stop), unit(UnitOp::Start)]);
+    assert_eq!(host.unit_state(UNIT), "active");
+    assert_eq!(host.commands(), [down(), up_minimal(KEY)]);
+    assert_eq!(host.state(), json!({ "config": enabled() }));
+    assert_no_secret(&h, "");
+}
+
+#[test]
 fn boot_start_and_shutdown_drive_the_unit_only() {
     let h = scripted();
     let host = h.host();

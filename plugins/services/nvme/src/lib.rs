@@ -8,8 +8,9 @@
 
 use std::time::{Duration, Instant};
 
+use plugin_api::sdk::{nullable, retry, ResetFn};
 use plugin_api::{validate, Error, Host, Result, Service, Undo};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 const NVME_DIR: &str = "/etc/nvme";
 const HOSTNQN: &str = "/etc/nvme/hostnqn";
@@ -32,7 +33,7 @@ const PAUSE: Duration = Duration::from_millis(500);
 pub struct Config {
     pub enabled: bool,
     /// Upstream GETs `[]` for an unset list; a Go client may still send `null`.
-    #[serde(deserialize_with = "null_as_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub targets: Vec<Target>,
 }
 
@@ -51,12 +52,6 @@ pub struct Target {
     /// The subsystem to connect to directly, instead of relying on discovery.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub nqn: String,
-}
-
-fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> std::result::Result<Vec<T>, D::Error> {
-    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -291,15 +286,10 @@ impl Nvme {
 
     /// Up to [`TRIES`] attempts, [`PAUSE`] apart; the last error if none worked.
     fn retry(&self, deadline: Instant, verb: &[&str], args: &[String]) -> Result<()> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.nvme(deadline, verb, args) {
-                Ok(_) => return Ok(()),
-                Err(e) if tries >= TRIES || Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(PAUSE),
-            }
-        }
+        retry(TRIES, PAUSE, Some(deadline), || {
+            self.nvme(deadline, verb, args)
+        })
+        .map(drop)
     }
 
     fn random_uuid(&self) -> Result<String> {
@@ -311,6 +301,70 @@ impl Nvme {
             )));
         }
         Ok(uuid.to_string())
+    }
+
+    /// `POST /1.0/services/nvme/:reset`: reconnects the named subsystems, then
+    /// `connect-all`.
+    fn reset(&self, _undo: &mut Undo, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Err(Error::internal("NVME isn't currently enabled"));
+        }
+        let deadline = Instant::now() + BUDGET;
+        // Errors are ignored: the subsystems may already be connected.
+        for t in config.targets.iter().filter(|t| !t.nqn.is_empty()) {
+            let nqn_arg = format!("--nqn={}", t.nqn);
+            for c in self.connections(t)? {
+                let _ = self.nvme(deadline, &["connect", &nqn_arg], &c);
+            }
+        }
+        self.nvme(deadline, &["connect-all"], &[]).map(drop)
+    }
+}
+
+fn disconnect_all(host: &Host) -> Result<()> {
+    host.run_ok(&["nvme", "disconnect-all"], BUDGET).map(drop)
+}
+
+impl Service for Nvme {
+    const NAME: &'static str = "nvme";
+    const START_WEIGHT: i32 = 50;
+    const PATHS: &'static [&'static str] = &[NVME_DIR];
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
+
+    type Config = Config;
+    type State = State;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(Nvme { host })
+    }
+
+    fn state(&self, config: &Config) -> Result<State> {
+        let mut state = State {
+            subsystems: self.subsystems(),
+            ..State::default()
+        };
+        if config.enabled {
+            state.host_id = self.read_value(HOSTID);
+            state.host_nqn = self.read_value(HOSTNQN);
+        }
+        Ok(state)
+    }
+
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
+        for (i, t) in config.targets.iter().enumerate() {
+            check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
+        }
+        if let Some((i, j)) = validate::first_duplicate(&config.targets, |t| t) {
+            return Err(Error::bad_request(format!(
+                "target {i}: duplicate of target {j}"
+            )));
+        }
+        Ok(())
     }
 
     /// Upstream's Start.
@@ -390,91 +444,6 @@ impl Nvme {
             Undo::kept(&nvme.host, |undo| nvme.bring_up(undo, &config))
         });
         undo.remove(DISCOVERY_CONF)
-    }
-}
-
-fn disconnect_all(host: &Host) -> Result<()> {
-    host.run_ok(&["nvme", "disconnect-all"], BUDGET).map(drop)
-}
-
-impl Service for Nvme {
-    const NAME: &'static str = "nvme";
-    const START_WEIGHT: i32 = 50;
-    const PATHS: &'static [&'static str] = &[NVME_DIR];
-    const HAS_RESET: bool = true;
-
-    type Config = Config;
-    type State = State;
-
-    fn new(host: Host) -> Result<Self> {
-        Ok(Nvme { host })
-    }
-
-    fn state(&self, config: &Config) -> Result<State> {
-        let mut state = State {
-            subsystems: self.subsystems(),
-            ..State::default()
-        };
-        if config.enabled {
-            state.host_id = self.read_value(HOSTID);
-            state.host_nqn = self.read_value(HOSTNQN);
-        }
-        Ok(state)
-    }
-
-    fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
-        for (i, t) in config.targets.iter().enumerate() {
-            check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
-            if let Some(j) = config.targets[..i].iter().position(|o| o == t) {
-                return Err(Error::bad_request(format!(
-                    "target {i}: duplicate of target {j}"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A failure puts back what was done (dropping the journal rolls it back).
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        if old.enabled {
-            self.take_down(&mut undo, old)?;
-        }
-        if new.enabled {
-            self.bring_up(&mut undo, new)?;
-        }
-        undo.commit();
-        Ok(())
-    }
-
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.take_down(undo, config))
-    }
-
-    fn reset(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Err(Error::internal("NVME isn't currently enabled"));
-        }
-        let deadline = Instant::now() + BUDGET;
-        // Errors are ignored: the subsystems may already be connected.
-        for t in config.targets.iter().filter(|t| !t.nqn.is_empty()) {
-            let nqn_arg = format!("--nqn={}", t.nqn);
-            for c in self.connections(t)? {
-                let _ = self.nvme(deadline, &["connect", &nqn_arg], &c);
-            }
-        }
-        self.nvme(deadline, &["connect-all"], &[]).map(drop)
     }
 }
 

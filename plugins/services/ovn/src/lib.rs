@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use plugin_api::sdk::ResetFn;
 use plugin_api::{validate, Error, Host, Result, Service, Undo};
 use serde::{Deserialize, Serialize};
 
@@ -236,19 +237,13 @@ impl Ovn {
         h.restart_unit(OVN_CONTROLLER)
     }
 
-    /// Upstream's Start: OVS logging, ovs-vswitchd, then configure.
-    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
-        undo.write_file(OVS_DEFAULTS, OVS_CTL_OPTS.as_bytes(), 0o644)?;
-        undo.start_unit(OVS_VSWITCHD)?;
-        self.configure(undo, config, None)
-    }
-
-    /// Upstream's Stop.
-    fn take_down(&self, undo: &mut Undo) -> Result<()> {
-        for unit in UNITS {
-            undo.stop_unit(unit)?;
+    /// `POST /1.0/services/ovn/:reset`: restarts ovn-controller and ovs-vswitchd.
+    fn reset(&self, _undo: &mut Undo, config: &Config) -> Result<()> {
+        if !config.enabled {
+            return Err(Error::internal("OVN isn't currently enabled"));
         }
-        Ok(())
+        self.host.restart_unit(OVN_CONTROLLER)?;
+        self.host.restart_unit(OVS_VSWITCHD)
     }
 }
 
@@ -256,7 +251,7 @@ impl Service for Ovn {
     const NAME: &'static str = "ovn";
     const START_WEIGHT: i32 = 80;
     const PATHS: &'static [&'static str] = &[OVS_DEFAULTS, OVN_RUN_DIR, CONTROLLER_UNIT];
-    const HAS_RESET: bool = true;
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
 
     type Config = Config;
     type State = State;
@@ -267,6 +262,10 @@ impl Service for Ovn {
 
     fn state(&self, _config: &Config) -> Result<State> {
         Ok(State {})
+    }
+
+    fn enabled(config: &Config) -> bool {
+        config.enabled
     }
 
     fn validate(&self, c: &Config) -> Result<()> {
@@ -333,40 +332,24 @@ impl Service for Ovn {
         Ok(())
     }
 
-    // Upstream configures twice when enabling (Start, then configure again); once here.
-    // A failure puts back what was done (dropping the journal rolls it back).
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let mut undo = Undo::new(&self.host);
-        match (old.enabled, new.enabled) {
-            (false, false) => {}
-            (true, false) => self.take_down(&mut undo)?,
-            (false, true) => self.bring_up(&mut undo, new)?,
-            (true, true) => self.configure(&mut undo, new, Some(old))?,
+    /// Upstream's Start: OVS logging, ovs-vswitchd, then configure.
+    fn bring_up(&self, undo: &mut Undo, config: &Config) -> Result<()> {
+        undo.write_file(OVS_DEFAULTS, OVS_CTL_OPTS.as_bytes(), 0o644)?;
+        undo.start_unit(OVS_VSWITCHD)?;
+        self.configure(undo, config, None)
+    }
+
+    /// Upstream's Stop.
+    fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
+        for unit in UNITS {
+            undo.stop_unit(unit)?;
         }
-        undo.commit();
         Ok(())
     }
 
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.bring_up(undo, config))
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
-        Undo::kept(&self.host, |undo| self.take_down(undo))
-    }
-
-    fn reset(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Err(Error::internal("OVN isn't currently enabled"));
-        }
-        self.host.restart_unit(OVN_CONTROLLER)?;
-        self.host.restart_unit(OVS_VSWITCHD)
+    // Upstream configures twice when enabling (Start, then configure again); once here.
+    fn reconfigure(&self, undo: &mut Undo, old: &Config, new: &Config) -> Result<()> {
+        self.configure(undo, new, Some(old))
     }
 }
 

@@ -712,14 +712,24 @@ fn a_failing_save_is_undone() {
     host.fail_next_save("disk full");
     let err = put_config(&h, &plain()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    // The journal of the enabling is rolled back, as when the enabling itself fails: the
+    // files it wrote go too.
     assert_eq!(
         unit_ops(&h)[3..],
         [
+            reload(),
             call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD),
-            call(UnitOp::Stop, OVSDB)
+            call(UnitOp::Stop, VSWITCHD)
         ]
     );
+    assert!(!host.root().join("run/ovn").exists());
+    assert!(!host
+        .root()
+        .join("run/systemd/system/ovn-controller.service")
+        .exists());
+    assert!(!host.root().join("etc/default/openvswitch-switch").exists());
+    assert_eq!(host.unit_state(CONTROLLER), "inactive");
+    assert_eq!(host.unit_state(VSWITCHD), "inactive");
     assert_eq!(host.state(), Value::Null);
 }
 

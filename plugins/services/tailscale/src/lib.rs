@@ -262,11 +262,11 @@ fn default_routes(routes: &[String]) -> (bool, bool) {
 fn check_routes(routes: &[String]) -> std::result::Result<(), String> {
     for (i, r) in routes.iter().enumerate() {
         check_route(r).map_err(|e| format!("advertised_routes[{i}]: {e}"))?;
-        if let Some(j) = routes[..i].iter().position(|o| o == r) {
-            return Err(format!(
-                "advertised_routes[{i}]: duplicate of advertised_routes[{j}]"
-            ));
-        }
+    }
+    if let Some((i, j)) = validate::first_duplicate(routes, |r| r) {
+        return Err(format!(
+            "advertised_routes[{i}]: duplicate of advertised_routes[{j}]"
+        ));
     }
     match default_routes(routes) {
         (true, false) => Err(
@@ -509,19 +509,45 @@ impl Service for Tailscale {
         Ok(())
     }
 
+    fn enabled(config: &Config) -> bool {
+        config.enabled
+    }
+
+    /// Boot start only starts the unit: tailscaled keeps its own login state.
+    fn bring_up(&self, _undo: &mut Undo, _config: &Config) -> Result<()> {
+        self.host.start_unit(UNIT)
+    }
+
+    fn take_down(&self, _undo: &mut Undo, _config: &Config) -> Result<()> {
+        self.host.stop_unit(UNIT)
+    }
+
     /// Upstream's configure: start the unit, re-join if needed, then the preferences.
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
+    fn update(&self, undo: &mut Undo, old: &Config, new: &Config) -> Result<()> {
         let h = &self.host;
         if !new.enabled {
             if old.enabled {
-                h.stop_unit(UNIT)?;
+                self.take_down(undo, old)?;
+                // A failed save: the node joins again as before (enabling re-joins when
+                // there is a key).
+                let old = old.clone();
+                undo.on_rollback("enable tailscale again", move |h| {
+                    let what = "enable tailscale again with the previous configuration";
+                    let step = h.start_unit(UNIT).and_then(|()| {
+                        if !old.auth_key.is_empty() {
+                            logout(h)?;
+                            up(h, &old)?;
+                        }
+                        apply_preferences(h, &old)
+                    });
+                    restore(h, what, step)
+                });
             }
             return Ok(());
         }
         // Without a key the node is logged in already (validate_change): there is nothing
         // to re-join with.
         let mut rejoin = !new.auth_key.is_empty() && needs_rejoin(old, new);
-        let mut undo = Undo::new(h);
         // Not `undo.start_unit`: its rollback restarts a unit that was running, which
         // would cut the tailnet off for nothing. A unit that was stopped is stopped again;
         // a running one gets the old preferences back (and the old login, below).
@@ -554,23 +580,7 @@ impl Service for Tailscale {
             }
             up(h, new)?;
         }
-        apply_preferences(h, new)?;
-        undo.commit();
-        Ok(())
-    }
-
-    fn start(&self, config: &Config) -> Result<()> {
-        if config.enabled {
-            self.host.start_unit(UNIT)?;
-        }
-        Ok(())
-    }
-
-    fn stop(&self, config: &Config) -> Result<()> {
-        if config.enabled {
-            self.host.stop_unit(UNIT)?;
-        }
-        Ok(())
+        apply_preferences(h, new)
     }
 }
 

@@ -1176,6 +1176,25 @@ fn a_failing_save_is_undone() {
 }
 
 #[test]
+fn a_failing_save_after_disabling_joins_again() {
+    let h = scripted(Some(STATUS_RUNNING));
+    let host = h.host();
+    preset(&h, &enabled());
+    host.set_unit_state(UNIT, "active");
+    host.fail_next_save("disk full");
+    let err = put_config(&h, &default_config()).unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    assert_eq!(host.units(), [unit(UnitOp::Stop), unit(UnitOp::Start)]);
+    assert_eq!(host.unit_state(UNIT), "active");
+    assert_eq!(
+        host.commands(),
+        [logout(), up(KEY), set_default(), serve_reset()]
+    );
+    assert_eq!(host.state(), json!({ "config": enabled() }));
+    assert_no_secret(&h, "");
+}
+
+#[test]
 fn live_state_comes_from_tailscale_status() {
     let h = scripted(Some(STATUS_RUNNING));
     preset(&h, &enabled());

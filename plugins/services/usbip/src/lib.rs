@@ -10,8 +10,9 @@
 
 use std::time::Duration;
 
-use plugin_api::{validate, Error, Host, Result, Service};
-use serde::{Deserialize, Deserializer, Serialize};
+use plugin_api::sdk::nullable;
+use plugin_api::{validate, Error, Host, Result, Service, Undo};
+use serde::{Deserialize, Serialize};
 
 const MODULE: &str = "vhci-hcd";
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -25,7 +26,7 @@ pub struct Config {
     pub enabled: bool,
     /// Upstream answers `[]` for a never-set list (its Get initialises it) and takes
     /// `null` as empty.
-    #[serde(deserialize_with = "null_as_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub targets: Vec<Target>,
 }
 
@@ -36,10 +37,6 @@ pub struct Target {
     pub address: String,
     /// The device's bus ID on the server, e.g. `1-1.2`.
     pub bus_id: String,
-}
-
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<Target>, D::Error> {
-    Ok(Option::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Serialize)]
@@ -135,6 +132,7 @@ fn check_target(t: &Target) -> std::result::Result<(), String> {
     Ok(())
 }
 
+#[derive(Clone)]
 pub struct Usbip {
     host: Host,
 }
@@ -184,6 +182,24 @@ impl Usbip {
     fn load_module(&self) -> Result<()> {
         self.host.run_ok(&["modprobe", MODULE], TIMEOUT).map(drop)
     }
+
+    /// Goes from `old`'s devices to `new`'s. Only fails when the module cannot be loaded,
+    /// before anything changed.
+    fn apply(&self, old: &Config, new: &Config) -> Result<()> {
+        let wanted: &[Target] = if new.enabled { &new.targets } else { &[] };
+        let before: &[Target] = if old.enabled { &old.targets } else { &[] };
+        let removed: Vec<&Target> = before.iter().filter(|t| !wanted.contains(t)).collect();
+        if new.enabled {
+            self.load_module()?;
+        }
+        if removed.is_empty() && wanted.is_empty() {
+            return Ok(());
+        }
+        let attached = self.attached();
+        self.detach(&removed, &attached);
+        self.attach(wanted, &attached);
+        Ok(())
+    }
 }
 
 impl Service for Usbip {
@@ -205,41 +221,37 @@ impl Service for Usbip {
         validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, t) in config.targets.iter().enumerate() {
             check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
-            if let Some(j) = config.targets[..i].iter().position(|o| o == t) {
-                return Err(Error::bad_request(format!(
-                    "target {i}: duplicate of target {j}"
-                )));
-            }
+        }
+        if let Some((i, j)) = validate::first_duplicate(&config.targets, |t| t) {
+            return Err(Error::bad_request(format!(
+                "target {i}: duplicate of target {j}"
+            )));
         }
         Ok(())
     }
 
-    /// Only fails when the module cannot be loaded, before anything changed.
-    fn update(&self, old: &Config, new: &Config) -> Result<()> {
-        let wanted: &[Target] = if new.enabled { &new.targets } else { &[] };
-        let before: &[Target] = if old.enabled { &old.targets } else { &[] };
-        let removed: Vec<&Target> = before.iter().filter(|t| !wanted.contains(t)).collect();
-        if new.enabled {
-            self.load_module()?;
-        }
-        if removed.is_empty() && wanted.is_empty() {
-            return Ok(());
-        }
-        let attached = self.attached();
-        self.detach(&removed, &attached);
-        self.attach(wanted, &attached);
-        Ok(())
+    fn enabled(config: &Config) -> bool {
+        config.enabled
     }
 
-    fn start(&self, config: &Config) -> Result<()> {
-        if !config.enabled {
-            return Ok(());
-        }
+    /// The module, then whatever is not attached yet. Shutdown leaves the devices.
+    fn bring_up(&self, _undo: &mut Undo, config: &Config) -> Result<()> {
         self.load_module()?;
         if !config.targets.is_empty() {
             let attached = self.attached();
             self.attach(&config.targets, &attached);
         }
+        Ok(())
+    }
+
+    /// Detaches what `old` had and `new` has not, attaches what is missing; a rollback (a
+    /// failed save) goes back the same way.
+    fn update(&self, undo: &mut Undo, old: &Config, new: &Config) -> Result<()> {
+        self.apply(old, new)?;
+        let (usbip, old, new) = (self.clone(), old.clone(), new.clone());
+        undo.on_rollback("put the previous USB/IP devices back", move |_| {
+            usbip.apply(&new, &old)
+        });
         Ok(())
     }
 }
