@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Application, Error, Host, Provider, Result, Service, Undo, NOT_SUPPORTED, PANIC_PREFIX,
-    RESET_NOT_SUPPORTED,
+    Application, Error, Host, Provider, Result, RouteSpec, Service, Undo, NOT_SUPPORTED,
+    PANIC_PREFIX, RESET_NOT_SUPPORTED,
 };
 use crate::abi::{
     ByteSinkRef, ByteSourceRef, HostHandle, PluginBox, PluginError, PluginOps, PluginOps_TO,
 };
-use crate::manifest::RouteRequest;
+use crate::manifest::{Hook, RouteRequest};
 
 /// Decodes a JSON request body with a clear error (the field path, what was wrong).
 pub fn decode<T: DeserializeOwned>(input: &[u8]) -> Result<T> {
@@ -166,6 +166,33 @@ trait Dispatch: Send + Sync {
     }
 }
 
+/// The hooks a service's adapter dispatches; its manifest advertises no other.
+pub(super) const SERVICE_HOOKS: &[Hook] =
+    &[Hook::Get, Hook::Put, Hook::Start, Hook::Stop, Hook::Reset];
+
+/// The hooks an application's adapter dispatches (backup and restore through their own
+/// entry points); its manifest advertises no other.
+pub(super) const APPLICATION_HOOKS: &[Hook] = &[
+    Hook::Get,
+    Hook::Put,
+    Hook::Start,
+    Hook::Stop,
+    Hook::Restart,
+    Hook::FactoryReset,
+    Hook::Action,
+    Hook::Backup,
+    Hook::Restore,
+];
+
+/// The hooks a provider's adapter dispatches; its manifest advertises no other.
+pub(super) const PROVIDER_HOOKS: &[Hook] = &[
+    Hook::Get,
+    Hook::Put,
+    Hook::Register,
+    Hook::Deregister,
+    Hook::CheckUpdate,
+];
+
 fn unknown_op(op: &str) -> Error {
     Error::new(
         501,
@@ -177,6 +204,25 @@ fn empty() -> Result<Vec<u8>> {
     Ok(b"{}".to_vec())
 }
 
+/// An operation that is not one of the kind's hooks: one of the `declared` routes (matched
+/// by its op name), else 501.
+fn route<C>(
+    cfg: &Configured<C>,
+    declared: &[RouteSpec],
+    op: &str,
+    input: &[u8],
+    f: impl FnOnce(RouteRequest, &C) -> Result<serde_json::Value>,
+) -> Result<Vec<u8>>
+where
+    C: Serialize + DeserializeOwned + Default + Clone,
+{
+    if !declared.iter().any(|r| r.op == op) {
+        return Err(unknown_op(op));
+    }
+    let req: RouteRequest = decode(input)?;
+    encode(&cfg.with_config(|c| f(req, c))?)
+}
+
 struct ServiceAdapter<T: Service> {
     svc: T,
     cfg: Configured<T::Config>,
@@ -185,25 +231,36 @@ struct ServiceAdapter<T: Service> {
 impl<T: Service> Dispatch for ServiceAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let s = &self.svc;
-        match op {
-            "get" => self.cfg.get(T::CONFIG_FIRST, |c| s.state(c)),
-            "put" => self.cfg.put(
+        let Some(hook) = Hook::from_op(op) else {
+            return route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                s.route(op, req, c)
+            });
+        };
+        match hook {
+            Hook::Get => self.cfg.get(T::CONFIG_FIRST, |c| s.state(c)),
+            Hook::Put => self.cfg.put(
                 input,
                 |c| s.validate(c),
                 |old, new| s.validate_change(old, new),
                 |undo, old, new| s.update(undo, old, new),
             ),
-            "start" => self.cfg.kept(|undo, c| s.start(undo, c)),
-            "stop" => self.cfg.kept(|undo, c| s.stop(undo, c)),
-            "reset" => match T::RESET {
+            Hook::Start => self.cfg.kept(|undo, c| s.start(undo, c)),
+            Hook::Stop => self.cfg.kept(|undo, c| s.stop(undo, c)),
+            Hook::Reset => match T::RESET {
                 Some(reset) => self.cfg.kept(|undo, c| reset(s, undo, c)),
                 None => Err(Error::internal(RESET_NOT_SUPPORTED)),
             },
-            _ if T::ROUTES.iter().any(|r| r.op == op) => {
-                let req: RouteRequest = decode(input)?;
-                encode(&self.cfg.with_config(|c| s.route(op, req, c))?)
-            }
-            _ => Err(unknown_op(op)),
+            // Not a service's hooks (named in full, so that a new hook is decided here).
+            Hook::Action
+            | Hook::Backup
+            | Hook::Restore
+            | Hook::FactoryReset
+            | Hook::Restart
+            | Hook::Register
+            | Hook::Deregister
+            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                s.route(op, req, c)
+            }),
         }
     }
 }
@@ -230,30 +287,40 @@ struct ApplicationAdapter<T: Application> {
 impl<T: Application> Dispatch for ApplicationAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let a = &self.app;
-        match op {
-            "get" => self.cfg.get(false, |c| a.state(c)),
-            "put" => self.cfg.put(
+        let Some(hook) = Hook::from_op(op) else {
+            return route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                a.route(op, req, c)
+            });
+        };
+        match hook {
+            Hook::Get => self.cfg.get(false, |c| a.state(c)),
+            Hook::Put => self.cfg.put(
                 input,
                 |c| a.validate(c),
                 |old, new| a.validate_change(old, new),
                 |undo, old, new| a.update(undo, old, new),
             ),
-            "start" => self.cfg.kept(|undo, c| a.start(undo, c)),
-            "stop" => self.cfg.kept(|undo, c| a.stop(undo, c)),
-            "restart" => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
-            "factory-reset" => self
+            Hook::Start => self.cfg.kept(|undo, c| a.start(undo, c)),
+            Hook::Stop => self.cfg.kept(|undo, c| a.stop(undo, c)),
+            Hook::Restart => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
+            Hook::FactoryReset => self
                 .cfg
                 .with_config(|c| a.factory_reset(c))
                 .and_then(|_| empty()),
-            "action" => {
+            Hook::Action => {
                 let body: ActionBody = decode(input)?;
                 encode(&a.action(&body.action, &body.config)?)
             }
-            _ if T::ROUTES.iter().any(|r| r.op == op) => {
-                let req: RouteRequest = decode(input)?;
-                encode(&self.cfg.with_config(|c| a.route(op, req, c))?)
-            }
-            _ => Err(unknown_op(op)),
+            // Backup and restore stream through their own entry points, not `invoke`; the
+            // rest are not an application's hooks.
+            Hook::Backup
+            | Hook::Restore
+            | Hook::Reset
+            | Hook::Register
+            | Hook::Deregister
+            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                a.route(op, req, c)
+            }),
         }
     }
     fn backup(&self, options: &[u8], out: &mut dyn Write) -> Result<()> {
@@ -277,27 +344,38 @@ struct ProviderAdapter<T: Provider> {
 impl<T: Provider> Dispatch for ProviderAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let p = &self.prov;
-        match op {
-            "get" => self.cfg.get(false, |c| p.state(c)),
-            "put" => self.cfg.put(
+        let Some(hook) = Hook::from_op(op) else {
+            return Err(unknown_op(op));
+        };
+        match hook {
+            Hook::Get => self.cfg.get(false, |c| p.state(c)),
+            Hook::Put => self.cfg.put(
                 input,
                 |c| p.validate(c),
                 |old, new| p.validate_change(old, new),
                 |undo, old, new| p.update(undo, old, new),
             ),
-            "register" => self
+            Hook::Register => self
                 .cfg
                 .with_config(|c| p.register(c))
                 .and_then(|_| empty()),
-            "deregister" => self
+            Hook::Deregister => self
                 .cfg
                 .with_config(|c| p.deregister(c))
                 .and_then(|_| empty()),
-            "check-update" => self
+            Hook::CheckUpdate => self
                 .cfg
                 .with_config(|c| p.check_update(c))
                 .and_then(|v| encode(&v)),
-            _ => Err(unknown_op(op)),
+            // Not a provider's hooks; providers declare no routes.
+            Hook::Reset
+            | Hook::Action
+            | Hook::Backup
+            | Hook::Restore
+            | Hook::FactoryReset
+            | Hook::Restart
+            | Hook::Start
+            | Hook::Stop => Err(unknown_op(op)),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RBox, RResult, RString};
 
+use super::adapters::{APPLICATION_HOOKS, PROVIDER_HOOKS, SERVICE_HOOKS};
 use super::{__guard, Application, Provider, Result, RouteSpec, Service};
 use crate::abi::{PluginBox, PluginError};
 use crate::manifest::{Hook, Kind, Manifest, Route};
@@ -25,6 +26,16 @@ fn base_manifest(name: &str, kind: Kind, version: &str, api_version: &str) -> Ma
     }
 }
 
+/// Adds the hooks a plugin declares beyond get and put, as far as its kind's adapter
+/// dispatches them (sorted, each once): a manifest never advertises a hook the plugin
+/// would answer with "operation ... is not implemented".
+fn advertise(m: &mut Manifest, declared: &[Hook], dispatched: &[Hook]) {
+    m.hooks
+        .extend(declared.iter().filter(|h| dispatched.contains(h)));
+    m.hooks.sort();
+    m.hooks.dedup();
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -32,10 +43,13 @@ fn strings(v: &[&str]) -> Vec<String> {
 #[doc(hidden)]
 pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manifest {
     let mut m = base_manifest(T::NAME, Kind::Service, version, api_version);
-    m.hooks.extend([Hook::Start, Hook::Stop]);
-    if T::RESET.is_some() {
-        m.hooks.push(Hook::Reset);
-    }
+    let reset: &[Hook] = if T::RESET.is_some() {
+        &[Hook::Reset]
+    } else {
+        &[]
+    };
+    advertise(&mut m, &[Hook::Start, Hook::Stop], SERVICE_HOOKS);
+    advertise(&mut m, reset, SERVICE_HOOKS);
     m.start_weight = T::START_WEIGHT;
     m.paths = strings(T::PATHS);
     m.requires_application = T::REQUIRES_APPLICATION.map(str::to_string);
@@ -58,10 +72,8 @@ fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
 #[doc(hidden)]
 pub fn __application_manifest<T: Application>(version: &str, api_version: &str) -> Manifest {
     let mut m = base_manifest(T::NAME, Kind::Application, version, api_version);
-    m.hooks.extend([Hook::Start, Hook::Stop]);
-    m.hooks.extend(T::HOOKS.iter().copied());
-    m.hooks.sort();
-    m.hooks.dedup();
+    advertise(&mut m, &[Hook::Start, Hook::Stop], APPLICATION_HOOKS);
+    advertise(&mut m, T::HOOKS, APPLICATION_HOOKS);
     m.start_weight = T::START_WEIGHT;
     m.primary = T::PRIMARY;
     m.dependencies = strings(T::DEPENDENCIES);
@@ -73,9 +85,7 @@ pub fn __application_manifest<T: Application>(version: &str, api_version: &str) 
 #[doc(hidden)]
 pub fn __provider_manifest<T: Provider>(version: &str, api_version: &str) -> Manifest {
     let mut m = base_manifest(T::NAME, Kind::Provider, version, api_version);
-    m.hooks.extend(T::HOOKS.iter().copied());
-    m.hooks.sort();
-    m.hooks.dedup();
+    advertise(&mut m, T::HOOKS, PROVIDER_HOOKS);
     m
 }
 

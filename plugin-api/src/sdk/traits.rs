@@ -157,7 +157,9 @@ pub trait Application: Sized + Send + Sync + 'static {
     const PRIMARY: bool = false;
     const DEPENDENCIES: &'static [&'static str] = &[];
     const PATHS: &'static [&'static str] = &[];
-    /// Hooks implemented beyond get/put/start/stop (e.g. `Hook::Backup`).
+    /// Hooks implemented beyond get/put/start/stop: any of `Hook::Restart`,
+    /// `Hook::FactoryReset`, `Hook::Action`, `Hook::Backup` and `Hook::Restore`. The
+    /// manifest advertises these; a hook applications do not have is left out.
     const HOOKS: &'static [Hook] = &[];
 
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
@@ -227,7 +229,9 @@ pub trait Application: Sized + Send + Sync + 'static {
 /// An update provider. Its config is handled as a service's (see [`Application`]).
 pub trait Provider: Sized + Send + Sync + 'static {
     const NAME: &'static str;
-    /// Hooks implemented beyond get (e.g. `Hook::Register`).
+    /// Hooks implemented beyond get and put: any of `Hook::Register`, `Hook::Deregister`
+    /// and `Hook::CheckUpdate`. The manifest advertises these; a hook providers do not
+    /// have is left out.
     const HOOKS: &'static [Hook] = &[];
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
     type State: Serialize;
