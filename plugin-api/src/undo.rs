@@ -73,6 +73,8 @@ pub fn is_active(state: &str) -> bool {
 }
 
 impl Undo {
+    /// An empty journal over `host`. A hook gets its journal from the SDK; host code
+    /// creates its own and commits or rolls it back.
     pub fn new(host: &Host) -> Undo {
         Undo {
             host: host.clone(),

@@ -5,11 +5,14 @@ use crate::abi::PluginError;
 /// An error a hook returns; `status` picks the HTTP status the API answers with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
+    /// The HTTP status (400 bad input, 404, 500 failure, 501 not supported, ...).
     pub status: u16,
+    /// The error text the API's user sees.
     pub message: String,
 }
 
 impl Error {
+    /// An error with any status.
     pub fn new(status: u16, message: impl Into<String>) -> Self {
         Error {
             status,
@@ -56,6 +59,7 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// The result of a hook or of a host call: [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The upstream error text of a service without reset support.

@@ -13,8 +13,11 @@ use crate::abi::{CommandOutput, CommandSpec, HostHandle, LogLevel, UnitOp, SECRE
 /// A command's captured result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
+    /// Exit status; -1 when the process was killed by a signal.
     pub status: i32,
+    /// Standard output, as text (invalid UTF-8 replaced).
     pub stdout: String,
+    /// Standard error, as text (invalid UTF-8 replaced).
     pub stderr: String,
 }
 
@@ -32,18 +35,23 @@ impl Host {
         }
     }
 
+    /// Writes a line to the daemon's log at `level`; the host adds the plugin's name.
     pub fn log(&self, level: LogLevel, message: &str) {
         self.inner.log(level, RStr::from_str(message));
     }
+    /// [`Host::log`] at [`LogLevel::Error`].
     pub fn error(&self, message: &str) {
         self.log(LogLevel::Error, message)
     }
+    /// [`Host::log`] at [`LogLevel::Warn`].
     pub fn warn(&self, message: &str) {
         self.log(LogLevel::Warn, message)
     }
+    /// [`Host::log`] at [`LogLevel::Info`].
     pub fn info(&self, message: &str) {
         self.log(LogLevel::Info, message)
     }
+    /// [`Host::log`] at [`LogLevel::Debug`].
     pub fn debug(&self, message: &str) {
         self.log(LogLevel::Debug, message)
     }
@@ -134,6 +142,9 @@ impl Host {
         Ok(Some(format!("/{}", parts.join("/"))))
     }
 
+    /// Replaces a file atomically with `data` and permission bits `mode` (parents are
+    /// created). Only paths the manifest declares are writable. Not journaled: inside a
+    /// hook, write through [`super::Undo`].
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
         self.inner
             .file_write(RStr::from_str(path), RSlice::from_slice(data), mode)
@@ -141,6 +152,7 @@ impl Host {
         Ok(())
     }
 
+    /// Creates a directory (and its parents) with `mode`; declared paths only.
     pub fn create_dir(&self, path: &str, mode: u32) -> Result<()> {
         self.inner
             .dir_create(RStr::from_str(path), mode)
@@ -148,12 +160,14 @@ impl Host {
         Ok(())
     }
 
-    /// Removes a file or a tree; absent is fine.
+    /// Removes a file or a tree; absent is fine. Declared paths only.
     pub fn remove(&self, path: &str) -> Result<()> {
         self.inner.remove(RStr::from_str(path)).into_result()?;
         Ok(())
     }
 
+    /// Any systemd unit operation: the unit's `ActiveState` for [`UnitOp::ActiveState`],
+    /// an empty string otherwise. Jobs are waited for.
     pub fn unit(&self, op: UnitOp, unit: &str) -> Result<String> {
         Ok(self
             .inner
@@ -161,12 +175,15 @@ impl Host {
             .into_result()?
             .into_string())
     }
+    /// Starts a unit (nothing happens to a running one).
     pub fn start_unit(&self, unit: &str) -> Result<()> {
         self.unit(UnitOp::Start, unit).map(drop)
     }
+    /// Stops a unit.
     pub fn stop_unit(&self, unit: &str) -> Result<()> {
         self.unit(UnitOp::Stop, unit).map(drop)
     }
+    /// Restarts a unit (starts it if it is not running).
     pub fn restart_unit(&self, unit: &str) -> Result<()> {
         self.unit(UnitOp::Restart, unit).map(drop)
     }
@@ -178,6 +195,8 @@ impl Host {
     pub fn daemon_reload(&self) -> Result<()> {
         self.unit(UnitOp::DaemonReload, "").map(drop)
     }
+    /// The unit's `ActiveState` (`active`, `inactive`, `failed`, ...); see
+    /// [`super::is_active`].
     pub fn unit_active_state(&self, unit: &str) -> Result<String> {
         self.unit(UnitOp::ActiveState, unit)
     }
@@ -224,6 +243,7 @@ impl Host {
 /// [`Arg::Plain`]; [`Arg::secret`] marks a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arg {
+    /// An ordinary argument, shown as it is.
     Plain(String),
     /// A secret (an auth key, a setup key): never shown, `***` in its place.
     Secret(String),

@@ -14,8 +14,12 @@ use crate::manifest::{Hook, RouteRequest};
 /// [`Application::route`] with the op name and a [`RouteRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
+    /// The HTTP method it answers.
     pub method: crate::manifest::Method,
+    /// The path below the plugin's URL, e.g. `:rejoin` or `sessions`.
     pub suffix: &'static str,
+    /// The operation name the `route` hook receives. Not a hook's name (`get`, `reset`,
+    /// ...): that operation would reach the hook instead.
     pub op: &'static str,
 }
 
@@ -60,7 +64,10 @@ pub trait Service: Sized + Send + Sync + 'static {
     /// keep the key order of the upstream struct the service mirrors.
     const CONFIG_FIRST: bool = false;
 
+    /// The config the SDK persists and a PUT replaces (`Default` is the config of a
+    /// service never configured).
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Service::state`].
     type State: Serialize;
 
     /// Builds the service. Called once, when the host loads the plugin.
@@ -152,20 +159,29 @@ pub trait Service: Sized + Send + Sync + 'static {
 /// rolled back if the update or the save fails, and committed once the config is saved.
 /// Start and stop get a journal whose changes are kept.
 pub trait Application: Sized + Send + Sync + 'static {
+    /// The application name (URL segment).
     const NAME: &'static str;
+    /// Start order among plugins (lower first); stop is the reverse.
     const START_WEIGHT: i32 = 0;
+    /// A primary application: only one may be installed at a time.
     const PRIMARY: bool = false;
+    /// Plugins that must be loaded, and are started first.
     const DEPENDENCIES: &'static [&'static str] = &[];
+    /// OS paths this application may write (its files under the root prefix).
     const PATHS: &'static [&'static str] = &[];
     /// Hooks implemented beyond get/put/start/stop: any of `Hook::Restart`,
     /// `Hook::FactoryReset`, `Hook::Action`, `Hook::Backup` and `Hook::Restore`. The
     /// manifest advertises these; a hook applications do not have is left out.
     const HOOKS: &'static [Hook] = &[];
 
+    /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Application::state`].
     type State: Serialize;
 
+    /// Builds the application. Called once, when the host loads the plugin.
     fn new(host: Host) -> Result<Self>;
+    /// The live state, read from the system.
     fn state(&self, config: &Self::Config) -> Result<Self::State>;
     /// Refuses a config that cannot work (400), before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
@@ -180,15 +196,21 @@ pub trait Application: Sized + Send + Sync + 'static {
     fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
+    /// Brings the application up at daemon start; what it changes is kept even if it
+    /// fails.
     fn start(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
+    /// Called at daemon shutdown, in reverse start order.
     fn stop(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
+    /// `:restart` (with `Hook::Restart` in [`Application::HOOKS`]).
     fn restart(&self, _config: &Self::Config) -> Result<()> {
         Err(Error::internal(NOT_SUPPORTED))
     }
+    /// `:factory-reset`: back to a fresh install, the application's data wiped (with
+    /// `Hook::FactoryReset` in [`Application::HOOKS`]).
     fn factory_reset(&self, _config: &Self::Config) -> Result<()> {
         Err(Error::internal(NOT_SUPPORTED))
     }
@@ -228,15 +250,20 @@ pub trait Application: Sized + Send + Sync + 'static {
 
 /// An update provider. Its config is handled as a service's (see [`Application`]).
 pub trait Provider: Sized + Send + Sync + 'static {
+    /// The provider name, as `/1.0/system/provider` selects it.
     const NAME: &'static str;
     /// Hooks implemented beyond get and put: any of `Hook::Register`, `Hook::Deregister`
     /// and `Hook::CheckUpdate`. The manifest advertises these; a hook providers do not
     /// have is left out.
     const HOOKS: &'static [Hook] = &[];
+    /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Provider::state`].
     type State: Serialize;
 
+    /// Builds the provider. Called once, when the host loads the plugin.
     fn new(host: Host) -> Result<Self>;
+    /// The live state.
     fn state(&self, config: &Self::Config) -> Result<Self::State>;
     /// Refuses a config that cannot work (400), before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
@@ -251,12 +278,18 @@ pub trait Provider: Sized + Send + Sync + 'static {
     fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
+    /// Registers this machine with the provider (with `Hook::Register` in
+    /// [`Provider::HOOKS`]).
     fn register(&self, _config: &Self::Config) -> Result<()> {
         Err(Error::internal("registration unsupported"))
     }
+    /// Removes this machine's registration (with `Hook::Deregister` in
+    /// [`Provider::HOOKS`]).
     fn deregister(&self, _config: &Self::Config) -> Result<()> {
         Err(Error::internal("deregistration unsupported"))
     }
+    /// Asks the provider for an update and returns what it found (with
+    /// `Hook::CheckUpdate` in [`Provider::HOOKS`]).
     fn check_update(&self, _config: &Self::Config) -> Result<serde_json::Value> {
         Err(Error::internal(NOT_SUPPORTED))
     }
