@@ -28,11 +28,14 @@ use abi_stable::{
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct PluginError {
+    /// The HTTP status the API answers with.
     pub status: u16,
+    /// The error text the API's user sees.
     pub message: RString,
 }
 
 impl PluginError {
+    /// An error with `status` and `message`.
     pub fn new(status: u16, message: impl Into<String>) -> Self {
         PluginError {
             status,
@@ -45,10 +48,15 @@ impl PluginError {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
+    /// Something failed.
     Error,
+    /// Something is wrong but the operation went on (a rollback step that failed).
     Warn,
+    /// What the plugin did, as an operator wants to read it.
     Info,
+    /// Detail for debugging.
     Debug,
+    /// Very fine detail.
     Trace,
 }
 
@@ -56,9 +64,13 @@ pub enum LogLevel {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnitOp {
+    /// `systemctl start`: waits for the start job.
     Start,
+    /// `systemctl stop`: waits for the stop job.
     Stop,
+    /// `systemctl restart`: waits for the job.
     Restart,
+    /// `systemctl reload`: the unit re-reads its configuration without a restart.
     Reload,
     /// Returns the unit's `ActiveState` (`active`, `inactive`, `failed`, ...).
     ActiveState,
@@ -70,6 +82,7 @@ pub enum UnitOp {
 }
 
 impl UnitOp {
+    /// The operation's name in log lines and error texts (`start`, `active-state`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             UnitOp::Start => "start",
@@ -89,7 +102,9 @@ impl UnitOp {
 pub struct CommandOutput {
     /// Exit status; -1 when the process was killed by a signal.
     pub status: i32,
+    /// Everything the command wrote to standard output.
     pub stdout: RVec<u8>,
+    /// Everything the command wrote to standard error.
     pub stderr: RVec<u8>,
 }
 
@@ -97,9 +112,13 @@ pub struct CommandOutput {
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link (never followed by a stat).
     Symlink,
+    /// Anything else: a device, a socket, a FIFO.
     Other,
 }
 
@@ -107,6 +126,7 @@ pub enum FileKind {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct FileStat {
+    /// What the path names.
     pub kind: FileKind,
     /// Permission bits (`0o7777` part of the mode).
     pub mode: u32,
@@ -118,8 +138,11 @@ pub struct FileStat {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub struct CommandSpec {
+    /// The program (a bare name is looked up in `PATH`) and its arguments; no shell.
     pub argv: RVec<RString>,
+    /// Bytes written to the command's standard input (empty: none).
     pub stdin: RVec<u8>,
+    /// How long the command may run before it is killed, in milliseconds.
     pub timeout_ms: u64,
 }
 
@@ -247,6 +270,7 @@ pub type HostHandle = HostOps_TO<'static, RBox<()>>;
 /// Where a plugin writes its backup archive, chunk by chunk.
 #[sabi_trait]
 pub trait ByteSink {
+    /// Takes the next chunk of the archive; an error stops the backup.
     #[sabi(last_prefix_field)]
     fn write(&mut self, chunk: RSlice<'_, u8>) -> RResult<(), PluginError>;
 }
@@ -254,11 +278,14 @@ pub trait ByteSink {
 /// Where a plugin reads a restore archive from. `Ok(0)` means the end.
 #[sabi_trait]
 pub trait ByteSource {
+    /// Fills the start of `buf` with the next bytes of the archive and returns how many.
     #[sabi(last_prefix_field)]
     fn read(&mut self, buf: RSliceMut<'_, u8>) -> RResult<usize, PluginError>;
 }
 
+/// A [`ByteSink`] as a plugin receives it: borrowed from the host for one backup.
 pub type ByteSinkRef<'a> = ByteSink_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
+/// A [`ByteSource`] as a plugin receives it: borrowed from the host for one restore.
 pub type ByteSourceRef<'a> = ByteSource_TO<'a, abi_stable::sabi_types::RMut<'a, ()>>;
 
 /// A loaded plugin instance.

@@ -59,6 +59,8 @@
 //! # fn main() {}
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod abi;
 mod helpers;
 pub mod manifest;

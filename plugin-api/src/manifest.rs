@@ -30,18 +30,31 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hook {
+    /// `GET` of the plugin's URL: `{"state", "config"}`.
     Get,
+    /// `PUT` of the plugin's URL: a new config.
     Put,
+    /// A service's `:reset`.
     Reset,
+    /// An application's `:action`.
     Action,
+    /// An application's `:backup`, streamed (not through `invoke`).
     Backup,
+    /// An application's `:restore`, streamed (not through `invoke`).
     Restore,
+    /// An application's `:factory-reset`.
     FactoryReset,
+    /// An application's `:restart`.
     Restart,
+    /// Daemon start (boot), in start-weight order.
     Start,
+    /// Daemon shutdown, in reverse start order.
     Stop,
+    /// A provider registers this machine with its update server.
     Register,
+    /// A provider removes this machine's registration.
     Deregister,
+    /// A provider checks for an update.
     CheckUpdate,
 }
 
@@ -95,10 +108,15 @@ impl Hook {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
+    /// `GET`: a read (see [`Call::changes_state`]).
     Get,
+    /// `PUT`.
     Put,
+    /// `POST`.
     Post,
+    /// `PATCH`.
     Patch,
+    /// `DELETE`.
     Delete,
 }
 
@@ -139,8 +157,11 @@ impl std::fmt::Display for Method {
 /// host answers it by calling `invoke(op, request)` with a [`RouteRequest`] as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
+    /// The HTTP method the route answers.
     pub method: Method,
+    /// The full URL path, e.g. `/1.0/services/ovn/:rejoin`.
     pub path: String,
+    /// The operation name `invoke` receives.
     pub op: String,
 }
 
@@ -149,8 +170,10 @@ pub struct Route {
 /// the SDK decodes it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteRequest {
+    /// The decoded query string; of a repeated key, the first value.
     #[serde(default)]
     pub query: std::collections::BTreeMap<String, String>,
+    /// The request body as JSON; `null` when there was none.
     #[serde(default)]
     pub body: serde_json::Value,
 }
@@ -158,7 +181,9 @@ pub struct RouteRequest {
 /// A call the host makes into a plugin: one of its hooks or one of its declared routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call<'a> {
+    /// One of the plugin's hooks.
     Hook(Hook),
+    /// One of the plugin's declared routes.
     Route(&'a Route),
 }
 
@@ -188,6 +213,7 @@ impl Call<'_> {
 pub struct Manifest {
     /// Unique name, also the last URL segment (`tailscale`, `incus`, `images`).
     pub name: String,
+    /// What the plugin is, which decides its URL collection and its hooks.
     pub kind: Kind,
     /// The plugin's own version (semver).
     pub version: String,

@@ -15,15 +15,19 @@
 //!
 //! Each step records the state it changes the first time it touches it: a file's previous
 //! content and mode (or its absence), a directory's absence, a whole tree before it is
-//! removed, a unit's previous `ActiveState`. `rollback` walks the steps backwards, files
-//! and compensations first and units last (so a unit comes back on its old files); what
-//! cannot be restored is logged as a warning, never hidden. Dropping an `Undo` without
-//! `commit` rolls back too, so an early `?` return cannot leave a half-applied change.
+//! removed, a unit's previous `ActiveState`. `rollback` walks the steps backwards in three
+//! rounds: files and compensations ([`Undo::on_rollback`]) first, then units (so a unit
+//! comes back on its old files), then the compensations that need the units back
+//! ([`Undo::on_rollback_after_units`], such as logging back in through a daemon that was
+//! stopped). What cannot be restored is logged as a warning, never hidden. Dropping an
+//! `Undo` without `commit` rolls back too, so an early `?` return cannot leave a
+//! half-applied change.
 
 use crate::abi::FileKind;
 use crate::sdk::{Host, Result};
 
-/// A compensating action registered with [`Undo::on_rollback`].
+/// A compensating action registered with [`Undo::on_rollback`] or
+/// [`Undo::on_rollback_after_units`].
 type Compensation = Box<dyn FnOnce(&Host) -> Result<()> + Send>;
 
 enum Step {
@@ -47,8 +51,13 @@ enum Step {
         was_active: bool,
         disturbed: bool,
     },
-    /// A compensating action of the caller's.
-    Action { what: String, run: Compensation },
+    /// A compensating action of the caller's, run before the units are put back or, when
+    /// `after_units`, once they are.
+    Action {
+        what: String,
+        run: Compensation,
+        after_units: bool,
+    },
 }
 
 /// A journal of changes; see the module documentation.
@@ -64,6 +73,8 @@ pub fn is_active(state: &str) -> bool {
 }
 
 impl Undo {
+    /// An empty journal over `host`. A hook gets its journal from the SDK; host code
+    /// creates its own and commits or rolls it back.
     pub fn new(host: &Host) -> Undo {
         Undo {
             host: host.clone(),
@@ -213,7 +224,8 @@ impl Undo {
     }
 
     /// Registers a compensating action (e.g. logging out of a target that was logged into),
-    /// run at its place in reverse order on rollback.
+    /// run at its place in reverse order on rollback, among the files and before any unit
+    /// is put back: the units this change started are still running.
     pub fn on_rollback(
         &mut self,
         what: &str,
@@ -222,6 +234,22 @@ impl Undo {
         self.steps.push(Step::Action {
             what: what.to_string(),
             run: Box::new(run),
+            after_units: false,
+        });
+    }
+
+    /// Registers a compensating action that needs the units back as they were (e.g. logging
+    /// back in to targets through a daemon this change stopped): on rollback it runs after
+    /// every file and unit is restored, newest first among such actions.
+    pub fn on_rollback_after_units(
+        &mut self,
+        what: &str,
+        run: impl FnOnce(&Host) -> Result<()> + Send + 'static,
+    ) {
+        self.steps.push(Step::Action {
+            what: what.to_string(),
+            run: Box::new(run),
+            after_units: true,
         });
     }
 
@@ -250,11 +278,23 @@ impl Undo {
         let warn = |what: &str, e: crate::sdk::Error| h.warn(&format!("undo: {what}: {e}"));
         // Files, directories and compensations first, newest first; then the units, newest
         // first, so that a unit restarted to read new files is restarted again once the
-        // old files are back (and a compensation still finds the units it needs running).
-        let (units, others): (Vec<Step>, Vec<Step>) = std::mem::take(&mut self.steps)
+        // old files are back (and a compensation still finds the units this change started
+        // running); last the compensations that need the units as they were.
+        let (late, steps): (Vec<Step>, Vec<Step>) =
+            std::mem::take(&mut self.steps).into_iter().partition(|s| {
+                matches!(
+                    s,
+                    Step::Action {
+                        after_units: true,
+                        ..
+                    }
+                )
+            });
+        let (units, others): (Vec<Step>, Vec<Step>) = steps
             .into_iter()
             .partition(|s| matches!(s, Step::Unit { .. }));
-        for step in others.into_iter().rev().chain(units.into_iter().rev()) {
+        let rounds = [others, units, late];
+        for step in rounds.into_iter().flat_map(|round| round.into_iter().rev()) {
             match step {
                 Step::File { path, previous } => {
                     let r = match previous {
@@ -301,7 +341,7 @@ impl Undo {
                         warn(&format!("cannot put {unit} back"), e);
                     }
                 }
-                Step::Action { what, run } => {
+                Step::Action { what, run, .. } => {
                     if let Err(e) = run(&h) {
                         warn(&what, e);
                     }

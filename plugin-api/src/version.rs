@@ -19,11 +19,24 @@ pub const VERSION_SYMBOL: &str = "incus_osd_plugin_api_version";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VersionError {
     /// The string is not a semver version.
-    Unparsable { found: String },
+    Unparsable {
+        /// What the plugin declared.
+        found: String,
+    },
     /// Another major version.
-    OtherMajor { expected: String, found: String },
+    OtherMajor {
+        /// The host's version.
+        expected: String,
+        /// The plugin's version.
+        found: String,
+    },
     /// Same major, newer minor than the host.
-    NewerMinor { expected: String, found: String },
+    NewerMinor {
+        /// The host's version.
+        expected: String,
+        /// The plugin's version.
+        found: String,
+    },
 }
 
 impl std::fmt::Display for VersionError {

@@ -45,6 +45,18 @@ pub struct CommandCall {
     pub timeout_ms: u64,
 }
 
+/// One effect of a plugin's, in the order the effects happened: [`HarnessHost::events`]
+/// shows what ran before what across units, commands and files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A unit operation (as in [`HarnessHost::units`]).
+    Unit(UnitCall),
+    /// A command's argv (as in [`HarnessHost::commands`]).
+    Command(Vec<String>),
+    /// A file change (as in [`HarnessHost::file_effects`]).
+    File(FileEffect),
+}
+
 /// What a scripted command returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -103,6 +115,8 @@ struct Record {
     saves_at_clear: usize,
     fail_next_save: Option<String>,
     commands: Vec<CommandCall>,
+    /// Units, commands and file effects together, in order.
+    events: Vec<Event>,
     rules: Vec<Rule>,
 }
 
@@ -250,6 +264,7 @@ impl HarnessHost {
         r.units.clear();
         r.files.clear();
         r.commands.clear();
+        r.events.clear();
         r.saves_at_clear = r.saves;
     }
 
@@ -342,6 +357,12 @@ impl HarnessHost {
             .collect()
     }
 
+    /// Unit operations, commands and file effects in the one order they happened (since
+    /// the last [`HarnessHost::clear_effects`]), for a test of what runs before what.
+    pub fn events(&self) -> Vec<Event> {
+        self.record().events.clone()
+    }
+
     /// Every command run, with its stdin and timeout.
     pub fn command_calls(&self) -> Vec<CommandCall> {
         self.record().commands.clone()
@@ -353,7 +374,10 @@ impl HarnessHost {
         effect: impl FnOnce() -> FileEffect,
     ) -> Result<T, FsError> {
         if res.is_ok() {
-            self.record().files.push(effect());
+            let effect = effect();
+            let mut r = self.record();
+            r.events.push(Event::File(effect.clone()));
+            r.files.push(effect);
         }
         res
     }
@@ -457,10 +481,12 @@ impl Units for HarnessHost {
         let op = abi_op(action);
         let unit = unit.to_string();
         let mut r = self.record();
-        r.units.push(UnitCall {
+        let call = UnitCall {
             op,
             unit: unit.clone(),
-        });
+        };
+        r.events.push(Event::Unit(call.clone()));
+        r.units.push(call);
         if let Some(message) = r.failing_units.get(&unit).cloned() {
             if op != UnitOp::ActiveState {
                 if matches!(op, UnitOp::Start | UnitOp::Restart) {
@@ -485,10 +511,13 @@ impl Units for HarnessHost {
     }
 
     fn daemon_reload(&self) -> Result<(), PlatformError> {
-        self.record().units.push(UnitCall {
+        let call = UnitCall {
             op: UnitOp::DaemonReload,
             unit: String::new(),
-        });
+        };
+        let mut r = self.record();
+        r.events.push(Event::Unit(call.clone()));
+        r.units.push(call);
         Ok(())
     }
 }
@@ -501,6 +530,7 @@ impl Commands for HarnessHost {
         timeout: Duration,
     ) -> Result<Output, PlatformError> {
         let mut r = self.record();
+        r.events.push(Event::Command(argv.to_vec()));
         r.commands.push(CommandCall {
             argv: argv.to_vec(),
             stdin: stdin.to_vec(),

@@ -18,7 +18,7 @@ mod checks;
 mod host;
 
 pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CheckStatus, CHECKS};
-pub use host::{CommandCall, Failure, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
+pub use host::{CommandCall, Event, Failure, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
 pub use plugin_api::abi::{LogLevel, UnitOp};
 
 /// A loaded plugin instance with its own [`HarnessHost`].

@@ -3,11 +3,14 @@
 //! boot start, shutdown and reset keep, and the same PUT handling for applications and
 //! providers.
 
-use abi_stable::std_types::{RSlice, RStr};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use incus_osd_harness::HarnessHost;
-use plugin_api::abi::{LogLevel, PluginBox, PluginError};
+use plugin_api::abi::{
+    ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, LogLevel, PluginBox, PluginError,
+};
 use plugin_api::sdk::{self, Error, Host, ResetFn, Result, Undo};
-use plugin_api::{Application, Manifest, Provider, Service};
+use plugin_api::{Application, Hook, Manifest, Provider, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -388,4 +391,202 @@ fn application_start_keeps_what_it_did() {
     let err = p.invoke("start", b"").unwrap_err();
     assert_eq!(err.message, "start failed");
     assert_eq!(p.text(VALUE).unwrap(), "boot");
+}
+
+// ---- every advertised hook reaches the plugin -----------------------------------------------
+
+/// One plugin type of every kind, implementing every hook it can; each hook logs its name.
+struct Every {
+    host: Host,
+}
+
+impl Every {
+    fn saw(&self, hook: Hook) -> Result<()> {
+        self.host.info(hook.op());
+        Ok(())
+    }
+
+    fn reset(&self, _: &mut Undo, _: &Value) -> Result<()> {
+        self.saw(Hook::Reset)
+    }
+}
+
+impl Service for Every {
+    const NAME: &'static str = "every";
+    const RESET: Option<ResetFn<Self>> = Some(Self::reset);
+    type Config = Value;
+    type State = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Every { host })
+    }
+    fn state(&self, _: &Value) -> Result<Value> {
+        self.saw(Hook::Get).map(|()| json!({}))
+    }
+    fn enabled(_: &Value) -> bool {
+        true
+    }
+    fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
+        self.saw(Hook::Put)
+    }
+    fn start(&self, _: &mut Undo, _: &Value) -> Result<()> {
+        self.saw(Hook::Start)
+    }
+    fn stop(&self, _: &mut Undo, _: &Value) -> Result<()> {
+        self.saw(Hook::Stop)
+    }
+}
+
+impl Application for Every {
+    const NAME: &'static str = "every";
+    // Every hook there is: the manifest keeps those an application has.
+    const HOOKS: &'static [Hook] = &Hook::ALL;
+    type Config = Value;
+    type State = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Every { host })
+    }
+    fn state(&self, _: &Value) -> Result<Value> {
+        self.saw(Hook::Get).map(|()| json!({}))
+    }
+    fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
+        self.saw(Hook::Put)
+    }
+    fn start(&self, _: &mut Undo, _: &Value) -> Result<()> {
+        self.saw(Hook::Start)
+    }
+    fn stop(&self, _: &mut Undo, _: &Value) -> Result<()> {
+        self.saw(Hook::Stop)
+    }
+    fn restart(&self, _: &Value) -> Result<()> {
+        self.saw(Hook::Restart)
+    }
+    fn factory_reset(&self, _: &Value) -> Result<()> {
+        self.saw(Hook::FactoryReset)
+    }
+    fn action(&self, _: &str, _: &std::collections::BTreeMap<String, String>) -> Result<Value> {
+        self.saw(Hook::Action).map(|()| json!({}))
+    }
+    fn backup(&self, _: bool, out: &mut dyn std::io::Write) -> Result<()> {
+        out.write_all(b"archive")?;
+        self.saw(Hook::Backup)
+    }
+    fn restore(&self, input: &mut dyn std::io::Read) -> Result<()> {
+        std::io::copy(input, &mut std::io::sink())?;
+        self.saw(Hook::Restore)
+    }
+}
+
+impl Provider for Every {
+    const NAME: &'static str = "every";
+    // Every hook there is: the manifest keeps those a provider has.
+    const HOOKS: &'static [Hook] = &Hook::ALL;
+    type Config = Value;
+    type State = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Every { host })
+    }
+    fn state(&self, _: &Value) -> Result<Value> {
+        self.saw(Hook::Get).map(|()| json!({}))
+    }
+    fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
+        self.saw(Hook::Put)
+    }
+    fn register(&self, _: &Value) -> Result<()> {
+        self.saw(Hook::Register)
+    }
+    fn deregister(&self, _: &Value) -> Result<()> {
+        self.saw(Hook::Deregister)
+    }
+    fn check_update(&self, _: &Value) -> Result<Value> {
+        self.saw(Hook::CheckUpdate).map(|()| json!({}))
+    }
+}
+
+struct VecSink(Vec<u8>);
+
+impl ByteSink for VecSink {
+    fn write(&mut self, chunk: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        self.0.extend_from_slice(chunk.as_slice());
+        RResult::ROk(())
+    }
+}
+
+struct Empty;
+
+impl ByteSource for Empty {
+    fn read(&mut self, _: RSliceMut<'_, u8>) -> RResult<usize, PluginError> {
+        RResult::ROk(0)
+    }
+}
+
+/// Calls `hook` as the daemon does: backup and restore through their streams, every other
+/// hook through `invoke`.
+fn call(p: &Loaded, hook: Hook) -> std::result::Result<(), PluginError> {
+    match hook {
+        Hook::Backup => {
+            let mut sink = VecSink(vec![]);
+            let sink_ref = ByteSink_TO::from_ptr(&mut sink, TD_Opaque);
+            p.plugin
+                .backup(RSlice::from_slice(b"{}"), sink_ref)
+                .into_result()?;
+            assert_eq!(sink.0, b"archive");
+            Ok(())
+        }
+        Hook::Restore => p
+            .plugin
+            .restore(ByteSource_TO::from_ptr(&mut Empty, TD_Opaque))
+            .into_result(),
+        Hook::Put => p.put(json!({})),
+        Hook::Action => p.invoke(hook.op(), br#"{"action": "rebuild"}"#),
+        _ => p.invoke(hook.op(), b""),
+    }
+}
+
+/// Whatever a plugin declares, its manifest lists only hooks its kind has, and each hook
+/// the manifest lists reaches the plugin's own method (never "operation ... is not
+/// implemented", which the host would then answer to a user).
+#[test]
+fn every_hook_a_manifest_advertises_reaches_the_plugin() {
+    use Hook::*;
+    let version = ("1.0.0", plugin_api::API_VERSION);
+    type Instance = fn(plugin_api::abi::HostHandle) -> Result<PluginBox>;
+    let kinds: [(Manifest, Instance, &[Hook]); 3] = [
+        (
+            sdk::__service_manifest::<Every>(version.0, version.1),
+            sdk::__service_instance::<Every>,
+            &[Get, Put, Reset, Start, Stop],
+        ),
+        (
+            sdk::__application_manifest::<Every>(version.0, version.1),
+            sdk::__application_instance::<Every>,
+            &[
+                Get,
+                Put,
+                Action,
+                Backup,
+                Restore,
+                FactoryReset,
+                Restart,
+                Start,
+                Stop,
+            ],
+        ),
+        (
+            sdk::__provider_manifest::<Every>(version.0, version.1),
+            sdk::__provider_instance::<Every>,
+            &[Get, Put, Register, Deregister, CheckUpdate],
+        ),
+    ];
+    for (manifest, instance, expected) in kinds {
+        let kind = manifest.kind;
+        assert_eq!(manifest.hooks, expected, "{kind:?}");
+        let p = Loaded::new(manifest.clone(), instance);
+        for hook in manifest.hooks {
+            p.host.clear_effects();
+            if let Err(e) = call(&p, hook) {
+                panic!("{kind:?} advertises {hook:?}, which answers {e:?}");
+            }
+            assert_eq!(p.calls(), [hook.op()], "{kind:?} {hook:?}");
+        }
+    }
 }

@@ -108,8 +108,13 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A compensation that records `name` and what the files and the unit are at that moment.
 fn probe(undo: &mut Undo, seen: &Seen, name: &'static str) {
+    probe_at(undo, seen, name, false)
+}
+
+/// [`probe`], registered to run before the units are put back, or after them.
+fn probe_at(undo: &mut Undo, seen: &Seen, name: &'static str, after_units: bool) {
     let seen = seen.clone();
-    undo.on_rollback(name, move |h| {
+    let run = move |h: &Host| {
         let file = |p: &str| {
             h.read_to_string(p)
                 .unwrap()
@@ -123,7 +128,12 @@ fn probe(undo: &mut Undo, seen: &Seen, name: &'static str) {
         );
         seen.lock().unwrap().push(line);
         Ok(())
-    });
+    };
+    if after_units {
+        undo.on_rollback_after_units(name, run);
+    } else {
+        undo.on_rollback(name, run);
+    }
 }
 
 /// Several steps of each kind: files and compensations come back newest first, each
@@ -182,6 +192,31 @@ fn rollback_runs_steps_newest_first_with_the_units_last() {
     );
     assert_eq!(hh.unit_state("demo.service"), "inactive");
     assert_eq!(hh.read_file("/etc/demo/a").unwrap(), b"a0");
+}
+
+/// Compensations registered with `on_rollback_after_units` run once every file and unit is
+/// back (a unit this change stopped is running again), newest first among themselves;
+/// plain compensations still run before the units.
+#[test]
+fn compensations_after_units_find_the_units_back() {
+    let (hh, host) = host();
+    hh.set_unit_state("demo.service", "active");
+    let seen = Seen::default();
+    let mut undo = Undo::new(&host);
+    probe_at(&mut undo, &seen, "log in again", true);
+    undo.stop_unit("demo.service").unwrap();
+    probe(&mut undo, &seen, "plain");
+    undo.write_file("/etc/demo/a", b"a1", 0o600).unwrap();
+    probe_at(&mut undo, &seen, "newer", true);
+    undo.rollback();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "plain: a=- b=- unit=inactive",
+            "newer: a=- b=- unit=active",
+            "log in again: a=- b=- unit=active",
+        ]
+    );
 }
 
 #[test]

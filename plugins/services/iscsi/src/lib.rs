@@ -202,9 +202,10 @@ impl Service for Iscsi {
 
     /// Logs out of `config`'s targets and stops iscsid.
     fn take_down(&self, undo: &mut Undo, config: &Config) -> Result<()> {
-        // Rolled back last: iscsid is running again by then.
+        // Logging in needs iscsid, which is stopped below: on rollback this runs once the
+        // units are back, iscsid running again.
         let (iscsi, targets) = (self.clone(), config.targets.clone());
-        undo.on_rollback("log back in to the previous targets", move |_| {
+        undo.on_rollback_after_units("log back in to the previous targets", move |_| {
             targets.iter().try_for_each(|t| iscsi.log_in(t))
         });
         self.log_out_all(&config.targets);

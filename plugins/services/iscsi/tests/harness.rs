@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    assert_conformance, built_plugin, Event, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -561,6 +561,39 @@ fn a_failing_disable_logs_back_in() {
         ]
     );
     assert_eq!(host.state(), json!({ "config": cfg }));
+}
+
+/// A disable whose save fails logs back in to the targets, and only once iscsid runs
+/// again: the log-in goes through iscsid, which the disable had stopped.
+#[test]
+fn a_rolled_back_disable_logs_back_in_after_iscsid_is_running_again() {
+    let h = scripted();
+    let host = h.host();
+    let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
+    put_config(&h, &cfg).unwrap();
+    host.clear_effects();
+    host.fail_next_save("disk full");
+    let err = put_config(&h, &config(false, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
+    assert_eq!(
+        host.events(),
+        [
+            Event::Command(node(T1, "10.0.0.5:3260", "--logout")),
+            Event::Unit(unit(UnitOp::ActiveState)),
+            Event::Unit(unit(UnitOp::Stop)),
+            // The rollback: iscsid first, then the log-in through it.
+            Event::Unit(unit(UnitOp::Restart)),
+            Event::Command(discovery("10.0.0.5:3260")),
+            Event::Command(node(T1, "10.0.0.5:3260", "--login")),
+        ]
+    );
+    assert_eq!(host.unit_state(ISCSID), "active");
+    assert_eq!(host.state(), json!({ "config": cfg }));
+    assert!(
+        host.logs().iter().all(|l| l.level != LogLevel::Warn),
+        "{:?}",
+        host.logs()
+    );
 }
 
 #[test]

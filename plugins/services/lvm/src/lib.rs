@@ -242,7 +242,9 @@ impl Service for Lvm {
     /// Upstream's Stop: the lock manager, then the three units.
     fn take_down(&self, undo: &mut Undo, _config: &Config) -> Result<()> {
         lock(&self.host, "--lock-stop")?;
-        undo.on_rollback("start the lock manager", |h| lock(h, "--lock-start"));
+        // Needs lvmlockd, which is stopped below: on rollback this runs once the units are
+        // back.
+        undo.on_rollback_after_units("start the lock manager", |h| lock(h, "--lock-start"));
         for unit in UNITS {
             undo.stop_unit(unit)?;
         }

@@ -1,0 +1,189 @@
+//! The manifest a plugin's type stands for, and the macros that export it as the plugin of
+//! a `cdylib`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::std_types::{RBox, RResult, RString};
+
+use super::adapters::{APPLICATION_HOOKS, PROVIDER_HOOKS, SERVICE_HOOKS};
+use super::{__guard, Application, Provider, Result, RouteSpec, Service};
+use crate::abi::{PluginBox, PluginError};
+use crate::manifest::{Hook, Kind, Manifest, Route};
+
+fn base_manifest(name: &str, kind: Kind, version: &str, api_version: &str) -> Manifest {
+    Manifest {
+        name: name.to_string(),
+        kind,
+        version: version.to_string(),
+        api_version: api_version.to_string(),
+        hooks: vec![Hook::Get, Hook::Put],
+        routes: Vec::<Route>::new(),
+        dependencies: vec![],
+        start_weight: 0,
+        primary: false,
+        paths: vec![],
+        requires_application: None,
+    }
+}
+
+/// Adds the hooks a plugin declares beyond get and put, as far as its kind's adapter
+/// dispatches them (sorted, each once): a manifest never advertises a hook the plugin
+/// would answer with "operation ... is not implemented".
+fn advertise(m: &mut Manifest, declared: &[Hook], dispatched: &[Hook]) {
+    m.hooks
+        .extend(declared.iter().filter(|h| dispatched.contains(h)));
+    m.hooks.sort();
+    m.hooks.dedup();
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[doc(hidden)]
+pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Service, version, api_version);
+    let reset: &[Hook] = if T::RESET.is_some() {
+        &[Hook::Reset]
+    } else {
+        &[]
+    };
+    advertise(&mut m, &[Hook::Start, Hook::Stop], SERVICE_HOOKS);
+    advertise(&mut m, reset, SERVICE_HOOKS);
+    m.start_weight = T::START_WEIGHT;
+    m.paths = strings(T::PATHS);
+    m.requires_application = T::REQUIRES_APPLICATION.map(str::to_string);
+    m.routes = routes(Kind::Service, T::NAME, T::ROUTES);
+    m
+}
+
+fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
+    let collection = kind.collection().unwrap_or("plugins");
+    specs
+        .iter()
+        .map(|r| Route {
+            method: r.method,
+            path: format!("/1.0/{collection}/{name}/{}", r.suffix),
+            op: r.op.to_string(),
+        })
+        .collect()
+}
+
+#[doc(hidden)]
+pub fn __application_manifest<T: Application>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Application, version, api_version);
+    advertise(&mut m, &[Hook::Start, Hook::Stop], APPLICATION_HOOKS);
+    advertise(&mut m, T::HOOKS, APPLICATION_HOOKS);
+    m.start_weight = T::START_WEIGHT;
+    m.primary = T::PRIMARY;
+    m.dependencies = strings(T::DEPENDENCIES);
+    m.paths = strings(T::PATHS);
+    m.routes = routes(Kind::Application, T::NAME, T::ROUTES);
+    m
+}
+
+#[doc(hidden)]
+pub fn __provider_manifest<T: Provider>(version: &str, api_version: &str) -> Manifest {
+    let mut m = base_manifest(T::NAME, Kind::Provider, version, api_version);
+    advertise(&mut m, T::HOOKS, PROVIDER_HOOKS);
+    m
+}
+
+/// Renders a manifest to JSON under `catch_unwind` (an empty string on panic, which the
+/// host refuses as an invalid manifest).
+#[doc(hidden)]
+pub fn __manifest_json(f: impl FnOnce() -> Manifest) -> RString {
+    match catch_unwind(AssertUnwindSafe(|| serde_json::to_string(&f()))) {
+        Ok(Ok(s)) => RString::from(s),
+        _ => RString::new(),
+    }
+}
+
+#[doc(hidden)]
+pub fn __instantiate(f: impl FnOnce() -> Result<PluginBox>) -> RResult<PluginBox, PluginError> {
+    __guard("constructor", f)
+}
+
+// Keep RBox in the public signature path used by the macros.
+#[doc(hidden)]
+pub type __RBox<T> = RBox<T>;
+
+/// Exports the whole ABI of a plugin: the version symbol and the root module.
+/// Use [`export_service!`], [`export_application!`] or [`export_provider!`] instead.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
+    ($manifest:ident, $instance:ident, $ty:ty, $api:expr) => {
+        // The SDK turns a panic in a hook into an error with `catch_unwind`; with
+        // `panic = "abort"` the same panic would abort the whole daemon.
+        #[cfg(panic = "abort")]
+        ::std::compile_error!(
+            "incus-osd plugins must be built with panic = \"unwind\" (the default): with \"abort\", a panic in the plugin would take the daemon down"
+        );
+
+        #[no_mangle]
+        pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
+            static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
+            V.get_or_init(|| ::std::ffi::CString::new($api).expect("no NUL in version"))
+                .as_ptr()
+        }
+
+        #[::abi_stable::export_root_module]
+        pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+            extern "C" fn manifest() -> ::abi_stable::std_types::RString {
+                $crate::sdk::__manifest_json(|| {
+                    $crate::sdk::$manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api)
+                })
+            }
+            extern "C" fn instantiate(
+                host: $crate::abi::HostHandle,
+            ) -> ::abi_stable::std_types::RResult<$crate::abi::PluginBox, $crate::abi::PluginError>
+            {
+                $crate::sdk::__instantiate(|| $crate::sdk::$instance::<$ty>(host))
+            }
+            $crate::abi::PluginModule {
+                manifest,
+                instantiate,
+            }
+            .leak_into_prefix()
+        }
+    };
+}
+
+/// Exports a [`Service`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_service {
+    ($ty:ty) => {
+        $crate::export_service!($ty, api_version = $crate::API_VERSION);
+    };
+    ($ty:ty, api_version = $api:expr) => {
+        $crate::__export_plugin!(__service_manifest, __service_instance, $ty, $api);
+    };
+}
+
+/// Exports an [`Application`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_application {
+    ($ty:ty) => {
+        $crate::__export_plugin!(
+            __application_manifest,
+            __application_instance,
+            $ty,
+            $crate::API_VERSION
+        );
+    };
+}
+
+/// Exports a [`Provider`] implementation as the plugin of this `cdylib`.
+#[macro_export]
+macro_rules! export_provider {
+    ($ty:ty) => {
+        $crate::__export_plugin!(
+            __provider_manifest,
+            __provider_instance,
+            $ty,
+            $crate::API_VERSION
+        );
+    };
+}

@@ -1,0 +1,320 @@
+//! [`Host`]: the safe wrapper over the capabilities the host hands a plugin, and command
+//! running (with secret arguments masked).
+
+use std::sync::Arc;
+
+use abi_stable::std_types::{ROption, RSlice, RStr, RString, RVec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Error, Result};
+use crate::abi::{CommandOutput, CommandSpec, HostHandle, LogLevel, UnitOp, SECRET_MASK};
+
+/// A command's captured result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Exit status; -1 when the process was killed by a signal.
+    pub status: i32,
+    /// Standard output, as text (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Standard error, as text (invalid UTF-8 replaced).
+    pub stderr: String,
+}
+
+/// The capabilities the host gives a plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostHandle>,
+}
+
+impl Host {
+    /// Wraps the ABI handle (done by the export macros, and by test harnesses).
+    pub fn from_handle(handle: HostHandle) -> Self {
+        Host {
+            inner: Arc::new(handle),
+        }
+    }
+
+    /// Writes a line to the daemon's log at `level`; the host adds the plugin's name.
+    pub fn log(&self, level: LogLevel, message: &str) {
+        self.inner.log(level, RStr::from_str(message));
+    }
+    /// [`Host::log`] at [`LogLevel::Error`].
+    pub fn error(&self, message: &str) {
+        self.log(LogLevel::Error, message)
+    }
+    /// [`Host::log`] at [`LogLevel::Warn`].
+    pub fn warn(&self, message: &str) {
+        self.log(LogLevel::Warn, message)
+    }
+    /// [`Host::log`] at [`LogLevel::Info`].
+    pub fn info(&self, message: &str) {
+        self.log(LogLevel::Info, message)
+    }
+    /// [`Host::log`] at [`LogLevel::Debug`].
+    pub fn debug(&self, message: &str) {
+        self.log(LogLevel::Debug, message)
+    }
+
+    /// The plugin's persisted document, or `T::default()` if none was saved.
+    pub fn load_state<T: DeserializeOwned + Default>(&self) -> Result<T> {
+        let raw = self.inner.state_load().into_result()?;
+        let value: serde_json::Value = serde_json::from_str(raw.as_str())
+            .map_err(|e| Error::internal(format!("stored state is not JSON: {e}")))?;
+        if value.is_null() {
+            return Ok(T::default());
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::internal(format!("stored state cannot be read: {e}")))
+    }
+
+    /// Saves the plugin's document durably.
+    pub fn save_state<T: Serialize>(&self, value: &T) -> Result<()> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| Error::internal(format!("cannot encode state: {e}")))?;
+        self.inner.state_save(RStr::from_str(&json)).into_result()?;
+        Ok(())
+    }
+
+    /// Reads a file (absolute OS path, resolved by the host under its root prefix).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let data = self.inner.file_read(RStr::from_str(path)).into_result()?;
+        Ok(match data {
+            ROption::RSome(v) => Some(v.into_vec()),
+            ROption::RNone => None,
+        })
+    }
+
+    /// Reads a text file; `None` if absent.
+    pub fn read_to_string(&self, path: &str) -> Result<Option<String>> {
+        Ok(self
+            .read_file(path)?
+            .map(|d| String::from_utf8_lossy(&d).into_owned()))
+    }
+
+    /// The sorted entry names of a directory; `None` if it does not exist.
+    pub fn list_dir(&self, path: &str) -> Result<Option<Vec<String>>> {
+        let names = self.inner.dir_list(RStr::from_str(path)).into_result()?;
+        Ok(match names {
+            ROption::RSome(v) => Some(v.into_iter().map(RString::into_string).collect()),
+            ROption::RNone => None,
+        })
+    }
+
+    /// Kind, permission bits and symlink target of a path (a final symlink is not
+    /// followed); `None` if it does not exist.
+    pub fn stat(&self, path: &str) -> Result<Option<crate::abi::FileStat>> {
+        let st = self.inner.file_stat(RStr::from_str(path)).into_result()?;
+        Ok(st.into_option())
+    }
+
+    /// Whether a path exists (a dangling symlink exists).
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.stat(path)?.is_some())
+    }
+
+    /// The absolute OS path a symlink points to (relative targets resolved against the
+    /// link's directory, `.` and `..` folded); `None` if `path` is not a symlink.
+    pub fn read_link(&self, path: &str) -> Result<Option<String>> {
+        let Some(st) = self.stat(path)? else {
+            return Ok(None);
+        };
+        if st.kind != crate::abi::FileKind::Symlink {
+            return Ok(None);
+        }
+        let target = st.link_target.as_str();
+        let joined = if target.starts_with('/') {
+            target.to_string()
+        } else {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            format!("{dir}/{target}")
+        };
+        let mut parts: Vec<&str> = vec![];
+        for seg in joined.split('/') {
+            match seg {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                s => parts.push(s),
+            }
+        }
+        Ok(Some(format!("/{}", parts.join("/"))))
+    }
+
+    /// Replaces a file atomically with `data` and permission bits `mode` (parents are
+    /// created). Only paths the manifest declares are writable. Not journaled: inside a
+    /// hook, write through [`super::Undo`].
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+        self.inner
+            .file_write(RStr::from_str(path), RSlice::from_slice(data), mode)
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Creates a directory (and its parents) with `mode`; declared paths only.
+    pub fn create_dir(&self, path: &str, mode: u32) -> Result<()> {
+        self.inner
+            .dir_create(RStr::from_str(path), mode)
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Removes a file or a tree; absent is fine. Declared paths only.
+    pub fn remove(&self, path: &str) -> Result<()> {
+        self.inner.remove(RStr::from_str(path)).into_result()?;
+        Ok(())
+    }
+
+    /// Any systemd unit operation: the unit's `ActiveState` for [`UnitOp::ActiveState`],
+    /// an empty string otherwise. Jobs are waited for.
+    pub fn unit(&self, op: UnitOp, unit: &str) -> Result<String> {
+        Ok(self
+            .inner
+            .unit(op, RStr::from_str(unit))
+            .into_result()?
+            .into_string())
+    }
+    /// Starts a unit (nothing happens to a running one).
+    pub fn start_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Start, unit).map(drop)
+    }
+    /// Stops a unit.
+    pub fn stop_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Stop, unit).map(drop)
+    }
+    /// Restarts a unit (starts it if it is not running).
+    pub fn restart_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Restart, unit).map(drop)
+    }
+    /// SIGKILL to every process of the unit.
+    pub fn kill_unit(&self, unit: &str) -> Result<()> {
+        self.unit(UnitOp::Kill, unit).map(drop)
+    }
+    /// Makes systemd re-read unit files.
+    pub fn daemon_reload(&self) -> Result<()> {
+        self.unit(UnitOp::DaemonReload, "").map(drop)
+    }
+    /// The unit's `ActiveState` (`active`, `inactive`, `failed`, ...); see
+    /// [`super::is_active`].
+    pub fn unit_active_state(&self, unit: &str) -> Result<String> {
+        self.unit(UnitOp::ActiveState, unit)
+    }
+
+    /// Runs a command with a timeout; a non-zero exit is returned, not an error.
+    pub fn run(&self, argv: &[&str], timeout: std::time::Duration) -> Result<Output> {
+        let out = self.inner.run(command_spec(argv, timeout)).into_result()?;
+        Ok(out.into())
+    }
+
+    /// [`Host::run`] for a command line that carries secrets: each [`Arg::Secret`] is
+    /// shown as `***` in every error text and log line (the host masks them), and any
+    /// occurrence of a secret in the captured output comes back as `***`.
+    pub fn run_masked(&self, argv: &[Arg], timeout: std::time::Duration) -> Result<Output> {
+        let words: Vec<&str> = argv.iter().map(|a| a.value()).collect();
+        let secret: Vec<u32> = (0u32..)
+            .zip(argv)
+            .filter(|(_, a)| matches!(a, Arg::Secret(_)))
+            .map(|(i, _)| i)
+            .collect();
+        let out = self
+            .inner
+            .run_masked(command_spec(&words, timeout), RSlice::from_slice(&secret))
+            .into_result()?;
+        Ok(out.into())
+    }
+
+    /// Runs a command and fails unless it exits 0, with upstream's error text:
+    /// `Failed to run: <argv>: exit status <n> (<stderr>)`. Returns stdout.
+    pub fn run_ok(&self, argv: &[&str], timeout: std::time::Duration) -> Result<String> {
+        succeeded(&argv.join(" "), self.run(argv, timeout)?)
+    }
+
+    /// [`Host::run_ok`] for a command line that carries secrets (auth keys, setup keys),
+    /// marked [`Arg::Secret`]: they are `***` in the error text, as in everything the host
+    /// shows (see [`Host::run_masked`]).
+    pub fn run_ok_masked(&self, argv: &[Arg], timeout: std::time::Duration) -> Result<String> {
+        let shown: Vec<&str> = argv.iter().map(|a| a.shown()).collect();
+        succeeded(&shown.join(" "), self.run_masked(argv, timeout)?)
+    }
+}
+
+/// One argument of a command line for [`Host::run_masked`]. Strings convert into
+/// [`Arg::Plain`]; [`Arg::secret`] marks a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arg {
+    /// An ordinary argument, shown as it is.
+    Plain(String),
+    /// A secret (an auth key, a setup key): never shown, `***` in its place.
+    Secret(String),
+}
+
+impl Arg {
+    /// A secret argument.
+    pub fn secret(value: impl Into<String>) -> Self {
+        Arg::Secret(value.into())
+    }
+
+    fn value(&self) -> &str {
+        match self {
+            Arg::Plain(s) | Arg::Secret(s) => s,
+        }
+    }
+
+    fn shown(&self) -> &str {
+        match self {
+            Arg::Plain(s) => s,
+            Arg::Secret(_) => SECRET_MASK,
+        }
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Plain(s.to_string())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(s: String) -> Self {
+        Arg::Plain(s)
+    }
+}
+
+impl From<&String> for Arg {
+    fn from(s: &String) -> Self {
+        Arg::Plain(s.clone())
+    }
+}
+
+fn command_spec(argv: &[&str], timeout: std::time::Duration) -> CommandSpec {
+    CommandSpec {
+        argv: argv.iter().map(|a| RString::from(*a)).collect(),
+        stdin: RVec::new(),
+        timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+    }
+}
+
+impl From<CommandOutput> for Output {
+    fn from(o: CommandOutput) -> Self {
+        Output {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// stdout of a command that exited 0, else upstream's error text for `shown` (the command
+/// line as it may be shown).
+fn succeeded(shown: &str, out: Output) -> Result<String> {
+    if out.status == 0 {
+        return Ok(out.stdout);
+    }
+    let mut msg = format!("Failed to run: {shown}: exit status {}", out.status);
+    let stderr = out.stderr.trim();
+    if !stderr.is_empty() {
+        msg.push_str(&format!(" ({stderr})"));
+    }
+    Err(Error::internal(msg))
+}

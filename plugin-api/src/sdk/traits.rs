@@ -1,0 +1,296 @@
+//! The three traits a plugin implements: [`Service`], [`Application`] and [`Provider`].
+
+use std::io::{Read, Write};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Error, Host, Result, Undo, NOT_SUPPORTED};
+use crate::manifest::{Hook, RouteRequest};
+
+/// An extra endpoint a plugin serves below its own URL, e.g.
+/// `RouteSpec { method: Method::Post, suffix: ":rejoin", op: "rejoin" }` for
+/// `POST /1.0/services/<name>/:rejoin`. Requests reach [`Service::route`] or
+/// [`Application::route`] with the op name and a [`RouteRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// The HTTP method it answers.
+    pub method: crate::manifest::Method,
+    /// The path below the plugin's URL, e.g. `:rejoin` or `sessions`.
+    pub suffix: &'static str,
+    /// The operation name the `route` hook receives. Not a hook's name (`get`, `reset`,
+    /// ...): that operation would reach the hook instead.
+    pub op: &'static str,
+}
+
+/// A service's reset hook (`POST /1.0/services/{name}/:reset`): see [`Service::RESET`].
+pub type ResetFn<S> = fn(&S, &mut Undo, &<S as Service>::Config) -> Result<()>;
+
+/// A system service (`/1.0/services/{name}`).
+///
+/// The SDK persists `Config` and answers GET with `{"state", "config"}`. On PUT it decodes
+/// the new config, calls [`Service::validate`] and [`Service::validate_change`], then
+/// [`Service::update`] with a fresh [`Undo`] journal, and saves the config. If the update
+/// or the save fails, the journal is rolled back (the system and the saved config stay as
+/// they were); only once the config is saved is the journal committed.
+///
+/// Every service has an on/off switch ([`Service::enabled`]), and the lifecycle defaults
+/// are built on two hooks, [`Service::bring_up`] and [`Service::take_down`]:
+///
+/// | hook | default |
+/// |---|---|
+/// | `update(old, new)` | off→off: nothing; on→off: `take_down(old)`; off→on: `bring_up(new)`; on→on: `reconfigure(old, new)` |
+/// | `reconfigure(old, new)` | `take_down(old)`, then `bring_up(new)` |
+/// | `start(config)` (daemon start) | `bring_up(config)` if enabled |
+/// | `stop(config)` (daemon shutdown) | `take_down(config)` if enabled |
+///
+/// Start, stop and reset get a journal whose changes are kept even when the hook fails
+/// (boot and shutdown have no previous state to go back to).
+pub trait Service: Sized + Send + Sync + 'static {
+    /// The service name (URL segment).
+    const NAME: &'static str;
+    /// Start order among plugins (lower first); stop is the reverse.
+    const START_WEIGHT: i32 = 0;
+    /// OS paths this service may write (its files under the root prefix).
+    const PATHS: &'static [&'static str] = &[];
+    /// Listed and usable only when this application is installed.
+    const REQUIRES_APPLICATION: Option<&'static str> = None;
+    /// The reset hook, if the service has one: `const RESET: Option<ResetFn<Self>> =
+    /// Some(Self::reset);` with an inherent `fn reset(&self, undo: &mut Undo, config:
+    /// &Config) -> Result<()>`. The manifest lists the `reset` hook exactly when this is
+    /// set; without it, a reset answers upstream's "not supported" error.
+    const RESET: Option<ResetFn<Self>> = None;
+    /// Whether a GET answers `{"config", "state"}` rather than `{"state", "config"}`, to
+    /// keep the key order of the upstream struct the service mirrors.
+    const CONFIG_FIRST: bool = false;
+
+    /// The config the SDK persists and a PUT replaces (`Default` is the config of a
+    /// service never configured).
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Service::state`].
+    type State: Serialize;
+
+    /// Builds the service. Called once, when the host loads the plugin.
+    fn new(host: Host) -> Result<Self>;
+
+    /// The live state, read from the system.
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+
+    /// Whether `config` has the service running (its `enabled` switch).
+    fn enabled(config: &Self::Config) -> bool;
+
+    /// Refuses a config that cannot work (400). Called before anything is touched.
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Refuses a change that depends on the current config (400), before anything is
+    /// touched. Called after [`Service::validate`], with the config currently saved.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Brings the service up as `config` says (it is enabled), recording in `undo` what
+    /// it changes.
+    fn bring_up(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Takes the service down (`config` is the enabled config it ran with), recording in
+    /// `undo` what it changes.
+    fn take_down(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Moves a running service from `old` to `new` (both enabled).
+    fn reconfigure(&self, undo: &mut Undo, old: &Self::Config, new: &Self::Config) -> Result<()> {
+        self.take_down(undo, old)?;
+        self.bring_up(undo, new)
+    }
+
+    /// Applies a new config, recording in `undo` what it changes: a failure here, or in
+    /// the save that follows, rolls the journal back.
+    fn update(&self, undo: &mut Undo, old: &Self::Config, new: &Self::Config) -> Result<()> {
+        match (Self::enabled(old), Self::enabled(new)) {
+            (false, false) => Ok(()),
+            (true, false) => self.take_down(undo, old),
+            (false, true) => self.bring_up(undo, new),
+            (true, true) => self.reconfigure(undo, old, new),
+        }
+    }
+
+    /// Brings the system to the configured state at daemon start.
+    fn start(&self, undo: &mut Undo, config: &Self::Config) -> Result<()> {
+        if Self::enabled(config) {
+            self.bring_up(undo, config)?;
+        }
+        Ok(())
+    }
+
+    /// Called at daemon shutdown, in reverse start order.
+    fn stop(&self, undo: &mut Undo, config: &Self::Config) -> Result<()> {
+        if Self::enabled(config) {
+            self.take_down(undo, config)?;
+        }
+        Ok(())
+    }
+
+    /// Extra endpoints below `/1.0/services/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
+
+    /// Answers a request to one of [`Service::ROUTES`].
+    fn route(
+        &self,
+        op: &str,
+        _request: RouteRequest,
+        _config: &Self::Config,
+    ) -> Result<serde_json::Value> {
+        Err(Error::new(
+            501,
+            format!("operation '{op}' is not implemented by this plugin"),
+        ))
+    }
+}
+
+/// An application (`/1.0/applications/{name}`).
+///
+/// Config handling is the service's: PUT calls [`Application::validate`],
+/// [`Application::validate_change`], then [`Application::update`] with a journal that is
+/// rolled back if the update or the save fails, and committed once the config is saved.
+/// Start and stop get a journal whose changes are kept.
+pub trait Application: Sized + Send + Sync + 'static {
+    /// The application name (URL segment).
+    const NAME: &'static str;
+    /// Start order among plugins (lower first); stop is the reverse.
+    const START_WEIGHT: i32 = 0;
+    /// A primary application: only one may be installed at a time.
+    const PRIMARY: bool = false;
+    /// Plugins that must be loaded, and are started first.
+    const DEPENDENCIES: &'static [&'static str] = &[];
+    /// OS paths this application may write (its files under the root prefix).
+    const PATHS: &'static [&'static str] = &[];
+    /// Hooks implemented beyond get/put/start/stop: any of `Hook::Restart`,
+    /// `Hook::FactoryReset`, `Hook::Action`, `Hook::Backup` and `Hook::Restore`. The
+    /// manifest advertises these; a hook applications do not have is left out.
+    const HOOKS: &'static [Hook] = &[];
+
+    /// The config the SDK persists and a PUT replaces.
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Application::state`].
+    type State: Serialize;
+
+    /// Builds the application. Called once, when the host loads the plugin.
+    fn new(host: Host) -> Result<Self>;
+    /// The live state, read from the system.
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    /// Refuses a config that cannot work (400), before anything is touched.
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Refuses a change that depends on the saved config (400), before anything is
+    /// touched.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Applies a new config, recording in `undo` what it changes.
+    fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Brings the application up at daemon start; what it changes is kept even if it
+    /// fails.
+    fn start(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Called at daemon shutdown, in reverse start order.
+    fn stop(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// `:restart` (with `Hook::Restart` in [`Application::HOOKS`]).
+    fn restart(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// `:factory-reset`: back to a fresh install, the application's data wiped (with
+    /// `Hook::FactoryReset` in [`Application::HOOKS`]).
+    fn factory_reset(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// `:action` with `{"action", "config"}`; returns the response metadata.
+    fn action(
+        &self,
+        _action: &str,
+        _args: &std::collections::BTreeMap<String, String>,
+    ) -> Result<serde_json::Value> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Writes a tar archive of the application's data to `out`.
+    fn backup(&self, _complete: bool, _out: &mut dyn Write) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Restores from a tar archive produced by [`Application::backup`].
+    fn restore(&self, _input: &mut dyn Read) -> Result<()> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+
+    /// Extra endpoints below `/1.0/applications/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
+
+    /// Answers a request to one of [`Application::ROUTES`].
+    fn route(
+        &self,
+        op: &str,
+        _request: RouteRequest,
+        _config: &Self::Config,
+    ) -> Result<serde_json::Value> {
+        Err(Error::new(
+            501,
+            format!("operation '{op}' is not implemented by this plugin"),
+        ))
+    }
+}
+
+/// An update provider. Its config is handled as a service's (see [`Application`]).
+pub trait Provider: Sized + Send + Sync + 'static {
+    /// The provider name, as `/1.0/system/provider` selects it.
+    const NAME: &'static str;
+    /// Hooks implemented beyond get and put: any of `Hook::Register`, `Hook::Deregister`
+    /// and `Hook::CheckUpdate`. The manifest advertises these; a hook providers do not
+    /// have is left out.
+    const HOOKS: &'static [Hook] = &[];
+    /// The config the SDK persists and a PUT replaces.
+    type Config: Serialize + DeserializeOwned + Default + Clone + Send;
+    /// What a GET shows beside the config, read live by [`Provider::state`].
+    type State: Serialize;
+
+    /// Builds the provider. Called once, when the host loads the plugin.
+    fn new(host: Host) -> Result<Self>;
+    /// The live state.
+    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    /// Refuses a config that cannot work (400), before anything is touched.
+    fn validate(&self, _config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Refuses a change that depends on the saved config (400), before anything is
+    /// touched.
+    fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Applies a new config, recording in `undo` what it changes.
+    fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+    /// Registers this machine with the provider (with `Hook::Register` in
+    /// [`Provider::HOOKS`]).
+    fn register(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal("registration unsupported"))
+    }
+    /// Removes this machine's registration (with `Hook::Deregister` in
+    /// [`Provider::HOOKS`]).
+    fn deregister(&self, _config: &Self::Config) -> Result<()> {
+        Err(Error::internal("deregistration unsupported"))
+    }
+    /// Asks the provider for an update and returns what it found (with
+    /// `Hook::CheckUpdate` in [`Provider::HOOKS`]).
+    fn check_update(&self, _config: &Self::Config) -> Result<serde_json::Value> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+}
