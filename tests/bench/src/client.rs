@@ -284,3 +284,165 @@ pub async fn wait_served(
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// A request body for [`upload`]: sent in frames of at most 64 KiB, with a
+/// `Content-Length` when `declared`, else chunked.
+#[derive(Clone)]
+pub struct Upload {
+    frames: Vec<Bytes>,
+    len: usize,
+    declared: bool,
+}
+
+impl Upload {
+    pub fn new(data: Bytes, declared: bool) -> Upload {
+        const FRAME: usize = 64 * 1024;
+        let frames = (0..data.len())
+            .step_by(FRAME)
+            .map(|at| data.slice(at..(at + FRAME).min(data.len())))
+            .collect();
+        Upload {
+            frames,
+            len: data.len(),
+            declared,
+        }
+    }
+
+    /// A JSON document, with its length declared.
+    pub fn json(doc: &serde_json::Value) -> Upload {
+        Upload::new(Bytes::from(doc.to_string()), true)
+    }
+}
+
+/// How an upload ended: the server's answer (status and the start of its body), or the
+/// error that ended the exchange before an answer came.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Answered { status: u16, body: String },
+    Failed(String),
+}
+
+impl Outcome {
+    /// The status as text (`413`), or `no answer`.
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Answered { status, .. } => status.to_string(),
+            Outcome::Failed(_) => "no answer".into(),
+        }
+    }
+
+    /// The error text of the answer's JSON envelope (empty for a success), or what went
+    /// wrong.
+    pub fn detail(&self) -> String {
+        match self {
+            Outcome::Answered { body, .. } => {
+                match serde_json::from_str::<serde_json::Value>(body) {
+                    Ok(v) => v["error"].as_str().unwrap_or_default().to_string(),
+                    Err(_) => body.trim().chars().take(120).collect(),
+                }
+            }
+            Outcome::Failed(e) => e.clone(),
+        }
+    }
+}
+
+/// `method path` with `body` on a new connection, written by hand (HTTP/1.1, `connection:
+/// close`) so that an answer the server gives before it read the whole body (a 413) is
+/// seen even when it then stops reading. The write side stays open until the answer is
+/// read: a half-closed connection could end the request early.
+pub async fn upload(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &Upload,
+    timeout: Duration,
+) -> Outcome {
+    match tokio::time::timeout(timeout, exchange(socket, method, path, body)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => Outcome::Failed(format!("{e:#}")),
+        Err(_) => Outcome::Failed(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn exchange(socket: &Path, method: &str, path: &str, body: &Upload) -> Result<Outcome> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    let (mut rd, mut wr) = stream.into_split();
+    let length = if body.declared {
+        format!("content-length: {}\r\n", body.len)
+    } else {
+        "transfer-encoding: chunked\r\n".into()
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         connection: close\r\n{length}\r\n"
+    );
+    let (frames, declared) = (body.frames.clone(), body.declared);
+    let writer = tokio::spawn(async move {
+        let sent = async {
+            wr.write_all(head.as_bytes()).await?;
+            for f in &frames {
+                if declared {
+                    wr.write_all(f).await?;
+                } else {
+                    wr.write_all(format!("{:x}\r\n", f.len()).as_bytes())
+                        .await?;
+                    wr.write_all(f).await?;
+                    wr.write_all(b"\r\n").await?;
+                }
+            }
+            if !declared {
+                wr.write_all(b"0\r\n\r\n").await?;
+            }
+            wr.flush().await
+        }
+        .await;
+        // Kept open (see above); a write error means the server stopped reading.
+        (wr, sent)
+    });
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            // A server that closes with our data unread resets the connection after its
+            // answer: what came before the reset is the answer.
+            Err(_) if !answer.is_empty() => break,
+            Err(e) => {
+                writer.abort();
+                return Ok(Outcome::Failed(format!("reading the answer: {e}")));
+            }
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+        return Ok(Outcome::Failed(if text.is_empty() {
+            "the server closed the connection without an answer".into()
+        } else {
+            format!(
+                "a truncated answer: {:?}",
+                text.chars().take(80).collect::<String>()
+            )
+        }));
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("a bad status line: {head:?}"))?;
+    // A chunked answer starts with its first chunk's size.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        rest.split_once("\r\n").map_or(rest, |(_, b)| b)
+    } else {
+        rest
+    };
+    let body = body.split("\r\n").next().unwrap_or_default().to_string();
+    Ok(Outcome::Answered { status, body })
+}

@@ -8,11 +8,12 @@
 //! cargo build --release --workspace && target/release/incus-osd-bench
 //! ```
 //!
-//! It finds the daemon (`incus-osd`) and the plugins (`libincus_osd_plugin_*.so`) next to
-//! its own executable; `--daemon PATH` and `--plugins DIR` override. Shorter runs:
-//! `--duration 1 --requests 1000 --starts 5`. Progress goes to stderr, the report to
-//! stdout. The exit status is 0 even when a budget is missed (it is a report); non-zero
-//! only on errors.
+//! It finds the daemon (`incus-osd`), the plugins (`libincus_osd_plugin_*.so`) and the
+//! fixture plugins of figures 5-7 (`libfixture_faulty.so`, `libfixture_backup_app.so`) next
+//! to its own executable; `--daemon PATH` and `--plugins DIR` override. Shorter runs:
+//! `--duration 1 --requests 1000 --starts 5`; `--figures 5,6,7` runs only those figures.
+//! Progress goes to stderr, the report to stdout. The exit status is 0 even when a budget
+//! is missed (it is a report); non-zero only on errors.
 //!
 //! Figures:
 //! 1. `GET /1.0` under load (N keep-alive connections, fixed duration): the daemon vs a
@@ -22,10 +23,17 @@
 //!    connection, interleaved in blocks.
 //! 3. Start-up to a served `GET /1.0` with every plugin vs none (median).
 //! 4. Idle resident memory with every plugin (and with none, and the bare server).
+//! 5. Peak resident memory while 100 clients PUT 15 MiB bodies behind a slow change.
+//! 6. Peak resident memory during 20 concurrent 64 MiB restore uploads (they are stored
+//!    in `TMPDIR` under the daemon's root: 1.3 GB must be free there).
+//! 7. `GET /1.0` latency, a PUT and resident memory with 2,000 idle connections open.
+//!
+//! Figures 5-7 are described in `pressure.rs`.
 #![allow(clippy::print_stdout)]
 
 mod bare;
 mod client;
+mod pressure;
 mod procs;
 mod report;
 mod stats;
@@ -62,9 +70,13 @@ struct Args {
     /// The daemon binary [default: `incus-osd` next to this executable].
     #[arg(long)]
     daemon: Option<PathBuf>,
-    /// Where to find the plugin libraries [default: the directory of this executable].
+    /// Where to find the plugin and fixture libraries [default: the directory of this
+    /// executable].
     #[arg(long)]
     plugins: Option<PathBuf>,
+    /// The figures to run, comma-separated (1-7).
+    #[arg(long, value_delimiter = ',', default_values_t = ALL_FIGURES)]
+    figures: Vec<u8>,
     /// Internal: run as the bare reference server.
     #[arg(long, num_args = 2, value_names = ["SOCKET", "BODYFILE"], hide = true)]
     bare_server: Option<Vec<PathBuf>>,
@@ -73,6 +85,8 @@ struct Args {
     #[arg(long, default_value = "application/json", hide = true)]
     bare_content_type: String,
 }
+
+const ALL_FIGURES: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
 
 /// How long a process may take to serve before it is an error.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,7 +143,10 @@ fn main() -> ExitCode {
 
 struct Setup {
     daemon: PathBuf,
-    plugins: PluginDirs,
+    /// Every plugin and none (figures 1-4).
+    plugins: Option<PluginDirs>,
+    /// The fixture plugins (figures 5-7).
+    fixtures: Option<tempfile::TempDir>,
 }
 
 fn setup(args: &Args) -> Result<Setup> {
@@ -140,6 +157,9 @@ fn setup(args: &Args) -> Result<Setup> {
     ensure!(args.connections > 0, "--connections must be at least 1");
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.starts > 0, "--starts must be at least 1");
+    if let Some(f) = args.figures.iter().find(|f| !ALL_FIGURES.contains(f)) {
+        bail!("--figures: there is no figure {f} (they are 1 to 7)");
+    }
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let exe_dir = exe
         .parent()
@@ -156,8 +176,22 @@ fn setup(args: &Args) -> Result<Setup> {
         );
     }
     let source = args.plugins.as_deref().unwrap_or(exe_dir);
-    let plugins = procs::stage_plugins(source)?;
-    Ok(Setup { daemon, plugins })
+    let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
+    let plugins = if wants(&[1, 2, 3, 4]) {
+        Some(procs::stage_plugins(source)?)
+    } else {
+        None
+    };
+    let fixtures = if wants(&[5, 6, 7]) {
+        Some(procs::stage_fixtures(source, &pressure::FIXTURES)?)
+    } else {
+        None
+    };
+    Ok(Setup {
+        daemon,
+        plugins,
+        fixtures,
+    })
 }
 
 /// Spawns a daemon and waits until it reports ready.
@@ -232,15 +266,22 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 async fn run(args: Args) -> Result<Report> {
-    let Setup { daemon, plugins } = setup(&args)?;
-    let duration = Duration::from_secs_f64(args.duration);
-    let warmup = (duration / 5).min(Duration::from_secs(1));
+    let Setup {
+        daemon,
+        plugins,
+        fixtures,
+    } = setup(&args)?;
+    let want = |n: u8| args.figures.contains(&n);
     let mut report = Report::default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut libraries = plugins.as_ref().map_or(vec![], |p| p.names.clone());
+    if fixtures.is_some() {
+        libraries.extend(pressure::FIXTURES.map(|f| format!("lib{f}.so")));
+    }
     report.top(format!(
         "daemon: {}; plugin libraries: {}; {cpus} CPUs, load average {}{}",
         daemon.display(),
-        plugins.names.join(", "),
+        libraries.join(", "),
         load_average(),
         if cfg!(debug_assertions) {
             "; DEBUG build of the bench: build with --release for meaningful figures"
@@ -248,11 +289,102 @@ async fn run(args: Args) -> Result<Report> {
             ""
         }
     ));
+    if args.figures.len() < ALL_FIGURES.len() {
+        let mut figures = args.figures.clone();
+        figures.sort_unstable();
+        figures.dedup();
+        report.top(format!(
+            "figures run: {} (--figures)",
+            figures
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
 
+    let mut after_load = None;
+    if let Some(plugins) = &plugins {
+        if want(1) || want(2) {
+            after_load = Some(figures_1_2(&args, &mut report, &daemon, plugins, want).await?);
+        }
+        if want(3) {
+            figure_3(&args, &mut report, &daemon, plugins).await?;
+        }
+        if want(4) {
+            figure_4(&mut report, &daemon, plugins, after_load).await?;
+        }
+    }
+    if let Some(fixtures) = &fixtures {
+        if want(5) {
+            pressure::figure_5(&mut report, &daemon, fixtures.path()).await?;
+        }
+        if want(6) {
+            pressure::figure_6(&mut report, &daemon, fixtures.path()).await?;
+        }
+        if want(7) {
+            pressure::figure_7(&mut report, &daemon, fixtures.path()).await?;
+        }
+    }
+    report.note(format!(
+        "load average at the end: {} (other work on the machine shifts figure 2 most)",
+        load_average()
+    ));
+    Ok(report)
+}
+
+/// The daemon's answer to `GET /1.0`: what the bare server serves.
+struct Reference {
+    status: u16,
+    content_type: String,
+    body: bytes::Bytes,
+}
+
+async fn reference(socket: &Path) -> Result<(Reference, hyper::HeaderMap)> {
+    let reply = client::get_once(socket, "/1.0").await?;
+    ensure!(
+        reply.status == hyper::StatusCode::OK,
+        "the daemon answered GET /1.0 with {}",
+        reply.status
+    );
+    let content_type = reply
+        .headers
+        .get(CONTENT_TYPE)
+        .context("the daemon's GET /1.0 has no content-type")?
+        .to_str()
+        .context("the daemon's content-type is not text")?
+        .to_string();
+    Ok((
+        Reference {
+            status: reply.status.as_u16(),
+            content_type,
+            body: reply.body,
+        },
+        reply.headers,
+    ))
+}
+
+async fn start_bare(reference: &Reference) -> Result<Proc> {
+    let (mut proc, spawned) =
+        procs::spawn_bare(reference.status, &reference.content_type, &reference.body)?;
+    let socket = proc.socket.clone();
+    client::wait_served(&mut proc, &socket, spawned, false, START_TIMEOUT).await?;
+    Ok(proc)
+}
+
+/// Figures 1 and 2 (those `want` says), on one daemon with every plugin; its memory after.
+async fn figures_1_2(
+    args: &Args,
+    report: &mut Report,
+    daemon: &Path,
+    plugins: &PluginDirs,
+    want: impl Fn(u8) -> bool,
+) -> Result<Memory> {
+    let duration = Duration::from_secs_f64(args.duration);
+    let warmup = (duration / 5).min(Duration::from_secs(1));
     // --- The daemon (every plugin) and the bare server with the daemon's exact response.
     eprintln!("starting the daemon with every plugin …");
-    let (daemon_proc, _) =
-        start_daemon(&daemon, plugins.all.path(), "daemon (all plugins)").await?;
+    let (daemon_proc, _) = start_daemon(daemon, plugins.all.path(), "daemon (all plugins)").await?;
     let loaded = loaded_plugins(&daemon_proc.socket).await?;
     ensure!(
         loaded.len() == plugins.names.len(),
@@ -264,136 +396,135 @@ async fn run(args: Args) -> Result<Report> {
         loaded.iter().any(|n| n == "iscsi"),
         "the iscsi plugin is not loaded (figure 2 needs it); loaded: {loaded:?}"
     );
-    let reference = client::get_once(&daemon_proc.socket, "/1.0").await?;
-    ensure!(
-        reference.status == hyper::StatusCode::OK,
-        "the daemon answered GET /1.0 with {}",
-        reference.status
-    );
-    let content_type = reference
-        .headers
-        .get(CONTENT_TYPE)
-        .context("the daemon's GET /1.0 has no content-type")?
-        .to_str()
-        .context("the daemon's content-type is not text")?
-        .to_string();
-    let (mut bare_proc, spawned) =
-        procs::spawn_bare(reference.status.as_u16(), &content_type, &reference.body)?;
-    let bare_socket = bare_proc.socket.clone();
-    client::wait_served(&mut bare_proc, &bare_socket, spawned, false, START_TIMEOUT).await?;
-    let mirror = client::get_once(&bare_socket, "/1.0").await?;
-    ensure!(
-        mirror.status == reference.status
-            && mirror.headers.get(CONTENT_TYPE) == reference.headers.get(CONTENT_TYPE)
-            && mirror.body == reference.body,
-        "the bare server's response differs from the daemon's"
-    );
-    let header_names = |h: &hyper::HeaderMap| {
-        let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        v.sort_unstable();
-        v.join(", ")
-    };
-    report.note(format!(
-        "GET /1.0 response: {} {}, {} body bytes; headers daemon [{}], bare [{}]",
-        reference.status.as_u16(),
-        content_type,
-        reference.body.len(),
-        header_names(&reference.headers),
-        header_names(&mirror.headers)
-    ));
 
-    // --- 1. Throughput and latency under load, alternating bare and daemon.
-    let (mut bare_runs, mut daemon_runs) = (vec![], vec![]);
-    for round in 1..=2 {
-        for (label, socket, runs) in [
-            ("bare", &bare_socket, &mut bare_runs),
-            ("daemon", &daemon_proc.socket, &mut daemon_runs),
-        ] {
-            eprintln!(
-                "1. load run {round}/2, {label}: {} connections, {:.1} s (+{:.1} s warm-up) …",
-                args.connections,
-                duration.as_secs_f64(),
-                warmup.as_secs_f64()
-            );
-            let r = client::load(socket, "/1.0", args.connections, warmup, duration)
-                .await
-                .with_context(|| format!("load run against the {label} server"))?;
-            report.note(format!(
-                "1. run {round} {label:<6}: {:>10}  p50 {:>9}  p99 {:>9}  ({} responses)",
-                fmt_rate(r.requests_per_sec),
-                fmt_dur(r.latencies.pct(50.0)),
-                fmt_dur(r.latencies.pct(99.0)),
-                r.latencies.len()
-            ));
-            runs.push(r);
+    if want(1) {
+        let (reference, headers) = reference(&daemon_proc.socket).await?;
+        let bare_proc = start_bare(&reference).await?;
+        let bare_socket = bare_proc.socket.clone();
+        let mirror = client::get_once(&bare_socket, "/1.0").await?;
+        ensure!(
+            mirror.status.as_u16() == reference.status
+                && mirror.headers.get(CONTENT_TYPE) == headers.get(CONTENT_TYPE)
+                && mirror.body == reference.body,
+            "the bare server's response differs from the daemon's"
+        );
+        let header_names = |h: &hyper::HeaderMap| {
+            let mut v: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            v.sort_unstable();
+            v.join(", ")
+        };
+        report.note(format!(
+            "GET /1.0 response: {} {}, {} body bytes; headers daemon [{}], bare [{}]",
+            reference.status,
+            reference.content_type,
+            reference.body.len(),
+            header_names(&headers),
+            header_names(&mirror.headers)
+        ));
+
+        // --- 1. Throughput and latency under load, alternating bare and daemon.
+        let (mut bare_runs, mut daemon_runs) = (vec![], vec![]);
+        for round in 1..=2 {
+            for (label, socket, runs) in [
+                ("bare", &bare_socket, &mut bare_runs),
+                ("daemon", &daemon_proc.socket, &mut daemon_runs),
+            ] {
+                eprintln!(
+                    "1. load run {round}/2, {label}: {} connections, {:.1} s (+{:.1} s warm-up) …",
+                    args.connections,
+                    duration.as_secs_f64(),
+                    warmup.as_secs_f64()
+                );
+                let r = client::load(socket, "/1.0", args.connections, warmup, duration)
+                    .await
+                    .with_context(|| format!("load run against the {label} server"))?;
+                report.note(format!(
+                    "1. run {round} {label:<6}: {:>10}  p50 {:>9}  p99 {:>9}  ({} responses)",
+                    fmt_rate(r.requests_per_sec),
+                    fmt_dur(r.latencies.pct(50.0)),
+                    fmt_dur(r.latencies.pct(99.0)),
+                    r.latencies.len()
+                ));
+                runs.push(r);
+            }
         }
+        let (b, d) = (best(&bare_runs), best(&daemon_runs));
+        report.section(format!(
+            "1. GET /1.0, {} keep-alive connections, {} s per run, best of 2 runs per figure",
+            args.connections, args.duration
+        ));
+        report.header("daemon", "bare hyper");
+        let tput = d.rps / b.rps.max(1e-9);
+        report.row(
+            "requests/s",
+            fmt_rate(d.rps),
+            fmt_rate(b.rps),
+            Some(tput),
+            Verdict::at_least(tput, MIN_THROUGHPUT_RATIO),
+        );
+        report.row(
+            "latency p50",
+            fmt_dur(d.p50),
+            fmt_dur(b.p50),
+            Some(ratio(d.p50, b.p50)),
+            Verdict::Info,
+        );
+        let p99 = ratio(d.p99, b.p99);
+        report.row(
+            "latency p99",
+            fmt_dur(d.p99),
+            fmt_dur(b.p99),
+            Some(p99),
+            Verdict::at_most(p99, MAX_P99_RATIO),
+        );
+        bare_proc.stop(STOP_GRACE);
     }
-    let (b, d) = (best(&bare_runs), best(&daemon_runs));
-    report.section(format!(
-        "1. GET /1.0, {} keep-alive connections, {} s per run, best of 2 runs per figure",
-        args.connections, args.duration
-    ));
-    report.header("daemon", "bare hyper");
-    let tput = d.rps / b.rps.max(1e-9);
-    report.row(
-        "requests/s",
-        fmt_rate(d.rps),
-        fmt_rate(b.rps),
-        Some(tput),
-        Verdict::at_least(tput, MIN_THROUGHPUT_RATIO),
-    );
-    report.row(
-        "latency p50",
-        fmt_dur(d.p50),
-        fmt_dur(b.p50),
-        Some(ratio(d.p50, b.p50)),
-        Verdict::Info,
-    );
-    let p99 = ratio(d.p99, b.p99);
-    report.row(
-        "latency p99",
-        fmt_dur(d.p99),
-        fmt_dur(b.p99),
-        Some(p99),
-        Verdict::at_most(p99, MAX_P99_RATIO),
-    );
 
-    // --- 2. Plugin dispatch vs a plain handler, sequential on one connection.
-    eprintln!(
-        "2. {} sequential requests each of GET /1.0/services/iscsi and GET /1.0 …",
-        args.requests
-    );
-    let [dispatched, plain] = client::sequential_own_thread(
-        &daemon_proc.socket,
-        ["/1.0/services/iscsi", "/1.0"],
-        args.requests,
-        BLOCK,
-    )?;
-    report.section(format!(
-        "2. sequential on 1 connection, {} requests each, interleaved in blocks of {BLOCK}",
-        args.requests
-    ));
-    report.header("/services/iscsi", "/1.0");
-    let p50 = ratio(dispatched.pct(50.0), plain.pct(50.0));
-    report.row(
-        "latency p50",
-        fmt_dur(dispatched.pct(50.0)),
-        fmt_dur(plain.pct(50.0)),
-        Some(p50),
-        Verdict::at_most(p50, MAX_DISPATCH_P50_RATIO),
-    );
-    report.row(
-        "latency p99",
-        fmt_dur(dispatched.pct(99.0)),
-        fmt_dur(plain.pct(99.0)),
-        Some(ratio(dispatched.pct(99.0), plain.pct(99.0))),
-        Verdict::Info,
-    );
+    if want(2) {
+        // --- 2. Plugin dispatch vs a plain handler, sequential on one connection.
+        eprintln!(
+            "2. {} sequential requests each of GET /1.0/services/iscsi and GET /1.0 …",
+            args.requests
+        );
+        let [dispatched, plain] = client::sequential_own_thread(
+            &daemon_proc.socket,
+            ["/1.0/services/iscsi", "/1.0"],
+            args.requests,
+            BLOCK,
+        )?;
+        report.section(format!(
+            "2. sequential on 1 connection, {} requests each, interleaved in blocks of {BLOCK}",
+            args.requests
+        ));
+        report.header("/services/iscsi", "/1.0");
+        let p50 = ratio(dispatched.pct(50.0), plain.pct(50.0));
+        report.row(
+            "latency p50",
+            fmt_dur(dispatched.pct(50.0)),
+            fmt_dur(plain.pct(50.0)),
+            Some(p50),
+            Verdict::at_most(p50, MAX_DISPATCH_P50_RATIO),
+        );
+        report.row(
+            "latency p99",
+            fmt_dur(dispatched.pct(99.0)),
+            fmt_dur(plain.pct(99.0)),
+            Some(ratio(dispatched.pct(99.0), plain.pct(99.0))),
+            Verdict::Info,
+        );
+    }
     let after_load = daemon_proc.memory()?;
     daemon_proc.stop(STOP_GRACE);
-    bare_proc.stop(STOP_GRACE);
+    Ok(after_load)
+}
 
-    // --- 3. Start-up, every plugin vs none, alternating.
+/// Figure 3: start-up, every plugin vs none, alternating.
+async fn figure_3(
+    args: &Args,
+    report: &mut Report,
+    daemon: &Path,
+    plugins: &PluginDirs,
+) -> Result<()> {
     let mut served = [vec![], vec![]];
     let mut ready = [vec![], vec![]];
     let sets = [
@@ -405,7 +536,7 @@ async fn run(args: Args) -> Result<Report> {
         eprintln!("3. start-up {}/{} …", i + 1, args.starts);
         for k in order {
             let (dir, label) = sets[k];
-            let (proc, s) = start_daemon(&daemon, dir, label).await?;
+            let (proc, s) = start_daemon(daemon, dir, label).await?;
             served[k].push(s.served);
             ready[k].extend(s.ready);
             proc.stop(STOP_GRACE);
@@ -434,19 +565,25 @@ async fn run(args: Args) -> Result<Report> {
         Some(ratio(ready_all, ready_none)),
         Verdict::Info,
     );
+    Ok(())
+}
 
-    // --- 4. Idle resident memory.
+/// Figure 4: idle resident memory; `after_load` is the daemon's after figures 1-2.
+async fn figure_4(
+    report: &mut Report,
+    daemon: &Path,
+    plugins: &PluginDirs,
+    after_load: Option<Memory>,
+) -> Result<()> {
     eprintln!("4. idle memory …");
-    let (proc, _) = start_daemon(&daemon, plugins.all.path(), "daemon (all plugins)").await?;
+    let (proc, _) = start_daemon(daemon, plugins.all.path(), "daemon (all plugins)").await?;
     let mem_all = idle_memory(&proc, &["/1.0", "/1.0/services", "/1.0/services/iscsi"]).await?;
+    let (reference, _) = reference(&proc.socket).await?;
     proc.stop(STOP_GRACE);
-    let (proc, _) = start_daemon(&daemon, plugins.none.path(), "daemon (no plugins)").await?;
+    let (proc, _) = start_daemon(daemon, plugins.none.path(), "daemon (no plugins)").await?;
     let mem_none = idle_memory(&proc, &["/1.0", "/1.0/services"]).await?;
     proc.stop(STOP_GRACE);
-    let (mut proc, spawned) =
-        procs::spawn_bare(reference.status.as_u16(), &content_type, &reference.body)?;
-    let socket = proc.socket.clone();
-    client::wait_served(&mut proc, &socket, spawned, false, START_TIMEOUT).await?;
+    let proc = start_bare(&reference).await?;
     let mem_bare = idle_memory(&proc, &["/1.0"]).await?;
     proc.stop(STOP_GRACE);
     report.section("4. idle resident memory (VmRSS after start-up, a few requests, 1 s idle)");
@@ -461,12 +598,13 @@ async fn run(args: Args) -> Result<Report> {
             format!("<= {}", fmt_mb(MAX_IDLE_RSS)),
         ),
     );
-    for (label, m) in [
+    let mut rows = vec![
         ("daemon, all plugins", mem_all),
         ("daemon, no plugins", mem_none),
         ("bare hyper server", mem_bare),
-        ("daemon after figures 1-2", after_load),
-    ] {
+    ];
+    rows.extend(after_load.map(|m| ("daemon after figures 1-2", m)));
+    for (label, m) in rows {
         report.note(format!(
             "4. {label:<24}: VmRSS {:>8} (anon {:>8}, file {:>8}), {} threads",
             fmt_mb(m.rss),
@@ -475,11 +613,7 @@ async fn run(args: Args) -> Result<Report> {
             m.threads
         ));
     }
-    report.note(format!(
-        "load average at the end: {} (other work on the machine shifts figure 2 most)",
-        load_average()
-    ));
-    Ok(report)
+    Ok(())
 }
 
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.

@@ -5,6 +5,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -62,28 +64,107 @@ impl Proc {
 
     /// Resident memory from `/proc/<pid>/status`.
     pub fn memory(&self) -> Result<Memory> {
-        let path = format!("/proc/{}/status", self.pid());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(':'))
-                .with_context(|| format!("no {name} in {path}"))?;
-            let n: u64 = line[name.len() + 1..]
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .with_context(|| format!("cannot parse {line:?}"))?;
-            Ok(n)
-        };
-        Ok(Memory {
-            rss: field("VmRSS")? * 1024,
-            anon: field("RssAnon")? * 1024,
-            file: field("RssFile")? * 1024,
-            threads: field("Threads")?,
+        read_memory(self.pid())
+    }
+
+    /// Starts watching the peak resident memory from now on: the kernel's high-water mark
+    /// (`VmHWM`) is reset to the current size (`/proc/<pid>/clear_refs`), and a thread
+    /// samples `VmRSS` every few milliseconds as a cross-check (and as the figure when the
+    /// reset is not allowed).
+    pub fn watch_peak(&self) -> PeakWatch {
+        let pid = self.pid();
+        let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut max = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(m) = read_memory(pid) {
+                        max = max.max(m.rss);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                max
+            }
+        });
+        PeakWatch {
+            pid,
+            reset,
+            stop,
+            sampler,
+        }
+    }
+}
+
+/// A peak-memory watch started by [`Proc::watch_peak`].
+pub struct PeakWatch {
+    pid: u32,
+    reset: bool,
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+/// The peak resident memory over a watch.
+#[derive(Debug, Clone, Copy)]
+pub struct Peak {
+    /// The figure: `VmHWM` since the watch started, or the sampled maximum when the
+    /// high-water mark could not be reset.
+    pub rss: u64,
+    /// The largest `VmRSS` the sampler saw.
+    pub sampled: u64,
+    /// Whether `rss` is the kernel's high-water mark.
+    pub exact: bool,
+}
+
+impl PeakWatch {
+    pub fn finish(self) -> Result<Peak> {
+        self.stop.store(true, Ordering::Relaxed);
+        let sampled = self
+            .sampler
+            .join()
+            .map_err(|_| anyhow::anyhow!("the memory sampler panicked"))?;
+        let hwm = read_memory(self.pid)?.peak;
+        Ok(if self.reset {
+            Peak {
+                rss: hwm.max(sampled),
+                sampled,
+                exact: true,
+            }
+        } else {
+            Peak {
+                rss: sampled,
+                sampled,
+                exact: false,
+            }
         })
     }
+}
+
+/// Resident memory of process `pid` from `/proc/<pid>/status`.
+fn read_memory(pid: u32) -> Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(':'))
+            .with_context(|| format!("no {name} in {path}"))?;
+        let n: u64 = line[name.len() + 1..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .with_context(|| format!("cannot parse {line:?}"))?;
+        Ok(n)
+    };
+    Ok(Memory {
+        rss: field("VmRSS")? * 1024,
+        peak: field("VmHWM")? * 1024,
+        anon: field("RssAnon")? * 1024,
+        file: field("RssFile")? * 1024,
+        threads: field("Threads")?,
+    })
 }
 
 impl Drop for Proc {
@@ -109,6 +190,8 @@ fn signal(pid: u32, sig: libc::c_int) {
 #[derive(Debug, Clone, Copy)]
 pub struct Memory {
     pub rss: u64,
+    /// The high-water mark of `rss` (`VmHWM`).
+    pub peak: u64,
     pub anon: u64,
     pub file: u64,
     pub threads: u64,
@@ -227,4 +310,39 @@ pub fn stage_plugins(source: &Path) -> Result<PluginDirs> {
         names.push(name.to_string_lossy().into_owned());
     }
     Ok(PluginDirs { all, none, names })
+}
+
+/// Copies the fixture libraries `lib<stem>.so` of `source` into a fresh directory under
+/// plugin file names (`libincus_osd_plugin_<stem>.so`), as the daemon's plugin directory.
+pub fn stage_fixtures(source: &Path, stems: &[&str]) -> Result<TempDir> {
+    let dir = temp_dir("incus-osd-bench-fixtures-")?;
+    for stem in stems {
+        let from = source.join(format!("lib{stem}.so"));
+        if !from.is_file() {
+            bail!(
+                "the fixture library {} is missing: run `cargo build --release --workspace` \
+                 first, or pass --plugins DIR",
+                from.display()
+            );
+        }
+        let to = dir.path().join(format!("libincus_osd_plugin_{stem}.so"));
+        std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Bytes free for an unprivileged user on the file system holding `dir`.
+pub fn free_space(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .with_context(|| format!("bad path {}", dir.display()))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs, both alive for the
+    // duration of the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot stat the file system of {}", dir.display()));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }

@@ -3,6 +3,7 @@
 //! manifest's write allow-list is enforced exactly as in production.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -29,12 +30,48 @@ pub struct UnitCall {
     pub unit: String,
 }
 
+impl UnitCall {
+    pub fn new(op: UnitOp, unit: &str) -> Self {
+        UnitCall {
+            op,
+            unit: unit.to_string(),
+        }
+    }
+}
+
 /// A change a plugin made under the root (successful ones only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileEffect {
     Written { path: String, mode: u32 },
     DirCreated { path: String, mode: u32 },
     Removed { path: String },
+}
+
+impl FileEffect {
+    pub fn written(path: &str, mode: u32) -> Self {
+        FileEffect::Written {
+            path: path.to_string(),
+            mode,
+        }
+    }
+
+    pub fn dir_created(path: &str, mode: u32) -> Self {
+        FileEffect::DirCreated {
+            path: path.to_string(),
+            mode,
+        }
+    }
+
+    pub fn removed(path: &str) -> Self {
+        FileEffect::Removed {
+            path: path.to_string(),
+        }
+    }
+}
+
+/// A command line as [`HarnessHost::commands`] records it: `argv(&["usbip", "port"])`.
+pub fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
 }
 
 /// A command a plugin ran (recorded whether it was scripted or not).
@@ -190,6 +227,27 @@ impl HarnessHost {
         std::fs::read(self.real_path(os_path)).ok()
     }
 
+    /// A file's text under the root; panics when it is missing or not UTF-8.
+    #[track_caller]
+    pub fn read_text(&self, os_path: &str) -> String {
+        let data = self
+            .read_file(os_path)
+            .unwrap_or_else(|| panic!("{os_path} is missing"));
+        String::from_utf8(data).unwrap_or_else(|e| panic!("{os_path} is not UTF-8: {e}"))
+    }
+
+    /// The permission bits (`0o7777`) of a file or directory under the root; panics when
+    /// it is missing.
+    #[track_caller]
+    pub fn mode(&self, os_path: &str) -> u32 {
+        let real = self.real_path(os_path);
+        std::fs::metadata(&real)
+            .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
     /// Creates a file under the root (bypassing the allow-list: this is the test's setup).
     pub fn put_file(&self, os_path: &str, data: &[u8], mode: u32) {
         let real = self.real_path(os_path);
@@ -256,6 +314,12 @@ impl HarnessHost {
         self.record().state = state;
     }
 
+    /// Saves `config` as if an earlier run had applied it: the state document
+    /// `{"config": config}` the SDK keeps for a service (not a save, nothing applied).
+    pub fn set_saved_config(&self, config: &Value) {
+        self.set_state(serde_json::json!({ "config": config }));
+    }
+
     /// Forgets the recorded logs, unit calls, file effects and commands (not the state
     /// document, the save count, unit states or scripts).
     pub fn clear_effects(&self) {
@@ -274,9 +338,48 @@ impl HarnessHost {
         self.record().logs.clone()
     }
 
+    /// The messages logged at `level`, in order.
+    pub fn logged(&self, level: LogLevel) -> Vec<String> {
+        self.record()
+            .logs
+            .iter()
+            .filter(|l| l.level == level)
+            .map(|l| l.message.clone())
+            .collect()
+    }
+
+    /// The messages logged at [`LogLevel::Warn`], in order.
+    pub fn warnings(&self) -> Vec<String> {
+        self.logged(LogLevel::Warn)
+    }
+
+    /// Asserts that no log line contains any of `secrets`.
+    #[track_caller]
+    pub fn assert_not_logged(&self, secrets: &[&str]) {
+        for line in self.logs() {
+            for secret in secrets {
+                assert!(
+                    !line.message.contains(secret),
+                    "a secret was logged: {line:?}"
+                );
+            }
+        }
+    }
+
     /// Every unit operation asked for, in order (including `ActiveState` queries).
     pub fn units(&self) -> Vec<UnitCall> {
         self.record().units.clone()
+    }
+
+    /// The unit operations that change something, in order: [`HarnessHost::units`]
+    /// without the `ActiveState` queries.
+    pub fn unit_changes(&self) -> Vec<UnitCall> {
+        self.record()
+            .units
+            .iter()
+            .filter(|c| c.op != UnitOp::ActiveState)
+            .cloned()
+            .collect()
     }
 
     /// A unit's `ActiveState` as the harness tracks it (`inactive` by default).

@@ -9,17 +9,21 @@ use std::path::{Path, PathBuf};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use anyhow::Context;
-use plugin_api::abi::{ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, PluginBox, PluginError};
+use plugin_api::abi::{ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, PluginBox};
 use plugin_api::{Hook, Manifest};
 use plugin_host::loader::{self, PluginLibrary};
 use serde_json::Value;
 
 mod checks;
 mod host;
+mod strings;
 
 pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CheckStatus, CHECKS};
-pub use host::{CommandCall, Event, Failure, FileEffect, HarnessHost, LogLine, Reply, UnitCall};
-pub use plugin_api::abi::{LogLevel, UnitOp};
+pub use host::{
+    argv, CommandCall, Event, Failure, FileEffect, HarnessHost, LogLine, Reply, UnitCall,
+};
+pub use plugin_api::abi::{LogLevel, PluginError, UnitOp};
+pub use strings::{control_character_cases, string_pointers, ControlCase};
 
 /// A loaded plugin instance with its own [`HarnessHost`].
 pub struct Harness {
@@ -67,6 +71,15 @@ impl Harness {
             host,
             plugin,
         })
+    }
+
+    /// The built plugin library `lib<lib_stem>.so` ([`built_plugin`]), loaded with a fresh
+    /// host. Panics with the loader's reason when it does not load: what a plugin's own
+    /// tests start from.
+    #[track_caller]
+    pub fn load_built(lib_stem: &str) -> Harness {
+        Harness::load(built_plugin(lib_stem))
+            .unwrap_or_else(|e| panic!("the plugin {lib_stem} does not load: {e:#}"))
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -118,6 +131,47 @@ impl Harness {
 
     pub fn put_raw(&self, body: &[u8]) -> Result<Value, PluginError> {
         self.invoke(Hook::Put.op(), body)
+    }
+
+    /// `PUT` of `config` as a client sends it: `{"state": {}, "config": config}`.
+    pub fn put_config(&self, config: &Value) -> Result<Value, PluginError> {
+        self.put(&serde_json::json!({"state": {}, "config": config}))
+    }
+
+    /// [`Harness::put_config`], which must succeed, then [`HarnessHost::clear_effects`]: the
+    /// service is set up as `config` says and the test looks only at what comes next.
+    #[track_caller]
+    pub fn apply_config(&self, config: &Value) {
+        if let Err(e) = self.put_config(config) {
+            panic!("PUT of {config} failed: {} {}", e.status, e.message);
+        }
+        self.host.clear_effects();
+    }
+
+    /// PUTs `config` ([`Harness::put_config`]) and asserts it is refused as bad input, with
+    /// nothing half-applied: a 400 with exactly `message`, no effect since the last
+    /// [`HarnessHost::clear_effects`] ([`HarnessHost::assert_untouched`]) and the state
+    /// document as it was before. Returns the error for further checks (that it quotes no
+    /// secret, say).
+    #[track_caller]
+    pub fn assert_config_refused(&self, config: &Value, message: &str) -> PluginError {
+        let before = self.host.state();
+        let err = match self.put_config(config) {
+            Ok(out) => panic!("PUT of {config} was accepted ({out}), expected a 400: {message}"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (400, message),
+            "PUT of {config}"
+        );
+        self.host.assert_untouched(message);
+        assert_eq!(
+            self.host.state(),
+            before,
+            "{message}: the state document changed"
+        );
+        err
     }
 
     /// Daemon start (boot).

@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use incus_osd_harness::{
-    built_plugin, run_generic_checks, CheckStatus, FileEffect, Harness, HarnessHost, LogLevel,
-    LogLine, Reply, UnitCall, UnitOp, CHECKS,
+    argv, built_plugin, run_generic_checks, CheckStatus, FileEffect, Harness, HarnessHost,
+    LogLevel, LogLine, Reply, UnitCall, UnitOp, CHECKS,
 };
 use plugin_api::{Host, Kind, Manifest};
 use plugin_host::loader::LoadError;
@@ -461,4 +461,162 @@ fn the_cli_reports_a_failed_check_with_its_reason() {
 fn the_cli_wants_at_least_one_path() {
     let (code, _) = check_cli(&[]);
     assert_eq!(code, 2);
+}
+
+/// What a panicking `f` said.
+fn panic_text(f: impl FnOnce()) -> String {
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_err();
+    err.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+const NO_ADDRESS: &str = "target 0: address is empty";
+
+fn no_address() -> Value {
+    json!({"enabled": true, "targets": [
+        {"target": "iqn.2024-01.com.example:a", "address": "", "port": 3260}
+    ]})
+}
+
+#[test]
+fn load_built_loads_the_workspace_build_and_panics_with_the_reason() {
+    let h = Harness::load_built("incus_osd_plugin_iscsi");
+    assert_eq!(h.manifest().name, "iscsi");
+    assert_eq!(h.path(), iscsi());
+    let msg = panic_text(|| {
+        Harness::load_built("incus_osd_plugin_never_built");
+    });
+    assert!(
+        msg.contains("libincus_osd_plugin_never_built.so not built"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn put_config_sends_the_config_and_apply_config_forgets_its_effects() {
+    let h = Harness::load_built("incus_osd_plugin_iscsi");
+    let cfg = json!({"enabled": false, "targets": []});
+    h.put_config(&cfg).unwrap();
+    assert_eq!(h.get().unwrap()["config"], cfg);
+    assert_eq!(h.host().save_count(), 1);
+
+    let other = json!({"enabled": false, "targets": [
+        {"target": "iqn.2024-01.com.example:a", "address": "10.0.0.1", "port": 0}
+    ]});
+    h.apply_config(&other);
+    assert_eq!(h.host().state(), json!({ "config": other }));
+    assert_eq!(h.host().save_count(), 2);
+    // The effects of the applied PUT are forgotten: nothing since.
+    h.host().assert_untouched("after apply_config");
+
+    let msg = panic_text(|| h.apply_config(&no_address()));
+    assert!(msg.contains(&format!("failed: 400 {NO_ADDRESS}")), "{msg}");
+}
+
+#[test]
+fn assert_config_refused_takes_a_clean_refusal_and_returns_it() {
+    let h = Harness::load_built("incus_osd_plugin_iscsi");
+    h.host()
+        .set_saved_config(&json!({"enabled": false, "targets": []}));
+    let err = h.assert_config_refused(&no_address(), NO_ADDRESS);
+    assert_eq!((err.status, err.message.as_str()), (400, NO_ADDRESS));
+}
+
+#[test]
+fn assert_config_refused_fails_on_an_accepted_config_or_another_message() {
+    let h = Harness::load_built("incus_osd_plugin_iscsi");
+    let msg = panic_text(|| {
+        h.assert_config_refused(&json!({"enabled": false, "targets": []}), NO_ADDRESS);
+    });
+    assert!(msg.contains("was accepted"), "{msg}");
+    let msg = panic_text(|| {
+        h.assert_config_refused(&no_address(), "something else");
+    });
+    assert!(msg.contains(NO_ADDRESS), "{msg}");
+}
+
+#[test]
+fn assert_config_refused_fails_when_the_refusal_left_a_trace() {
+    // A fixture that saves the config it then refuses.
+    let h = Harness::load_built("fixture_nc_dirty_refusal");
+    let bad = json!({"enabled": "yes"});
+    let message = h.put_config(&bad).unwrap_err().message;
+    let h = Harness::load_built("fixture_nc_dirty_refusal");
+    let msg = panic_text(|| {
+        h.assert_config_refused(&bad, &message);
+    });
+    assert!(msg.contains(&format!("{message}: state saved")), "{msg}");
+}
+
+#[test]
+fn host_helpers_read_files_logs_and_unit_changes() {
+    let (h, sdk) = host(&["/etc/test"]);
+    sdk.write_file("/etc/test/a", b"text\n", 0o640).unwrap();
+    sdk.create_dir("/etc/test/d", 0o700).unwrap();
+    assert_eq!(h.read_text("/etc/test/a"), "text\n");
+    assert_eq!(h.mode("/etc/test/a"), 0o640);
+    assert_eq!(h.mode("/etc/test/d"), 0o700);
+    let msg = panic_text(|| {
+        h.read_text("/etc/test/missing");
+    });
+    assert!(msg.contains("/etc/test/missing is missing"), "{msg}");
+    assert_eq!(
+        h.file_effects(),
+        [
+            FileEffect::written("/etc/test/a", 0o640),
+            FileEffect::dir_created("/etc/test/d", 0o700),
+        ]
+    );
+    sdk.remove("/etc/test/a").unwrap();
+    assert_eq!(
+        h.file_effects().last().unwrap(),
+        &FileEffect::removed("/etc/test/a")
+    );
+
+    sdk.warn("first");
+    sdk.info("not a warning");
+    sdk.warn("second");
+    sdk.error("broken");
+    assert_eq!(h.warnings(), ["first", "second"]);
+    assert_eq!(h.logged(LogLevel::Error), ["broken"]);
+    h.assert_not_logged(&["tskey-123"]);
+    let msg = panic_text(|| h.assert_not_logged(&["tskey-123", "cond"]));
+    assert!(
+        msg.contains("a secret was logged") && msg.contains("second"),
+        "{msg}"
+    );
+
+    sdk.unit_active_state("x.service").unwrap();
+    sdk.start_unit("x.service").unwrap();
+    sdk.unit_active_state("x.service").unwrap();
+    sdk.stop_unit("x.service").unwrap();
+    assert_eq!(
+        h.unit_changes(),
+        [
+            UnitCall::new(UnitOp::Start, "x.service"),
+            UnitCall::new(UnitOp::Stop, "x.service"),
+        ]
+    );
+    assert_eq!(h.units().len(), 4);
+    assert_eq!(
+        argv(&["a", "b c"]),
+        vec!["a".to_string(), "b c".to_string()]
+    );
+}
+
+#[test]
+fn set_saved_config_is_what_the_plugin_starts_from() {
+    let h = Harness::load_with(iscsi(), |host| {
+        host.set_saved_config(&json!({"enabled": false, "targets": [
+            {"target": "iqn.2024-01.com.example:a", "address": "10.0.0.1", "port": 0}
+        ]}));
+    })
+    .unwrap();
+    assert_eq!(
+        h.get().unwrap()["config"]["targets"][0]["address"],
+        "10.0.0.1"
+    );
+    assert_eq!(h.host().save_count(), 0);
 }

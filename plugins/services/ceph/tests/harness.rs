@@ -1,14 +1,15 @@
 //! The ceph plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
-use incus_osd_harness::{assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply};
+use incus_osd_harness::{
+    assert_conformance, built_plugin, control_character_cases, FileEffect, Harness, Reply,
+};
 use serde_json::{json, Value};
 
 const FSID: &str = "b5e0c2ba-3b57-11ef-9d4e-525400c1f7a9";
 const FSID2: &str = "0f3c9d8e-1a2b-4c5d-8e9f-0123456789ab";
 const ADMIN_KEY: &str = "AQDR6NCepZSwLkAKmYP4x+38jkYCIa96xhCfAg==";
 const INCUS_KEY: &str = "AQC4lhKKlURKrjFsHs4NSKNLmQpqCPNho53csw==";
+const KEYS: [&str; 2] = [ADMIN_KEY, INCUS_KEY];
 const STATUS: &[&str] = &["ceph", "status", "--format=json"];
 
 /// `ceph status --format=json` of a three-node Reef cluster with an RGW daemon and two
@@ -16,13 +17,7 @@ const STATUS: &[&str] = &["ceph", "status", "--format=json"];
 const CEPH_STATUS_JSON: &str = r#"{"fsid":"b5e0c2ba-3b57-11ef-9d4e-525400c1f7a9","health":{"status":"HEALTH_WARN","checks":{"RECENT_CRASH":{"severity":"HEALTH_WARN","summary":{"message":"1 daemons have recently crashed","count":1},"muted":false},"POOL_APP_NOT_ENABLED":{"severity":"HEALTH_WARN","summary":{"message":"1 pool(s) do not have an application enabled","count":1},"muted":false}},"mutes":[]},"election_epoch":16,"quorum":[0,1,2],"quorum_names":["server01","server02","server03"],"quorum_age":351017,"monmap":{"epoch":3,"min_mon_release_name":"reef","num_mons":3},"osdmap":{"epoch":152,"num_osds":6,"num_up_osds":6,"osd_up_since":1719834124,"num_in_osds":6,"osd_in_since":1719500873,"num_remapped_pgs":0},"pgmap":{"pgs_by_state":[{"state_name":"active+clean","count":64},{"state_name":"active+clean+scrubbing","count":1}],"num_pgs":65,"num_pools":3,"num_objects":2581,"data_bytes":9846226051,"bytes_used":30170292224,"bytes_avail":5971410395136,"bytes_total":6001580687360,"read_bytes_sec":2730,"write_bytes_sec":413696,"read_op_per_sec":3,"write_op_per_sec":42},"fsmap":{"epoch":1,"btime":"2024-06-27T13:41:14:462112+0000","by_rank":[],"up:standby":0},"mgrmap":{"available":true,"num_standbys":2,"modules":["dashboard","iostat","nfs","prometheus","restful"],"services":{"dashboard":"https://10.0.0.11:8443/","prometheus":"http://10.0.0.11:9283/"}},"servicemap":{"epoch":31,"modified":"2024-07-04T09:12:44.417273+0000","services":{"rgw":{"daemons":{"summary":"","24131":{"start_epoch":29,"start_stamp":"2024-07-04T09:11:52.801839+0000","gid":24131,"addr":"10.0.0.11:0/2961213543","metadata":{"arch":"x86_64","ceph_release":"reef","ceph_version":"ceph version 18.2.2 (531c0d11a1c5d39fbfe6aa8a521f023abf3bf3e2) reef (stable)","hostname":"server01","zone_name":"default"},"task_status":{}}}}}},"progress_events":{}}
 "#;
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_ceph")).expect("the ceph plugin loads")
-}
-
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
+const LIB: &str = "incus_osd_plugin_ceph";
 
 fn main_cluster() -> Value {
     json!({
@@ -60,47 +55,14 @@ fsid = 0f3c9d8e-1a2b-4c5d-8e9f-0123456789ab
 mon_host = v2:192.0.2.10:3300
 ";
 
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn text(h: &Harness, os_path: &str) -> String {
-    String::from_utf8(
-        h.host()
-            .read_file(os_path)
-            .unwrap_or_else(|| panic!("{os_path} is missing")),
-    )
-    .unwrap()
-}
-
-fn written(path: &str, mode: u32) -> FileEffect {
-    FileEffect::Written {
-        path: path.into(),
-        mode,
-    }
-}
-
-fn assert_no_secret_logged(h: &Harness) {
-    for line in h.host().logs() {
-        for key in [ADMIN_KEY, INCUS_KEY] {
-            assert!(!line.message.contains(key), "a key was logged: {line:?}");
-        }
-    }
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_ceph"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"clusters":{}}}"#
@@ -110,49 +72,46 @@ fn fresh_get_is_exactly_the_default() {
 
 #[test]
 fn enabling_writes_each_cluster_conf_and_keyring() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let cfg = enabled_config();
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     let host = h.host();
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::DirCreated {
-                path: "/etc/ceph".into(),
-                mode: 0o755
-            },
-            written("/etc/ceph/backup.conf", 0o644),
-            written("/etc/ceph/ceph.conf", 0o644),
-            written("/etc/ceph/ceph.client.admin.keyring", 0o600),
-            written("/etc/ceph/ceph.client.incus.keyring", 0o600),
+            FileEffect::dir_created("/etc/ceph", 0o755),
+            FileEffect::written("/etc/ceph/backup.conf", 0o644),
+            FileEffect::written("/etc/ceph/ceph.conf", 0o644),
+            FileEffect::written("/etc/ceph/ceph.client.admin.keyring", 0o600),
+            FileEffect::written("/etc/ceph/ceph.client.incus.keyring", 0o600),
         ]
     );
-    assert_eq!(mode(&h, "/etc/ceph"), 0o755);
-    assert_eq!(text(&h, "/etc/ceph/ceph.conf"), CEPH_CONF);
-    assert_eq!(mode(&h, "/etc/ceph/ceph.conf"), 0o644);
-    assert_eq!(text(&h, "/etc/ceph/backup.conf"), BACKUP_CONF);
-    assert_eq!(mode(&h, "/etc/ceph/backup.conf"), 0o644);
+    assert_eq!(h.host().mode("/etc/ceph"), 0o755);
+    assert_eq!(h.host().read_text("/etc/ceph/ceph.conf"), CEPH_CONF);
+    assert_eq!(h.host().mode("/etc/ceph/ceph.conf"), 0o644);
+    assert_eq!(h.host().read_text("/etc/ceph/backup.conf"), BACKUP_CONF);
+    assert_eq!(h.host().mode("/etc/ceph/backup.conf"), 0o644);
     assert_eq!(
-        text(&h, "/etc/ceph/ceph.client.admin.keyring"),
+        h.host().read_text("/etc/ceph/ceph.client.admin.keyring"),
         format!("[client.admin]\nkey = {ADMIN_KEY}\n")
     );
-    assert_eq!(mode(&h, "/etc/ceph/ceph.client.admin.keyring"), 0o600);
+    assert_eq!(h.host().mode("/etc/ceph/ceph.client.admin.keyring"), 0o600);
     assert_eq!(
-        text(&h, "/etc/ceph/ceph.client.incus.keyring"),
+        h.host().read_text("/etc/ceph/ceph.client.incus.keyring"),
         format!("[client.incus]\nkey = {INCUS_KEY}\n")
     );
-    assert_eq!(mode(&h, "/etc/ceph/ceph.client.incus.keyring"), 0o600);
+    assert_eq!(h.host().mode("/etc/ceph/ceph.client.incus.keyring"), 0o600);
     assert!(host.commands().is_empty());
     assert!(host.units().is_empty());
     assert_eq!(host.state(), json!({ "config": cfg }));
     assert_eq!(host.save_count(), 1);
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEYS);
 }
 
 #[test]
 fn every_config_field_round_trips() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host()
         .on_command(STATUS, Reply::fail(1, "connection timed out"));
     let cfg = json!({"enabled": true, "clusters": {
@@ -160,7 +119,7 @@ fn every_config_field_round_trips() {
         "backup": backup_cluster(),
         "empty-maps": {"fsid": FSID2, "monitors": ["mon.example.com"], "keyrings": {}, "client_config": {}},
     }});
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
     // Go's nil maps stay null, empty ones stay empty.
     let raw = h.get_raw().unwrap();
@@ -171,23 +130,21 @@ fn every_config_field_round_trips() {
     assert!(raw.contains(r#""keyrings":{},"client_config":{}"#), "{raw}");
 
     let disabled = json!({"enabled": false, "clusters": {"ceph": main_cluster()}});
-    put_config(&h, &disabled).unwrap();
+    h.put_config(&disabled).unwrap();
     assert_eq!(h.get().unwrap()["config"], disabled);
 }
 
 #[test]
 fn null_and_missing_fields_read_as_zero_values() {
-    let h = plugin();
-    put_config(&h, &json!({"enabled": null, "clusters": null})).unwrap();
+    let h = Harness::load_built(LIB);
+    h.put_config(&json!({"enabled": null, "clusters": null}))
+        .unwrap();
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"clusters":{}}}"#
     );
-    put_config(
-        &h,
-        &json!({"clusters": {"ceph": {"fsid": FSID, "monitors": ["10.0.0.1"]}}}),
-    )
-    .unwrap();
+    h.put_config(&json!({"clusters": {"ceph": {"fsid": FSID, "monitors": ["10.0.0.1"]}}}))
+        .unwrap();
     assert_eq!(
         h.get().unwrap()["config"],
         json!({"enabled": false, "clusters": {"ceph": {
@@ -323,41 +280,17 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     ];
     for enabled in [true, false] {
         for (name, cluster, message) in &cases {
-            let h = plugin();
+            let h = Harness::load_built(LIB);
             let cfg = json!({"enabled": enabled, "clusters": {name.to_string(): cluster}});
-            let err = put_config(&h, &cfg).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, message.as_str()),
-                "{cfg}"
-            );
-            for k in [ADMIN_KEY, INCUS_KEY] {
+            let err = h.assert_config_refused(&cfg, message);
+            for k in KEYS {
                 assert!(!err.message.contains(k), "{message}");
             }
             let host = h.host();
-            host.assert_untouched(message);
             assert!(!host.root().join("etc").exists(), "{message}");
             assert_eq!(host.state(), Value::Null, "{message}");
-            assert_no_secret_logged(&h);
+            h.host().assert_not_logged(&KEYS);
         }
-    }
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -389,33 +322,13 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/clusters/ceph/monitors/1", "clusters.ceph.monitors[1]"),
         ("/clusters/ceph/monitors/2", "clusters.ceph.monitors[2]"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = plugin();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            for k in [ADMIN_KEY, INCUS_KEY] {
-                assert!(!err.message.contains(k), "{field}");
-            }
-            assert_eq!(h.host().state(), Value::Null, "{field}");
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = Harness::load_built(LIB);
+        let err = h.assert_config_refused(&case.config, &case.message);
+        for k in KEYS {
+            assert!(!err.message.contains(k), "{}", case.field);
         }
+        assert_eq!(h.host().state(), Value::Null, "{}", case.field);
     }
 }
 
@@ -438,16 +351,14 @@ fn control_characters_are_refused_in_names() {
         ),
     ];
     for (clusters, message) in cases {
-        let h = plugin();
-        let err = put_config(&h, &json!({"enabled": true, "clusters": clusters})).unwrap_err();
-        assert_eq!((err.status, err.message.as_str()), (400, message));
-        h.host().assert_untouched(message);
+        let h = Harness::load_built(LIB);
+        h.assert_config_refused(&json!({"enabled": true, "clusters": clusters}), message);
     }
 }
 
 #[test]
 fn monitor_forms_and_names_are_accepted() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let monitors = json!([
         "10.0.0.11",
         "10.0.0.12:6789",
@@ -465,54 +376,45 @@ fn monitor_forms_and_names_are_accepted() {
                      "keyrings": {"rgw.server01_a-1": {"key": ADMIN_KEY}},
                      "client_config": {"rbd default features": "61"}}
     }});
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
 }
 
 #[test]
 fn disabling_removes_etc_ceph() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
-    put_config(&h, &enabled_config()).unwrap();
+    h.put_config(&enabled_config()).unwrap();
     host.clear_effects();
 
     let disabled = json!({"enabled": false, "clusters": {"ceph": main_cluster()}});
-    put_config(&h, &disabled).unwrap();
-    assert_eq!(
-        host.file_effects(),
-        [FileEffect::Removed {
-            path: "/etc/ceph".into()
-        }]
-    );
+    h.put_config(&disabled).unwrap();
+    assert_eq!(host.file_effects(), [FileEffect::removed("/etc/ceph")]);
     assert!(!host.real_path("/etc/ceph").exists());
     assert!(host.commands().is_empty());
     assert_eq!(host.state(), json!({ "config": disabled }));
     // Staying disabled touches nothing.
     host.clear_effects();
-    put_config(&h, &json!({"enabled": false, "clusters": {}})).unwrap();
+    h.put_config(&json!({"enabled": false, "clusters": {}}))
+        .unwrap();
     assert!(host.file_effects().is_empty());
 }
 
 #[test]
 fn an_update_rewrites_etc_ceph_from_scratch() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
-    put_config(&h, &enabled_config()).unwrap();
+    h.put_config(&enabled_config()).unwrap();
     host.clear_effects();
 
     let cfg = json!({"enabled": true, "clusters": {"backup": backup_cluster()}});
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::Removed {
-                path: "/etc/ceph".into()
-            },
-            FileEffect::DirCreated {
-                path: "/etc/ceph".into(),
-                mode: 0o755
-            },
-            written("/etc/ceph/backup.conf", 0o644),
+            FileEffect::removed("/etc/ceph"),
+            FileEffect::dir_created("/etc/ceph", 0o755),
+            FileEffect::written("/etc/ceph/backup.conf", 0o644),
         ]
     );
     assert_eq!(
@@ -521,13 +423,13 @@ fn an_update_rewrites_etc_ceph_from_scratch() {
             .count(),
         1
     );
-    assert_eq!(text(&h, "/etc/ceph/backup.conf"), BACKUP_CONF);
+    assert_eq!(h.host().read_text("/etc/ceph/backup.conf"), BACKUP_CONF);
     assert_eq!(host.state(), json!({ "config": cfg }));
 }
 
 #[test]
 fn a_failing_write_puts_every_file_back() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     // An existing /etc/ceph: a file of ours to be replaced, a foreign one, and a directory
     // where a keyring must go, which makes the bring-up fail half way.
@@ -535,14 +437,17 @@ fn a_failing_write_puts_every_file_back() {
     host.put_file("/etc/ceph/rbdmap", b"# foreign\n", 0o644);
     host.put_file("/etc/ceph/ceph.client.incus.keyring/x", b"", 0o600);
 
-    let err = put_config(&h, &enabled_config()).unwrap_err();
+    let err = h.put_config(&enabled_config()).unwrap_err();
     assert_eq!(err.status, 500, "{err:?}");
     assert!(
         err.message.contains("/etc/ceph/ceph.client.incus.keyring"),
         "{err:?}"
     );
-    assert_eq!(text(&h, "/etc/ceph/ceph.conf"), "[global]\nold = 1\n");
-    assert_eq!(text(&h, "/etc/ceph/rbdmap"), "# foreign\n");
+    assert_eq!(
+        h.host().read_text("/etc/ceph/ceph.conf"),
+        "[global]\nold = 1\n"
+    );
+    assert_eq!(h.host().read_text("/etc/ceph/rbdmap"), "# foreign\n");
     // The directory in the way is left alone.
     assert!(host
         .real_path("/etc/ceph/ceph.client.incus.keyring/x")
@@ -565,15 +470,15 @@ fn a_failing_write_puts_every_file_back() {
         h.get().unwrap()["config"],
         json!({"enabled": false, "clusters": {}})
     );
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEYS);
 }
 
 #[test]
 fn a_failing_save_after_enabling_removes_etc_ceph() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &enabled_config()).unwrap_err();
+    let err = h.put_config(&enabled_config()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     // The journal is rolled back: each file written, then the directory it created.
     let removed = host.files_removed();
@@ -586,21 +491,21 @@ fn a_failing_save_after_enabling_removes_etc_ceph() {
 
 #[test]
 fn a_failing_save_brings_the_old_config_back() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     let old = enabled_config();
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     host.fail_next_save("disk full");
 
     let new =
         json!({"enabled": true, "clusters": {"other": {"fsid": FSID2, "monitors": ["10.1.0.1"]}}});
-    let err = put_config(&h, &new).unwrap_err();
+    let err = h.put_config(&new).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert!(host.read_file("/etc/ceph/other.conf").is_none());
-    assert_eq!(text(&h, "/etc/ceph/ceph.conf"), CEPH_CONF);
-    assert_eq!(text(&h, "/etc/ceph/backup.conf"), BACKUP_CONF);
+    assert_eq!(h.host().read_text("/etc/ceph/ceph.conf"), CEPH_CONF);
+    assert_eq!(h.host().read_text("/etc/ceph/backup.conf"), BACKUP_CONF);
     assert_eq!(
-        text(&h, "/etc/ceph/ceph.client.admin.keyring"),
+        h.host().read_text("/etc/ceph/ceph.client.admin.keyring"),
         format!("[client.admin]\nkey = {ADMIN_KEY}\n")
     );
     assert_eq!(host.state(), json!({ "config": old }));
@@ -609,9 +514,9 @@ fn a_failing_save_brings_the_old_config_back() {
 
 #[test]
 fn the_state_is_the_parsed_ceph_status() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(STATUS, Reply::ok(CEPH_STATUS_JSON));
-    put_config(&h, &enabled_config()).unwrap();
+    h.put_config(&enabled_config()).unwrap();
     h.host().clear_effects();
 
     let state = h.get().unwrap()["state"].clone();
@@ -688,7 +593,7 @@ fn the_state_is_the_parsed_ceph_status() {
 
 #[test]
 fn a_sparse_status_omits_what_ceph_did_not_say() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     // A cluster right after bootstrap: no checks, no quorum age, zero epochs.
     h.host().on_command(
         STATUS,
@@ -696,7 +601,8 @@ fn a_sparse_status_omits_what_ceph_did_not_say() {
             r#"{"fsid":"b5e0c2ba-3b57-11ef-9d4e-525400c1f7a9","health":{"status":"HEALTH_OK","checks":{},"mutes":[]},"election_epoch":0,"quorum":[],"quorum_names":[],"quorum_age":0,"pgmap":{"num_pgs":0},"mgrmap":{"available":false}}"#,
         ),
     );
-    put_config(&h, &json!({"enabled": true, "clusters": {}})).unwrap();
+    h.put_config(&json!({"enabled": true, "clusters": {}}))
+        .unwrap();
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{"fsid":"b5e0c2ba-3b57-11ef-9d4e-525400c1f7a9","health":{"status":"HEALTH_OK"},"pgmap":{"pgs_by_state":null,"num_pgs":0,"num_pools":0,"num_objects":0,"data_bytes":0,"bytes_used":0,"bytes_avail":0,"bytes_total":0},"mgrmap":{"available":false,"num_standbys":0,"modules":null}},"config":{"enabled":true,"clusters":{}}}"#
@@ -705,9 +611,9 @@ fn a_sparse_status_omits_what_ceph_did_not_say() {
 
 #[test]
 fn an_unreachable_cluster_or_missing_tool_gives_an_empty_state() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
-    put_config(&h, &enabled_config()).unwrap();
+    h.put_config(&enabled_config()).unwrap();
 
     // No `ceph` binary: the host cannot run it.
     assert_eq!(h.get().unwrap()["state"], json!({}));
@@ -723,54 +629,47 @@ fn an_unreachable_cluster_or_missing_tool_gives_an_empty_state() {
 
     host.on_command(STATUS, Reply::ok("not json"));
     assert_eq!(h.get().unwrap()["state"], json!({}));
-    let warnings: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .collect();
+    let warnings = host.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains("ceph status"), "{warnings:?}");
+    assert!(warnings[0].contains("ceph status"), "{warnings:?}");
 }
 
 #[test]
 fn ceph_status_is_not_run_while_disabled() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(STATUS, Reply::ok(CEPH_STATUS_JSON));
-    put_config(
-        &h,
-        &json!({"enabled": false, "clusters": {"ceph": main_cluster()}}),
-    )
-    .unwrap();
+    h.put_config(&json!({"enabled": false, "clusters": {"ceph": main_cluster()}}))
+        .unwrap();
     assert_eq!(h.get().unwrap()["state"], json!({}));
     assert!(h.host().commands().is_empty());
 }
 
 #[test]
 fn boot_start_writes_the_files_and_shutdown_removes_them() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
-    host.set_state(json!({ "config": enabled_config() }));
+    host.set_saved_config(&enabled_config());
     h.start().unwrap();
-    assert_eq!(text(&h, "/etc/ceph/ceph.conf"), CEPH_CONF);
-    assert_eq!(mode(&h, "/etc/ceph/ceph.client.incus.keyring"), 0o600);
+    assert_eq!(h.host().read_text("/etc/ceph/ceph.conf"), CEPH_CONF);
+    assert_eq!(h.host().mode("/etc/ceph/ceph.client.incus.keyring"), 0o600);
     assert_eq!(host.save_count(), 0);
 
     host.clear_effects();
     h.stop().unwrap();
     assert_eq!(host.files_removed(), ["/etc/ceph"]);
     assert!(!host.real_path("/etc/ceph").exists());
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEYS);
 }
 
 #[test]
 fn boot_start_and_stop_do_nothing_when_disabled() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
-    host.set_state(json!({"config": {"enabled": false, "clusters": {"ceph": main_cluster()}}}));
+    host.set_saved_config(&json!({"enabled": false, "clusters": {"ceph": main_cluster()}}));
     host.put_file("/etc/ceph/ceph.conf", b"kept\n", 0o644);
     h.start().unwrap();
     h.stop().unwrap();
     assert!(host.file_effects().is_empty());
     assert!(host.commands().is_empty());
-    assert_eq!(text(&h, "/etc/ceph/ceph.conf"), "kept\n");
+    assert_eq!(h.host().read_text("/etc/ceph/ceph.conf"), "kept\n");
 }

@@ -1,9 +1,8 @@
 //! The iscsi plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Event, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, Event, FileEffect, Harness,
+    LogLevel, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -12,13 +11,11 @@ const INAME: &str = "iqn.2004-10.org.linuxcontainers:01:6f1c2a9b7e3d";
 const T1: &str = "iqn.2024-01.com.example:storage.disk1";
 const T2: &str = "iqn.2024-01.com.example:storage.disk2";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_iscsi")).expect("the iscsi plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_iscsi";
 
 /// A plugin whose host answers iscsi-iname and every iscsiadm call successfully.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.on_command(&["iscsi-iname", "-p"], Reply::ok(format!("{INAME}\n")));
     host.on_command(
@@ -35,14 +32,6 @@ fn target(t: &str, address: &str, port: i64) -> Value {
 
 fn config(enabled: bool, targets: &[Value]) -> Value {
     json!({"enabled": enabled, "targets": targets})
-}
-
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {"initiator_name": ""}, "config": config}))
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
 }
 
 fn discovery(portal: &str) -> Vec<String> {
@@ -66,29 +55,17 @@ fn iname() -> Vec<String> {
 }
 
 fn unit(op: UnitOp) -> UnitCall {
-    UnitCall {
-        op,
-        unit: ISCSID.to_string(),
-    }
-}
-
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
+    UnitCall::new(op, ISCSID)
 }
 
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_iscsi"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{"initiator_name":""},"config":{"enabled":false,"targets":[]}}"#
@@ -100,32 +77,23 @@ fn fresh_get_is_exactly_the_default() {
 fn enabling_creates_the_initiator_name_starts_iscsid_and_logs_in() {
     let h = scripted();
     let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     let host = h.host();
     assert_eq!(
         host.read_file("/etc/iscsi/initiatorname.iscsi").unwrap(),
         format!("InitiatorName={INAME}\n").as_bytes()
     );
-    assert_eq!(mode(&h, "/etc/iscsi"), 0o700);
-    assert_eq!(mode(&h, "/etc/iscsi/initiatorname.iscsi"), 0o600);
+    assert_eq!(h.host().mode("/etc/iscsi"), 0o700);
+    assert_eq!(h.host().mode("/etc/iscsi/initiatorname.iscsi"), 0o600);
     assert_eq!(host.read_file("/etc/iscsi/iscsid.conf").unwrap(), b"");
-    assert_eq!(mode(&h, "/etc/iscsi/iscsid.conf"), 0o600);
+    assert_eq!(h.host().mode("/etc/iscsi/iscsid.conf"), 0o600);
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::DirCreated {
-                path: "/etc/iscsi".into(),
-                mode: 0o700
-            },
-            FileEffect::Written {
-                path: "/etc/iscsi/initiatorname.iscsi".into(),
-                mode: 0o600
-            },
-            FileEffect::Written {
-                path: "/etc/iscsi/iscsid.conf".into(),
-                mode: 0o600
-            },
+            FileEffect::dir_created("/etc/iscsi", 0o700),
+            FileEffect::written("/etc/iscsi/initiatorname.iscsi", 0o600),
+            FileEffect::written("/etc/iscsi/iscsid.conf", 0o600),
         ]
     );
     assert_eq!(
@@ -160,7 +128,7 @@ fn an_existing_initiator_name_and_iscsid_conf_are_kept() {
         0o644,
     );
     host.put_file("/etc/iscsi/iscsid.conf", b"node.startup = manual\n", 0o644);
-    put_config(&h, &config(true, &[])).unwrap();
+    h.put_config(&config(true, &[])).unwrap();
     assert_eq!(host.files_written(), Vec::<String>::new());
     assert!(!host.commands().contains(&iname()));
     assert_eq!(
@@ -179,7 +147,7 @@ fn portals_bracket_ipv6_and_append_only_positive_ports() {
         target(T2, "san.example.com", 0),
         target(T2, "192.0.2.7", 860),
     ];
-    put_config(&h, &config(true, &targets)).unwrap();
+    h.put_config(&config(true, &targets)).unwrap();
     let portals: Vec<String> = h
         .host()
         .commands()
@@ -207,7 +175,8 @@ fn discovery_is_retried_until_it_works() {
         2,
         Reply::fail(4, "iscsiadm: cannot make connection"),
     );
-    put_config(&h, &config(true, &[target(T1, "10.0.0.5", 0)])).unwrap();
+    h.put_config(&config(true, &[target(T1, "10.0.0.5", 0)]))
+        .unwrap();
     let discoveries = h
         .host()
         .commands()
@@ -293,14 +262,8 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
         for (targets, message) in &cases {
             let message = message.as_str();
             let h = scripted();
-            let err = put_config(&h, &config(enabled, targets)).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, message),
-                "{targets:?}"
-            );
+            h.assert_config_refused(&config(enabled, targets), message);
             let host = h.host();
-            host.assert_untouched(message);
             assert!(!host.root().join("etc").exists(), "{message}");
             assert_eq!(host.state(), Value::Null, "{message}");
         }
@@ -321,7 +284,7 @@ fn valid_target_names_and_addresses_are_accepted() {
         target("iqn.2005-10.org.freenas.ctl:disk_1", "san", 0),
         target("iqn.2003-01.org.linux-iscsi.san.x8664", "san", 0),
     ];
-    put_config(&h, &config(false, &targets)).unwrap();
+    h.put_config(&config(false, &targets)).unwrap();
     assert_eq!(
         h.get().unwrap()["config"]["targets"]
             .as_array()
@@ -332,24 +295,6 @@ fn valid_target_names_and_addresses_are_accepted() {
     assert!(h.host().commands().is_empty());
 }
 
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 #[test]
 fn control_characters_are_refused_in_every_string_field() {
     let full = config(true, &[target(T1, "san.example.com", 3260)]);
@@ -357,30 +302,10 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/targets/0/address", "targets[0].address"),
         ("/targets/0/target", "targets[0].target"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), Value::Null, "{field}");
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted();
+        h.assert_config_refused(&case.config, &case.message);
+        assert_eq!(h.host().state(), Value::Null, "{}", case.field);
     }
 }
 
@@ -396,7 +321,7 @@ fn a_failing_login_undoes_everything() {
         true,
         &[target(T1, "10.0.0.5", 3260), target(T2, "10.0.0.6", 3260)],
     );
-    let err = put_config(&h, &cfg).unwrap_err();
+    let err = h.put_config(&cfg).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(
         err.message.as_str(),
@@ -436,7 +361,7 @@ fn a_failing_update_brings_the_old_config_back() {
     let h = scripted();
     let host = h.host();
     let old = config(true, &[target(T1, "10.0.0.5", 3260)]);
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     host.on_command(
         &[
             "iscsiadm", "-m", "node", "-T", T2, "-p", "10.0.0.6", "--login",
@@ -446,7 +371,7 @@ fn a_failing_update_brings_the_old_config_back() {
     host.clear_effects();
 
     let new = config(true, &[target(T2, "10.0.0.6", 0)]);
-    let err = put_config(&h, &new).unwrap_err();
+    let err = h.put_config(&new).unwrap_err();
     assert_eq!(err.status, 500, "{err:?}");
     assert_eq!(
         host.commands(),
@@ -470,7 +395,9 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    let err = h
+        .put_config(&config(true, &[target(T1, "10.0.0.5", 3260)]))
+        .unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(
         host.commands().last().unwrap(),
@@ -484,7 +411,9 @@ fn a_failing_save_is_undone() {
 fn a_failing_iscsid_start_is_reported() {
     let h = scripted();
     h.host().fail_unit(ISCSID, "Job for iscsid.service failed");
-    let err = put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    let err = h
+        .put_config(&config(true, &[target(T1, "10.0.0.5", 3260)]))
+        .unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for iscsid.service failed")
@@ -509,10 +438,10 @@ fn disabling_logs_out_stops_iscsid_and_keeps_the_initiator_name() {
     let h = scripted();
     let host = h.host();
     let targets = [target(T1, "10.0.0.5", 3260), target(T2, "fd00::6", 0)];
-    put_config(&h, &config(true, &targets)).unwrap();
+    h.put_config(&config(true, &targets)).unwrap();
     host.clear_effects();
 
-    put_config(&h, &config(false, &targets)).unwrap();
+    h.put_config(&config(false, &targets)).unwrap();
     assert_eq!(
         host.commands(),
         [
@@ -539,10 +468,10 @@ fn a_failing_disable_logs_back_in() {
     let h = scripted();
     let host = h.host();
     let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     host.clear_effects();
     host.fail_unit(ISCSID, "Job for iscsid.service canceled");
-    let err = put_config(&h, &config(false, &[])).unwrap_err();
+    let err = h.put_config(&config(false, &[])).unwrap_err();
     assert_eq!(err.message.as_str(), "Job for iscsid.service canceled");
     assert_eq!(
         host.commands(),
@@ -570,10 +499,12 @@ fn a_rolled_back_disable_logs_back_in_after_iscsid_is_running_again() {
     let h = scripted();
     let host = h.host();
     let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     host.clear_effects();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(false, &[target(T1, "10.0.0.5", 3260)])).unwrap_err();
+    let err = h
+        .put_config(&config(false, &[target(T1, "10.0.0.5", 3260)]))
+        .unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(
         host.events(),
@@ -600,7 +531,8 @@ fn a_rolled_back_disable_logs_back_in_after_iscsid_is_running_again() {
 fn logout_failures_are_only_warnings() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &config(true, &[target(T1, "10.0.0.5", 3260)])).unwrap();
+    h.put_config(&config(true, &[target(T1, "10.0.0.5", 3260)]))
+        .unwrap();
     host.on_command(
         &[
             "iscsiadm",
@@ -614,15 +546,11 @@ fn logout_failures_are_only_warnings() {
         ],
         Reply::fail(21, "iscsiadm: No matching sessions found"),
     );
-    put_config(&h, &config(false, &[])).unwrap();
+    h.put_config(&config(false, &[])).unwrap();
     assert_eq!(host.unit_state(ISCSID), "inactive");
-    let warnings: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .collect();
+    let warnings = host.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains(T1), "{warnings:?}");
+    assert!(warnings[0].contains(T1), "{warnings:?}");
 }
 
 #[test]
@@ -630,15 +558,13 @@ fn boot_start_wipes_var_lib_iscsi_first() {
     let h = scripted();
     let host = h.host();
     let cfg = config(true, &[target(T1, "10.0.0.5", 3260)]);
-    host.set_state(json!({ "config": cfg }));
+    host.set_saved_config(&cfg);
     host.put_file("/var/lib/iscsi/nodes/stale/default", b"stale", 0o600);
 
     h.start().unwrap();
     assert_eq!(
         host.file_effects()[0],
-        FileEffect::Removed {
-            path: "/var/lib/iscsi".into()
-        }
+        FileEffect::removed("/var/lib/iscsi")
     );
     assert!(!host.real_path("/var/lib/iscsi").exists());
     assert_eq!(
@@ -666,8 +592,6 @@ fn boot_start_and_stop_do_nothing_when_disabled() {
     h.start().unwrap();
     h.stop().unwrap();
     let host = h.host();
-    assert!(host.commands().is_empty());
-    assert!(host.units().is_empty());
-    assert!(host.file_effects().is_empty());
+    host.assert_untouched("boot_start_and_stop_do_nothing_when_disabled");
     assert!(host.real_path("/var/lib/iscsi/nodes/x").exists());
 }

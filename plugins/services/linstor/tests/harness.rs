@@ -1,9 +1,8 @@
 //! The linstor plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
 use incus_osd_harness::{
-    assert_conformance, built_plugin, FileEffect, Harness, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, FileEffect, Harness, Reply,
+    UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -75,13 +74,11 @@ const TLS_TOML: &str = r#"[netcom]
   ssl_protocol="TLSv1.3"
 "#;
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_linstor")).expect("the linstor plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_linstor";
 
 /// A plugin whose host answers openssl and keytool successfully.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(&["openssl", "pkcs12"], Reply::ok(""));
     h.host().on_command(
         &["keytool", "-importkeystore"],
@@ -92,10 +89,6 @@ fn scripted() -> Harness {
         Reply::ok("Certificate was added to keystore\n"),
     );
     h
-}
-
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
 }
 
 fn plain(enabled: bool, listen_address: &str) -> Value {
@@ -110,10 +103,6 @@ fn tls(enabled: bool) -> Value {
         "tls_server_key": SERVER_KEY,
         "tls_trusted_certificates": [CONTROLLER_CRT, SERVER_CRT],
     })
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
 }
 
 fn keystore_commands() -> Vec<Vec<String>> {
@@ -164,28 +153,7 @@ fn keystore_commands() -> Vec<Vec<String>> {
 }
 
 fn unit(op: UnitOp) -> UnitCall {
-    UnitCall {
-        op,
-        unit: SATELLITE.to_string(),
-    }
-}
-
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn text(h: &Harness, os_path: &str) -> String {
-    String::from_utf8(
-        h.host()
-            .read_file(os_path)
-            .unwrap_or_else(|| panic!("{os_path} is missing")),
-    )
-    .unwrap()
+    UnitCall::new(op, SATELLITE)
 }
 
 fn dir_entries(h: &Harness, os_path: &str) -> Vec<String> {
@@ -197,40 +165,14 @@ fn dir_entries(h: &Harness, os_path: &str) -> Vec<String> {
     names
 }
 
-fn written(path: &str, mode: u32) -> FileEffect {
-    FileEffect::Written {
-        path: path.into(),
-        mode,
-    }
-}
-
-fn created(path: &str, mode: u32) -> FileEffect {
-    FileEffect::DirCreated {
-        path: path.into(),
-        mode,
-    }
-}
-
-fn removed(path: &str) -> FileEffect {
-    FileEffect::Removed { path: path.into() }
-}
-
-fn assert_no_secret_logged(h: &Harness) {
-    for line in h.host().logs() {
-        for marker in KEY_MARKERS {
-            assert!(!line.message.contains(marker), "a key was logged: {line:?}");
-        }
-    }
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_linstor"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"listen_address":""}}"#
@@ -241,27 +183,33 @@ fn fresh_get_is_exactly_the_default() {
 
 #[test]
 fn enabling_in_plain_mode_writes_the_config_and_starts_the_satellite() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let cfg = plain(true, "");
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     let host = h.host();
     // Nothing to clear on a fresh system: no remove of the absent /etc/linstor is issued.
     assert_eq!(
         host.file_effects(),
         [
-            created("/etc/linstor", 0o700),
-            written("/etc/linstor/linstor_satellite.toml", 0o600),
-            created("/etc/drbd.d", 0o755),
-            written("/etc/drbd.conf", 0o644),
+            FileEffect::dir_created("/etc/linstor", 0o700),
+            FileEffect::written("/etc/linstor/linstor_satellite.toml", 0o600),
+            FileEffect::dir_created("/etc/drbd.d", 0o755),
+            FileEffect::written("/etc/drbd.conf", 0o644),
         ]
     );
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), PLAIN_TOML);
-    assert_eq!(mode(&h, "/etc/linstor"), 0o700);
-    assert_eq!(mode(&h, "/etc/linstor/linstor_satellite.toml"), 0o600);
-    assert_eq!(text(&h, "/etc/drbd.conf"), "include \"drbd.d/*.res\";\n");
-    assert_eq!(mode(&h, "/etc/drbd.conf"), 0o644);
-    assert_eq!(mode(&h, "/etc/drbd.d"), 0o755);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        PLAIN_TOML
+    );
+    assert_eq!(h.host().mode("/etc/linstor"), 0o700);
+    assert_eq!(h.host().mode("/etc/linstor/linstor_satellite.toml"), 0o600);
+    assert_eq!(
+        h.host().read_text("/etc/drbd.conf"),
+        "include \"drbd.d/*.res\";\n"
+    );
+    assert_eq!(h.host().mode("/etc/drbd.conf"), 0o644);
+    assert_eq!(h.host().mode("/etc/drbd.d"), 0o755);
     assert!(host.commands().is_empty());
     assert_eq!(
         host.units(),
@@ -280,30 +228,33 @@ fn enabling_in_plain_mode_writes_the_config_and_starts_the_satellite() {
 fn enabling_with_tls_writes_the_pem_files_and_builds_the_keystores() {
     let h = scripted();
     let cfg = tls(true);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     let host = h.host();
     assert_eq!(
         host.file_effects(),
         [
-            created("/etc/linstor", 0o700),
-            written("/etc/linstor/linstor_satellite.toml", 0o600),
-            written("/etc/linstor/server.crt", 0o600),
-            written("/etc/linstor/server.key", 0o600),
-            written("/etc/linstor/trusted.crt", 0o600),
-            created("/etc/drbd.d", 0o755),
-            written("/etc/drbd.conf", 0o644),
+            FileEffect::dir_created("/etc/linstor", 0o700),
+            FileEffect::written("/etc/linstor/linstor_satellite.toml", 0o600),
+            FileEffect::written("/etc/linstor/server.crt", 0o600),
+            FileEffect::written("/etc/linstor/server.key", 0o600),
+            FileEffect::written("/etc/linstor/trusted.crt", 0o600),
+            FileEffect::dir_created("/etc/drbd.d", 0o755),
+            FileEffect::written("/etc/drbd.conf", 0o644),
         ]
     );
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), TLS_TOML);
-    assert_eq!(text(&h, "/etc/linstor/server.crt"), SERVER_CRT);
-    assert_eq!(text(&h, "/etc/linstor/server.key"), SERVER_KEY);
     assert_eq!(
-        text(&h, "/etc/linstor/trusted.crt"),
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        TLS_TOML
+    );
+    assert_eq!(h.host().read_text("/etc/linstor/server.crt"), SERVER_CRT);
+    assert_eq!(h.host().read_text("/etc/linstor/server.key"), SERVER_KEY);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/trusted.crt"),
         format!("{CONTROLLER_CRT}\n{SERVER_CRT}")
     );
     for f in ["server.crt", "server.key", "trusted.crt"] {
-        assert_eq!(mode(&h, &format!("/etc/linstor/{f}")), 0o600, "{f}");
+        assert_eq!(h.host().mode(&format!("/etc/linstor/{f}")), 0o600, "{f}");
     }
     assert_eq!(host.commands(), keystore_commands());
     // The key is only ever passed as a file.
@@ -317,7 +268,7 @@ fn enabling_with_tls_writes_the_pem_files_and_builds_the_keystores() {
     );
     assert_eq!(host.state(), json!({ "config": cfg }));
     assert_eq!(h.get().unwrap()["config"], cfg);
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEY_MARKERS);
 }
 
 #[test]
@@ -342,8 +293,8 @@ fn the_listen_address_sets_bind_address_and_port() {
         let h = scripted();
         let mut cfg = if tls_mode { tls(true) } else { plain(true, "") };
         cfg["listen_address"] = json!(address);
-        put_config(&h, &cfg).unwrap();
-        let toml = text(&h, "/etc/linstor/linstor_satellite.toml");
+        h.put_config(&cfg).unwrap();
+        let toml = h.host().read_text("/etc/linstor/linstor_satellite.toml");
         assert!(toml.starts_with(toml_head), "{address}: {toml}");
         assert_eq!(toml.contains("ssl_protocol"), tls_mode, "{address}");
     }
@@ -351,13 +302,15 @@ fn the_listen_address_sets_bind_address_and_port() {
 
 #[test]
 fn an_existing_drbd_d_is_kept_and_etc_linstor_is_recreated() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.put_file("/etc/drbd.d/r0.res", b"resource r0 {}\n", 0o644);
     host.put_file("/etc/linstor/stale.toml", b"old\n", 0o600);
-    put_config(&h, &plain(true, "")).unwrap();
-    assert!(!host.file_effects().contains(&created("/etc/drbd.d", 0o755)));
-    assert_eq!(text(&h, "/etc/drbd.d/r0.res"), "resource r0 {}\n");
+    h.put_config(&plain(true, "")).unwrap();
+    assert!(!host
+        .file_effects()
+        .contains(&FileEffect::dir_created("/etc/drbd.d", 0o755)));
+    assert_eq!(h.host().read_text("/etc/drbd.d/r0.res"), "resource r0 {}\n");
     assert_eq!(dir_entries(&h, "/etc/linstor"), ["linstor_satellite.toml"]);
 }
 
@@ -366,13 +319,12 @@ fn every_config_field_round_trips() {
     let h = scripted();
     let mut cfg = tls(false);
     cfg["listen_address"] = json!("192.0.2.1:3367");
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
-    put_config(&h, &tls(true)).unwrap();
+    h.put_config(&tls(true)).unwrap();
     assert_eq!(h.get().unwrap()["config"], tls(true));
     // Empty TLS fields are omitted, as upstream's omitempty does; null reads as empty.
-    put_config(
-        &h,
+    h.put_config(
         &json!({"enabled": false, "listen_address": null, "tls_server_certificate": "",
                 "tls_server_key": null, "tls_trusted_certificates": []}),
     )
@@ -383,89 +335,43 @@ fn every_config_field_round_trips() {
     );
 }
 
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Each string field of a full config with a control character added is a 400 naming the
 /// field that changes nothing. The PEM
 /// fields are files: line breaks belong there, other control characters do not.
 #[test]
 fn control_characters_are_refused_in_every_string_field() {
-    const ONE_LINE: &str = "line breaks, NUL and other control characters are not allowed";
-    const TEXT: &str = "NUL and control characters other than line breaks and tabs are not allowed";
     let full = {
         let mut c = tls(true);
         c["listen_address"] = json!("10.0.0.10:3367");
         c
     };
     let fields = [
-        ("/listen_address", "listen_address", ONE_LINE),
-        ("/tls_server_certificate", "tls_server_certificate", TEXT),
-        ("/tls_server_key", "tls_server_key", TEXT),
-        (
-            "/tls_trusted_certificates/0",
-            "tls_trusted_certificates[0]",
-            TEXT,
-        ),
-        (
-            "/tls_trusted_certificates/1",
-            "tls_trusted_certificates[1]",
-            TEXT,
-        ),
+        ("/listen_address", "listen_address"),
+        ("/tls_server_certificate", "tls_server_certificate"),
+        ("/tls_server_key", "tls_server_key"),
+        ("/tls_trusted_certificates/0", "tls_trusted_certificates[0]"),
+        ("/tls_trusted_certificates/1", "tls_trusted_certificates[1]"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field, why) in fields {
-        // Files hold line breaks; NUL, escape sequences and DEL do not belong there.
-        let bad: &[&str] = if why == TEXT {
-            &["\0", "\u{1b}[2J", "\u{7f}"]
-        } else {
-            &["\n", "\r", "\0", "\t"]
-        };
-        for bad in bad {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected = format!("{field}: {why}");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            for marker in KEY_MARKERS {
-                assert!(!err.message.contains(marker), "{field}");
-            }
-            assert_eq!(h.host().state(), Value::Null, "{field}");
+    // Files hold line breaks; NUL, escape sequences and DEL do not belong there.
+    let text = [
+        "/tls_server_certificate",
+        "/tls_server_key",
+        "/tls_trusted_certificates/0",
+        "/tls_trusted_certificates/1",
+    ];
+    for case in control_character_cases(&full, &fields, &text) {
+        let h = scripted();
+        let err = h.assert_config_refused(&case.config, &case.message);
+        for marker in KEY_MARKERS {
+            assert!(!err.message.contains(marker), "{}", case.field);
         }
+        assert_eq!(h.host().state(), Value::Null, "{}", case.field);
     }
 }
 
 #[test]
 fn valid_pem_variants_are_accepted() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let cfg = json!({
         "enabled": false,
         "listen_address": "",
@@ -474,13 +380,13 @@ fn valid_pem_variants_are_accepted() {
         "tls_server_key": EC_KEY_WITH_PARAMS,
         "tls_trusted_certificates": [CONTROLLER_CRT],
     });
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
     let mut rsa = cfg.clone();
     rsa["tls_server_key"] = json!(SERVER_KEY
         .replace("BEGIN PRIVATE KEY", "BEGIN RSA PRIVATE KEY")
         .replace("END PRIVATE KEY", "END RSA PRIVATE KEY"));
-    put_config(&h, &rsa).unwrap();
+    h.put_config(&rsa).unwrap();
 }
 
 #[test]
@@ -605,20 +511,14 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             let mut cfg = cfg.clone();
             cfg["enabled"] = json!(enabled);
             let h = scripted();
-            let err = put_config(&h, &cfg).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, message.as_str()),
-                "{cfg}"
-            );
+            let err = h.assert_config_refused(&cfg, message);
             for marker in KEY_MARKERS {
                 assert!(!err.message.contains(marker), "{message}");
             }
             let host = h.host();
-            host.assert_untouched(message);
             assert!(!host.root().join("etc").exists(), "{message}");
             assert_eq!(host.state(), Value::Null, "{message}");
-            assert_no_secret_logged(&h);
+            h.host().assert_not_logged(&KEY_MARKERS);
         }
     }
 }
@@ -627,10 +527,10 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
 fn disabling_stops_the_satellite_and_leaves_the_files() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &tls(true)).unwrap();
+    h.put_config(&tls(true)).unwrap();
     host.clear_effects();
 
-    put_config(&h, &tls(false)).unwrap();
+    h.put_config(&tls(false)).unwrap();
     assert_eq!(
         host.units(),
         [unit(UnitOp::ActiveState), unit(UnitOp::Stop)]
@@ -638,12 +538,15 @@ fn disabling_stops_the_satellite_and_leaves_the_files() {
     assert_eq!(host.unit_state(SATELLITE), "inactive");
     assert!(host.file_effects().is_empty());
     assert!(host.commands().is_empty());
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), TLS_TOML);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        TLS_TOML
+    );
     assert_eq!(host.state(), json!({ "config": tls(false) }));
 
     // Staying disabled does nothing.
     host.clear_effects();
-    put_config(&h, &plain(false, "")).unwrap();
+    h.put_config(&plain(false, "")).unwrap();
     assert!(host.units().is_empty());
     assert!(host.file_effects().is_empty());
 }
@@ -652,10 +555,10 @@ fn disabling_stops_the_satellite_and_leaves_the_files() {
 fn an_update_stops_and_rebuilds_everything() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &tls(true)).unwrap();
+    h.put_config(&tls(true)).unwrap();
     host.clear_effects();
 
-    put_config(&h, &plain(true, "10.0.0.10:3366")).unwrap();
+    h.put_config(&plain(true, "10.0.0.10:3366")).unwrap();
     assert_eq!(
         host.units(),
         [
@@ -668,10 +571,10 @@ fn an_update_stops_and_rebuilds_everything() {
     assert_eq!(
         host.file_effects(),
         [
-            removed("/etc/linstor"),
-            created("/etc/linstor", 0o700),
-            written("/etc/linstor/linstor_satellite.toml", 0o600),
-            written("/etc/drbd.conf", 0o644),
+            FileEffect::removed("/etc/linstor"),
+            FileEffect::dir_created("/etc/linstor", 0o700),
+            FileEffect::written("/etc/linstor/linstor_satellite.toml", 0o600),
+            FileEffect::written("/etc/drbd.conf", 0o644),
         ]
     );
     assert_eq!(dir_entries(&h, "/etc/linstor"), ["linstor_satellite.toml"]);
@@ -695,7 +598,7 @@ fn a_failing_keystore_import_puts_everything_back() {
             "keytool error: java.io.IOException: keystore password was incorrect",
         ),
     );
-    let err = put_config(&h, &tls(true)).unwrap_err();
+    let err = h.put_config(&tls(true)).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -713,12 +616,15 @@ fn a_failing_keystore_import_puts_everything_back() {
         dir_entries(&h, "/etc/linstor"),
         ["linstor_satellite.toml", "server.jks"]
     );
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), PLAIN_TOML);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        PLAIN_TOML
+    );
     assert_eq!(
         host.read_file("/etc/linstor/server.jks").unwrap(),
         b"\xfe\xed\xfe\xed old"
     );
-    assert_eq!(mode(&h, "/etc/linstor/server.jks"), 0o644);
+    assert_eq!(h.host().mode("/etc/linstor/server.jks"), 0o644);
     assert!(host.read_file("/etc/linstor/server.key").is_none());
     assert!(!host.real_path("/etc/drbd.d").exists());
     assert!(!host.real_path("/etc/drbd.conf").exists());
@@ -726,22 +632,22 @@ fn a_failing_keystore_import_puts_everything_back() {
     assert_eq!(host.unit_state(SATELLITE), "inactive");
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEY_MARKERS);
 }
 
 #[test]
 fn a_failing_satellite_start_puts_everything_back() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.put_file("/etc/drbd.conf", b"# site config\n", 0o644);
     host.fail_unit(SATELLITE, "Job for linstor-satellite.service failed");
-    let err = put_config(&h, &plain(true, "")).unwrap_err();
+    let err = h.put_config(&plain(true, "")).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for linstor-satellite.service failed")
     );
     assert!(!host.real_path("/etc/linstor").exists());
-    assert_eq!(text(&h, "/etc/drbd.conf"), "# site config\n");
+    assert_eq!(h.host().read_text("/etc/drbd.conf"), "# site config\n");
     assert!(!host.real_path("/etc/drbd.d").exists());
     assert_eq!(
         host.units(),
@@ -759,15 +665,15 @@ fn a_failing_update_brings_the_old_config_back() {
     let h = scripted();
     let host = h.host();
     let old = plain(true, "10.0.0.10:3366");
-    put_config(&h, &old).unwrap();
-    let old_toml = text(&h, "/etc/linstor/linstor_satellite.toml");
+    h.put_config(&old).unwrap();
+    let old_toml = h.host().read_text("/etc/linstor/linstor_satellite.toml");
     host.on_command(
         &["openssl", "pkcs12"],
         Reply::fail(1, "Could not read private key from /etc/linstor/server.key"),
     );
     host.clear_effects();
 
-    let err = put_config(&h, &tls(true)).unwrap_err();
+    let err = h.put_config(&tls(true)).unwrap_err();
     assert_eq!(err.status, 500);
     assert!(err
         .message
@@ -782,11 +688,14 @@ fn a_failing_update_brings_the_old_config_back() {
         ]
     );
     assert_eq!(host.unit_state(SATELLITE), "active");
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), old_toml);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        old_toml
+    );
     assert_eq!(dir_entries(&h, "/etc/linstor"), ["linstor_satellite.toml"]);
     assert_eq!(host.state(), json!({ "config": old }));
     assert_eq!(host.save_count(), 1);
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEY_MARKERS);
 }
 
 #[test]
@@ -794,7 +703,7 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &tls(true)).unwrap_err();
+    let err = h.put_config(&tls(true)).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.units().last().unwrap(), &unit(UnitOp::Stop));
     assert_eq!(host.unit_state(SATELLITE), "inactive");
@@ -806,9 +715,12 @@ fn a_failing_save_is_undone() {
 fn boot_start_brings_the_satellite_up_and_shutdown_stops_it() {
     let h = scripted();
     let host = h.host();
-    host.set_state(json!({ "config": tls(true) }));
+    host.set_saved_config(&tls(true));
     h.start().unwrap();
-    assert_eq!(text(&h, "/etc/linstor/linstor_satellite.toml"), TLS_TOML);
+    assert_eq!(
+        h.host().read_text("/etc/linstor/linstor_satellite.toml"),
+        TLS_TOML
+    );
     assert_eq!(host.commands(), keystore_commands());
     assert_eq!(
         host.units(),
@@ -820,17 +732,15 @@ fn boot_start_brings_the_satellite_up_and_shutdown_stops_it() {
     h.stop().unwrap();
     assert_eq!(host.units(), [unit(UnitOp::Stop)]);
     assert!(host.file_effects().is_empty());
-    assert_no_secret_logged(&h);
+    h.host().assert_not_logged(&KEY_MARKERS);
 }
 
 #[test]
 fn boot_start_and_stop_do_nothing_when_disabled() {
     let h = scripted();
-    h.host().set_state(json!({ "config": tls(false) }));
+    h.host().set_saved_config(&tls(false));
     h.start().unwrap();
     h.stop().unwrap();
     let host = h.host();
-    assert!(host.commands().is_empty());
-    assert!(host.units().is_empty());
-    assert!(host.file_effects().is_empty());
+    host.assert_untouched("boot_start_and_stop_do_nothing_when_disabled");
 }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Event, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, Event, FileEffect, Harness, Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -62,13 +62,11 @@ const VGS_EMPTY: &str = r#"  {
   }
 "#;
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_lvm")).expect("the lvm plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_lvm";
 
 /// A plugin whose host has LVM tools with nothing to report and a working vgchange.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.on_command(&["pvs"], Reply::ok(VGS_EMPTY.replace("vg", "pv")));
     host.on_command(&["vgs"], Reply::ok(VGS_EMPTY));
@@ -80,14 +78,6 @@ fn config(enabled: bool, system_id: i64) -> Value {
     json!({"enabled": enabled, "system_id": system_id})
 }
 
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 fn lock_start() -> Vec<String> {
     argv(&["vgchange", "--lock-start"])
 }
@@ -96,24 +86,8 @@ fn lock_stop() -> Vec<String> {
     argv(&["vgchange", "--lock-stop"])
 }
 
-fn call(op: UnitOp, unit: &str) -> UnitCall {
-    UnitCall {
-        op,
-        unit: unit.to_string(),
-    }
-}
-
 fn calls(op: UnitOp, units: &[&str]) -> Vec<UnitCall> {
-    units.iter().map(|u| call(op, u)).collect()
-}
-
-/// Unit operations without the `ActiveState` queries.
-fn unit_ops(h: &Harness) -> Vec<UnitCall> {
-    h.host()
-        .units()
-        .into_iter()
-        .filter(|c| c.op != UnitOp::ActiveState)
-        .collect()
+    units.iter().map(|u| UnitCall::new(op, u)).collect()
 }
 
 /// Commands other than the state reports.
@@ -125,28 +99,14 @@ fn actions(h: &Harness) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn enabled(h: &Harness, system_id: i64) {
-    put_config(h, &config(true, system_id)).unwrap();
-    h.host().clear_effects();
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_lvm"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_without_lvm_tools_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"system_id":0}}"#
@@ -165,7 +125,7 @@ fn fresh_get_without_lvm_tools_is_exactly_the_default() {
 
 #[test]
 fn state_is_parsed_from_the_reports_even_when_disabled() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(&["pvs"], Reply::ok(PVS_JSON));
     h.host().on_command(&["vgs"], Reply::ok(VGS_JSON));
     assert_eq!(
@@ -207,7 +167,7 @@ fn empty_reports_omit_every_list() {
 
 #[test]
 fn a_failing_report_with_a_json_log_shows_the_log() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(&["pvs"], Reply::ok(PVS_JSON));
     // vgs exits 5 but still prints its report with the error in the command log.
     let vgs_error = r#"  {
@@ -241,7 +201,7 @@ fn a_failing_report_with_a_json_log_shows_the_log() {
 
 #[test]
 fn unusable_output_gives_an_empty_state() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(
         &["pvs"],
         Reply::fail(3, "  Unrecognised report format: json_std\n"),
@@ -254,7 +214,7 @@ fn unusable_output_gives_an_empty_state() {
 #[test]
 fn system_id_round_trips() {
     let h = scripted();
-    put_config(&h, &config(false, 2000)).unwrap();
+    h.put_config(&config(false, 2000)).unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, 2000));
     assert_eq!(h.host().state(), json!({"config": config(false, 2000)}));
     // A disabled service writes nothing and touches no unit.
@@ -285,10 +245,8 @@ fn invalid_system_ids_are_refused_with_400_and_change_nothing() {
     ];
     for (cfg, message) in cases {
         let h = scripted();
-        let err = put_config(&h, &cfg).unwrap_err();
-        assert_eq!((err.status, err.message.as_str()), (400, message));
+        h.assert_config_refused(&cfg, message);
         let host = h.host();
-        host.assert_untouched(message);
         assert!(!host.root().join("etc").exists(), "{message}");
         assert_eq!(host.state(), Value::Null, "{message}");
     }
@@ -297,7 +255,7 @@ fn invalid_system_ids_are_refused_with_400_and_change_nothing() {
 #[test]
 fn enabling_writes_the_config_starts_the_units_and_the_lock_manager() {
     let h = scripted();
-    put_config(&h, &config(true, 7)).unwrap();
+    h.put_config(&config(true, 7)).unwrap();
     let host = h.host();
     assert_eq!(
         host.read_file("/etc/lvm/lvmlocal.conf").unwrap(),
@@ -307,27 +265,18 @@ fn enabling_writes_the_config_starts_the_units_and_the_lock_manager() {
         host.read_file("/etc/default/sanlock").unwrap(),
         SANLOCK_OPTS
     );
-    assert_eq!(mode(&h, "/etc/lvm"), 0o700);
-    assert_eq!(mode(&h, "/etc/lvm/lvmlocal.conf"), 0o600);
-    assert_eq!(mode(&h, "/etc/default/sanlock"), 0o644);
+    assert_eq!(h.host().mode("/etc/lvm"), 0o700);
+    assert_eq!(h.host().mode("/etc/lvm/lvmlocal.conf"), 0o600);
+    assert_eq!(h.host().mode("/etc/default/sanlock"), 0o644);
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::DirCreated {
-                path: "/etc/lvm".into(),
-                mode: 0o700
-            },
-            FileEffect::Written {
-                path: "/etc/lvm/lvmlocal.conf".into(),
-                mode: 0o600
-            },
-            FileEffect::Written {
-                path: "/etc/default/sanlock".into(),
-                mode: 0o644
-            },
+            FileEffect::dir_created("/etc/lvm", 0o700),
+            FileEffect::written("/etc/lvm/lvmlocal.conf", 0o600),
+            FileEffect::written("/etc/default/sanlock", 0o644),
         ]
     );
-    assert_eq!(unit_ops(&h), calls(UnitOp::Start, &UNITS));
+    assert_eq!(h.host().unit_changes(), calls(UnitOp::Start, &UNITS));
     assert_eq!(host.commands(), [lock_start()]);
     assert_eq!(host.command_calls()[0].timeout_ms, 60_000);
     for unit in UNITS {
@@ -347,8 +296,8 @@ fn an_existing_etc_lvm_keeps_its_mode() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    put_config(&h, &config(true, 7)).unwrap();
-    assert_eq!(mode(&h, "/etc/lvm"), 0o755);
+    h.put_config(&config(true, 7)).unwrap();
+    assert_eq!(h.host().mode("/etc/lvm"), 0o755);
     assert_eq!(
         h.host().files_written(),
         ["/etc/lvm/lvmlocal.conf", "/etc/default/sanlock"]
@@ -362,8 +311,8 @@ fn an_existing_etc_lvm_keeps_its_mode() {
 #[test]
 fn updating_an_enabled_service_only_rewrites_the_config() {
     let h = scripted();
-    enabled(&h, 7);
-    put_config(&h, &config(true, 12)).unwrap();
+    h.apply_config(&config(true, 7));
+    h.put_config(&config(true, 12)).unwrap();
     let host = h.host();
     assert_eq!(
         host.read_file("/etc/lvm/lvmlocal.conf").unwrap(),
@@ -373,7 +322,7 @@ fn updating_an_enabled_service_only_rewrites_the_config() {
         host.files_written(),
         ["/etc/lvm/lvmlocal.conf", "/etc/default/sanlock"]
     );
-    assert!(unit_ops(&h).is_empty());
+    assert!(h.host().unit_changes().is_empty());
     assert!(actions(&h).is_empty());
     assert_eq!(host.state(), json!({"config": config(true, 12)}));
 }
@@ -381,11 +330,11 @@ fn updating_an_enabled_service_only_rewrites_the_config() {
 #[test]
 fn disabling_stops_the_lock_manager_then_the_units_and_keeps_the_files() {
     let h = scripted();
-    enabled(&h, 7);
-    put_config(&h, &config(false, 9)).unwrap();
+    h.apply_config(&config(true, 7));
+    h.put_config(&config(false, 9)).unwrap();
     let host = h.host();
     assert_eq!(host.commands(), [lock_stop()]);
-    assert_eq!(unit_ops(&h), calls(UnitOp::Stop, &UNITS));
+    assert_eq!(h.host().unit_changes(), calls(UnitOp::Stop, &UNITS));
     for unit in UNITS {
         assert_eq!(host.unit_state(unit), "inactive", "{unit}");
     }
@@ -402,19 +351,19 @@ fn a_failing_unit_start_undoes_everything() {
     let h = scripted();
     let host = h.host();
     host.fail_unit(SANLOCK, "Job for sanlock.service failed");
-    let err = put_config(&h, &config(true, 7)).unwrap_err();
+    let err = h.put_config(&config(true, 7)).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for sanlock.service failed")
     );
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Start, LVMLOCKD),
-            call(UnitOp::Start, SANLOCK),
+            UnitCall::new(UnitOp::Start, LVMLOCKD),
+            UnitCall::new(UnitOp::Start, SANLOCK),
             // Undo, newest first: back to their previous (inactive) state.
-            call(UnitOp::Stop, SANLOCK),
-            call(UnitOp::Stop, LVMLOCKD),
+            UnitCall::new(UnitOp::Stop, SANLOCK),
+            UnitCall::new(UnitOp::Stop, LVMLOCKD),
         ]
     );
     // The lock manager was never started, so it is not stopped either.
@@ -425,15 +374,9 @@ fn a_failing_unit_start_undoes_everything() {
     assert!(!host.root().join("etc/default/sanlock").exists());
     assert_eq!(host.state(), Value::Null);
     assert_eq!(host.save_count(), 0);
-    let warnings: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .collect();
+    let warnings = host.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0]
-        .message
-        .contains("cannot put sanlock.service back"));
+    assert!(warnings[0].contains("cannot put sanlock.service back"));
 }
 
 #[test]
@@ -445,7 +388,7 @@ fn a_failing_lock_start_stops_everything_again_and_restores_the_files() {
         &["vgchange", "--lock-start"],
         Reply::fail(5, "  Failed to start locking"),
     );
-    let err = put_config(&h, &config(true, 7)).unwrap_err();
+    let err = h.put_config(&config(true, 7)).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -457,13 +400,13 @@ fn a_failing_lock_start_stops_everything_again_and_restores_the_files() {
     // Undo, newest first: the lock manager, then the units in reverse start order.
     let mut expected = calls(UnitOp::Start, &UNITS);
     expected.extend(calls(UnitOp::Stop, &[WDMD, SANLOCK, LVMLOCKD]));
-    assert_eq!(unit_ops(&h), expected);
+    assert_eq!(h.host().unit_changes(), expected);
     assert_eq!(
         host.read_file("/etc/default/sanlock").unwrap(),
         b"sanlock_opts='-w 0'\n"
     );
     // The restored file keeps its own mode.
-    assert_eq!(mode(&h, "/etc/default/sanlock"), 0o640);
+    assert_eq!(h.host().mode("/etc/default/sanlock"), 0o640);
     assert!(!host.root().join("etc/lvm").exists());
     assert_eq!(host.state(), Value::Null);
 }
@@ -471,10 +414,10 @@ fn a_failing_lock_start_stops_everything_again_and_restores_the_files() {
 #[test]
 fn a_failing_disable_brings_the_service_back_up() {
     let h = scripted();
-    enabled(&h, 7);
+    h.apply_config(&config(true, 7));
     let host = h.host();
     host.fail_unit(SANLOCK, "Job for sanlock.service canceled");
-    let err = put_config(&h, &config(false, 7)).unwrap_err();
+    let err = h.put_config(&config(false, 7)).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for sanlock.service canceled")
@@ -488,13 +431,13 @@ fn a_failing_disable_brings_the_service_back_up() {
         order,
         [
             Event::Command(lock_stop()),
-            Event::Unit(call(UnitOp::Stop, LVMLOCKD)),
-            Event::Unit(call(UnitOp::Stop, SANLOCK)),
+            Event::Unit(UnitCall::new(UnitOp::Stop, LVMLOCKD)),
+            Event::Unit(UnitCall::new(UnitOp::Stop, SANLOCK)),
             // Undo, newest first: both were active, so both are restarted (sanlock's
             // restart fails too and is logged), then the lock manager, which needs
             // lvmlockd running.
-            Event::Unit(call(UnitOp::Restart, SANLOCK)),
-            Event::Unit(call(UnitOp::Restart, LVMLOCKD)),
+            Event::Unit(UnitCall::new(UnitOp::Restart, SANLOCK)),
+            Event::Unit(UnitCall::new(UnitOp::Restart, LVMLOCKD)),
             Event::Command(lock_start()),
         ]
     );
@@ -506,7 +449,7 @@ fn a_failing_disable_brings_the_service_back_up() {
 #[test]
 fn a_failing_lock_stop_changes_nothing() {
     let h = scripted();
-    enabled(&h, 7);
+    h.apply_config(&config(true, 7));
     let host = h.host();
     host.on_command(
         &["vgchange", "--lock-stop"],
@@ -515,12 +458,12 @@ fn a_failing_lock_stop_changes_nothing() {
             "  VG vg_shared stop failed: LVs must first be deactivated",
         ),
     );
-    let err = put_config(&h, &config(false, 7)).unwrap_err();
+    let err = h.put_config(&config(false, 7)).unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Failed to run: vgchange --lock-stop: exit status 5 (VG vg_shared stop failed: LVs must first be deactivated)"
     );
-    assert!(unit_ops(&h).is_empty());
+    assert!(h.host().unit_changes().is_empty());
     assert_eq!(host.commands(), [lock_stop()]);
     assert!(host.file_effects().is_empty());
     assert_eq!(host.state(), json!({"config": config(true, 7)}));
@@ -531,7 +474,7 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(true, 7)).unwrap_err();
+    let err = h.put_config(&config(true, 7)).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.commands(), [lock_start(), lock_stop()]);
     for unit in UNITS {
@@ -540,9 +483,9 @@ fn a_failing_save_is_undone() {
     assert_eq!(host.state(), Value::Null);
 
     // An update of an enabled service whose save fails writes the old config back.
-    enabled(&h, 7);
+    h.apply_config(&config(true, 7));
     host.fail_next_save("disk full");
-    put_config(&h, &config(true, 8)).unwrap_err();
+    h.put_config(&config(true, 8)).unwrap_err();
     assert_eq!(
         host.read_file("/etc/lvm/lvmlocal.conf").unwrap(),
         LVMLOCAL_7.as_bytes()
@@ -553,20 +496,15 @@ fn a_failing_save_is_undone() {
 #[test]
 fn reset_kills_the_units_clears_wdmd_and_starts_again() {
     let h = scripted();
-    enabled(&h, 7);
+    h.apply_config(&config(true, 7));
     let host = h.host();
     host.put_file("/dev/shm/wdmd", b"\0\0\0\0", 0o600);
     h.reset().unwrap();
     let mut expected = calls(UnitOp::Kill, &UNITS);
     expected.extend(calls(UnitOp::Start, &UNITS));
-    assert_eq!(unit_ops(&h), expected);
+    assert_eq!(h.host().unit_changes(), expected);
     assert!(!host.real_path("/dev/shm/wdmd").exists());
-    assert_eq!(
-        host.file_effects()[0],
-        FileEffect::Removed {
-            path: "/dev/shm/wdmd".into()
-        }
-    );
+    assert_eq!(host.file_effects()[0], FileEffect::removed("/dev/shm/wdmd"));
     assert_eq!(
         host.files_written(),
         ["/etc/lvm/lvmlocal.conf", "/etc/default/sanlock"]
@@ -586,28 +524,27 @@ fn reset_of_a_disabled_service_is_refused() {
         (err.status, err.message.as_str()),
         (500, "LVM isn't currently enabled")
     );
-    assert!(h.host().units().is_empty());
-    assert!(h.host().commands().is_empty());
+    h.host().assert_untouched("reset");
 }
 
 #[test]
 fn boot_start_and_shutdown_follow_the_config() {
     let h = scripted();
     let host = h.host();
-    host.set_state(json!({"config": config(true, 3)}));
+    host.set_saved_config(&config(true, 3));
     h.start().unwrap();
     assert_eq!(
         host.read_file("/etc/lvm/lvmlocal.conf").unwrap(),
         LVMLOCAL_7.replace("host_id = 7", "host_id = 3").as_bytes()
     );
-    assert_eq!(unit_ops(&h), calls(UnitOp::Start, &UNITS));
+    assert_eq!(h.host().unit_changes(), calls(UnitOp::Start, &UNITS));
     assert_eq!(host.commands(), [lock_start()]);
     assert_eq!(host.save_count(), 0);
 
     host.clear_effects();
     h.stop().unwrap();
     assert_eq!(host.commands(), [lock_stop()]);
-    assert_eq!(unit_ops(&h), calls(UnitOp::Stop, &UNITS));
+    assert_eq!(h.host().unit_changes(), calls(UnitOp::Stop, &UNITS));
 }
 
 #[test]
@@ -615,9 +552,8 @@ fn boot_start_and_shutdown_do_nothing_when_disabled() {
     let h = scripted();
     h.start().unwrap();
     h.stop().unwrap();
-    assert!(h.host().commands().is_empty());
-    assert!(h.host().units().is_empty());
-    assert!(h.host().file_effects().is_empty());
+    h.host()
+        .assert_untouched("boot_start_and_shutdown_do_nothing_when_disabled");
 }
 
 /// `vgs --reportformat json` of Debian 12's lvm2 2.03.16, which refuses `json_std` and
@@ -635,7 +571,7 @@ const VGS_JSON_2_03_16: &str = r#"  {
 
 #[test]
 fn older_lvm2_without_json_std_is_read_through_plain_json() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     let refused = Reply::fail(
         3,

@@ -1,9 +1,8 @@
 //! The multipath plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
 use incus_osd_harness::{
-    assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, FileEffect, Harness, LogLevel,
+    Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -36,9 +35,7 @@ size=3.6T features='0' hwhandler='0' wp=rw
   `- 0:0:1:0 sdf 8:80 active ready running
 ";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_multipath")).expect("the multipath plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_multipath";
 
 fn by_id(wwn: &str) -> String {
     format!("/dev/disk/by-id/wwn-{wwn}")
@@ -47,7 +44,7 @@ fn by_id(wwn: &str) -> String {
 /// A plugin whose host has both disks in /dev/disk/by-id, linked as udev does, and
 /// answers multipath.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     std::fs::create_dir_all(host.real_path("/dev/disk/by-id")).unwrap();
     for (wwn, dev, ll) in [(LUN, "sdb", LUN_LL), (SAS, "sda", SAS_LL)] {
@@ -147,14 +144,6 @@ fn config(enabled: bool, wwns: &[&str]) -> Value {
     json!({"enabled": enabled, "wwns": wwns})
 }
 
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {"controllers": [], "devices": null}, "config": config}))
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 fn add(dev: &str) -> Vec<String> {
     argv(&["multipath", "-a", dev])
 }
@@ -163,39 +152,14 @@ fn reload() -> Vec<String> {
     argv(&["multipath", "-r"])
 }
 
-fn unit(op: UnitOp, unit: &str) -> UnitCall {
-    UnitCall {
-        op,
-        unit: unit.to_string(),
-    }
-}
-
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn warnings(h: &Harness) -> Vec<String> {
-    h.host()
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .map(|l| l.message)
-        .collect()
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_multipath"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{"controllers":[],"devices":null},"config":{"enabled":false,"wwns":[]}}"#
@@ -218,24 +182,18 @@ fn controllers_are_read_from_sysfs_even_when_disabled() {
 fn enabling_lists_the_wwns_starts_multipathd_and_reloads() {
     let h = scripted();
     let cfg = config(true, &[LUN, SAS]);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     let host = h.host();
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::DirCreated {
-                path: "/etc/multipath".into(),
-                mode: 0o700
-            },
-            FileEffect::Written {
-                path: "/etc/multipath/wwids".into(),
-                mode: 0o600
-            },
+            FileEffect::dir_created("/etc/multipath", 0o700),
+            FileEffect::written("/etc/multipath/wwids", 0o600),
         ]
     );
-    assert_eq!(mode(&h, "/etc/multipath"), 0o700);
-    assert_eq!(mode(&h, "/etc/multipath/wwids"), 0o600);
+    assert_eq!(h.host().mode("/etc/multipath"), 0o700);
+    assert_eq!(h.host().mode("/etc/multipath/wwids"), 0o600);
     assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), b"");
     // The by-id links are resolved by the host, without a `readlink` command.
     assert_eq!(
@@ -245,21 +203,21 @@ fn enabling_lists_the_wwns_starts_multipathd_and_reloads() {
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "active");
     assert_eq!(host.state(), json!({ "config": cfg }));
     assert_eq!(host.save_count(), 1);
-    assert!(warnings(&h).is_empty());
+    assert!(h.host().warnings().is_empty());
 }
 
 #[test]
 fn the_state_parses_multipath_ll_of_each_wwn() {
     let h = scripted();
     add_fc_hosts(&h);
-    put_config(&h, &config(true, &[LUN, SAS])).unwrap();
+    h.put_config(&config(true, &[LUN, SAS])).unwrap();
     h.host().clear_effects();
 
     assert_eq!(
@@ -284,7 +242,7 @@ fn the_state_parses_multipath_ll_of_each_wwn() {
 #[test]
 fn unusual_multipath_output_is_skipped_or_parsed_as_upstream_does() {
     let h = scripted();
-    put_config(&h, &config(true, &[LUN, SAS])).unwrap();
+    h.put_config(&config(true, &[LUN, SAS])).unwrap();
     let host = h.host();
 
     // Not (or no longer) a multipath device: multipath prints nothing.
@@ -313,20 +271,16 @@ fn unusual_multipath_output_is_skipped_or_parsed_as_upstream_does() {
         Reply::fail(1, "DM multipath kernel driver not loaded"),
     );
     assert_eq!(h.get().unwrap()["state"]["devices"], json!({}));
-    let errors: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Error)
-        .collect();
+    let errors = host.logged(LogLevel::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].message.contains(LUN), "{errors:?}");
+    assert!(errors[0].contains(LUN), "{errors:?}");
 }
 
 #[test]
 fn a_missing_multipath_tool_gives_empty_devices() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().put_file(&by_id(LUN), b"", 0o644);
-    h.host().set_state(json!({"config": config(true, &[LUN])}));
+    h.host().set_saved_config(&config(true, &[LUN]));
     assert_eq!(
         h.get().unwrap()["state"],
         json!({"controllers": [], "devices": {}})
@@ -337,31 +291,14 @@ fn a_missing_multipath_tool_gives_empty_devices() {
 fn every_config_field_round_trips() {
     let h = scripted();
     let cfg = config(false, &[LUN, SAS, "0x5000c500a1b2c3ff"]);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
-    put_config(&h, &config(true, &[SAS])).unwrap();
+    h.put_config(&config(true, &[SAS])).unwrap();
     assert_eq!(h.get().unwrap()["config"], config(true, &[SAS]));
     // null reads as an empty list, shown as [] as upstream's GET does.
-    put_config(&h, &json!({"enabled": null, "wwns": null})).unwrap();
+    h.put_config(&json!({"enabled": null, "wwns": null}))
+        .unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &[]));
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Each string field of a full config with a control character added is a 400 naming the
@@ -370,30 +307,10 @@ fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
 fn control_characters_are_refused_in_every_string_field() {
     let full = config(true, &[LUN, SAS]);
     let fields = [("/wwns/0", "wwns[0]"), ("/wwns/1", "wwns[1]")];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), Value::Null, "{field}");
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted();
+        h.assert_config_refused(&case.config, &case.message);
+        assert_eq!(h.host().state(), Value::Null, "{}", case.field);
     }
 }
 
@@ -436,14 +353,8 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     ));
     for (enabled, wwns, message) in &cases {
         let h = scripted();
-        let err = put_config(&h, &config(*enabled, wwns)).unwrap_err();
-        assert_eq!(
-            (err.status, err.message.as_str()),
-            (400, message.as_str()),
-            "{wwns:?}"
-        );
+        h.assert_config_refused(&config(*enabled, wwns), message);
         let host = h.host();
-        host.assert_untouched(message);
         assert!(!host.root().join("etc").exists(), "{message}");
         assert_eq!(host.state(), Value::Null, "{message}");
     }
@@ -451,10 +362,10 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
 
 #[test]
 fn missing_disks_are_accepted_while_disabled() {
-    let h = plugin();
-    put_config(&h, &config(false, &[LUN])).unwrap();
+    let h = Harness::load_built(LIB);
+    h.put_config(&config(false, &[LUN])).unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &[LUN]));
-    let err = put_config(&h, &config(true, &[LUN])).unwrap_err();
+    let err = h.put_config(&config(true, &[LUN])).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (400, format!("failed to locate WWN {LUN:?}").as_str())
@@ -465,26 +376,21 @@ fn missing_disks_are_accepted_while_disabled() {
 fn disabling_tears_down_and_stores_the_new_config() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &config(true, &[LUN, SAS])).unwrap();
+    h.put_config(&config(true, &[LUN, SAS])).unwrap();
     host.clear_effects();
 
     let disabled = config(false, &[LUN]);
-    put_config(&h, &disabled).unwrap();
-    assert_eq!(
-        host.file_effects(),
-        [FileEffect::Removed {
-            path: "/etc/multipath".into()
-        }]
-    );
+    h.put_config(&disabled).unwrap();
+    assert_eq!(host.file_effects(), [FileEffect::removed("/etc/multipath")]);
     assert!(!host.real_path("/etc/multipath").exists());
     assert_eq!(host.commands(), [reload()]);
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, SOCKET),
-            unit(UnitOp::Stop, SOCKET),
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Stop, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, SOCKET),
+            UnitCall::new(UnitOp::Stop, SOCKET),
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Stop, MULTIPATHD)
         ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "inactive");
@@ -506,7 +412,7 @@ fn disabling_tears_down_and_stores_the_new_config() {
 fn an_update_rewrites_the_wwid_list() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &config(true, &[LUN, SAS])).unwrap();
+    h.put_config(&config(true, &[LUN, SAS])).unwrap();
     host.put_file(
         "/etc/multipath/wwids",
         b"/3600a098038303053453f463045727a6c/\n/35000c500a1b2c3d4/\n",
@@ -514,21 +420,18 @@ fn an_update_rewrites_the_wwid_list() {
     );
     host.clear_effects();
 
-    put_config(&h, &config(true, &[SAS])).unwrap();
+    h.put_config(&config(true, &[SAS])).unwrap();
     assert_eq!(
         host.file_effects(),
-        [FileEffect::Written {
-            path: "/etc/multipath/wwids".into(),
-            mode: 0o600
-        }]
+        [FileEffect::written("/etc/multipath/wwids", 0o600)]
     );
     assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), b"");
     assert_eq!(host.commands(), [add("/dev/sda"), reload()]);
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.state(), json!({"config": config(true, &[SAS])}));
@@ -544,9 +447,9 @@ fn disks_that_cannot_be_added_are_only_warnings() {
         &["multipath", "-a", "/dev/sda"],
         Reply::fail(1, "/dev/sda: can't store path info"),
     );
-    put_config(&h, &config(true, &[LUN, SAS])).unwrap();
+    h.put_config(&config(true, &[LUN, SAS])).unwrap();
     assert_eq!(host.commands(), [add("/dev/sda"), reload()]);
-    let warnings = warnings(&h);
+    let warnings = h.host().warnings();
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[0].contains(LUN), "{warnings:?}");
     assert!(warnings[1].contains(SAS), "{warnings:?}");
@@ -562,7 +465,7 @@ fn a_failing_reload_when_enabling_undoes_everything() {
         &["multipath", "-r"],
         Reply::fail(1, "DM multipath kernel driver not loaded"),
     );
-    let err = put_config(&h, &config(true, &[LUN])).unwrap_err();
+    let err = h.put_config(&config(true, &[LUN])).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -578,9 +481,9 @@ fn a_failing_reload_when_enabling_undoes_everything() {
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD),
-            unit(UnitOp::Stop, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD),
+            UnitCall::new(UnitOp::Stop, MULTIPATHD)
         ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "inactive");
@@ -595,7 +498,7 @@ fn a_failing_multipathd_start_keeps_an_existing_wwids_file() {
     host.put_file("/etc/multipath/wwids", b"/35000c500a1b2c3d4/\n", 0o600);
     host.set_unit_state(MULTIPATHD, "active");
     host.fail_unit(MULTIPATHD, "Job for multipathd.service failed");
-    let err = put_config(&h, &config(true, &[SAS])).unwrap_err();
+    let err = h.put_config(&config(true, &[SAS])).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for multipathd.service failed")
@@ -608,8 +511,8 @@ fn a_failing_multipathd_start_keeps_an_existing_wwids_file() {
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.state(), Value::Null);
@@ -620,14 +523,14 @@ fn a_failing_update_brings_the_old_config_back() {
     let h = scripted();
     let host = h.host();
     let old = config(true, &[LUN]);
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     // What `multipath -a` wrote for the LUN.
     let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
     host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
     host.on_command_times(&["multipath", "-r"], 1, Reply::fail(1, "timeout"));
     host.clear_effects();
 
-    let err = put_config(&h, &config(true, &[SAS])).unwrap_err();
+    let err = h.put_config(&config(true, &[SAS])).unwrap_err();
     assert_eq!(err.status, 500);
     // The reload failed, so the maps are unchanged: putting the WWID list back is
     // enough, without replaying the old bring-up; multipathd kept running throughout.
@@ -636,8 +539,8 @@ fn a_failing_update_brings_the_old_config_back() {
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.unit_state(MULTIPATHD), "active");
@@ -650,13 +553,13 @@ fn a_failing_disable_brings_the_old_config_back() {
     let h = scripted();
     let host = h.host();
     let old = config(true, &[LUN]);
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
     host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
     host.fail_unit(SOCKET, "Job for multipathd.socket failed");
     host.clear_effects();
 
-    let err = put_config(&h, &config(false, &[LUN])).unwrap_err();
+    let err = h.put_config(&config(false, &[LUN])).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for multipathd.socket failed")
@@ -664,7 +567,7 @@ fn a_failing_disable_brings_the_old_config_back() {
     // The WWID list comes back as it was, then the maps are reloaded from it.
     assert_eq!(host.commands(), [reload(), reload()]);
     assert_eq!(host.read_file("/etc/multipath/wwids").unwrap(), lun_wwids);
-    assert_eq!(mode(&h, "/etc/multipath"), 0o700);
+    assert_eq!(h.host().mode("/etc/multipath"), 0o700);
     assert_eq!(host.unit_state(MULTIPATHD), "active");
     assert_eq!(host.state(), json!({ "config": old }));
 }
@@ -674,7 +577,7 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(true, &[LUN])).unwrap_err();
+    let err = h.put_config(&config(true, &[LUN])).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert!(!host.real_path("/etc/multipath").exists());
     assert_eq!(host.commands().last().unwrap(), &reload());
@@ -687,13 +590,13 @@ fn a_failing_save_reloads_the_maps_from_the_restored_list() {
     let h = scripted();
     let host = h.host();
     let old = config(true, &[LUN]);
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     let lun_wwids = b"/3600a098038303053453f463045727a6c/\n";
     host.put_file("/etc/multipath/wwids", lun_wwids, 0o600);
     host.clear_effects();
     host.fail_next_save("disk full");
 
-    let err = put_config(&h, &config(true, &[SAS])).unwrap_err();
+    let err = h.put_config(&config(true, &[SAS])).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     // The new list was loaded into the maps: once the old list is back, they are reloaded
     // from it.
@@ -707,14 +610,14 @@ fn a_failing_save_reloads_the_maps_from_the_restored_list() {
 fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
     let h = scripted();
     let host = h.host();
-    host.set_state(json!({"config": config(true, &[LUN])}));
+    host.set_saved_config(&config(true, &[LUN]));
     h.start().unwrap();
     assert_eq!(host.commands(), [add("/dev/sdb"), reload()]);
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Start, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Start, MULTIPATHD)
         ]
     );
     assert_eq!(host.save_count(), 0);
@@ -726,10 +629,10 @@ fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
     assert_eq!(
         host.units(),
         [
-            unit(UnitOp::ActiveState, SOCKET),
-            unit(UnitOp::Stop, SOCKET),
-            unit(UnitOp::ActiveState, MULTIPATHD),
-            unit(UnitOp::Stop, MULTIPATHD)
+            UnitCall::new(UnitOp::ActiveState, SOCKET),
+            UnitCall::new(UnitOp::Stop, SOCKET),
+            UnitCall::new(UnitOp::ActiveState, MULTIPATHD),
+            UnitCall::new(UnitOp::Stop, MULTIPATHD)
         ]
     );
 }
@@ -737,12 +640,10 @@ fn boot_start_brings_multipath_up_and_shutdown_tears_it_down() {
 #[test]
 fn boot_start_and_stop_do_nothing_when_disabled() {
     let h = scripted();
-    h.host().set_state(json!({"config": config(false, &[LUN])}));
+    h.host().set_saved_config(&config(false, &[LUN]));
     h.host().put_file("/etc/multipath/wwids", b"x\n", 0o600);
     h.start().unwrap();
     h.stop().unwrap();
     let host = h.host();
-    assert!(host.commands().is_empty());
-    assert!(host.units().is_empty());
-    assert!(host.file_effects().is_empty());
+    host.assert_untouched("boot_start_and_stop_do_nothing_when_disabled");
 }

@@ -1,7 +1,8 @@
 //! The netbird plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Failure, Harness, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, Failure, Harness, LogLevel,
+    Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -9,13 +10,11 @@ const UNIT: &str = "netbird.service";
 const KEY: &str = "A616097E-FCF0-48FA-9354-CA4A61142761";
 const KEY2: &str = "3F0C5B1D-7E42-4A9B-8C6D-2B1E9F4A7D05";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_netbird")).expect("the netbird plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_netbird";
 
 /// A plugin whose host answers every netbird command successfully.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(&["netbird"], Reply::ok(""));
     h
 }
@@ -73,18 +72,6 @@ fn full() -> Value {
     })
 }
 
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-fn preset(h: &Harness, config: &Value) {
-    h.host().set_state(json!({ "config": config }));
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 fn down() -> Vec<String> {
     argv(&["netbird", "down"])
 }
@@ -111,18 +98,11 @@ fn up_minimal(key: &str) -> Vec<String> {
 }
 
 fn unit(op: UnitOp) -> UnitCall {
-    UnitCall {
-        op,
-        unit: UNIT.to_string(),
-    }
+    UnitCall::new(op, UNIT)
 }
 
 fn assert_no_secret(h: &Harness, extra: &str) {
-    for line in h.host().logs() {
-        for key in [KEY, KEY2] {
-            assert!(!line.message.contains(key), "secret logged: {line:?}");
-        }
-    }
+    h.host().assert_not_logged(&[KEY, KEY2]);
     for key in [KEY, KEY2] {
         assert!(!extra.contains(key), "secret in {extra:?}");
     }
@@ -130,13 +110,13 @@ fn assert_no_secret(h: &Harness, extra: &str) {
 
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_netbird"));
+    assert_conformance(built_plugin(LIB));
 }
 
 /// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"config":{"enabled":false,"setup_key":"","management_url":"","admin_url":"","anonymize":false,"block_inbound":false,"block_lan_access":false,"disable_client_routes":false,"disable_server_routes":false,"disable_dns":false,"disable_firewall":false,"dns_resolver_address":"","external_ip_map":null,"extra_dns_labels":null},"state":{}}"#
@@ -149,7 +129,7 @@ fn every_config_field_round_trips_while_disabled() {
     let h = scripted();
     let mut cfg = full();
     cfg["enabled"] = json!(false);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap(), json!({"state": {}, "config": cfg}));
     assert_eq!(h.host().state(), json!({ "config": cfg }));
     assert!(h.host().commands().is_empty());
@@ -157,9 +137,9 @@ fn every_config_field_round_trips_while_disabled() {
 
     // Empty lists stay empty lists, null stays null.
     let empty = config(json!({"external_ip_map": [], "extra_dns_labels": []}));
-    put_config(&h, &empty).unwrap();
+    h.put_config(&empty).unwrap();
     assert_eq!(h.get().unwrap()["config"], empty);
-    put_config(&h, &default_config()).unwrap();
+    h.put_config(&default_config()).unwrap();
     assert_eq!(h.get().unwrap()["config"], default_config());
 }
 
@@ -257,36 +237,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     ];
     for (fields, message) in &cases {
         let h = scripted();
-        preset(&h, &enabled());
-        let before = h.host().state();
-        let err = put_config(&h, &config(fields.clone())).unwrap_err();
-        assert_eq!(
-            (err.status, err.message.as_str()),
-            (400, *message),
-            "{fields}"
-        );
-        let host = h.host();
-        host.assert_untouched(message);
-        assert_eq!(host.state(), before, "{message}");
+        h.host().set_saved_config(&enabled());
+        let err = h.assert_config_refused(&config(fields.clone()), message);
         assert_no_secret(&h, &err.message);
-    }
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -306,33 +259,11 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/management_url", "management_url"),
         ("/setup_key", "setup_key"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            preset(&h, &enabled());
-            let before = h.host().state();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), before, "{field}");
-            assert_no_secret(&h, &err.message);
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted();
+        h.host().set_saved_config(&enabled());
+        let err = h.assert_config_refused(&case.config, &case.message);
+        assert_no_secret(&h, &err.message);
     }
 }
 
@@ -348,7 +279,8 @@ fn valid_values_are_accepted() {
         json!({"extra_dns_labels": ["vpc1", "site-a.internal"]}),
     ] {
         let cfg = config(fields.clone());
-        put_config(&h, &cfg).unwrap_or_else(|e| panic!("{fields}: {e:?}"));
+        h.put_config(&cfg)
+            .unwrap_or_else(|e| panic!("{fields}: {e:?}"));
         assert_eq!(h.get().unwrap()["config"], cfg);
     }
     assert!(h.host().commands().is_empty());
@@ -358,7 +290,7 @@ fn valid_values_are_accepted() {
 fn enabling_starts_the_unit_and_connects_with_every_flag() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &full()).unwrap();
+    h.put_config(&full()).unwrap();
     assert_eq!(
         host.units(),
         [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
@@ -405,13 +337,13 @@ fn enabling_starts_the_unit_and_connects_with_every_flag() {
 #[test]
 fn a_minimal_config_passes_empty_values_as_upstream() {
     let h = scripted();
-    put_config(&h, &enabled()).unwrap();
+    h.put_config(&enabled()).unwrap();
     assert_eq!(h.host().commands(), [down(), up_minimal(KEY)]);
     let mut some_flags = enabled();
     some_flags["block_inbound"] = json!(true);
     some_flags["disable_dns"] = json!(true);
     h.host().clear_effects();
-    put_config(&h, &some_flags).unwrap();
+    h.put_config(&some_flags).unwrap();
     let mut up = up_minimal(KEY);
     up.extend(argv(&["--block-inbound", "--disable-dns"]));
     assert_eq!(h.host().commands(), [down(), up]);
@@ -421,11 +353,11 @@ fn a_minimal_config_passes_empty_values_as_upstream() {
 fn an_update_reconnects_with_the_new_config() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     let mut cfg = enabled();
     cfg["setup_key"] = json!(KEY2);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(
         host.units(),
         [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
@@ -438,18 +370,18 @@ fn an_update_reconnects_with_the_new_config() {
 fn disabling_stops_the_unit_only() {
     let h = scripted();
     let host = h.host();
-    put_config(&h, &full()).unwrap();
+    h.put_config(&full()).unwrap();
     host.clear_effects();
     let mut cfg = full();
     cfg["enabled"] = json!(false);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(host.units(), [unit(UnitOp::Stop)]);
     assert_eq!(host.unit_state(UNIT), "inactive");
     assert!(host.commands().is_empty());
     assert_eq!(host.state(), json!({ "config": cfg }));
 
     host.clear_effects();
-    put_config(&h, &default_config()).unwrap();
+    h.put_config(&default_config()).unwrap();
     assert!(host.units().is_empty());
     assert!(host.commands().is_empty());
 }
@@ -462,7 +394,7 @@ fn a_failing_connect_undoes_the_enable_and_hides_the_key() {
         &["netbird", "up"],
         Reply::fail(1, format!("Error: login failed: invalid setup-key {KEY}\n")),
     );
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(
         err.message.as_str(),
@@ -494,7 +426,7 @@ fn a_connect_that_cannot_start_or_times_out_hides_the_key() {
         let h = scripted();
         let host = h.host();
         host.on_command_failure(&["netbird", "up"], failure);
-        let err = put_config(&h, &enabled()).unwrap_err();
+        let err = h.put_config(&enabled()).unwrap_err();
         assert_eq!(err.status, 500);
         assert_eq!(
             err.message.as_str(),
@@ -511,7 +443,7 @@ fn a_connect_that_cannot_start_or_times_out_hides_the_key() {
 fn a_failing_update_brings_the_old_config_back() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command(
         &["netbird", "up", "--no-browser", "--setup-key", KEY2],
@@ -519,7 +451,7 @@ fn a_failing_update_brings_the_old_config_back() {
     );
     let mut cfg = enabled();
     cfg["setup_key"] = json!(KEY2);
-    let err = put_config(&h, &cfg).unwrap_err();
+    let err = h.put_config(&cfg).unwrap_err();
     assert_eq!(err.status, 500);
     assert!(err.message.contains("--setup-key ***"), "{err:?}");
     assert_eq!(
@@ -536,19 +468,15 @@ fn a_failing_update_brings_the_old_config_back() {
 fn a_failing_restore_is_logged_without_the_key() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command(&["netbird", "up"], Reply::fail(1, "Error: daemon is down"));
     let mut cfg = enabled();
     cfg["setup_key"] = json!(KEY2);
-    let err = put_config(&h, &cfg).unwrap_err();
-    let errors: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == incus_osd_harness::LogLevel::Error)
-        .collect();
+    let err = h.put_config(&cfg).unwrap_err();
+    let errors = host.logged(LogLevel::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].message.contains("--setup-key ***"), "{errors:?}");
+    assert!(errors[0].contains("--setup-key ***"), "{errors:?}");
     assert_no_secret(&h, &err.message);
 }
 
@@ -556,12 +484,12 @@ fn a_failing_restore_is_logged_without_the_key() {
 fn a_rollback_keeps_a_running_unit_running_without_a_restart() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command_times(&["netbird", "up"], 1, Reply::fail(1, "Error: login failed"));
     let mut cfg = enabled();
     cfg["block_inbound"] = json!(true);
-    put_config(&h, &cfg).unwrap_err();
+    h.put_config(&cfg).unwrap_err();
     assert_eq!(
         host.units(),
         [unit(UnitOp::ActiveState), unit(UnitOp::Start)]
@@ -578,25 +506,21 @@ fn zero_padded_ports_and_bare_ipv6_hosts_are_refused_in_urls() {
         "http://fd00::1",
         "https://fd00::1:443/",
     ] {
-        let h = scripted();
-        let err = put_config(&h, &config(json!({"management_url": url}))).unwrap_err();
         let expected =
             format!("management_url: invalid URL '{url}' (expected http(s)://host[:port][/path])");
-        assert_eq!((err.status, err.message.as_str()), (400, expected.as_str()));
+        scripted().assert_config_refused(&config(json!({"management_url": url})), &expected);
     }
     // The scheme matches in any case, as before.
-    put_config(
-        &scripted(),
-        &config(json!({"admin_url": "HTTPS://App.NetBird.io"})),
-    )
-    .unwrap();
+    scripted()
+        .put_config(&config(json!({"admin_url": "HTTPS://App.NetBird.io"})))
+        .unwrap();
 }
 
 #[test]
 fn a_failing_unit_start_is_reported() {
     let h = scripted();
     h.host().fail_unit(UNIT, "Job for netbird.service failed");
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for netbird.service failed")
@@ -608,10 +532,10 @@ fn a_failing_unit_start_is_reported() {
 #[test]
 fn a_failing_disable_keeps_the_old_config() {
     let h = scripted();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     h.host().set_unit_state(UNIT, "active");
     h.host().fail_unit(UNIT, "Job for netbird.service failed");
-    let err = put_config(&h, &default_config()).unwrap_err();
+    let err = h.put_config(&default_config()).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(h.host().state(), json!({ "config": enabled() }));
 }
@@ -621,7 +545,7 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.units().last().unwrap(), &unit(UnitOp::Stop));
     assert_eq!(host.unit_state(UNIT), "inactive");
@@ -632,10 +556,10 @@ fn a_failing_save_is_undone() {
 fn a_failing_save_after_disabling_connects_again() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.fail_next_save("disk full");
-    let err = put_config(&h, &default_config()).unwrap_err();
+    let err = h.put_config(&default_config()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.units(), [unit(UnitOp::Stop), unit(UnitOp::Start)]);
     assert_eq!(host.unit_state(UNIT), "active");
@@ -648,7 +572,7 @@ fn a_failing_save_after_disabling_connects_again() {
 fn boot_start_and_shutdown_drive_the_unit_only() {
     let h = scripted();
     let host = h.host();
-    preset(&h, &full());
+    h.host().set_saved_config(&full());
     h.start().unwrap();
     assert_eq!(host.units(), [unit(UnitOp::Start)]);
     assert!(host.commands().is_empty());

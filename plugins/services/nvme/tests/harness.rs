@@ -1,8 +1,8 @@
 //! The nvme plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
-use incus_osd_harness::{assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply};
+use incus_osd_harness::{
+    argv, assert_conformance, built_plugin, control_character_cases, FileEffect, Harness, Reply,
+};
 use serde_json::{json, Value};
 
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:3f8e1c52-9b1e-4d6a-8f7e-2a51c0d4e6b7";
@@ -12,14 +12,12 @@ const FC_ADDR: &str = "nn-0x200400a0b85a1b2c:pn-0x201400a0b85a1b2c";
 const FC_HOST1: &str = "nn-0x20000024ff7f0b4a:pn-0x21000024ff7f0b4a";
 const FC_HOST2: &str = "nn-0x20000024ff7f0b4b:pn-0x21000024ff7f0b4b";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_nvme")).expect("the nvme plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_nvme";
 
 /// A plugin whose host loads modules, generates a host NQN, offers a random UUID and
 /// answers every nvme call successfully.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.on_command(&["modprobe"], Reply::ok(""));
     host.on_command(&["nvme", "gen-hostnqn"], Reply::ok(format!("{HOSTNQN}\n")));
@@ -42,14 +40,6 @@ fn tcp_nqn(address: &str, port: i64, nqn: &str) -> Value {
 
 fn config(enabled: bool, targets: &[Value]) -> Value {
     json!({"enabled": enabled, "targets": targets})
-}
-
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
 }
 
 fn modprobe(module: &str) -> Vec<String> {
@@ -80,15 +70,6 @@ fn connect(nqn: &str, args: &[String]) -> Vec<String> {
     let mut v = nvme(&["connect", &format!("--nqn={nqn}")]);
     v.extend(args.iter().cloned());
     v
-}
-
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
 }
 
 fn sysfs(h: &Harness, path: &str, value: &str) {
@@ -173,19 +154,14 @@ fn local_fc_ports(h: &Harness) {
     }
 }
 
-fn enabled(h: &Harness, targets: &[Value]) {
-    put_config(h, &config(true, targets)).unwrap();
-    h.host().clear_effects();
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_nvme"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{"host_id":"","host_nqn":"","subsystems":[]},"config":{"enabled":false,"targets":[]}}"#
@@ -196,7 +172,7 @@ fn fresh_get_is_exactly_the_default() {
 
 #[test]
 fn subsystems_are_read_from_sysfs_even_when_disabled() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     recorded_sysfs(&h);
     // The identity is only shown when enabled.
     h.host().put_file(
@@ -218,7 +194,7 @@ fn subsystems_are_read_from_sysfs_even_when_disabled() {
 fn the_host_identity_is_shown_when_enabled() {
     let h = scripted();
     recorded_sysfs(&h);
-    enabled(&h, &[]);
+    h.apply_config(&config(true, &[]));
     let state = &h.get().unwrap()["state"];
     assert_eq!(state["host_id"], UUID);
     assert_eq!(state["host_nqn"], HOSTNQN);
@@ -233,7 +209,7 @@ fn every_target_field_round_trips_and_empty_optionals_are_omitted() {
         json!({"transport": "fc", "address": FC_ADDR, "host_address": FC_HOST1, "port": 0}),
         tcp("fd00::10", 8009),
     ];
-    put_config(&h, &config(false, &targets)).unwrap();
+    h.put_config(&config(false, &targets)).unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &targets));
     assert_eq!(h.host().state(), json!({"config": config(false, &targets)}));
     let raw = h.get_raw().unwrap();
@@ -249,26 +225,9 @@ fn every_target_field_round_trips_and_empty_optionals_are_omitted() {
 #[test]
 fn null_targets_are_an_empty_list() {
     let h = scripted();
-    put_config(&h, &json!({"enabled": false, "targets": null})).unwrap();
+    h.put_config(&json!({"enabled": false, "targets": null}))
+        .unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &[]));
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Each string field of a full config with a control character added is a 400 naming the
@@ -291,32 +250,10 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/targets/1/host_address", "targets[1].host_address"),
         ("/targets/1/transport", "targets[1].transport"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            enabled(&h, &[tcp("192.0.2.20", 4420)]);
-            let before = h.host().state();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), before, "{field}");
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted();
+        h.apply_config(&config(true, &[tcp("192.0.2.20", 4420)]));
+        h.assert_config_refused(&case.config, &case.message);
     }
 }
 
@@ -398,14 +335,8 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     for enabled in [true, false] {
         for (targets, message) in &cases {
             let h = scripted();
-            let err = put_config(&h, &config(enabled, targets)).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, *message),
-                "{targets:?}"
-            );
+            h.assert_config_refused(&config(enabled, targets), message);
             let host = h.host();
-            host.assert_untouched(message);
             assert!(!host.root().join("etc").exists(), "{message}");
             assert_eq!(host.state(), Value::Null, "{message}");
         }
@@ -421,7 +352,7 @@ fn valid_targets_are_accepted() {
         json!({"transport": "fc", "address": FC_ADDR, "port": 4420}),
         tcp_nqn("192.0.2.10", 4420, &format!("nqn.{}", "a".repeat(219))),
     ];
-    put_config(&h, &config(false, &targets)).unwrap();
+    h.put_config(&config(false, &targets)).unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &targets));
 }
 
@@ -429,7 +360,7 @@ fn valid_targets_are_accepted() {
 fn enabling_loads_modules_creates_the_identity_and_connects() {
     let h = scripted();
     let targets = [tcp("192.0.2.10", 8009), tcp_nqn("192.0.2.20", 4420, SUBNQN)];
-    put_config(&h, &config(true, &targets)).unwrap();
+    h.put_config(&config(true, &targets)).unwrap();
     let host = h.host();
     assert_eq!(
         host.commands(),
@@ -447,22 +378,10 @@ fn enabling_loads_modules_creates_the_identity_and_connects() {
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::DirCreated {
-                path: "/etc/nvme".into(),
-                mode: 0o700
-            },
-            FileEffect::Written {
-                path: "/etc/nvme/hostnqn".into(),
-                mode: 0o600
-            },
-            FileEffect::Written {
-                path: "/etc/nvme/hostid".into(),
-                mode: 0o600
-            },
-            FileEffect::Written {
-                path: "/etc/nvme/discovery.conf".into(),
-                mode: 0o600
-            },
+            FileEffect::dir_created("/etc/nvme", 0o700),
+            FileEffect::written("/etc/nvme/hostnqn", 0o600),
+            FileEffect::written("/etc/nvme/hostid", 0o600),
+            FileEffect::written("/etc/nvme/discovery.conf", 0o600),
         ]
     );
     assert_eq!(
@@ -478,9 +397,9 @@ fn enabling_loads_modules_creates_the_identity_and_connects() {
         host.read_file("/etc/nvme/discovery.conf").unwrap(),
         b"--transport=tcp --traddr=192.0.2.10 --trsvcid=8009\n"
     );
-    assert_eq!(mode(&h, "/etc/nvme"), 0o700);
+    assert_eq!(h.host().mode("/etc/nvme"), 0o700);
     for f in ["hostnqn", "hostid", "discovery.conf"] {
-        assert_eq!(mode(&h, &format!("/etc/nvme/{f}")), 0o600, "{f}");
+        assert_eq!(h.host().mode(&format!("/etc/nvme/{f}")), 0o600, "{f}");
     }
     assert!(host.units().is_empty());
     assert_eq!(host.state(), json!({"config": config(true, &targets)}));
@@ -501,7 +420,7 @@ fn an_existing_identity_is_kept() {
         b"11111111-2222-3333-4444-555555555555\n",
         0o600,
     );
-    put_config(&h, &config(true, &[])).unwrap();
+    h.put_config(&config(true, &[])).unwrap();
     assert_eq!(host.files_written(), ["/etc/nvme/discovery.conf"]);
     assert_eq!(host.read_file("/etc/nvme/discovery.conf").unwrap(), b"");
     assert!(!host.commands().contains(&nvme(&["gen-hostnqn"])));
@@ -518,7 +437,7 @@ fn fibre_channel_targets_use_every_local_port_unless_one_is_given() {
         json!({"transport": "fc", "address": FC_ADDR, "port": 0}),
         json!({"transport": "fc", "address": FC_ADDR, "host_address": FC_HOST2, "port": 0, "nqn": SUBNQN}),
     ];
-    put_config(&h, &config(true, &targets)).unwrap();
+    h.put_config(&config(true, &targets)).unwrap();
     let fc_args = |host: &str| {
         vec![
             "--transport=fc".to_string(),
@@ -558,14 +477,12 @@ fn fibre_channel_targets_use_every_local_port_unless_one_is_given() {
 #[test]
 fn a_fibre_channel_target_without_a_local_port_fails_before_touching_anything() {
     let h = scripted();
-    let err = put_config(
-        &h,
-        &config(
+    let err = h
+        .put_config(&config(
             true,
             &[json!({"transport": "fc", "address": FC_ADDR, "port": 0})],
-        ),
-    )
-    .unwrap_err();
+        ))
+        .unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -589,7 +506,8 @@ fn a_direct_connection_is_retried_until_it_works() {
             "could not add new controller: failed to write to nvme-fabrics device",
         ),
     );
-    put_config(&h, &config(true, &[tcp_nqn("192.0.2.20", 4420, SUBNQN)])).unwrap();
+    h.put_config(&config(true, &[tcp_nqn("192.0.2.20", 4420, SUBNQN)]))
+        .unwrap();
     let connects = h
         .host()
         .commands()
@@ -609,7 +527,8 @@ fn a_failing_discovery_is_only_a_warning() {
             "Failed to write to /dev/nvme-fabrics: Connection refused",
         ),
     );
-    put_config(&h, &config(true, &[tcp("192.0.2.10", 8009)])).unwrap();
+    h.put_config(&config(true, &[tcp("192.0.2.10", 8009)]))
+        .unwrap();
     let host = h.host();
     let discoveries = host
         .commands()
@@ -618,13 +537,9 @@ fn a_failing_discovery_is_only_a_warning() {
         .count();
     assert_eq!(discoveries, 10);
     assert_eq!(host.commands().last().unwrap(), &nvme(&["connect-all"]));
-    let warnings: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .collect();
+    let warnings = host.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains("192.0.2.10"), "{warnings:?}");
+    assert!(warnings[0].contains("192.0.2.10"), "{warnings:?}");
     assert_eq!(
         host.state(),
         json!({"config": config(true, &[tcp("192.0.2.10", 8009)])})
@@ -643,7 +558,7 @@ fn a_failing_direct_connection_undoes_everything() {
         ),
     );
     let targets = [tcp("192.0.2.10", 8009), tcp_nqn("192.0.2.20", 4420, SUBNQN)];
-    let err = put_config(&h, &config(true, &targets)).unwrap_err();
+    let err = h.put_config(&config(true, &targets)).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(
         err.message.as_str(),
@@ -677,7 +592,7 @@ fn a_failing_host_nqn_generation_leaves_no_empty_file() {
         &["nvme", "gen-hostnqn"],
         Reply::fail(1, "\"gen-hostnqn\" not supported"),
     );
-    let err = put_config(&h, &config(true, &[])).unwrap_err();
+    let err = h.put_config(&config(true, &[])).unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Failed to run: nvme gen-hostnqn: exit status 1 (\"gen-hostnqn\" not supported)"
@@ -691,7 +606,7 @@ fn no_usable_random_uuid_is_an_error() {
     let h = scripted();
     h.host()
         .put_file("/proc/sys/kernel/random/uuid", b"not-a-uuid\n", 0o444);
-    let err = put_config(&h, &config(true, &[])).unwrap_err();
+    let err = h.put_config(&config(true, &[])).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -705,8 +620,9 @@ fn no_usable_random_uuid_is_an_error() {
 #[test]
 fn disabling_disconnects_and_removes_the_discovery_file_only() {
     let h = scripted();
-    enabled(&h, &[tcp("192.0.2.10", 8009)]);
-    put_config(&h, &config(false, &[tcp("192.0.2.10", 8009)])).unwrap();
+    h.apply_config(&config(true, &[tcp("192.0.2.10", 8009)]));
+    h.put_config(&config(false, &[tcp("192.0.2.10", 8009)]))
+        .unwrap();
     let host = h.host();
     assert_eq!(host.commands(), [nvme(&["disconnect-all"])]);
     assert_eq!(host.files_removed(), ["/etc/nvme/discovery.conf"]);
@@ -721,10 +637,10 @@ fn disabling_disconnects_and_removes_the_discovery_file_only() {
 #[test]
 fn a_failing_disconnect_changes_nothing() {
     let h = scripted();
-    enabled(&h, &[tcp("192.0.2.10", 8009)]);
+    h.apply_config(&config(true, &[tcp("192.0.2.10", 8009)]));
     let host = h.host();
     host.on_command(&["nvme", "disconnect-all"], Reply::fail(1, "device busy"));
-    let err = put_config(&h, &config(false, &[])).unwrap_err();
+    let err = h.put_config(&config(false, &[])).unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Failed to run: nvme disconnect-all: exit status 1 (device busy)"
@@ -740,8 +656,9 @@ fn a_failing_disconnect_changes_nothing() {
 #[test]
 fn updating_an_enabled_service_reconnects_with_the_new_targets() {
     let h = scripted();
-    enabled(&h, &[tcp("192.0.2.10", 8009)]);
-    put_config(&h, &config(true, &[tcp("192.0.2.11", 4420)])).unwrap();
+    h.apply_config(&config(true, &[tcp("192.0.2.10", 8009)]));
+    h.put_config(&config(true, &[tcp("192.0.2.11", 4420)]))
+        .unwrap();
     let host = h.host();
     assert_eq!(
         host.commands(),
@@ -757,13 +674,8 @@ fn updating_an_enabled_service_reconnects_with_the_new_targets() {
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::Removed {
-                path: "/etc/nvme/discovery.conf".into()
-            },
-            FileEffect::Written {
-                path: "/etc/nvme/discovery.conf".into(),
-                mode: 0o600
-            },
+            FileEffect::removed("/etc/nvme/discovery.conf"),
+            FileEffect::written("/etc/nvme/discovery.conf", 0o600),
         ]
     );
     assert_eq!(
@@ -776,7 +688,7 @@ fn updating_an_enabled_service_reconnects_with_the_new_targets() {
 fn a_failing_update_brings_the_old_targets_back() {
     let h = scripted();
     let old = config(true, &[tcp("192.0.2.10", 8009)]);
-    put_config(&h, &old).unwrap();
+    h.put_config(&old).unwrap();
     let host = h.host();
     host.clear_effects();
     host.on_command_times(
@@ -784,7 +696,9 @@ fn a_failing_update_brings_the_old_targets_back() {
         1,
         Reply::fail(1, "Failed to write to /dev/nvme-fabrics: Invalid argument"),
     );
-    let err = put_config(&h, &config(true, &[tcp("192.0.2.11", 4420)])).unwrap_err();
+    let err = h
+        .put_config(&config(true, &[tcp("192.0.2.11", 4420)]))
+        .unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Failed to run: nvme connect-all: exit status 1 (Failed to write to /dev/nvme-fabrics: Invalid argument)"
@@ -819,7 +733,9 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(true, &[tcp("192.0.2.10", 8009)])).unwrap_err();
+    let err = h
+        .put_config(&config(true, &[tcp("192.0.2.10", 8009)]))
+        .unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.commands().last().unwrap(), &nvme(&["disconnect-all"]));
     assert!(host.read_file("/etc/nvme/discovery.conf").is_none());
@@ -830,7 +746,7 @@ fn a_failing_save_is_undone() {
 fn reset_reconnects_the_named_subsystems_and_connects_all() {
     let h = scripted();
     let targets = [tcp("192.0.2.10", 8009), tcp_nqn("192.0.2.20", 4420, SUBNQN)];
-    enabled(&h, &targets);
+    h.apply_config(&config(true, &targets));
     // Already connected: the error is ignored.
     h.host()
         .on_command(&["nvme", "connect"], Reply::fail(1, "already connected"));
@@ -854,14 +770,14 @@ fn reset_of_a_disabled_service_is_refused() {
         (err.status, err.message.as_str()),
         (500, "NVME isn't currently enabled")
     );
-    assert!(h.host().commands().is_empty());
+    h.host().assert_untouched("reset");
 }
 
 #[test]
 fn boot_start_and_shutdown_follow_the_config() {
     let h = scripted();
     let host = h.host();
-    host.set_state(json!({"config": config(true, &[tcp("192.0.2.10", 8009)])}));
+    host.set_saved_config(&config(true, &[tcp("192.0.2.10", 8009)]));
     h.start().unwrap();
     assert_eq!(host.commands().last().unwrap(), &nvme(&["connect-all"]));
     assert!(host.read_file("/etc/nvme/discovery.conf").is_some());

@@ -1,9 +1,8 @@
 //! The ovn plugin as the daemon loads it, against the recording harness host.
 
-use std::os::unix::fs::PermissionsExt;
-
 use incus_osd_harness::{
-    assert_conformance, built_plugin, FileEffect, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, FileEffect, Harness, LogLevel,
+    Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -41,13 +40,11 @@ ExecStop=-/usr/bin/ovn-appctl -t ovn-controller exit --restart
 Restart=on-failure
 ";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_ovn")).expect("the ovn plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_ovn";
 
 /// A plugin whose host has a hostname and a working ovs-vsctl.
 fn scripted() -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().put_file("/etc/hostname", b"node1\n", 0o644);
     h.host().on_command(&["ovs-vsctl"], Reply::ok(""));
     h
@@ -80,14 +77,6 @@ fn disabled(mut config: Value) -> Value {
     config
 }
 
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 fn vsctl(hostname: &str, db: &str, proto: &str, ip: &str, ic: bool) -> Vec<String> {
     argv(&[
         "ovs-vsctl",
@@ -106,51 +95,12 @@ fn plain_vsctl() -> Vec<String> {
     vsctl("node1", DB, "geneve", "192.0.2.10", false)
 }
 
-fn call(op: UnitOp, unit: &str) -> UnitCall {
-    UnitCall {
-        op,
-        unit: unit.to_string(),
-    }
-}
-
 fn reload() -> UnitCall {
-    call(UnitOp::DaemonReload, "")
-}
-
-/// Unit operations without the `ActiveState` queries.
-fn unit_ops(h: &Harness) -> Vec<UnitCall> {
-    h.host()
-        .units()
-        .into_iter()
-        .filter(|c| c.op != UnitOp::ActiveState)
-        .collect()
-}
-
-fn written(path: &str, mode: u32) -> FileEffect {
-    FileEffect::Written {
-        path: path.into(),
-        mode,
-    }
-}
-
-fn mode(h: &Harness, os_path: &str) -> u32 {
-    let real = h.host().real_path(os_path);
-    std::fs::metadata(&real)
-        .unwrap_or_else(|e| panic!("{}: {e}", real.display()))
-        .permissions()
-        .mode()
-        & 0o7777
-}
-
-fn enabled(h: &Harness, config: &Value) {
-    put_config(h, config).unwrap();
-    h.host().clear_effects();
+    UnitCall::new(UnitOp::DaemonReload, "")
 }
 
 fn assert_no_secret_logged(h: &Harness) {
-    for line in h.host().logs() {
-        assert!(!line.message.contains(KEY_BODY), "{line:?}");
-    }
+    h.host().assert_not_logged(&[KEY_BODY]);
     for c in h.host().commands() {
         assert!(!c.join(" ").contains(KEY_BODY), "{c:?}");
     }
@@ -158,12 +108,12 @@ fn assert_no_secret_logged(h: &Harness) {
 
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_ovn"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"database":"","tunnel_address":"","tunnel_protocol":""}}"#
@@ -174,11 +124,11 @@ fn fresh_get_is_exactly_the_default() {
 #[test]
 fn every_field_round_trips_and_empty_optionals_are_omitted() {
     let h = scripted();
-    put_config(&h, &disabled(with_tls())).unwrap();
+    h.put_config(&disabled(with_tls())).unwrap();
     assert_eq!(h.get().unwrap()["config"], disabled(with_tls()));
     assert_eq!(h.host().state(), json!({"config": disabled(with_tls())}));
 
-    put_config(&h, &disabled(plain())).unwrap();
+    h.put_config(&disabled(plain())).unwrap();
     assert_eq!(
         h.get_raw().unwrap(),
         format!(
@@ -284,23 +234,20 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     ];
     for (cfg, message) in &cases {
         let h = scripted();
-        let err = put_config(&h, cfg).unwrap_err();
-        assert_eq!((err.status, err.message.as_str()), (400, *message), "{cfg}");
+        let err = h.assert_config_refused(cfg, message);
         assert!(!err.message.contains(KEY_BODY));
         let host = h.host();
-        host.assert_untouched(message);
         assert!(!host.root().join("run").exists(), "{message}");
         assert_eq!(host.state(), Value::Null, "{message}");
         assert_no_secret_logged(&h);
     }
     // Requirements only apply when enabling; malformed values are refused either way.
     let h = scripted();
-    put_config(
-        &h,
-        &json!({"enabled": false, "database": "", "tunnel_address": ""}),
-    )
-    .unwrap();
-    let err = put_config(&h, &disabled(set(json!({"tunnel_protocol": "stt"})))).unwrap_err();
+    h.put_config(&json!({"enabled": false, "database": "", "tunnel_address": ""}))
+        .unwrap();
+    let err = h
+        .put_config(&disabled(set(json!({"tunnel_protocol": "stt"}))))
+        .unwrap_err();
     assert_eq!(err.status, 400);
 }
 
@@ -317,25 +264,7 @@ fn valid_remotes_are_accepted() {
         "ssl:ovn-central:6642,unix:/var/run/ovn/ovnsb_db.sock",
     ] {
         let cfg = json!({"enabled": false, "database": db, "tunnel_address": "", "tunnel_protocol": "geneve,vxlan"});
-        put_config(&h, &cfg).unwrap_or_else(|e| panic!("{db}: {e:?}"));
-    }
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
+        h.put_config(&cfg).unwrap_or_else(|e| panic!("{db}: {e:?}"));
     }
 }
 
@@ -348,71 +277,47 @@ fn control_characters_are_refused_in_every_string_field() {
     full["tunnel_protocol"] = json!("geneve");
     // A line break is appended to the last remote: a path.
     full["database"] = json!("ssl:192.0.2.1:6642,unix:/run/ovn/ovnsb_db.sock");
-    let one_line = "line breaks, NUL and other control characters are not allowed";
-    let text = "NUL and control characters other than line breaks and tabs are not allowed";
     let fields = [
-        ("/database", one_line),
-        ("/tls_ca_certificate", text),
-        ("/tls_client_certificate", text),
-        ("/tls_client_key", text),
-        ("/tunnel_address", one_line),
-        ("/tunnel_protocol", one_line),
+        ("/database", "database"),
+        ("/tls_ca_certificate", "tls_ca_certificate"),
+        ("/tls_client_certificate", "tls_client_certificate"),
+        ("/tls_client_key", "tls_client_key"),
+        ("/tunnel_address", "tunnel_address"),
+        ("/tunnel_protocol", "tunnel_protocol"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, why) in fields {
-        let bad: &[&str] = if why == text {
-            &["\0", "\u{1b}[2J", "\u{7f}"]
-        } else {
-            &["\n", "\r", "\0", "\t"]
-        };
-        for bad in bad {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected = format!("{}: {why}", &pointer[1..]);
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            assert!(!err.message.contains(KEY_BODY));
-            h.host().assert_untouched(pointer);
-            assert_eq!(h.host().state(), Value::Null, "{pointer}");
-        }
+    let text = [
+        "/tls_ca_certificate",
+        "/tls_client_certificate",
+        "/tls_client_key",
+    ];
+    for case in control_character_cases(&full, &fields, &text) {
+        let h = scripted();
+        let err = h.assert_config_refused(&case.config, &case.message);
+        assert!(!err.message.contains(KEY_BODY));
+        assert_eq!(h.host().state(), Value::Null, "{}", case.field);
     }
 }
 
 #[test]
 fn enabling_starts_ovs_configures_it_and_starts_the_generated_controller_once() {
     let h = scripted();
-    put_config(&h, &plain()).unwrap();
+    h.put_config(&plain()).unwrap();
     let host = h.host();
     assert_eq!(host.commands(), [plain_vsctl()]);
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Start, VSWITCHD),
+            UnitCall::new(UnitOp::Start, VSWITCHD),
             reload(),
-            call(UnitOp::Restart, CONTROLLER)
+            UnitCall::new(UnitOp::Restart, CONTROLLER)
         ]
     );
     assert_eq!(
         host.file_effects(),
         [
-            written("/etc/default/openvswitch-switch", 0o644),
-            FileEffect::DirCreated {
-                path: "/run/ovn".into(),
-                mode: 0o700
-            },
-            written("/run/systemd/system/ovn-controller.service", 0o600),
+            FileEffect::written("/etc/default/openvswitch-switch", 0o644),
+            FileEffect::dir_created("/run/ovn", 0o700),
+            FileEffect::written("/run/systemd/system/ovn-controller.service", 0o600),
         ]
     );
     assert_eq!(
@@ -424,10 +329,10 @@ fn enabling_starts_ovs_configures_it_and_starts_the_generated_controller_once() 
             .unwrap(),
         UNIT_PLAIN.as_bytes()
     );
-    assert_eq!(mode(&h, "/etc/default/openvswitch-switch"), 0o644);
-    assert_eq!(mode(&h, "/run/ovn"), 0o700);
+    assert_eq!(h.host().mode("/etc/default/openvswitch-switch"), 0o644);
+    assert_eq!(h.host().mode("/run/ovn"), 0o700);
     assert_eq!(
-        mode(&h, "/run/systemd/system/ovn-controller.service"),
+        h.host().mode("/run/systemd/system/ovn-controller.service"),
         0o600
     );
     assert_eq!(host.unit_state(VSWITCHD), "active");
@@ -440,7 +345,7 @@ fn enabling_starts_ovs_configures_it_and_starts_the_generated_controller_once() 
 #[test]
 fn enabling_with_tls_writes_the_certificates_and_the_tls_unit() {
     let h = scripted();
-    put_config(&h, &with_tls()).unwrap();
+    h.put_config(&with_tls()).unwrap();
     let host = h.host();
     assert_eq!(
         host.commands(),
@@ -455,15 +360,12 @@ fn enabling_with_tls_writes_the_certificates_and_the_tls_unit() {
     assert_eq!(
         host.file_effects(),
         [
-            written("/etc/default/openvswitch-switch", 0o644),
-            FileEffect::DirCreated {
-                path: "/run/ovn".into(),
-                mode: 0o700
-            },
-            written("/run/ovn/client.crt", 0o600),
-            written("/run/ovn/client.key", 0o600),
-            written("/run/ovn/ca.crt", 0o600),
-            written("/run/systemd/system/ovn-controller.service", 0o600),
+            FileEffect::written("/etc/default/openvswitch-switch", 0o644),
+            FileEffect::dir_created("/run/ovn", 0o700),
+            FileEffect::written("/run/ovn/client.crt", 0o600),
+            FileEffect::written("/run/ovn/client.key", 0o600),
+            FileEffect::written("/run/ovn/ca.crt", 0o600),
+            FileEffect::written("/run/systemd/system/ovn-controller.service", 0o600),
         ]
     );
     assert_eq!(
@@ -476,7 +378,7 @@ fn enabling_with_tls_writes_the_certificates_and_the_tls_unit() {
     );
     assert_eq!(host.read_file("/run/ovn/ca.crt").unwrap(), CA.as_bytes());
     for f in ["client.crt", "client.key", "ca.crt"] {
-        assert_eq!(mode(&h, &format!("/run/ovn/{f}")), 0o600, "{f}");
+        assert_eq!(h.host().mode(&format!("/run/ovn/{f}")), 0o600, "{f}");
     }
     assert_eq!(
         host.read_file("/run/systemd/system/ovn-controller.service")
@@ -489,24 +391,21 @@ fn enabling_with_tls_writes_the_certificates_and_the_tls_unit() {
 #[test]
 fn updating_an_enabled_service_reconfigures_and_drops_stale_certificates() {
     let h = scripted();
-    enabled(&h, &with_tls());
-    put_config(&h, &plain()).unwrap();
+    h.apply_config(&with_tls());
+    h.put_config(&plain()).unwrap();
     let host = h.host();
     assert_eq!(host.commands(), [plain_vsctl()]);
-    assert_eq!(unit_ops(&h), [reload(), call(UnitOp::Restart, CONTROLLER)]);
+    assert_eq!(
+        h.host().unit_changes(),
+        [reload(), UnitCall::new(UnitOp::Restart, CONTROLLER)]
+    );
     assert_eq!(
         host.file_effects(),
         [
-            FileEffect::Removed {
-                path: "/run/ovn/client.crt".into()
-            },
-            FileEffect::Removed {
-                path: "/run/ovn/client.key".into()
-            },
-            FileEffect::Removed {
-                path: "/run/ovn/ca.crt".into()
-            },
-            written("/run/systemd/system/ovn-controller.service", 0o600),
+            FileEffect::removed("/run/ovn/client.crt"),
+            FileEffect::removed("/run/ovn/client.key"),
+            FileEffect::removed("/run/ovn/ca.crt"),
+            FileEffect::written("/run/systemd/system/ovn-controller.service", 0o600),
         ]
     );
     assert_eq!(
@@ -520,15 +419,15 @@ fn updating_an_enabled_service_reconfigures_and_drops_stale_certificates() {
 #[test]
 fn disabling_stops_the_controller_and_ovs() {
     let h = scripted();
-    enabled(&h, &plain());
-    put_config(&h, &disabled(plain())).unwrap();
+    h.apply_config(&plain());
+    h.put_config(&disabled(plain())).unwrap();
     let host = h.host();
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD),
-            call(UnitOp::Stop, OVSDB)
+            UnitCall::new(UnitOp::Stop, CONTROLLER),
+            UnitCall::new(UnitOp::Stop, VSWITCHD),
+            UnitCall::new(UnitOp::Stop, OVSDB)
         ]
     );
     assert!(host.commands().is_empty());
@@ -547,7 +446,7 @@ fn a_failing_ovs_vsctl_undoes_the_start() {
             "ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed (No such file or directory)",
         ),
     );
-    let err = put_config(&h, &with_tls()).unwrap_err();
+    let err = h.put_config(&with_tls()).unwrap_err();
     assert_eq!(err.status, 500);
     assert!(
         err.message.starts_with(
@@ -558,8 +457,11 @@ fn a_failing_ovs_vsctl_undoes_the_start() {
     );
     assert!(err.message.ends_with("exit status 1 (ovs-vsctl: unix:/run/openvswitch/db.sock: database connection failed (No such file or directory))"));
     assert_eq!(
-        unit_ops(&h),
-        [call(UnitOp::Start, VSWITCHD), call(UnitOp::Stop, VSWITCHD)]
+        h.host().unit_changes(),
+        [
+            UnitCall::new(UnitOp::Start, VSWITCHD),
+            UnitCall::new(UnitOp::Stop, VSWITCHD)
+        ]
     );
     assert_eq!(host.files_removed(), ["/etc/default/openvswitch-switch"]);
     assert!(!host.root().join("etc/default/openvswitch-switch").exists());
@@ -573,21 +475,21 @@ fn a_failing_controller_start_undoes_everything() {
     let h = scripted();
     let host = h.host();
     host.fail_unit(CONTROLLER, "Job for ovn-controller.service failed");
-    let err = put_config(&h, &with_tls()).unwrap_err();
+    let err = h.put_config(&with_tls()).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for ovn-controller.service failed")
     );
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Start, VSWITCHD),
+            UnitCall::new(UnitOp::Start, VSWITCHD),
             reload(),
-            call(UnitOp::Restart, CONTROLLER),
+            UnitCall::new(UnitOp::Restart, CONTROLLER),
             // Undo: the unit file is gone again, then back to the previous states.
             reload(),
-            call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD),
+            UnitCall::new(UnitOp::Stop, CONTROLLER),
+            UnitCall::new(UnitOp::Stop, VSWITCHD),
         ]
     );
     assert!(!host.root().join("run/ovn").exists());
@@ -605,14 +507,14 @@ fn a_failing_controller_start_undoes_everything() {
 #[test]
 fn a_failing_update_configures_the_old_config_again() {
     let h = scripted();
-    enabled(&h, &with_tls());
+    h.apply_config(&with_tls());
     let host = h.host();
     host.on_command_times(
         &["ovs-vsctl"],
         1,
         Reply::fail(1, "ovs-vsctl: transaction error"),
     );
-    let err = put_config(&h, &plain()).unwrap_err();
+    let err = h.put_config(&plain()).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(
         host.commands(),
@@ -622,7 +524,7 @@ fn a_failing_update_configures_the_old_config_again() {
         ]
     );
     // Nothing else was touched, so ovn-controller is not restarted.
-    assert!(unit_ops(&h).is_empty());
+    assert!(h.host().unit_changes().is_empty());
     assert_eq!(
         host.read_file("/run/ovn/client.key").unwrap(),
         key().as_bytes()
@@ -639,23 +541,23 @@ fn a_failing_update_configures_the_old_config_again() {
 #[test]
 fn a_failing_disable_brings_the_controller_back() {
     let h = scripted();
-    enabled(&h, &plain());
+    h.apply_config(&plain());
     let host = h.host();
     host.fail_unit(VSWITCHD, "Job for ovs-vswitchd.service canceled");
-    let err = put_config(&h, &disabled(plain())).unwrap_err();
+    let err = h.put_config(&disabled(plain())).unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Job for ovs-vswitchd.service canceled"
     );
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD),
+            UnitCall::new(UnitOp::Stop, CONTROLLER),
+            UnitCall::new(UnitOp::Stop, VSWITCHD),
             // Undo, newest first: both were active (the OVS database and the files were
             // not changed, so they are not rewritten).
-            call(UnitOp::Restart, VSWITCHD),
-            call(UnitOp::Restart, CONTROLLER),
+            UnitCall::new(UnitOp::Restart, VSWITCHD),
+            UnitCall::new(UnitOp::Restart, CONTROLLER),
         ]
     );
     assert!(host.commands().is_empty());
@@ -666,22 +568,22 @@ fn a_failing_disable_brings_the_controller_back() {
 #[test]
 fn a_failing_controller_restart_restarts_it_with_the_old_files() {
     let h = scripted();
-    enabled(&h, &with_tls());
+    h.apply_config(&with_tls());
     let host = h.host();
     host.fail_unit(CONTROLLER, "Job for ovn-controller.service failed");
-    let err = put_config(&h, &plain()).unwrap_err();
+    let err = h.put_config(&plain()).unwrap_err();
     assert_eq!(
         err.message.as_str(),
         "Job for ovn-controller.service failed"
     );
     // The files come back first, then systemd is reloaded and the controller restarted.
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
             reload(),
-            call(UnitOp::Restart, CONTROLLER),
+            UnitCall::new(UnitOp::Restart, CONTROLLER),
             reload(),
-            call(UnitOp::Restart, CONTROLLER),
+            UnitCall::new(UnitOp::Restart, CONTROLLER),
         ]
     );
     assert_eq!(
@@ -693,7 +595,7 @@ fn a_failing_controller_restart_restarts_it_with_the_old_files() {
         host.read_file("/run/ovn/client.key").unwrap(),
         key().as_bytes()
     );
-    assert_eq!(mode(&h, "/run/ovn/client.key"), 0o600);
+    assert_eq!(h.host().mode("/run/ovn/client.key"), 0o600);
     assert_eq!(
         host.commands(),
         [
@@ -710,16 +612,16 @@ fn a_failing_save_is_undone() {
     let h = scripted();
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &plain()).unwrap_err();
+    let err = h.put_config(&plain()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     // The journal of the enabling is rolled back, as when the enabling itself fails: the
     // files it wrote go too.
     assert_eq!(
-        unit_ops(&h)[3..],
+        h.host().unit_changes()[3..],
         [
             reload(),
-            call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD)
+            UnitCall::new(UnitOp::Stop, CONTROLLER),
+            UnitCall::new(UnitOp::Stop, VSWITCHD)
         ]
     );
     assert!(!host.root().join("run/ovn").exists());
@@ -757,12 +659,12 @@ fn the_hostname_falls_back_like_upstream() {
         (&[], "IncusOS"),
     ];
     for (files, expected) in cases {
-        let h = plugin();
+        let h = Harness::load_built(LIB);
         h.host().on_command(&["ovs-vsctl"], Reply::ok(""));
         for (path, content) in files {
             h.host().put_file(path, content.as_bytes(), 0o644);
         }
-        put_config(&h, &plain()).unwrap();
+        h.put_config(&plain()).unwrap();
         assert_eq!(
             h.host().commands()[0][4],
             format!("external_ids:hostname={expected}")
@@ -773,13 +675,13 @@ fn the_hostname_falls_back_like_upstream() {
 #[test]
 fn reset_restarts_the_controller_and_ovs() {
     let h = scripted();
-    enabled(&h, &plain());
+    h.apply_config(&plain());
     h.reset().unwrap();
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Restart, CONTROLLER),
-            call(UnitOp::Restart, VSWITCHD)
+            UnitCall::new(UnitOp::Restart, CONTROLLER),
+            UnitCall::new(UnitOp::Restart, VSWITCHD)
         ]
     );
     assert!(h.host().commands().is_empty());
@@ -794,22 +696,22 @@ fn reset_of_a_disabled_service_is_refused() {
         (err.status, err.message.as_str()),
         (500, "OVN isn't currently enabled")
     );
-    assert!(h.host().units().is_empty());
+    h.host().assert_untouched("reset");
 }
 
 #[test]
 fn boot_start_and_shutdown_follow_the_config() {
     let h = scripted();
     let host = h.host();
-    host.set_state(json!({"config": plain()}));
+    host.set_saved_config(&plain());
     h.start().unwrap();
     assert_eq!(host.commands(), [plain_vsctl()]);
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Start, VSWITCHD),
+            UnitCall::new(UnitOp::Start, VSWITCHD),
             reload(),
-            call(UnitOp::Restart, CONTROLLER)
+            UnitCall::new(UnitOp::Restart, CONTROLLER)
         ]
     );
     assert_eq!(host.save_count(), 0);
@@ -817,11 +719,11 @@ fn boot_start_and_shutdown_follow_the_config() {
     host.clear_effects();
     h.stop().unwrap();
     assert_eq!(
-        unit_ops(&h),
+        h.host().unit_changes(),
         [
-            call(UnitOp::Stop, CONTROLLER),
-            call(UnitOp::Stop, VSWITCHD),
-            call(UnitOp::Stop, OVSDB)
+            UnitCall::new(UnitOp::Stop, CONTROLLER),
+            UnitCall::new(UnitOp::Stop, VSWITCHD),
+            UnitCall::new(UnitOp::Stop, OVSDB)
         ]
     );
 }
@@ -831,19 +733,14 @@ fn a_config_saved_without_a_tunnel_address_fails_at_boot_like_upstream() {
     let h = scripted();
     let mut cfg = plain();
     cfg["tunnel_address"] = json!("");
-    h.host().set_state(json!({"config": cfg}));
+    h.host().set_saved_config(&cfg);
     let err = h.start().unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "no OVN tunnel address available")
     );
     assert!(h.host().commands().is_empty());
-    let errors = h
-        .host()
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Error)
-        .count();
+    let errors = h.host().logged(LogLevel::Error).len();
     assert_eq!(errors, 0);
 }
 
@@ -852,7 +749,6 @@ fn boot_start_and_shutdown_do_nothing_when_disabled() {
     let h = scripted();
     h.start().unwrap();
     h.stop().unwrap();
-    assert!(h.host().commands().is_empty());
-    assert!(h.host().units().is_empty());
-    assert!(h.host().file_effects().is_empty());
+    h.host()
+        .assert_untouched("boot_start_and_shutdown_do_nothing_when_disabled");
 }

@@ -1,7 +1,8 @@
 //! The tailscale plugin as the daemon loads it, against the recording harness host.
 
 use incus_osd_harness::{
-    assert_conformance, built_plugin, Failure, Harness, LogLevel, Reply, UnitCall, UnitOp,
+    argv, assert_conformance, built_plugin, control_character_cases, Failure, Harness, LogLevel,
+    Reply, UnitCall, UnitOp,
 };
 use serde_json::{json, Value};
 
@@ -290,14 +291,12 @@ const STATUS_NEEDS_LOGIN: &str = r#"{
 
 const EMPTY_STATE: &str = r#"{"version":"","backend_state":"","self":{"id":"","public_key":"","host_name":"","dns_name":"","os":"","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false}"#;
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_tailscale")).expect("the tailscale plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_tailscale";
 
 /// A plugin whose host answers every tailscale command successfully, with `status` as the
 /// output of `tailscale status --json` (`None`: tailscaled is not running).
 fn scripted(status: Option<&str>) -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     h.host().on_command(&["tailscale"], Reply::ok(""));
     set_status(&h, status);
     h
@@ -343,19 +342,6 @@ fn enabled() -> Value {
     config(json!({"enabled": true, "auth_key": KEY}))
 }
 
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-/// Saves `config` as if an earlier run had applied it.
-fn preset(h: &Harness, config: &Value) {
-    h.host().set_state(json!({ "config": config }));
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
 fn status() -> Vec<String> {
     argv(&["tailscale", "status", "--json"])
 }
@@ -395,19 +381,12 @@ fn serve_reset() -> Vec<String> {
 }
 
 fn unit(op: UnitOp) -> UnitCall {
-    UnitCall {
-        op,
-        unit: UNIT.to_string(),
-    }
+    UnitCall::new(op, UNIT)
 }
 
 /// No log line and no error text mentions either auth key.
 fn assert_no_secret(h: &Harness, extra: &str) {
-    for line in h.host().logs() {
-        for key in [KEY, KEY2] {
-            assert!(!line.message.contains(key), "secret logged: {line:?}");
-        }
-    }
+    h.host().assert_not_logged(&[KEY, KEY2]);
     for key in [KEY, KEY2] {
         assert!(!extra.contains(key), "secret in {extra:?}");
     }
@@ -415,13 +394,13 @@ fn assert_no_secret(h: &Harness, extra: &str) {
 
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_tailscale"));
+    assert_conformance(built_plugin(LIB));
 }
 
 /// Upstream's struct puts `config` before `state`, so the keys come in that order.
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         format!(
@@ -449,7 +428,7 @@ fn every_config_field_round_trips_while_disabled() {
         "serve_port": 443,
         "serve_service": "svc:incus"
     });
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
     assert_eq!(h.host().state(), json!({ "config": cfg }));
     // Staying disabled only records the config.
@@ -458,9 +437,9 @@ fn every_config_field_round_trips_while_disabled() {
 
     // An empty list stays an empty list, null stays null.
     let empty = config(json!({"advertised_routes": []}));
-    put_config(&h, &empty).unwrap();
+    h.put_config(&empty).unwrap();
     assert_eq!(h.get().unwrap()["config"]["advertised_routes"], json!([]));
-    put_config(&h, &default_config()).unwrap();
+    h.put_config(&default_config()).unwrap();
     assert_eq!(h.get().unwrap()["config"]["advertised_routes"], Value::Null);
 }
 
@@ -562,34 +541,9 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
             let mut cfg = config(fields.clone());
             cfg["enabled"] = json!(enabled);
             cfg["auth_key"] = json!(KEY);
-            let err = put_config(&h, &cfg).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, *message),
-                "{fields}"
-            );
-            let host = h.host();
-            host.assert_untouched(message);
-            assert_eq!(host.state(), Value::Null, "{message}");
+            h.assert_config_refused(&cfg, message);
+            assert_eq!(h.host().state(), Value::Null, "{message}");
         }
-    }
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -619,33 +573,11 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/login_server", "login_server"),
         ("/serve_service", "serve_service"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted(Some(STATUS_RUNNING));
-            preset(&h, &enabled());
-            let before = h.host().state();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), before, "{field}");
-            assert_no_secret(&h, &err.message);
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted(Some(STATUS_RUNNING));
+        h.host().set_saved_config(&enabled());
+        let err = h.assert_config_refused(&case.config, &case.message);
+        assert_no_secret(&h, &err.message);
     }
 }
 
@@ -657,17 +589,9 @@ fn an_auth_key_with_whitespace_is_refused_without_quoting_it() {
         format!("{KEY}\u{a0}"),
     ] {
         let h = scripted(Some(STATUS_RUNNING));
-        preset(&h, &enabled());
-        let before = h.host().state();
+        h.host().set_saved_config(&enabled());
         let cfg = config(json!({"enabled": true, "auth_key": key}));
-        let err = put_config(&h, &cfg).unwrap_err();
-        assert_eq!(
-            (err.status, err.message.as_str()),
-            (400, "auth_key: the auth key contains whitespace"),
-            "{key:?}"
-        );
-        h.host().assert_untouched(&key);
-        assert_eq!(h.host().state(), before);
+        let err = h.assert_config_refused(&cfg, "auth_key: the auth key contains whitespace");
         assert_no_secret(&h, &err.message);
     }
     // Tailscale's own key options and file references stay valid.
@@ -676,7 +600,7 @@ fn an_auth_key_with_whitespace_is_refused_without_quoting_it() {
         format!("{KEY}?ephemeral=true&preauthorized=true"),
         "file:/run/credentials/tailscale.key".to_string(),
     ] {
-        put_config(&h, &config(json!({"auth_key": key}))).unwrap();
+        h.put_config(&config(json!({"auth_key": key}))).unwrap();
     }
 }
 
@@ -696,7 +620,8 @@ fn valid_values_are_accepted() {
         json!({"serve_enabled": true, "serve_port": 65535, "serve_service": "svc:incus-api"}),
     ] {
         let cfg = config(fields.clone());
-        put_config(&h, &cfg).unwrap_or_else(|e| panic!("{fields}: {e:?}"));
+        h.put_config(&cfg)
+            .unwrap_or_else(|e| panic!("{fields}: {e:?}"));
         assert_eq!(h.get().unwrap()["config"], cfg);
     }
     assert!(h.host().commands().is_empty());
@@ -719,7 +644,7 @@ fn enabling_starts_the_unit_joins_and_applies_the_preferences() {
         "serve_port": 443,
         "serve_service": "svc:incus"
     }));
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
 
     assert_eq!(
         host.units(),
@@ -769,7 +694,7 @@ fn serve_without_a_service_and_no_login_server() {
     cfg["serve_enabled"] = json!(true);
     cfg["serve_port"] = json!(8443);
     cfg["exit_node"] = json!("nas");
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     let cmds = h.host().commands();
     assert_eq!(cmds[1], up(KEY));
     assert_eq!(cmds[2][6], "--exit-node=nas");
@@ -789,12 +714,12 @@ fn serve_without_a_service_and_no_login_server() {
 fn an_update_without_join_changes_only_the_preferences() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
 
     let mut cfg = enabled();
     cfg["accept_routes"] = json!(true);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     let mut set = set_default();
     set[3] = "--accept-routes=true".into();
     // The key is unchanged and the node is logged in: no re-join.
@@ -809,9 +734,9 @@ fn an_update_without_join_changes_only_the_preferences() {
 #[test]
 fn an_unfinished_login_with_the_same_key_is_retried() {
     let h = scripted(Some(STATUS_NEEDS_LOGIN));
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     h.host().set_unit_state(UNIT, "active");
-    put_config(&h, &enabled()).unwrap();
+    h.put_config(&enabled()).unwrap();
     assert_eq!(
         h.host().commands(),
         [status(), logout(), up(KEY), set_default(), serve_reset()]
@@ -822,12 +747,12 @@ fn an_unfinished_login_with_the_same_key_is_retried() {
 fn a_new_key_or_login_server_re_joins() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
 
     let mut cfg = enabled();
     cfg["auth_key"] = json!(KEY2);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(
         host.commands(),
         [logout(), up(KEY2), set_default(), serve_reset()]
@@ -835,7 +760,7 @@ fn a_new_key_or_login_server_re_joins() {
 
     host.clear_effects();
     cfg["login_server"] = json!("https://hs.example.com");
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     let mut up = up(KEY2);
     up.extend(argv(&["--login-server", "https://hs.example.com"]));
     assert_eq!(
@@ -849,7 +774,7 @@ fn a_new_key_or_login_server_re_joins() {
 fn enabling_without_a_key_needs_a_logged_in_node() {
     // tailscaled not running (the service was disabled): the login is unknown.
     let h = scripted(None);
-    let err = put_config(&h, &config(json!({"enabled": true}))).unwrap_err();
+    let err = h.put_config(&config(json!({"enabled": true}))).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -863,7 +788,7 @@ fn enabling_without_a_key_needs_a_logged_in_node() {
 
     // tailscaled running but logged out.
     let h = scripted(Some(STATUS_NEEDS_LOGIN));
-    let err = put_config(&h, &config(json!({"enabled": true}))).unwrap_err();
+    let err = h.put_config(&config(json!({"enabled": true}))).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -876,8 +801,8 @@ fn enabling_without_a_key_needs_a_logged_in_node() {
     assert_eq!(h.host().save_count(), 0);
 
     // No tailscale tool at all.
-    let h = plugin();
-    let err = put_config(&h, &config(json!({"enabled": true}))).unwrap_err();
+    let h = Harness::load_built(LIB);
+    let err = h.put_config(&config(json!({"enabled": true}))).unwrap_err();
     assert_eq!(err.status, 400);
     assert!(h.host().units().is_empty());
 }
@@ -886,12 +811,12 @@ fn enabling_without_a_key_needs_a_logged_in_node() {
 fn dropping_the_key_of_a_logged_in_node_keeps_it_logged_in() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
 
     // Upstream would log out and fail to join with an empty key.
     let cfg = config(json!({"enabled": true}));
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(host.commands(), [status(), set_default(), serve_reset()]);
     assert_eq!(host.state(), json!({ "config": cfg }));
 
@@ -899,7 +824,7 @@ fn dropping_the_key_of_a_logged_in_node_keeps_it_logged_in() {
     let mut moved = cfg.clone();
     moved["login_server"] = json!("https://hs.example.com");
     host.clear_effects();
-    let err = put_config(&h, &moved).unwrap_err();
+    let err = h.put_config(&moved).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -916,12 +841,12 @@ fn dropping_the_key_of_a_logged_in_node_keeps_it_logged_in() {
 fn disabling_stops_the_unit_only() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    put_config(&h, &enabled()).unwrap();
+    h.put_config(&enabled()).unwrap();
     host.clear_effects();
 
     let mut cfg = enabled();
     cfg["enabled"] = json!(false);
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(host.units(), [unit(UnitOp::Stop)]);
     assert_eq!(host.unit_state(UNIT), "inactive");
     assert!(host.commands().is_empty());
@@ -929,7 +854,7 @@ fn disabling_stops_the_unit_only() {
 
     // Staying disabled touches nothing.
     host.clear_effects();
-    put_config(&h, &default_config()).unwrap();
+    h.put_config(&default_config()).unwrap();
     assert!(host.units().is_empty());
     assert!(host.commands().is_empty());
 }
@@ -945,7 +870,7 @@ fn a_failing_join_undoes_the_enable_and_hides_the_key() {
             format!("backend error: invalid key: API key {KEY} not valid\n"),
         ),
     );
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!(err.status, 500);
     assert_eq!(
         err.message.as_str(),
@@ -978,7 +903,7 @@ fn a_join_that_cannot_start_or_times_out_hides_the_key() {
         let h = scripted(None);
         let host = h.host();
         host.on_command_failure(&["tailscale", "up"], failure);
-        let err = put_config(&h, &enabled()).unwrap_err();
+        let err = h.put_config(&enabled()).unwrap_err();
         assert_eq!(err.status, 500);
         assert_eq!(
             err.message.as_str(),
@@ -1001,7 +926,7 @@ fn a_failing_update_brings_the_old_preferences_back() {
         "serve_enabled": true,
         "serve_port": 443
     }));
-    preset(&h, &old);
+    h.host().set_saved_config(&old);
     host.set_unit_state(UNIT, "active");
     host.on_command_times(
         &["tailscale", "set"],
@@ -1011,7 +936,7 @@ fn a_failing_update_brings_the_old_preferences_back() {
 
     let mut new = old.clone();
     new["exit_node"] = json!("nas");
-    let err = put_config(&h, &new).unwrap_err();
+    let err = h.put_config(&new).unwrap_err();
     assert_eq!(err.status, 500);
     let mut bad_set = set_default();
     bad_set[6] = "--exit-node=nas".into();
@@ -1041,7 +966,7 @@ fn a_failing_update_brings_the_old_preferences_back() {
 fn a_failing_join_on_a_key_change_re_joins_with_the_old_key() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command(
         &[
@@ -1057,7 +982,7 @@ fn a_failing_join_on_a_key_change_re_joins_with_the_old_key() {
     );
     let mut cfg = enabled();
     cfg["auth_key"] = json!(KEY2);
-    let err = put_config(&h, &cfg).unwrap_err();
+    let err = h.put_config(&cfg).unwrap_err();
     assert!(err.message.contains("--auth-key ***"), "{err:?}");
     assert_eq!(
         host.commands(),
@@ -1078,12 +1003,12 @@ fn a_failing_join_on_a_key_change_re_joins_with_the_old_key() {
 fn a_rollback_keeps_a_running_unit_running_without_a_restart() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command(&["tailscale", "set"], Reply::fail(1, "set failed"));
     let mut cfg = enabled();
     cfg["accept_routes"] = json!(true);
-    put_config(&h, &cfg).unwrap_err();
+    h.put_config(&cfg).unwrap_err();
     // The unit is neither stopped nor restarted: only the preferences are put back.
     assert_eq!(
         host.units(),
@@ -1096,7 +1021,7 @@ fn a_rollback_keeps_a_running_unit_running_without_a_restart() {
 fn a_failing_re_join_on_rollback_still_restores_the_preferences() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.on_command(
         &["tailscale", "up"],
@@ -1104,7 +1029,7 @@ fn a_failing_re_join_on_rollback_still_restores_the_preferences() {
     );
     let mut cfg = enabled();
     cfg["auth_key"] = json!(KEY2);
-    let err = put_config(&h, &cfg).unwrap_err();
+    let err = h.put_config(&cfg).unwrap_err();
     assert_eq!(
         host.commands(),
         [
@@ -1116,12 +1041,7 @@ fn a_failing_re_join_on_rollback_still_restores_the_preferences() {
             serve_reset()
         ]
     );
-    let errors: Vec<_> = host
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Error)
-        .map(|l| l.message)
-        .collect();
+    let errors = host.logged(LogLevel::Error);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].starts_with(
@@ -1141,11 +1061,9 @@ fn zero_padded_ports_and_bare_ipv6_hosts_are_refused_in_urls() {
         "http://fd00::1",
         "http://fd00::1:8080/",
     ] {
-        let h = scripted(None);
-        let err = put_config(&h, &config(json!({"login_server": url}))).unwrap_err();
         let expected =
             format!("login_server: invalid URL '{url}' (expected http(s)://host[:port][/path])");
-        assert_eq!((err.status, err.message.as_str()), (400, expected.as_str()));
+        scripted(None).assert_config_refused(&config(json!({"login_server": url})), &expected);
     }
 }
 
@@ -1153,7 +1071,7 @@ fn zero_padded_ports_and_bare_ipv6_hosts_are_refused_in_urls() {
 fn a_failing_unit_start_is_reported() {
     let h = scripted(None);
     h.host().fail_unit(UNIT, "Job for tailscale.service failed");
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (500, "Job for tailscale.service failed")
@@ -1167,7 +1085,7 @@ fn a_failing_save_is_undone() {
     let h = scripted(None);
     let host = h.host();
     host.fail_next_save("disk full");
-    let err = put_config(&h, &enabled()).unwrap_err();
+    let err = h.put_config(&enabled()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     // Back to disabled: the unit is stopped again.
     assert_eq!(host.units().last().unwrap(), &unit(UnitOp::Stop));
@@ -1179,10 +1097,10 @@ fn a_failing_save_is_undone() {
 fn a_failing_save_after_disabling_joins_again() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     host.set_unit_state(UNIT, "active");
     host.fail_next_save("disk full");
-    let err = put_config(&h, &default_config()).unwrap_err();
+    let err = h.put_config(&default_config()).unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(host.units(), [unit(UnitOp::Stop), unit(UnitOp::Start)]);
     assert_eq!(host.unit_state(UNIT), "active");
@@ -1197,7 +1115,7 @@ fn a_failing_save_after_disabling_joins_again() {
 #[test]
 fn live_state_comes_from_tailscale_status() {
     let h = scripted(Some(STATUS_RUNNING));
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     let got = h.get().unwrap();
     assert_eq!(
         got["state"],
@@ -1281,7 +1199,7 @@ fn live_state_comes_from_tailscale_status() {
 #[test]
 fn live_state_of_a_logged_out_node() {
     let h = scripted(Some(STATUS_NEEDS_LOGIN));
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     let raw = h.get_raw().unwrap();
     let expected = r#","state":{"version":"1.102.3","backend_state":"NeedsLogin","self":{"id":"","public_key":"nodekey:0000000000000000000000000000000000000000000000000000000000000000","host_name":"incus-os-01","dns_name":"","os":"linux","tailscale_ips":null,"rx_bytes":0,"tx_bytes":0,"used_as_exit_node":false,"exit_node_offered":false,"online":false,"expired":false},"have_node_key":false,"health":["You are logged out. The last login error was: invalid key: unable to validate API key"]}}"#;
     assert!(raw.starts_with(r#"{"config":"#), "{raw}");
@@ -1293,7 +1211,7 @@ fn live_state_of_a_logged_out_node() {
 fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     // tailscaled not running.
     let h = scripted(None);
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     let raw = h.get_raw().unwrap();
     assert!(
         raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
@@ -1301,8 +1219,8 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
     );
 
     // No tailscale binary (the harness refuses unscripted commands like a missing tool).
-    let h = plugin();
-    preset(&h, &enabled());
+    let h = Harness::load_built(LIB);
+    h.host().set_saved_config(&enabled());
     let raw = h.get_raw().unwrap();
     assert!(
         raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
@@ -1312,27 +1230,22 @@ fn an_unreachable_daemon_or_missing_tool_gives_the_empty_state() {
 
     // Output that is not tailscale's JSON.
     let h = scripted(Some("Logged out.\n"));
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     let raw = h.get_raw().unwrap();
     assert!(
         raw.ends_with(&format!(r#","state":{EMPTY_STATE}}}"#)),
         "{raw}"
     );
-    let warnings: Vec<_> = h
-        .host()
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .collect();
+    let warnings = h.host().warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].message.contains("tailscale status"));
+    assert!(warnings[0].contains("tailscale status"));
 }
 
 #[test]
 fn boot_start_and_shutdown_drive_the_unit() {
     let h = scripted(Some(STATUS_RUNNING));
     let host = h.host();
-    preset(&h, &enabled());
+    h.host().set_saved_config(&enabled());
     h.start().unwrap();
     assert_eq!(host.units(), [unit(UnitOp::Start)]);
     assert!(host.commands().is_empty());

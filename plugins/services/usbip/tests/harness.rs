@@ -1,6 +1,8 @@
 //! The usbip plugin as the daemon loads it, against the recording harness host.
 
-use incus_osd_harness::{assert_conformance, built_plugin, Harness, LogLevel, Reply};
+use incus_osd_harness::{
+    argv, assert_conformance, built_plugin, control_character_cases, Harness, Reply,
+};
 use serde_json::{json, Value};
 
 /// `usbip port` with nothing attached (vhci-hcd loaded).
@@ -41,13 +43,11 @@ Port 08: <Port in Use> at Super Speed(5000Mbps)
 const VHCI_NOT_LOADED: &str = "usbip: error: failed to open /sys/devices/platform/vhci_hcd.0\n\
 usbip: error: open vhci_driver\n";
 
-fn plugin() -> Harness {
-    Harness::load(built_plugin("incus_osd_plugin_usbip")).expect("the usbip plugin loads")
-}
+const LIB: &str = "incus_osd_plugin_usbip";
 
 /// A plugin whose host loads the module, lists `ports` and attaches/detaches anything.
 fn scripted(ports: &str) -> Harness {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     let host = h.host();
     host.on_command(&["modprobe", "vhci-hcd"], Reply::ok(""));
     host.on_command(&["usbip", "port"], Reply::ok(ports));
@@ -62,18 +62,6 @@ fn target(address: &str, bus_id: &str) -> Value {
 
 fn config(enabled: bool, targets: &[Value]) -> Value {
     json!({"enabled": enabled, "targets": targets})
-}
-
-fn put_config(h: &Harness, config: &Value) -> Result<Value, plugin_api::abi::PluginError> {
-    h.put(&json!({"state": {}, "config": config}))
-}
-
-fn preset(h: &Harness, config: &Value) {
-    h.host().set_state(json!({ "config": config }));
-}
-
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
 }
 
 fn modprobe() -> Vec<String> {
@@ -92,23 +80,14 @@ fn detach(port: &str) -> Vec<String> {
     argv(&["usbip", "detach", "-p", port])
 }
 
-fn warnings(h: &Harness) -> Vec<String> {
-    h.host()
-        .logs()
-        .into_iter()
-        .filter(|l| l.level == LogLevel::Warn)
-        .map(|l| l.message)
-        .collect()
-}
-
 #[test]
 fn generic_checks_pass() {
-    assert_conformance(built_plugin("incus_osd_plugin_usbip"));
+    assert_conformance(built_plugin(LIB));
 }
 
 #[test]
 fn fresh_get_is_exactly_the_default() {
-    let h = plugin();
+    let h = Harness::load_built(LIB);
     assert_eq!(
         h.get_raw().unwrap(),
         r#"{"state":{},"config":{"enabled":false,"targets":[]}}"#
@@ -126,31 +105,14 @@ fn every_config_field_round_trips_and_null_targets_are_empty() {
             target("usb-server.lan", "2-3.4.1"),
         ],
     );
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap(), json!({"state": {}, "config": cfg}));
     assert_eq!(h.host().state(), json!({ "config": cfg }));
     assert!(h.host().commands().is_empty());
 
-    put_config(&h, &json!({"enabled": false, "targets": null})).unwrap();
+    h.put_config(&json!({"enabled": false, "targets": null}))
+        .unwrap();
     assert_eq!(h.get().unwrap()["config"], config(false, &[]));
-}
-
-/// The JSON pointer of every string in `v`, in document order.
-fn string_pointers(v: &Value, at: &str, out: &mut Vec<String>) {
-    match v {
-        Value::String(_) => out.push(at.to_string()),
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                string_pointers(item, &format!("{at}/{i}"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                string_pointers(item, &format!("{at}/{k}"), out);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Each string field of a full config with a control character added is a 400 naming the
@@ -171,32 +133,11 @@ fn control_characters_are_refused_in_every_string_field() {
         ("/targets/1/address", "targets[1].address"),
         ("/targets/1/bus_id", "targets[1].bus_id"),
     ];
-    let mut pointers = vec![];
-    string_pointers(&full, "", &mut pointers);
-    assert_eq!(
-        pointers,
-        fields.map(|(p, _)| p),
-        "every string field has a case"
-    );
-    for (pointer, field) in fields {
-        for bad in ["\n", "\r", "\0", "\t"] {
-            let mut cfg = full.clone();
-            let value = cfg.pointer_mut(pointer).unwrap();
-            *value = json!(format!("{}{bad}x", value.as_str().unwrap()));
-            let h = scripted(NO_PORTS);
-            preset(&h, &config(true, &[target("192.0.2.20", "1-1")]));
-            let before = h.host().state();
-            let err = put_config(&h, &cfg).unwrap_err();
-            let expected =
-                format!("{field}: line breaks, NUL and other control characters are not allowed");
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, expected.as_str()),
-                "{bad:?}"
-            );
-            h.host().assert_untouched(field);
-            assert_eq!(h.host().state(), before, "{field}");
-        }
+    for case in control_character_cases(&full, &fields, &[]) {
+        let h = scripted(NO_PORTS);
+        h.host()
+            .set_saved_config(&config(true, &[target("192.0.2.20", "1-1")]));
+        h.assert_config_refused(&case.config, &case.message);
     }
 }
 
@@ -253,15 +194,8 @@ fn invalid_configs_are_refused_with_400_and_change_nothing() {
     for enabled in [true, false] {
         for (targets, message) in &cases {
             let h = scripted(PORTS);
-            let err = put_config(&h, &config(enabled, targets)).unwrap_err();
-            assert_eq!(
-                (err.status, err.message.as_str()),
-                (400, *message),
-                "{targets:?}"
-            );
-            let host = h.host();
-            host.assert_untouched(message);
-            assert_eq!(host.state(), Value::Null, "{message}");
+            h.assert_config_refused(&config(enabled, targets), message);
+            assert_eq!(h.host().state(), Value::Null, "{message}");
         }
     }
 }
@@ -278,7 +212,7 @@ fn valid_addresses_and_bus_ids_are_accepted() {
             target("usb", "10-1.2.3.4.5"),
         ],
     );
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(h.get().unwrap()["config"], cfg);
 }
 
@@ -293,7 +227,7 @@ fn enabling_loads_the_module_and_attaches_every_target() {
             target("usb-server.lan", "2-3.4.1"),
         ],
     );
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(
         host.commands(),
         [
@@ -314,7 +248,7 @@ fn enabling_loads_the_module_and_attaches_every_target() {
 #[test]
 fn enabling_without_targets_only_loads_the_module() {
     let h = scripted(NO_PORTS);
-    put_config(&h, &config(true, &[])).unwrap();
+    h.put_config(&config(true, &[])).unwrap();
     assert_eq!(h.host().commands(), [modprobe()]);
 }
 
@@ -336,7 +270,7 @@ fn attach_failures_only_warn() {
             target("192.0.2.10", "1-1.2"),
         ],
     );
-    put_config(&h, &cfg).unwrap();
+    h.put_config(&cfg).unwrap();
     assert_eq!(
         host.commands(),
         [
@@ -346,7 +280,7 @@ fn attach_failures_only_warn() {
             attach("192.0.2.10", "1-1.2"),
         ]
     );
-    let warnings = warnings(&h);
+    let warnings = h.host().warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].starts_with("unable to attach USB/IP device 2-3.4.1 from usb-server.lan: "),
@@ -368,7 +302,7 @@ fn an_update_detaches_removed_targets_and_skips_attached_ones() {
             target("192.0.2.10", "1-4"),
         ],
     );
-    preset(&h, &old);
+    h.host().set_saved_config(&old);
     let new = config(
         true,
         &[
@@ -377,7 +311,7 @@ fn an_update_detaches_removed_targets_and_skips_attached_ones() {
             target("192.0.2.11", "1-1"),
         ],
     );
-    put_config(&h, &new).unwrap();
+    h.put_config(&new).unwrap();
     assert_eq!(
         host.commands(),
         [
@@ -392,7 +326,7 @@ fn an_update_detaches_removed_targets_and_skips_attached_ones() {
             attach("192.0.2.11", "1-1"),
         ]
     );
-    assert!(warnings(&h).is_empty());
+    assert!(h.host().warnings().is_empty());
     assert_eq!(host.state(), json!({ "config": new }));
 }
 
@@ -409,10 +343,10 @@ fn disabling_detaches_the_configured_devices_only() {
             target("192.0.2.12", "1-1"),
         ],
     );
-    preset(&h, &old);
+    h.host().set_saved_config(&old);
     let mut new = old.clone();
     new["enabled"] = json!(false);
-    put_config(&h, &new).unwrap();
+    h.put_config(&new).unwrap();
     assert_eq!(
         host.commands(),
         [port(), detach("0"), detach("1"), detach("4")]
@@ -421,7 +355,7 @@ fn disabling_detaches_the_configured_devices_only() {
 
     // Staying disabled touches nothing.
     host.clear_effects();
-    put_config(&h, &config(false, &[])).unwrap();
+    h.put_config(&config(false, &[])).unwrap();
     assert!(host.commands().is_empty());
 }
 
@@ -429,13 +363,14 @@ fn disabling_detaches_the_configured_devices_only() {
 fn detach_failures_only_warn() {
     let h = scripted(PORTS);
     let host = h.host();
-    preset(&h, &config(true, &[target("192.0.2.10", "1-1.2")]));
+    h.host()
+        .set_saved_config(&config(true, &[target("192.0.2.10", "1-1.2")]));
     host.on_command(
         &["usbip", "detach", "-p", "0"],
         Reply::fail(1, "usbip: error: Port 0 is already detached!\n"),
     );
-    put_config(&h, &config(false, &[])).unwrap();
-    let warnings = warnings(&h);
+    h.put_config(&config(false, &[])).unwrap();
+    let warnings = h.host().warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].starts_with("unable to detach USB/IP device 1-1.2 from 192.0.2.10 (port 0): "),
@@ -449,9 +384,10 @@ fn an_unreadable_port_list_attaches_everything_and_detaches_nothing() {
     let h = scripted(NO_PORTS);
     let host = h.host();
     host.on_command(&["usbip", "port"], Reply::fail(1, VHCI_NOT_LOADED));
-    preset(&h, &config(true, &[target("192.0.2.10", "1-1.2")]));
+    h.host()
+        .set_saved_config(&config(true, &[target("192.0.2.10", "1-1.2")]));
     let new = config(true, &[target("usb-server.lan", "2-3.4.1")]);
-    put_config(&h, &new).unwrap();
+    h.put_config(&new).unwrap();
     assert_eq!(
         host.commands(),
         [modprobe(), port(), attach("usb-server.lan", "2-3.4.1")]
@@ -470,8 +406,11 @@ fn a_failing_modprobe_changes_nothing() {
             "modprobe: FATAL: Module vhci-hcd not found in directory /lib/modules/6.12.0",
         ),
     );
-    preset(&h, &config(true, &[target("192.0.2.10", "1-1.2")]));
-    let err = put_config(&h, &config(true, &[target("usb-server.lan", "2-3.4.1")])).unwrap_err();
+    h.host()
+        .set_saved_config(&config(true, &[target("192.0.2.10", "1-1.2")]));
+    let err = h
+        .put_config(&config(true, &[target("usb-server.lan", "2-3.4.1")]))
+        .unwrap_err();
     assert_eq!(
         (err.status, err.message.as_str()),
         (
@@ -492,7 +431,9 @@ fn a_failing_save_is_undone() {
     let host = h.host();
     host.on_command_times(&["usbip", "port"], 1, Reply::ok(NO_PORTS));
     host.fail_next_save("disk full");
-    let err = put_config(&h, &config(true, &[target("192.0.2.10", "1-1.2")])).unwrap_err();
+    let err = h
+        .put_config(&config(true, &[target("192.0.2.10", "1-1.2")]))
+        .unwrap_err();
     assert_eq!((err.status, err.message.as_str()), (500, "disk full"));
     assert_eq!(
         host.commands(),
@@ -512,13 +453,10 @@ fn a_failing_save_is_undone() {
 fn boot_start_attaches_what_is_missing_and_stop_does_nothing() {
     let h = scripted(PORTS);
     let host = h.host();
-    preset(
-        &h,
-        &config(
-            true,
-            &[target("192.0.2.10", "1-1.2"), target("192.0.2.11", "1-1")],
-        ),
-    );
+    h.host().set_saved_config(&config(
+        true,
+        &[target("192.0.2.10", "1-1.2"), target("192.0.2.11", "1-1")],
+    ));
     h.start().unwrap();
     assert_eq!(
         host.commands(),
@@ -534,7 +472,8 @@ fn boot_start_attaches_what_is_missing_and_stop_does_nothing() {
 #[test]
 fn boot_start_does_nothing_when_disabled() {
     let h = scripted(PORTS);
-    preset(&h, &config(false, &[target("192.0.2.10", "1-1.2")]));
+    h.host()
+        .set_saved_config(&config(false, &[target("192.0.2.10", "1-1.2")]));
     h.start().unwrap();
     assert!(h.host().commands().is_empty());
 }
