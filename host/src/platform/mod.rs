@@ -12,6 +12,7 @@ pub mod socket;
 pub mod systemd;
 pub mod systemd_dbus;
 pub mod uploads;
+pub mod watch;
 
 use std::sync::Arc;
 

@@ -6,12 +6,14 @@
 //! Uptime is the kernel's uptime at start plus the time elapsed since.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::platform::files::RootFs;
 use crate::platform::kernel::KernelFiles;
+use crate::platform::watch::DirWatch;
 
 /// `NAME` and `IMAGE_VERSION` from `/lib/os-release`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,18 +124,42 @@ pub struct Environment {
 #[derive(Debug, Clone)]
 pub struct SystemInfo {
     fs: RootFs,
-    kernel: KernelFiles,
     os: OsRelease,
     uptime_at_start: Result<f64, String>,
     started: Instant,
+    product_uuid: Option<String>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+/// What `GET /1.0` last read from files, and the watch that says when to read again.
+#[derive(Debug)]
+struct Seen {
+    watch: DirWatch,
+    values: Option<Identity>,
+}
+
+#[derive(Debug, Clone)]
+struct Identity {
+    machine_id: Result<String, String>,
+    alternate: Option<String>,
 }
 
 impl SystemInfo {
     pub fn read(root: &Path, kernel: &KernelFiles, os: OsRelease) -> SystemInfo {
         let fs = RootFs::new(root);
+        // Where the machine id and the boot images live, as real paths (a watch only tells
+        // when to read again; the reads themselves stay inside the root).
+        let watched = ["etc", "boot/EFI/Linux"]
+            .iter()
+            .map(|d| root.join(d))
+            .collect();
         SystemInfo {
+            seen: Arc::new(Mutex::new(Seen {
+                watch: DirWatch::new(watched),
+                values: None,
+            })),
             uptime_at_start: read_uptime(kernel),
-            kernel: kernel.clone(),
+            product_uuid: read_product_uuid(kernel),
             started: Instant::now(),
             fs,
             os,
@@ -149,18 +175,40 @@ impl SystemInfo {
     /// directory.
     pub fn environment(&self, next_release: &str, ready: bool) -> Result<Environment, String> {
         let uptime = self.uptime_at_start.clone()? + self.started.elapsed().as_secs_f64();
-        let machine_id = read_machine_id(&self.fs)?;
-        let hostname = read_product_uuid(&self.kernel).unwrap_or_else(|| machine_id.clone());
+        let Identity {
+            machine_id,
+            alternate,
+        } = self.identity();
+        let machine_id = machine_id?;
+        let hostname = self
+            .product_uuid
+            .clone()
+            .unwrap_or_else(|| machine_id.clone());
         Ok(Environment {
             hostname,
             machine_id,
             os_name: self.os.name.clone(),
             os_version: self.os.version.clone(),
-            os_version_alternate: alternate_version(&self.fs, &self.os),
+            os_version_alternate: alternate,
             os_version_next: next_release.to_string(),
             system_is_ready: ready,
             uptime: uptime as u64,
         })
+    }
+
+    /// The machine id and the other boot image, as they are now: read
+    /// again whenever their directories changed since the last request (an inotify watch
+    /// answers that with one non-blocking read), so a change shows on the next request
+    /// without every request reading three files.
+    fn identity(&self) -> Identity {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.watch.changed() || seen.values.is_none() {
+            seen.values = Some(Identity {
+                machine_id: read_machine_id(&self.fs),
+                alternate: alternate_version(&self.fs, &self.os),
+            });
+        }
+        seen.values.clone().expect("just read")
     }
 }
 
@@ -209,15 +257,21 @@ mod tests {
             "202512010000"
         );
 
-        // Read per request: a product UUID appearing after start is the hostname at once.
+        // The system UUID is firmware's (it cannot change while the system runs): read
+        // at start, and the hostname when there is one.
         fs.write(
             "/sys/class/dmi/id/product_uuid",
             b"4c4c4544-0044-4810-8052-b4c04f4e3432\n",
             0o400,
         )
         .unwrap();
+        let with_uuid = SystemInfo::read(
+            dir.path(),
+            &KernelFiles::under(dir.path()),
+            info.os().clone(),
+        );
         assert_eq!(
-            info.environment("", true).unwrap().hostname,
+            with_uuid.environment("", true).unwrap().hostname,
             "4c4c4544-0044-4810-8052-b4c04f4e3432"
         );
         fs.remove("/boot/EFI/Linux/IncusOS_202510010000.efi")
