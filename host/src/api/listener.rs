@@ -185,7 +185,9 @@ async fn connection(
 struct StallTimeout {
     inner: Incoming,
     limit: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made the first time a read finds no data (most requests have no body, or one that
+    /// is already there: they never pay for a timer).
+    timer: Option<Pin<Box<Sleep>>>,
     /// Whether `timer` runs: it starts when a read finds no data, and stops when data comes.
     armed: bool,
 }
@@ -195,7 +197,7 @@ impl StallTimeout {
         StallTimeout {
             inner,
             limit,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
             armed: false,
         }
     }
@@ -221,12 +223,15 @@ impl http_body::Body for StallTimeout {
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
+                let deadline = Instant::now() + this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.armed {
                     this.armed = true;
-                    let deadline = Instant::now() + this.limit;
-                    this.timer.as_mut().reset(deadline);
+                    timer.as_mut().reset(deadline);
                 }
-                match this.timer.as_mut().poll(cx) {
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         Poll::Ready(Some(Err(Stalled(this.limit.as_secs_f64()).into())))
                     }
