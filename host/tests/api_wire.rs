@@ -553,15 +553,33 @@ async fn info_reads_per_request_in_upstreams_key_order() {
         b"fedcba9876543210fedcba9876543210\n",
     )
     .unwrap();
-    let text = get(&r, "/1.0").await.text();
+    // Changes show once the daemon's watcher thread ran (microseconds).
+    let mut text = get(&r, "/1.0").await.text();
+    for _ in 0..2000 {
+        if text.contains("fedcba9876543210fedcba9876543210")
+            && text.contains("202512010000\",\"os_version_next")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        text = get(&r, "/1.0").await.text();
+    }
     assert!(
         text.contains(r#""machine_id":"fedcba9876543210fedcba9876543210","os_name":"IncusOS","os_version":"202511041601","os_version_alternate":"202512010000","os_version_next":"202512010000","system_is_ready":true,"#),
         "{text}"
     );
     // A machine id broken after start is upstream's 500.
     std::fs::write(root.join("etc/machine-id"), b"short\n").unwrap();
+    let mut answer = get(&r, "/1.0").await;
+    for _ in 0..2000 {
+        if answer.status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        answer = get(&r, "/1.0").await;
+    }
     assert_eq!(
-        get(&r, "/1.0").await.error(),
+        answer.error(),
         (500, "invalid length for a machine-id".into())
     );
 }

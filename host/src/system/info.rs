@@ -197,9 +197,8 @@ impl SystemInfo {
     }
 
     /// The machine id and the other boot image, as they are now: read
-    /// again whenever their directories changed since the last request (an inotify watch
-    /// answers that with one non-blocking read), so a change shows on the next request
-    /// without every request reading three files.
+    /// again whenever their directories changed (an inotify watcher raises a flag), so a
+    /// change shows within microseconds without every request reading the files.
     fn identity(&self) -> Identity {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.watch.changed() || seen.values.is_none() {
@@ -215,6 +214,19 @@ impl SystemInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `f()` once it satisfies `ok` (changes show once the watcher thread ran), else its
+    /// last value after 2 s.
+    fn eventually<T>(f: impl Fn() -> T, ok: impl Fn(&T) -> bool) -> T {
+        let until = Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let v = f();
+            if ok(&v) || Instant::now() > until {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
 
     #[test]
     fn os_release_values_are_unquoted() {
@@ -274,10 +286,14 @@ mod tests {
             with_uuid.environment("", true).unwrap().hostname,
             "4c4c4544-0044-4810-8052-b4c04f4e3432"
         );
+        // Changes after start show (once the watcher ran: microseconds).
         fs.remove("/boot/EFI/Linux/IncusOS_202510010000.efi")
             .unwrap();
         assert_eq!(
-            info.environment("", true).unwrap().os_version_alternate,
+            eventually(
+                || info.environment("", true).unwrap().os_version_alternate,
+                Option::is_none
+            ),
             None
         );
     }
@@ -298,9 +314,10 @@ mod tests {
             "invalid length for a machine-id"
         );
         fs.remove("/etc/machine-id").unwrap();
-        assert_eq!(
-            info.environment("", false).unwrap_err(),
-            "open /etc/machine-id: no such file or directory"
+        let err = eventually(
+            || info.environment("", false).unwrap_err(),
+            |e| e != "invalid length for a machine-id",
         );
+        assert_eq!(err, "open /etc/machine-id: no such file or directory");
     }
 }
