@@ -357,9 +357,51 @@ pub fn first_duplicate<'a, T, K: PartialEq>(
         .find_map(|(i, k)| keys[..i].iter().position(|o| o == k).map(|j| (i, j)))
 }
 
+/// Checks a list of entries: each with `check` (its error becomes `<what> <i>: <error>`),
+/// then that no two share a `key` (`<what> <i>: duplicate of <what> <j>`). The first
+/// problem found is the error.
+pub fn entries<'a, T, K: PartialEq>(
+    items: &'a [T],
+    what: &str,
+    check: impl Fn(&'a T) -> Result<(), String>,
+    key: impl Fn(&'a T) -> K,
+) -> Result<(), String> {
+    for (i, item) in items.iter().enumerate() {
+        check(item).map_err(|e| format!("{what} {i}: {e}"))?;
+    }
+    match first_duplicate(items, key) {
+        Some((i, j)) => Err(format!("{what} {i}: duplicate of {what} {j}")),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_are_checked_one_by_one_then_for_duplicates() {
+        let check = |n: &u32| {
+            if *n > 9 {
+                Err(format!("{n} is too big"))
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(entries(&[1, 2, 3], "number", check, |n| *n), Ok(()));
+        assert_eq!(
+            entries(&[1, 2, 1, 12], "number", check, |n| *n),
+            Err("number 3: 12 is too big".to_string())
+        );
+        assert_eq!(
+            entries(&[1, 2, 1], "number", check, |n| *n),
+            Err("number 2: duplicate of number 0".to_string())
+        );
+        assert_eq!(
+            entries(&[1, 11], "number", check, |n| *n % 10),
+            Err("number 1: 11 is too big".to_string())
+        );
+    }
 
     #[test]
     fn host_names_and_endpoints() {

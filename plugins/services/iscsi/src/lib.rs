@@ -160,17 +160,10 @@ impl Service for Iscsi {
 
     fn validate(&self, config: &Config) -> Result<()> {
         validate::config_strings(config, &[]).map_err(Error::bad_request)?;
-        for (i, t) in config.targets.iter().enumerate() {
-            check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
-        }
-        if let Some((i, j)) =
-            validate::first_duplicate(&config.targets, |t| (t.target.as_str(), t.portal()))
-        {
-            return Err(Error::bad_request(format!(
-                "target {i}: duplicate of target {j}"
-            )));
-        }
-        Ok(())
+        validate::entries(&config.targets, "target", check_target, |t| {
+            (t.target.as_str(), t.portal())
+        })
+        .map_err(Error::bad_request)
     }
 
     fn enabled(config: &Config) -> bool {

@@ -356,15 +356,8 @@ impl Service for Nvme {
 
     fn validate(&self, config: &Config) -> Result<()> {
         validate::config_strings(config, &[]).map_err(Error::bad_request)?;
-        for (i, t) in config.targets.iter().enumerate() {
-            check_target(t).map_err(|e| Error::bad_request(format!("target {i}: {e}")))?;
-        }
-        if let Some((i, j)) = validate::first_duplicate(&config.targets, |t| t) {
-            return Err(Error::bad_request(format!(
-                "target {i}: duplicate of target {j}"
-            )));
-        }
-        Ok(())
+        validate::entries(&config.targets, "target", check_target, |t| t)
+            .map_err(Error::bad_request)
     }
 
     /// Upstream's Start.
