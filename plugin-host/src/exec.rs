@@ -1,7 +1,10 @@
 //! Running commands with a timeout, output captured.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::PlatformError;
@@ -85,8 +88,10 @@ pub fn run_with_timeout(
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| PlatformError("empty command".into()))?;
+    // Its own process group, so a timeout kills what it started too.
     let mut child = Command::new(prog)
         .args(args)
+        .process_group(0)
         .stdin(if stdin.is_empty() {
             Stdio::null()
         } else {
@@ -103,23 +108,15 @@ pub fn run_with_timeout(
             let _ = input.write_all(&data);
         });
     }
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let out = collect(child.stdout.take().expect("piped"), done_tx.clone());
+    let err = collect(child.stderr.take().expect("piped"), done_tx);
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if Instant::now() >= deadline => {
+                kill_group(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(timed_out(argv, timeout));
@@ -128,11 +125,54 @@ pub fn run_with_timeout(
             Err(e) => return Err(PlatformError(format!("waiting for {prog}: {e}"))),
         }
     };
+    // The output ends when every holder of the pipes closed them; a process the command
+    // left running in the background may hold them on: wait at most until the deadline,
+    // then answer with what was read.
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let take =
+        |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(Output {
         status: status.code().unwrap_or(-1),
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        stdout: take(&out),
+        stderr: take(&err),
     })
+}
+
+/// Reads `pipe` to its end on a thread, into a buffer the caller can take at any time;
+/// `done` is sent at the end.
+fn collect(mut pipe: impl Read + Send + 'static, done: Sender<()>) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let theirs = buf.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => theirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = done.send(());
+    });
+    buf
+}
+
+/// SIGKILL to the process group `pgid` (a command started with `process_group(0)`).
+#[allow(unsafe_code)] // audited: kill(2) with a negative pid and a constant signal
+fn kill_group(pgid: u32) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        // SAFETY: a plain system call on integers.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +214,38 @@ mod tests {
         assert!(
             e.0.starts_with("Failed to run: /nonexistent/tool -x:"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_background_child_holding_the_output_does_not_outlive_the_timeout() {
+        let t = Instant::now();
+        let o = run_with_timeout(
+            &argv(&["sh", "-c", "echo started; sleep 30 & exit 0"]),
+            b"",
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!((o.status, o.stdout.as_slice()), (0, &b"started\n"[..]));
+    }
+
+    #[test]
+    fn a_timeout_kills_what_the_command_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        let script = format!("(sleep 1; touch {}) & sleep 30", marker.display());
+        let e = run_with_timeout(
+            &argv(&["sh", "-c", &script]),
+            b"",
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("timed out"), "{e}");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !marker.exists(),
+            "the background child survived the timeout"
         );
     }
 }

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use plugin_api::sdk::NOT_SUPPORTED;
 use plugin_api::{Hook, Kind};
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -21,8 +22,6 @@ use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, App, AppState};
 use crate::platform::uploads;
 use crate::plugins::Plugin;
-
-const NOT_SUPPORTED: &str = "not supported";
 
 /// Upstream's application verbs this daemon does not implement itself (a plugin may serve
 /// them as declared routes). Like every application verb, they check the method first.

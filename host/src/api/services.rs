@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
+use plugin_api::sdk::RESET_NOT_SUPPORTED;
 use plugin_api::{Hook, Kind};
 
 use super::body::{read_json, require_entity};
@@ -14,9 +15,6 @@ use super::response::{empty, sync, sync_raw};
 use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, App, AppState};
 use crate::plugins::Plugin;
-
-/// The upstream error text for services without reset.
-const RESET_NOT_SUPPORTED: &str = "reset isn't supported by this service";
 
 /// A service plugin that is usable now (its required application, if any, installed).
 fn usable(app: &App, plugin: &Plugin) -> bool {
