@@ -114,9 +114,9 @@ pub enum Run {
 #[derive(Debug, Clone)]
 struct Degraded {
     reason: String,
-    /// The call whose end clears it (a call that timed out); `None`: it stays until the
-    /// daemon restarts (a panic, a crash in a start hook).
-    cleared_by: Option<u64>,
+    /// The calls that timed out and are still running: it clears once the last of them
+    /// ended. `None`: it stays until the daemon restarts (a panic, a crash in a start hook).
+    cleared_by: Option<std::collections::BTreeSet<u64>>,
 }
 
 type Health = Arc<Mutex<Option<Degraded>>>;
@@ -128,11 +128,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Marks a plugin degraded. A lasting reason is not replaced by a passing one.
 fn mark_degraded(health: &Health, plugin: &str, reason: String, cleared_by: Option<u64>) {
     let mut h = lock(health);
-    if h.as_ref().is_some_and(|d| d.cleared_by.is_none()) && cleared_by.is_some() {
-        return;
-    }
     tracing::error!(plugin, reason = %reason, "plugin degraded");
-    *h = Some(Degraded { reason, cleared_by });
+    match (h.as_mut(), cleared_by) {
+        // A lasting reason stays.
+        (Some(d), Some(_)) if d.cleared_by.is_none() => {}
+        // Another stuck call: the plugin recovers only once every one of them ended.
+        (
+            Some(Degraded {
+                reason: r,
+                cleared_by: Some(calls),
+            }),
+            Some(call),
+        ) => {
+            calls.insert(call);
+            *r = reason;
+        }
+        (_, cleared_by) => {
+            *h = Some(Degraded {
+                reason,
+                cleared_by: cleared_by.map(|c| std::collections::BTreeSet::from([c])),
+            })
+        }
+    }
 }
 
 /// How a call that timed out ended later: the plugin recovers unless it panicked.
@@ -148,7 +165,14 @@ fn late_end<T>(health: &Health, plugin: &str, op: &str, call: u64, r: &RResult<T
         RResult::ROk(_) => tracing::info!(plugin, op, "a call that timed out finished later"),
     }
     let mut h = lock(health);
-    if h.as_ref().is_some_and(|d| d.cleared_by == Some(call)) {
+    let last = h
+        .as_mut()
+        .and_then(|d| d.cleared_by.as_mut())
+        .is_some_and(|calls| {
+            calls.remove(&call);
+            calls.is_empty()
+        });
+    if last {
         *h = None;
         tracing::info!(plugin, "plugin recovered");
     }
@@ -275,10 +299,11 @@ impl Plugin {
                 ),
             )
         })?;
-        let limit = self.timeouts.change;
+        // One deadline for both waits: for the plugin to have started, then for its turn.
+        let until = tokio::time::Instant::now() + self.timeouts.change;
         let mut run = self.run.subscribe();
-        let started = tokio::time::timeout(
-            limit,
+        let started = tokio::time::timeout_at(
+            until,
             run.wait_for(|r| !matches!(r, Run::Pending | Run::Starting)),
         )
         .await
@@ -292,7 +317,7 @@ impl Plugin {
             ));
         }
         self.refuse_if_stopped(op)?;
-        let guard = tokio::time::timeout(limit, self.mutate.clone().lock_owned())
+        let guard = tokio::time::timeout_at(until, self.mutate.clone().lock_owned())
             .await
             .map_err(|_| {
                 refused(
@@ -898,6 +923,10 @@ impl Registry {
                     .min(p.timeouts.change)
             };
             let waited = limit();
+            if waited.is_zero() {
+                tracing::error!(plugin = %p.name(), "stop skipped: the shutdown budget is spent");
+                continue;
+            }
             let Ok(lock) = tokio::time::timeout(waited, p.mutate.clone().lock_owned()).await else {
                 tracing::error!(
                     plugin = %p.name(),
@@ -914,5 +943,39 @@ impl Registry {
                 Err(e) => tracing::error!(plugin = %p.name(), error = %e.message, "stop failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
+
+    #[test]
+    fn a_plugin_recovers_only_once_every_stuck_call_ended() {
+        let health: Health = Arc::default();
+        mark_degraded(&health, "p", "'get' did not finish".into(), Some(1));
+        mark_degraded(&health, "p", "'get' did not finish".into(), Some(2));
+        late_end(&health, "p", "get", 2, &ok());
+        assert!(lock(&health).is_some(), "call 1 still holds a thread");
+        late_end(&health, "p", "get", 1, &ok());
+        assert!(lock(&health).is_none());
+    }
+
+    #[test]
+    fn a_lasting_reason_is_not_cleared_by_a_late_end() {
+        let health: Health = Arc::default();
+        mark_degraded(&health, "p", "'get' did not finish".into(), Some(1));
+        mark_degraded(&health, "p", "plugin panicked in put".into(), None);
+        mark_degraded(&health, "p", "'get' did not finish".into(), Some(2));
+        late_end(&health, "p", "get", 1, &ok());
+        late_end(&health, "p", "get", 2, &ok());
+        assert_eq!(
+            lock(&health).as_ref().map(|d| d.reason.as_str()),
+            Some("plugin panicked in put")
+        );
     }
 }
