@@ -424,6 +424,7 @@ impl RootFs {
             Err(e) if not_found(&e) => return Ok(0),
             Err(e) => return Err(io_err("clean", os_path)(e)),
         };
+        self.check_resolved(os_path, root.as_fd(), dir.as_fd(), Some(name), false)?;
         remove_temp_files_under(dir.as_fd(), Some(name), false).map_err(io_err("clean", os_path))
     }
 }

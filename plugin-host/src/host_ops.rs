@@ -118,6 +118,18 @@ fn to_r<T, E: std::fmt::Display>(r: Result<T, E>) -> RResult<T, PluginError> {
     r.map_err(err).into()
 }
 
+/// The ABI operation a platform action stands for (the reverse of [`unit_action`]).
+pub fn abi_unit_op(action: UnitAction) -> UnitOp {
+    match action {
+        UnitAction::Start => UnitOp::Start,
+        UnitAction::Stop => UnitOp::Stop,
+        UnitAction::Restart => UnitOp::Restart,
+        UnitAction::Reload => UnitOp::Reload,
+        UnitAction::ActiveState => UnitOp::ActiveState,
+        UnitAction::Kill => UnitOp::Kill,
+    }
+}
+
 /// The platform's unit action for an ABI operation (`None` for daemon-reload).
 pub fn unit_action(op: UnitOp) -> Option<UnitAction> {
     Some(match op {
@@ -308,6 +320,15 @@ mod tests {
                 log: Arc::new(TracingLog),
             },
         )
+    }
+
+    #[test]
+    fn unit_actions_and_abi_operations_convert_both_ways() {
+        use UnitAction::*;
+        for a in [Start, Stop, Restart, Reload, ActiveState, Kill] {
+            assert_eq!(unit_action(abi_unit_op(a)), Some(a));
+        }
+        assert_eq!(unit_action(UnitOp::DaemonReload), None);
     }
 
     #[test]

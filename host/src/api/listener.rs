@@ -58,7 +58,7 @@ impl Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             max_connections: half.clamp(1, MAX_CONNECTIONS),
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: crate::lifecycle::DRAIN_DEADLINE,
         }
     }
 

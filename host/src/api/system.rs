@@ -92,11 +92,9 @@ pub async fn logging(State(app): State<AppState>, method: Method, body: Body) ->
                 ApiError::bad_request("invalid request body: missing field `config`")
             })?;
             logging::validate(&config).map_err(ApiError::bad_request)?;
-            let store = app.store.clone();
+            let app2 = app.clone();
             let save = move |c: &LoggingConfig| {
-                let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-                store
-                    .update(|d| d.system.logging = c.clone())
+                app2.with_state(|s| s.update(|d| d.system.logging = c.clone()))
                     .map_err(|e| e.to_string())
             };
             logging::change(app.root.clone(), app.platform.clone(), config, save)

@@ -175,10 +175,7 @@ impl Daemon {
         let (stop, mut stopped) = watch::channel(false);
         let router = api::router(app.clone());
         let server = tokio::spawn(async move {
-            let limits = api::listener::Limits {
-                shutdown_grace: DRAIN_DEADLINE,
-                ..api::listener::Limits::for_this_process()
-            };
+            let limits = api::listener::Limits::for_this_process();
             api::listener::serve(listener, router, limits, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })

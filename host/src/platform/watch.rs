@@ -94,7 +94,9 @@ fn watch(dirs: Vec<PathBuf>, mut fd: OwnedFd, shared: Arc<Shared>) {
         if n <= 0 {
             continue;
         }
-        drain(&fd);
+        if !drain(&fd) {
+            continue;
+        }
         match arm(&dirs) {
             Some(new) => fd = new,
             None => {

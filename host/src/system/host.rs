@@ -11,9 +11,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use plugin_api::abi::LogLevel;
 use plugin_api::sdk::Host;
-use plugin_host::{Adapters, LogSink, PlatformError, PluginHost, StateSlot};
+use plugin_host::{Adapters, PlatformError, PluginHost, StateSlot, TracingLog};
 use serde_json::Value;
 
 use crate::platform::files::RootFs;
@@ -47,21 +46,6 @@ fn no_slot(owner: &str) -> PlatformError {
     ))
 }
 
-/// Log lines as `tracing` events with a `subsystem` field.
-struct SubsystemLog;
-
-impl LogSink for SubsystemLog {
-    fn log(&self, subsystem: &str, level: LogLevel, message: &str) {
-        match level {
-            LogLevel::Error => tracing::error!(subsystem, "{message}"),
-            LogLevel::Warn => tracing::warn!(subsystem, "{message}"),
-            LogLevel::Info => tracing::info!(subsystem, "{message}"),
-            LogLevel::Debug => tracing::debug!(subsystem, "{message}"),
-            LogLevel::Trace => tracing::trace!(subsystem, "{message}"),
-        }
-    }
-}
-
 /// The SDK host for `subsystem`: files under `root` (writes limited to its paths), the
 /// platform's units and commands (offline under a dev root, as for plugins).
 pub fn handle(root: &Path, platform: &Platform, subsystem: &Subsystem) -> Host {
@@ -71,7 +55,8 @@ pub fn handle(root: &Path, platform: &Platform, subsystem: &Subsystem) -> Host {
         units: platform.units.clone(),
         commands: platform.commands.clone(),
         state: Arc::new(NoSlot),
-        log: Arc::new(SubsystemLog),
+        // Tagged like plugins' lines: `plugin=incus-osd/<subsystem>`.
+        log: Arc::new(TracingLog),
     };
     let name = format!("{NAME}/{}", subsystem.name);
     Host::from_handle(PluginHost::handle(&name, adapters))

@@ -567,21 +567,9 @@ impl Files for HarnessHost {
     }
 }
 
-/// The ABI operation a platform action stands for (what the harness records).
-fn abi_op(action: UnitAction) -> UnitOp {
-    match action {
-        UnitAction::Start => UnitOp::Start,
-        UnitAction::Stop => UnitOp::Stop,
-        UnitAction::Restart => UnitOp::Restart,
-        UnitAction::Reload => UnitOp::Reload,
-        UnitAction::ActiveState => UnitOp::ActiveState,
-        UnitAction::Kill => UnitOp::Kill,
-    }
-}
-
 impl Units for HarnessHost {
     fn unit(&self, action: UnitAction, unit: &str) -> Result<String, PlatformError> {
-        let op = abi_op(action);
+        let op = plugin_host::host_ops::abi_unit_op(action);
         let unit = unit.to_string();
         let mut r = self.record();
         let call = UnitCall {
