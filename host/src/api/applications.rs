@@ -272,24 +272,23 @@ const RESTORE_CHUNK: usize = 64 * 1024;
 /// chunk by chunk. An upload that breaks off never reaches the plugin.
 async fn restore(app: &App, plugin: &Plugin, body: Body) -> ApiResult {
     let mut file = spool(app, body).await?;
-    let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let feeder = tokio::spawn(async move {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(8);
+    tokio::spawn(async move {
         loop {
             let mut buf = BytesMut::with_capacity(RESTORE_CHUNK);
-            let n = file
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| format!("cannot read the stored archive: {e}"))?;
-            if n == 0 || tx.send(buf.freeze()).await.is_err() {
-                // The end, or the plugin stopped reading.
-                return Ok::<(), String>(());
+            let chunk = match file.read_buf(&mut buf).await {
+                Ok(0) => return, // the end
+                Ok(_) => Ok(buf.freeze()),
+                // The plugin's read fails with it: nothing cut off is restored.
+                Err(e) => Err(format!("cannot read the stored archive: {e}")),
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return; // the plugin stopped reading, or it was told
             }
         }
     });
-    let result = plugin.restore(rx).await;
-    let fed = feeder.await.unwrap_or_else(|e| Err(e.to_string()));
-    result?;
-    fed.map_err(ApiError::internal)?;
+    plugin.restore(rx).await?;
     Ok(empty())
 }
 

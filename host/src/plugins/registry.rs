@@ -529,7 +529,10 @@ impl Plugin {
     }
 
     /// Restores from a stream of chunks (a change).
-    pub async fn restore(&self, chunks: mpsc::Receiver<Bytes>) -> Result<(), CallError> {
+    pub async fn restore(
+        &self,
+        chunks: mpsc::Receiver<Result<Bytes, String>>,
+    ) -> Result<(), CallError> {
         let held = self.admit_change("restore").await?;
         self.run(
             "restore",
@@ -627,8 +630,10 @@ impl ByteSink for ChannelSink {
     }
 }
 
+/// The archive a restore reads. A feeder that fails sends an error: the plugin's read fails
+/// with it, so a cut-off archive is never taken for a whole one.
 struct ChannelSource {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Result<Bytes, String>>,
     current: Bytes,
 }
 
@@ -636,7 +641,8 @@ impl ByteSource for ChannelSource {
     fn read(&mut self, mut buf: RSliceMut<'_, u8>) -> RResult<usize, PluginError> {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return RResult::RErr(PluginError::new(500, e)),
                 None => return RResult::ROk(0),
             }
         }
@@ -952,6 +958,28 @@ mod tests {
 
     fn ok() -> RResult<(), PluginError> {
         RResult::ROk(())
+    }
+
+    #[test]
+    fn a_feeder_error_fails_the_read_instead_of_ending_the_archive() {
+        let (tx, rx) = mpsc::channel(4);
+        tx.try_send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        tx.try_send(Err("cannot read the stored archive: EIO".into()))
+            .unwrap();
+        drop(tx);
+        let mut source = ChannelSource {
+            rx,
+            current: Bytes::new(),
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(source.read(RSliceMut::from_mut_slice(&mut buf)).unwrap(), 3);
+        let e = source
+            .read(RSliceMut::from_mut_slice(&mut buf))
+            .unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (500, "cannot read the stored archive: EIO")
+        );
     }
 
     #[test]
