@@ -292,6 +292,9 @@ async fn restore(app: &App, plugin: &Plugin, body: Body) -> ApiResult {
     Ok(empty())
 }
 
+/// How much of an upload is written between two free-space checks.
+const ROOM_CHECK: usize = 4 << 20;
+
 /// Writes the request body to an anonymous file under the state directory (0600, gone once
 /// dropped) and returns it rewound.
 async fn spool(app: &App, body: Body) -> Result<tokio::fs::File, ApiError> {
@@ -301,11 +304,24 @@ async fn spool(app: &App, body: Body) -> Result<tokio::fs::File, ApiError> {
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(stored)?;
+    let check = file.try_clone().map_err(stored)?;
     let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
+    let mut since_check = 0usize;
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        // Every few MiB: an upload never fills the state disk (the file goes with the error).
+        since_check += chunk.len();
+        if since_check >= ROOM_CHECK {
+            since_check = 0;
+            if !uploads::has_room(&check).map_err(stored)? {
+                return Err(ApiError::new(
+                    507,
+                    "not enough free space on the state disk to store the archive",
+                ));
+            }
+        }
         file.write_all(&chunk).await.map_err(stored)?;
     }
     file.flush().await.map_err(stored)?;

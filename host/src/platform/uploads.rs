@@ -22,6 +22,28 @@ pub fn anonymous_file(dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Room an upload must leave on the state disk: a tenth of it, at most 1 GiB. Uploads are
+/// refused before they eat into it, so the state document and the plugins' files can
+/// still be saved whatever clients send.
+pub fn reserve(total: u64) -> u64 {
+    (total / 10).min(1 << 30)
+}
+
+/// Whether the filesystem holding `file` still has more than the [`reserve`] free.
+#[allow(unsafe_code)] // audited: fstatvfs into a zeroed struct we own, on a descriptor we hold
+pub fn has_room(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statvfs is plain data; fstatvfs fills it for a valid descriptor.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a struct that outlives the call.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    let (free, total) = (st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize);
+    Ok(free > reserve(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,5 +63,14 @@ mod tests {
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no name left");
+        // This test's disk is not full.
+        assert!(has_room(&f).unwrap());
+    }
+
+    #[test]
+    fn the_reserve_is_a_tenth_of_the_disk_at_most_one_gib() {
+        assert_eq!(reserve(8 << 30), 858_993_459);
+        assert_eq!(reserve(100 << 30), 1 << 30);
+        assert_eq!(reserve(0), 0);
     }
 }
