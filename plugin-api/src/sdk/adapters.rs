@@ -114,6 +114,7 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
     fn put(
         &self,
         input: &[u8],
+        multi_line: &[&str],
         validate: impl FnOnce(&C) -> Result<()>,
         validate_change: impl FnOnce(&C, &C) -> Result<()>,
         update: impl FnOnce(&mut Undo, &C, &C) -> Result<()>,
@@ -122,6 +123,7 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
         let new = body
             .config
             .ok_or_else(|| Error::bad_request("invalid request body: missing field `config`"))?;
+        crate::validate::config_strings(&new, multi_line).map_err(Error::bad_request)?;
         validate(&new)?;
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.config()?;
@@ -240,6 +242,7 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
             Hook::Get => self.cfg.get(T::CONFIG_FIRST, |c| s.state(c)),
             Hook::Put => self.cfg.put(
                 input,
+                T::MULTI_LINE_FIELDS,
                 |c| s.validate(c),
                 |old, new| s.validate_change(old, new),
                 |undo, old, new| s.update(undo, old, new),
@@ -296,6 +299,7 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
             Hook::Get => self.cfg.get(false, |c| a.state(c)),
             Hook::Put => self.cfg.put(
                 input,
+                T::MULTI_LINE_FIELDS,
                 |c| a.validate(c),
                 |old, new| a.validate_change(old, new),
                 |undo, old, new| a.update(undo, old, new),
@@ -351,6 +355,7 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
             Hook::Get => self.cfg.get(false, |c| p.state(c)),
             Hook::Put => self.cfg.put(
                 input,
+                T::MULTI_LINE_FIELDS,
                 |c| p.validate(c),
                 |old, new| p.validate_change(old, new),
                 |undo, old, new| p.update(undo, old, new),

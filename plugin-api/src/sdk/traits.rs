@@ -53,6 +53,12 @@ pub trait Service: Sized + Send + Sync + 'static {
     const START_WEIGHT: i32 = 0;
     /// OS paths this service may write (its files under the root prefix).
     const PATHS: &'static [&'static str] = &[];
+    /// Config fields that may hold several lines (PEM certificates and keys), by their own
+    /// name. Before `validate`, the SDK refuses a PUT whose config has a line break, a NUL
+    /// or another control character in any other string, map keys included (see
+    /// [`crate::validate::config_strings`]): config strings end up in files and command
+    /// lines.
+    const MULTI_LINE_FIELDS: &'static [&'static str] = &[];
     /// Listed and usable only when this application is installed.
     const REQUIRES_APPLICATION: Option<&'static str> = None;
     /// The reset hook, if the service has one: `const RESET: Option<ResetFn<Self>> =
@@ -169,6 +175,12 @@ pub trait Application: Sized + Send + Sync + 'static {
     const DEPENDENCIES: &'static [&'static str] = &[];
     /// OS paths this application may write (its files under the root prefix).
     const PATHS: &'static [&'static str] = &[];
+    /// Config fields that may hold several lines (PEM certificates and keys), by their own
+    /// name. Before `validate`, the SDK refuses a PUT whose config has a line break, a NUL
+    /// or another control character in any other string, map keys included (see
+    /// [`crate::validate::config_strings`]): config strings end up in files and command
+    /// lines.
+    const MULTI_LINE_FIELDS: &'static [&'static str] = &[];
     /// Hooks implemented beyond get/put/start/stop: any of `Hook::Restart`,
     /// `Hook::FactoryReset`, `Hook::Action`, `Hook::Backup` and `Hook::Restore`. The
     /// manifest advertises these; a hook applications do not have is left out.
@@ -256,6 +268,12 @@ pub trait Provider: Sized + Send + Sync + 'static {
     /// and `Hook::CheckUpdate`. The manifest advertises these; a hook providers do not
     /// have is left out.
     const HOOKS: &'static [Hook] = &[];
+    /// Config fields that may hold several lines (PEM certificates and keys), by their own
+    /// name. Before `validate`, the SDK refuses a PUT whose config has a line break, a NUL
+    /// or another control character in any other string, map keys included (see
+    /// [`crate::validate::config_strings`]): config strings end up in files and command
+    /// lines.
+    const MULTI_LINE_FIELDS: &'static [&'static str] = &[];
     /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
     /// What a GET shows beside the config, read live by [`Provider::state`].

@@ -372,7 +372,6 @@ impl Service for Ceph {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (name, cluster) in &config.clusters {
             if !valid_cluster_name(name) {
                 return Err(Error::bad_request(format!(

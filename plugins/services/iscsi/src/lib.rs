@@ -159,7 +159,6 @@ impl Service for Iscsi {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         validate::entries(&config.targets, "target", check_target, |t| {
             (t.target.as_str(), t.portal())
         })

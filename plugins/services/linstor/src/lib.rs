@@ -263,6 +263,7 @@ impl Service for Linstor {
     const NAME: &'static str = "linstor";
     const START_WEIGHT: i32 = 30;
     const PATHS: &'static [&'static str] = &[LINSTOR_DIR, DRBD_CONF, DRBD_DIR];
+    const MULTI_LINE_FIELDS: &'static [&'static str] = &PEM_FIELDS;
     const REQUIRES_APPLICATION: Option<&'static str> = Some("incus-linstor");
 
     type Config = Config;
@@ -277,7 +278,6 @@ impl Service for Linstor {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &PEM_FIELDS).map_err(Error::bad_request)?;
         if !config.listen_address.is_empty() {
             check_listen_address(&config.listen_address).map_err(Error::bad_request)?;
         }

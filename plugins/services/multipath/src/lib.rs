@@ -230,7 +230,6 @@ impl Service for Multipath {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         for (i, wwn) in config.wwns.iter().enumerate() {
             if !valid_wwn(wwn) {
                 return Err(Error::bad_request(format!(

@@ -355,7 +355,6 @@ impl Service for Nvme {
     }
 
     fn validate(&self, config: &Config) -> Result<()> {
-        validate::config_strings(config, &[]).map_err(Error::bad_request)?;
         validate::entries(&config.targets, "target", check_target, |t| t)
             .map_err(Error::bad_request)
     }

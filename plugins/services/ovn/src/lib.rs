@@ -251,6 +251,7 @@ impl Service for Ovn {
     const NAME: &'static str = "ovn";
     const START_WEIGHT: i32 = 80;
     const PATHS: &'static [&'static str] = &[OVS_DEFAULTS, OVN_RUN_DIR, CONTROLLER_UNIT];
+    const MULTI_LINE_FIELDS: &'static [&'static str] = &PEM_FIELDS;
     const RESET: Option<ResetFn<Self>> = Some(Self::reset);
 
     type Config = Config;
@@ -269,7 +270,6 @@ impl Service for Ovn {
     }
 
     fn validate(&self, c: &Config) -> Result<()> {
-        validate::config_strings(c, &PEM_FIELDS).map_err(Error::bad_request)?;
         for remote in list(&c.database) {
             if !validate::ovsdb_remote(remote) {
                 return Err(Error::bad_request(format!(

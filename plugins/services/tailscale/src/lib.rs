@@ -290,7 +290,6 @@ fn valid_service_name(name: &str) -> bool {
 }
 
 fn check(config: &Config) -> std::result::Result<(), String> {
-    validate::config_strings(config, &[])?;
     // Never quoted: it is a secret.
     if !config.auth_key.is_empty() && !validate::token(&config.auth_key) {
         return Err("auth_key: the auth key contains whitespace".into());
