@@ -152,6 +152,30 @@ fn mark_degraded(health: &Health, plugin: &str, reason: String, cleared_by: Opti
     }
 }
 
+/// A finished call's result, the same way for every call: a crash or a caught panic is a
+/// 500 and leaves the plugin degraded until the daemon restarts.
+fn outcome<T>(
+    health: &Health,
+    plugin: &str,
+    op: &str,
+    joined: Result<RResult<T, PluginError>, tokio::task::JoinError>,
+) -> Result<T, CallError> {
+    match joined {
+        Err(join) => {
+            let why = format!("'{op}' crashed: {join}");
+            mark_degraded(health, plugin, why.clone(), None);
+            Err(refused(500, format!("plugin '{plugin}': {why}")))
+        }
+        Ok(RResult::RErr(e)) => {
+            if e.message.as_str().starts_with(PANIC_PREFIX) {
+                mark_degraded(health, plugin, e.message.to_string(), None);
+            }
+            Err(e.into())
+        }
+        Ok(RResult::ROk(v)) => Ok(v),
+    }
+}
+
 /// How a call that timed out ended later: the plugin recovers unless it panicked.
 fn late_end<T>(health: &Health, plugin: &str, op: &str, call: u64, r: &RResult<T, PluginError>) {
     match r {
@@ -399,20 +423,7 @@ impl Plugin {
                 task.await
             }
         };
-        match joined {
-            Err(join) => {
-                let why = format!("'{op}' crashed: {join}");
-                mark_degraded(&self.health, name, why.clone(), None);
-                Err(refused(500, format!("plugin '{name}': {why}")))
-            }
-            Ok(RResult::RErr(e)) => {
-                if e.message.as_str().starts_with(PANIC_PREFIX) {
-                    mark_degraded(&self.health, name, e.message.to_string(), None);
-                }
-                Err(e.into())
-            }
-            Ok(RResult::ROk(v)) => Ok(v),
-        }
+        outcome(&self.health, name, op, joined)
     }
 
     /// The answer for a call that passed its limit; the plugin is degraded until it ends.
@@ -502,28 +513,22 @@ impl Plugin {
             Err(e) => return (rx, tokio::spawn(async move { Err(e) })),
         };
         let inst = self.instance.clone();
-        let plugin = self.manifest.name.clone();
+        let (plugin, health) = (self.manifest.name.clone(), self.health.clone());
         let task = tokio::task::spawn_blocking(move || {
             let _held = held;
             let mut sink = ChannelSink { tx };
-            let r = inst.backup(
+            inst.backup(
                 RSlice::from_slice(&options),
                 ByteSink_TO::from_ptr(&mut sink, TD_Opaque),
-            );
-            if let RResult::RErr(e) = &r {
-                tracing::warn!(plugin, error = %e.message, "backup failed");
-            }
-            r
+            )
         });
         // No timeout here: an archive may take long to stream; the client sets the pace.
         let handle = tokio::spawn(async move {
-            task.await
-                .map_err(|e| CallError {
-                    status: 500,
-                    message: format!("backup crashed: {e}"),
-                })?
-                .into_result()
-                .map_err(CallError::from)
+            let r = outcome(&health, &plugin, "backup", task.await);
+            if let Err(e) = &r {
+                tracing::warn!(plugin, error = %e.message, "backup failed");
+            }
+            r
         });
         (rx, handle)
     }
@@ -979,6 +984,36 @@ mod tests {
         assert_eq!(
             (e.status, e.message.as_str()),
             (500, "cannot read the stored archive: EIO")
+        );
+    }
+
+    /// Every call's result goes through `outcome` (backups included): a caught panic
+    /// degrades the plugin for good, a plain error does not.
+    #[test]
+    fn a_panic_in_any_call_degrades_the_plugin_and_an_error_does_not() {
+        let health: Health = Arc::default();
+        let err = outcome::<()>(
+            &health,
+            "p",
+            "backup",
+            Ok(RResult::RErr(PluginError::new(500, "disk full"))),
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "disk full");
+        assert!(lock(&health).is_none());
+        let panic = format!("{PANIC_PREFIX} in backup: boom");
+        outcome::<()>(
+            &health,
+            "p",
+            "backup",
+            Ok(RResult::RErr(PluginError::new(500, panic.clone()))),
+        )
+        .unwrap_err();
+        let h = lock(&health);
+        let d = h.as_ref().expect("degraded");
+        assert_eq!(
+            (d.reason.as_str(), d.cleared_by.is_none()),
+            (panic.as_str(), true)
         );
     }
 
