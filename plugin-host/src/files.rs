@@ -24,6 +24,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use crate::sys;
 
@@ -98,6 +99,10 @@ struct Split<'a> {
 pub struct RootFs {
     root: PathBuf,
     writable: Option<Vec<String>>,
+    /// The root directory, opened on first use and kept (clones share it): every operation
+    /// resolves relative to it, and reopening it per call cost a lookup of the whole root
+    /// path each time.
+    opened: Arc<OnceLock<Arc<OwnedFd>>>,
 }
 
 impl RootFs {
@@ -106,6 +111,7 @@ impl RootFs {
         RootFs {
             root: root.into(),
             writable: None,
+            opened: Arc::default(),
         }
     }
 
@@ -114,6 +120,7 @@ impl RootFs {
         RootFs {
             root: root.into(),
             writable: Some(prefixes.to_vec()),
+            opened: Arc::default(),
         }
     }
 
@@ -157,15 +164,20 @@ impl RootFs {
         }
     }
 
-    fn open_root(&self, op: &'static str, os_path: &str) -> Result<OwnedFd, FsError> {
-        sys::open(&self.root, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| FsError::Io {
-            op,
-            path: os_path.to_string(),
-            source: io::Error::new(
-                e.kind(),
-                format!("cannot open the root {}: {e}", self.root.display()),
-            ),
-        })
+    fn open_root(&self, op: &'static str, os_path: &str) -> Result<Arc<OwnedFd>, FsError> {
+        if let Some(fd) = self.opened.get() {
+            return Ok(fd.clone());
+        }
+        let fd =
+            sys::open(&self.root, libc::O_PATH | libc::O_DIRECTORY).map_err(|e| FsError::Io {
+                op,
+                path: os_path.to_string(),
+                source: io::Error::new(
+                    e.kind(),
+                    format!("cannot open the root {}: {e}", self.root.display()),
+                ),
+            })?;
+        Ok(self.opened.get_or_init(|| Arc::new(fd)).clone())
     }
 
     /// Opens `rel` (relative to the root) resolving inside the root.
