@@ -216,6 +216,31 @@ pub trait HostOps: Send + Sync {
         spec: CommandSpec,
         secret_args: RSlice<'_, u32>,
     ) -> RResult<CommandOutput, PluginError>;
+
+    /// Since 1.2. Makes one HTTP request with a body held in memory (each way at most
+    /// [`crate::net::MAX_HTTP_BODY`]). `request` is a [`crate::net::Request`] as JSON;
+    /// `body` is sent as the request body (empty: none). Any status is returned; an error
+    /// means the request could not be made (DNS, connection, TLS, a stall, a body too big).
+    fn http(&self, request: RStr<'_>, body: RSlice<'_, u8>) -> RResult<HttpReply, PluginError>;
+
+    /// Since 1.2. Streams a file to disk: `request` is a [`crate::net::Download`] as JSON,
+    /// the answer a [`crate::net::DownloadResult`] as JSON. The body goes through SHA-256
+    /// and (when asked) gzip to a temporary file next to the target, which replaces the
+    /// target only once the body is complete and its hash matches; on any failure (a
+    /// status other than 200, a wrong hash, a cut-off or corrupt body, a full disk, a
+    /// stall) the target is left as it was. The host reports progress to whoever
+    /// started the operation.
+    fn download(&self, request: RStr<'_>) -> RResult<RString, PluginError>;
+}
+
+/// An HTTP response as [`HostOps::http`] returns it.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct HttpReply {
+    /// A [`crate::net::ResponseHead`] as JSON.
+    pub head: RString,
+    /// The response body.
+    pub body: RVec<u8>,
 }
 
 /// What stands for a secret wherever the host shows a command line or output of

@@ -64,6 +64,8 @@
 pub mod abi;
 mod helpers;
 pub mod manifest;
+pub mod net;
+pub mod provider;
 pub mod sdk;
 mod undo;
 pub mod validate;

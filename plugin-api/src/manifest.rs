@@ -23,6 +23,16 @@ impl Kind {
             Kind::Provider => None,
         }
     }
+
+    /// Where the extra routes of plugin `name` of this kind live (with a trailing `/`):
+    /// `/1.0/services/<name>/`, `/1.0/applications/<name>/`, and for providers
+    /// `/1.0/system/provider/<name>/` (since 1.2).
+    pub fn route_base(self, name: &str) -> String {
+        match self.collection() {
+            Some(c) => format!("/1.0/{c}/{name}/"),
+            None => format!("/1.0/system/provider/{name}/"),
+        }
+    }
 }
 
 /// A hook a plugin implements. Hooks a plugin does not list answer "not supported"
@@ -54,13 +64,26 @@ pub enum Hook {
     Register,
     /// A provider removes this machine's registration.
     Deregister,
-    /// A provider checks for an update.
+    /// Reserved: a provider's update check in 1.0 and 1.1, which no host called. Kept so
+    /// that their manifests still parse; since 1.2 providers answer [`Hook::Lookup`].
     CheckUpdate,
+    /// Since 1.2. A provider refreshes its registration ([`crate::provider::Registration`]
+    /// with a cause).
+    Refresh,
+    /// Since 1.2. A provider forgets what it cached (the index), so the next lookup asks
+    /// the server again.
+    ClearCache,
+    /// Since 1.2. A provider finds the release on offer for a target
+    /// ([`crate::provider::Lookup`]).
+    Lookup,
+    /// Since 1.2. A provider brings a release's files to disk
+    /// ([`crate::provider::FetchOrder`]).
+    Fetch,
 }
 
 impl Hook {
     /// Every hook, in declaration order.
-    pub const ALL: [Hook; 13] = [
+    pub const ALL: [Hook; 17] = [
         Hook::Get,
         Hook::Put,
         Hook::Reset,
@@ -74,6 +97,10 @@ impl Hook {
         Hook::Register,
         Hook::Deregister,
         Hook::CheckUpdate,
+        Hook::Refresh,
+        Hook::ClearCache,
+        Hook::Lookup,
+        Hook::Fetch,
     ];
 
     /// The `invoke` operation name of this hook (also its name in the manifest). This is
@@ -93,6 +120,10 @@ impl Hook {
             Hook::Register => "register",
             Hook::Deregister => "deregister",
             Hook::CheckUpdate => "check-update",
+            Hook::Refresh => "refresh",
+            Hook::ClearCache => "clear-cache",
+            Hook::Lookup => "lookup",
+            Hook::Fetch => "fetch",
         }
     }
 
@@ -289,12 +320,9 @@ impl Manifest {
         if self.kind == Kind::Service && !self.hooks.contains(&Hook::Get) {
             return err("a service must implement the get hook".into());
         }
-        let ns = self
-            .kind
-            .collection()
-            .map(|c| format!("/1.0/{c}/{}/", self.name));
+        let ns = self.kind.route_base(&self.name);
         for r in &self.routes {
-            let inside = ns.as_deref().is_some_and(|ns| r.path.starts_with(ns))
+            let inside = r.path.starts_with(&ns)
                 && !r.path.contains("//")
                 && !r.path.contains("/../")
                 && !r.path.contains('{');

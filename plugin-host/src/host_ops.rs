@@ -9,12 +9,14 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use plugin_api::abi::{
     mask_secrets, mask_secrets_str, secret_values, CommandOutput, CommandSpec, FileKind, FileStat,
-    HostHandle, HostOps, HostOps_TO, LogLevel, PluginError, UnitOp,
+    HostHandle, HostOps, HostOps_TO, HttpReply, LogLevel, PluginError, UnitOp,
 };
+use plugin_api::net::{Download, Request, ResponseHead};
 use serde_json::Value;
 
 use crate::exec::Commands;
 use crate::files::{FsError, RootFs, Stat, StatKind};
+use crate::net::{Net, Progress};
 use crate::units::{valid_unit_name, UnitAction, Units};
 use crate::PlatformError;
 
@@ -88,6 +90,10 @@ pub struct Adapters {
     pub commands: Arc<dyn Commands>,
     pub state: Arc<dyn StateSlot>,
     pub log: Arc<dyn LogSink>,
+    /// HTTP requests and downloads (`NoNet` refuses them).
+    pub net: Arc<dyn Net>,
+    /// Where download progress goes.
+    pub progress: Arc<dyn Progress>,
 }
 
 /// One plugin's view of the host.
@@ -235,6 +241,42 @@ impl HostOps for PluginHost {
     ) -> RResult<CommandOutput, PluginError> {
         self.run_command(spec, secret_args.as_slice())
     }
+
+    fn http(&self, request: RStr<'_>, body: RSlice<'_, u8>) -> RResult<HttpReply, PluginError> {
+        let request: Request = match serde_json::from_str(request.as_str()) {
+            Ok(r) => r,
+            Err(e) => return RResult::RErr(err(format!("invalid HTTP request: {e}"))),
+        };
+        tracing::debug!(plugin = %self.name, method = %request.method, url = %request.url, "http request");
+        match self.a.net.http(&self.name, &request, body.as_slice()) {
+            Ok(resp) => {
+                let head = ResponseHead {
+                    status: resp.status,
+                    headers: resp.headers,
+                };
+                RResult::ROk(HttpReply {
+                    head: RString::from(serde_json::to_string(&head).unwrap_or_default()),
+                    body: RVec::from(resp.body),
+                })
+            }
+            Err(e) => RResult::RErr(err(e)),
+        }
+    }
+
+    fn download(&self, request: RStr<'_>) -> RResult<RString, PluginError> {
+        let download: Download = match serde_json::from_str(request.as_str()) {
+            Ok(r) => r,
+            Err(e) => return RResult::RErr(err(format!("invalid download request: {e}"))),
+        };
+        tracing::info!(plugin = %self.name, url = %download.request.url, target = %download.target, "download");
+        let done = self.a.net.download(
+            &self.name,
+            &download,
+            self.a.files.as_ref(),
+            self.a.progress.as_ref(),
+        );
+        to_r(done.map(|r| RString::from(serde_json::to_string(&r).unwrap_or_default())))
+    }
 }
 
 impl PluginHost {
@@ -318,6 +360,8 @@ mod tests {
                 commands,
                 state: Arc::new(MemState::default()),
                 log: Arc::new(TracingLog),
+                net: Arc::new(crate::net::NoNet),
+                progress: Arc::new(crate::net::NoProgress),
             },
         )
     }

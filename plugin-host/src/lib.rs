@@ -18,6 +18,7 @@ pub mod exec;
 pub mod files;
 pub mod host_ops;
 pub mod loader;
+pub mod net;
 pub mod random;
 mod sys;
 pub mod units;

@@ -51,6 +51,8 @@ pub fn adapters(
         commands: platform.commands.clone(),
         state: Arc::new(StoreSlot(store)),
         log: Arc::new(TracingLog),
+        net: Arc::new(plugin_host::net::NoNet),
+        progress: Arc::new(plugin_host::net::NoProgress),
     }
 }
 

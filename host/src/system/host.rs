@@ -57,6 +57,8 @@ pub fn handle(root: &Path, platform: &Platform, subsystem: &Subsystem) -> Host {
         state: Arc::new(NoSlot),
         // Tagged like plugins' lines: `plugin=incus-osd/<subsystem>`.
         log: Arc::new(TracingLog),
+        net: Arc::new(plugin_host::net::NoNet),
+        progress: Arc::new(plugin_host::net::NoProgress),
     };
     let name = format!("{NAME}/{}", subsystem.name);
     Host::from_handle(PluginHost::handle(&name, adapters))

@@ -18,6 +18,7 @@ use crate::abi::{
     ByteSinkRef, ByteSourceRef, HostHandle, PluginBox, PluginError, PluginOps, PluginOps_TO,
 };
 use crate::manifest::{Hook, RouteRequest};
+use crate::provider::{FetchOrder, FetchResult, Lookup, LookupResult, Registration};
 
 /// Decodes a JSON request body with a clear error (the field path, what was wrong).
 pub fn decode<T: DeserializeOwned>(input: &[u8]) -> Result<T> {
@@ -192,7 +193,10 @@ pub(super) const PROVIDER_HOOKS: &[Hook] = &[
     Hook::Put,
     Hook::Register,
     Hook::Deregister,
-    Hook::CheckUpdate,
+    Hook::Refresh,
+    Hook::ClearCache,
+    Hook::Lookup,
+    Hook::Fetch,
 ];
 
 fn unknown_op(op: &str) -> Error {
@@ -261,7 +265,11 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
             | Hook::Restart
             | Hook::Register
             | Hook::Deregister
-            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::CheckUpdate
+            | Hook::Refresh
+            | Hook::ClearCache
+            | Hook::Lookup
+            | Hook::Fetch => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 s.route(op, req, c)
             }),
         }
@@ -322,7 +330,11 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
             | Hook::Reset
             | Hook::Register
             | Hook::Deregister
-            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::CheckUpdate
+            | Hook::Refresh
+            | Hook::ClearCache
+            | Hook::Lookup
+            | Hook::Fetch => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 a.route(op, req, c)
             }),
         }
@@ -349,7 +361,9 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let p = &self.prov;
         let Some(hook) = Hook::from_op(op) else {
-            return Err(unknown_op(op));
+            return route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                p.route(op, req, c)
+            });
         };
         match hook {
             Hook::Get => self.cfg.get(false, |c| p.state(c)),
@@ -360,19 +374,38 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
                 |old, new| p.validate_change(old, new),
                 |undo, old, new| p.update(undo, old, new),
             ),
-            Hook::Register => self
-                .cfg
-                .with_config(|c| p.register(c))
-                .and_then(|_| empty()),
-            Hook::Deregister => self
-                .cfg
-                .with_config(|c| p.deregister(c))
-                .and_then(|_| empty()),
-            Hook::CheckUpdate => self
-                .cfg
-                .with_config(|c| p.check_update(c))
-                .and_then(|v| encode(&v)),
-            // Not a provider's hooks; providers declare no routes.
+            Hook::Register => {
+                let reg: Registration = decode_or_default(input)?;
+                self.cfg.with_config(|c| p.register(c, &reg))?;
+                empty()
+            }
+            Hook::Refresh => {
+                let reg: Registration = decode_or_default(input)?;
+                self.cfg.with_config(|c| p.refresh(c, &reg))?;
+                empty()
+            }
+            Hook::Deregister => {
+                let reg: Registration = decode_or_default(input)?;
+                self.cfg.with_config(|c| p.deregister(c, &reg))?;
+                empty()
+            }
+            Hook::ClearCache => {
+                p.clear_cache();
+                empty()
+            }
+            Hook::Lookup => {
+                let q: Lookup = decode(input)?;
+                let release = self
+                    .cfg
+                    .with_config(|c| p.lookup(c, &q.context, &q.target))?;
+                encode(&LookupResult { release })
+            }
+            Hook::Fetch => {
+                let order: FetchOrder = decode(input)?;
+                let written = self.cfg.with_config(|c| p.fetch(c, &order))?;
+                encode(&FetchResult { written })
+            }
+            // Not a provider's hooks.
             Hook::Reset
             | Hook::Action
             | Hook::Backup
@@ -380,8 +413,20 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
             | Hook::FactoryReset
             | Hook::Restart
             | Hook::Start
-            | Hook::Stop => Err(unknown_op(op)),
+            | Hook::Stop
+            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+                p.route(op, req, c)
+            }),
         }
+    }
+}
+
+/// Decodes `input`, an empty input giving the default.
+fn decode_or_default<T: DeserializeOwned + Default>(input: &[u8]) -> Result<T> {
+    if input.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        decode(input)
     }
 }
 

@@ -58,12 +58,12 @@ pub fn __service_manifest<T: Service>(version: &str, api_version: &str) -> Manif
 }
 
 fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
-    let collection = kind.collection().unwrap_or("plugins");
+    let base = kind.route_base(name);
     specs
         .iter()
         .map(|r| Route {
             method: r.method,
-            path: format!("/1.0/{collection}/{name}/{}", r.suffix),
+            path: format!("{base}{}", r.suffix),
             op: r.op.to_string(),
         })
         .collect()
@@ -85,7 +85,11 @@ pub fn __application_manifest<T: Application>(version: &str, api_version: &str) 
 #[doc(hidden)]
 pub fn __provider_manifest<T: Provider>(version: &str, api_version: &str) -> Manifest {
     let mut m = base_manifest(T::NAME, Kind::Provider, version, api_version);
-    advertise(&mut m, T::HOOKS, PROVIDER_HOOKS);
+    // Every provider hook has an SDK default with upstream's answer ("registration
+    // unsupported", ...), so all of them are advertised.
+    advertise(&mut m, PROVIDER_HOOKS, PROVIDER_HOOKS);
+    m.paths = strings(T::PATHS);
+    m.routes = routes(Kind::Provider, T::NAME, T::ROUTES);
     m
 }
 

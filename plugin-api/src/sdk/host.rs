@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{Error, Result};
 use crate::abi::{CommandOutput, CommandSpec, HostHandle, LogLevel, UnitOp, SECRET_MASK};
+use crate::net::{Download, DownloadResult, Request, Response, ResponseHead};
 
 /// A command's captured result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +200,35 @@ impl Host {
     /// [`super::is_active`].
     pub fn unit_active_state(&self, unit: &str) -> Result<String> {
         self.unit(UnitOp::ActiveState, unit)
+    }
+
+    /// Makes one HTTP request through the host (since 1.2; see
+    /// [`crate::abi::HostOps::http`]). Any status comes back; an error means no response.
+    pub fn http(&self, request: &Request, body: &[u8]) -> Result<Response> {
+        let json = serde_json::to_string(request)
+            .map_err(|e| Error::internal(format!("cannot encode request: {e}")))?;
+        let reply = self
+            .inner
+            .http(RStr::from_str(&json), RSlice::from_slice(body))
+            .into_result()?;
+        let head: ResponseHead = serde_json::from_str(reply.head.as_str())
+            .map_err(|e| Error::internal(format!("host sent an unreadable response head: {e}")))?;
+        Ok(Response {
+            status: head.status,
+            headers: head.headers,
+            body: reply.body.into_vec(),
+        })
+    }
+
+    /// Streams a file to disk through the host (since 1.2; see
+    /// [`crate::abi::HostOps::download`]): verified against `download.sha256`, written
+    /// atomically, the old file kept on any failure.
+    pub fn download(&self, download: &Download) -> Result<DownloadResult> {
+        let json = serde_json::to_string(download)
+            .map_err(|e| Error::internal(format!("cannot encode download: {e}")))?;
+        let out = self.inner.download(RStr::from_str(&json)).into_result()?;
+        serde_json::from_str(out.as_str())
+            .map_err(|e| Error::internal(format!("host sent an unreadable download result: {e}")))
     }
 
     /// Runs a command with a timeout; a non-zero exit is returned, not an error.

@@ -25,4 +25,4 @@ pub use export::{
     __service_manifest,
 };
 pub use host::{Arg, Host, Output};
-pub use traits::{Application, Provider, ResetFn, RouteSpec, Service};
+pub use traits::{Application, Provider, ResetFn, RouteSpec, Service, PROVIDER_PATHS};

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{Error, Host, Result, Undo, NOT_SUPPORTED};
 use crate::manifest::{Hook, RouteRequest};
+use crate::provider::{errors, FetchOrder, Registration, Release, Target, UpdateContext};
 
 /// An extra endpoint a plugin serves below its own URL, e.g.
 /// `RouteSpec { method: Method::Post, suffix: ":rejoin", op: "rejoin" }` for
@@ -260,20 +261,36 @@ pub trait Application: Sized + Send + Sync + 'static {
     }
 }
 
-/// An update provider. Its config is handled as a service's (see [`Application`]).
+/// The OS paths a provider writes by default: where the host asks it to fetch OS updates,
+/// application images and Secure Boot key updates.
+pub const PROVIDER_PATHS: &[&str] = &[
+    "/var/lib/updates",
+    "/var/lib/incus-os-extensions",
+    "/var/lib/incus-os/secureboot-updates",
+];
+
+/// An update provider, selected by name through `/1.0/system/provider`.
+///
+/// Its config is handled as a service's (see [`Application`]): it is the `config` object
+/// of the provider's `/1.0/system/provider` document. The host drives it through typed
+/// operations (see [`crate::provider`]): [`Provider::lookup`] finds the release on offer
+/// for the OS, an application or the Secure Boot keys; [`Provider::fetch`] brings its files
+/// to disk through the host's download capability ([`Host::download`]), which verifies the
+/// SHA-256 and writes atomically. The host owns the version rules, free-space checks,
+/// staging and reboots. Every hook has upstream's default answer.
 pub trait Provider: Sized + Send + Sync + 'static {
     /// The provider name, as `/1.0/system/provider` selects it.
     const NAME: &'static str;
-    /// Hooks implemented beyond get and put: any of `Hook::Register`, `Hook::Deregister`
-    /// and `Hook::CheckUpdate`. The manifest advertises these; a hook providers do not
-    /// have is left out.
-    const HOOKS: &'static [Hook] = &[];
     /// Config fields that may hold several lines (PEM certificates and keys), by their own
     /// name. Before `validate`, the SDK refuses a PUT whose config has a line break, a NUL
     /// or another control character in any other string, map keys included (see
     /// [`crate::validate::config_strings`]): config strings end up in files and command
     /// lines.
     const MULTI_LINE_FIELDS: &'static [&'static str] = &[];
+    /// OS paths this provider may write: the directories the host fetches into.
+    const PATHS: &'static [&'static str] = PROVIDER_PATHS;
+    /// Extra endpoints below `/1.0/system/provider/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
     /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
     /// What a GET shows beside the config, read live by [`Provider::state`].
@@ -296,19 +313,48 @@ pub trait Provider: Sized + Send + Sync + 'static {
     fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
-    /// Registers this machine with the provider (with `Hook::Register` in
-    /// [`Provider::HOOKS`]).
-    fn register(&self, _config: &Self::Config) -> Result<()> {
-        Err(Error::internal("registration unsupported"))
+    /// Registers this machine with the provider's server. The default answers upstream's
+    /// `registration unsupported`, which the host takes as "nothing to register".
+    fn register(&self, _config: &Self::Config, _reg: &Registration) -> Result<()> {
+        Err(Error::internal(errors::REGISTRATION_UNSUPPORTED))
     }
-    /// Removes this machine's registration (with `Hook::Deregister` in
-    /// [`Provider::HOOKS`]).
-    fn deregister(&self, _config: &Self::Config) -> Result<()> {
-        Err(Error::internal("deregistration unsupported"))
+    /// Tells the server about an event (`reg.cause`) once registered. Default: nothing.
+    fn refresh(&self, _config: &Self::Config, _reg: &Registration) -> Result<()> {
+        Ok(())
     }
-    /// Asks the provider for an update and returns what it found (with
-    /// `Hook::CheckUpdate` in [`Provider::HOOKS`]).
-    fn check_update(&self, _config: &Self::Config) -> Result<serde_json::Value> {
+    /// Removes this machine's registration. The default answers upstream's
+    /// `deregistration unsupported`, which makes the host refuse to switch away.
+    fn deregister(&self, _config: &Self::Config, _reg: &Registration) -> Result<()> {
+        Err(Error::internal(errors::DEREGISTRATION_UNSUPPORTED))
+    }
+    /// Forgets what was cached (the index), so the next lookup asks again. Default:
+    /// nothing cached.
+    fn clear_cache(&self) {}
+    /// The newest release for `target` on the context's channel, narrowed to the
+    /// context's architecture; `None` when there is none.
+    fn lookup(
+        &self,
+        _config: &Self::Config,
+        _context: &UpdateContext,
+        _target: &Target,
+    ) -> Result<Option<Release>> {
         Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Brings `order.release`'s files into `order.target_dir` (each named as
+    /// [`crate::provider::ReleaseFile::target_name`]) and returns the paths written.
+    fn fetch(&self, _config: &Self::Config, _order: &FetchOrder) -> Result<Vec<String>> {
+        Err(Error::internal(NOT_SUPPORTED))
+    }
+    /// Answers a request to one of [`Provider::ROUTES`].
+    fn route(
+        &self,
+        op: &str,
+        _request: RouteRequest,
+        _config: &Self::Config,
+    ) -> Result<serde_json::Value> {
+        Err(Error::new(
+            501,
+            format!("operation '{op}' is not implemented by this plugin"),
+        ))
     }
 }

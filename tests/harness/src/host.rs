@@ -201,6 +201,8 @@ impl HarnessHost {
                 commands: me.clone(),
                 state: me.clone(),
                 log: me,
+                net: Arc::new(plugin_host::net::NoNet),
+                progress: Arc::new(plugin_host::net::NoProgress),
             },
         )
     }

@@ -9,6 +9,7 @@ use incus_osd_harness::HarnessHost;
 use plugin_api::abi::{
     ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, LogLevel, PluginBox, PluginError,
 };
+use plugin_api::provider::{FetchOrder, Registration, Release, Target, UpdateContext};
 use plugin_api::sdk::{self, Error, Host, ResetFn, Result, Undo};
 use plugin_api::{Application, Hook, Manifest, Provider, Service};
 use serde::{Deserialize, Serialize};
@@ -478,8 +479,6 @@ impl Application for Every {
 
 impl Provider for Every {
     const NAME: &'static str = "every";
-    // Every hook there is: the manifest keeps those a provider has.
-    const HOOKS: &'static [Hook] = &Hook::ALL;
     type Config = Value;
     type State = Value;
     fn new(host: Host) -> Result<Self> {
@@ -491,14 +490,23 @@ impl Provider for Every {
     fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
         self.saw(Hook::Put)
     }
-    fn register(&self, _: &Value) -> Result<()> {
+    fn register(&self, _: &Value, _: &Registration) -> Result<()> {
         self.saw(Hook::Register)
     }
-    fn deregister(&self, _: &Value) -> Result<()> {
+    fn refresh(&self, _: &Value, _: &Registration) -> Result<()> {
+        self.saw(Hook::Refresh)
+    }
+    fn deregister(&self, _: &Value, _: &Registration) -> Result<()> {
         self.saw(Hook::Deregister)
     }
-    fn check_update(&self, _: &Value) -> Result<Value> {
-        self.saw(Hook::CheckUpdate).map(|()| json!({}))
+    fn clear_cache(&self) {
+        self.saw(Hook::ClearCache).unwrap();
+    }
+    fn lookup(&self, _: &Value, _: &UpdateContext, _: &Target) -> Result<Option<Release>> {
+        self.saw(Hook::Lookup).map(|()| None)
+    }
+    fn fetch(&self, _: &Value, _: &FetchOrder) -> Result<Vec<String>> {
+        self.saw(Hook::Fetch).map(|()| vec![])
     }
 }
 
@@ -538,6 +546,11 @@ fn call(p: &Loaded, hook: Hook) -> std::result::Result<(), PluginError> {
             .into_result(),
         Hook::Put => p.put(json!({})),
         Hook::Action => p.invoke(hook.op(), br#"{"action": "rebuild"}"#),
+        Hook::Lookup => p.invoke(hook.op(), br#"{"context": {}, "target": {"kind": "os"}}"#),
+        Hook::Fetch => p.invoke(
+            hook.op(),
+            br#"{"context": {}, "target": {"kind": "os"}, "release": {}, "target_dir": "/var/lib/updates"}"#,
+        ),
         _ => p.invoke(hook.op(), b""),
     }
 }
@@ -574,7 +587,9 @@ fn every_hook_a_manifest_advertises_reaches_the_plugin() {
         (
             sdk::__provider_manifest::<Every>(version.0, version.1),
             sdk::__provider_instance::<Every>,
-            &[Get, Put, Register, Deregister, CheckUpdate],
+            &[
+                Get, Put, Register, Deregister, Refresh, ClearCache, Lookup, Fetch,
+            ],
         ),
     ];
     for (manifest, instance, expected) in kinds {
