@@ -48,6 +48,8 @@ pub struct App {
     pub platform: Platform,
     /// Where the daemon is in its life; changes are taken only when ready.
     pub lifecycle: Arc<Lifecycle>,
+    /// Held by provider switches and update checks (upstream's global update mutex).
+    pub update_lock: tokio::sync::Mutex<()>,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -68,6 +70,7 @@ impl App {
             info,
             platform,
             lifecycle: Arc::new(Lifecycle::new()),
+            update_lock: tokio::sync::Mutex::new(()),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -148,6 +151,11 @@ pub fn router(app: AppState) -> Router {
         .route("/internal/tui/:write-message", any(internal::write_message))
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
+        .route("/1.0/system/provider", any(system::provider))
+        .route(
+            "/1.0/system/provider/{name}/{*rest}",
+            any(system::provider_route),
+        )
         .route("/1.0/system/:reboot", any(system::reboot))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))

@@ -56,10 +56,9 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
     }))
 }
 
-/// The path of a route of `plugin` below its collection (which comes from its kind).
+/// The path of a route of `plugin` below its kind's route base.
 fn route_path(plugin: &Plugin, rest: &str) -> String {
-    let collection = plugin.manifest.kind.collection().unwrap_or("plugins");
-    format!("/1.0/{collection}/{}/{rest}", plugin.name())
+    format!("{}{rest}", plugin.manifest.kind.route_base(plugin.name()))
 }
 
 /// Whether the plugin declares a route at `/1.0/<collection>/<name>/<rest>` (any method).

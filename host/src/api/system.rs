@@ -1,7 +1,7 @@
 //! `/1.0/system`: the listing, logging, and power.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, AppState};
 use crate::platform::systemd::PowerAction;
 use crate::system::logging::{self, LoggingConfig};
+use crate::system::provider;
 
 /// Exactly upstream's eight entries (`fallback-listener` is routed but not listed).
 const ENTRIES: [&str; 8] = [
@@ -26,15 +27,13 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 11] = [
+const NOT_BUILT: [&str; 9] = [
     "fallback-listener",
     "kernel",
     "network",
-    "provider",
     "resources",
     "security",
     "storage",
-    "update",
     ":backup",
     ":restore",
     ":factory-reset",
@@ -127,4 +126,66 @@ pub async fn poweroff(State(app): State<AppState>, method: Method) -> ApiResult 
 
 pub async fn suspend(State(app): State<AppState>, method: Method) -> ApiResult {
     power(app, method, PowerAction::Suspend).await
+}
+
+#[derive(Deserialize, Default)]
+struct ProviderPut {
+    #[serde(default)]
+    config: ProviderConfigIn,
+}
+
+#[derive(Deserialize, Default)]
+struct ProviderConfigIn {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+}
+
+impl From<provider::ProviderError> for ApiError {
+    fn from(e: provider::ProviderError) -> Self {
+        ApiError::new(e.status, e.message)
+    }
+}
+
+/// `GET|PUT /1.0/system/provider`.
+pub async fn provider(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    match method {
+        Method::GET => Ok(sync(&provider::get(&app).await?)),
+        Method::PUT => {
+            let body = read_json(body).await?;
+            require_object(&body)?;
+            let put: ProviderPut =
+                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            // As upstream, the body's config replaces the provider's whole config: none
+            // given is an empty one.
+            let config = put
+                .config
+                .config
+                .filter(|c| !c.is_null())
+                .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+            provider::put(&app, &put.config.name, Some(config)).await?;
+            Ok(empty())
+        }
+        _ => Err(ApiError::not_implemented()),
+    }
+}
+
+/// `/1.0/system/provider/{name}/...`: the routes a provider plugin declares (GET 404, else
+/// 501, for anything else).
+pub async fn provider_route(
+    State(app): State<AppState>,
+    uri: axum::http::Uri,
+    method: Method,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult {
+    let params = Params::at_depth(uri.path(), 4);
+    let rest = params.rest();
+    match provider::plugin(&app, params.name()) {
+        Some(p) if super::plugins::declares(&p, rest) => {
+            super::plugins::extra_route(&p, rest, &method, query, body).await
+        }
+        _ => Err(unmatched(&method)),
+    }
 }

@@ -97,8 +97,14 @@ pub struct Params {
 
 impl Params {
     fn from_path(path: &str) -> Params {
+        Params::at_depth(path, 3)
+    }
+
+    /// The `{name}` and `{*rest}` of a path whose name is its `depth`-th segment (3 for
+    /// `/1.0/<collection>/{name}`, 4 for `/1.0/system/provider/{name}`).
+    pub fn at_depth(path: &str, depth: usize) -> Params {
         let text = |raw: &str| String::from_utf8_lossy(&decode(raw.as_bytes())).into_owned();
-        let mut segments = path.splitn(5, '/').skip(3);
+        let mut segments = path.splitn(depth + 2, '/').skip(depth);
         Params {
             name: text(segments.next().unwrap_or_default()),
             rest: text(segments.next().unwrap_or_default()),

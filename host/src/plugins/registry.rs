@@ -67,6 +67,9 @@ pub const MAX_READS: usize = 32;
 /// More are refused at once, so clients queuing behind a slow change hold nothing.
 pub const MAX_CHANGES: usize = 4;
 
+/// How long a provider's `fetch` may run (a stalled download fails long before).
+pub const FETCH_LIMIT: Duration = Duration::from_secs(6 * 3600);
+
 /// How long plugin calls may take before they fail and the plugin is marked degraded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -274,7 +277,7 @@ impl Plugin {
     fn result_url(&self) -> String {
         match self.manifest.kind.collection() {
             Some(c) => format!("GET /1.0/{c}/{}", self.manifest.name),
-            None => "GET /1.0/plugins".to_string(),
+            None => "GET /1.0/system/provider".to_string(),
         }
     }
 
@@ -454,7 +457,14 @@ impl Plugin {
         let op = call.op();
         let (kind, held, limit) = if call.changes_state() {
             let held = self.admit_change(op).await?;
-            (CallKind::Change, held, self.timeouts.change)
+            // A provider's fetch moves whole OS images: the host's network layer cuts a
+            // stalled transfer, so the call itself gets hours, not the change timeout.
+            let limit = if call == Call::Hook(Hook::Fetch) {
+                FETCH_LIMIT.max(self.timeouts.change)
+            } else {
+                self.timeouts.change
+            };
+            (CallKind::Change, held, limit)
         } else {
             (CallKind::Read, self.admit_read(op)?, self.timeouts.read)
         };

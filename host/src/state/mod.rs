@@ -59,6 +59,10 @@ pub struct Document {
 #[serde(default)]
 pub struct SystemDoc {
     pub logging: crate::system::logging::LoggingConfig,
+    /// The selected update provider and whether this machine registered with it.
+    pub provider: crate::system::provider::ProviderDoc,
+    /// Update configuration and the checker's persisted state.
+    pub update: crate::system::update::UpdateDoc,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,3 +4,5 @@ pub mod debug;
 pub mod host;
 pub mod info;
 pub mod logging;
+pub mod provider;
+pub mod update;

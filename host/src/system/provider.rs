@@ -1,0 +1,296 @@
+//! The update provider: which provider plugin is selected, whether this machine is
+//! registered with it, switching providers without ever leaving a half-switched system,
+//! and notifying the selected provider of events.
+//!
+//! The selection (`name`, `registered`) lives in the daemon's state document; each
+//! provider's own config lives in its plugin's state slot and is changed through the
+//! plugin's `put` hook, which validates it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use plugin_api::provider::{errors, RefreshCause, Registration, UpdateContext};
+use plugin_api::{Hook, Kind};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::api::App;
+use crate::plugins::{CallError, Plugin};
+
+/// The provider selected on a fresh system (upstream's default).
+pub const DEFAULT_PROVIDER: &str = "images";
+
+/// What the state document records of the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderDoc {
+    /// The selected provider plugin.
+    pub name: String,
+    /// Whether this machine registered with it.
+    pub registered: bool,
+}
+
+impl Default for ProviderDoc {
+    fn default() -> Self {
+        ProviderDoc {
+            name: DEFAULT_PROVIDER.to_string(),
+            registered: false,
+        }
+    }
+}
+
+/// An error with the status the API answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ProviderError {
+    fn internal(message: impl Into<String>) -> Self {
+        ProviderError {
+            status: 500,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CallError> for ProviderError {
+    fn from(e: CallError) -> Self {
+        ProviderError {
+            status: e.status,
+            message: e.message,
+        }
+    }
+}
+
+/// The selection as stored.
+pub fn selection(app: &App) -> ProviderDoc {
+    app.with_state(|s| s.doc().system.provider.clone())
+}
+
+/// The loaded provider plugin named `name`.
+pub fn plugin(app: &App, name: &str) -> Option<Arc<Plugin>> {
+    app.registry
+        .get(name)
+        .filter(|p| p.manifest.kind == Kind::Provider)
+        .cloned()
+}
+
+/// The selected provider's plugin, or upstream's error when it is not loaded.
+pub fn selected(app: &App) -> Result<Arc<Plugin>, ProviderError> {
+    let name = selection(app).name;
+    plugin(app, &name).ok_or_else(|| unknown(&name))
+}
+
+fn unknown(name: &str) -> ProviderError {
+    ProviderError::internal(format!("unknown provider {name:?}"))
+}
+
+/// What every provider call says about this machine.
+pub fn context(app: &App, channel: &str) -> UpdateContext {
+    let (running, next) = app.with_state(|s| {
+        let os = &s.doc().os;
+        (os.running_release.clone(), os.next_release.clone())
+    });
+    let env = app.info.environment(&next, app.is_ready()).ok();
+    UpdateContext {
+        channel: channel.to_string(),
+        architecture: std::env::consts::ARCH.to_string(),
+        os_name: app.info.os().name.clone(),
+        running_version: running,
+        machine_id: env
+            .as_ref()
+            .map(|e| e.machine_id.clone())
+            .unwrap_or_default(),
+        hostname: env.map(|e| e.hostname).unwrap_or_default(),
+    }
+}
+
+fn registration(app: &App, cause: RefreshCause) -> Bytes {
+    let channel = crate::system::update::channel(app);
+    let reg = Registration {
+        context: context(app, &channel),
+        cause,
+    };
+    Bytes::from(serde_json::to_vec(&reg).unwrap_or_default())
+}
+
+/// The provider's own config: the `config` of its plugin's GET, `None` when it has none
+/// to show (an empty object).
+async fn plugin_config(p: &Plugin) -> Result<Option<Value>, ProviderError> {
+    let out = p.hook(Hook::Get, Bytes::new()).await?;
+    let doc: Value = serde_json::from_slice(&out).map_err(|e| {
+        ProviderError::internal(format!(
+            "provider {} answered unreadable JSON: {e}",
+            p.name()
+        ))
+    })?;
+    Ok(match doc.get("config") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(m)) if m.is_empty() => None,
+        Some(v) => Some(v.clone()),
+    })
+}
+
+/// `GET /1.0/system/provider`'s metadata.
+pub async fn get(app: &App) -> Result<Value, ProviderError> {
+    let sel = selection(app);
+    let mut config = serde_json::Map::new();
+    config.insert("name".into(), Value::from(sel.name.clone()));
+    if let Some(p) = plugin(app, &sel.name) {
+        if let Some(c) = plugin_config(&p).await? {
+            config.insert("config".into(), c);
+        }
+    }
+    Ok(serde_json::json!({
+        "config": config,
+        "state": { "registered": sel.registered },
+    }))
+}
+
+fn is(e: &CallError, text: &str) -> bool {
+    e.message == text
+}
+
+async fn put_config(p: &Plugin, config: &Value) -> Result<(), CallError> {
+    let body = serde_json::to_vec(&serde_json::json!({ "config": config })).unwrap_or_default();
+    p.hook(Hook::Put, Bytes::from(body)).await.map(drop)
+}
+
+/// Registers with `p`, or refreshes an existing registration. Returns whether the machine
+/// is registered afterwards (`registration unsupported` leaves it unregistered, not an
+/// error).
+async fn register_or_refresh(app: &App, p: &Plugin, registered: bool) -> Result<bool, CallError> {
+    if registered {
+        p.hook(Hook::Refresh, registration(app, RefreshCause::Default))
+            .await?;
+        return Ok(true);
+    }
+    match p
+        .hook(Hook::Register, registration(app, RefreshCause::Default))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if is(&e, errors::REGISTRATION_UNSUPPORTED) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `PUT /1.0/system/provider`: select provider `name` with `config` (its own config
+/// object, `None` to keep it as it is).
+///
+/// Order, and what a failure at each step puts back:
+/// 1. an empty name is refused (400), an unknown one too (500), before anything changes;
+/// 2. switching away: the old provider deregisters (refusal: 500, nothing changed);
+/// 3. the new provider's config is put (refusal: its status; the old provider is
+///    registered again if it was);
+/// 4. the new provider registers, or refreshes its registration (failure: its previous
+///    config is put back, the old provider registered again);
+/// 5. the selection is saved (failure: as 4).
+pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), ProviderError> {
+    let _switching = app.update_lock.lock().await;
+    if name.is_empty() {
+        return Err(ProviderError {
+            status: 400,
+            message: "a provider name must be specified".into(),
+        });
+    }
+    let old = selection(app);
+    let new_plugin = plugin(app, name).ok_or_else(|| unknown(name))?;
+    let switching = old.name != name;
+    let old_plugin = plugin(app, &old.name);
+
+    // 2. Leave the old provider.
+    let mut deregistered = false;
+    let mut registered = old.registered;
+    if switching {
+        if let Some(op) = &old_plugin {
+            match op
+                .hook(Hook::Deregister, registration(app, RefreshCause::Default))
+                .await
+            {
+                Ok(_) => deregistered = old.registered,
+                Err(e) if is(&e, errors::REGISTRATION_UNSUPPORTED) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        registered = false;
+    }
+    // Puts the old provider back as it was registered, when step 2 undid that.
+    let rejoin_old = || async {
+        if let (true, Some(op)) = (deregistered, &old_plugin) {
+            if let Err(e) = op
+                .hook(Hook::Register, registration(app, RefreshCause::Default))
+                .await
+            {
+                tracing::warn!(provider = %old.name, error = %e.message, "cannot register again with the previous provider");
+            }
+        }
+    };
+
+    // 3. The new provider's config.
+    let previous_config = match &config {
+        Some(_) => match plugin_config(&new_plugin).await {
+            Ok(c) => Some(c.unwrap_or_else(|| Value::Object(Default::default()))),
+            Err(e) => {
+                rejoin_old().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    if let Some(c) = &config {
+        if let Err(e) = put_config(&new_plugin, c).await {
+            rejoin_old().await;
+            return Err(e.into());
+        }
+    }
+    let put_back_config = || async {
+        if let Some(prev) = &previous_config {
+            if let Err(e) = put_config(&new_plugin, prev).await {
+                tracing::warn!(provider = %name, error = %e.message, "cannot put the provider's previous config back");
+            }
+        }
+    };
+
+    // 4. Register with it.
+    let registered = match register_or_refresh(app, &new_plugin, registered).await {
+        Ok(r) => r,
+        Err(e) => {
+            put_back_config().await;
+            rejoin_old().await;
+            return Err(e.into());
+        }
+    };
+
+    // 5. Save.
+    let doc = ProviderDoc {
+        name: name.to_string(),
+        registered,
+    };
+    if let Err(e) = app.with_state(|s| s.update(|d| d.system.provider = doc)) {
+        put_back_config().await;
+        rejoin_old().await;
+        return Err(ProviderError::internal(e.to_string()));
+    }
+    if switching {
+        tracing::info!(from = %old.name, to = %name, registered, "update provider changed");
+    }
+    Ok(())
+}
+
+/// Tells the selected provider about an event (upstream's `providers.Notify`), when this
+/// machine is registered with it. Failures are logged: an event is never refused for them.
+pub async fn notify(app: &App, cause: RefreshCause) {
+    let sel = selection(app);
+    if !sel.registered {
+        return;
+    }
+    let Some(p) = plugin(app, &sel.name) else {
+        return;
+    };
+    if let Err(e) = p.hook(Hook::Refresh, registration(app, cause)).await {
+        tracing::warn!(provider = %sel.name, cause = cause.as_str(), error = %e.message, "provider notification failed");
+    }
+}

@@ -1,0 +1,176 @@
+//! `/1.0/system/provider` on the daemon with provider plugins as built: selecting a
+//! provider, switching between two, and every failure point of a switch leaving the old
+//! selection, its config and its registration as they were.
+
+use incus_osd_integration::{get_ok, request, Daemon, Root};
+use serde_json::{json, Value};
+
+fn root_with_providers() -> Root {
+    let root = Root::new();
+    root.install_fixture("provider", "fixture");
+    root.install_fixture("provider_b", "fixture_b");
+    root
+}
+
+async fn put(d: &Daemon, body: Value) -> (u16, Value) {
+    request(&d.socket, "PUT", "/1.0/system/provider", &body.to_string()).await
+}
+
+async fn calls(d: &Daemon, name: &str) -> Vec<String> {
+    let v = get_ok(&d.socket, &format!("/1.0/system/provider/{name}/calls")).await;
+    serde_json::from_value(v).unwrap()
+}
+
+/// Selects `fixture` with `config` and checks the answer.
+async fn select(d: &Daemon, name: &str, config: Value) {
+    let (status, v) = put(d, json!({"config": {"name": name, "config": config}})).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn a_fresh_system_shows_upstreams_default_selection() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(
+        v,
+        json!({"config": {"name": "images"}, "state": {"registered": false}})
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_upstreams_texts_and_change_nothing() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    select(&d, "fixture", json!({})).await;
+    let before = get_ok(&d.socket, "/1.0/system/provider").await;
+
+    let (s, v) = put(&d, json!({"config": {"name": ""}})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "a provider name must be specified")
+    );
+    let (s, v) = put(&d, json!({})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "a provider name must be specified")
+    );
+    let (s, v) = put(&d, json!({"config": {"name": "nope"}})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (500, "unknown provider \"nope\"")
+    );
+    let (s, _) = request(&d.socket, "PUT", "/1.0/system/provider", "").await;
+    assert_eq!(s, 400, "an empty body is refused (strict decode)");
+    let (s, _) = request(&d.socket, "PUT", "/1.0/system/provider", "[1]").await;
+    assert_eq!(s, 400);
+    // A config the provider refuses: its 400, and the old config stays.
+    let (s, v) = put(
+        &d,
+        json!({"config": {"name": "fixture", "config": {"refuse": "no way"}}}),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (400, "no way"));
+    assert_eq!(get_ok(&d.socket, "/1.0/system/provider").await, before);
+    let (s, _) = request(&d.socket, "POST", "/1.0/system/provider", "{}").await;
+    assert_eq!(s, 501);
+}
+
+#[tokio::test]
+async fn switching_deregisters_the_old_provider_and_registers_the_new_one() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    select(&d, "fixture", json!({})).await;
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["state"]["registered"], true);
+    assert_eq!(calls(&d, "fixture").await, ["put", "register"]);
+
+    // Same provider again: a refresh, not a second registration.
+    select(&d, "fixture", json!({"contents": {"a": "b"}})).await;
+    assert_eq!(
+        calls(&d, "fixture").await,
+        ["put", "register", "put", "refresh:"]
+    );
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["config"]["config"], json!({"contents": {"a": "b"}}));
+
+    select(&d, "fixture-b", json!({})).await;
+    assert_eq!(calls(&d, "fixture").await.last().unwrap(), "deregister");
+    assert_eq!(calls(&d, "fixture-b").await, ["put", "register"]);
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["config"]["name"], "fixture-b");
+    assert_eq!(v["state"]["registered"], true);
+
+    // The selection survives a restart.
+    drop(d);
+    let d = Daemon::start(&root, &[]);
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["config"]["name"], "fixture-b");
+    assert_eq!(v["state"]["registered"], true);
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_register_is_selected_unregistered() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    select(
+        &d,
+        "fixture",
+        json!({"register_error": "registration unsupported"}),
+    )
+    .await;
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["config"]["name"], "fixture");
+    assert_eq!(v["state"]["registered"], false);
+}
+
+#[tokio::test]
+async fn a_provider_that_cannot_be_left_keeps_the_selection() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    select(
+        &d,
+        "fixture",
+        json!({"deregister_error": "deregistration unsupported"}),
+    )
+    .await;
+    let before = get_ok(&d.socket, "/1.0/system/provider").await;
+    let (s, v) = put(&d, json!({"config": {"name": "fixture-b"}})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (500, "deregistration unsupported")
+    );
+    assert_eq!(get_ok(&d.socket, "/1.0/system/provider").await, before);
+    assert!(
+        calls(&d, "fixture-b").await.is_empty(),
+        "the new provider was never touched"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_registration_puts_everything_back() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    select(&d, "fixture", json!({"contents": {"keep": "me"}})).await;
+    select(&d, "fixture-b", json!({"contents": {"old": "config"}})).await;
+    select(&d, "fixture", json!({"contents": {"keep": "me"}})).await;
+    let before = get_ok(&d.socket, "/1.0/system/provider").await;
+
+    // fixture-b now refuses to register: the switch fails after fixture deregistered and
+    // fixture-b's config was replaced.
+    let (s, v) = put(
+        &d,
+        json!({"config": {"name": "fixture-b", "config": {"register_error": "server said no"}}}),
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str().unwrap()), (500, "server said no"));
+    assert_eq!(get_ok(&d.socket, "/1.0/system/provider").await, before);
+    // The old provider was registered again; fixture-b has its previous config back.
+    let fixture = calls(&d, "fixture").await;
+    assert_eq!(&fixture[fixture.len() - 2..], ["deregister", "register"]);
+    let state: Value = serde_json::from_slice(&std::fs::read(root.state_file()).unwrap()).unwrap();
+    assert_eq!(
+        state["plugins"]["fixture-b"]["config"],
+        json!({"contents": {"old": "config"}})
+    );
+}
