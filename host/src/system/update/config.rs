@@ -348,25 +348,23 @@ pub fn parse_go_duration(orig: &str) -> Result<i64, String> {
     Ok(total as i64)
 }
 
-/// A string quoted the way Go's `strconv.Quote` does for the texts above.
+/// A string quoted the way Go's `time` package quotes it in these texts: `"` and `\` get a
+/// backslash; control characters and every byte of a non-ASCII character are written `\xNN`.
 fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
             }
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if c < ' ' || !c.is_ascii() => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
             c => out.push(c),
         }
     }
@@ -540,10 +538,15 @@ mod tests {
             dur("99999999999999999999s"),
             Err(r#"time: invalid duration "99999999999999999999s""#.into())
         );
+        // Quoted as Go's time package quotes: bytes of control and non-ASCII characters as
+        // \xNN, a quote and a backslash escaped, DEL as it is.
         assert_eq!(
-            dur("a\"\n"),
-            Err(r#"time: invalid duration "a\"\n""#.into()),
-            "quoted like Go's strconv.Quote"
+            dur("a\"\n\\\u{7f}"),
+            Err("time: invalid duration \"a\\\"\\x0a\\\\\u{7f}\"".into())
+        );
+        assert_eq!(
+            dur("1µ"),
+            Err(r#"time: unknown unit "\xc2\xb5" in duration "1\xc2\xb5""#.into())
         );
     }
 

@@ -247,13 +247,13 @@ fn periodic(inputs: &Inputs<'_>, clock: &dyn Clock, due_now: bool) -> Action {
             None => true,
             Some(last) => {
                 now >= last + delta(frequency)
-                    || last_window_start(windows, now, offset).is_some_and(|start| start > last)
+                    || last_window_start(windows, clock).is_some_and(|start| start > last)
             }
         };
     if !due {
         let last = inputs.last_check.unwrap_or(now);
         let mut wake = last + delta(frequency);
-        if let Some(start) = next_window_start(windows, now, offset) {
+        if let Some(start) = next_window_start(windows, clock) {
             wake = wake.min(start);
         }
         return Action::Sleep {
@@ -269,7 +269,7 @@ fn periodic(inputs: &Inputs<'_>, clock: &dyn Clock, due_now: bool) -> Action {
     // The skip counts as a check: the next one is due a frequency from now, or at the next
     // window's start.
     let mut wake = now + delta(frequency);
-    if let Some(start) = next_window_start(windows, now, offset) {
+    if let Some(start) = next_window_start(windows, clock) {
         wake = wake.min(start);
     }
     Action::Skip {
@@ -338,13 +338,14 @@ pub fn in_window(windows: &[MaintenanceWindow], now: DateTime<Utc>, offset: Fixe
     windows.iter().any(|w| window_active(w, now, offset))
 }
 
-/// The next start of a window that is not open at `now` (none when there are no windows, or
-/// every stretch is open). Always after `now`.
+/// The next start of a window that is not open now (none when there are no windows, or every
+/// stretch is open). Always after now.
 pub fn next_window_start(
     windows: &[MaintenanceWindow],
-    now: DateTime<Utc>,
-    offset: FixedOffset,
+    clock: &dyn Clock,
 ) -> Option<DateTime<Utc>> {
+    let now = clock.now();
+    let offset = clock.local_offset(now);
     let (m, floor) = week_minute(now, offset);
     windows
         .iter()
@@ -352,22 +353,29 @@ pub fn next_window_start(
         .filter(|&(start, len)| (m - start).rem_euclid(WEEK) > len)
         .map(|(start, _)| (start - m).rem_euclid(WEEK))
         .min()
-        .map(|ahead| floor + TimeDelta::minutes(ahead))
+        .map(|ahead| at_local_offset(floor + TimeDelta::minutes(ahead), offset, clock))
 }
 
-/// The latest window start at or before `now` (none when there are no windows).
-fn last_window_start(
-    windows: &[MaintenanceWindow],
-    now: DateTime<Utc>,
-    offset: FixedOffset,
-) -> Option<DateTime<Utc>> {
+/// The latest window start at or before now (none when there are no windows).
+fn last_window_start(windows: &[MaintenanceWindow], clock: &dyn Clock) -> Option<DateTime<Utc>> {
+    let now = clock.now();
+    let offset = clock.local_offset(now);
     let (m, floor) = week_minute(now, offset);
     windows
         .iter()
         .flat_map(spans)
         .map(|(start, _)| (m - start).rem_euclid(WEEK))
         .min()
-        .map(|back| floor - TimeDelta::minutes(back))
+        .map(|back| at_local_offset(floor - TimeDelta::minutes(back), offset, clock))
+}
+
+/// `t` was computed with today's offset; when the offset differs there (a daylight saving
+/// change in between), move it so it shows the same local time under that offset.
+fn at_local_offset(t: DateTime<Utc>, offset: FixedOffset, clock: &dyn Clock) -> DateTime<Utc> {
+    let there = clock.local_offset(t);
+    t + TimeDelta::seconds(i64::from(
+        offset.local_minus_utc() - there.local_minus_utc(),
+    ))
 }
 
 #[cfg(test)]
@@ -525,7 +533,13 @@ mod tests {
         assert!(!window_active(&sunday, at(30, 23, 30), utc()));
         let minus5 = FixedOffset::west_opt(5 * 3600).unwrap();
         assert_eq!(
-            next_window_start(&[w], at(28, 12, 0), minus5),
+            next_window_start(
+                &[w],
+                &FixedClock {
+                    now: at(28, 12, 0),
+                    offset: minus5
+                }
+            ),
             Some(at(28, 15, 0)),
             "10:00 local is 15:00 UTC"
         );
@@ -535,20 +549,20 @@ mod tests {
     fn next_window_start_is_the_nearest_closed_one() {
         let ws = [daily(10, 0, 11, 0), daily(22, 0, 23, 0)];
         assert_eq!(
-            next_window_start(&ws, at(28, 9, 59) + TimeDelta::seconds(30), utc()),
+            next_window_start(&ws, &clock(at(28, 9, 59) + TimeDelta::seconds(30))),
             Some(at(28, 10, 0))
         );
         assert_eq!(
-            next_window_start(&ws, at(28, 12, 0), utc()),
+            next_window_start(&ws, &clock(at(28, 12, 0))),
             Some(at(28, 22, 0))
         );
         assert_eq!(
-            next_window_start(&ws, at(28, 23, 30), utc()),
+            next_window_start(&ws, &clock(at(28, 23, 30))),
             Some(at(29, 10, 0))
         );
         // Inside a window: the next start of another stretch, here tomorrow's.
         assert_eq!(
-            next_window_start(&ws[..1], at(28, 10, 30), utc()),
+            next_window_start(&ws[..1], &clock(at(28, 10, 30))),
             Some(at(29, 10, 0))
         );
         let weekly = [days(Weekday::Saturday, 22, 0, Weekday::Monday, 6, 0)];
@@ -556,12 +570,11 @@ mod tests {
         assert_eq!(
             next_window_start(
                 &weekly,
-                Utc.with_ymd_and_hms(2025, 9, 1, 7, 0, 0).unwrap(),
-                utc()
+                &clock(Utc.with_ymd_and_hms(2025, 9, 1, 7, 0, 0).unwrap())
             ),
             Some(Utc.with_ymd_and_hms(2025, 9, 6, 22, 0, 0).unwrap())
         );
-        assert_eq!(next_window_start(&[], at(28, 12, 0), utc()), None);
+        assert_eq!(next_window_start(&[], &clock(at(28, 12, 0))), None);
     }
 
     // --- startup and user-requested runs ------------------------------------------------
@@ -1056,6 +1069,56 @@ mod tests {
         assert_eq!(
             s.handle(Event::Tick, &inputs(&c, last, true), &clk),
             sleep(at(29, 1, 1))
+        );
+    }
+
+    /// Central European time: +01:00, +02:00 from 2025-03-30 01:00 UTC to 2025-10-26
+    /// 01:00 UTC.
+    struct Cet(DateTime<Utc>);
+
+    impl Clock for Cet {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+
+        fn local_offset(&self, at: DateTime<Utc>) -> FixedOffset {
+            let summer = Utc.with_ymd_and_hms(2025, 3, 30, 1, 0, 0).unwrap()
+                ..Utc.with_ymd_and_hms(2025, 10, 26, 1, 0, 0).unwrap();
+            FixedOffset::east_opt(if summer.contains(&at) { 7200 } else { 3600 }).unwrap()
+        }
+    }
+
+    #[test]
+    fn window_after_spring_forward_opens_at_local_time() {
+        // Saturday noon (+01:00); the window opens at 03:00 local on Sunday, which is
+        // already summer time (+02:00): 01:00 UTC, not 02:00.
+        let c = cfg("24h", vec![daily(3, 0, 4, 0)]);
+        let clk = Cet(Utc.with_ymd_and_hms(2025, 3, 29, 12, 0, 0).unwrap());
+        assert_eq!(
+            next_window_start(&c.maintenance_windows, &clk),
+            Some(Utc.with_ymd_and_hms(2025, 3, 30, 1, 0, 0).unwrap())
+        );
+        let mut s = idle();
+        let last = Some(clk.0 - TimeDelta::minutes(5));
+        assert_eq!(
+            s.handle(Event::Tick, &inputs(&c, last, true), &clk),
+            sleep(Utc.with_ymd_and_hms(2025, 3, 30, 1, 1, 0).unwrap())
+        );
+        let woken = Cet(Utc.with_ymd_and_hms(2025, 3, 30, 1, 1, 0).unwrap());
+        assert_eq!(
+            s.handle(Event::Tick, &inputs(&c, last, true), &woken),
+            periodic_check()
+        );
+    }
+
+    #[test]
+    fn window_after_fall_back_opens_at_local_time() {
+        // Saturday noon (+02:00); 03:00 local on Sunday is winter time: 02:00 UTC.
+        let c = cfg("24h", vec![daily(3, 0, 4, 0)]);
+        let clk = Cet(Utc.with_ymd_and_hms(2025, 10, 25, 12, 0, 0).unwrap());
+        assert_eq!(
+            next_window_start(&c.maintenance_windows, &clk),
+            Some(Utc.with_ymd_and_hms(2025, 10, 26, 2, 0, 0).unwrap())
         );
     }
 
