@@ -1,9 +1,13 @@
-//! OS and application updates: the configuration, the checker's schedule, the version
-//! rules, the staging of an OS update into the inactive A/B slot, and the runner that
-//! drives the selected provider.
+//! OS and application updates (`/1.0/system/update`): the configuration and its validation
+//! ([`config`]), when to check ([`schedule`]), which offered version to take
+//! ([`versions`]), and the runner that drives the selected provider. The decisions are
+//! plain Rust without I/O; the runner talks to the provider, the disk and the clock.
+
+pub mod config;
+pub mod schedule;
+pub mod versions;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::api::App;
 
@@ -12,20 +16,19 @@ use crate::api::App;
 #[serde(default)]
 pub struct UpdateDoc {
     /// `/1.0/system/update`'s config.
-    pub config: Value,
+    pub config: config::UpdateConfig,
+    /// When the checker last ran (RFC 3339; empty: never).
+    pub last_check: String,
 }
 
 /// The configured update channel (`stable` when none is set).
 pub fn channel(app: &App) -> String {
     app.with_state(|s| {
-        s.doc()
-            .system
-            .update
-            .config
-            .get("channel")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty())
-            .unwrap_or("stable")
-            .to_string()
+        let c = &s.doc().system.update.config.channel;
+        if c.is_empty() {
+            "stable".to_string()
+        } else {
+            c.clone()
+        }
     })
 }
