@@ -441,6 +441,130 @@ impl RootFs {
     }
 }
 
+/// A file being written in place of another: the bytes go to a temporary file next to the
+/// target (see [`temp_name`]), and only [`AtomicWrite::commit`] puts it in the target's
+/// place. Dropped without a commit, the temporary file is removed and the target is as it
+/// was.
+pub trait AtomicWrite: Write + Send {
+    /// fsync, rename over the target, fsync of the directory.
+    fn commit(self: Box<Self>) -> Result<(), FsError>;
+}
+
+/// [`RootFs::create_atomic`]'s writer.
+#[derive(Debug)]
+pub struct AtomicFile {
+    dir: OwnedFd,
+    tmp: OsString,
+    name: OsString,
+    file: Option<fs::File>,
+    path: String,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `name` in `dir` (`O_CREAT | O_EXCL | O_NOFOLLOW`)
+    /// with permission bits `mode`.
+    fn create(dir: OwnedFd, name: &OsStr, mode: u32, path: &str) -> io::Result<AtomicFile> {
+        let (tmp, fd) = create_temp(dir.as_fd(), name, mode)?;
+        let me = AtomicFile {
+            dir,
+            tmp,
+            name: name.to_os_string(),
+            file: Some(fs::File::from(fd)),
+            path: path.to_string(),
+        };
+        // The umask may have masked bits off: set them exactly.
+        sys::fchmod(me.file()?.as_fd(), mode)?;
+        Ok(me)
+    }
+
+    fn file(&self) -> io::Result<&fs::File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the file was already committed"))
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file()?.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AtomicWrite for AtomicFile {
+    fn commit(mut self: Box<Self>) -> Result<(), FsError> {
+        let path = self.path.clone();
+        let res = (|| {
+            self.file()?.sync_all()?;
+            sys::renameat(self.dir.as_fd(), &self.tmp, &self.name)?;
+            // Renamed: nothing left to remove, whatever the directory's fsync says.
+            self.file = None;
+            sys::fsync(self.dir.as_fd())
+        })();
+        res.map_err(io_err("write", &path))
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = sys::unlinkat(self.dir.as_fd(), &self.tmp, false);
+        }
+    }
+}
+
+impl RootFs {
+    /// A streaming writer replacing the file at `os_path` atomically (see
+    /// [`AtomicWrite`]): the same allow-list checks and root-contained resolution as
+    /// [`RootFs::write`], missing parents created (0755).
+    pub fn create_atomic(&self, os_path: &str, mode: u32) -> Result<AtomicFile, FsError> {
+        let rel = self.check_writable(os_path)?;
+        let split = Self::split(&rel);
+        let Some(name) = split.name else {
+            return Err(io_err("write", os_path)(io::Error::other(
+                "the root is a directory",
+            )));
+        };
+        let root = self.open_root("write", os_path)?;
+        let dir = self.dir_in(os_path, root.as_fd(), &split.parent, true)?;
+        self.check_resolved(os_path, root.as_fd(), dir.as_fd(), Some(name), false)?;
+        AtomicFile::create(dir, name, mode, os_path).map_err(io_err("write", os_path))
+    }
+
+    /// Opens the file at `os_path` for reading, resolved inside the root; `Ok(None)` when
+    /// it does not exist.
+    pub fn open_file(&self, os_path: &str) -> Result<Option<fs::File>, FsError> {
+        let rel = Self::relative(os_path)?;
+        let root = self.open_root("read", os_path)?;
+        match Self::open_in(root.as_fd(), &rel, libc::O_RDONLY) {
+            Ok(fd) => Ok(Some(fs::File::from(fd))),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(io_err("read", os_path)(e)),
+        }
+    }
+
+    /// The directory holding `os_path`, resolved inside the root, and the last component:
+    /// for reaching an entry (a unix socket) by `/proc/self/fd/<dir>/<name>`, which cannot
+    /// leave the root.
+    pub fn parent_of(&self, os_path: &str) -> Result<(OwnedFd, OsString), FsError> {
+        let rel = Self::relative(os_path)?;
+        let split = Self::split(&rel);
+        let Some(name) = split.name else {
+            return Err(FsError::BadPath(os_path.to_string()));
+        };
+        let root = self.open_root("open", os_path)?;
+        let dir = Self::open_in(
+            root.as_fd(),
+            &split.parent,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(io_err("open", os_path))?;
+        Ok((dir, name.to_os_string()))
+    }
+}
+
 /// A directory opened once, for a writer that owns it (the daemon's state store): files
 /// in it are read and written relative to the descriptor, so the writes land in this
 /// directory whatever later happens to its path.
@@ -656,23 +780,29 @@ pub fn remove_temp_files(dir: BorrowedFd<'_>) -> io::Result<usize> {
     remove_temp_files_under(dir, None, false)
 }
 
+/// Creates a new temporary file for `name` in `dir` (`O_CREAT | O_EXCL | O_NOFOLLOW`,
+/// never an existing file or a symlink planted at its name).
+fn create_temp(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<(OsString, OwnedFd)> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    let mut attempt = 0;
+    loop {
+        let tmp = temp_name(name)?;
+        match sys::openat(dir, &tmp, flags, mode & 0o777) {
+            Ok(fd) => return Ok((tmp, fd)),
+            // Someone holds that name (a 2^-128 chance unless it was planted): another one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Writes `data` as `name` in the open directory `dir`, atomically and durably, with
 /// permission bits `mode`: a new temporary file (`O_CREAT | O_EXCL | O_NOFOLLOW`, never an
 /// existing file or a symlink planted at its name), written, fsynced, renamed over `name`,
 /// then the directory fsynced. On failure the temporary file is removed and `name` is
 /// untouched.
 pub fn write_in(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8], mode: u32) -> io::Result<()> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-    let mut attempt = 0;
-    let (tmp, fd) = loop {
-        let tmp = temp_name(name)?;
-        match sys::openat(dir, &tmp, flags, mode & 0o777) {
-            Ok(fd) => break (tmp, fd),
-            // Someone holds that name (a 2^-128 chance unless it was planted): another one.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => attempt += 1,
-            Err(e) => return Err(e),
-        }
-    };
+    let (tmp, fd) = create_temp(dir, name, mode)?;
     let mut f = fs::File::from(fd);
     let res = (|| {
         // The umask may have masked bits off: set them exactly.

@@ -15,7 +15,7 @@ use plugin_api::net::{Download, Request, ResponseHead};
 use serde_json::Value;
 
 use crate::exec::Commands;
-use crate::files::{FsError, RootFs, Stat, StatKind};
+use crate::files::{AtomicWrite, FsError, RootFs, Stat, StatKind};
 use crate::net::{Net, Progress};
 use crate::units::{valid_unit_name, UnitAction, Units};
 use crate::PlatformError;
@@ -59,6 +59,9 @@ pub trait Files: Send + Sync {
     fn remove(&self, path: &str) -> Result<(), FsError>;
     fn list(&self, path: &str) -> Result<Option<Vec<String>>, FsError>;
     fn stat(&self, path: &str) -> Result<Option<Stat>, FsError>;
+    /// A streaming writer that replaces the file at `path` atomically once committed
+    /// (see [`AtomicWrite`]); the write allow-list applies.
+    fn create_atomic(&self, path: &str, mode: u32) -> Result<Box<dyn AtomicWrite>, FsError>;
 }
 
 impl Files for RootFs {
@@ -79,6 +82,9 @@ impl Files for RootFs {
     }
     fn stat(&self, path: &str) -> Result<Option<Stat>, FsError> {
         RootFs::stat(self, path)
+    }
+    fn create_atomic(&self, path: &str, mode: u32) -> Result<Box<dyn AtomicWrite>, FsError> {
+        Ok(Box::new(RootFs::create_atomic(self, path, mode)?))
     }
 }
 

@@ -3,9 +3,16 @@
 //! ([`Progress`]).
 //!
 //! [`NoNet`] refuses every request (a host that offers no network); the real client is
-//! built with the `net` feature.
+//! built with the `net` feature ([`Client`]); both share the download [`pipeline`].
 
 use plugin_api::net::{Download, DownloadResult, Request, Response};
+
+#[cfg(feature = "net")]
+mod client;
+pub mod pipeline;
+
+#[cfg(feature = "net")]
+pub use client::{Client, Proxies, DEFAULT_STALL};
 
 use crate::host_ops::Files;
 use crate::PlatformError;

@@ -38,7 +38,8 @@ impl StateSlot for StoreSlot {
 }
 
 /// The adapters behind a plugin's handle: files under `root` limited to the manifest's
-/// paths, the platform's systemd and commands, the state store, `tracing`.
+/// paths, the platform's systemd and commands, the state store, `tracing`, the network
+/// client (unix sockets and `file://` downloads resolved under `root`).
 pub fn adapters(
     manifest: &Manifest,
     root: &Path,
@@ -51,7 +52,7 @@ pub fn adapters(
         commands: platform.commands.clone(),
         state: Arc::new(StoreSlot(store)),
         log: Arc::new(TracingLog),
-        net: Arc::new(plugin_host::net::NoNet),
+        net: Arc::new(plugin_host::net::Client::new(root)),
         progress: Arc::new(plugin_host::net::NoProgress),
     }
 }

@@ -503,3 +503,59 @@ fn a_write_into_a_directory_that_was_replaced_fails_and_leaves_the_target_whole(
     assert!(write_in(d.as_fd(), OsStr::new("f"), &version(3), 0o600).is_err());
     assert_eq!(ls(dir.path()), ["state"]);
 }
+
+// --- streaming atomic writes -------------------------------------------------------------
+
+#[test]
+fn a_streaming_atomic_write_replaces_the_target_only_on_commit() {
+    let j = Jail::new();
+    let plugin = RootFs::restricted(j.root.path(), &["/var/lib/updates".to_string()]);
+    plugin.write("/var/lib/updates/img", b"old", 0o644).unwrap();
+    // Written but dropped: the target is as it was, and no temporary file is left.
+    let mut w = plugin.create_atomic("/var/lib/updates/img", 0o600).unwrap();
+    w.write_all(b"half").unwrap();
+    assert_eq!(ls(&j.r("var/lib/updates")).len(), 2);
+    drop(w);
+    assert_eq!(ls(&j.r("var/lib/updates")), ["img"]);
+    assert_eq!(fs::read(j.r("var/lib/updates/img")).unwrap(), b"old");
+    // Committed: replaced, with the exact mode, missing parents created.
+    let mut w = plugin
+        .create_atomic("/var/lib/updates/new/img", 0o600)
+        .unwrap();
+    w.write_all(b"new ").unwrap();
+    w.write_all(b"image").unwrap();
+    assert!(!j.r("var/lib/updates/new/img").exists());
+    Box::new(w).commit().unwrap();
+    assert_eq!(
+        fs::read(j.r("var/lib/updates/new/img")).unwrap(),
+        b"new image"
+    );
+    let mode = fs::metadata(j.r("var/lib/updates/new/img"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    assert_eq!(ls(&j.r("var/lib/updates/new")), ["img"]);
+    // The allow-list, on the path as given and where it resolves.
+    assert!(matches!(
+        plugin.create_atomic("/etc/img", 0o644),
+        Err(FsError::NotAllowed { .. })
+    ));
+    fs::create_dir(j.r("etc")).unwrap();
+    symlink("/etc", j.r("var/lib/updates/out")).unwrap();
+    let r = plugin.create_atomic("/var/lib/updates/out/secret", 0o644);
+    assert!(matches!(r, Err(FsError::Escapes { .. })), "{r:?}");
+    // A symlink at the target is replaced, not followed.
+    symlink(j.out().join("secret"), j.r("var/lib/updates/link")).unwrap();
+    let mut w = plugin
+        .create_atomic("/var/lib/updates/link", 0o644)
+        .unwrap();
+    w.write_all(b"mine").unwrap();
+    Box::new(w).commit().unwrap();
+    assert_eq!(fs::read(j.r("var/lib/updates/link")).unwrap(), b"mine");
+    assert!(!fs::symlink_metadata(j.r("var/lib/updates/link"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(ls(&j.r("etc")), Vec::<String>::new());
+    j.assert_outside_untouched();
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use plugin_api::abi::{HostHandle, LogLevel, UnitOp};
 use plugin_api::Manifest;
 use plugin_host::exec::{self, Commands, Output};
-use plugin_host::files::{FsError, RootFs, Stat};
+use plugin_host::files::{AtomicFile, AtomicWrite, FsError, RootFs, Stat};
 use plugin_host::units::{UnitAction, Units};
 use plugin_host::{Adapters, Files, LogSink, PlatformError, PluginHost, StateSlot};
 use serde_json::Value;
@@ -202,7 +202,7 @@ impl HarnessHost {
                 commands: me.clone(),
                 state: me.clone(),
                 log: me,
-                net: Arc::new(plugin_host::net::NoNet),
+                net: Arc::new(plugin_host::net::Client::new(self.root())),
                 progress: Arc::new(plugin_host::net::NoProgress),
             },
         )
@@ -580,6 +580,46 @@ impl Files for HarnessHost {
 
     fn stat(&self, path: &str) -> Result<Option<Stat>, FsError> {
         self.inner.fs.stat(path)
+    }
+
+    fn create_atomic(&self, path: &str, mode: u32) -> Result<Box<dyn AtomicWrite>, FsError> {
+        let file = self.inner.fs.create_atomic(path, mode)?;
+        Ok(Box::new(RecordedAtomic {
+            host: self.clone(),
+            file,
+            path: path.to_string(),
+            mode,
+        }))
+    }
+}
+
+/// A streaming atomic write that is recorded as [`FileEffect::Written`] once committed.
+struct RecordedAtomic {
+    host: HarnessHost,
+    file: AtomicFile,
+    path: String,
+    mode: u32,
+}
+
+impl std::io::Write for RecordedAtomic {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl AtomicWrite for RecordedAtomic {
+    fn commit(self: Box<Self>) -> Result<(), FsError> {
+        let RecordedAtomic {
+            host,
+            file,
+            path,
+            mode,
+        } = *self;
+        let res = Box::new(file).commit();
+        host.effect(res, || FileEffect::Written { path, mode })
     }
 }
 

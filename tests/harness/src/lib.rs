@@ -17,6 +17,7 @@ use serde_json::Value;
 mod checks;
 mod host;
 mod strings;
+pub mod testserver;
 
 pub use checks::{assert_conformance, run_generic_checks, CheckOutcome, CheckStatus, CHECKS};
 pub use host::{
