@@ -195,3 +195,32 @@ impl Pki {
         self.sign_as(content, "other-signer", "other-ca")
     }
 }
+
+fn filter(program: &str, args: &[&str], data: &[u8]) -> Vec<u8> {
+    let out = spawn(&[&[program], args].concat(), data).expect("runs");
+    assert_eq!(out.status, 0, "{program}: {}", out.stderr);
+    out.stdout.into_bytes()
+}
+
+/// `data` gzipped (by the real `gzip`).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("gzip")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip runs");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&data));
+    let out = child.wait_with_output().expect("gzip");
+    writer.join().expect("writer").expect("gzip stdin");
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The SHA-256 of `data`, lower-case hex (by the real `sha256sum`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    let out = filter("sha256sum", &["-"], data);
+    String::from_utf8_lossy(&out[..64]).into_owned()
+}

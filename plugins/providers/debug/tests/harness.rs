@@ -159,7 +159,6 @@ fn registration_is_unsupported_and_deregistering_does_nothing() {
 }
 
 #[test]
-#[ignore = "needs the net branch (file:// downloads in the harness host)"]
 fn fetch_copies_the_files_into_the_target_directory() {
     let h = with_release();
     let release = lookup(&h, json!({"kind": "os"})).unwrap();
