@@ -133,6 +133,13 @@ fn the_config_round_trips_and_bad_values_are_refused() {
     for case in control_character_cases(&config, &fields, &["/update_ca"]) {
         h.assert_config_refused(&case.config, &case.message);
     }
+    let err = h.put_config(&json!({"path": "/media/usb"})).unwrap_err();
+    assert_eq!(err.status, 400);
+    assert!(
+        err.message.contains("unknown field `path`"),
+        "{}",
+        err.message
+    );
     // Token authentication is not implemented: said plainly, nothing applied.
     let err = h.put_config(&json!({"token": "abc"})).unwrap_err();
     assert_eq!(
