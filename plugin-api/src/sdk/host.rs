@@ -237,6 +237,20 @@ impl Host {
         Ok(out.into())
     }
 
+    /// [`Host::run`] with `stdin` written to the command's standard input (a signed
+    /// message to verify, a certificate to print): data that need not touch the disk.
+    pub fn run_with_input(
+        &self,
+        argv: &[&str],
+        stdin: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Output> {
+        let mut spec = command_spec(argv, timeout);
+        spec.stdin = RVec::from(stdin.to_vec());
+        let out = self.inner.run(spec).into_result()?;
+        Ok(out.into())
+    }
+
     /// [`Host::run`] for a command line that carries secrets: each [`Arg::Secret`] is
     /// shown as `***` in every error text and log line (the host masks them), and any
     /// occurrence of a secret in the captured output comes back as `***`.

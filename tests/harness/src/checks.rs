@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use plugin_api::sdk::RESET_NOT_SUPPORTED;
+use plugin_api::sdk::{PANIC_PREFIX, RESET_NOT_SUPPORTED};
 use plugin_api::{Hook, Kind};
 use plugin_host::loader::LoadError;
 use serde_json::{json, Map, Value};
@@ -80,6 +80,7 @@ pub const CHECKS: &[&str] = &[
     "wrong-types",
     "reset",
     "backup-restore",
+    "provider-ops",
 ];
 
 /// Runs every generic check on the library at `path`. When the library cannot be loaded,
@@ -91,13 +92,14 @@ pub fn run_generic_checks(path: impl AsRef<Path>) -> Vec<CheckOutcome> {
         return vec![manifest];
     }
     let mut out = vec![manifest];
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("get-shape", check_get_shape),
         ("put-round-trip", check_put_round_trip),
         ("bad-json", check_bad_json),
         ("wrong-types", check_wrong_types),
         ("reset", check_reset),
         ("backup-restore", check_backup_restore),
+        ("provider-ops", check_provider_ops),
     ];
     for (name, check) in checks {
         let outcome = match Harness::load(path) {
@@ -138,18 +140,18 @@ fn check_manifest(path: &Path) -> CheckOutcome {
         Err(e) => return CheckOutcome::fail(NAME, load_reason(&e)),
     };
     let m = h.manifest();
-    if matches!(m.kind, Kind::Service | Kind::Application) {
-        let missing: Vec<&str> = [Hook::Get, Hook::Put]
-            .into_iter()
-            .filter(|hk| !m.has(*hk))
-            .map(Hook::op)
-            .collect();
-        if !missing.is_empty() {
-            return CheckOutcome::fail(
-                NAME,
-                format!("a {:?} must implement {}", m.kind, missing.join(", ")),
-            );
-        }
+    // Every kind has a config document: a provider's is the `config` of its
+    // `/1.0/system/provider` document.
+    let missing: Vec<&str> = [Hook::Get, Hook::Put]
+        .into_iter()
+        .filter(|hk| !m.has(*hk))
+        .map(Hook::op)
+        .collect();
+    if !missing.is_empty() {
+        return CheckOutcome::fail(
+            NAME,
+            format!("a {:?} must implement {}", m.kind, missing.join(", ")),
+        );
     }
     CheckOutcome::pass(
         NAME,
@@ -171,15 +173,9 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
-/// `Some(skip)` when the plugin has no `{state, config}` document (a provider) or lacks
-/// one of `hooks`.
+/// `Some(skip)` when the plugin lacks one of `hooks`.
 fn needs(h: &Harness, hooks: &[Hook]) -> Option<Seen> {
     let m = h.manifest();
-    if m.kind == Kind::Provider {
-        return Some(Seen::Skip(
-            "providers have no {state, config} document".to_string(),
-        ));
-    }
     let missing: Vec<&str> = hooks
         .iter()
         .filter(|hk| !m.has(**hk))
@@ -516,6 +512,56 @@ fn check_backup_restore(h: &Harness) -> Result<Seen, String> {
         archive.len(),
         changed_note(&changed_fields)
     )))
+}
+
+/// A provider's typed operations: malformed input to `lookup` and `fetch` is refused with
+/// a 400 that says something, `clear-cache` succeeds, and no operation panics (`register`,
+/// `refresh` and `deregister` may refuse, as upstream's providers do, but with a message).
+fn check_provider_ops(h: &Harness) -> Result<Seen, String> {
+    if h.manifest().kind != Kind::Provider {
+        return Ok(Seen::Skip(
+            "only providers have provider operations".to_string(),
+        ));
+    }
+    let mut errors = vec![];
+    for (op, body, what) in [
+        (Hook::Lookup, &b"{not json"[..], "`{not json`"),
+        (Hook::Lookup, b"{}", "`{}`"),
+        (Hook::Fetch, b"[]", "`[]`"),
+    ] {
+        match h.invoke_raw(op.op(), body) {
+            Ok(out) => errors.push(format!(
+                "{} of {what} succeeded ({}) instead of answering 400",
+                op.op(),
+                String::from_utf8_lossy(&out)
+            )),
+            Err(e) if e.status != 400 || e.message.trim().is_empty() => errors.push(format!(
+                "{} of {what} answered {} instead of 400 with a message",
+                op.op(),
+                show(&e)
+            )),
+            Err(_) => {}
+        }
+    }
+    if let Err(e) = h.invoke_raw(Hook::ClearCache.op(), b"") {
+        errors.push(format!("clear-cache failed: {}", show(&e)));
+    }
+    for op in [Hook::Register, Hook::Refresh, Hook::Deregister] {
+        if let Err(e) = h.invoke_raw(op.op(), b"") {
+            if e.message.starts_with(PANIC_PREFIX) || e.message.trim().is_empty() {
+                errors.push(format!("{} answered {}", op.op(), show(&e)));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Seen::Pass(
+            "malformed lookup and fetch refused with 400; clear-cache, register, refresh and \
+             deregister answer without panicking"
+                .to_string(),
+        ))
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// Asserts, from a plugin's own tests, that no generic check fails (a check the plugin's

@@ -134,7 +134,8 @@ pub enum Failure {
 
 struct Rule {
     prefix: Vec<String>,
-    reply: Result<Reply, Failure>,
+    /// `None`: run the command on this machine ([`HarnessHost::on_command_real`]).
+    reply: Option<Result<Reply, Failure>>,
     /// `None`: answers forever; `Some(n)`: answers `n` more times.
     remaining: Option<usize>,
 }
@@ -262,22 +263,35 @@ impl HarnessHost {
     /// Answers every command whose argv starts with `prefix` with `reply`. The longest
     /// matching prefix wins; among equal prefixes the latest registration wins.
     pub fn on_command(&self, prefix: &[&str], reply: Reply) {
-        self.add_rule(prefix, Ok(reply), None);
+        self.add_rule(prefix, Some(Ok(reply)), None);
+    }
+
+    /// Runs the commands whose argv starts with `prefix` on this machine, with their stdin
+    /// and timeout (recorded like any other). For tools whose real answer is the point of
+    /// the test (openssl verifying a signature) and whose arguments name no file: paths
+    /// are not translated to the temporary root.
+    pub fn on_command_real(&self, prefix: &[&str]) {
+        self.add_rule(prefix, None, None);
     }
 
     /// Like [`HarnessHost::on_command`] but answers only the next `times` matching commands;
     /// such one-shot answers take precedence over permanent ones.
     pub fn on_command_times(&self, prefix: &[&str], times: usize, reply: Reply) {
-        self.add_rule(prefix, Ok(reply), Some(times));
+        self.add_rule(prefix, Some(Ok(reply)), Some(times));
     }
 
     /// Like [`HarnessHost::on_command`], but the matching commands fail without exiting:
     /// they cannot be started, or they time out.
     pub fn on_command_failure(&self, prefix: &[&str], failure: Failure) {
-        self.add_rule(prefix, Err(failure), None);
+        self.add_rule(prefix, Some(Err(failure)), None);
     }
 
-    fn add_rule(&self, prefix: &[&str], reply: Result<Reply, Failure>, remaining: Option<usize>) {
+    fn add_rule(
+        &self,
+        prefix: &[&str],
+        reply: Option<Result<Reply, Failure>>,
+        remaining: Option<usize>,
+    ) {
         self.record().rules.push(Rule {
             prefix: prefix.iter().map(|s| s.to_string()).collect(),
             reply,
@@ -489,7 +503,7 @@ impl HarnessHost {
 }
 
 impl Record {
-    fn take_reply(&mut self, argv: &[String]) -> Option<Result<Reply, Failure>> {
+    fn take_reply(&mut self, argv: &[String]) -> Option<Option<Result<Reply, Failure>>> {
         let matches = |r: &Rule| r.remaining != Some(0) && argv.starts_with(&r.prefix);
         // Best rule: one-shot before permanent, then longest prefix, then latest.
         let idx = self
@@ -670,17 +684,21 @@ impl Commands for HarnessHost {
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
         });
         match r.take_reply(argv) {
-            Some(Ok(reply)) => Ok(Output {
+            Some(None) => {
+                drop(r);
+                exec::run_with_timeout(argv, stdin, timeout)
+            }
+            Some(Some(Ok(reply))) => Ok(Output {
                 status: reply.status,
                 stdout: reply.stdout.into_bytes(),
                 stderr: reply.stderr.into_bytes(),
             }),
             // ENOENT, as for a missing binary.
-            Some(Err(Failure::Spawn)) => Err(exec::spawn_failed(
+            Some(Some(Err(Failure::Spawn))) => Err(exec::spawn_failed(
                 argv,
                 &std::io::Error::from_raw_os_error(2),
             )),
-            Some(Err(Failure::Timeout)) => Err(exec::timed_out(argv, timeout)),
+            Some(Some(Err(Failure::Timeout))) => Err(exec::timed_out(argv, timeout)),
             None => Err(PlatformError(format!(
                 "command not scripted in the harness: {}",
                 argv.join(" ")

@@ -41,7 +41,7 @@ fn assert_outcomes(name: &str, failing: &[(&str, &str)], skipped: &[&str]) -> Ve
 }
 
 /// What every service fixture skips: services have no backup.
-const SERVICE_SKIPS: &[&str] = &["backup-restore"];
+const SERVICE_SKIPS: &[&str] = &["backup-restore", "provider-ops"];
 
 #[test]
 fn a_put_that_accepts_bad_json_fails_bad_json() {
@@ -184,7 +184,7 @@ fn a_backup_that_loses_data_fails_the_round_trip() {
              backup it was {\"config\":{\"enabled\":true,\"name\":\"conformance\",\"port\":1,\
              \"tags\":[]},\"state\":{\"data\":\"conformance\",\"running\":true}}",
         )],
-        &["reset"],
+        &["reset", "provider-ops"],
     );
 }
 
@@ -192,7 +192,7 @@ fn a_backup_that_loses_data_fails_the_round_trip() {
 /// round trip runs (on a config the check changed first) and passes.
 #[test]
 fn the_fixture_application_passes_the_backup_round_trip() {
-    let outcomes = assert_outcomes("backup-app", &[], &["reset"]);
+    let outcomes = assert_outcomes("backup-app", &[], &["reset", "provider-ops"]);
     let br = outcome(&outcomes, "backup-restore");
     assert!(
         br.detail
@@ -204,6 +204,26 @@ fn the_fixture_application_passes_the_backup_round_trip() {
         outcome(&outcomes, "reset").detail,
         "only services have reset"
     );
+}
+
+#[test]
+fn providers_get_the_generic_checks_and_a_panicking_operation_fails_provider_ops() {
+    let outcomes = assert_outcomes(
+        "nc-provider-panics",
+        &[(
+            "provider-ops",
+            "register answered 500 plugin panicked in register: register is broken",
+        )],
+        &["reset", "backup-restore"],
+    );
+    // The config checks ran on the provider's config document.
+    assert_eq!(
+        outcome(&outcomes, "get-shape").detail,
+        r#"GET: {"config":{"server_url":""},"state":{}}"#
+    );
+    assert!(outcome(&outcomes, "put-round-trip")
+        .detail
+        .contains("1 field(s) changed (server_url)"));
 }
 
 #[test]
