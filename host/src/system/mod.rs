@@ -4,3 +4,4 @@ pub mod debug;
 pub mod host;
 pub mod info;
 pub mod logging;
+pub mod update;
