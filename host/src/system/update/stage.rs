@@ -13,6 +13,11 @@
 //! partitions' offsets on the disk device with plain writes and an fsync, labels and the
 //! read-only flag are set with `sfdisk --part-label` / `--part-attrs`. Every touch of the
 //! machine goes through [`DiskOps`], so the decisions are tested without root.
+//!
+//! Writing through the disk device rather than `/dev/<disk>N` needs no partition device
+//! nodes (a container without udev has none); the partition devices keep their own page
+//! cache, so the new bytes are read through them only once it is dropped (after the reboot
+//! that uses the slot).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
