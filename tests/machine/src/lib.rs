@@ -53,6 +53,8 @@ pub const REQUIRED_TOOLS: &[&str] = &[
     "umount",
     "ip",
     "journalctl",
+    "sfdisk",
+    "mkfs.vfat",
 ];
 
 /// Where `systemd-journal-remote` lives on Debian (it is not in `PATH`).

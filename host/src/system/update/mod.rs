@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod schedule;
+pub mod stage;
 pub mod versions;
 
 use serde::{Deserialize, Serialize};
