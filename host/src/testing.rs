@@ -116,7 +116,13 @@ impl TestApp {
     ) -> Self {
         self.adders
             .push(Box::new(move |reg, root, store, platform, timeout| {
-                let host = crate::plugins::host::handle(&manifest, root, store, platform);
+                let host = crate::plugins::host::handle(
+                    &manifest,
+                    root,
+                    store,
+                    platform,
+                    Arc::new(plugin_host::net::NoProgress),
+                );
                 let inst = make(host).expect("test plugin constructor");
                 let path = PathBuf::from(format!("(built-in test plugin {})", manifest.name));
                 reg.add(
