@@ -13,7 +13,7 @@
 //! (`tls.pinned_pem`: exactly that certificate, its chain and name not checked).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ pub struct Proxies {
     /// For http URLs.
     pub http: Option<String>,
     /// Hosts reached directly: `*`, a host name (its subdomains too, with or without a
-    /// leading dot) or an IP address.
+    /// leading dot) or an IP address. `localhost` and loopback addresses always are.
     pub no_proxy: Vec<String>,
 }
 
@@ -77,6 +77,10 @@ impl Proxies {
 
     fn bypass(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
+        // As Go's proxy rules: the machine itself is never reached through a proxy.
+        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+            return true;
+        }
         self.no_proxy.iter().any(|entry| {
             let entry = entry.trim_start_matches("*.");
             let entry = entry.strip_prefix('.').unwrap_or(entry);
@@ -1065,6 +1069,9 @@ mod tests {
         assert_eq!(p.for_url(&url("https://x.corp/")), None);
         assert_eq!(p.for_url(&url("https://10.0.0.1/")), None);
         assert_eq!(p.for_url(&url("http://example.com/")), None);
+        assert_eq!(p.for_url(&url("https://127.0.0.1:8443/")), None);
+        assert_eq!(p.for_url(&url("https://[::1]/")), None);
+        assert_eq!(p.for_url(&url("https://localhost/")), None);
     }
 
     #[test]
