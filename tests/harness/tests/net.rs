@@ -587,6 +587,22 @@ fn redirects_are_followed_and_credentials_stay_on_their_host() {
     let d = download(&server.url("/latest"), ca(&server));
     s.download(&d).unwrap();
     assert_eq!(s.target(), b"redirected");
+    // Never down to http, nor to a local file.
+    server.handle(
+        "/down",
+        Reply::redirect(301, "http://127.0.0.1:1/image.raw"),
+    );
+    server.handle(
+        "/local",
+        Reply::redirect(302, "file:///var/lib/updates/image.raw"),
+    );
+    for (path, why) in [
+        ("/down", "from https down to http"),
+        ("/local", "redirect to file"),
+    ] {
+        let res = s.download(&download(&server.url(path), ca(&server)));
+        assert_err(res, &[why]);
+    }
     // To another host: the Authorization header is not sent there.
     server.handle(
         "/away",
