@@ -13,7 +13,7 @@
 //! (`tls.pinned_pem`: exactly that certificate, its chain and name not checked).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ pub struct Proxies {
     /// For http URLs.
     pub http: Option<String>,
     /// Hosts reached directly: `*`, a host name (its subdomains too, with or without a
-    /// leading dot) or an IP address.
+    /// leading dot) or an IP address. `localhost` and loopback addresses always are.
     pub no_proxy: Vec<String>,
 }
 
@@ -77,6 +77,10 @@ impl Proxies {
 
     fn bypass(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
+        // As Go's proxy rules: the machine itself is never reached through a proxy.
+        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+            return true;
+        }
         self.no_proxy.iter().any(|entry| {
             let entry = entry.trim_start_matches("*.");
             let entry = entry.strip_prefix('.').unwrap_or(entry);
@@ -135,6 +139,10 @@ impl Client {
         if url.scheme == Scheme::File {
             return Err("file:// URLs are for downloads only".into());
         }
+        let method = &request.method;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+            return Err(format!("bad method {method:?}"));
+        }
         let follow = matches!(request.method.as_str(), "GET" | "HEAD");
         let mut headers = request.headers.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -144,6 +152,9 @@ impl Client {
             match location {
                 Some(location) if follow && redirect => {
                     let next = url.join(location)?;
+                    if next.scheme == Scheme::File {
+                        return Err(format!("refusing a redirect to {location}"));
+                    }
                     if url.scheme == Scheme::Https && next.scheme != Scheme::Https {
                         return Err(format!(
                             "refusing a redirect from https down to {}",
@@ -875,6 +886,9 @@ struct Url {
 impl Url {
     fn parse(text: &str) -> Result<Url, String> {
         let bad = |why: &str| format!("bad URL {text:?}: {why}");
+        if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(bad("spaces and control characters must be percent-encoded"));
+        }
         let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
@@ -1038,6 +1052,8 @@ mod tests {
         assert_eq!(f.path, "/var/lib/x.img");
         assert!(Url::parse("ftp://x/").is_err());
         assert!(Url::parse("file://host/x").is_err());
+        let injected = Url::parse("http://x/a HTTP/1.1\r\nX-Evil: 1").unwrap_err();
+        assert!(injected.contains("percent-encoded"), "{injected}");
         let p = Url::parse("http://user:pw@proxy:3128").unwrap();
         assert_eq!(p.userinfo.as_deref(), Some("user:pw"));
         assert_eq!(base64("user:pw"), "dXNlcjpwdw==");
@@ -1065,6 +1081,9 @@ mod tests {
         assert_eq!(p.for_url(&url("https://x.corp/")), None);
         assert_eq!(p.for_url(&url("https://10.0.0.1/")), None);
         assert_eq!(p.for_url(&url("http://example.com/")), None);
+        assert_eq!(p.for_url(&url("https://127.0.0.1:8443/")), None);
+        assert_eq!(p.for_url(&url("https://[::1]/")), None);
+        assert_eq!(p.for_url(&url("https://localhost/")), None);
     }
 
     #[test]
