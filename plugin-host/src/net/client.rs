@@ -111,6 +111,8 @@ impl Proxies {
 pub struct Client {
     fs: RootFs,
     proxies: Proxies,
+    /// The trusted roots when a request names none, read once (see [`Client::roots`]).
+    roots: OnceLock<Arc<RootCertStore>>,
 }
 
 impl Client {
@@ -125,7 +127,29 @@ impl Client {
         Client {
             fs: RootFs::new(root),
             proxies,
+            roots: OnceLock::new(),
         }
+    }
+
+    /// The roots a request without its own CA or pin trusts: the OS's CA bundle
+    /// ([`CA_BUNDLE`], under the root prefix, where the OS adds its custom CAs) when it has
+    /// one, else the built-in Mozilla set.
+    fn roots(&self) -> Arc<RootCertStore> {
+        self.roots
+            .get_or_init(|| {
+                let bundle = self.fs.read(CA_BUNDLE).ok().flatten().and_then(|pem| {
+                    let mut store = RootCertStore::empty();
+                    for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+                        let _ = store.add(cert);
+                    }
+                    (!store.is_empty()).then_some(store)
+                });
+                match bundle {
+                    Some(store) => Arc::new(store),
+                    None => system_roots(),
+                }
+            })
+            .clone()
     }
 
     /// Sends `request` (following redirects for `GET`/`HEAD`) and returns the final
@@ -216,7 +240,7 @@ impl Client {
             connect_tcp(&url.host, url.port, stall)?
         };
         let mut stream: Box<dyn Stream> = if url.scheme == Scheme::Https {
-            Box::new(tls_connect(sock, url, &request.tls)?)
+            Box::new(tls_connect(sock, url, &request.tls, self.roots())?)
         } else {
             Box::new(sock)
         };
@@ -726,6 +750,9 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// The OS's CA bundle (Debian's layout), trusted when present.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 fn system_roots() -> Arc<RootCertStore> {
     static R: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     R.get_or_init(|| {
@@ -747,7 +774,7 @@ fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 /// The rustls settings for a request's [`Tls`].
-fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
+fn tls_config(tls: &Tls, roots: Arc<RootCertStore>) -> Result<ClientConfig, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -771,7 +798,7 @@ fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
         }
         builder.with_root_certificates(roots)
     } else {
-        builder.with_root_certificates(system_roots())
+        builder.with_root_certificates(roots)
     };
     match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => {
@@ -791,8 +818,9 @@ fn tls_connect(
     mut sock: Sock,
     url: &Url,
     tls: &Tls,
+    roots: Arc<RootCertStore>,
 ) -> Result<rustls::StreamOwned<ClientConnection, Sock>, String> {
-    let config = tls_config(tls)?;
+    let config = tls_config(tls, roots)?;
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| format!("{}: not a valid server name: {e}", url.host))?;
     let mut conn = ClientConnection::new(Arc::new(config), name)

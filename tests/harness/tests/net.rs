@@ -196,6 +196,32 @@ fn without_the_private_ca_the_server_is_not_trusted() {
     s.assert_untouched();
 }
 
+/// A CA the OS trusts (in its CA bundle under the root, where custom CAs are added) is
+/// trusted by requests that name no CA of their own; other servers still are not.
+#[test]
+fn the_oss_ca_bundle_under_the_root_is_trusted_by_default() {
+    let site_dir = site("image.raw", b"new");
+    let server = TestServer::https(site_dir.path());
+    let s = setup();
+    let bundle = s.root.path().join("etc/ssl/certs/ca-certificates.crt");
+    std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+    std::fs::write(&bundle, server.ca_pem()).unwrap();
+    let client = Client::with_proxies(s.root.path(), Proxies::default());
+    let d = download(&server.url("/image.raw"), Tls::default());
+    client
+        .download("test", &d, &s.files, &Seen::default())
+        .unwrap();
+    assert_eq!(s.target(), b"new");
+
+    let other_dir = site("image.raw", b"other");
+    let other = TestServer::https(other_dir.path());
+    let d = download(&other.url("/image.raw"), Tls::default());
+    let e = client
+        .download("test", &d, &s.files, &Seen::default())
+        .map_err(|e| e.0);
+    assert_err(e, &["invalid peer certificate"]);
+}
+
 #[test]
 fn a_pinned_certificate_is_accepted_and_a_wrong_pin_refused() {
     let dir = site("image.raw", b"pinned");
