@@ -212,7 +212,9 @@ pub async fn update(State(app): State<AppState>, method: Method, body: Body) -> 
                 status: app.updates.status.status(),
                 needs_reboot: app.updates.status.needs_reboot(),
             };
-            Ok(sync(&serde_json::json!({ "config": config, "state": state })))
+            Ok(sync(
+                &serde_json::json!({ "config": config, "state": state }),
+            ))
         }
         Method::PUT => {
             let body = read_json(body).await?;

@@ -2,10 +2,10 @@
 
 mod devroot;
 
-use plugin_api::provider::RefreshCause;
 use crate::platform::notify::{notify_barrier, notify_systemd};
 pub use crate::platform::socket::bind_socket;
 pub use devroot::prepare_dev_root;
+use plugin_api::provider::RefreshCause;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

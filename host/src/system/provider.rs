@@ -89,10 +89,8 @@ fn unknown(name: &str) -> ProviderError {
 
 /// What every provider call says about this machine.
 pub fn context(app: &App, channel: &str) -> UpdateContext {
-    let (running, next) = app.with_state(|s| {
-        let os = &s.doc().os;
-        (os.running_release.clone(), os.next_release.clone())
-    });
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
+    let running = app.info.os().version.clone();
     let env = app.info.environment(&next, app.is_ready()).ok();
     UpdateContext {
         channel: channel.to_string(),

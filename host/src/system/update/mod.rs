@@ -4,8 +4,8 @@
 //! plain Rust without I/O; the runner talks to the provider, the disk and the clock.
 
 pub mod config;
-pub mod schedule;
 pub mod runner;
+pub mod schedule;
 pub mod stage;
 pub mod versions;
 

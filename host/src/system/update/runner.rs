@@ -336,11 +336,7 @@ pub async fn check(
 /// Installed applications whose provider offers a newer version get it downloaded to
 /// `/var/lib/incus-os-extensions/<version>/` (activating it is the applications'
 /// subsystem's part).
-async fn check_applications(
-    app: &App,
-    p: &Plugin,
-    context: &UpdateContext,
-) -> Result<(), String> {
+async fn check_applications(app: &App, p: &Plugin, context: &UpdateContext) -> Result<(), String> {
     let installed: Vec<(String, String)> = app.with_state(|s| {
         s.doc()
             .applications
@@ -388,14 +384,12 @@ async fn check_os(
     let Some(release) = lookup(p, context, Target::Os).await? else {
         return Ok(None);
     };
-    let (running, next) = app.with_state(|s| {
-        let os = &s.doc().os;
-        (os.running_release.clone(), os.next_release.clone())
-    });
+    // The release running is the one this boot read from the OS, not a stored copy.
+    let running = app.info.os().version.clone();
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
     let os_name = app.info.os().name.clone();
     let needs_reboot = app.updates.status.needs_reboot();
-    match versions::os_update_decision(&os_name, &running, &next, &release.version, needs_reboot)
-    {
+    match versions::os_update_decision(&os_name, &running, &next, &release.version, needs_reboot) {
         Decision::Install => {}
         Decision::Nothing => return Ok(None),
         Decision::Skip(why) => {
@@ -492,13 +486,11 @@ fn install_disk(app: &App) -> Result<PathBuf, String> {
 /// The `major:minor` of what is mounted on `mount_point`, from `/proc/self/mountinfo`.
 pub fn esp_device(mountinfo: &str, mount_point: &Path) -> Option<String> {
     let want = mount_point.to_str()?;
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
-        })
-        .last()
+    // The last mount on a point is the one in effect.
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    })
 }
 
 /// `/dev/<disk>` for the partition `major:minor`, from sysfs.
@@ -534,7 +526,12 @@ mod tests {
     fn progress_shows_in_the_status() {
         use plugin_host::net::Progress;
         let s = UpdateStatus::default();
-        s.progress("images", "/var/lib/updates/IncusOS_1.efi", 5 << 20, Some(10 << 20));
+        s.progress(
+            "images",
+            "/var/lib/updates/IncusOS_1.efi",
+            5 << 20,
+            Some(10 << 20),
+        );
         assert_eq!(
             s.status(),
             "Downloading IncusOS_1.efi: 5 MiB of 10 MiB (50%)"
