@@ -501,3 +501,28 @@ async fn a_release_missing_its_usr_image_is_not_staged_and_the_running_slot_stay
     m.assert_running_slot_intact();
     assert_eq!(m.ukis(), [format!("{OS}_{RUNNING}.efi")]);
 }
+
+#[tokio::test]
+async fn with_auto_reboot_a_staged_update_reboots_through_the_lifecycle() {
+    let m = machine(json!({"os": release(NEW, &files(NEW)), "contents": contents(NEW)})).await;
+    let mut power = m.app.take_power_requests().expect("power requests");
+    let (s, _) = call(
+        &m.r,
+        "PUT",
+        "/1.0/system/update",
+        &json!({"config": {"auto_reboot": true, "channel": "stable", "check_frequency": "6h"}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(power.try_recv().is_err(), "nothing asked before the check");
+    let (s, v) = m.check().await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        power.try_recv().ok(),
+        Some(incus_osd::platform::systemd::PowerAction::Reboot)
+    );
+    // Rebooting now: no reboot is left pending.
+    assert_eq!(m.state().await["needs_reboot"], false);
+    assert_eq!(m.next_release(), NEW);
+}

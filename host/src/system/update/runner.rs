@@ -296,7 +296,15 @@ pub async fn check(
         text
     };
     let p = provider::selected(app).map_err(|e| fail("load the update provider", e.message))?;
-    if clear_cache {
+    if !p.manifest.has(Hook::Lookup) || !p.manifest.has(Hook::Fetch) {
+        let why = format!(
+            "provider {} cannot look up updates: it was built for plugin-api {}, and lookups came in 1.2",
+            p.name(),
+            p.manifest.api_version
+        );
+        return Err(fail("load the update provider", why));
+    }
+    if clear_cache && p.manifest.has(Hook::ClearCache) {
         p.hook(Hook::ClearCache, Bytes::new())
             .await
             .map_err(|e| fail("clear the provider's cache", e.message))?;
