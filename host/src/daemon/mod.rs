@@ -248,6 +248,7 @@ impl Daemon {
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
     lifecycle::start_plugins(&app).await;
+    crate::system::update::runner::start(app.clone()).await;
     {
         let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
         if !store.doc().os.successful_boot {
@@ -260,7 +261,6 @@ async fn finish_start(app: Arc<App>) {
         Ok(_) => {
             tracing::info!(version = %app.info.os().version, "System is ready");
             crate::system::provider::notify(&app, RefreshCause::SystemIsReady).await;
-            crate::system::update::runner::spawn(app.clone());
         }
         Err(e) => tracing::info!(error = %e, "start-up ended while stopping"),
     }

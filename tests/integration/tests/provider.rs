@@ -211,3 +211,77 @@ async fn a_provider_built_for_plugin_api_1_1_is_selected_and_checks_say_what_it_
          it was built for plugin-api 1.1.0, and lookups came in 1.2"
     );
 }
+
+/// Waits until `GET /1.0/system/update` shows `status`.
+async fn wait_status(d: &Daemon, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let v = get_ok(&d.socket, "/1.0/system/update").await;
+        if v["state"]["status"] == status {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "status never became {status:?}: {v}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The checker loop runs a user-requested full check: the provider's cache is cleared, the
+/// installed application's newer image lands in `/var/lib/incus-os-extensions/<version>/`,
+/// the OS is looked up on the configured channel, and `last_check` is recorded.
+#[tokio::test]
+async fn a_requested_check_fetches_application_images_and_looks_up_the_os() {
+    let root = root_with_providers();
+    // An installed application, as the applications subsystem records it.
+    std::fs::create_dir_all(root.state_file().parent().unwrap()).unwrap();
+    std::fs::write(
+        root.state_file(),
+        json!({"schema_version": 1, "applications": {"incus": {"version": "202501010000"}}})
+            .to_string(),
+    )
+    .unwrap();
+    let d = Daemon::start(&root, &[]);
+    let release = json!({"version": "202601010000", "files": [
+        {"component": "incus", "type": "application", "filename": "x86_64/incus.raw.gz"}]});
+    select(
+        &d,
+        "fixture",
+        json!({"applications": {"incus": release}, "contents": {"incus.raw": "image"}}),
+    )
+    .await;
+    let (s, v) = request(
+        &d.socket,
+        "PUT",
+        "/1.0/system/update",
+        &json!({"config": {"channel": "testing", "check_frequency": "never"}}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = request(&d.socket, "POST", "/1.0/system/update/:check", "").await;
+    assert_eq!(s, 200);
+    let v = wait_status(&d, "Update check completed").await;
+    assert_ne!(v["state"]["last_check"], "0001-01-01T00:00:00Z");
+    let calls = calls(&d, "fixture").await;
+    let after_put: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .skip_while(|c| *c != "register")
+        .skip(1)
+        .collect();
+    assert_eq!(
+        after_put,
+        [
+            "clear-cache",
+            "lookup:application/incus:testing",
+            "fetch:202601010000",
+            "lookup:os:testing"
+        ]
+    );
+    let image = root
+        .path()
+        .join("var/lib/incus-os-extensions/202601010000/incus.raw");
+    assert_eq!(std::fs::read_to_string(image).unwrap(), "image");
+}

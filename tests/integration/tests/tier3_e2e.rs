@@ -32,13 +32,14 @@ async fn boot(site: &Site) -> Machine {
 
 /// The plugin names, from the built libraries (`libincus_osd_plugin_<name>.so`).
 fn plugin_names() -> Vec<String> {
+    // The names their manifests give (`libincus_osd_plugin_provider_images.so` is `images`).
     let mut v: Vec<String> = workspace_plugins()
         .iter()
         .map(|p| {
-            let f = p.file_name().unwrap().to_str().unwrap();
-            f.trim_start_matches("libincus_osd_plugin_")
-                .trim_end_matches(".so")
-                .to_string()
+            plugin_host::loader::open(p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .manifest
+                .name
         })
         .collect();
     v.sort();

@@ -161,20 +161,58 @@ fn record_last_check(app: &App, now: DateTime<Utc>) {
     }
 }
 
-/// The checker loop: runs until the daemon stops. Starts with the startup check.
-pub async fn run(app: Arc<App>) {
-    let Some(mut events) = app.updates.take_events() else {
+/// The startup check (upstream's blocking one, before the system is ready: an OS update
+/// found at boot is staged and the machine rebooted into it), then the checker loop in the
+/// background until the daemon stops.
+pub async fn start(app: Arc<App>) {
+    let Some(events) = app.updates.take_events() else {
         return;
     };
     let mut sched = Scheduler::new();
-    let mut event = Event::Startup;
+    let event = step(&app, &mut sched, Event::Startup).await;
+    tokio::spawn(run(app, sched, event, events));
+}
+
+/// One decision of the schedule for `event`, carried out when it is a check (the next
+/// event is then [`Event::CheckFinished`]); any other decision is handed back as
+/// `Event::Tick`, for the loop to take again.
+async fn step(app: &App, sched: &mut Scheduler, event: Event) -> Event {
+    let clock = SystemClock;
+    let (config, last_check) = inputs(app);
+    let action = sched.handle(
+        event,
+        &Inputs {
+            config: &config,
+            last_check,
+            has_primary: has_primary(app),
+        },
+        &clock,
+    );
+    match action {
+        Action::Check { kind, clear_cache } => {
+            record_last_check(app, clock.now());
+            if let Err(e) = check(app, kind, clear_cache, false).await {
+                tracing::warn!(error = %e, "update check failed");
+            }
+            Event::CheckFinished
+        }
+        // Nothing to run now: the loop asks again and sleeps as told.
+        _ => Event::Tick,
+    }
+}
+
+/// The checker loop: runs until the daemon stops.
+async fn run(
+    app: Arc<App>,
+    mut sched: Scheduler,
+    mut event: Event,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
     let clock = SystemClock;
     loop {
-        if !app.is_ready() && !matches!(event, Event::Startup) {
-            // Stopping: the checker ends with the daemon.
-            if app.lifecycle.is_stopping() {
-                return;
-            }
+        if app.lifecycle.is_stopping() {
+            // The checker ends with the daemon.
+            return;
         }
         let (config, last_check) = inputs(&app);
         let primary = has_primary(&app);
@@ -510,11 +548,6 @@ fn disk_of(dev: &str) -> Option<PathBuf> {
     let real = std::fs::canonicalize(&sys).ok()?;
     let disk = real.parent()?.file_name()?;
     Some(Path::new("/dev").join(disk))
-}
-
-/// Starts the checker loop (after start-up).
-pub fn spawn(app: Arc<App>) {
-    tokio::spawn(run(app));
 }
 
 #[cfg(test)]

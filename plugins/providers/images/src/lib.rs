@@ -100,6 +100,9 @@ impl Images {
                 return Ok(c.index.clone());
             }
         }
+        // Without the trust anchors nothing fetched could be verified: say so before
+        // going to the network.
+        let trust = Trust::load(&self.host, &config.update_ca)?;
         let url = format!("{server_url}/index.sjson");
         let request = Request::get(&url).header(user_agent(context).0, user_agent(context).1);
         let signed = retry(ATTEMPTS, PAUSE, None, || {
@@ -110,7 +113,6 @@ impl Images {
             Ok(response.body)
         })
         .map_err(|e| Error::new(e.status, format!("cannot get {url}: {}", e.message)))?;
-        let trust = Trust::load(&self.host, &config.update_ca)?;
         let index = verified_index(&self.host, &signed, &trust)?;
         *self.cache() = Some(Cached {
             at: Instant::now(),
