@@ -107,6 +107,8 @@ impl Proxies {
 pub struct Client {
     fs: RootFs,
     proxies: Proxies,
+    /// The public CAs: what a request naming neither a CA nor a pin trusts.
+    roots: Arc<RootCertStore>,
 }
 
 impl Client {
@@ -121,7 +123,20 @@ impl Client {
         Client {
             fs: RootFs::new(root),
             proxies,
+            roots: system_roots(),
         }
+    }
+
+    /// The same client trusting `ca_pem`'s certificates beside the public CAs, for
+    /// requests that name neither a CA nor a pin (tests stand a private CA in for a
+    /// public one).
+    pub fn trusting(mut self, ca_pem: &str) -> Result<Self, String> {
+        let mut roots = (*self.roots).clone();
+        for cert in certs(ca_pem, "trusted CA")? {
+            roots.add(cert).map_err(|e| format!("trusted CA: {e}"))?;
+        }
+        self.roots = Arc::new(roots);
+        Ok(self)
     }
 
     /// Sends `request` (following redirects for `GET`/`HEAD`) and returns the final
@@ -205,7 +220,7 @@ impl Client {
             connect_tcp(&url.host, url.port, stall)?
         };
         let mut stream: Box<dyn Stream> = if url.scheme == Scheme::Https {
-            Box::new(tls_connect(sock, url, &request.tls)?)
+            Box::new(tls_connect(sock, url, &request.tls, &self.roots)?)
         } else {
             Box::new(sock)
         };
@@ -736,7 +751,7 @@ fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 /// The rustls settings for a request's [`Tls`].
-fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
+fn tls_config(tls: &Tls, roots: &Arc<RootCertStore>) -> Result<ClientConfig, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -760,7 +775,7 @@ fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
         }
         builder.with_root_certificates(roots)
     } else {
-        builder.with_root_certificates(system_roots())
+        builder.with_root_certificates(roots.clone())
     };
     match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => {
@@ -780,8 +795,9 @@ fn tls_connect(
     mut sock: Sock,
     url: &Url,
     tls: &Tls,
+    roots: &Arc<RootCertStore>,
 ) -> Result<rustls::StreamOwned<ClientConnection, Sock>, String> {
-    let config = tls_config(tls)?;
+    let config = tls_config(tls, roots)?;
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| format!("{}: not a valid server name: {e}", url.host))?;
     let mut conn = ClientConnection::new(Arc::new(config), name)
@@ -813,9 +829,7 @@ impl ServerCertVerifier for Pinned {
         if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "the server's certificate is not the pinned one".into(),
-            ))
+            Err(rustls::Error::General(plugin_api::net::PIN_MISMATCH.into()))
         }
     }
 
