@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 /// bigger is a download.
 pub const MAX_HTTP_BODY: usize = 16 * 1024 * 1024;
 
+/// What the host's error says when a server does not present the pinned certificate
+/// ([`Tls::pinned_pem`]): a provider that falls back to the public CAs looks for it.
+pub const PIN_MISMATCH: &str = "the server's certificate is not the pinned one";
+
 /// How the host checks the server, and what it presents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

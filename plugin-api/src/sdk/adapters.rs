@@ -60,19 +60,17 @@ struct PutBody<C> {
     config: Option<C>,
 }
 
-/// The document the SDK persists for a service or an application.
+/// The document the SDK persists for a plugin of any kind.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(bound = "C: Serialize + DeserializeOwned + Default")]
-struct Stored<C> {
+pub(super) struct Stored<C> {
     #[serde(default)]
-    config: C,
+    pub(super) config: C,
 }
 
 /// The config-handling every kind shares: load, GET, PUT with validate/update/save.
 struct Configured<C> {
     host: Host,
-    /// Serializes read-modify-write of the stored config inside the plugin too.
-    lock: std::sync::Mutex<()>,
     _c: std::marker::PhantomData<fn() -> C>,
 }
 
@@ -80,7 +78,6 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
     fn new(host: Host) -> Self {
         Configured {
             host,
-            lock: std::sync::Mutex::new(()),
             _c: std::marker::PhantomData,
         }
     }
@@ -126,7 +123,8 @@ impl<C: Serialize + DeserializeOwned + Default + Clone> Configured<C> {
             .ok_or_else(|| Error::bad_request("invalid request body: missing field `config`"))?;
         crate::validate::config_strings(&new, multi_line).map_err(Error::bad_request)?;
         validate(&new)?;
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Serializes read-modify-write of the stored config with `Host::update_config`.
+        let _guard = self.host.config_lock();
         let old = self.config()?;
         validate_change(&old, &new)?;
         let mut undo = Undo::new(&self.host);

@@ -1,7 +1,7 @@
 //! [`Host`]: the safe wrapper over the capabilities the host hands a plugin, and command
 //! running (with secret arguments masked).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use abi_stable::std_types::{ROption, RSlice, RStr, RString, RVec};
 use serde::de::DeserializeOwned;
@@ -26,6 +26,9 @@ pub struct Output {
 #[derive(Clone)]
 pub struct Host {
     inner: Arc<HostHandle>,
+    /// Held while the SDK-persisted config is read, changed and saved (a PUT, or
+    /// [`Host::update_config`]), shared by every clone.
+    config_lock: Arc<Mutex<()>>,
 }
 
 impl Host {
@@ -33,7 +36,32 @@ impl Host {
     pub fn from_handle(handle: HostHandle) -> Self {
         Host {
             inner: Arc::new(handle),
+            config_lock: Arc::new(Mutex::new(())),
         }
+    }
+
+    pub(super) fn config_lock(&self) -> MutexGuard<'_, ()> {
+        self.config_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes the plugin's own saved config (the one the SDK persists, GET shows and a PUT
+    /// replaces) without a PUT: `change` gets the config as saved now and says whether it
+    /// changed it; a changed config is saved, and `true` returned. It runs under the same
+    /// lock as the SDK's PUT handling, so a concurrent PUT is never overwritten with a
+    /// stale copy; the plugin's `validate` and `update` hooks are not called. For a plugin
+    /// that must correct its own config, such as a provider dropping a pinned certificate
+    /// its server no longer presents (since 1.2).
+    pub fn update_config<C>(&self, change: impl FnOnce(&mut C) -> bool) -> Result<bool>
+    where
+        C: Serialize + DeserializeOwned + Default,
+    {
+        let _guard = self.config_lock();
+        let mut stored: super::adapters::Stored<C> = self.load_state()?;
+        if !change(&mut stored.config) {
+            return Ok(false);
+        }
+        self.save_state(&stored)?;
+        Ok(true)
     }
 
     /// Writes a line to the daemon's log at `level`; the host adds the plugin's name.

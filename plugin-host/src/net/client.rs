@@ -113,6 +113,8 @@ pub struct Client {
     proxies: Proxies,
     /// The trusted roots when a request names none, read once (see [`Client::roots`]).
     roots: OnceLock<Arc<RootCertStore>>,
+    /// Certificates trusted beside those roots ([`Client::trusting`]).
+    extra: Vec<CertificateDer<'static>>,
 }
 
 impl Client {
@@ -128,7 +130,16 @@ impl Client {
             fs: RootFs::new(root),
             proxies,
             roots: OnceLock::new(),
+            extra: vec![],
         }
+    }
+
+    /// The same client trusting `ca_pem`'s certificates beside its roots, for requests
+    /// that name neither a CA nor a pin (tests stand a private CA in for a public one).
+    pub fn trusting(mut self, ca_pem: &str) -> Result<Self, String> {
+        self.extra.extend(certs(ca_pem, "trusted CA")?);
+        self.roots = OnceLock::new();
+        Ok(self)
     }
 
     /// The roots a request without its own CA or pin trusts: the OS's CA bundle
@@ -144,10 +155,14 @@ impl Client {
                     }
                     (!store.is_empty()).then_some(store)
                 });
-                match bundle {
-                    Some(store) => Arc::new(store),
-                    None => system_roots(),
+                let mut store = match bundle {
+                    Some(store) => store,
+                    None => (*system_roots()).clone(),
+                };
+                for cert in &self.extra {
+                    let _ = store.add(cert.clone());
                 }
+                Arc::new(store)
             })
             .clone()
     }
@@ -852,9 +867,7 @@ impl ServerCertVerifier for Pinned {
         if self.pins.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General(
-                "the server's certificate is not the pinned one".into(),
-            ))
+            Err(rustls::Error::General(plugin_api::net::PIN_MISMATCH.into()))
         }
     }
 

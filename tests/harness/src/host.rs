@@ -12,6 +12,7 @@ use plugin_api::abi::{HostHandle, LogLevel, UnitOp};
 use plugin_api::Manifest;
 use plugin_host::exec::{self, Commands, Output};
 use plugin_host::files::{AtomicFile, AtomicWrite, FsError, RootFs, Stat};
+use plugin_host::net::Net;
 use plugin_host::units::{UnitAction, Units};
 use plugin_host::{Adapters, Files, LogSink, PlatformError, PluginHost, StateSlot};
 use serde_json::Value;
@@ -156,6 +157,8 @@ struct Record {
     /// Units, commands and file effects together, in order.
     events: Vec<Event>,
     rules: Vec<Rule>,
+    /// A CA the network client trusts as if it were a public one.
+    public_ca: Option<String>,
 }
 
 struct Inner {
@@ -201,11 +204,27 @@ impl HarnessHost {
                 units: me.clone(),
                 commands: me.clone(),
                 state: me.clone(),
-                log: me,
-                net: Arc::new(plugin_host::net::Client::new(self.root())),
+                log: me.clone(),
+                net: me,
                 progress: Arc::new(plugin_host::net::NoProgress),
             },
         )
+    }
+
+    /// From now on the network client trusts `ca_pem` as if it were one of the public
+    /// CAs: requests that name neither a CA nor a pin accept servers it issued (the
+    /// [`crate::testserver::TestServer`]s', [`crate::testserver::TestServer::ca_pem`]).
+    pub fn trust_as_public_ca(&self, ca_pem: &str) {
+        self.record().public_ca = Some(ca_pem.to_string());
+    }
+
+    /// The daemon's network client, over this host's root.
+    fn client(&self) -> Result<plugin_host::net::Client, PlatformError> {
+        let client = plugin_host::net::Client::new(self.root());
+        match self.record().public_ca.clone() {
+            Some(ca) => client.trusting(&ca).map_err(PlatformError),
+            None => Ok(client),
+        }
     }
 
     fn record(&self) -> MutexGuard<'_, Record> {
@@ -518,6 +537,27 @@ impl Record {
             *n -= 1;
         }
         Some(rule.reply.clone())
+    }
+}
+
+impl Net for HarnessHost {
+    fn http(
+        &self,
+        plugin: &str,
+        request: &plugin_api::net::Request,
+        body: &[u8],
+    ) -> Result<plugin_api::net::Response, PlatformError> {
+        self.client()?.http(plugin, request, body)
+    }
+
+    fn download(
+        &self,
+        plugin: &str,
+        download: &plugin_api::net::Download,
+        files: &dyn Files,
+        progress: &dyn plugin_host::net::Progress,
+    ) -> Result<plugin_api::net::DownloadResult, PlatformError> {
+        self.client()?.download(plugin, download, files, progress)
     }
 }
 

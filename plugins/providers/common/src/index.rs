@@ -43,6 +43,19 @@ pub fn parse_index(json: &[u8]) -> Result<Index> {
     Ok(index)
 }
 
+/// Whether a release on `channels` is on the context's channel (any channel when none
+/// is configured).
+pub fn on_channel(channels: &[String], context: &UpdateContext) -> bool {
+    context.channel.is_empty() || channels.contains(&context.channel)
+}
+
+/// Whether a release with `channels` and `version` may be offered: it is on the channel
+/// ([`on_channel`]) or it is the release running now.
+pub fn eligible(channels: &[String], version: &str, context: &UpdateContext) -> bool {
+    on_channel(channels, context)
+        || (!context.running_version.is_empty() && version == context.running_version)
+}
+
 /// What [`select`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {
@@ -58,11 +71,8 @@ pub struct Selection {
 pub fn select(index: &Index, context: &UpdateContext) -> Selection {
     let mut channel_seen = false;
     for update in &index.updates {
-        let on_channel = context.channel.is_empty() || update.channels.contains(&context.channel);
-        channel_seen |= on_channel;
-        let running =
-            !context.running_version.is_empty() && update.version == context.running_version;
-        if !on_channel && !running {
+        channel_seen |= on_channel(&update.channels, context);
+        if !eligible(&update.channels, &update.version, context) {
             continue;
         }
         let files: Vec<ReleaseFile> = update
