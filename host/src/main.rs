@@ -34,6 +34,10 @@ struct Args {
     /// [default: the system bus when the root is `/`; none otherwise].
     #[arg(long)]
     system_bus: Option<String>,
+    /// The disk holding the A/B slots that OS updates are staged into [default: the disk
+    /// of the partition mounted on ROOT/boot].
+    #[arg(long)]
+    install_disk: Option<PathBuf>,
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -62,6 +66,7 @@ fn config(args: Args) -> Result<Config, String> {
         cfg.socket = s;
     }
     cfg.system_bus = args.system_bus;
+    cfg.install_disk = args.install_disk;
     if !args.plugins.is_empty() {
         cfg.plugin_dirs = args.plugins;
     }

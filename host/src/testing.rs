@@ -27,6 +27,7 @@ pub struct TestApp {
     ready: bool,
     systemd: Option<Arc<dyn Systemd>>,
     commands: Option<Arc<dyn crate::platform::exec::Commands>>,
+    install_disk: Option<PathBuf>,
 }
 
 impl Default for TestApp {
@@ -60,6 +61,7 @@ impl TestApp {
             ready: true,
             systemd: None,
             commands: None,
+            install_disk: None,
         }
     }
 
@@ -106,6 +108,18 @@ impl TestApp {
         self.add(m, |h| sdk::__application_instance::<T>(h))
     }
 
+    /// Adds an update provider compiled into the test.
+    pub fn provider<T: plugin_api::Provider>(self) -> Self {
+        let m = sdk::__provider_manifest::<T>("1.0.0", plugin_api::API_VERSION);
+        self.add(m, |h| sdk::__provider_instance::<T>(h))
+    }
+
+    /// Stages OS updates into `disk` (a disk image file will do) instead of the ESP's disk.
+    pub fn install_disk(mut self, disk: impl Into<PathBuf>) -> Self {
+        self.install_disk = Some(disk.into());
+        self
+    }
+
     /// Adds a plugin from its manifest and constructor (to test manifest features such as
     /// declared routes).
     pub fn add(
@@ -116,7 +130,13 @@ impl TestApp {
     ) -> Self {
         self.adders
             .push(Box::new(move |reg, root, store, platform, timeout| {
-                let host = crate::plugins::host::handle(&manifest, root, store, platform);
+                let host = crate::plugins::host::handle(
+                    &manifest,
+                    root,
+                    store,
+                    platform,
+                    Arc::new(plugin_host::net::NoProgress),
+                );
                 let inst = make(host).expect("test plugin constructor");
                 let path = PathBuf::from(format!("(built-in test plugin {})", manifest.name));
                 reg.add(
@@ -153,7 +173,9 @@ impl TestApp {
                 version: "202511041601".into(),
             },
         );
-        let app = Arc::new(App::new(root, store, reg, info, platform));
+        let mut app = App::new(root, store, reg, info, platform);
+        app.install_disk = self.install_disk;
+        let app = Arc::new(app);
         if self.ready {
             app.registry.mark_all_started();
             app.lifecycle

@@ -50,6 +50,10 @@ pub struct App {
     pub lifecycle: Arc<Lifecycle>,
     /// Held by provider switches and update checks (upstream's global update mutex).
     pub update_lock: tokio::sync::Mutex<()>,
+    /// The update checker's status and inbox.
+    pub updates: crate::system::update::runner::Updates,
+    /// The disk OS updates are staged into (`None`: the ESP's disk).
+    pub install_disk: Option<PathBuf>,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -71,6 +75,8 @@ impl App {
             platform,
             lifecycle: Arc::new(Lifecycle::new()),
             update_lock: tokio::sync::Mutex::new(()),
+            updates: crate::system::update::runner::Updates::new(Default::default()),
+            install_disk: None,
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -152,6 +158,8 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
         .route("/1.0/system/provider", any(system::provider))
+        .route("/1.0/system/update", any(system::update))
+        .route("/1.0/system/update/:check", any(system::update_check))
         .route(
             "/1.0/system/provider/{name}/{*rest}",
             any(system::provider_route),

@@ -13,6 +13,9 @@ use super::{require, unmatched, ApiError, ApiResult, AppState};
 use crate::platform::systemd::PowerAction;
 use crate::system::logging::{self, LoggingConfig};
 use crate::system::provider;
+use crate::system::update::config::{self as update_config, UpdateConfig, UpdateState};
+use crate::system::update::runner;
+use crate::system::update::schedule::{CheckKind, Event};
 
 /// Exactly upstream's eight entries (`fallback-listener` is routed but not listed).
 const ENTRIES: [&str; 8] = [
@@ -188,4 +191,78 @@ pub async fn provider_route(
         }
         _ => Err(unmatched(&method)),
     }
+}
+
+#[derive(Deserialize)]
+struct UpdatePut {
+    #[serde(default)]
+    config: Option<UpdateConfig>,
+}
+
+/// `GET|PUT /1.0/system/update`.
+pub async fn update(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    match method {
+        Method::GET => {
+            let (config, last_check) = app.with_state(|s| {
+                let u = &s.doc().system.update;
+                (u.config.clone(), u.last_check)
+            });
+            let state = UpdateState {
+                last_check,
+                status: app.updates.status.status(),
+                needs_reboot: app.updates.status.needs_reboot(),
+            };
+            Ok(sync(
+                &serde_json::json!({ "config": config, "state": state }),
+            ))
+        }
+        Method::PUT => {
+            let body = read_json(body).await?;
+            require_object(&body)?;
+            let put: UpdatePut =
+                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            // As upstream: a body without a config is an empty one (and its empty frequency
+            // is refused).
+            let config = put.config.unwrap_or_else(|| UpdateConfig {
+                auto_reboot: false,
+                channel: String::new(),
+                check_frequency: String::new(),
+                maintenance_windows: vec![],
+            });
+            update_config::validate(&config).map_err(ApiError::bad_request)?;
+            app.with_state(|s| s.update(|d| d.system.update.config = config))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            app.updates.send(Event::ConfigChanged);
+            Ok(empty())
+        }
+        _ => Err(ApiError::not_implemented()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct CheckPost {
+    #[serde(default)]
+    os_only: bool,
+}
+
+/// `POST /1.0/system/update/:check`: a full check through the checker loop (answered at
+/// once), or with `os_only` an OS check run here (its failure is the answer).
+pub async fn update_check(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let body = read_json(body).await?;
+    // Tolerant: an empty body is `{}`.
+    let post: CheckPost = if body.iter().all(u8::is_ascii_whitespace) {
+        CheckPost::default()
+    } else {
+        require_object(&body)?;
+        plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?
+    };
+    if post.os_only {
+        runner::check(&app, CheckKind::UserRequested, true, true)
+            .await
+            .map_err(ApiError::internal)?;
+    } else {
+        app.updates.send(Event::UserRequested);
+    }
+    Ok(empty())
 }

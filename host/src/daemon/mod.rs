@@ -5,6 +5,7 @@ mod devroot;
 use crate::platform::notify::{notify_barrier, notify_systemd};
 pub use crate::platform::socket::bind_socket;
 pub use devroot::prepare_dev_root;
+use plugin_api::provider::RefreshCause;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub struct Config {
     /// Where kernel facts are read: this machine's `/proc` and `/sys` for the root `/` and
     /// the dev root, stand-ins under any other root.
     pub kernel: KernelFiles,
+    /// The disk OS updates are staged into; `None`: the disk of the ESP's partition.
+    pub install_disk: Option<PathBuf>,
 }
 
 impl Config {
@@ -55,6 +58,7 @@ impl Config {
             plugin_timeouts: crate::plugins::Timeouts::default(),
             system_bus: None,
             kernel: KernelFiles::for_root(&root),
+            install_disk: None,
             root,
         }
     }
@@ -113,22 +117,21 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
         tracing::warn!("{why}");
     }
     let store = Arc::new(Mutex::new(store));
+    let update_status = Arc::new(crate::system::update::runner::UpdateStatus::default());
     let registry = {
         let (root, store, platform) = (config.root.clone(), store.clone(), platform.clone());
+        let progress = update_status.clone();
         Registry::load(&config.plugin_dirs, config.plugin_timeouts, move |m| {
             for path in &m.paths {
                 remove_temp_files(&RootFs::new(&root), path);
             }
-            crate::plugins::host::handle(m, &root, store.clone(), &platform)
+            crate::plugins::host::handle(m, &root, store.clone(), &platform, progress.clone())
         })
     };
-    Ok(Arc::new(App::new(
-        config.root.clone(),
-        store,
-        registry,
-        info,
-        platform,
-    )))
+    let mut app = App::new(config.root.clone(), store, registry, info, platform);
+    app.updates = crate::system::update::runner::Updates::new(update_status);
+    app.install_disk = config.install_disk.clone();
+    Ok(Arc::new(app))
 }
 
 /// Removes the temporary files interrupted atomic writes left at `os_path` (the daemon's
@@ -254,7 +257,11 @@ async fn finish_start(app: Arc<App>) {
         }
     }
     match app.lifecycle.move_to(Phase::Ready) {
-        Ok(_) => tracing::info!(version = %app.info.os().version, "System is ready"),
+        Ok(_) => {
+            tracing::info!(version = %app.info.os().version, "System is ready");
+            crate::system::provider::notify(&app, RefreshCause::SystemIsReady).await;
+            crate::system::update::runner::spawn(app.clone());
+        }
         Err(e) => tracing::info!(error = %e, "start-up ended while stopping"),
     }
 }
@@ -284,6 +291,11 @@ pub async fn action_loop(app: Arc<App>, mut requests: tokio::sync::mpsc::Receive
                 continue;
             }
             tracing::info!("System is shutting down");
+            let cause = match action {
+                PowerAction::Reboot => RefreshCause::SystemRebootTriggered,
+                _ => RefreshCause::ShutdownTriggered,
+            };
+            crate::system::provider::notify(&app, cause).await;
             lifecycle::stop_plugins(&app).await;
             save_state(&app);
         }

@@ -45,6 +45,7 @@ pub fn adapters(
     root: &Path,
     store: Arc<Mutex<Store>>,
     platform: &Platform,
+    progress: Arc<dyn plugin_host::net::Progress>,
 ) -> Adapters {
     Adapters {
         files: Arc::new(RootFs::restricted(root, &manifest.paths)),
@@ -53,7 +54,7 @@ pub fn adapters(
         state: Arc::new(StoreSlot(store)),
         log: Arc::new(TracingLog),
         net: Arc::new(plugin_host::net::Client::new(root)),
-        progress: Arc::new(plugin_host::net::NoProgress),
+        progress,
     }
 }
 
@@ -63,6 +64,10 @@ pub fn handle(
     root: &Path,
     store: Arc<Mutex<Store>>,
     platform: &Platform,
+    progress: Arc<dyn plugin_host::net::Progress>,
 ) -> HostHandle {
-    PluginHost::handle(&manifest.name, adapters(manifest, root, store, platform))
+    PluginHost::handle(
+        &manifest.name,
+        adapters(manifest, root, store, platform, progress),
+    )
 }

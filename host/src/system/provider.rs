@@ -89,10 +89,8 @@ fn unknown(name: &str) -> ProviderError {
 
 /// What every provider call says about this machine.
 pub fn context(app: &App, channel: &str) -> UpdateContext {
-    let (running, next) = app.with_state(|s| {
-        let os = &s.doc().os;
-        (os.running_release.clone(), os.next_release.clone())
-    });
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
+    let running = app.info.os().version.clone();
     let env = app.info.environment(&next, app.is_ready()).ok();
     UpdateContext {
         channel: channel.to_string(),
@@ -163,9 +161,15 @@ async fn put_config(p: &Plugin, config: &Value) -> Result<(), CallError> {
 /// error).
 async fn register_or_refresh(app: &App, p: &Plugin, registered: bool) -> Result<bool, CallError> {
     if registered {
-        p.hook(Hook::Refresh, registration(app, RefreshCause::Default))
-            .await?;
+        // A provider built before 1.2 has nothing to refresh.
+        if p.manifest.has(Hook::Refresh) {
+            p.hook(Hook::Refresh, registration(app, RefreshCause::Default))
+                .await?;
+        }
         return Ok(true);
+    }
+    if !p.manifest.has(Hook::Register) {
+        return Ok(false);
     }
     match p
         .hook(Hook::Register, registration(app, RefreshCause::Default))
@@ -206,6 +210,9 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
     let mut registered = old.registered;
     if switching {
         if let Some(op) = &old_plugin {
+            if !op.manifest.has(Hook::Deregister) {
+                return Err(ProviderError::internal(errors::DEREGISTRATION_UNSUPPORTED));
+            }
             match op
                 .hook(Hook::Deregister, registration(app, RefreshCause::Default))
                 .await
@@ -220,6 +227,7 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
     // Puts the old provider back as it was registered, when step 2 undid that.
     let rejoin_old = || async {
         if let (true, Some(op)) = (deregistered, &old_plugin) {
+            // It deregistered, so it has the hooks of 1.2.
             if let Err(e) = op
                 .hook(Hook::Register, registration(app, RefreshCause::Default))
                 .await
@@ -287,7 +295,7 @@ pub async fn notify(app: &App, cause: RefreshCause) {
     if !sel.registered {
         return;
     }
-    let Some(p) = plugin(app, &sel.name) else {
+    let Some(p) = plugin(app, &sel.name).filter(|p| p.manifest.has(Hook::Refresh)) else {
         return;
     };
     if let Err(e) = p.hook(Hook::Refresh, registration(app, cause)).await {

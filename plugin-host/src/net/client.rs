@@ -13,7 +13,7 @@
 //! (`tls.pinned_pem`: exactly that certificate, its chain and name not checked).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -49,7 +49,7 @@ pub struct Proxies {
     /// For http URLs.
     pub http: Option<String>,
     /// Hosts reached directly: `*`, a host name (its subdomains too, with or without a
-    /// leading dot) or an IP address.
+    /// leading dot) or an IP address. `localhost` and loopback addresses always are.
     pub no_proxy: Vec<String>,
 }
 
@@ -77,6 +77,10 @@ impl Proxies {
 
     fn bypass(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
+        // As Go's proxy rules: the machine itself is never reached through a proxy.
+        if host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()) {
+            return true;
+        }
         self.no_proxy.iter().any(|entry| {
             let entry = entry.trim_start_matches("*.");
             let entry = entry.strip_prefix('.').unwrap_or(entry);
@@ -107,6 +111,8 @@ impl Proxies {
 pub struct Client {
     fs: RootFs,
     proxies: Proxies,
+    /// The trusted roots when a request names none, read once (see [`Client::roots`]).
+    roots: OnceLock<Arc<RootCertStore>>,
 }
 
 impl Client {
@@ -121,7 +127,29 @@ impl Client {
         Client {
             fs: RootFs::new(root),
             proxies,
+            roots: OnceLock::new(),
         }
+    }
+
+    /// The roots a request without its own CA or pin trusts: the OS's CA bundle
+    /// ([`CA_BUNDLE`], under the root prefix, where the OS adds its custom CAs) when it has
+    /// one, else the built-in Mozilla set.
+    fn roots(&self) -> Arc<RootCertStore> {
+        self.roots
+            .get_or_init(|| {
+                let bundle = self.fs.read(CA_BUNDLE).ok().flatten().and_then(|pem| {
+                    let mut store = RootCertStore::empty();
+                    for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+                        let _ = store.add(cert);
+                    }
+                    (!store.is_empty()).then_some(store)
+                });
+                match bundle {
+                    Some(store) => Arc::new(store),
+                    None => system_roots(),
+                }
+            })
+            .clone()
     }
 
     /// Sends `request` (following redirects for `GET`/`HEAD`) and returns the final
@@ -135,6 +163,10 @@ impl Client {
         if url.scheme == Scheme::File {
             return Err("file:// URLs are for downloads only".into());
         }
+        let method = &request.method;
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+            return Err(format!("bad method {method:?}"));
+        }
         let follow = matches!(request.method.as_str(), "GET" | "HEAD");
         let mut headers = request.headers.clone();
         for _ in 0..=MAX_REDIRECTS {
@@ -144,6 +176,9 @@ impl Client {
             match location {
                 Some(location) if follow && redirect => {
                     let next = url.join(location)?;
+                    if next.scheme == Scheme::File {
+                        return Err(format!("refusing a redirect to {location}"));
+                    }
                     if url.scheme == Scheme::Https && next.scheme != Scheme::Https {
                         return Err(format!(
                             "refusing a redirect from https down to {}",
@@ -205,7 +240,7 @@ impl Client {
             connect_tcp(&url.host, url.port, stall)?
         };
         let mut stream: Box<dyn Stream> = if url.scheme == Scheme::Https {
-            Box::new(tls_connect(sock, url, &request.tls)?)
+            Box::new(tls_connect(sock, url, &request.tls, self.roots())?)
         } else {
             Box::new(sock)
         };
@@ -724,6 +759,9 @@ fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
+/// The OS's CA bundle (Debian's layout), trusted when present.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 fn system_roots() -> Arc<RootCertStore> {
     static R: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     R.get_or_init(|| {
@@ -745,7 +783,7 @@ fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, String> 
 }
 
 /// The rustls settings for a request's [`Tls`].
-fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
+fn tls_config(tls: &Tls, roots: Arc<RootCertStore>) -> Result<ClientConfig, String> {
     let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -769,7 +807,7 @@ fn tls_config(tls: &Tls) -> Result<ClientConfig, String> {
         }
         builder.with_root_certificates(roots)
     } else {
-        builder.with_root_certificates(system_roots())
+        builder.with_root_certificates(roots)
     };
     match (&tls.client_cert_pem, &tls.client_key_pem) {
         (Some(cert), Some(key)) => {
@@ -789,8 +827,9 @@ fn tls_connect(
     mut sock: Sock,
     url: &Url,
     tls: &Tls,
+    roots: Arc<RootCertStore>,
 ) -> Result<rustls::StreamOwned<ClientConnection, Sock>, String> {
-    let config = tls_config(tls)?;
+    let config = tls_config(tls, roots)?;
     let name = ServerName::try_from(url.host.clone())
         .map_err(|e| format!("{}: not a valid server name: {e}", url.host))?;
     let mut conn = ClientConnection::new(Arc::new(config), name)
@@ -884,6 +923,9 @@ struct Url {
 impl Url {
     fn parse(text: &str) -> Result<Url, String> {
         let bad = |why: &str| format!("bad URL {text:?}: {why}");
+        if text.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(bad("spaces and control characters must be percent-encoded"));
+        }
         let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
@@ -1047,6 +1089,8 @@ mod tests {
         assert_eq!(f.path, "/var/lib/x.img");
         assert!(Url::parse("ftp://x/").is_err());
         assert!(Url::parse("file://host/x").is_err());
+        let injected = Url::parse("http://x/a HTTP/1.1\r\nX-Evil: 1").unwrap_err();
+        assert!(injected.contains("percent-encoded"), "{injected}");
         let p = Url::parse("http://user:pw@proxy:3128").unwrap();
         assert_eq!(p.userinfo.as_deref(), Some("user:pw"));
         assert_eq!(base64("user:pw"), "dXNlcjpwdw==");
@@ -1074,6 +1118,9 @@ mod tests {
         assert_eq!(p.for_url(&url("https://x.corp/")), None);
         assert_eq!(p.for_url(&url("https://10.0.0.1/")), None);
         assert_eq!(p.for_url(&url("http://example.com/")), None);
+        assert_eq!(p.for_url(&url("https://127.0.0.1:8443/")), None);
+        assert_eq!(p.for_url(&url("https://[::1]/")), None);
+        assert_eq!(p.for_url(&url("https://localhost/")), None);
     }
 
     #[test]

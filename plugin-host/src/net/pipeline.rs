@@ -133,7 +133,9 @@ fn read_side(
         tx.send(buf).map_err(|_| ReadFail::WriterGone)?;
         if received >= next_report {
             progress.progress(plugin, &download.target, received, total);
-            next_report = received + PROGRESS_EVERY;
+            while next_report <= received {
+                next_report += PROGRESS_EVERY;
+            }
         }
     }
     drop(tx);

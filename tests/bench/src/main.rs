@@ -27,12 +27,15 @@
 //! 6. Peak resident memory during 20 concurrent 64 MiB restore uploads (they are stored
 //!    in `TMPDIR` under the daemon's root: 1.3 GB must be free there).
 //! 7. `GET /1.0` latency, a PUT and resident memory with 2,000 idle connections open.
+//! 8. A 1 GiB gzip image downloaded and verified over local HTTPS through the host's
+//!    network client vs `curl | tee >(sha256sum) | gunzip`; our peak memory growth.
 //!
-//! Figures 5-7 are described in `pressure.rs`.
+//! Figures 5-7 are described in `pressure.rs`, figure 8 in `download.rs`.
 #![allow(clippy::print_stdout)]
 
 mod bare;
 mod client;
+mod download;
 mod pressure;
 mod procs;
 mod report;
@@ -74,7 +77,7 @@ struct Args {
     /// executable].
     #[arg(long)]
     plugins: Option<PathBuf>,
-    /// The figures to run, comma-separated (1-7).
+    /// The figures to run, comma-separated (1-8).
     #[arg(long, value_delimiter = ',', default_values_t = ALL_FIGURES)]
     figures: Vec<u8>,
     /// Internal: run as the bare reference server.
@@ -84,9 +87,12 @@ struct Args {
     bare_status: u16,
     #[arg(long, default_value = "application/json", hide = true)]
     bare_content_type: String,
+    /// Internal: figure 8's download in a child process.
+    #[arg(long, num_args = 4, value_names = ["URL", "CA", "ROOT", "SHA256"], hide = true)]
+    fetch_child: Option<Vec<String>>,
 }
 
-const ALL_FIGURES: [u8; 7] = [1, 2, 3, 4, 5, 6, 7];
+const ALL_FIGURES: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 
 /// How long a process may take to serve before it is an error.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,6 +109,15 @@ const MAX_IDLE_RSS: u64 = 20_000_000;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(fetch) = &args.fetch_child {
+        return match download::fetch_child(fetch) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("download child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(bare) = &args.bare_server {
         return match bare::serve(
             &bare[0],
@@ -158,7 +173,7 @@ fn setup(args: &Args) -> Result<Setup> {
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.starts > 0, "--starts must be at least 1");
     if let Some(f) = args.figures.iter().find(|f| !ALL_FIGURES.contains(f)) {
-        bail!("--figures: there is no figure {f} (they are 1 to 7)");
+        bail!("--figures: there is no figure {f} (they are 1 to 8)");
     }
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let exe_dir = exe
@@ -168,7 +183,9 @@ fn setup(args: &Args) -> Result<Setup> {
         Some(d) => d.clone(),
         None => exe_dir.join("incus-osd"),
     };
-    if !daemon.is_file() {
+    let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
+    // Figure 8 runs without the daemon.
+    if wants(&[1, 2, 3, 4, 5, 6, 7]) && !daemon.is_file() {
         bail!(
             "the daemon binary is missing ({}): run `cargo build --release --workspace` \
              first, or pass --daemon PATH",
@@ -176,7 +193,6 @@ fn setup(args: &Args) -> Result<Setup> {
         );
     }
     let source = args.plugins.as_deref().unwrap_or(exe_dir);
-    let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
     let plugins = if wants(&[1, 2, 3, 4]) {
         Some(procs::stage_plugins(source)?)
     } else {
@@ -325,6 +341,9 @@ async fn run(args: Args) -> Result<Report> {
         if want(7) {
             pressure::figure_7(&mut report, &daemon, fixtures.path()).await?;
         }
+    }
+    if want(8) {
+        download::figure_8(&mut report)?;
     }
     report.note(format!(
         "load average at the end: {} (other work on the machine shifts figure 2 most)",

@@ -142,7 +142,7 @@ impl PeakWatch {
 }
 
 /// Resident memory of process `pid` from `/proc/<pid>/status`.
-fn read_memory(pid: u32) -> Result<Memory> {
+pub fn read_memory(pid: u32) -> Result<Memory> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let field = |name: &str| -> Result<u64> {

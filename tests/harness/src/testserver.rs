@@ -4,8 +4,8 @@
 //! It serves a directory tree (`GET /a/b` is `<dir>/a/b`), answers registered paths with a
 //! fixed reply ([`TestServer::handle`]: stand-ins for API endpoints), records every request
 //! ([`TestServer::requests`]) and injects faults per path ([`Fault`]). It listens on
-//! `127.0.0.1:<random port>` with https (a CA and a server certificate for `127.0.0.1` and
-//! `localhost` made at start: [`TestServer::ca_pem`], [`TestServer::cert_pem`]), plain
+//! `127.0.0.1:<random port>` with https (a CA and a server certificate for `127.0.0.1`,
+//! `localhost` and [`SERVER_NAME`] made at start: [`TestServer::ca_pem`], [`TestServer::cert_pem`]), plain
 //! http, or a unix socket. Each connection carries one request and is closed after it.
 //!
 //! ```no_run
@@ -39,6 +39,12 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, SupportedProtocolVersion};
+
+/// A name the server's certificate carries besides `127.0.0.1` and `localhost`. It does
+/// not resolve: [`ConnectProxy`] sends tunnels for any `*.test` host to `127.0.0.1`, so a
+/// test reaches the server by this name only through the proxy (a client never proxies
+/// loopback addresses).
+pub const SERVER_NAME: &str = "server.test";
 
 /// A request the server received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -441,8 +447,12 @@ fn make_pki() -> MadePki {
     ];
     let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
     let key = KeyPair::generate().expect("server key");
-    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("server params");
+    let mut p = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        SERVER_NAME.to_string(),
+    ])
+    .expect("server params");
     p.distinguished_name
         .push(DnType::CommonName, "incus-osd test server");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -693,7 +703,8 @@ fn read_request<S: Read>(stream: &mut S) -> Option<RecordedRequest> {
 }
 
 /// A tiny `CONNECT` proxy on `127.0.0.1:<random port>`: it opens the tunnels it is asked
-/// for and records their targets (`host:port`). Stops accepting when dropped.
+/// for and records their targets (`host:port`, as asked). Hosts ending in `.test` (such as
+/// [`SERVER_NAME`]) are reached at `127.0.0.1`. Stops accepting when dropped.
 pub struct ConnectProxy {
     addr: SocketAddr,
     connects: Arc<Mutex<Vec<String>>>,
@@ -764,7 +775,11 @@ fn tunnel(mut client: TcpStream, connects: &Mutex<Vec<String>>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(target.to_string());
-    let Ok(server) = TcpStream::connect(target) else {
+    let reach = match target.rsplit_once(':') {
+        Some((host, port)) if host.ends_with(".test") => format!("127.0.0.1:{port}"),
+        _ => target.to_string(),
+    };
+    let Ok(server) = TcpStream::connect(reach) else {
         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
         return;
     };

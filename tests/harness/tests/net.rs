@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RStr};
-use incus_osd_harness::testserver::{ConnectProxy, Fault, Framing, Reply, TestServer};
+use incus_osd_harness::testserver::{ConnectProxy, Fault, Framing, Reply, TestServer, SERVER_NAME};
 use incus_osd_harness::{FileEffect, HarnessHost};
 use plugin_api::net::{Download, Request, Tls, MAX_HTTP_BODY};
 use plugin_api::Manifest;
@@ -66,7 +66,13 @@ impl Setup {
     /// The failure left the previous file and no temporary file.
     #[track_caller]
     fn assert_untouched(&self) {
-        assert_eq!(self.target(), OLD, "the previous target file changed");
+        self.assert_untouched_but(OLD);
+    }
+
+    /// The target holds `content` and no temporary file is left.
+    #[track_caller]
+    fn assert_untouched_but(&self, content: &[u8]) {
+        assert_eq!(self.target(), content, "the previous target file changed");
         let names: Vec<_> = std::fs::read_dir(self.root.path().join("var/lib/updates"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -188,6 +194,32 @@ fn without_the_private_ca_the_server_is_not_trusted() {
     let d = download(&server.url("/image.raw"), Tls::default());
     assert_err(s.download(&d), &["TLS handshake", "UnknownIssuer", TARGET]);
     s.assert_untouched();
+}
+
+/// A CA the OS trusts (in its CA bundle under the root, where custom CAs are added) is
+/// trusted by requests that name no CA of their own; other servers still are not.
+#[test]
+fn the_oss_ca_bundle_under_the_root_is_trusted_by_default() {
+    let site_dir = site("image.raw", b"new");
+    let server = TestServer::https(site_dir.path());
+    let s = setup();
+    let bundle = s.root.path().join("etc/ssl/certs/ca-certificates.crt");
+    std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+    std::fs::write(&bundle, server.ca_pem()).unwrap();
+    let client = Client::with_proxies(s.root.path(), Proxies::default());
+    let d = download(&server.url("/image.raw"), Tls::default());
+    client
+        .download("test", &d, &s.files, &Seen::default())
+        .unwrap();
+    assert_eq!(s.target(), b"new");
+
+    let other_dir = site("image.raw", b"other");
+    let other = TestServer::https(other_dir.path());
+    let d = download(&other.url("/image.raw"), Tls::default());
+    let e = client
+        .download("test", &d, &s.files, &Seen::default())
+        .map_err(|e| e.0);
+    assert_err(e, &["invalid peer certificate"]);
 }
 
 #[test]
@@ -433,43 +465,38 @@ fn the_system_proxy_tunnels_https_unless_turned_off() {
     let server = TestServer::https(site_dir.path());
     let proxy = ConnectProxy::start();
     let s = setup();
-    let client = Client::with_proxies(
-        s.root.path(),
-        Proxies {
-            https: Some(proxy.url()),
-            ..Proxies::default()
-        },
-    );
-    let mut d = download(&server.url("/image.raw"), ca(&server));
+    let proxies = |no_proxy: &[&str]| Proxies {
+        https: Some(proxy.url()),
+        http: None,
+        no_proxy: no_proxy.iter().map(|s| s.to_string()).collect(),
+    };
+    let client = Client::with_proxies(s.root.path(), proxies(&[]));
+    // A name only the proxy can reach: the tunnel is asked for by name, not resolved here.
+    let port = server.addr().unwrap().port();
+    let url = format!("https://{SERVER_NAME}:{port}/image.raw");
+    let mut d = download(&url, ca(&server));
     client
         .download("test", &d, &s.files, &Seen::default())
         .unwrap();
     assert_eq!(s.target(), b"via proxy");
-    let addr = server.addr().unwrap().to_string();
-    assert_eq!(proxy.connects(), [addr]);
+    assert_eq!(proxy.connects(), [format!("{SERVER_NAME}:{port}")]);
+    // Without the proxy (use_proxy false, or no_proxy naming the host), the name is
+    // resolved here, and does not resolve.
+    std::fs::write(s.root.path().join("var/lib/updates/image.raw"), OLD).unwrap();
     d.request.use_proxy = false;
+    let res = client.download("test", &d, &s.files, &Seen::default());
+    assert_err(res.map_err(|e| e.0), &["cannot resolve server.test"]);
+    d.request.use_proxy = true;
+    let bypass = Client::with_proxies(s.root.path(), proxies(&["example.org", ".test"]));
+    let res = bypass.download("test", &d, &s.files, &Seen::default());
+    assert_err(res.map_err(|e| e.0), &["cannot resolve server.test"]);
+    // Loopback addresses never go through the proxy.
+    let d = download(&server.url("/image.raw"), ca(&server));
     client
         .download("test", &d, &s.files, &Seen::default())
         .unwrap();
-    assert_eq!(
-        proxy.connects().len(),
-        1,
-        "use_proxy=false went through the proxy"
-    );
-    // no_proxy bypasses it too.
-    let bypass = Client::with_proxies(
-        s.root.path(),
-        Proxies {
-            https: Some(proxy.url()),
-            http: None,
-            no_proxy: vec!["127.0.0.1".into()],
-        },
-    );
-    d.request.use_proxy = true;
-    bypass
-        .download("test", &d, &s.files, &Seen::default())
-        .unwrap();
-    assert_eq!(proxy.connects().len(), 1, "no_proxy was not honoured");
+    assert_eq!(proxy.connects().len(), 1, "{:?}", proxy.connects());
+    s.assert_untouched_but(b"via proxy");
 }
 
 #[test]
@@ -586,6 +613,22 @@ fn redirects_are_followed_and_credentials_stay_on_their_host() {
     let d = download(&server.url("/latest"), ca(&server));
     s.download(&d).unwrap();
     assert_eq!(s.target(), b"redirected");
+    // Never down to http, nor to a local file.
+    server.handle(
+        "/down",
+        Reply::redirect(301, "http://127.0.0.1:1/image.raw"),
+    );
+    server.handle(
+        "/local",
+        Reply::redirect(302, "file:///var/lib/updates/image.raw"),
+    );
+    for (path, why) in [
+        ("/down", "from https down to http"),
+        ("/local", "redirect to file"),
+    ] {
+        let res = s.download(&download(&server.url(path), ca(&server)));
+        assert_err(res, &[why]);
+    }
     // To another host: the Authorization header is not sent there.
     server.handle(
         "/away",

@@ -174,3 +174,40 @@ async fn a_failed_registration_puts_everything_back() {
         json!({"contents": {"old": "config"}})
     );
 }
+
+/// `tests/fixtures/older-provider` is built against the frozen 1.1 contract, before
+/// providers had typed update operations: it loads, it is selected and registered (its
+/// 1.1 hook), its config round-trips, and an update check says clearly why it cannot use
+/// it.
+#[tokio::test]
+async fn a_provider_built_for_plugin_api_1_1_is_selected_and_checks_say_what_it_lacks() {
+    let root = Root::new();
+    root.install_fixture("older_provider", "older_provider");
+    let d = Daemon::start(&root, &[]);
+    assert!(d
+        .log()
+        .contains("older-provider: built against plugin-api 1.1.0"));
+    select(&d, "older-provider", json!({"greeting": "hi"})).await;
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(
+        v,
+        json!({"config": {"name": "older-provider", "config": {"greeting": "hi"}},
+               "state": {"registered": true}})
+    );
+    assert!(d.log().contains("older-provider: registered hi"));
+    // Selected again: no refresh to call (a 1.1 provider has none), still registered.
+    select(&d, "older-provider", json!({"greeting": "again"})).await;
+    let (s, v) = request(
+        &d.socket,
+        "POST",
+        "/1.0/system/update/:check",
+        r#"{"os_only": true}"#,
+    )
+    .await;
+    assert_eq!(s, 500);
+    assert_eq!(
+        v["error"],
+        "Failed to load the update provider: provider older-provider cannot look up updates: \
+         it was built for plugin-api 1.1.0, and lookups came in 1.2"
+    );
+}

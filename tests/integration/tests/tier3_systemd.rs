@@ -261,6 +261,7 @@ async fn the_platform_and_the_plugin_host_handle_drive_real_units() {
             &root_path,
             Arc::new(Mutex::new(store)),
             &p,
+            Arc::new(plugin_host::net::NoProgress),
         );
         let call = |op: UnitOp, u: &str| match host.unit(op, RStr::from(u)) {
             RResult::ROk(s) => Ok(s.to_string()),

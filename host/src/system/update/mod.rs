@@ -4,6 +4,7 @@
 //! plain Rust without I/O; the runner talks to the provider, the disk and the clock.
 
 pub mod config;
+pub mod runner;
 pub mod schedule;
 pub mod stage;
 pub mod versions;
@@ -18,8 +19,9 @@ use crate::api::App;
 pub struct UpdateDoc {
     /// `/1.0/system/update`'s config.
     pub config: config::UpdateConfig,
-    /// When the checker last ran (RFC 3339; empty: never).
-    pub last_check: String,
+    /// When the checker last ran (or skipped a run); `None`: never.
+    #[serde(with = "config::go_time")]
+    pub last_check: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 /// The configured update channel (`stable` when none is set).

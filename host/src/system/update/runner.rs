@@ -1,0 +1,550 @@
+//! The update runner: the checker loop that turns the schedule's decisions into checks, and
+//! the check itself (ask the selected provider, apply the version rules, download, stage,
+//! record, notify, reboot when asked).
+//!
+//! A check holds the app's update lock (upstream's global update mutex), so provider
+//! switches and checks never interleave.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, FixedOffset, Utc};
+use plugin_api::provider::{
+    FetchOrder, FetchResult, Lookup, LookupResult, Release, Target, UpdateContext,
+};
+use plugin_api::{Hook, Kind};
+use tokio::sync::mpsc;
+
+use super::config::UpdateConfig;
+use super::schedule::{
+    self, Action, CheckKind, Clock, Event, Inputs, Scheduler, STATUS_COMPLETED, STATUS_RUNNING,
+};
+use super::stage::{self, Arch, SystemDisk};
+use super::versions::{self, Decision};
+use crate::api::App;
+use crate::platform::files::RootFs;
+use crate::platform::systemd::PowerAction;
+use crate::plugins::Plugin;
+use crate::system::provider;
+
+/// Where OS update files are downloaded.
+pub const UPDATES_DIR: &str = stage::UPDATES_DIR;
+/// Where application images land, one directory per version.
+pub const EXTENSIONS_DIR: &str = "/var/lib/incus-os-extensions";
+/// Free space an OS update needs on the updates file system (upstream: 1 GiB).
+pub const MIN_FREE_BYTES: u64 = 1 << 30;
+/// The ESP's mount point.
+pub const ESP: &str = "/boot";
+
+/// What `GET /1.0/system/update` shows beside the stored config and `last_check`; reset at
+/// each start (as upstream's `needs_reboot`).
+#[derive(Debug, Default)]
+pub struct UpdateStatus {
+    inner: Mutex<StatusInner>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct StatusInner {
+    status: String,
+    needs_reboot: bool,
+}
+
+impl UpdateStatus {
+    pub fn status(&self) -> String {
+        self.lock().status.clone()
+    }
+    pub fn needs_reboot(&self) -> bool {
+        self.lock().needs_reboot
+    }
+    pub fn set_status(&self, status: impl Into<String>) {
+        let status = status.into();
+        tracing::debug!(status = %status, "update status");
+        self.lock().status = status;
+    }
+    fn set_needs_reboot(&self, v: bool) {
+        self.lock().needs_reboot = v;
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Download progress shows in the status while a file comes in.
+impl plugin_host::net::Progress for UpdateStatus {
+    fn progress(&self, _plugin: &str, target: &str, done: u64, total: Option<u64>) {
+        let name = target.rsplit('/').next().unwrap_or(target);
+        let mib = done / (1024 * 1024);
+        let text = match total {
+            Some(t) if t > 0 => format!(
+                "Downloading {name}: {mib} MiB of {} MiB ({}%)",
+                t / (1024 * 1024),
+                done.saturating_mul(100) / t
+            ),
+            _ => format!("Downloading {name}: {mib} MiB"),
+        };
+        self.set_status(text);
+    }
+}
+
+/// The runner's inbox: events for the schedule.
+#[derive(Debug)]
+pub struct Updates {
+    pub status: Arc<UpdateStatus>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
+
+impl Updates {
+    pub fn new(status: Arc<UpdateStatus>) -> Updates {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Updates {
+            status,
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Tells the checker loop about an event (a user request, a config change).
+    pub fn send(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The machine's clock, local time in the daemon's timezone.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn local_offset(&self, at: DateTime<Utc>) -> FixedOffset {
+        local_offset(at.timestamp())
+    }
+}
+
+#[allow(unsafe_code)] // audited: localtime_r on a stack struct, the documented use
+fn local_offset(t: i64) -> FixedOffset {
+    let t = t as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value to be overwritten.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live values for the duration of the call.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    let secs = if ok { tm.tm_gmtoff as i32 } else { 0 };
+    FixedOffset::east_opt(secs).unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"))
+}
+
+/// The stored config and last check, and whether a primary application is installed.
+fn inputs(app: &App) -> (UpdateConfig, Option<DateTime<Utc>>) {
+    app.with_state(|s| {
+        let u = &s.doc().system.update;
+        (u.config.clone(), u.last_check.map(|t| t.to_utc()))
+    })
+}
+
+fn has_primary(app: &App) -> bool {
+    app.registry
+        .of_kind(Kind::Application)
+        .any(|p| p.manifest.primary && app.application_installed(p.name()))
+}
+
+fn record_last_check(app: &App, now: DateTime<Utc>) {
+    let at = now.fixed_offset();
+    if let Err(e) = app.with_state(|s| s.update(|d| d.system.update.last_check = Some(at))) {
+        tracing::warn!(error = %e, "cannot record the update check time");
+    }
+}
+
+/// The checker loop: runs until the daemon stops. Starts with the startup check.
+pub async fn run(app: Arc<App>) {
+    let Some(mut events) = app.updates.take_events() else {
+        return;
+    };
+    let mut sched = Scheduler::new();
+    let mut event = Event::Startup;
+    let clock = SystemClock;
+    loop {
+        if !app.is_ready() && !matches!(event, Event::Startup) {
+            // Stopping: the checker ends with the daemon.
+            if app.lifecycle.is_stopping() {
+                return;
+            }
+        }
+        let (config, last_check) = inputs(&app);
+        let primary = has_primary(&app);
+        let action = sched.handle(
+            event,
+            &Inputs {
+                config: &config,
+                last_check,
+                has_primary: primary,
+            },
+            &clock,
+        );
+        event = match action {
+            Action::Check { kind, clear_cache } => {
+                record_last_check(&app, clock.now());
+                if let Err(e) = check(&app, kind, clear_cache, false).await {
+                    tracing::warn!(error = %e, "update check failed");
+                }
+                Event::CheckFinished
+            }
+            Action::Skip { status, until } => {
+                record_last_check(&app, clock.now());
+                app.updates.status.set_status(status);
+                tracing::info!("{status}");
+                match wait(until, &mut events).await {
+                    Some(e) => e,
+                    None => return,
+                }
+            }
+            Action::Sleep { until } => match wait(until, &mut events).await {
+                Some(e) => e,
+                None => return,
+            },
+            Action::Wait => match events.recv().await {
+                Some(e) => e,
+                None => return,
+            },
+        };
+    }
+}
+
+/// Sleeps until `until` or the next event; `None` when the inbox closed.
+async fn wait(until: DateTime<Utc>, events: &mut mpsc::UnboundedReceiver<Event>) -> Option<Event> {
+    let dur = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::select! {
+        _ = tokio::time::sleep(dur) => Some(Event::Tick),
+        e = events.recv() => e,
+    }
+}
+
+/// A provider call's JSON answer, decoded.
+async fn call<T: serde::de::DeserializeOwned>(
+    p: &Plugin,
+    hook: Hook,
+    input: &impl serde::Serialize,
+) -> Result<T, String> {
+    let body = serde_json::to_vec(input).map_err(|e| e.to_string())?;
+    let out = p
+        .hook(hook, Bytes::from(body))
+        .await
+        .map_err(|e| e.message)?;
+    serde_json::from_slice(&out)
+        .map_err(|e| format!("provider {} answered unreadable JSON: {e}", p.name()))
+}
+
+async fn lookup(
+    p: &Plugin,
+    context: &UpdateContext,
+    target: Target,
+) -> Result<Option<Release>, String> {
+    let r: LookupResult = call(
+        p,
+        Hook::Lookup,
+        &Lookup {
+            context: context.clone(),
+            target,
+        },
+    )
+    .await?;
+    Ok(r.release)
+}
+
+async fn fetch(
+    p: &Plugin,
+    context: &UpdateContext,
+    target: Target,
+    release: &Release,
+    dir: &str,
+) -> Result<Vec<String>, String> {
+    let r: FetchResult = call(
+        p,
+        Hook::Fetch,
+        &FetchOrder {
+            context: context.clone(),
+            target,
+            release: release.clone(),
+            target_dir: dir.to_string(),
+        },
+    )
+    .await?;
+    Ok(r.written)
+}
+
+/// One update check (upstream's `Checker` body): applications first (unless `os_only`),
+/// then the OS. The status says what happened; the error is the status's failure text.
+pub async fn check(
+    app: &App,
+    kind: CheckKind,
+    clear_cache: bool,
+    os_only: bool,
+) -> Result<(), String> {
+    let _one_at_a_time = app.update_lock.lock().await;
+    let status = &app.updates.status;
+    status.set_status(STATUS_RUNNING);
+    tracing::info!(kind = ?kind, os_only, "update check");
+    let fail = |what: &str, e: String| {
+        let text = format!("Failed to {what}: {e}");
+        status.set_status(text.clone());
+        text
+    };
+    let p = provider::selected(app).map_err(|e| fail("load the update provider", e.message))?;
+    if !p.manifest.has(Hook::Lookup) || !p.manifest.has(Hook::Fetch) {
+        let why = format!(
+            "provider {} cannot look up updates: it was built for plugin-api {}, and lookups came in 1.2",
+            p.name(),
+            p.manifest.api_version
+        );
+        return Err(fail("load the update provider", why));
+    }
+    if clear_cache && p.manifest.has(Hook::ClearCache) {
+        p.hook(Hook::ClearCache, Bytes::new())
+            .await
+            .map_err(|e| fail("clear the provider's cache", e.message))?;
+    }
+    let channel = super::channel(app);
+    let context = provider::context(app, &channel);
+    if !os_only {
+        check_applications(app, &p, &context)
+            .await
+            .map_err(|e| fail("update applications", e))?;
+    }
+    let staged = check_os(app, &p, &context)
+        .await
+        .map_err(|e| fail("update the OS", e))?;
+    match staged {
+        Some(version) => {
+            let os = &app.info.os().name;
+            status.set_status(schedule::status_os_updated(os, &version));
+            let auto_reboot = inputs(app).0.auto_reboot;
+            let after = versions::after_os_update(kind, auto_reboot);
+            status.set_needs_reboot(after.needs_reboot);
+            for cause in after.notify {
+                provider::notify(app, cause).await;
+            }
+            if after.reboot_now {
+                tracing::info!(version = %version, "rebooting into the staged OS update");
+                if let Err(e) = app.request_power(PowerAction::Reboot) {
+                    tracing::warn!(error = %e.message, "cannot reboot after the OS update");
+                }
+            }
+        }
+        None => status.set_status(STATUS_COMPLETED),
+    }
+    Ok(())
+}
+
+/// Installed applications whose provider offers a newer version get it downloaded to
+/// `/var/lib/incus-os-extensions/<version>/` (activating it is the applications'
+/// subsystem's part).
+async fn check_applications(app: &App, p: &Plugin, context: &UpdateContext) -> Result<(), String> {
+    let installed: Vec<(String, String)> = app.with_state(|s| {
+        s.doc()
+            .applications
+            .iter()
+            .map(|(n, a)| (n.clone(), a.version.clone()))
+            .collect()
+    });
+    for (name, version) in installed {
+        let Some(release) = lookup(p, context, Target::Application(name.clone())).await? else {
+            continue;
+        };
+        match versions::application_update_decision(&name, &version, &release.version) {
+            Decision::Install => {}
+            Decision::Nothing => continue,
+            Decision::Skip(why) => {
+                tracing::warn!(application = %name, "{why}");
+                continue;
+            }
+            Decision::Refuse(why) => return Err(why),
+        }
+        tracing::info!(application = %name, channel = %context.channel, version = %release.version, "Downloading application update");
+        let dir = format!("{EXTENSIONS_DIR}/{}", release.version);
+        RootFs::new(&app.root)
+            .create_dir(&dir, 0o755)
+            .map_err(|e| e.to_string())?;
+        fetch(
+            p,
+            context,
+            Target::Application(name.clone()),
+            &release,
+            &dir,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Asks for an OS update and stages it. Returns the staged version, `None` when there was
+/// nothing to do.
+async fn check_os(
+    app: &App,
+    p: &Plugin,
+    context: &UpdateContext,
+) -> Result<Option<String>, String> {
+    let Some(release) = lookup(p, context, Target::Os).await? else {
+        return Ok(None);
+    };
+    // The release running is the one this boot read from the OS, not a stored copy.
+    let running = app.info.os().version.clone();
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
+    let os_name = app.info.os().name.clone();
+    let needs_reboot = app.updates.status.needs_reboot();
+    match versions::os_update_decision(&os_name, &running, &next, &release.version, needs_reboot) {
+        Decision::Install => {}
+        Decision::Nothing => return Ok(None),
+        Decision::Skip(why) => {
+            tracing::warn!("{why}");
+            return Ok(None);
+        }
+        Decision::Refuse(why) => return Err(why),
+    }
+    let fs = RootFs::new(&app.root);
+    fs.create_dir(UPDATES_DIR, 0o700)
+        .map_err(|e| e.to_string())?;
+    let updates = fs.resolve(UPDATES_DIR).map_err(|e| e.to_string())?;
+    let free = free_bytes(&updates)?;
+    if free < MIN_FREE_BYTES {
+        return Err(format!(
+            "not enough free space for the OS update in {UPDATES_DIR}: {} MiB free, {} MiB needed",
+            free >> 20,
+            MIN_FREE_BYTES >> 20
+        ));
+    }
+    // A fresh directory: what was downloaded for another release goes (the staged slot
+    // is elsewhere and stays).
+    fs.remove(UPDATES_DIR).map_err(|e| e.to_string())?;
+    fs.create_dir(UPDATES_DIR, 0o700)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(version = %release.version, "Downloading OS update");
+    fetch(p, context, Target::Os, &release, UPDATES_DIR).await?;
+
+    let disk = install_disk(app)?;
+    let esp = fs.resolve(ESP).map_err(|e| e.to_string())?;
+    let arch = Arch::native().ok_or("this architecture has no A/B update layout")?;
+    let commands = app.platform.commands.clone();
+    let (version, running2) = (release.version.clone(), running.clone());
+    let staged = tokio::task::spawn_blocking(move || {
+        let req = stage::Request {
+            os_name: &os_name,
+            version: &version,
+            running: &running2,
+            arch,
+            updates_dir: &updates,
+            disk: &disk,
+            esp: &esp,
+        };
+        stage::stage(&SystemDisk::new(commands), &req).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tracing::info!(version = %release.version, how = ?staged, "OS update staged");
+    let version = release.version.clone();
+    app.with_state(|s| s.update(|d| d.os.next_release = version.clone()))
+        .map_err(|e| e.to_string())?;
+    Ok(Some(release.version))
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `dir`.
+#[allow(unsafe_code)] // audited: statvfs into a stack struct
+fn free_bytes(dir: &Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a live out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(format!(
+            "cannot read the free space of {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The disk holding both A/B slots: the configured one, else the disk of the partition
+/// mounted on the ESP.
+fn install_disk(app: &App) -> Result<PathBuf, String> {
+    if let Some(d) = &app.install_disk {
+        return Ok(d.clone());
+    }
+    let esp = RootFs::new(&app.root)
+        .resolve(ESP)
+        .map_err(|e| e.to_string())?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let dev = esp_device(&mountinfo, &esp).ok_or_else(|| {
+        format!(
+            "cannot find the install disk: nothing is mounted on {} (start the daemon with --install-disk)",
+            esp.display()
+        )
+    })?;
+    disk_of(&dev).ok_or_else(|| {
+        format!("cannot find the install disk: the ESP's device {dev} is not a disk partition")
+    })
+}
+
+/// The `major:minor` of what is mounted on `mount_point`, from `/proc/self/mountinfo`.
+pub fn esp_device(mountinfo: &str, mount_point: &Path) -> Option<String> {
+    let want = mount_point.to_str()?;
+    // The last mount on a point is the one in effect.
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    })
+}
+
+/// `/dev/<disk>` for the partition `major:minor`, from sysfs.
+fn disk_of(dev: &str) -> Option<PathBuf> {
+    let sys = Path::new("/sys/dev/block").join(dev);
+    if !sys.join("partition").exists() {
+        return None;
+    }
+    let real = std::fs::canonicalize(&sys).ok()?;
+    let disk = real.parent()?.file_name()?;
+    Some(Path::new("/dev").join(disk))
+}
+
+/// Starts the checker loop (after start-up).
+pub fn spawn(app: Arc<App>) {
+    tokio::spawn(run(app));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_esp_device_is_read_from_mountinfo() {
+        let mi = "22 1 8:2 / / rw - ext4 /dev/sda2 rw\n\
+                  30 22 8:1 / /boot rw,relatime - vfat /dev/sda1 rw\n\
+                  31 22 0:5 / /boot/efi rw - tmpfs none rw\n";
+        assert_eq!(esp_device(mi, Path::new("/boot")).as_deref(), Some("8:1"));
+        assert_eq!(esp_device(mi, Path::new("/srv")), None);
+    }
+
+    #[test]
+    fn progress_shows_in_the_status() {
+        use plugin_host::net::Progress;
+        let s = UpdateStatus::default();
+        s.progress(
+            "images",
+            "/var/lib/updates/IncusOS_1.efi",
+            5 << 20,
+            Some(10 << 20),
+        );
+        assert_eq!(
+            s.status(),
+            "Downloading IncusOS_1.efi: 5 MiB of 10 MiB (50%)"
+        );
+        s.progress("images", "/var/lib/updates/x.raw", 3 << 20, None);
+        assert_eq!(s.status(), "Downloading x.raw: 3 MiB");
+    }
+}
