@@ -253,7 +253,7 @@ impl HostOps for PluginHost {
             Ok(r) => r,
             Err(e) => return RResult::RErr(err(format!("invalid HTTP request: {e}"))),
         };
-        tracing::debug!(plugin = %self.name, method = %request.method, url = %request.url, "http request");
+        tracing::debug!(plugin = %self.name, method = %request.method, url = crate::net::shown_url(&request.url), "http request");
         match self.a.net.http(&self.name, &request, body.as_slice()) {
             Ok(resp) => {
                 let head = ResponseHead {
@@ -274,7 +274,7 @@ impl HostOps for PluginHost {
             Ok(r) => r,
             Err(e) => return RResult::RErr(err(format!("invalid download request: {e}"))),
         };
-        tracing::info!(plugin = %self.name, url = %download.request.url, target = %download.target, "download");
+        tracing::info!(plugin = %self.name, url = crate::net::shown_url(&download.request.url), target = %download.target, "download");
         let done = self.a.net.download(
             &self.name,
             &download,

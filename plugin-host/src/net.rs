@@ -17,6 +17,11 @@ pub use client::{Client, Proxies, DEFAULT_STALL};
 use crate::host_ops::Files;
 use crate::PlatformError;
 
+/// `url` as logs and error texts show it: without its query, which may carry a token.
+pub fn shown_url(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(u, _)| u)
+}
+
 /// Where download progress goes: the daemon shows it in the update status.
 pub trait Progress: Send + Sync {
     /// `done` bytes of `target` received so far, of `total` when the server said.

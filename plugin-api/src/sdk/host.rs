@@ -302,6 +302,23 @@ impl Host {
         succeeded(&argv.join(" "), self.run(argv, timeout)?)
     }
 
+    /// [`Host::run_with_input`] for a tool whose output is binary (DER, a raw signature):
+    /// fails unless it exits 0, with [`Host::run_ok`]'s error text, and returns its standard
+    /// output byte for byte.
+    pub fn run_ok_bytes(
+        &self,
+        argv: &[&str],
+        stdin: &[u8],
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        let mut spec = command_spec(argv, timeout);
+        spec.stdin = RVec::from(stdin.to_vec());
+        let out = self.inner.run(spec).into_result()?;
+        let stdout = out.stdout.to_vec();
+        succeeded(&argv.join(" "), Output::from(out))?;
+        Ok(stdout)
+    }
+
     /// [`Host::run_ok`] for a command line that carries secrets (auth keys, setup keys),
     /// marked [`Arg::Secret`]: they are `***` in the error text, as in everything the host
     /// shows (see [`Host::run_masked`]).

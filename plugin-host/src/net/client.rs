@@ -345,8 +345,13 @@ impl Net for Client {
         request: &Request,
         body: &[u8],
     ) -> Result<Response, PlatformError> {
-        let fail =
-            |what: String| PlatformError(format!("{} {}: {what}", request.method, request.url));
+        let fail = |what: String| {
+            PlatformError(format!(
+                "{} {}: {what}",
+                request.method,
+                super::shown_url(&request.url)
+            ))
+        };
         if body.len() > MAX_HTTP_BODY {
             return Err(fail(format!(
                 "the request body is larger than {MAX_HTTP_BODY} bytes"
@@ -381,8 +386,12 @@ impl Net for Client {
         progress: &dyn Progress,
     ) -> Result<DownloadResult, PlatformError> {
         let url = &download.request.url;
+        let shown = super::shown_url(url);
         let fail = |what: String| {
-            PlatformError(format!("download of {url} to {}: {what}", download.target))
+            PlatformError(format!(
+                "download of {shown} to {}: {what}",
+                download.target
+            ))
         };
         // The target first: a path outside the allow-list costs no network traffic.
         let file = files

@@ -142,6 +142,8 @@ pub enum Fault {
 struct Shared {
     requests: Vec<RecordedRequest>,
     handlers: HashMap<String, Reply>,
+    /// Replies for every path below a prefix (`/register/` answers `/register/<anything>`).
+    prefix_handlers: Vec<(String, Reply)>,
     faults: HashMap<String, Fault>,
 }
 
@@ -378,6 +380,15 @@ impl TestServer {
         self.state.lock().handlers.insert(path.to_string(), reply);
     }
 
+    /// Answers every path that starts with `prefix` (and has no exact [`TestServer::handle`]
+    /// reply) with `reply` from now on; the longest matching prefix wins. For endpoints
+    /// whose path carries an id (`/register/<uuid>`).
+    pub fn handle_prefix(&self, prefix: &str, reply: Reply) {
+        let mut st = self.state.lock();
+        st.prefix_handlers.retain(|(p, _)| p != prefix);
+        st.prefix_handlers.push((prefix.to_string(), reply));
+    }
+
     /// Injects `fault` on `path` from now on.
     pub fn fault(&self, path: &str, fault: Fault) {
         self.state.lock().faults.insert(path.to_string(), fault);
@@ -536,7 +547,14 @@ fn respond<S: Read + Write>(state: &State, stream: &mut S) -> End {
         let mut shared = state.lock();
         shared.requests.push(req.clone());
         (
-            shared.handlers.get(&req.path).cloned(),
+            shared.handlers.get(&req.path).cloned().or_else(|| {
+                shared
+                    .prefix_handlers
+                    .iter()
+                    .filter(|(p, _)| req.path.starts_with(p.as_str()))
+                    .max_by_key(|(p, _)| p.len())
+                    .map(|(_, r)| r.clone())
+            }),
             shared.faults.get(&req.path).copied(),
         )
     };

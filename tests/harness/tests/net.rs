@@ -680,3 +680,32 @@ fn plugins_download_through_the_harness_host_handle() {
         .file_effects()
         .contains(&FileEffect::written(TARGET, 0o640)));
 }
+
+#[test]
+fn errors_never_show_a_query_which_may_carry_a_token() {
+    let site_dir = site("other", b"x");
+    let server = TestServer::http(site_dir.path());
+    let s = setup();
+    let url = format!("{}?token=secret-token", server.url("/image.raw"));
+    let e = assert_err(
+        s.download(&download(&url, Tls::default())),
+        &["answered 404", &server.url("/image.raw")],
+    );
+    assert!(!e.contains("secret-token"), "{e}");
+    // The query was sent all the same.
+    assert_eq!(server.requests()[0].query, "token=secret-token");
+
+    let mut request = Request::get(&url);
+    request.stall_timeout_ms = 1;
+    server.fault("/image.raw", Fault::HangAfter(0));
+    let e = s
+        .client
+        .http("test", &request, b"")
+        .expect_err("a stalled request fails")
+        .0;
+    assert!(
+        e.starts_with(&format!("GET {}: ", server.url("/image.raw"))),
+        "{e}"
+    );
+    assert!(!e.contains("secret-token"), "{e}");
+}

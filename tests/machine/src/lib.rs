@@ -46,6 +46,7 @@ pub const REQUIRED_TOOLS: &[&str] = &[
     "debootstrap",
     "nsenter",
     "swtpm",
+    "tpm2_createprimary",
     "losetup",
     "mkfs.ext4",
     "mkfs.btrfs",

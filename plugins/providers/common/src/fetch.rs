@@ -45,16 +45,16 @@ pub fn fetch_release(
     fetch_release_with(host, order, |file| {
         let mut request = Request::get(url_of(file));
         request.headers = headers.to_vec();
-        request
+        Ok(request)
     })
 }
 
-/// [`fetch_release`] with the whole request of each file made by `request_of` (its TLS
-/// settings, proxy use or unix socket).
+/// [`fetch_release`] with the request of each file made by `request_of`, just before the
+/// file is fetched (a provider that signs every request makes a fresh token there).
 pub fn fetch_release_with(
     host: &Host,
     order: &FetchOrder,
-    request_of: impl Fn(&ReleaseFile) -> Request,
+    request_of: impl Fn(&ReleaseFile) -> Result<Request>,
 ) -> Result<Vec<String>> {
     if !order.target_dir.starts_with('/') {
         return Err(Error::internal(format!(
@@ -65,8 +65,13 @@ pub fn fetch_release_with(
     let mut written = vec![];
     for file in &order.release.files {
         check_file_name(file)?;
-        let request = request_of(file);
-        let url = request.url.clone();
+        let request = request_of(file)?;
+        // Errors name the URL without its query (which may carry a token).
+        let url = request
+            .url
+            .split_once('?')
+            .map_or(request.url.as_str(), |(u, _)| u)
+            .to_string();
         let target = format!(
             "{}/{}",
             order.target_dir.trim_end_matches('/'),

@@ -140,17 +140,10 @@ fn the_config_round_trips_and_bad_values_are_refused() {
         "{}",
         err.message
     );
-    // Token authentication is not implemented: said plainly, nothing applied.
-    let err = h.put_config(&json!({"token": "abc"})).unwrap_err();
-    assert_eq!(
-        (err.status, err.message.as_str()),
-        (
-            501,
-            "authentication with a token (token) is not supported by this images provider yet"
-        )
-    );
-    h.host().assert_untouched("token");
-    assert_eq!(h.get().unwrap()["config"], config);
+    // A token is taken as it is (registration uses it).
+    let with_token = json!({"token": "abc", "authentication_by_query_param": "true"});
+    h.apply_config(&with_token);
+    assert_eq!(h.get().unwrap()["config"], with_token);
 }
 
 #[test]

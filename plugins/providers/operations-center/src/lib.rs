@@ -552,10 +552,10 @@ impl Provider for OperationsCenter {
         let mut endpoint = self.endpoint(config)?;
         let uuid = self.uuid_of(&mut endpoint, &order.context, &order.release.version)?;
         fetch::fetch_release_with(&self.host, order, |file| {
-            endpoint.request(
+            Ok(endpoint.request(
                 "GET",
                 &format!("/1.0/provisioning/updates/{uuid}/files/{}", file.filename),
-            )
+            ))
         })
     }
 }
