@@ -248,6 +248,7 @@ impl Daemon {
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
     lifecycle::start_plugins(&app).await;
+    crate::system::provider::register_at_start(&app).await;
     crate::system::update::runner::start(app.clone()).await;
     {
         let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());

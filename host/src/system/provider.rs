@@ -302,3 +302,36 @@ pub async fn notify(app: &App, cause: RefreshCause) {
         tracing::warn!(provider = %sel.name, cause = cause.as_str(), error = %e.message, "provider notification failed");
     }
 }
+
+/// At start (upstream's last start-up step): when this machine is not registered with the
+/// selected provider, it registers now (`registration unsupported` is no error). Failures
+/// are logged; the next provider change tries again.
+pub async fn register_at_start(app: &App) {
+    let sel = selection(app);
+    if sel.registered {
+        return;
+    }
+    let Some(p) = plugin(app, &sel.name).filter(|p| p.manifest.has(Hook::Register)) else {
+        return;
+    };
+    match p
+        .hook(Hook::Register, registration(app, RefreshCause::Default))
+        .await
+    {
+        Ok(_) => {
+            let doc = ProviderDoc {
+                registered: true,
+                ..sel.clone()
+            };
+            if let Err(e) = app.with_state(|s| s.update(|d| d.system.provider = doc)) {
+                tracing::warn!(provider = %sel.name, error = %e, "cannot record the registration");
+            } else {
+                tracing::info!(provider = %sel.name, "registered with the update provider");
+            }
+        }
+        Err(e) if is(&e, errors::REGISTRATION_UNSUPPORTED) => {}
+        Err(e) => {
+            tracing::warn!(provider = %sel.name, error = %e.message, "cannot register with the update provider")
+        }
+    }
+}

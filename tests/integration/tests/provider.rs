@@ -285,3 +285,31 @@ async fn a_requested_check_fetches_application_images_and_looks_up_the_os() {
         .join("var/lib/incus-os-extensions/202601010000/incus.raw");
     assert_eq!(std::fs::read_to_string(image).unwrap(), "image");
 }
+
+/// A machine not registered with its selected provider registers at start, as upstream's
+/// last start-up step does.
+#[tokio::test]
+async fn an_unregistered_machine_registers_at_start() {
+    let root = root_with_providers();
+    let d = Daemon::start(&root, &[]);
+    // The server could not take the registration then: selected, not registered.
+    select(
+        &d,
+        "fixture",
+        json!({"register_error": "registration unsupported"}),
+    )
+    .await;
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["state"]["registered"], false);
+    drop(d);
+    // Now it can (the provider's config, as its plugin stores it, changed meanwhile).
+    let path = root.state_file();
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["plugins"]["fixture"]["config"] = json!({});
+    std::fs::write(&path, state.to_string()).unwrap();
+
+    let d = Daemon::start(&root, &[]);
+    let v = get_ok(&d.socket, "/1.0/system/provider").await;
+    assert_eq!(v["state"]["registered"], true);
+    assert_eq!(calls(&d, "fixture").await[0], "register");
+}
