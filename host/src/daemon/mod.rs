@@ -248,8 +248,16 @@ impl Daemon {
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
     lifecycle::start_plugins(&app).await;
+    // A shutdown that began meanwhile ends start-up here (the abort of this task takes
+    // effect only where it waits, and these steps may never wait).
+    if app.lifecycle.is_stopping() {
+        return;
+    }
     crate::system::provider::register_at_start(&app).await;
     crate::system::update::runner::start(app.clone()).await;
+    if app.lifecycle.is_stopping() {
+        return;
+    }
     {
         let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
         if !store.doc().os.successful_boot {
