@@ -694,10 +694,40 @@ impl Write for Sock {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, stall: Duration) -> Result<Sock, String> {
-    let addrs = (host, port)
-        .to_socket_addrs()
+/// The addresses of `host`, within `stall`: the system resolver has no timeout of its
+/// own, so it runs on a thread of its own that is left behind (and ends on its own) when
+/// it takes longer.
+fn resolve(host: &str, port: u16, stall: Duration) -> Result<Vec<std::net::SocketAddr>, String> {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(vec![std::net::SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let r = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>());
+            let _ = tx.send(r);
+        })
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    match rx.recv_timeout(stall) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Err(_) => Err(format!(
+            "stalled: resolving {host} took longer than {} ms",
+            stall.as_millis()
+        )),
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, stall: Duration) -> Result<Sock, String> {
+    let addrs = resolve(host, port, stall)?;
     let mut last = format!("{host} has no address");
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, stall) {
@@ -1080,6 +1110,19 @@ fn base64(input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn addresses_are_resolved_and_literals_need_no_resolver() {
+        let t = Duration::from_secs(5);
+        let v6 = resolve("[::1]", 8443, t).unwrap();
+        assert_eq!(v6, ["[::1]:8443".parse().unwrap()]);
+        let v4 = resolve("127.0.0.1", 80, t).unwrap();
+        assert_eq!(v4, ["127.0.0.1:80".parse().unwrap()]);
+        let local = resolve("localhost", 80, t).unwrap();
+        assert!(local.iter().all(|a| a.ip().is_loopback()), "{local:?}");
+        let e = resolve("no-such-host.invalid", 80, t).unwrap_err();
+        assert!(e.starts_with("cannot resolve no-such-host.invalid"), "{e}");
+    }
     use super::*;
 
     #[test]
