@@ -1,5 +1,6 @@
 //! The OS subsystems as plain Rust: they decide; the platform layer touches the OS.
 
+pub mod applications;
 pub mod debug;
 pub mod host;
 pub mod info;
