@@ -33,6 +33,50 @@ fn dependencies(manifest: &str) -> Vec<String> {
     names
 }
 
+/// Copies `from` (a directory tree of plain files) to `to`, leaving out `target`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "target" {
+                copy_tree(&src, &dst);
+            }
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// A copy of plugin-api away from this workspace is a complete package: no field or lint
+/// table inherited from a workspace that is not there (cargo refuses such a manifest).
+#[test]
+fn plugin_api_is_a_complete_package_outside_the_workspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("plugin-api");
+    copy_tree(&repo().join("plugin-api"), &copy);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .arg("--manifest-path")
+        .arg(copy.join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo metadata failed: {stderr}");
+    let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let package = &meta["packages"][0];
+    assert_eq!(package["name"], "incus-osd-plugin-api");
+    assert_eq!(package["edition"], "2021");
+}
+
 #[test]
 fn the_sdk_only_fixture_depends_on_plugin_api_and_serde_alone() {
     let manifest =
@@ -137,4 +181,17 @@ async fn the_third_party_example_built_in_release_serves_in_the_daemon() {
     assert_eq!(v["error"], "name has a control character", "{v}");
     let (_, v) = request(&d.socket, "GET", path, "").await;
     assert_eq!(state(&v)["signatures"], json!(["Ada"]), "{v}");
+}
+
+/// docs/applications.md shows the example's whole Cargo.toml: the copy there must be the
+/// file the run builds, or an author following the page builds something else.
+#[test]
+fn the_docs_show_the_examples_cargo_toml_as_it_is() {
+    let manifest =
+        std::fs::read_to_string(repo().join("examples/third-party-app/Cargo.toml")).unwrap();
+    let docs = std::fs::read_to_string(repo().join("docs/applications.md")).unwrap();
+    assert!(
+        docs.contains(&format!("```toml\n{manifest}```\n")),
+        "docs/applications.md does not show examples/third-party-app/Cargo.toml as it is"
+    );
 }
