@@ -132,18 +132,47 @@ macro_rules! __export_plugin {
                 .as_ptr()
         }
 
-        #[::abi_stable::export_root_module]
+        // What `#[abi_stable::export_root_module]` generates, written out: that attribute
+        // names `::abi_stable` in its expansion, which would make every plugin author
+        // depend on abi_stable directly. Here every path goes through this crate's
+        // re-export. The static's name is abi_stable's mangled root-module symbol, the one
+        // its loader looks up (checked against `ROOT_MODULE_LOADER_NAME` by a test of
+        // this crate).
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    __incus_osd_plugin_root_module,
+                )
+            }
+            // SAFETY: `erased_module` returns the module `__incus_osd_plugin_root_module`
+            // builds, a `PluginModuleRef`, erased by abi_stable's own loader shim: the
+            // contract of `from_constructor`.
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::abi::PluginModuleRef,
+                >(
+                    erased_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+
         pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
-            use ::abi_stable::prefix_type::PrefixTypeTrait;
-            extern "C" fn manifest() -> ::abi_stable::std_types::RString {
+            use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
+            extern "C" fn manifest() -> $crate::__private::abi_stable::std_types::RString {
                 $crate::sdk::__manifest_json(|| {
                     $crate::sdk::$manifest::<$ty>(env!("CARGO_PKG_VERSION"), $api)
                 })
             }
             extern "C" fn instantiate(
                 host: $crate::abi::HostHandle,
-            ) -> ::abi_stable::std_types::RResult<$crate::abi::PluginBox, $crate::abi::PluginError>
-            {
+            ) -> $crate::__private::abi_stable::std_types::RResult<
+                $crate::abi::PluginBox,
+                $crate::abi::PluginError,
+            > {
                 $crate::sdk::__instantiate(|| $crate::sdk::$instance::<$ty>(host))
             }
             $crate::abi::PluginModule {
@@ -190,4 +219,20 @@ macro_rules! export_provider {
             $crate::API_VERSION
         );
     };
+}
+
+#[cfg(test)]
+mod tests {
+    /// The export macro writes out the static `#[abi_stable::export_root_module]` would
+    /// generate; its name must be the symbol abi_stable's loader looks up, or no plugin
+    /// loads ("cannot find the root module" after an abi_stable upgrade renames it).
+    #[test]
+    fn exported_static_is_the_symbol_abi_stable_loads() {
+        let name = abi_stable::library::ROOT_MODULE_LOADER_NAME;
+        let source = include_str!("export.rs");
+        assert!(
+            source.contains(&format!("pub static {name}:")),
+            "the export macro's static is not named {name}"
+        );
+    }
 }
