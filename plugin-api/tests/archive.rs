@@ -509,3 +509,36 @@ fn a_name_reused_with_another_type_is_refused() {
         "two entries named \"d\"",
     );
 }
+
+#[test]
+fn garbage_after_the_gzip_stream_is_refused_and_concatenated_members_are_read() {
+    let mut tar = file("a", "one");
+    tar.extend([0u8; 1024]);
+    let mut with_garbage = gzip(&tar);
+    with_garbage.extend(b"trailing garbage that is not gzip");
+    refused(&with_garbage, "cannot read the archive");
+    // The same tar split over two gzip members (as parallel compressors write).
+    let (head, tail) = tar.split_at(700);
+    let mut two = gzip(head);
+    two.extend(gzip(tail));
+    let s = scene();
+    restore_swap(two.as_slice(), &s.app, &Limits::default()).unwrap();
+    assert_eq!(fs::read_to_string(s.app.join("a")).unwrap(), "one");
+}
+
+#[test]
+fn restore_into_wants_an_empty_directory_and_a_stale_sibling_is_replaced() {
+    let s = scene();
+    let a = archive(&[file("a", "new")]);
+    let err = restore_into(a.as_slice(), &s.app, &Limits::default()).unwrap_err();
+    assert!(err.message.contains("it is not empty"), "{}", err.message);
+    s.assert_untouched();
+    // A sibling left by an interrupted restore does not end up in the restored tree.
+    let stale = s.tmp.path().join("app.new");
+    fs::create_dir(&stale).unwrap();
+    fs::write(stale.join("stale"), "old attempt").unwrap();
+    restore_swap(a.as_slice(), &s.app, &Limits::default()).unwrap();
+    assert_eq!(fs::read_dir(&s.app).unwrap().count(), 1);
+    assert_eq!(fs::read_to_string(s.app.join("a")).unwrap(), "new");
+    assert!(!stale.exists());
+}

@@ -363,7 +363,7 @@ pub fn restore_into(reader: impl Read, dest: &Path, limits: &Limits) -> Result<S
         cache: None,
     };
     let input = Tracked {
-        inner: flate2::read::GzDecoder::new(reader),
+        inner: flate2::read::MultiGzDecoder::new(reader),
         eof: false,
     };
     let mut archive = tar::Archive::new(input);
