@@ -142,7 +142,8 @@ fn show(bytes: &[u8]) -> String {
 /// Entries come parents first, siblings sorted by name (bytes), so the same tree gives the
 /// same archive. Symbolic links are stored as links and never followed; the walk does not
 /// descend into other filesystems (a mount point is stored as an empty directory); `dir`
-/// itself is not an entry. A socket, FIFO or device that is not excluded is an error, as
+/// itself is not an entry, nor are the `.restore.new` and `.restore.old` directories a
+/// restore of a mount point stages in it. A socket, FIFO or device that is not excluded is an error, as
 /// is a file that shrinks while it is read. Run [`backup_check`] first to report an error
 /// before the first byte is written.
 pub fn backup_dir(
@@ -237,7 +238,9 @@ fn walk_level(
             rel.push(b'/');
         }
         rel.extend_from_slice(name.as_bytes());
-        if !exclusions.excludes(rel, complete) {
+        // A mount point's restore staging, left by an interrupted restore, is not data.
+        let staging = len == 0 && (name == STAGE_NEW || name == STAGE_OLD);
+        if !staging && !exclusions.excludes(rel, complete) {
             let path = dir.join(&name);
             let meta = fs::symlink_metadata(&path).map_err(|e| local(path.display(), e))?;
             let kind = meta.file_type();
@@ -952,6 +955,8 @@ pub struct PreparedRestore {
     new: PathBuf,
     summary: Summary,
     done: bool,
+    /// Staged inside the directory (a mount point): swapped entry by entry.
+    inside: bool,
 }
 
 fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
@@ -972,9 +977,21 @@ fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Extracts the archive into `<dir>.new` (a stale one from an interrupted restore is
-/// removed first), made with `dir`'s mode and owner, with [`restore_into`]. On error the
-/// sibling is removed and `dir` was never touched.
+/// Where a mount point's restore is staged, inside it (a rename cannot cross into it).
+const STAGE_NEW: &str = ".restore.new";
+/// Where a mount point's old entries go while the new ones are moved in.
+const STAGE_OLD: &str = ".restore.old";
+
+/// Whether `dir` is a mount point (its parent is on another filesystem, or it is `/`).
+fn is_mount_point(dir: &Path, meta: &Metadata) -> Result<bool> {
+    let parent = fs::metadata(dir.join("..")).map_err(|e| local(dir.display(), e))?;
+    Ok(parent.dev() != meta.dev() || parent.ino() == meta.ino())
+}
+
+/// Extracts the archive with [`restore_into`] into a fresh directory made with `dir`'s
+/// mode and owner: the sibling `<dir>.new`, or, when `dir` is a mount point (a rename
+/// cannot cross into it), `<dir>/.restore.new`. A stale one from an interrupted restore
+/// is removed first. On error it is removed and `dir` was never touched.
 pub fn prepare_restore(reader: impl Read, dir: &Path, limits: &Limits) -> Result<PreparedRestore> {
     let meta = fs::symlink_metadata(dir).map_err(|e| local(dir.display(), e))?;
     if !meta.is_dir() {
@@ -983,7 +1000,24 @@ pub fn prepare_restore(reader: impl Read, dir: &Path, limits: &Limits) -> Result
             dir.display()
         )));
     }
-    let new = sibling(dir, ".new")?;
+    let inside = is_mount_point(dir, &meta)?;
+    prepare(reader, dir, &meta, limits, inside)
+}
+
+fn prepare(
+    reader: impl Read,
+    dir: &Path,
+    meta: &Metadata,
+    limits: &Limits,
+    inside: bool,
+) -> Result<PreparedRestore> {
+    let new = if inside {
+        let old = dir.join(STAGE_OLD);
+        remove_tree(&old).map_err(|e| local(format!("cannot remove {}", old.display()), e))?;
+        dir.join(STAGE_NEW)
+    } else {
+        sibling(dir, ".new")?
+    };
     remove_tree(&new).map_err(|e| local(format!("cannot remove {}", new.display()), e))?;
     fs::create_dir(&new).map_err(|e| local(format!("cannot create {}", new.display()), e))?;
     let mut prepared = PreparedRestore {
@@ -991,6 +1025,7 @@ pub fn prepare_restore(reader: impl Read, dir: &Path, limits: &Limits) -> Result
         new,
         summary: Summary::default(),
         done: false,
+        inside,
     };
     fs::set_permissions(
         &prepared.new,
@@ -1005,6 +1040,29 @@ pub fn prepare_restore(reader: impl Read, dir: &Path, limits: &Limits) -> Result
     Ok(prepared)
 }
 
+/// The names in `dir`, sorted, leaving out the staging directories.
+fn names(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<Vec<_>>>()?;
+    names.retain(|n| n != STAGE_NEW && n != STAGE_OLD);
+    names.sort();
+    Ok(names)
+}
+
+/// Moves each of `names` from `from` to `to`; on a failure moves back what it moved.
+fn move_all(names: &[std::ffi::OsString], from: &Path, to: &Path) -> io::Result<()> {
+    for (i, name) in names.iter().enumerate() {
+        if let Err(e) = fs::rename(from.join(name), to.join(name)) {
+            for back in &names[..i] {
+                let _ = fs::rename(to.join(back), from.join(back));
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 impl PreparedRestore {
     /// What the archive held.
     pub fn summary(&self) -> Summary {
@@ -1013,9 +1071,14 @@ impl PreparedRestore {
 
     /// Swaps the restored tree in with one `renameat2(RENAME_EXCHANGE)` (on a filesystem
     /// without it: rename the old tree aside, rename the new one in, and put the old one
-    /// back if that fails), then removes the old tree. A directory that is a mount point
-    /// cannot be swapped and is an error (nothing changed).
+    /// back if that fails), then removes the old tree. In a mount point, the old entries
+    /// are renamed into `.restore.old` and the new ones out of `.restore.new`, one by one
+    /// (quick renames, but not one atomic step); a failure moves back what was moved.
     pub fn swap(mut self) -> Result<Summary> {
+        if self.inside {
+            self.swap_inside()?;
+            return Ok(self.summary);
+        }
         let (dir, new) = (&self.dir, &self.new);
         match rfs::renameat_with(CWD, new, CWD, dir, RenameFlags::EXCHANGE) {
             Ok(()) => {
@@ -1040,12 +1103,6 @@ impl PreparedRestore {
                 self.done = true;
                 let _ = fs::remove_dir_all(&old);
             }
-            Err(Errno::BUSY) => {
-                return Err(Error::internal(format!(
-                    "cannot swap the restored tree in: {} is a mount point",
-                    dir.display()
-                )))
-            }
             Err(e) => {
                 return Err(local(
                     format!("cannot swap the restored tree in at {}", dir.display()),
@@ -1054,6 +1111,36 @@ impl PreparedRestore {
             }
         }
         Ok(self.summary)
+    }
+}
+
+impl PreparedRestore {
+    fn swap_inside(&mut self) -> Result<()> {
+        let (dir, new) = (&self.dir, &self.new);
+        let old = dir.join(STAGE_OLD);
+        let fail = |e| {
+            local(
+                format!("cannot swap the restored tree in at {}", dir.display()),
+                e,
+            )
+        };
+        fs::create_dir(&old).map_err(fail)?;
+        let current = names(dir).map_err(fail)?;
+        if let Err(e) = move_all(&current, dir, &old) {
+            let _ = fs::remove_dir(&old);
+            return Err(fail(e));
+        }
+        let restored = names(new).map_err(fail);
+        let moved_in = restored.and_then(|r| move_all(&r, new, dir).map_err(fail));
+        if let Err(e) = moved_in {
+            let _ = move_all(&current, &old, dir);
+            let _ = fs::remove_dir(&old);
+            return Err(e);
+        }
+        self.done = true;
+        let _ = fs::remove_dir(new);
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
     }
 }
 
@@ -1069,4 +1156,72 @@ impl Drop for PreparedRestore {
 /// the archive's only if the whole archive extracted; on any error it is as it was.
 pub fn restore_swap(reader: impl Read, dir: &Path, limits: &Limits) -> Result<Summary> {
     prepare_restore(reader, dir, limits)?.swap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_size(data.len() as u64);
+            tar.append_data(&mut h, name, data.as_bytes()).unwrap();
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar.into_inner().unwrap()).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn mount_points_are_told_from_plain_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = fs::metadata(tmp.path()).unwrap();
+        assert!(!is_mount_point(tmp.path(), &meta).unwrap());
+        assert!(is_mount_point(Path::new("/"), &fs::metadata("/").unwrap()).unwrap());
+    }
+
+    /// A mount point cannot be renamed over: the restore is staged inside it and swapped
+    /// entry by entry.
+    #[test]
+    fn a_restore_staged_inside_its_directory_swaps_entry_by_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("app");
+        fs::create_dir_all(dir.join("old-dir")).unwrap();
+        fs::write(dir.join("keep"), "old").unwrap();
+        let meta = fs::metadata(&dir).unwrap();
+
+        // A bad archive leaves the directory as it was, staging removed.
+        let bad = archive(&[("a", "1")])[..20].to_vec();
+        assert!(prepare(bad.as_slice(), &dir, &meta, &Limits::default(), true).is_err());
+        assert_eq!(entries(&dir), ["keep", "old-dir"]);
+
+        let good = archive(&[("keep", "new"), ("sub/x", "y")]);
+        let prepared = prepare(good.as_slice(), &dir, &meta, &Limits::default(), true).unwrap();
+        assert_eq!(entries(&dir), [".restore.new", "keep", "old-dir"]);
+        // A backup taken meanwhile (or after a crash left the staging) leaves it out.
+        let mut backup = Vec::new();
+        let summary = backup_dir(&dir, &mut backup, &Exclusions::NONE, false).unwrap();
+        assert_eq!(summary.entries, 2);
+        assert_eq!(fs::read_to_string(dir.join("keep")).unwrap(), "old");
+        prepared.swap().unwrap();
+        assert_eq!(entries(&dir), ["keep", "sub"]);
+        assert_eq!(fs::read_to_string(dir.join("keep")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(dir.join("sub/x")).unwrap(), "y");
+        assert_eq!(entries(tmp.path()), ["app"]);
+    }
 }
