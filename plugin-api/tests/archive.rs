@@ -376,6 +376,15 @@ fn relative_links_pointing_out_are_refused_lexically_and_through_chains() {
         ]),
         "through other links it points outside",
     );
+    // The same, the link that completes the escape coming last.
+    refused(
+        &archive(&[
+            entry("a", b'2', b"", "d/b/../outside"),
+            entry("d", b'5', b"", ""),
+            entry("d/b", b'2', b"", ".."),
+        ]),
+        "through other links it points outside",
+    );
 }
 
 #[test]

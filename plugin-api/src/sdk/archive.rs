@@ -361,8 +361,8 @@ pub fn restore_into(reader: impl Read, dest: &Path, limits: &Limits) -> Result<S
         limits,
         as_root: rustix::process::geteuid().is_root(),
         summary: Summary::default(),
-        dirs: Vec::new(),
-        links: Vec::new(),
+        open_dirs: Vec::new(),
+        links: 0,
         cache: None,
     };
     let input = Tracked {
@@ -612,11 +612,12 @@ struct Extractor<'a> {
     limits: &'a Limits,
     as_root: bool,
     summary: Summary,
-    /// Directories whose metadata is set at the end (writing into them changes the mtime;
-    /// a read-only mode would stop their children being written).
-    dirs: Vec<(Vec<Vec<u8>>, Meta)>,
-    /// Links checked for real once the tree is whole: (name, path to resolve from the root).
-    links: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Directories whose metadata waits until the archive leaves them (writing into them
+    /// changes their mtime; a read-only mode would stop their children being written):
+    /// a chain, each a parent of the next, so as deep as a path and never longer.
+    open_dirs: Vec<(Vec<Vec<u8>>, Meta)>,
+    /// Links made, checked for real once the tree is whole.
+    links: u64,
     /// The last parent directory opened, by its components.
     cache: Option<(Vec<Vec<u8>>, OwnedFd)>,
 }
@@ -661,6 +662,7 @@ impl Extractor<'_> {
             )));
         }
         let parents = parents.to_vec();
+        self.leave_dirs(&parents)?;
         let parent = self.parent(&parents, &shown)?;
         let name = c_name(name);
         let exists = |e: Errno| e == Errno::EXIST;
@@ -717,11 +719,11 @@ impl Extractor<'_> {
                 }
                 let mut all = parents;
                 all.push(name.as_os_str().as_bytes().to_vec());
-                self.dirs.push((all, meta));
+                self.open_dirs.push((all, meta));
             }
             _ => {
                 let target = meta.link.clone().unwrap_or_default();
-                let resolve = self.check_target(&parents, name, &target, &shown)?;
+                self.check_target(&parents, name, &target, &shown)?;
                 rfs::symlinkat(c_name(&target), &parent, name).map_err(|e| {
                     if exists(e) {
                         bad(format!("the archive has two entries named {shown}"))
@@ -745,7 +747,7 @@ impl Extractor<'_> {
                 };
                 rfs::utimensat(&parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| local(format!("cannot set the mtime of {shown}"), e))?;
-                self.links.push((meta.path, resolve));
+                self.links += 1;
             }
         }
         self.cache = Some((comps[..comps.len() - 1].to_vec(), parent));
@@ -883,38 +885,91 @@ impl Extractor<'_> {
         rfs::futimens(fd, &times).map_err(|e| local(format!("cannot set the mtime of {shown}"), e))
     }
 
-    fn finish(mut self) -> Result<Summary> {
-        // Deepest first, so setting a directory's mtime is the last change inside its parent.
-        self.dirs
-            .sort_by_key(|(comps, _)| std::cmp::Reverse(comps.len()));
-        self.cache = None;
-        let dirs = std::mem::take(&mut self.dirs);
-        for (comps, meta) in &dirs {
+    /// Sets the metadata of the directories the archive has left: those that are not
+    /// `parents` or one of its parents. (An archive that comes back into such a directory
+    /// later still works, but changes its mtime.)
+    fn leave_dirs(&mut self, parents: &[Vec<u8>]) -> Result<()> {
+        while let Some((comps, _)) = self.open_dirs.last() {
+            if parents.starts_with(comps) {
+                break;
+            }
+            let (comps, meta) = self.open_dirs.pop().expect("checked above");
             let shown = show(&meta.path);
-            let fd = self.parent(comps, &shown)?;
-            self.set_meta_fd(fd.as_fd(), meta, &shown)?;
+            let fd = self.parent(&comps, &shown)?;
+            self.set_meta_fd(fd.as_fd(), &meta, &shown)?;
         }
-        for (name, resolve) in &self.links {
-            if resolve.is_empty() {
-                continue;
-            }
-            // Dangling or looping links stay harmless inside; ENOSYS (no openat2) leaves
-            // the lexical check alone.
-            if let Err(Errno::XDEV) = rfs::openat2(
-                &self.root,
-                c_name(resolve),
-                OFlags::PATH | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                return Err(bad(format!(
-                    "cannot restore the symlink {}: through other links it points outside \
-                     of the application root",
-                    show(name)
-                )));
-            }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Summary> {
+        self.leave_dirs(&[])?;
+        if self.links > 0 {
+            let root = self
+                .root
+                .try_clone()
+                .map_err(|e| local("the restored tree", e))?;
+            self.check_links(root, &mut Vec::new())?;
         }
         Ok(self.summary)
+    }
+
+    /// Resolves every link of the tree under `dir` (at `path` from the root) for real,
+    /// with `openat2` and `RESOLVE_BENEATH`: a link whose target stays inside on its own but
+    /// leaves the tree through other links (`d/b -> ..`, `a -> d/b/../x`) is refused. The
+    /// walk is one directory per level, so it needs no list of the links made.
+    fn check_links(&self, dir: OwnedFd, path: &mut Vec<u8>) -> Result<()> {
+        let fail = |e: Errno| local("cannot check the restored tree", e);
+        for entry in rfs::Dir::read_from(&dir).map_err(fail)? {
+            let entry = entry.map_err(fail)?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let len = path.len();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            match entry.file_type() {
+                rfs::FileType::Directory => {
+                    let sub =
+                        rfs::openat(&dir, c_name(name), DIR_FLAGS, Mode::empty()).map_err(fail)?;
+                    self.check_links(sub, path)?;
+                }
+                rfs::FileType::Symlink => {
+                    let target = rfs::readlinkat(&dir, c_name(name), Vec::new())
+                        .map_err(fail)?
+                        .into_bytes();
+                    let shown = show(path);
+                    let parents: Vec<Vec<u8>> = path[..len]
+                        .split(|&b| b == b'/')
+                        .filter(|c| !c.is_empty())
+                        .map(<[u8]>::to_vec)
+                        .collect();
+                    let resolve = self.check_target(&parents, c_name(name), &target, &shown)?;
+                    // Dangling or looping links stay harmless inside; ENOSYS (no openat2)
+                    // leaves the lexical check alone.
+                    if !resolve.is_empty() {
+                        if let Err(Errno::XDEV) = rfs::openat2(
+                            &self.root,
+                            c_name(&resolve),
+                            OFlags::PATH | OFlags::CLOEXEC,
+                            Mode::empty(),
+                            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+                        ) {
+                            return Err(bad(format!(
+                                "cannot restore the symlink {shown} -> {}: through other links \
+                                 it points outside of the application root",
+                                show(&target)
+                            )));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            path.truncate(len);
+        }
+        Ok(())
     }
 }
 
