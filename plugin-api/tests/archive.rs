@@ -551,3 +551,34 @@ fn restore_into_wants_an_empty_directory_and_a_stale_sibling_is_replaced() {
     assert_eq!(fs::read_to_string(s.app.join("a")).unwrap(), "new");
     assert!(!stale.exists());
 }
+
+#[test]
+fn names_from_extension_records_are_checked_like_plain_ones() {
+    let pax = |body: &str| {
+        let mut n = body.len() + 3;
+        let record = loop {
+            let r = format!("{n} {body}\n");
+            if r.len() == n {
+                break r;
+            }
+            n = r.len();
+        };
+        let mut x = header(b"pax", b'x', record.len() as u64, b"");
+        x.extend(padded(record.as_bytes()));
+        x
+    };
+    // The plain name is harmless; the PAX one climbs out.
+    refused(
+        &archive(&[pax("path=../outside/escape"), file("harmless", "x")]),
+        "'..'",
+    );
+    refused(
+        &archive(&[pax("linkpath=/etc"), entry("l", b'2', b"", "inside")]),
+        "points outside",
+    );
+    let mut long = b"../outside/escape".to_vec();
+    long.push(0);
+    let mut l = header(b"././@LongLink", b'L', long.len() as u64, b"");
+    l.extend(padded(&long));
+    refused(&archive(&[l, file("harmless", "x")]), "'..'");
+}
