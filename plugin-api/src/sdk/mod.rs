@@ -6,6 +6,7 @@
 //! rendering. Panics in any hook become errors, never aborts.
 
 mod adapters;
+pub mod archive;
 mod error;
 mod export;
 mod host;
