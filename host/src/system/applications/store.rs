@@ -324,17 +324,7 @@ impl Store {
         }
 
         let mut undo = Undo::new(&self.host);
-        // Registered first, so it runs last on rollback: once the previous links are back,
-        // merge them again if a refresh had changed what was merged.
-        let refreshed = Arc::new(AtomicBool::new(false));
-        let again = refreshed.clone();
-        undo.on_rollback("merge the previous system extensions again", move |host| {
-            if !again.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            host.run_ok(&["systemd-sysext", "refresh"], REFRESH_TIMEOUT)?;
-            host.daemon_reload()
-        });
+        let refreshed = merge_again_on_rollback(&mut undo);
         for (app, choice, _) in &plan {
             self.activate(&mut undo, &app.name, &choice.version)?;
         }
@@ -389,15 +379,7 @@ impl Store {
     /// the link back and merges it again), then every local version is deleted.
     pub fn remove_application(&self, app: &str) -> Result<()> {
         let mut undo = Undo::new(&self.host);
-        let refreshed = Arc::new(AtomicBool::new(false));
-        let again = refreshed.clone();
-        undo.on_rollback("merge the previous system extensions again", move |host| {
-            if !again.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            host.run_ok(&["systemd-sysext", "refresh"], REFRESH_TIMEOUT)?;
-            host.daemon_reload()
-        });
+        let refreshed = merge_again_on_rollback(&mut undo);
         self.deactivate(&mut undo, app)?;
         refreshed.store(true, Ordering::SeqCst);
         if let Err(e) = self.refresh() {
@@ -449,6 +431,22 @@ fn set_link(fs: &RootFs, os_path: &str, target: Option<&str>) -> Result<()> {
     std::fs::File::open(&via)
         .and_then(|d| d.sync_all())
         .map_err(|e| io("sync the directory of", e))
+}
+
+/// Registers, first in `undo` so that it runs last on rollback, a step that merges the
+/// previous system extensions again once their links are back: but only if a refresh had
+/// changed what was merged (the returned flag, set by the caller once it refreshed).
+fn merge_again_on_rollback(undo: &mut Undo) -> Arc<AtomicBool> {
+    let refreshed = Arc::new(AtomicBool::new(false));
+    let again = refreshed.clone();
+    undo.on_rollback("merge the previous system extensions again", move |host| {
+        if !again.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        host.run_ok(&["systemd-sysext", "refresh"], REFRESH_TIMEOUT)?;
+        host.daemon_reload()
+    });
+    refreshed
 }
 
 #[cfg(test)]
