@@ -8,7 +8,7 @@
 
 use axum::body::{Body, Bytes, HttpBody};
 use futures_util::StreamExt;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserialize, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use super::ApiError;
 
@@ -46,6 +46,29 @@ pub async fn read_json(body: Body) -> Result<Bytes, ApiError> {
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+/// A strict JSON object body (at most [`JSON_BODY_LIMIT`]) decoded into `T`: an empty body,
+/// JSON that is not an object, or a field of the wrong type is a 400 naming the problem
+/// (and the field's path).
+pub async fn read_object<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    decode_object(&read_json(body).await?)
+}
+
+/// [`read_object`] for a tolerant handler: an empty body is `T::default()`.
+pub async fn read_object_or_default<T: DeserializeOwned + Default>(
+    body: Body,
+) -> Result<T, ApiError> {
+    let body = read_json(body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    decode_object(&body)
+}
+
+fn decode_object<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    require_object(body)?;
+    plugin_api::sdk::decode(body).map_err(|e| ApiError::new(e.status, e.message))
 }
 
 /// Refuses a body that is JSON but not an object (`[{}]`, `null`, `1`, `"x"`): a struct

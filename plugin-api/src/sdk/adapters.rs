@@ -338,11 +338,7 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
         }
     }
     fn backup(&self, options: &[u8], out: &mut dyn Write) -> Result<()> {
-        let opts: BackupOptions = if options.iter().all(u8::is_ascii_whitespace) {
-            BackupOptions::default()
-        } else {
-            decode(options)?
-        };
+        let opts: BackupOptions = decode_or_default(options)?;
         self.app.backup(opts.complete, out)
     }
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
@@ -419,8 +415,8 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
     }
 }
 
-/// Decodes `input`, an empty input giving the default.
-fn decode_or_default<T: DeserializeOwned + Default>(input: &[u8]) -> Result<T> {
+/// [`decode`] for a body that may be empty: an empty (or blank) input is `T::default()`.
+pub fn decode_or_default<T: DeserializeOwned + Default>(input: &[u8]) -> Result<T> {
     if input.iter().all(u8::is_ascii_whitespace) {
         Ok(T::default())
     } else {

@@ -16,9 +16,9 @@ pub use crate::helpers::{nullable, retry};
 pub use crate::manifest::{Method, RouteRequest};
 pub use crate::undo::{is_active, Undo};
 
-pub use adapters::decode;
 #[doc(hidden)]
 pub use adapters::{__application_instance, __guard, __provider_instance, __service_instance};
+pub use adapters::{decode, decode_or_default};
 pub use error::{Error, Result, NOT_SUPPORTED, PANIC_PREFIX, RESET_NOT_SUPPORTED};
 #[doc(hidden)]
 pub use export::{
