@@ -5,7 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 
-use super::body::{read_json, require_object};
+use super::body::{read_object, read_object_or_default};
 use super::proxy;
 use super::response::{empty, sync};
 use super::uri::Params;
@@ -86,10 +86,7 @@ pub async fn logging(State(app): State<AppState>, method: Method, body: Body) ->
             }))
         }
         Method::PUT => {
-            let body = read_json(body).await?;
-            require_object(&body)?;
-            let put: LoggingPut =
-                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            let put: LoggingPut = read_object(body).await?;
             let config = put.config.ok_or_else(|| {
                 ApiError::bad_request("invalid request body: missing field `config`")
             })?;
@@ -145,21 +142,12 @@ struct ProviderConfigIn {
     config: Option<serde_json::Value>,
 }
 
-impl From<provider::ProviderError> for ApiError {
-    fn from(e: provider::ProviderError) -> Self {
-        ApiError::new(e.status, e.message)
-    }
-}
-
 /// `GET|PUT /1.0/system/provider`.
 pub async fn provider(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
     match method {
         Method::GET => Ok(sync(&provider::get(&app).await?)),
         Method::PUT => {
-            let body = read_json(body).await?;
-            require_object(&body)?;
-            let put: ProviderPut =
-                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            let put: ProviderPut = read_object(body).await?;
             // As upstream, the body's config replaces the provider's whole config: none
             // given is an empty one.
             let config = put
@@ -167,7 +155,7 @@ pub async fn provider(State(app): State<AppState>, method: Method, body: Body) -
                 .config
                 .filter(|c| !c.is_null())
                 .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
-            provider::put(&app, &put.config.name, Some(config)).await?;
+            provider::put(&app, &put.config.name, config).await?;
             Ok(empty())
         }
         _ => Err(ApiError::not_implemented()),
@@ -217,10 +205,7 @@ pub async fn update(State(app): State<AppState>, method: Method, body: Body) -> 
             ))
         }
         Method::PUT => {
-            let body = read_json(body).await?;
-            require_object(&body)?;
-            let put: UpdatePut =
-                plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?;
+            let put: UpdatePut = read_object(body).await?;
             // As upstream: a body without a config is an empty one (and its empty frequency
             // is refused).
             let config = put.config.unwrap_or_else(|| UpdateConfig {
@@ -249,14 +234,8 @@ struct CheckPost {
 /// once), or with `os_only` an OS check run here (its failure is the answer).
 pub async fn update_check(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
     require(&method, &[Method::POST])?;
-    let body = read_json(body).await?;
     // Tolerant: an empty body is `{}`.
-    let post: CheckPost = if body.iter().all(u8::is_ascii_whitespace) {
-        CheckPost::default()
-    } else {
-        require_object(&body)?;
-        plugin_api::sdk::decode(&body).map_err(|e| ApiError::new(e.status, e.message))?
-    };
+    let post: CheckPost = read_object_or_default(body).await?;
     if post.os_only {
         runner::check(&app, CheckKind::UserRequested, true, true)
             .await

@@ -39,28 +39,10 @@ impl Default for ProviderDoc {
     }
 }
 
-/// An error with the status the API answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderError {
-    pub status: u16,
-    pub message: String,
-}
-
-impl ProviderError {
-    fn internal(message: impl Into<String>) -> Self {
-        ProviderError {
-            status: 500,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<CallError> for ProviderError {
-    fn from(e: CallError) -> Self {
-        ProviderError {
-            status: e.status,
-            message: e.message,
-        }
+fn internal(message: impl Into<String>) -> CallError {
+    CallError {
+        status: 500,
+        message: message.into(),
     }
 }
 
@@ -78,13 +60,13 @@ pub fn plugin(app: &App, name: &str) -> Option<Arc<Plugin>> {
 }
 
 /// The selected provider's plugin, or upstream's error when it is not loaded.
-pub fn selected(app: &App) -> Result<Arc<Plugin>, ProviderError> {
+pub fn selected(app: &App) -> Result<Arc<Plugin>, CallError> {
     let name = selection(app).name;
     plugin(app, &name).ok_or_else(|| unknown(&name))
 }
 
-fn unknown(name: &str) -> ProviderError {
-    ProviderError::internal(format!("unknown provider {name:?}"))
+fn unknown(name: &str) -> CallError {
+    internal(format!("unknown provider {name:?}"))
 }
 
 /// What every provider call says about this machine.
@@ -116,10 +98,10 @@ fn registration(app: &App, cause: RefreshCause) -> Bytes {
 
 /// The provider's own config: the `config` of its plugin's GET, `None` when it has none
 /// to show (an empty object).
-async fn plugin_config(p: &Plugin) -> Result<Option<Value>, ProviderError> {
+async fn plugin_config(p: &Plugin) -> Result<Option<Value>, CallError> {
     let out = p.hook(Hook::Get, Bytes::new()).await?;
     let doc: Value = serde_json::from_slice(&out).map_err(|e| {
-        ProviderError::internal(format!(
+        internal(format!(
             "provider {} answered unreadable JSON: {e}",
             p.name()
         ))
@@ -132,7 +114,7 @@ async fn plugin_config(p: &Plugin) -> Result<Option<Value>, ProviderError> {
 }
 
 /// `GET /1.0/system/provider`'s metadata.
-pub async fn get(app: &App) -> Result<Value, ProviderError> {
+pub async fn get(app: &App) -> Result<Value, CallError> {
     let sel = selection(app);
     let mut config = serde_json::Map::new();
     config.insert("name".into(), Value::from(sel.name.clone()));
@@ -182,7 +164,7 @@ async fn register_or_refresh(app: &App, p: &Plugin, registered: bool) -> Result<
 }
 
 /// `PUT /1.0/system/provider`: select provider `name` with `config` (its own config
-/// object, `None` to keep it as it is).
+/// object, which replaces the provider's whole config).
 ///
 /// Order, and what a failure at each step puts back:
 /// 1. an empty name is refused (400), an unknown one too (500), before anything changes;
@@ -192,10 +174,10 @@ async fn register_or_refresh(app: &App, p: &Plugin, registered: bool) -> Result<
 /// 4. the new provider registers, or refreshes its registration (failure: its previous
 ///    config is put back, the old provider registered again);
 /// 5. the selection is saved (failure: as 4).
-pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), ProviderError> {
+pub async fn put(app: &App, name: &str, config: Value) -> Result<(), CallError> {
     let _switching = app.update_lock.lock().await;
     if name.is_empty() {
-        return Err(ProviderError {
+        return Err(CallError {
             status: 400,
             message: "a provider name must be specified".into(),
         });
@@ -211,7 +193,7 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
     if switching {
         if let Some(op) = &old_plugin {
             if !op.manifest.has(Hook::Deregister) {
-                return Err(ProviderError::internal(errors::DEREGISTRATION_UNSUPPORTED));
+                return Err(internal(errors::DEREGISTRATION_UNSUPPORTED));
             }
             match op
                 .hook(Hook::Deregister, registration(app, RefreshCause::Default))
@@ -219,7 +201,7 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
             {
                 Ok(_) => deregistered = old.registered,
                 Err(e) if is(&e, errors::REGISTRATION_UNSUPPORTED) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         registered = false;
@@ -238,27 +220,20 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
     };
 
     // 3. The new provider's config.
-    let previous_config = match &config {
-        Some(_) => match plugin_config(&new_plugin).await {
-            Ok(c) => Some(c.unwrap_or_else(|| Value::Object(Default::default()))),
-            Err(e) => {
-                rejoin_old().await;
-                return Err(e);
-            }
-        },
-        None => None,
-    };
-    if let Some(c) = &config {
-        if let Err(e) = put_config(&new_plugin, c).await {
+    let previous_config = match plugin_config(&new_plugin).await {
+        Ok(c) => c.unwrap_or_else(|| Value::Object(Default::default())),
+        Err(e) => {
             rejoin_old().await;
-            return Err(e.into());
+            return Err(e);
         }
+    };
+    if let Err(e) = put_config(&new_plugin, &config).await {
+        rejoin_old().await;
+        return Err(e);
     }
     let put_back_config = || async {
-        if let Some(prev) = &previous_config {
-            if let Err(e) = put_config(&new_plugin, prev).await {
-                tracing::warn!(provider = %name, error = %e.message, "cannot put the provider's previous config back");
-            }
+        if let Err(e) = put_config(&new_plugin, &previous_config).await {
+            tracing::warn!(provider = %name, error = %e.message, "cannot put the provider's previous config back");
         }
     };
 
@@ -268,7 +243,7 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
         Err(e) => {
             put_back_config().await;
             rejoin_old().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
 
@@ -280,7 +255,7 @@ pub async fn put(app: &App, name: &str, config: Option<Value>) -> Result<(), Pro
     if let Err(e) = app.with_state(|s| s.update(|d| d.system.provider = doc)) {
         put_back_config().await;
         rejoin_old().await;
-        return Err(ProviderError::internal(e.to_string()));
+        return Err(internal(e.to_string()));
     }
     if switching {
         tracing::info!(from = %old.name, to = %name, registered, "update provider changed");
@@ -307,6 +282,8 @@ pub async fn notify(app: &App, cause: RefreshCause) {
 /// selected provider, it registers now (`registration unsupported` is no error). Failures
 /// are logged; the next provider change tries again.
 pub async fn register_at_start(app: &App) {
+    // Serialized with provider switches: a switch meanwhile must not be written over.
+    let _switching = app.update_lock.lock().await;
     let sel = selection(app);
     if sel.registered {
         return;
