@@ -526,3 +526,21 @@ async fn with_auto_reboot_a_staged_update_reboots_through_the_lifecycle() {
     assert_eq!(m.state().await["needs_reboot"], false);
     assert_eq!(m.next_release(), NEW);
 }
+
+#[tokio::test]
+async fn a_release_version_that_is_not_a_version_is_refused_before_anything_is_written() {
+    let m =
+        machine(json!({"os": release("../../etc", &files(NEW)), "contents": contents(NEW)})).await;
+    let v = m.check().await;
+    assert_eq!(
+        err(&v),
+        (
+            500,
+            "Failed to update the OS: provider images offered an invalid version \"../../etc\""
+                .into()
+        )
+    );
+    assert!(!m.root.path().join("var/lib/updates").exists());
+    assert_eq!(m.next_release(), "");
+    m.assert_running_slot_intact();
+}

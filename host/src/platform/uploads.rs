@@ -30,8 +30,15 @@ pub fn reserve(total: u64) -> u64 {
 }
 
 /// Whether the filesystem holding `file` still has more than the [`reserve`] free.
-#[allow(unsafe_code)] // audited: fstatvfs into a zeroed struct we own, on a descriptor we hold
 pub fn has_room(file: &File) -> io::Result<bool> {
+    let (free, total) = space(file)?;
+    Ok(free > reserve(total))
+}
+
+/// The bytes free (for an unprivileged writer) and the size of the filesystem holding the
+/// open file or directory `file`.
+#[allow(unsafe_code)] // audited: fstatvfs into a zeroed struct we own, on a descriptor we hold
+pub fn space(file: &File) -> io::Result<(u64, u64)> {
     use std::os::fd::AsRawFd;
     // SAFETY: statvfs is plain data; fstatvfs fills it for a valid descriptor.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -40,8 +47,7 @@ pub fn has_room(file: &File) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     let frsize = st.f_frsize as u64;
-    let (free, total) = (st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize);
-    Ok(free > reserve(total))
+    Ok((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ fn local_offset(t: i64) -> FixedOffset {
     FixedOffset::east_opt(secs).unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC"))
 }
 
-/// The stored config and last check, and whether a primary application is installed.
+/// The stored config and last check.
 fn inputs(app: &App) -> (UpdateConfig, Option<DateTime<Utc>>) {
     app.with_state(|s| {
         let u = &s.doc().system.update;
@@ -161,43 +161,64 @@ fn record_last_check(app: &App, now: DateTime<Utc>) {
     }
 }
 
+/// The schedule's decision for `event`, on the stored config.
+fn decide(app: &App, sched: &mut Scheduler, event: Event) -> Action {
+    let (config, last_check) = inputs(app);
+    let inputs = Inputs {
+        config: &config,
+        last_check,
+        has_primary: has_primary(app),
+    };
+    sched.handle(event, &inputs, &SystemClock)
+}
+
 /// The startup check (upstream's blocking one, before the system is ready: an OS update
 /// found at boot is staged and the machine rebooted into it), then the checker loop in the
 /// background until the daemon stops.
 pub async fn start(app: Arc<App>) {
-    let Some(events) = app.updates.take_events() else {
+    let Some(mut events) = app.updates.take_events() else {
         return;
     };
     let mut sched = Scheduler::new();
-    let event = step(&app, &mut sched, Event::Startup).await;
+    // At start only a check is carried out here; a sleep is the loop's to take.
+    let event = turn(&app, &mut sched, Event::Startup, &mut events, false)
+        .await
+        .unwrap_or(Event::Tick);
     tokio::spawn(run(app, sched, event, events));
 }
 
-/// One decision of the schedule for `event`, carried out when it is a check (the next
-/// event is then [`Event::CheckFinished`]); any other decision is handed back as
-/// `Event::Tick`, for the loop to take again.
-async fn step(app: &App, sched: &mut Scheduler, event: Event) -> Event {
-    let clock = SystemClock;
-    let (config, last_check) = inputs(app);
-    let action = sched.handle(
-        event,
-        &Inputs {
-            config: &config,
-            last_check,
-            has_primary: has_primary(app),
-        },
-        &clock,
-    );
-    match action {
+/// One turn of the checker: the schedule's decision for `event`, carried out. Returns the
+/// next event; `None` when the inbox closed, or (without `sleep`) where the decision was to
+/// wait.
+async fn turn(
+    app: &App,
+    sched: &mut Scheduler,
+    event: Event,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    sleep: bool,
+) -> Option<Event> {
+    match decide(app, sched, event) {
         Action::Check { kind, clear_cache } => {
-            record_last_check(app, clock.now());
+            record_last_check(app, SystemClock.now());
             if let Err(e) = check(app, kind, clear_cache, false).await {
                 tracing::warn!(error = %e, "update check failed");
             }
-            Event::CheckFinished
+            // What came in meanwhile reaches the schedule while it still counts the check
+            // as running: several requests make one more check, not several.
+            while let Ok(queued) = events.try_recv() {
+                decide(app, sched, queued);
+            }
+            Some(Event::CheckFinished)
         }
-        // Nothing to run now: the loop asks again and sleeps as told.
-        _ => Event::Tick,
+        _ if !sleep => None,
+        Action::Skip { status, until } => {
+            record_last_check(app, SystemClock.now());
+            app.updates.status.set_status(status);
+            tracing::info!("{status}");
+            wait(until, events).await
+        }
+        Action::Sleep { until } => wait(until, events).await,
+        Action::Wait => events.recv().await,
     }
 }
 
@@ -208,49 +229,15 @@ async fn run(
     mut event: Event,
     mut events: mpsc::UnboundedReceiver<Event>,
 ) {
-    let clock = SystemClock;
     loop {
         if app.lifecycle.is_stopping() {
             // The checker ends with the daemon.
             return;
         }
-        let (config, last_check) = inputs(&app);
-        let primary = has_primary(&app);
-        let action = sched.handle(
-            event,
-            &Inputs {
-                config: &config,
-                last_check,
-                has_primary: primary,
-            },
-            &clock,
-        );
-        event = match action {
-            Action::Check { kind, clear_cache } => {
-                record_last_check(&app, clock.now());
-                if let Err(e) = check(&app, kind, clear_cache, false).await {
-                    tracing::warn!(error = %e, "update check failed");
-                }
-                Event::CheckFinished
-            }
-            Action::Skip { status, until } => {
-                record_last_check(&app, clock.now());
-                app.updates.status.set_status(status);
-                tracing::info!("{status}");
-                match wait(until, &mut events).await {
-                    Some(e) => e,
-                    None => return,
-                }
-            }
-            Action::Sleep { until } => match wait(until, &mut events).await {
-                Some(e) => e,
-                None => return,
-            },
-            Action::Wait => match events.recv().await {
-                Some(e) => e,
-                None => return,
-            },
-        };
+        match turn(&app, &mut sched, event, &mut events, true).await {
+            Some(next) => event = next,
+            None => return,
+        }
     }
 }
 
@@ -292,7 +279,15 @@ async fn lookup(
         },
     )
     .await?;
-    Ok(r.release)
+    match r.release {
+        // The version names the directory the files land in: only digits are taken.
+        Some(release) if !versions::is_version(&release.version) => Err(format!(
+            "provider {} offered an invalid version {:?}",
+            p.name(),
+            release.version
+        )),
+        other => Ok(other),
+    }
 }
 
 async fn fetch(
@@ -444,11 +439,17 @@ async fn check_os(
         }
         Decision::Refuse(why) => return Err(why),
     }
+    // A fresh directory first: what was downloaded for another release goes (the staged
+    // slot is elsewhere and stays), and does not count against the free space.
     let fs = RootFs::new(&app.root);
-    fs.create_dir(UPDATES_DIR, 0o700)
+    fs.remove(UPDATES_DIR).map_err(|e| e.to_string())?;
+    let dir = fs
+        .create_dir_handle(UPDATES_DIR, 0o700)
         .map_err(|e| e.to_string())?;
-    let updates = fs.resolve(UPDATES_DIR).map_err(|e| e.to_string())?;
-    let free = free_bytes(&updates)?;
+    let updates = dir.path().to_path_buf();
+    let (free, _) = std::fs::File::open(&updates)
+        .and_then(|d| crate::platform::uploads::space(&d))
+        .map_err(|e| format!("cannot read the free space of {UPDATES_DIR}: {e}"))?;
     if free < MIN_FREE_BYTES {
         return Err(format!(
             "not enough free space for the OS update in {UPDATES_DIR}: {} MiB free, {} MiB needed",
@@ -456,19 +457,18 @@ async fn check_os(
             MIN_FREE_BYTES >> 20
         ));
     }
-    // A fresh directory: what was downloaded for another release goes (the staged slot
-    // is elsewhere and stays).
-    fs.remove(UPDATES_DIR).map_err(|e| e.to_string())?;
-    fs.create_dir(UPDATES_DIR, 0o700)
-        .map_err(|e| e.to_string())?;
     tracing::info!(version = %release.version, "Downloading OS update");
     fetch(p, context, Target::Os, &release, UPDATES_DIR).await?;
 
     let disk = install_disk(app)?;
     let esp = fs.resolve(ESP).map_err(|e| e.to_string())?;
     let arch = Arch::native().ok_or("this architecture has no A/B update layout")?;
+    if app.lifecycle.is_stopping() {
+        return Err("the daemon is stopping: the update is not staged".into());
+    }
     let commands = app.platform.commands.clone();
     let (version, running2) = (release.version.clone(), running.clone());
+    let esp_dir = esp.clone();
     let staged = tokio::task::spawn_blocking(move || {
         let req = stage::Request {
             os_name: &os_name,
@@ -482,7 +482,15 @@ async fn check_os(
         stage::stage(&SystemDisk::new(commands), &req).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    let staged = match staged {
+        Ok(s) => s,
+        Err(e) => {
+            forget_lost_release(app, &esp_dir, &next);
+            return Err(e);
+        }
+    };
     tracing::info!(version = %release.version, how = ?staged, "OS update staged");
     let version = release.version.clone();
     app.with_state(|s| s.update(|d| d.os.next_release = version.clone()))
@@ -490,22 +498,34 @@ async fn check_os(
     Ok(Some(release.version))
 }
 
-/// Free bytes for an unprivileged writer on the file system holding `dir`.
-#[allow(unsafe_code)] // audited: statvfs into a stack struct
-fn free_bytes(dir: &Path) -> Result<u64, String> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a live out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(format!(
-            "cannot read the free space of {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        ));
+/// After a failed staging: if the release staged before (`next`) lost its UKI on the way
+/// (staging prunes every UKI but the running one's first), it can no longer boot, so it is
+/// no longer recorded as next and no reboot is pending for it. Otherwise nothing changes.
+fn forget_lost_release(app: &App, esp: &Path, next: &str) {
+    if next.is_empty() {
+        return;
     }
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    let os = app.info.os().name.clone();
+    let dir = esp.join(stage::UKI_DIR);
+    let still_there = std::fs::read_dir(&dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| stage::uki_version(n, &os))
+                == Some(next)
+        })
+    });
+    if still_there {
+        return;
+    }
+    tracing::warn!(
+        release = next,
+        "the staged release was lost by a failed staging"
+    );
+    if let Err(e) = app.with_state(|s| s.update(|d| d.os.next_release.clear())) {
+        tracing::warn!(error = %e, "cannot record that no release is staged");
+    }
+    app.updates.status.set_needs_reboot(false);
 }
 
 /// The disk holding both A/B slots: the configured one, else the disk of the partition
@@ -561,6 +581,32 @@ mod tests {
                   31 22 0:5 / /boot/efi rw - tmpfs none rw\n";
         assert_eq!(esp_device(mi, Path::new("/boot")).as_deref(), Some("8:1"));
         assert_eq!(esp_device(mi, Path::new("/srv")), None);
+    }
+
+    #[test]
+    fn a_staged_release_whose_uki_a_failed_staging_removed_is_forgotten() {
+        let (app, root) = crate::testing::TestApp::new().build();
+        let esp = root.path().join("boot");
+        std::fs::create_dir_all(esp.join("EFI/Linux")).unwrap();
+        let stage_next = |v: &str| {
+            app.with_state(|s| s.update(|d| d.os.next_release = v.into()))
+                .unwrap();
+            app.updates.status.set_needs_reboot(true);
+        };
+        let next = || app.with_state(|s| s.doc().os.next_release.clone());
+
+        // Its UKI is still there (boot counting may have renamed it): kept.
+        stage_next("202601010000");
+        std::fs::write(esp.join("EFI/Linux/IncusOS_202601010000+2-1.efi"), b"uki").unwrap();
+        forget_lost_release(&app, &esp, "202601010000");
+        assert_eq!(next(), "202601010000");
+        assert!(app.updates.status.needs_reboot());
+
+        // Gone: it can no longer boot, so nothing is staged and no reboot is pending.
+        std::fs::remove_file(esp.join("EFI/Linux/IncusOS_202601010000+2-1.efi")).unwrap();
+        forget_lost_release(&app, &esp, "202601010000");
+        assert_eq!(next(), "");
+        assert!(!app.updates.status.needs_reboot());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub enum Decision {
     Refuse(String),
 }
 
+/// Whether `v` is a version at all: ASCII digits only (upstream's are 12), at most 32 of
+/// them. A version names directories and files, so nothing else is ever taken from a
+/// provider.
+pub fn is_version(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 32 && v.bytes().all(|c| c.is_ascii_digit())
+}
+
 /// Compares two versions as integers, `None` when either is not all ASCII digits (or empty).
 /// Any length works: leading zeros are ignored.
 pub fn compare_versions(a: &str, b: &str) -> Option<Ordering> {
