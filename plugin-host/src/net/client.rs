@@ -8,8 +8,9 @@
 //! one that keeps sending is never cut off. `GET` and `HEAD` follow up to 10 redirects
 //! (never from https down to http; credentials are dropped when the host changes).
 //!
-//! Trust: the built-in Mozilla root set (`webpki-roots`) unless the request names a
-//! private CA (`tls.ca_pem`, which replaces it) or pins the server's certificate
+//! Trust: the OS's CA bundle under the root prefix (`/etc/ssl/certs/ca-certificates.crt`),
+//! or the built-in Mozilla root set (`webpki-roots`) when there is none, unless the request
+//! names a private CA (`tls.ca_pem`, which replaces them) or pins the server's certificate
 //! (`tls.pinned_pem`: exactly that certificate, its chain and name not checked).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -38,8 +39,10 @@ use crate::PlatformError;
 pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 10;
-/// The largest response head accepted.
+/// The largest response head accepted (and the most chunked trailers).
 const MAX_HEAD: usize = 64 * 1024;
+/// Informational answers (`100 Continue`) accepted before the real one.
+const MAX_INFORMATIONAL: usize = 8;
 
 /// The system proxy settings (`https_proxy`, `http_proxy`, `no_proxy`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -192,12 +195,15 @@ impl Client {
                 Some(location) if follow && redirect => {
                     let next = url.join(location)?;
                     if next.scheme == Scheme::File {
-                        return Err(format!("refusing a redirect to {location}"));
+                        return Err(format!(
+                            "refusing a redirect to {}",
+                            super::shown_url(location)
+                        ));
                     }
                     if url.scheme == Scheme::Https && next.scheme != Scheme::Https {
                         return Err(format!(
                             "refusing a redirect from https down to {}",
-                            next.text()
+                            super::shown_url(&next.text())
                         ));
                     }
                     if next.host != url.host || next.port != url.port {
@@ -297,12 +303,20 @@ impl Client {
             .and_then(|()| stream.flush());
         sent.map_err(|e| format!("sending the request to {}: {e}", url.authority()))?;
         let mut reader = BufReader::with_capacity(CHUNK_IN, stream);
+        // Informational answers (100 Continue) come before the real one: a few at most.
+        let mut informational = 0;
         let (status, headers) = loop {
             let (status, headers) = read_head(&mut reader)
                 .map_err(|e| format!("reading the response of {}: {e}", url.authority()))?;
-            // Informational answers (100 Continue) come before the real one.
             if !(100..200).contains(&status) || status == 101 {
                 break (status, headers);
+            }
+            informational += 1;
+            if informational > MAX_INFORMATIONAL {
+                return Err(format!(
+                    "reading the response of {}: more than {MAX_INFORMATIONAL} informational answers",
+                    url.authority()
+                ));
             }
         };
         Ok(Open {
@@ -617,8 +631,18 @@ impl<R: BufRead> Read for Chunked<R> {
             self.left = u64::from_str_radix(size, 16)
                 .map_err(|_| io::Error::other(format!("bad chunk size {size:?}")))?;
             if self.left == 0 {
-                // Trailers up to the empty line.
-                while !self.line()?.is_empty() {}
+                // Trailers up to the empty line, as many as a head may hold.
+                let mut trailers = 0;
+                loop {
+                    let line = self.line()?;
+                    if line.is_empty() {
+                        break;
+                    }
+                    trailers += line.len() + 2;
+                    if trailers > MAX_HEAD {
+                        return Err(io::Error::other("the chunked trailers are too large"));
+                    }
+                }
                 self.done = true;
                 return Ok(0);
             }
@@ -1198,5 +1222,18 @@ mod tests {
         .read_to_end(&mut vec![])
         .unwrap_err();
         assert!(err.to_string().contains("got 3 of 5 bytes"), "{err}");
+    }
+
+    #[test]
+    fn endless_chunked_trailers_are_refused() {
+        let mut body = b"5\r\nhello\r\n0\r\n".to_vec();
+        for _ in 0..(MAX_HEAD / 10 + 1) {
+            body.extend_from_slice(b"X-A: 1234\r\n");
+        }
+        body.extend_from_slice(b"\r\n");
+        let err = Chunked::new(&body[..])
+            .read_to_end(&mut vec![])
+            .unwrap_err();
+        assert!(err.to_string().contains("trailers are too large"), "{err}");
     }
 }

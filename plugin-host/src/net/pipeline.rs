@@ -49,7 +49,8 @@ pub fn save(
     let fail = |what: String| {
         PlatformError(format!(
             "download of {} to {}: {what}",
-            download.request.url, download.target
+            super::shown_url(&download.request.url),
+            download.target
         ))
     };
     let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);

@@ -315,6 +315,20 @@ fn a_sha256_mismatch_fails_and_leaves_the_target() {
     s.assert_untouched();
 }
 
+/// A query may carry a token (the images provider's query-parameter authentication): a
+/// failed download's error names the URL without it.
+#[test]
+fn a_failed_downloads_error_does_not_show_the_query() {
+    let site_dir = site("image.raw", b"tampered");
+    let server = TestServer::https(site_dir.path());
+    let s = setup();
+    let mut d = download(&server.url("/image.raw?token=s3cr3t"), ca(&server));
+    d.sha256 = sha(b"genuine");
+    let e = assert_err(s.download(&d), &["SHA-256 mismatch", "/image.raw"]);
+    assert!(!e.contains("s3cr3t"), "{e}");
+    s.assert_untouched();
+}
+
 #[test]
 fn a_body_cut_short_fails_whatever_the_framing() {
     let body = data(300_000);
