@@ -23,8 +23,11 @@ pub fn check_url(key: &str, value: &str) -> Result<()> {
         return bad("it must not have a query or a fragment");
     }
     let host = rest.split('/').next().unwrap_or("");
-    let name = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    if name.is_empty() || name.starts_with(':') {
+    if host.contains('@') {
+        // They would show in every log line and error that names the URL.
+        return bad("it must not carry credentials");
+    }
+    if host.is_empty() || host.starts_with(':') || !plugin_api::validate::http_url(value) {
         return bad("it has no host");
     }
     Ok(())
@@ -92,6 +95,8 @@ mod tests {
                 "it must not have a query or a fragment",
             ),
             ("https://x/ os", "it has white space"),
+            ("https://user:secret@x/os", "it must not carry credentials"),
+            ("https://x:99999/os", "it has no host"),
         ] {
             let e = check_url("server_url", bad).unwrap_err();
             assert_eq!(e.status, 400);
