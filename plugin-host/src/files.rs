@@ -538,11 +538,31 @@ impl RootFs {
     pub fn open_file(&self, os_path: &str) -> Result<Option<fs::File>, FsError> {
         let rel = Self::relative(os_path)?;
         let root = self.open_root("read", os_path)?;
-        match Self::open_in(root.as_fd(), &rel, libc::O_RDONLY) {
-            Ok(fd) => Ok(Some(fs::File::from(fd))),
+        // Non-blocking, so that a FIFO planted at the path cannot hang the open; anything
+        // but a regular file is refused.
+        match Self::open_in(root.as_fd(), &rel, libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(fd) => {
+                let file = fs::File::from(fd);
+                let meta = file.metadata().map_err(io_err("read", os_path))?;
+                if !meta.is_file() {
+                    return Err(io_err("read", os_path)(io::Error::other(
+                        "not a regular file",
+                    )));
+                }
+                Ok(Some(file))
+            }
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(io_err("read", os_path)(e)),
         }
+    }
+
+    /// `os_path` itself opened `O_PATH`, resolved inside the root (a symlink at or on the
+    /// way to it resolves against the root): for reaching a unix socket through
+    /// `/proc/self/fd/<fd>`, which then cannot lead outside the root.
+    pub fn open_path(&self, os_path: &str) -> Result<OwnedFd, FsError> {
+        let rel = Self::relative(os_path)?;
+        let root = self.open_root("open", os_path)?;
+        Self::open_in(root.as_fd(), &rel, libc::O_PATH).map_err(io_err("open", os_path))
     }
 
     /// The directory holding `os_path`, resolved inside the root, and the last component:

@@ -328,17 +328,16 @@ impl Client {
     }
 
     fn connect_unix(&self, socket: &str, stall: Duration) -> Result<Sock, String> {
-        let (dir, name) = self
+        let sock = self
             .fs
-            .parent_of(socket)
+            .open_path(socket)
             .map_err(|e| format!("the unix socket {socket}: {e}"))?;
-        // Through the resolved directory's descriptor: the socket cannot be outside the
-        // root, and the path stays short.
-        let mut path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        path.push(name);
+        // Through the socket's own descriptor, resolved inside the root (a symlink at its
+        // name included): it cannot be outside the root, and the path stays short.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", sock.as_raw_fd()));
         let s = UnixStream::connect(&path)
             .map_err(|e| format!("cannot connect to the unix socket {socket}: {e}"))?;
-        drop(dir);
+        drop(sock);
         s.set_read_timeout(Some(stall)).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(stall))
             .map_err(|e| e.to_string())?;

@@ -542,6 +542,47 @@ fn requests_and_downloads_go_over_a_unix_socket_under_the_root() {
     );
 }
 
+/// A symlink at the socket's own name resolves inside the root, as every other path: one
+/// pointing at a socket outside the root (by its host path) does not reach it.
+#[test]
+fn a_symlink_at_the_sockets_name_cannot_reach_a_socket_outside_the_root() {
+    let s = setup();
+    let outside = tempfile::tempdir().unwrap();
+    let socket = outside.path().join("outside.socket");
+    let site_dir = site("image.raw", b"outside");
+    let server = TestServer::unix(site_dir.path(), &socket);
+    std::fs::create_dir_all(s.root.path().join("run")).unwrap();
+    std::os::unix::fs::symlink(&socket, s.root.path().join("run/link.socket")).unwrap();
+    let mut req = Request::get(server.url("/image.raw"));
+    req.unix_socket = Some("/run/link.socket".into());
+    assert_err(
+        s.client.http("test", &req, b"").map_err(|e| e.0),
+        &["unix socket /run/link.socket"],
+    );
+    assert!(
+        server.requests().is_empty(),
+        "the outside server was reached"
+    );
+}
+
+/// A FIFO planted where a `file://` download reads is refused at once, never waited on.
+#[test]
+fn a_file_url_naming_a_fifo_is_refused_without_hanging() {
+    let s = setup();
+    std::fs::create_dir_all(s.root.path().join("srv")).unwrap();
+    let fifo = s.root.path().join("srv/fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: a NUL-terminated path; mkfifo only creates a file.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0);
+    let started = Instant::now();
+    let d = download("file:///srv/fifo", Tls::default());
+    assert_err(s.download(&d), &["not a regular file"]);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    s.assert_untouched_but(OLD);
+}
+
 #[test]
 fn file_urls_read_under_the_root_and_cannot_escape_it() {
     let s = setup();
