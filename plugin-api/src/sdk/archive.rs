@@ -975,7 +975,10 @@ impl Extractor<'_> {
 
 /// Copies exactly `size` bytes of the entry: a short entry is a truncated archive.
 fn copy_exact(input: &mut impl Read, out: &mut File, size: u64, shown: &str) -> Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
+    // Sized for the entry: most files are small, and a fresh zeroed 256 KiB each would
+    // cost more than copying them.
+    let cap = usize::try_from(size.min(256 * 1024)).unwrap_or(256 * 1024);
+    let mut buf = vec![0u8; cap];
     let mut left = size;
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
