@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod application;
 mod helpers;
 pub mod manifest;
 pub mod net;

@@ -79,11 +79,32 @@ pub enum Hook {
     /// Since 1.2. A provider brings a release's files to disk
     /// ([`crate::provider::FetchOrder`]).
     Fetch,
+    /// Since 1.3. An application sets itself up once, after its first start (the host then
+    /// records it as initialized). Input: [`crate::application::AppContext`].
+    Initialize,
+    /// Since 1.3. An application running an older version picks up a new image (reloads its
+    /// units) after an update. Input: [`crate::application::AppContext`].
+    Reload,
+    /// Since 1.3. An application deletes its local data (the host stops it first); an
+    /// application with this hook supports `:factory-reset` and has its data wiped by
+    /// `:remove`. Input: [`crate::application::AppContext`].
+    Wipe,
+    /// Since 1.3. Whether the installed variant of an application may be replaced by
+    /// another of its variants (`incus` by `incus-lts-7.0`). Input:
+    /// [`crate::application::Replace`]; an error is the refusal the user sees.
+    CanReplace,
+    /// Since 1.3. Whether an application is running: answers
+    /// [`crate::application::Running`]. Input: [`crate::application::AppContext`].
+    Running,
+    /// Since 1.3. Called after the host swapped a restored backup into place and started the
+    /// application's units again (to re-read what the archive brought). Input:
+    /// [`crate::application::AppContext`].
+    Restored,
 }
 
 impl Hook {
     /// Every hook, in declaration order.
-    pub const ALL: [Hook; 17] = [
+    pub const ALL: [Hook; 23] = [
         Hook::Get,
         Hook::Put,
         Hook::Reset,
@@ -101,6 +122,12 @@ impl Hook {
         Hook::ClearCache,
         Hook::Lookup,
         Hook::Fetch,
+        Hook::Initialize,
+        Hook::Reload,
+        Hook::Wipe,
+        Hook::CanReplace,
+        Hook::Running,
+        Hook::Restored,
     ];
 
     /// The `invoke` operation name of this hook (also its name in the manifest). This is
@@ -124,6 +151,12 @@ impl Hook {
             Hook::ClearCache => "clear-cache",
             Hook::Lookup => "lookup",
             Hook::Fetch => "fetch",
+            Hook::Initialize => "initialize",
+            Hook::Reload => "reload",
+            Hook::Wipe => "wipe",
+            Hook::CanReplace => "can-replace",
+            Hook::Running => "running",
+            Hook::Restored => "restored",
         }
     }
 
@@ -232,7 +265,10 @@ impl Call<'_> {
     /// and get the longer change timeout. Reads are `get`, `backup` and `GET` routes.
     pub fn changes_state(&self) -> bool {
         match self {
-            Call::Hook(h) => !matches!(h, Hook::Get | Hook::Backup),
+            Call::Hook(h) => !matches!(
+                h,
+                Hook::Get | Hook::Backup | Hook::CanReplace | Hook::Running
+            ),
             Call::Route(r) => r.method != Method::Get,
         }
     }
@@ -270,6 +306,19 @@ pub struct Manifest {
     /// When set, the plugin is listed and usable only once this application is installed.
     #[serde(default)]
     pub requires_application: Option<String>,
+    /// Since 1.3. Other names an application installs as, sharing its plugin, its config
+    /// and its install record (`incus-lts-7.0` for `incus`); at most one of them is
+    /// installed at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<String>,
+    /// Since 1.3. An application whose update check runs after the OS is up (upstream's
+    /// late update check: the application serves its own update server).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_update_check: bool,
+    /// Since 1.3. An application's data directory and what its backups leave out: the
+    /// host writes and restores backups of it (see [`crate::application::BackupSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::application::BackupSpec>,
 }
 
 /// Why a manifest is refused.
@@ -343,12 +392,30 @@ impl Manifest {
                 ));
             }
         }
+        if self.kind != Kind::Application
+            && (!self.variants.is_empty() || self.late_update_check || self.backup.is_some())
+        {
+            return err("only an application has variants, a late update check or a backup".into());
+        }
+        for v in &self.variants {
+            if !valid_name(v) || *v == self.name {
+                return err(format!("variant name {v:?} is not valid"));
+            }
+        }
+        if let Some(b) = &self.backup {
+            b.validate(&self.paths).map_err(ManifestError)?;
+        }
         Ok(())
     }
 
     /// Whether the plugin implements `hook`.
     pub fn has(&self, hook: Hook) -> bool {
         self.hooks.contains(&hook)
+    }
+
+    /// The application names this plugin answers to: its name, then its variants.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.name.as_str()).chain(self.variants.iter().map(String::as_str))
     }
 }
 
@@ -369,6 +436,9 @@ mod tests {
             primary: false,
             paths: vec!["/etc/usbip".into()],
             requires_application: None,
+            variants: vec![],
+            late_update_check: false,
+            backup: None,
         }
     }
 
@@ -444,7 +514,10 @@ mod tests {
             .into_iter()
             .filter(|h| !Call::Hook(*h).changes_state())
             .collect();
-        assert_eq!(reads, [Hook::Get, Hook::Backup]);
+        assert_eq!(
+            reads,
+            [Hook::Get, Hook::Backup, Hook::CanReplace, Hook::Running]
+        );
         assert!(!Call::Route(&route(Method::Get)).changes_state());
         for m in [Method::Put, Method::Post, Method::Patch, Method::Delete] {
             assert!(Call::Route(&route(m)).changes_state(), "{m}");

@@ -267,7 +267,13 @@ impl<T: Service> Dispatch for ServiceAdapter<T> {
             | Hook::Refresh
             | Hook::ClearCache
             | Hook::Lookup
-            | Hook::Fetch => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::Fetch
+            | Hook::Initialize
+            | Hook::Reload
+            | Hook::Wipe
+            | Hook::CanReplace
+            | Hook::Running
+            | Hook::Restored => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 s.route(op, req, c)
             }),
         }
@@ -332,7 +338,13 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
             | Hook::Refresh
             | Hook::ClearCache
             | Hook::Lookup
-            | Hook::Fetch => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::Fetch
+            | Hook::Initialize
+            | Hook::Reload
+            | Hook::Wipe
+            | Hook::CanReplace
+            | Hook::Running
+            | Hook::Restored => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 a.route(op, req, c)
             }),
         }
@@ -408,7 +420,13 @@ impl<T: Provider> Dispatch for ProviderAdapter<T> {
             | Hook::Restart
             | Hook::Start
             | Hook::Stop
-            | Hook::CheckUpdate => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::CheckUpdate
+            | Hook::Initialize
+            | Hook::Reload
+            | Hook::Wipe
+            | Hook::CanReplace
+            | Hook::Running
+            | Hook::Restored => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 p.route(op, req, c)
             }),
         }

@@ -23,6 +23,9 @@ fn base_manifest(name: &str, kind: Kind, version: &str, api_version: &str) -> Ma
         primary: false,
         paths: vec![],
         requires_application: None,
+        variants: vec![],
+        late_update_check: false,
+        backup: None,
     }
 }
 

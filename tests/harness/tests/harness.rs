@@ -31,6 +31,9 @@ fn manifest(paths: &[&str]) -> Manifest {
         primary: false,
         paths: paths.iter().map(|p| p.to_string()).collect(),
         requires_application: None,
+        variants: vec![],
+        late_update_check: false,
+        backup: None,
     }
 }
 

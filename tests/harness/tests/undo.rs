@@ -22,6 +22,9 @@ fn host() -> (HarnessHost, Host) {
         primary: false,
         paths: vec!["/etc/demo".into(), "/run/demo".into()],
         requires_application: None,
+        variants: vec![],
+        late_update_check: false,
+        backup: None,
     };
     let hh = HarnessHost::new(&manifest).unwrap();
     let host = Host::from_handle(hh.handle());
