@@ -293,6 +293,8 @@ pub async fn start_plugins(app: &App) {
 
 /// Stops the plugins in reverse start order within [`STOP_HOOKS_BUDGET`].
 pub async fn stop_plugins(app: &App) {
+    // Applications first (upstream's order), while the services they use still run.
+    crate::system::applications::manage::stop_installed(app).await;
     app.registry
         .stop_all(STOP_HOOKS_BUDGET, STOP_HOOK_DEADLINE)
         .await;

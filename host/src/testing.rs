@@ -28,6 +28,7 @@ pub struct TestApp {
     systemd: Option<Arc<dyn Systemd>>,
     commands: Option<Arc<dyn crate::platform::exec::Commands>>,
     install_disk: Option<PathBuf>,
+    installed: Vec<(String, String)>,
 }
 
 impl Default for TestApp {
@@ -62,6 +63,7 @@ impl TestApp {
             systemd: None,
             commands: None,
             install_disk: None,
+            installed: vec![],
         }
     }
 
@@ -120,6 +122,14 @@ impl TestApp {
         self
     }
 
+    /// Records application `name` as installed at `version` (not initialized): its image
+    /// (a stand-in with a GPT header) and link on disk, its record in the state, as an
+    /// install leaves them. `name` is the application plugin's own name.
+    pub fn installed(mut self, name: &str, version: &str) -> Self {
+        self.installed.push((name.to_string(), version.to_string()));
+        self
+    }
+
     /// Adds a plugin from its manifest and constructor (to test manifest features such as
     /// declared routes).
     pub fn add(
@@ -152,7 +162,22 @@ impl TestApp {
     /// Builds the app; keep the returned guard alive as long as the app is used.
     pub fn build(self) -> (Arc<App>, tempfile::TempDir) {
         let root = self.root.path().to_path_buf();
-        let store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
+        let mut store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
+        for (name, version) in &self.installed {
+            place_image(&root, name, version);
+            std::os::unix::fs::symlink(
+                crate::system::applications::store::image_path(version, name),
+                root.join(format!("var/lib/extensions/{name}.raw")),
+            )
+            .expect("link");
+            store
+                .update(|d| {
+                    let r = d.applications.entry(name.clone()).or_default();
+                    r.version = version.clone();
+                    r.available_versions = vec![version.clone()];
+                })
+                .expect("record");
+        }
         let store = Arc::new(Mutex::new(store));
         let mut platform = Platform::for_root(&root);
         if let Some(commands) = self.commands {
@@ -190,4 +215,24 @@ impl TestApp {
         let (app, dir) = self.build();
         (api::router(app.clone()), app, dir)
     }
+}
+
+/// Writes a stand-in image of application `name` for `version` where downloads land: a
+/// file with a GPT header (what the store's verification checks), not a real extension.
+pub fn place_image(root: &Path, name: &str, version: &str) {
+    let fs = RootFs::new(root);
+    fs.write(
+        &crate::system::applications::store::image_path(version, name),
+        &gpt_stub(),
+        0o644,
+    )
+    .expect("image");
+    fs.create_dir("/var/lib/extensions", 0o755).expect("dir");
+}
+
+/// 1 KiB with the GPT signature at 512: passes the store's image check.
+pub fn gpt_stub() -> Vec<u8> {
+    let mut data = vec![0u8; 1024];
+    data[512..520].copy_from_slice(b"EFI PART");
+    data
 }

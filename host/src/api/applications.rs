@@ -9,12 +9,15 @@ use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use plugin_api::sdk::NOT_SUPPORTED;
-use plugin_api::{Hook, Kind};
+use plugin_api::application::{BackupSpec, PluginState};
+use plugin_api::sdk::archive;
+use plugin_host::app_backup;
+use plugin_api::Hook;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::body::{read_json, require_entity, require_object};
+use super::body::{read_json, read_object_or_default, require_entity, require_object};
 use super::plugins::{declares, extra_route};
 use super::proxy;
 use super::response::{empty, sync_raw};
@@ -22,20 +25,15 @@ use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, App, AppState};
 use crate::platform::uploads;
 use crate::plugins::Plugin;
+use crate::system::applications::manage;
 
-/// Upstream's application verbs this daemon does not implement itself (a plugin may serve
-/// them as declared routes). Like every application verb, they check the method first.
-const NOT_BUILT: [&str; 4] = [":check-update", ":debug", ":remove", ":switch-version"];
 
 /// Where uploads wait, next to the state file (on the state disk: not a tmpfs, not memory).
 const UPLOADS: &str = "uploads";
 
+/// The application installed as `name`: 404 otherwise (before any method check).
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {
-    app.registry
-        .get(name)
-        .filter(|p| p.manifest.kind == Kind::Application)
-        .cloned()
-        .ok_or_else(ApiError::not_found)
+    Ok(manage::installed_plugin(app, name)?)
 }
 
 fn supports(plugin: &Plugin, hook: Hook) -> Result<(), ApiError> {
@@ -46,18 +44,47 @@ fn supports(plugin: &Plugin, hook: Hook) -> Result<(), ApiError> {
     }
 }
 
-pub async fn list(State(app): State<AppState>, method: Method, headers: HeaderMap) -> ApiResult {
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct InstallBody {
+    name: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct BackupOptions {
+    complete: bool,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct SwitchBody {
+    version: String,
+}
+
+/// `GET /1.0/applications` lists the installed applications (sorted URLs);
+/// `POST` installs one.
+pub async fn list(
+    State(app): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     if method == Method::POST {
-        return Err(ApiError::new(
-            501,
-            "installing applications is not implemented by this daemon yet",
-        ));
+        let req: InstallBody = read_object_or_default(body).await?;
+        return match manage::install(&app, &req.name).await? {
+            manage::Install::Done | manage::Install::Replacing => Ok(empty()),
+        };
     }
     require(&method, &[Method::GET])?;
-    let urls: Vec<String> = app
-        .registry
-        .of_kind(Kind::Application)
-        .map(|p| proxy::url(&headers, &["applications", p.name()]))
+    let mut names: Vec<String> = manage::all_installed(&app)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    names.sort();
+    let urls: Vec<String> = names
+        .iter()
+        .map(|n| proxy::url(&headers, &["applications", n]))
         .collect();
     Ok(super::response::sync(&urls))
 }
@@ -72,8 +99,8 @@ pub async fn entity(
     let plugin = lookup(&app, params.name())?;
     match method {
         Method::GET => {
-            let out = plugin.hook(Hook::Get, Bytes::new()).await?;
-            Ok(with_primary_flag(out, plugin.manifest.primary))
+            let out = manage::call(&app, &plugin, Hook::Get).await?;
+            Ok(view(&app, &plugin, &out))
         }
         Method::PUT => {
             supports(&plugin, Hook::Put)?;
@@ -86,59 +113,27 @@ pub async fn entity(
     }
 }
 
-/// `state.is_primary` is the host's fact, filled at request time as the state's first
-/// field (upstream's order). The plugin's key order is kept everywhere else.
-fn with_primary_flag(out: Vec<u8>, primary: bool) -> Response {
-    let with_flag = || -> Option<String> {
-        let top: OrderedObject = serde_json::from_slice(&out).ok()?;
-        let state = top.0.iter().find(|(k, _)| k == "state")?.1;
-        let state: OrderedObject = serde_json::from_str(state.get()).ok()?;
-        let mut fields = vec![("is_primary", if primary { "true" } else { "false" })];
-        fields.extend(
-            state
-                .0
-                .iter()
-                .filter(|(k, _)| k != "is_primary")
-                .map(|(k, v)| (k.as_str(), v.get())),
-        );
-        let state = write_object(&fields);
-        let top: Vec<(&str, &str)> = top
-            .0
-            .iter()
-            .map(|(k, v)| (k.as_str(), if k == "state" { &state } else { v.get() }))
-            .collect();
-        Some(write_object(&top))
-    };
-    match with_flag() {
-        Some(text) => sync_raw(text.into_bytes()),
-        None => sync_raw(out),
+/// The plugin's `get` answer (`{"state": {"friendly_version"}, "config"}`) with the host's
+/// state around it: `{"state": {is_primary, initialized, friendly_version, version,
+/// available_versions, last_restored}, "config": ..}`, the config as the plugin wrote it.
+fn view(app: &App, plugin: &Plugin, out: &[u8]) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct FromPlugin<'a> {
+        #[serde(borrow)]
+        state: Option<&'a RawValue>,
+        #[serde(borrow)]
+        config: Option<&'a RawValue>,
     }
-}
-
-/// A JSON object's entries in document order, values left as text.
-struct OrderedObject<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for OrderedObject<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = OrderedObject<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut out = vec![];
-                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(OrderedObject(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
+    let parsed: FromPlugin = serde_json::from_slice(out).unwrap_or_default();
+    let state: PluginState = parsed
+        .state
+        .and_then(|s| serde_json::from_str(s.get()).ok())
+        .unwrap_or_default();
+    let state = serde_json::to_string(&manage::state_view(app, plugin, &state))
+        .expect("a state serializes");
+    let config = parsed.config.map(RawValue::get).unwrap_or("{}");
+    sync_raw(write_object(&[("state", state.as_str()), ("config", config)]).into_bytes())
 }
 
 fn write_object<K: AsRef<str>, V: AsRef<str>>(entries: &[(K, V)]) -> String {
@@ -166,67 +161,82 @@ pub async fn verb(
     body: Body,
 ) -> ApiResult {
     let rest = params.rest();
-    let hook = match rest {
-        ":backup" => Some(Hook::Backup),
-        ":restore" => Some(Hook::Restore),
-        ":factory-reset" => Some(Hook::FactoryReset),
-        ":restart" => Some(Hook::Restart),
-        ":action" => Some(Hook::Action),
-        _ => None,
-    };
-    let Some(hook) = hook else {
-        if NOT_BUILT.contains(&rest) {
-            require(&method, &[Method::POST])?;
-            let plugin = lookup(&app, params.name())?;
-            if declares(&plugin, rest) {
-                return extra_route(&plugin, rest, &method, query, body).await;
-            }
-            return Err(ApiError::new(
-                501,
-                format!(
-                    "/1.0/applications/{}/{rest} is not implemented by this daemon yet",
-                    plugin.name()
-                ),
-            ));
-        }
+    const VERBS: [&str; 9] = [
+        ":backup",
+        ":restore",
+        ":factory-reset",
+        ":restart",
+        ":action",
+        ":remove",
+        ":check-update",
+        ":switch-version",
+        ":debug",
+    ];
+    if !VERBS.contains(&rest) {
         return match lookup(&app, params.name()) {
             Ok(plugin) if declares(&plugin, rest) => {
                 extra_route(&plugin, rest, &method, query, body).await
             }
             _ => Err(unmatched(&method)),
         };
-    };
+    }
     require(&method, &[Method::POST])?;
     let plugin = lookup(&app, params.name())?;
-    supports(&plugin, hook)?;
-    match hook {
+    match rest {
         // The archive is stored on disk, then streamed to the plugin: no size limit, never
         // whole in memory.
-        Hook::Restore => restore(&app, &plugin, body).await,
-        Hook::Backup => {
-            let options = read_json(body).await?;
-            require_object(&options)?;
-            backup(&plugin, options).await
-        }
-        Hook::FactoryReset | Hook::Restart => {
+        ":restore" => match plugin.manifest.backup.clone() {
+            Some(spec) => declared_restore(&app, plugin, spec, body).await,
+            None => {
+                supports(&plugin, Hook::Restore)?;
+                restore(&app, &plugin, body).await
+            }
+        },
+        ":backup" => match plugin.manifest.backup.clone() {
+            Some(spec) => {
+                let options: BackupOptions = read_object_or_default(body).await?;
+                declared_backup(&app, spec, options.complete).await
+            }
+            None => {
+                supports(&plugin, Hook::Backup)?;
+                let options = read_json(body).await?;
+                require_object(&options)?;
+                backup(&plugin, options).await
+            }
+        },
+        ":factory-reset" => {
             // Answered first: the work may restart the application that proxies this API.
-            let name = plugin.name().to_string();
-            tokio::spawn(async move {
-                if let Err(e) = plugin.hook(hook, Bytes::new()).await {
-                    let what = if hook == Hook::FactoryReset {
-                        "perform factory reset of"
-                    } else {
-                        "restart"
-                    };
-                    tracing::error!(error = %e.message, "Failed to {what} application '{name}'");
-                }
-            });
+            manage::factory_reset(&app, plugin);
             Ok(empty())
         }
-        _ => {
+        ":restart" => {
+            manage::deferred(&app, plugin, Hook::Restart, "restart");
+            Ok(empty())
+        }
+        ":check-update" => {
+            manage::check_update(&app, plugin);
+            Ok(empty())
+        }
+        ":remove" => {
+            manage::remove(&app, params.name()).await?;
+            Ok(empty())
+        }
+        ":switch-version" => {
+            let req: SwitchBody = read_object_or_default(body).await?;
+            manage::switch_version(&app, params.name(), &req.version).await?;
+            Ok(empty())
+        }
+        ":action" => {
+            supports(&plugin, Hook::Action)?;
             let body = read_json(body).await?;
             require_object(&body)?;
-            Ok(sync_raw(plugin.hook(hook, body).await?))
+            Ok(sync_raw(plugin.hook(Hook::Action, body).await?))
+        }
+        _ => {
+            if declares(&plugin, rest) {
+                return extra_route(&plugin, rest, &method, query, body).await;
+            }
+            Err(ApiError::not_implemented())
         }
     }
 }
@@ -263,6 +273,132 @@ async fn backup(plugin: &Plugin, options: Bytes) -> ApiResult {
         HeaderValue::from_static("application/gzip"),
     );
     Ok(resp)
+}
+
+/// Writes into a channel, in pieces of [`BACKUP_CHUNK`], from a blocking thread.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+}
+
+/// Size of the pieces a declared backup is sent in.
+const BACKUP_CHUNK: usize = 256 * 1024;
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// A backup of an application that declares its data directory: the host writes it. A dry
+/// run first, so that an error is a JSON answer; then the archive streams as it is made.
+async fn declared_backup(app: &App, spec: BackupSpec, complete: bool) -> ApiResult {
+    let root = app.root.clone();
+    let (r, s) = (root.clone(), spec.clone());
+    tokio::task::spawn_blocking(move || app_backup::check(&r, &s, complete))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::new(e.status, e.message))?;
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let task = tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: BytesMut::with_capacity(BACKUP_CHUNK),
+        };
+        let r = app_backup::write(&root, &spec, complete, &mut out)
+            .and_then(|_| out.send().map_err(|e| plugin_api::sdk::Error::internal(e.to_string())));
+        if let Err(e) = &r {
+            tracing::warn!(root = %spec.root, error = %e.message, "backup failed");
+        }
+        r
+    });
+    let stream = futures_util::stream::unfold(
+        (rx, Some(task)),
+        |(mut rx, task)| async move {
+            if let Some(b) = rx.recv().await {
+                return Some((Ok::<_, std::io::Error>(b), (rx, task)));
+            }
+            // The writer ended: a failure cuts the transfer (the client sees it truncated).
+            match task?.await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some((Err(std::io::Error::other(e.message)), (rx, None))),
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
+            }
+        },
+    );
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    Ok(resp)
+}
+
+/// A restore of an application that declares its data directory: the upload is stored,
+/// extracted beside the directory with every entry checked (a bad archive is a 500 and
+/// changes nothing), answered, and one second later swapped in with the declared units
+/// stopped around it; then the plugin's `restored` hook, and `last_restored`.
+async fn declared_restore(
+    app: &Arc<App>,
+    plugin: Arc<Plugin>,
+    spec: BackupSpec,
+    body: Body,
+) -> ApiResult {
+    let file = spool(app, body).await?.into_std().await;
+    let root = app.root.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        app_backup::prepare(
+            &root,
+            &spec,
+            std::io::BufReader::new(file),
+            &archive::Limits::default(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::new(e.status, e.message))?;
+    let app = app.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(manage::DEFERRED).await;
+        let name = manage::context(&app, &plugin).name;
+        let units = app.platform.units.clone();
+        let applied = tokio::task::spawn_blocking(move || prepared.apply(units.as_ref()))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.message));
+        match applied {
+            Ok(summary) => {
+                tracing::info!(application = %name, entries = summary.entries, "restore swapped in");
+                if let Err(e) = manage::restored_now(&app, &plugin) {
+                    tracing::warn!(application = %name, error = %e.message, "cannot record the restore time");
+                }
+                if let Err(e) = manage::call(&app, &plugin, Hook::Restored).await {
+                    tracing::error!(application = %name, error = %e.message, "the application's restored hook failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Failed to restore application '{name}'"),
+        }
+    });
+    Ok(empty())
 }
 
 /// Size of the pieces the stored archive is handed to the plugin in.

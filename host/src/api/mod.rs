@@ -54,6 +54,9 @@ pub struct App {
     pub updates: crate::system::update::runner::Updates,
     /// The disk OS updates are staged into (`None`: the ESP's disk).
     pub install_disk: Option<PathBuf>,
+    /// The OS release the previous boot ran ("" when unknown), for the version choice of
+    /// application images.
+    pub prior_release: String,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -77,6 +80,7 @@ impl App {
             update_lock: tokio::sync::Mutex::new(()),
             updates: crate::system::update::runner::Updates::new(Default::default()),
             install_disk: None,
+            prior_release: String::new(),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -109,22 +113,9 @@ impl App {
         self.lifecycle.is_ready()
     }
 
-    /// Whether application `name` is installed (its plugin is loaded, or the host's state
-    /// records an installed version).
+    /// Whether application `name` is installed (a plugin name or one of its variants).
     pub fn application_installed(&self, name: &str) -> bool {
-        if self
-            .registry
-            .get(name)
-            .is_some_and(|p| p.manifest.kind == plugin_api::Kind::Application)
-        {
-            return true;
-        }
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        store
-            .doc()
-            .applications
-            .get(name)
-            .is_some_and(|a| !a.version.is_empty())
+        crate::system::applications::manage::is_installed(self, name)
     }
 }
 

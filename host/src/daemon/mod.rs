@@ -103,6 +103,7 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
         root: config.root.display().to_string(),
         reason,
     })?;
+    let prior_release = store.doc().os.running_release.clone();
     if store.doc().os.name != os.name || store.doc().os.running_release != os.version {
         let (name, version) = (os.name.clone(), os.version.clone());
         if let Err(e) = store.update(|d| {
@@ -131,6 +132,7 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
     let mut app = App::new(config.root.clone(), store, registry, info, platform);
     app.updates = crate::system::update::runner::Updates::new(update_status);
     app.install_disk = config.install_disk.clone();
+    app.prior_release = prior_release;
     Ok(Arc::new(app))
 }
 
@@ -247,6 +249,9 @@ impl Daemon {
 /// Start-up after the API answers: the stored syslog forwarding, the plugins, then ready.
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
+    // The images installed applications use, chosen for the release that booted, before
+    // anything starts (upstream's order).
+    crate::system::applications::manage::refresh_at_boot(&app).await;
     lifecycle::start_plugins(&app).await;
     // A shutdown that began meanwhile ends start-up here (the abort of this task takes
     // effect only where it waits, and these steps may never wait).
@@ -255,6 +260,11 @@ async fn finish_start(app: Arc<App>) {
     }
     crate::system::provider::register_at_start(&app).await;
     crate::system::update::runner::start(app.clone()).await;
+    if app.lifecycle.is_stopping() {
+        return;
+    }
+    // Applications start after the startup update check (which may install them).
+    crate::system::applications::manage::start_installed(&app).await;
     if app.lifecycle.is_stopping() {
         return;
     }

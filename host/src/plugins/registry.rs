@@ -607,7 +607,9 @@ impl Plugin {
             return;
         }
         let name = self.manifest.name.clone();
-        if self.manifest.has(Hook::Start) {
+        // Applications are started by the applications subsystem once installed (with
+        // their install context), and stopped by it first at shutdown.
+        if self.manifest.has(Hook::Start) && self.manifest.kind != Kind::Application {
             markers.set(&name);
             let on_end: Box<dyn FnOnce() + Send> = {
                 let (markers, name) = (markers.clone(), name.clone());
@@ -956,7 +958,7 @@ impl Registry {
                 );
                 continue;
             };
-            if !p.manifest.has(Hook::Stop) {
+            if !p.manifest.has(Hook::Stop) || p.manifest.kind == Kind::Application {
                 continue;
             }
             match p.lifecycle_hook(Hook::Stop, lock, limit(), None).await {

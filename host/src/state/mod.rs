@@ -68,7 +68,23 @@ pub struct SystemDoc {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApplicationRecord {
+    /// The name it is installed as when that is one of the plugin's variants (empty: the
+    /// plugin's own name).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The version of the active image ("" when not installed).
     pub version: String,
+    /// The versions on disk the version choice may take.
+    pub available_versions: Vec<String>,
+    /// Whether the application's initialize hook succeeded once.
+    pub initialized: bool,
+    /// When a restore was last swapped in.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::system::update::config::go_time"
+    )]
+    pub last_restored: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 impl Default for Document {

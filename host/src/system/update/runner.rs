@@ -5,6 +5,7 @@
 //! A check holds the app's update lock (upstream's global update mutex), so provider
 //! switches and checks never interleave.
 
+use crate::system::applications::manage;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -265,7 +266,7 @@ async fn call<T: serde::de::DeserializeOwned>(
         .map_err(|e| format!("provider {} answered unreadable JSON: {e}", p.name()))
 }
 
-async fn lookup(
+pub(crate) async fn lookup(
     p: &Plugin,
     context: &UpdateContext,
     target: Target,
@@ -290,7 +291,7 @@ async fn lookup(
     }
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     p: &Plugin,
     context: &UpdateContext,
     target: Target,
@@ -374,43 +375,14 @@ pub async fn check(
     Ok(())
 }
 
-/// Installed applications whose provider offers a newer version get it downloaded to
-/// `/var/lib/incus-os-extensions/<version>/` (activating it is the applications'
-/// subsystem's part).
+/// Each installed application's update ([`applications::manage::update_one`]): a newer
+/// image on offer is downloaded, verified, merged and the application reloaded. One
+/// application's failure is logged and does not keep the others (or the OS) from updating.
 async fn check_applications(app: &App, p: &Plugin, context: &UpdateContext) -> Result<(), String> {
-    let installed: Vec<(String, String)> = app.with_state(|s| {
-        s.doc()
-            .applications
-            .iter()
-            .map(|(n, a)| (n.clone(), a.version.clone()))
-            .collect()
-    });
-    for (name, version) in installed {
-        let Some(release) = lookup(p, context, Target::Application(name.clone())).await? else {
-            continue;
-        };
-        match versions::application_update_decision(&name, &version, &release.version) {
-            Decision::Install => {}
-            Decision::Nothing => continue,
-            Decision::Skip(why) => {
-                tracing::warn!(application = %name, "{why}");
-                continue;
-            }
-            Decision::Refuse(why) => return Err(why),
+    for (plugin, name) in manage::all_installed(app) {
+        if let Err(e) = manage::update_one(app, p, context, &plugin).await {
+            tracing::warn!(application = %name, error = %e, "cannot update the application");
         }
-        tracing::info!(application = %name, channel = %context.channel, version = %release.version, "Downloading application update");
-        let dir = format!("{EXTENSIONS_DIR}/{}", release.version);
-        RootFs::new(&app.root)
-            .create_dir(&dir, 0o755)
-            .map_err(|e| e.to_string())?;
-        fetch(
-            p,
-            context,
-            Target::Application(name.clone()),
-            &release,
-            &dir,
-        )
-        .await?;
     }
     Ok(())
 }
