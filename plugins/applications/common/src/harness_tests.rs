@@ -226,3 +226,20 @@ fn reload_reads_units_again_and_restarts_and_the_version_is_the_binarys() {
     assert_eq!(DAEMON.friendly_version(&host).unwrap(), "1.2.3");
     assert_eq!(zfs::app_dataset("x"), "local/x");
 }
+
+#[test]
+fn the_daemons_certificate_is_its_server_pair_when_both_files_exist() {
+    let (hh, host) = host("demo-app", &[]);
+    assert_eq!(DAEMON.certificate(&host).unwrap(), None);
+    hh.put_file("/var/lib/demo-app/server.crt", b"CRT", 0o644);
+    assert_eq!(
+        DAEMON.certificate(&host).unwrap(),
+        None,
+        "a key is needed too"
+    );
+    hh.put_file("/var/lib/demo-app/server.key", b"KEY", 0o600);
+    assert_eq!(
+        DAEMON.certificate(&host).unwrap(),
+        Some(("CRT".to_string(), "KEY".to_string()))
+    );
+}

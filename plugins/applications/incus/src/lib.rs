@@ -8,6 +8,19 @@
 //!
 //! Everything here is a function over the SDK's host: the plugin's trait implementation
 //! calls them.
+//!
+//! | hook | function |
+//! |---|---|
+//! | get (`friendly_version`) | [`friendly_version`] (context's version) |
+//! | put | [`apply_config`] (old, new) |
+//! | start / stop / restart | [`start`] / [`stop`] / [`restart`] |
+//! | initialize | [`init::initialize`] (the `incus` seed, the instance bridges) |
+//! | reload (after an update) | [`reload`] |
+//! | running | [`running`] |
+//! | wipe | [`wipe`] |
+//! | can-replace | [`can_replace`] (`from.name`, `to`) |
+//! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
+//! | host: certificates, trust, listen address, fallback listener | [`server_certificate`], [`client_certificate`], [`init::add_trusted_certificate`], [`init::listen_address`], [`init::seeded_client_certificates`] |
 
 pub mod init;
 

@@ -3,6 +3,18 @@
 //!
 //! The lifecycle (start, stop, restart, reload, running, friendly version, wipe) is the
 //! shared one-daemon lifecycle ([`Daemon`]); initialization is its own ([`initialize`]).
+//!
+//! | hook | function |
+//! |---|---|
+//! | get (`friendly_version`) | [`DAEMON`]`.friendly_version` |
+//! | put | nothing (the config is `{}`) |
+//! | start / stop / restart | [`DAEMON`]`.start` / `.stop` / `.restart` (context's `initialized`) |
+//! | initialize | [`initialize`] (the seed) |
+//! | reload (after an update) | [`DAEMON`]`.reload` |
+//! | running | [`DAEMON`]`.running` |
+//! | wipe | [`DAEMON`]`.wipe` |
+//! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
+//! | host: certificates, trust, listen address, fallback listener | [`DAEMON`]`.certificate`, `.add_trusted_certificate`, [`listen_address`], [`seeded_client_certificates`] |
 
 use std::net::IpAddr;
 

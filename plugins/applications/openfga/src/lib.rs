@@ -6,6 +6,18 @@
 //! keys in [`CONFIG_FILE`] (linked from [`CONFIG_LINK`], where OpenFGA looks), the `sync`
 //! section openfga-sync's [`SYNC_FILE`], completed to reach this OpenFGA. OpenFGA serves
 //! TLS with the primary application's server certificate, copied at each start.
+//!
+//! | hook | function |
+//! |---|---|
+//! | get | [`friendly_version`] (context's version); `config.sync` from [`read_sync`] |
+//! | put | [`apply_config`] ([`validate`] first) |
+//! | start / stop / restart | [`start`] (context's `initialized`, the primary's certificate) / [`stop`] / [`restart`] |
+//! | initialize | [`initialize`] (returns the config to save) |
+//! | restored | [`restored`] (returns the tokens to save) |
+//! | reload (after an update) | [`reload`] |
+//! | running | [`running`] |
+//! | wipe | [`wipe`] (then the config is cleared, as upstream's factory reset) |
+//! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
 
 pub mod yaml;
 
