@@ -6,6 +6,7 @@
 //! `images` reads the index over HTTPS, `local` from a directory; both verify and select
 //! exactly the same way, through this crate.
 
+pub mod address;
 pub mod config;
 pub mod fetch;
 pub mod index;

@@ -31,7 +31,7 @@
 //! connection URL and the cause. Deregistration is unsupported, as upstream: switching
 //! away from this provider is refused.
 
-pub mod address;
+pub use incus_osd_provider_common::address;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,0 +1,136 @@
+//! What the application plugins share: a client for their daemons' local APIs ([`api`]),
+//! the ZFS datasets some of them keep their data on ([`zfs`]), the lifecycle of a daemon
+//! with one unit and one dataset ([`daemon`]: Migration Manager, Operations Center),
+//! friendly versions ([`version`]), certificate fingerprints and random tokens.
+//!
+//! Everything is a function over the SDK's [`plugin_api::Host`]: commands, units, files and
+//! HTTP go through the host, so the harness records them in tests.
+
+pub mod api;
+pub mod daemon;
+pub mod version;
+pub mod zfs;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod harness_tests;
+
+use std::time::Duration;
+
+use plugin_api::{Error, Host, Result};
+use sha2::{Digest, Sha256};
+
+pub use api::Api;
+pub use daemon::Daemon;
+pub use incus_osd_provider_common::address;
+
+/// How long a command the applications run (ZFS, systemd tools, `--version`) may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The SHA-256 fingerprint (lower-case hex) of the first certificate of `pem`, as the
+/// daemons list trusted client certificates.
+pub fn certificate_fingerprint(pem: &str) -> Result<String> {
+    let ders = incus_osd_provider_common::pem::certificates(pem)?;
+    let der = ders
+        .first()
+        .ok_or_else(|| Error::bad_request("no PEM certificate found"))?;
+    Ok(hex(&Sha256::digest(der)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A random token of 26 characters from the base32 alphabet (130 bits drawn from the
+/// kernel's random source, as upstream's tokens).
+pub fn random_token() -> Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bytes = [0u8; 26];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect())
+}
+
+/// Runs `argv` through the host; a non-zero exit is an error naming the command and its
+/// standard error (upstream's text).
+pub fn run(host: &Host, argv: &[&str]) -> Result<String> {
+    host.run_ok(argv, COMMAND_TIMEOUT)
+}
+
+/// Lazily unmounts `target` (`umount -l`); a target that is not mounted is fine, any
+/// other failure is logged as a warning (a wipe goes on regardless, as upstream).
+pub fn lazy_unmount(host: &Host, target: &str) -> Result<()> {
+    unmount(host, &["umount", "-l", target])
+}
+
+/// Unmounts `target`; one that is not mounted is fine, any other failure is an error.
+pub fn unmount_strict(host: &Host, target: &str) -> Result<()> {
+    let out = host.run(&["umount", target], COMMAND_TIMEOUT)?;
+    if out.status == 0 || not_mounted(&out.stderr) {
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "Failed to run: umount {target}: exit status {} ({})",
+        out.status,
+        out.stderr.trim()
+    )))
+}
+
+fn unmount(host: &Host, argv: &[&str]) -> Result<()> {
+    let out = host.run(argv, COMMAND_TIMEOUT)?;
+    if out.status != 0 && !not_mounted(&out.stderr) {
+        host.warn(&format!(
+            "{}: exit status {} ({})",
+            argv.join(" "),
+            out.status,
+            out.stderr.trim()
+        ));
+    }
+    Ok(())
+}
+
+fn not_mounted(stderr: &str) -> bool {
+    stderr.contains("not mounted") || stderr.contains("no mount point specified")
+}
+
+/// Whether `unit` is active (`ActiveState` exactly `active`, as upstream's check).
+pub fn unit_running(host: &Host, unit: &str) -> Result<bool> {
+    Ok(host.unit_active_state(unit)? == "active")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_26_base32_characters_and_differ() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_eq!(a.len(), 26);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_uppercase() || (b'2'..=b'7').contains(&c)));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_sha256_of_the_der() {
+        // "hello" in base64 is aGVsbG8=: the DER here is the five bytes of "hello".
+        let pem = "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            certificate_fingerprint(pem).unwrap(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+        assert_eq!(
+            certificate_fingerprint("junk").unwrap_err().message,
+            "no PEM certificate found"
+        );
+    }
+}
