@@ -75,6 +75,11 @@ fn a_large_file_streams_through_its_descriptor() {
     p.host().put_file("/srv/big.img", &data, 0o644);
     let got = call(&p, "sum", json!({"path": "/srv/big.img"})).unwrap();
     assert_eq!(got, json!({"size": data.len(), "fnv": fnv(&data)}));
+    // The same as the whole file moved across (1.2's file_read).
+    assert_eq!(
+        call(&p, "read", json!({"path": "/srv/big.img"})).unwrap(),
+        got
+    );
     assert_eq!(
         call(&p, "sum", json!({"path": "/srv/none"})).unwrap(),
         Value::Null
