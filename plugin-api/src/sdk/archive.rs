@@ -10,6 +10,9 @@
 //! - [`restore_into`] extracts into an empty directory, checking every entry before it
 //!   writes it; [`prepare_restore`] and [`restore_swap`] extract into a sibling and swap it
 //!   in, so a bad archive changes nothing.
+//! - [`backup_dir_fd`], [`backup_check_fd`], [`restore_swap_fd`] and [`restore_swap_at`] do
+//!   the same for a directory reached through a descriptor (a plugin's, from
+//!   `Host::open_dir`: under the root prefix, where its path would not lead).
 //!
 //! ## How extraction stays inside its directory
 //!
