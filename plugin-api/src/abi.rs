@@ -238,8 +238,9 @@ pub trait HostOps: Send + Sync {
     /// (unknown bits are refused with a 400). A read-only open may name any file under the
     /// root and follows a final symlink inside the root; any writing open (`WRITE`, with
     /// `CREATE`, `TRUNCATE`, `APPEND` or `EXCLUSIVE`) is limited to the manifest's `paths`,
-    /// checked on the path as given and where its directory resolves, and never follows a
-    /// final symlink. `CREATE` makes a missing file with permission bits `mode` (exactly,
+    /// checked on the path as given and where its directory resolves, and does not follow
+    /// a final symlink or open a file with several names (a planted hard link would lead the
+    /// write elsewhere). `CREATE` makes a missing file with permission bits `mode` (exactly,
     /// whatever the umask) and missing parents (0755). A FIFO, a device, a socket or a
     /// directory is refused without blocking. `Ok(None)` when the file (without `CREATE`)
     /// or its directory does not exist.
@@ -268,8 +269,8 @@ pub trait HostOps: Send + Sync {
     ) -> RResult<abi_stable::std_types::ROption<FileFacts>, PluginError>;
 
     /// Since 1.3. Changes the owner and group of a path (`lchown`: a final symlink is
-    /// changed itself, never followed). [`KEEP_ID`] leaves the owner or the group as it
-    /// is. Declared paths only; the path must exist.
+    /// changed itself, never followed; a file with several names is refused). [`KEEP_ID`]
+    /// leaves the owner or the group as it is. Declared paths only; the path must exist.
     fn chown(&self, path: RStr<'_>, uid: u32, gid: u32) -> RResult<(), PluginError>;
 
     /// Since 1.3. Creates a symbolic link at `path` whose text is `target`, as written (it

@@ -58,12 +58,29 @@ impl OpenOptions {
     }
 }
 
-/// `fd` if it is a regular file, else an error saying what it is (a FIFO opened
-/// non-blocking, a device, a directory).
-fn regular(fd: OwnedFd) -> io::Result<OwnedFd> {
+/// The refusal of a change through a file with several names: a hard link planted in a
+/// declared directory would otherwise lead a write or an owner change to a file elsewhere.
+fn one_name(st: &libc::stat) -> io::Result<()> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR && st.st_nlink > 1 {
+        return Err(io::Error::other(format!(
+            "it has {} hard links: a file with several names is not changed in place",
+            st.st_nlink
+        )));
+    }
+    Ok(())
+}
+
+/// `fd` if it is a regular file (with one name when `writes`), else an error saying what
+/// it is (a FIFO opened non-blocking, a device, a directory).
+fn regular(fd: OwnedFd, writes: bool) -> io::Result<OwnedFd> {
     let st = sys::fstat(fd.as_fd())?;
     let what = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => return Ok(fd),
+        libc::S_IFREG => {
+            if writes {
+                one_name(&st)?;
+            }
+            return Ok(fd);
+        }
         libc::S_IFDIR => "a directory",
         libc::S_IFIFO => "a FIFO",
         libc::S_IFCHR | libc::S_IFBLK => "a device",
@@ -184,7 +201,7 @@ impl RootFs {
     /// asked (only now, so that nothing else is ever truncated), blocking again.
     fn finish_open(&self, fd: OwnedFd, o: &OpenOptions, os_path: &str) -> Result<OwnedFd, FsError> {
         let res = (|| {
-            let fd = regular(fd)?;
+            let fd = regular(fd, o.writes())?;
             if o.truncate {
                 std::fs::File::from(fd.try_clone()?).set_len(0)?;
             }
@@ -250,6 +267,8 @@ impl RootFs {
     /// keeps one). Declared paths only.
     pub fn chown(&self, os_path: &str, uid: u32, gid: u32) -> Result<(), FsError> {
         let (dir, name) = self.existing_entry("chown", os_path)?;
+        let st = sys::lstatat(dir.as_fd(), &name).map_err(io_err("chown", os_path))?;
+        one_name(&st).map_err(io_err("chown", os_path))?;
         sys::lchownat(dir.as_fd(), &name, uid, gid).map_err(io_err("chown", os_path))
     }
 

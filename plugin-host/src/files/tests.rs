@@ -926,3 +926,41 @@ fn renames_are_atomic_inside_the_declared_paths_with_noreplace_and_exchange() {
     assert_eq!(fs::read(j.r("etc/demo/b")).unwrap(), b"b");
     j.assert_outside_untouched();
 }
+
+/// A hard link planted in a declared directory (to a file elsewhere in the root) does not
+/// lead a writing open or an owner change to that file; reading it is fine.
+#[test]
+fn a_file_with_several_names_is_not_changed_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/shadow"), b"secret").unwrap();
+    fs::hard_link(j.r("etc/shadow"), j.r("etc/demo/planted")).unwrap();
+    let rw = OpenOptions {
+        write: true,
+        truncate: true,
+        ..OpenOptions::default()
+    };
+    let e = rfs.open("/etc/demo/planted", &rw).unwrap_err().to_string();
+    assert!(
+        e.contains("open /etc/demo/planted: it has 2 hard links"),
+        "{e}"
+    );
+    let me = fs::metadata(j.r("etc/shadow")).unwrap();
+    let e = rfs
+        .chown("/etc/demo/planted", me.uid(), me.gid())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("chown /etc/demo/planted: it has 2 hard links"),
+        "{e}"
+    );
+    assert_eq!(fs::read(j.r("etc/shadow")).unwrap(), b"secret");
+    assert!(rfs
+        .open("/etc/demo/planted", &read_opts())
+        .unwrap()
+        .is_some());
+    // Renaming it over (or removing it) leaves the other name alone.
+    fs::write(j.r("etc/demo/new"), b"new").unwrap();
+    rfs.rename("/etc/demo/new", "/etc/demo/planted", 0).unwrap();
+    assert_eq!(fs::read(j.r("etc/shadow")).unwrap(), b"secret");
+}
