@@ -111,6 +111,16 @@ fn a_stream_is_written_atomically_and_nothing_is_left_behind() {
             if tmp == from && to == &format!("{DIR}/conf") && tmp.ends_with(".incus-osd-tmp")),
         "{effects:?}"
     );
+    // The temporary name is one the host's clean-up of leftovers recognises.
+    let FileEffect::OpenedForWrite { path: tmp } = &effects[0] else {
+        unreachable!()
+    };
+    let tmp_name = tmp.rsplit('/').next().unwrap();
+    assert_eq!(
+        plugin_host::files::temp_target(std::ffi::OsStr::new(tmp_name)),
+        Some(&b"conf"[..]),
+        "{tmp_name}"
+    );
     // Outside the declared paths: refused, nothing written.
     refused(
         &p,
@@ -353,4 +363,34 @@ fn a_directory_reached_through_the_host_is_backed_up_and_restored() {
         json!({"path": "/etc"}),
         "\"/etc\" is outside what this plugin may write",
     );
+}
+
+/// The SDK's atomic write, called directly over the harness host: a fill that fails leaves
+/// the target as it was and no temporary file behind.
+#[test]
+fn a_failed_atomic_write_leaves_the_target_and_no_temporary_file() {
+    use std::io::Write;
+    let p = plugin();
+    let host = plugin_api::Host::from_handle(p.host().handle());
+    let path = format!("{DIR}/conf");
+    p.host().put_file(&path, b"old", 0o600);
+    let e = host
+        .write_atomic(&path, 0o644, |f| {
+            f.write_all(b"half")?;
+            Err(plugin_api::Error::internal("the source broke"))
+        })
+        .unwrap_err();
+    assert_eq!(e.message, "the source broke");
+    assert_eq!(p.host().read_text(&path), "old");
+    let names: Vec<_> = fs::read_dir(p.host().real_path(DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["conf"]);
+    // Outside the declared paths nothing is even created.
+    assert!(host.write_atomic("/etc/conf", 0o644, |_| Ok(())).is_err());
+    assert!(p.host().read_file("/etc").is_none());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut host.open_read(&path).unwrap().unwrap(), &mut text).unwrap();
+    assert_eq!(text, "old");
 }
