@@ -231,6 +231,133 @@ pub trait HostOps: Send + Sync {
     /// stall) the target is left as it was. The host reports progress to whoever
     /// started the operation.
     fn download(&self, request: RStr<'_>) -> RResult<RString, PluginError>;
+
+    /// Since 1.3. Opens a regular file under the root prefix (symlinks and `..` resolve
+    /// inside the root) and hands the plugin the descriptor: it owns it from then on and
+    /// closes it (it is opened close-on-exec, blocking). `flags` is a set of [`OpenFlags`]
+    /// (unknown bits are refused with a 400). A read-only open may name any file under the
+    /// root and follows a final symlink inside the root; any writing open (`WRITE`, with
+    /// `CREATE`, `TRUNCATE`, `APPEND` or `EXCLUSIVE`) is limited to the manifest's `paths`,
+    /// checked on the path as given and where its directory resolves, and does not follow
+    /// a final symlink or open a file with several names (a planted hard link would lead the
+    /// write elsewhere). `CREATE` makes a missing file with permission bits `mode` (exactly,
+    /// whatever the umask) and missing parents (0755). A FIFO, a device, a socket or a
+    /// directory is refused without blocking. `Ok(None)` when the file (without `CREATE`)
+    /// or its directory does not exist.
+    fn file_open(
+        &self,
+        path: RStr<'_>,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> RResult<abi_stable::std_types::ROption<i32>, PluginError>;
+
+    /// Since 1.3. Opens a directory under the manifest's `paths` (checked on the path as
+    /// given and where it resolves inside the root) and hands the plugin an `O_DIRECTORY`
+    /// descriptor it owns (close-on-exec), for `*at` calls relative to it (the SDK's
+    /// archive functions take one). What the plugin does through the descriptor is not
+    /// checked by the host: resolve beneath it (`RESOLVE_BENEATH`, `O_NOFOLLOW`) to stay
+    /// inside. `Ok(None)` when it does not exist.
+    fn dir_open(&self, path: RStr<'_>)
+        -> RResult<abi_stable::std_types::ROption<i32>, PluginError>;
+
+    /// Since 1.3. Everything about a path a backup keeps (kind, mode, size, mtime, owner,
+    /// link target), not following a final symlink; `Ok(None)` when it does not exist.
+    /// Any path under the root.
+    fn file_facts(
+        &self,
+        path: RStr<'_>,
+    ) -> RResult<abi_stable::std_types::ROption<FileFacts>, PluginError>;
+
+    /// Since 1.3. Changes the owner and group of a path (`lchown`: a final symlink is
+    /// changed itself, never followed; a file with several names is refused). [`KEEP_ID`]
+    /// leaves the owner or the group as it is. Declared paths only; the path must exist.
+    fn chown(&self, path: RStr<'_>, uid: u32, gid: u32) -> RResult<(), PluginError>;
+
+    /// Since 1.3. Creates a symbolic link at `path` whose text is `target`, as written (it
+    /// is not checked or resolved; the host's own operations resolve it inside the root).
+    /// An existing entry at `path` is an error, never replaced: to replace a link, create
+    /// it under another name and [`HostOps::rename`] it over. Declared paths only; the
+    /// parent directory must exist.
+    fn symlink(&self, target: RStr<'_>, path: RStr<'_>) -> RResult<(), PluginError>;
+
+    /// Since 1.3. Renames `from` to `to` in one atomic step (`renameat2`), both under the
+    /// manifest's `paths` and on the same filesystem, then syncs the directories involved.
+    /// By default an existing `to` is replaced (a file by a file, an empty directory by a
+    /// directory); `flags` is a set of [`RENAME_NOREPLACE`] (an existing `to` is an error)
+    /// or [`RENAME_EXCHANGE`] (both must exist and trade places); unknown bits are refused
+    /// with a 400. Neither end's final symlink is followed: a link is renamed itself.
+    fn rename(&self, from: RStr<'_>, to: RStr<'_>, flags: u32) -> RResult<(), PluginError>;
+}
+
+/// How [`HostOps::file_open`] opens a file (since 1.3): a set of the constants below,
+/// combined with `|`. At least one of `READ` and `WRITE`; the others need `WRITE`.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenFlags {
+    /// The bits.
+    pub bits: u32,
+}
+
+impl OpenFlags {
+    /// Reading (alone: a read-only open, allowed anywhere under the root).
+    pub const READ: OpenFlags = OpenFlags { bits: 1 };
+    /// Writing (with `READ`: both). Only under the manifest's `paths`.
+    pub const WRITE: OpenFlags = OpenFlags { bits: 2 };
+    /// Create the file when missing (with the open's `mode`), and its missing parents.
+    pub const CREATE: OpenFlags = OpenFlags { bits: 4 };
+    /// Empty an existing file.
+    pub const TRUNCATE: OpenFlags = OpenFlags { bits: 8 };
+    /// Every write goes to the end of the file.
+    pub const APPEND: OpenFlags = OpenFlags { bits: 16 };
+    /// With `CREATE`: fail when the file exists (`O_EXCL`).
+    pub const EXCLUSIVE: OpenFlags = OpenFlags { bits: 32 };
+    /// Every bit this contract knows.
+    pub const ALL: OpenFlags = OpenFlags { bits: 63 };
+
+    /// Whether every bit of `other` is set.
+    pub const fn contains(self, other: OpenFlags) -> bool {
+        self.bits & other.bits == other.bits
+    }
+}
+
+impl std::ops::BitOr for OpenFlags {
+    type Output = OpenFlags;
+    fn bitor(self, other: OpenFlags) -> OpenFlags {
+        OpenFlags {
+            bits: self.bits | other.bits,
+        }
+    }
+}
+
+/// [`HostOps::rename`]: fail when the target exists (since 1.3).
+pub const RENAME_NOREPLACE: u32 = 1;
+/// [`HostOps::rename`]: swap the two entries, both of which must exist (since 1.3).
+pub const RENAME_EXCHANGE: u32 = 2;
+
+/// [`HostOps::chown`]: leave this id as it is (since 1.3).
+pub const KEEP_ID: u32 = u32::MAX;
+
+/// Everything about a path a backup keeps ([`HostOps::file_facts`], since 1.3); a final
+/// symlink is described, not followed.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct FileFacts {
+    /// What the path names.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777` part of the mode).
+    pub mode: u32,
+    /// Size in bytes (for a symlink, the length of its target).
+    pub size: u64,
+    /// Modification time: seconds since the epoch.
+    pub mtime_secs: i64,
+    /// Modification time: nanoseconds within the second.
+    pub mtime_nanos: u32,
+    /// Owner (user id).
+    pub uid: u32,
+    /// Group (group id).
+    pub gid: u32,
+    /// For a symlink, its target as written; empty otherwise.
+    pub link_target: RString,
 }
 
 /// An HTTP response as [`HostOps::http`] returns it.

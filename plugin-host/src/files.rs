@@ -317,34 +317,7 @@ impl RootFs {
     /// Kind, permission bits and symlink target of a path (a final symlink is not
     /// followed); `Ok(None)` when it does not exist.
     pub fn stat(&self, os_path: &str) -> Result<Option<Stat>, FsError> {
-        let rel = Self::relative(os_path)?;
-        let root = self.open_root("stat", os_path)?;
-        let split = Self::split(&rel);
-        let dir = match Self::open_in(root.as_fd(), &split.parent, libc::O_PATH) {
-            Ok(fd) => fd,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(io_err("stat", os_path)(e)),
-        };
-        let name = split.name.unwrap_or_default();
-        let st = match sys::lstatat(dir.as_fd(), name) {
-            Ok(st) => st,
-            Err(e) if not_found(&e) => return Ok(None),
-            Err(e) => return Err(io_err("stat", os_path)(e)),
-        };
-        let kind = kind_of(&st);
-        let link_target = if kind == StatKind::Symlink {
-            sys::readlinkat(dir.as_fd(), name)
-                .map_err(io_err("readlink", os_path))?
-                .to_string_lossy()
-                .into_owned()
-        } else {
-            String::new()
-        };
-        Ok(Some(Stat {
-            kind,
-            mode: st.st_mode & 0o7777,
-            link_target,
-        }))
+        Ok(self.facts(os_path)?.map(Stat::from))
     }
 
     /// Sorted entry names of a directory; `Ok(None)` when it does not exist.
@@ -858,6 +831,9 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dirfd = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
     write_in(dirfd.as_fd(), name, data, mode)
 }
+
+mod more;
+pub use more::{Facts, OpenOptions};
 
 #[cfg(test)]
 mod tests;

@@ -2,20 +2,22 @@
 //! host, decided here for the daemon and the harness alike. The effects go through
 //! adapters ([`Adapters`]): the daemon gives real ones, the harness recording ones.
 
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use plugin_api::abi::{
-    mask_secrets, mask_secrets_str, secret_values, CommandOutput, CommandSpec, FileKind, FileStat,
-    HostHandle, HostOps, HostOps_TO, HttpReply, LogLevel, PluginError, UnitOp,
+    mask_secrets, mask_secrets_str, secret_values, CommandOutput, CommandSpec, FileFacts, FileKind,
+    FileStat, HostHandle, HostOps, HostOps_TO, HttpReply, LogLevel, OpenFlags, PluginError, UnitOp,
+    RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use plugin_api::net::{Download, Request, ResponseHead};
 use serde_json::Value;
 
 use crate::exec::Commands;
-use crate::files::{AtomicWrite, FsError, RootFs, Stat, StatKind};
+use crate::files::{AtomicWrite, Facts, FsError, OpenOptions, RootFs, Stat, StatKind};
 use crate::net::{Net, Progress};
 use crate::units::{valid_unit_name, UnitAction, Units};
 use crate::PlatformError;
@@ -62,6 +64,19 @@ pub trait Files: Send + Sync {
     /// A streaming writer that replaces the file at `path` atomically once committed
     /// (see [`AtomicWrite`]); the write allow-list applies.
     fn create_atomic(&self, path: &str, mode: u32) -> Result<Box<dyn AtomicWrite>, FsError>;
+    /// A regular file opened as `how` says (a writing open under the allow-list only);
+    /// `Ok(None)` when absent (since 1.3).
+    fn open(&self, path: &str, how: &OpenOptions) -> Result<Option<OwnedFd>, FsError>;
+    /// A directory under the allow-list; `Ok(None)` when absent (since 1.3).
+    fn open_dir(&self, path: &str) -> Result<Option<OwnedFd>, FsError>;
+    /// Full facts about a path, a final symlink not followed (since 1.3).
+    fn facts(&self, path: &str) -> Result<Option<Facts>, FsError>;
+    /// `lchown` (since 1.3); `u32::MAX` keeps an id.
+    fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError>;
+    /// A new symlink `path` -> `target` (since 1.3).
+    fn symlink(&self, target: &str, path: &str) -> Result<(), FsError>;
+    /// An atomic rename with `renameat2` flags (since 1.3).
+    fn rename(&self, from: &str, to: &str, flags: u32) -> Result<(), FsError>;
 }
 
 impl Files for RootFs {
@@ -85,6 +100,24 @@ impl Files for RootFs {
     }
     fn create_atomic(&self, path: &str, mode: u32) -> Result<Box<dyn AtomicWrite>, FsError> {
         Ok(Box::new(RootFs::create_atomic(self, path, mode)?))
+    }
+    fn open(&self, path: &str, how: &OpenOptions) -> Result<Option<OwnedFd>, FsError> {
+        RootFs::open(self, path, how)
+    }
+    fn open_dir(&self, path: &str) -> Result<Option<OwnedFd>, FsError> {
+        RootFs::open_dir(self, path)
+    }
+    fn facts(&self, path: &str) -> Result<Option<Facts>, FsError> {
+        RootFs::facts(self, path)
+    }
+    fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {
+        RootFs::chown(self, path, uid, gid)
+    }
+    fn symlink(&self, target: &str, path: &str) -> Result<(), FsError> {
+        RootFs::symlink(self, target, path)
+    }
+    fn rename(&self, from: &str, to: &str, flags: u32) -> Result<(), FsError> {
+        RootFs::rename(self, from, to, flags)
     }
 }
 
@@ -269,6 +302,42 @@ impl HostOps for PluginHost {
         }
     }
 
+    fn file_open(
+        &self,
+        path: RStr<'_>,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> RResult<ROption<i32>, PluginError> {
+        self.file_open_impl(path.as_str(), flags, mode)
+    }
+
+    fn dir_open(&self, path: RStr<'_>) -> RResult<ROption<i32>, PluginError> {
+        to_r(self.a.files.open_dir(path.as_str()).map(hand_over))
+    }
+
+    fn file_facts(&self, path: RStr<'_>) -> RResult<ROption<FileFacts>, PluginError> {
+        to_r(
+            self.a
+                .files
+                .facts(path.as_str())
+                .map(|o| o.map(to_abi_facts).into()),
+        )
+    }
+
+    fn chown(&self, path: RStr<'_>, uid: u32, gid: u32) -> RResult<(), PluginError> {
+        tracing::debug!(plugin = %self.name, path = path.as_str(), uid, gid, "chown");
+        to_r(self.a.files.chown(path.as_str(), uid, gid))
+    }
+
+    fn symlink(&self, target: RStr<'_>, path: RStr<'_>) -> RResult<(), PluginError> {
+        tracing::debug!(plugin = %self.name, path = path.as_str(), target = target.as_str(), "symlink");
+        to_r(self.a.files.symlink(target.as_str(), path.as_str()))
+    }
+
+    fn rename(&self, from: RStr<'_>, to: RStr<'_>, flags: u32) -> RResult<(), PluginError> {
+        self.rename_impl(from.as_str(), to.as_str(), flags)
+    }
+
     fn download(&self, request: RStr<'_>) -> RResult<RString, PluginError> {
         let download: Download = match serde_json::from_str(request.as_str()) {
             Ok(r) => r,
@@ -285,7 +354,87 @@ impl HostOps for PluginHost {
     }
 }
 
+/// The file options an ABI [`OpenFlags`] stands for, or the 400 text of a set the
+/// contract does not allow.
+pub fn open_options(flags: OpenFlags, mode: u32) -> Result<OpenOptions, String> {
+    let unknown = flags.bits & !OpenFlags::ALL.bits;
+    if unknown != 0 {
+        return Err(format!("unknown open flags {unknown:#x}"));
+    }
+    let has = |f: OpenFlags| flags.contains(f);
+    let how = OpenOptions {
+        read: has(OpenFlags::READ),
+        write: has(OpenFlags::WRITE),
+        create: has(OpenFlags::CREATE),
+        truncate: has(OpenFlags::TRUNCATE),
+        append: has(OpenFlags::APPEND),
+        exclusive: has(OpenFlags::EXCLUSIVE),
+        mode,
+    };
+    if !how.read && !how.write {
+        return Err("an open needs READ or WRITE".to_string());
+    }
+    if how.writes() && !how.write {
+        return Err("CREATE, TRUNCATE, APPEND and EXCLUSIVE need WRITE".to_string());
+    }
+    if how.exclusive && !how.create {
+        return Err("EXCLUSIVE needs CREATE".to_string());
+    }
+    Ok(how)
+}
+
+fn bad(message: impl Into<String>) -> PluginError {
+    PluginError::new(400, message.into())
+}
+
+/// Hands a descriptor over to the plugin, which owns it from then on.
+fn hand_over(fd: Option<OwnedFd>) -> ROption<i32> {
+    fd.map(IntoRawFd::into_raw_fd).into()
+}
+
+/// Converts the root view's facts into the ABI's.
+pub fn to_abi_facts(f: Facts) -> FileFacts {
+    FileFacts {
+        kind: abi_kind(f.kind),
+        mode: f.mode,
+        size: f.size,
+        mtime_secs: f.mtime_secs,
+        mtime_nanos: f.mtime_nanos,
+        uid: f.uid,
+        gid: f.gid,
+        link_target: RString::from(f.link_target),
+    }
+}
+
 impl PluginHost {
+    fn file_open_impl(
+        &self,
+        path: &str,
+        flags: OpenFlags,
+        mode: u32,
+    ) -> RResult<ROption<i32>, PluginError> {
+        let how = match open_options(flags, mode) {
+            Ok(how) => how,
+            Err(e) => return RResult::RErr(bad(format!("cannot open {path}: {e}"))),
+        };
+        if how.writes() {
+            tracing::debug!(plugin = %self.name, path, flags = flags.bits, "open file for writing");
+        }
+        to_r(self.a.files.open(path, &how).map(hand_over))
+    }
+
+    fn rename_impl(&self, from: &str, to: &str, flags: u32) -> RResult<(), PluginError> {
+        let known = RENAME_NOREPLACE | RENAME_EXCHANGE;
+        if flags & !known != 0 || flags == known {
+            return RResult::RErr(bad(format!(
+                "cannot rename {from} to {to}: bad flags {flags:#x} (RENAME_NOREPLACE or \
+                 RENAME_EXCHANGE, not both)"
+            )));
+        }
+        tracing::debug!(plugin = %self.name, from, to, flags, "rename");
+        to_r(self.a.files.rename(from, to, flags))
+    }
+
     /// Runs a plugin's command. The secret arguments (indices `secret_args`) never leave:
     /// the log line names the program only, and the error text (whichever adapter wrote
     /// it: spawn failure, timeout, refusal) and the captured output get each secret
@@ -322,14 +471,18 @@ impl PluginHost {
 /// Converts the root view's stat into the ABI's.
 pub fn to_abi_stat(s: Stat) -> FileStat {
     FileStat {
-        kind: match s.kind {
-            StatKind::File => FileKind::File,
-            StatKind::Dir => FileKind::Dir,
-            StatKind::Symlink => FileKind::Symlink,
-            StatKind::Other => FileKind::Other,
-        },
+        kind: abi_kind(s.kind),
         mode: s.mode,
         link_target: RString::from(s.link_target),
+    }
+}
+
+fn abi_kind(k: StatKind) -> FileKind {
+    match k {
+        StatKind::File => FileKind::File,
+        StatKind::Dir => FileKind::Dir,
+        StatKind::Symlink => FileKind::Symlink,
+        StatKind::Other => FileKind::Other,
     }
 }
 
@@ -429,6 +582,70 @@ mod tests {
             .unwrap_err();
         assert!(e.message.as_str().contains("outside"), "{e:?}");
         assert!(!dir.path().join("etc/passwd").exists());
+    }
+
+    /// The ABI's open flags: a set the contract does not allow is a 400 before anything
+    /// is touched; a good open hands over a descriptor the caller owns.
+    #[test]
+    #[allow(unsafe_code)] // one from_raw_fd, on the descriptor the host just handed over
+    fn file_open_checks_its_flags_and_hands_the_descriptor_over() {
+        use std::io::Read;
+        use std::os::fd::FromRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let h = host(dir.path());
+        let path = RStr::from_str("/etc/demo/x");
+        for (flags, text) in [
+            (OpenFlags { bits: 64 }, "unknown open flags 0x40"),
+            (OpenFlags { bits: 0 }, "an open needs READ or WRITE"),
+            (OpenFlags::READ | OpenFlags::CREATE, "need WRITE"),
+            (
+                OpenFlags::WRITE | OpenFlags::EXCLUSIVE,
+                "EXCLUSIVE needs CREATE",
+            ),
+        ] {
+            let e = h.file_open(path, flags, 0o600).unwrap_err();
+            assert_eq!(e.status, 400, "{e:?}");
+            assert!(
+                e.message.contains(text) && e.message.contains("/etc/demo/x"),
+                "{e:?}"
+            );
+        }
+        assert!(!dir.path().join("etc/demo").exists());
+        let e = h
+            .rename(path, RStr::from_str("/etc/demo/y"), 3)
+            .unwrap_err();
+        assert_eq!(e.status, 400, "{e:?}");
+
+        let fd = h
+            .file_open(path, OpenFlags::WRITE | OpenFlags::CREATE, 0o600)
+            .unwrap()
+            .unwrap();
+        // SAFETY: the host handed over a fresh descriptor it no longer owns.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        std::io::Write::write_all(&mut f, b"through the fd").unwrap();
+        drop(f);
+        let fd = h.file_open(path, OpenFlags::READ, 0).unwrap().unwrap();
+        // SAFETY: as above.
+        let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let mut text = String::new();
+        f.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "through the fd");
+        let facts = h.file_facts(path).unwrap().unwrap();
+        assert_eq!(
+            (facts.kind, facts.mode, facts.size),
+            (FileKind::File, 0o600, 14)
+        );
+        let e = h
+            .file_open(
+                RStr::from_str("/etc/passwd"),
+                OpenFlags::WRITE | OpenFlags::CREATE,
+                0o644,
+            )
+            .unwrap_err();
+        assert!(
+            e.message.contains("outside what this plugin may write"),
+            "{e:?}"
+        );
     }
 
     const KEY: &str = "tskey-auth-k1234";

@@ -132,6 +132,62 @@ pub fn renameat(dir: BorrowedFd<'_>, from: &OsStr, to: &OsStr) -> io::Result<()>
         .map(|_| ())
 }
 
+/// `renameat2(from_dir, from, to_dir, to, flags)` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`):
+/// a symlink at either end is renamed itself, never followed.
+pub fn renameat2(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both strings are NUL-terminated and alive for the call.
+    check(unsafe {
+        libc::renameat2(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`; `u32::MAX` keeps an id.
+pub fn lchownat(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: `n` is NUL-terminated and alive for the call.
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            uid,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `symlinkat(target, dir, name)`: fails when `name` exists.
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let (t, n) = (cstr(target)?, cstr(name)?);
+    // SAFETY: both strings are NUL-terminated and alive for the call.
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) }).map(|_| ())
+}
+
+/// Clears `O_NONBLOCK` on `fd` (opened non-blocking only so that the open itself could
+/// not block).
+pub fn set_blocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a valid descriptor.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) })
+        .map(|_| ())
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; an empty `name` stats `dir` itself.
 pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<libc::stat> {
     let n = cstr(name)?;

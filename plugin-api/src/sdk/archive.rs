@@ -10,6 +10,9 @@
 //! - [`restore_into`] extracts into an empty directory, checking every entry before it
 //!   writes it; [`prepare_restore`] and [`restore_swap`] extract into a sibling and swap it
 //!   in, so a bad archive changes nothing.
+//! - [`backup_dir_fd`], [`backup_check_fd`], [`restore_swap_fd`] and [`restore_swap_at`] do
+//!   the same for a directory reached through a descriptor (a plugin's, from
+//!   `Host::open_dir`: under the root prefix, where its path would not lead).
 //!
 //! ## How extraction stays inside its directory
 //!
@@ -36,7 +39,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -1216,6 +1219,96 @@ pub fn restore_swap(reader: impl Read, dir: &Path, limits: &Limits) -> Result<Su
     prepare_restore(reader, dir, limits)?.swap()
 }
 
+// ---------------------------------------------------------------------------------------
+// Directories reached through a descriptor
+// ---------------------------------------------------------------------------------------
+
+/// The path through which the kernel reaches the directory open as `fd` itself (its
+/// `/proc/self/fd` link resolves to exactly that directory, wherever it is and whatever
+/// its path was: under a root prefix, reached through the host's `dir_open`).
+fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// `f`'s result with every mention of `inner` (a `/proc/self/fd` path) in its error text
+/// shown as `shown` (the OS path the caller knows the directory by).
+fn shown_as<T>(inner: &Path, shown: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f().map_err(|mut e| {
+        e.message = e
+            .message
+            .replace(&*inner.to_string_lossy(), shown.trim_end_matches('/'));
+        e
+    })
+}
+
+/// [`backup_dir`] of the directory open as `dir` (for one a plugin reaches through the
+/// host, `Host::open_dir`); `shown` is its OS path, for error texts. The same archive as
+/// [`backup_dir`] of its path.
+pub fn backup_dir_fd(
+    dir: impl AsFd,
+    shown: &str,
+    writer: impl Write,
+    exclusions: &Exclusions<'_>,
+    complete: bool,
+) -> Result<Summary> {
+    let inner = fd_path(dir.as_fd()).join(".");
+    shown_as(&inner, shown, || {
+        backup_dir(&inner, writer, exclusions, complete)
+    })
+}
+
+/// [`backup_check`] of the directory open as `dir`; see [`backup_dir_fd`].
+pub fn backup_check_fd(
+    dir: impl AsFd,
+    shown: &str,
+    exclusions: &Exclusions<'_>,
+    complete: bool,
+) -> Result<Summary> {
+    let inner = fd_path(dir.as_fd()).join(".");
+    shown_as(&inner, shown, || backup_check(&inner, exclusions, complete))
+}
+
+/// Restores the archive into the directory open as `dir`, which cannot be renamed through
+/// its own descriptor: the tree is extracted inside it (`.restore.new`, with `dir`'s mode
+/// and owner) and swapped in entry by entry, as for a mount point in [`restore_swap`]
+/// (quick renames, not one atomic step; a failure moves back what was moved, and a bad
+/// archive changes nothing). `shown` is its OS path, for error texts. With a descriptor
+/// of the parent directory, [`restore_swap_at`] swaps the whole tree in one step.
+pub fn restore_swap_fd(
+    reader: impl Read,
+    dir: impl AsFd,
+    shown: &str,
+    limits: &Limits,
+) -> Result<Summary> {
+    let inner = fd_path(dir.as_fd()).join(".");
+    shown_as(&inner, shown, || {
+        let meta = fs::metadata(&inner).map_err(|e| local(inner.display(), e))?;
+        prepare(reader, &inner, &meta, limits, true)?.swap()
+    })
+}
+
+/// [`restore_swap`] of the directory `name` in the directory open as `parent`: extracted
+/// into the sibling `<name>.new` and swapped in with one `renameat2(RENAME_EXCHANGE)`, all
+/// relative to `parent` (for a plugin that reaches the parent through the host,
+/// `Host::open_dir`). `shown_parent` is the parent's OS path, for error texts.
+pub fn restore_swap_at(
+    reader: impl Read,
+    parent: impl AsFd,
+    name: &str,
+    shown_parent: &str,
+    limits: &Limits,
+) -> Result<Summary> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::bad_request(format!(
+            "{name:?} is not a directory name"
+        )));
+    }
+    let inner = fd_path(parent.as_fd());
+    shown_as(&inner, shown_parent, || {
+        restore_swap(reader, &inner.join(name), limits)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1281,5 +1374,96 @@ mod tests {
         assert_eq!(fs::read_to_string(dir.join("keep")).unwrap(), "new");
         assert_eq!(fs::read_to_string(dir.join("sub/x")).unwrap(), "y");
         assert_eq!(entries(tmp.path()), ["app"]);
+    }
+
+    fn open_dir(path: &Path) -> OwnedFd {
+        rfs::open(path, DIR_FLAGS, Mode::empty()).unwrap()
+    }
+
+    /// Through a descriptor: the same archive as by path, restores swapped in (inside the
+    /// directory, or as a sibling relative to the parent), a bad archive changing nothing,
+    /// and error texts naming the path the caller gave, not `/proc/self/fd`.
+    #[test]
+    fn directories_reached_through_a_descriptor_back_up_and_restore_as_by_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("app");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/x"), "x").unwrap();
+        fs::write(dir.join("keep"), "old").unwrap();
+        std::os::unix::fs::symlink("sub/x", dir.join("l")).unwrap();
+        let fd = open_dir(&dir);
+
+        let mut by_path = Vec::new();
+        backup_dir(&dir, &mut by_path, &Exclusions::NONE, false).unwrap();
+        let mut by_fd = Vec::new();
+        let summary =
+            backup_dir_fd(&fd, "/var/lib/app", &mut by_fd, &Exclusions::NONE, false).unwrap();
+        assert_eq!(summary.entries, 4);
+        assert!(by_fd == by_path, "the same archive either way");
+        assert_eq!(
+            backup_check_fd(&fd, "/var/lib/app", &Exclusions::NONE, false).unwrap(),
+            summary
+        );
+
+        // A bad archive: nothing changes.
+        let bad = archive(&[("a", "1")])[..20].to_vec();
+        let e =
+            restore_swap_fd(bad.as_slice(), &fd, "/var/lib/app", &Limits::default()).unwrap_err();
+        assert_eq!(e.status, 400, "{e:?}");
+        assert_eq!(entries(&dir), ["keep", "l", "sub"]);
+        // Errors name the caller's path.
+        fs::remove_file(dir.join("sub/x")).unwrap();
+        fs::create_dir(dir.join("sub/x")).unwrap();
+        fs::set_permissions(dir.join("sub/x"), fs::Permissions::from_mode(0o000)).unwrap();
+        let e = backup_dir_fd(
+            &fd,
+            "/var/lib/app",
+            &mut Vec::new(),
+            &Exclusions::NONE,
+            false,
+        );
+        fs::set_permissions(dir.join("sub/x"), fs::Permissions::from_mode(0o755)).unwrap();
+        if !rustix::process::geteuid().is_root() {
+            let e = e.unwrap_err();
+            assert!(e.message.starts_with("/var/lib/app/sub/x: "), "{e:?}");
+        }
+        fs::remove_dir(dir.join("sub/x")).unwrap();
+
+        // Restored inside the directory, through its own descriptor.
+        let good = archive(&[("keep", "new"), ("more/y", "y")]);
+        restore_swap_fd(good.as_slice(), &fd, "/var/lib/app", &Limits::default()).unwrap();
+        assert_eq!(entries(&dir), ["keep", "more"]);
+        assert_eq!(fs::read_to_string(dir.join("keep")).unwrap(), "new");
+
+        // Restored as a sibling and swapped in one step, relative to the parent.
+        let parent = open_dir(tmp.path());
+        let other = archive(&[("z", "z")]);
+        restore_swap_at(
+            other.as_slice(),
+            &parent,
+            "app",
+            "/var/lib",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(entries(&dir), ["z"]);
+        assert_eq!(entries(tmp.path()), ["app"]);
+        let e = restore_swap_at(
+            other.as_slice(),
+            &parent,
+            "none",
+            "/var/lib",
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert!(e.message.starts_with("/var/lib/none: "), "{e:?}");
+        assert!(restore_swap_at(
+            other.as_slice(),
+            &parent,
+            "..",
+            "/var/lib",
+            &Limits::default()
+        )
+        .is_err());
     }
 }

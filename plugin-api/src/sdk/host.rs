@@ -1,6 +1,10 @@
 //! [`Host`]: the safe wrapper over the capabilities the host hands a plugin, and command
 //! running (with secret arguments masked).
 
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use abi_stable::std_types::{ROption, RSlice, RStr, RString, RVec};
@@ -8,7 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Error, Result};
-use crate::abi::{CommandOutput, CommandSpec, HostHandle, LogLevel, UnitOp, SECRET_MASK};
+use crate::abi::{
+    CommandOutput, CommandSpec, FileFacts, HostHandle, LogLevel, OpenFlags, UnitOp, KEEP_ID,
+    RENAME_EXCHANGE, RENAME_NOREPLACE, SECRET_MASK,
+};
 use crate::net::{Download, DownloadResult, Request, Response, ResponseHead};
 
 /// A command's captured result.
@@ -195,6 +202,145 @@ impl Host {
         Ok(())
     }
 
+    /// Opens a regular file through the host (since 1.3; see
+    /// [`crate::abi::HostOps::file_open`]): a read-only open anywhere under the root, a
+    /// writing one only under the manifest's paths. `None` when it does not exist (and
+    /// `flags` has no `CREATE`). The file is read and written directly, never held whole.
+    pub fn open(&self, path: &str, flags: OpenFlags, mode: u32) -> Result<Option<File>> {
+        let fd = self
+            .inner
+            .file_open(RStr::from_str(path), flags, mode)
+            .into_result()?;
+        fd.into_option()
+            .map(|fd| take_fd(fd).map(File::from))
+            .transpose()
+    }
+
+    /// A file opened for reading, to stream it (since 1.3); `None` if absent.
+    pub fn open_read(&self, path: &str) -> Result<Option<File>> {
+        self.open(path, OpenFlags::READ, 0)
+    }
+
+    /// A file opened for writing, created (with `mode`, parents 0755) when missing and
+    /// emptied otherwise (since 1.3). Declared paths only. Not atomic: see
+    /// [`Host::write_atomic`].
+    pub fn create_file(&self, path: &str, mode: u32) -> Result<File> {
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+        self.open(path, flags, mode)?
+            .ok_or_else(|| Error::internal(format!("the host did not create {path}")))
+    }
+
+    /// A file opened for appending, created (with `mode`) when missing (since 1.3).
+    /// Declared paths only.
+    pub fn open_append(&self, path: &str, mode: u32) -> Result<File> {
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::APPEND;
+        self.open(path, flags, mode)?
+            .ok_or_else(|| Error::internal(format!("the host did not create {path}")))
+    }
+
+    /// Replaces the file at `path` atomically with what `fill` writes (since 1.3): the
+    /// bytes go to a new temporary file in the same directory (`.<name>.<hex>.incus-osd-tmp`,
+    /// created exclusively with `mode`), which is synced and renamed over `path` only once
+    /// `fill` succeeded; on any error it is removed and `path` is as it was. Declared paths
+    /// only. Not journaled: inside a hook, register the rollback yourself.
+    pub fn write_atomic(
+        &self,
+        path: &str,
+        mode: u32,
+        fill: impl FnOnce(&mut File) -> Result<()>,
+    ) -> Result<()> {
+        let tmp = temp_path(path)?;
+        let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
+        let mut file = self
+            .open(&tmp, flags, mode)?
+            .ok_or_else(|| Error::internal(format!("the host did not create {tmp}")))?;
+        let written = fill(&mut file).and_then(|()| {
+            file.flush()?;
+            file.sync_all()
+                .map_err(|e| Error::internal(format!("cannot sync {tmp}: {e}")))
+        });
+        drop(file);
+        match written.and_then(|()| self.rename(&tmp, path)) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.remove(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Host::write_atomic`] with the bytes read from `input` to its end; returns how
+    /// many were written (since 1.3).
+    pub fn write_stream(&self, path: &str, mode: u32, input: &mut dyn Read) -> Result<u64> {
+        let mut n = 0;
+        self.write_atomic(path, mode, |file| {
+            n = std::io::copy(input, file)
+                .map_err(|e| Error::internal(format!("cannot write {path}: {e}")))?;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// A directory under the manifest's paths as a descriptor, for `*at` calls and the
+    /// descriptor-based functions of [`super::archive`] (since 1.3); `None` if absent.
+    pub fn open_dir(&self, path: &str) -> Result<Option<OwnedFd>> {
+        let fd = self.inner.dir_open(RStr::from_str(path)).into_result()?;
+        fd.into_option().map(take_fd).transpose()
+    }
+
+    /// Kind, mode, size, mtime, owner and link target of a path, not following a final
+    /// symlink (since 1.3); `None` if it does not exist.
+    pub fn facts(&self, path: &str) -> Result<Option<FileFacts>> {
+        let f = self.inner.file_facts(RStr::from_str(path)).into_result()?;
+        Ok(f.into_option())
+    }
+
+    /// Changes owner and group (`None` keeps one) of a path, not following a final
+    /// symlink (since 1.3). Declared paths only.
+    pub fn chown(&self, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        self.inner
+            .chown(
+                RStr::from_str(path),
+                uid.unwrap_or(KEEP_ID),
+                gid.unwrap_or(KEEP_ID),
+            )
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Creates a symlink at `path` with the text `target` (since 1.3); an existing entry
+    /// at `path` is an error. Declared paths only.
+    pub fn symlink(&self, target: &str, path: &str) -> Result<()> {
+        self.inner
+            .symlink(RStr::from_str(target), RStr::from_str(path))
+            .into_result()?;
+        Ok(())
+    }
+
+    /// Renames `from` to `to` atomically, replacing `to` if it exists (since 1.3). Both
+    /// under the manifest's paths, on one filesystem.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_with(from, to, 0)
+    }
+
+    /// [`Host::rename`] that fails when `to` exists (since 1.3).
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_with(from, to, RENAME_NOREPLACE)
+    }
+
+    /// Swaps two existing entries in one atomic step (since 1.3): a finished directory
+    /// and the one it replaces, say.
+    pub fn exchange(&self, a: &str, b: &str) -> Result<()> {
+        self.rename_with(a, b, RENAME_EXCHANGE)
+    }
+
+    fn rename_with(&self, from: &str, to: &str, flags: u32) -> Result<()> {
+        self.inner
+            .rename(RStr::from_str(from), RStr::from_str(to), flags)
+            .into_result()?;
+        Ok(())
+    }
+
     /// Any systemd unit operation: the unit's `ActiveState` for [`UnitOp::ActiveState`],
     /// an empty string otherwise. Jobs are waited for.
     pub fn unit(&self, op: UnitOp, unit: &str) -> Result<String> {
@@ -374,6 +520,49 @@ impl From<&String> for Arg {
     fn from(s: &String) -> Self {
         Arg::Plain(s.clone())
     }
+}
+
+/// Takes ownership of a descriptor the host handed over.
+#[allow(unsafe_code)] // the one from_raw_fd of the SDK; see the SAFETY comment
+fn take_fd(fd: i32) -> Result<OwnedFd> {
+    if fd < 0 {
+        return Err(Error::internal(format!(
+            "the host handed over a bad descriptor ({fd})"
+        )));
+    }
+    // SAFETY: the host opened this descriptor for this call and handed it over: it no
+    // longer owns or closes it, and nothing else in the process holds it, so it is ours
+    // alone to own (and close once).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A temporary name next to `path` for [`Host::write_atomic`], in the host's pattern for
+/// such files (`.<name>.<32 hex digits>.incus-osd-tmp`, name cut to 100 bytes), so that
+/// the host's clean-up of leftovers knows it. Unique within the process (a counter) and
+/// across processes (the pid and the clock); created exclusively, so never an existing
+/// file.
+fn temp_path(path: &str) -> Result<String> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (dir, name) = path
+        .rsplit_once('/')
+        .filter(|(_, n)| !n.is_empty())
+        .ok_or_else(|| Error::bad_request(format!("{path} is not a file path")))?;
+    let mut cut = name.len().min(100);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    Ok(format!(
+        "{dir}/.{}.{:08x}{:016x}{:08x}.incus-osd-tmp",
+        &name[..cut],
+        std::process::id(),
+        nanos,
+        count as u32
+    ))
 }
 
 fn command_spec(argv: &[&str], timeout: std::time::Duration) -> CommandSpec {

@@ -559,3 +559,408 @@ fn a_streaming_atomic_write_replaces_the_target_only_on_commit() {
     assert_eq!(ls(&j.r("etc")), Vec::<String>::new());
     j.assert_outside_untouched();
 }
+
+// ---------------------------------------------------------------------------------------
+// Contract 1.3: descriptors, facts, chown, symlink, rename
+
+fn read_opts() -> OpenOptions {
+    OpenOptions {
+        read: true,
+        ..OpenOptions::default()
+    }
+}
+
+fn create_opts(mode: u32) -> OpenOptions {
+    OpenOptions {
+        write: true,
+        create: true,
+        truncate: true,
+        mode,
+        ..OpenOptions::default()
+    }
+}
+
+/// A root with `/etc/demo` declared, and an escape hatch: `/etc/demo/out` is a symlink to
+/// the outside directory (absolute, so that only a resolution outside the root reaches it).
+fn jail_with_escape() -> (Jail, RootFs) {
+    let j = Jail::new();
+    fs::create_dir_all(j.r("etc/demo")).unwrap();
+    symlink(j.out(), j.r("etc/demo/out")).unwrap();
+    let rfs = RootFs::restricted(j.root.path(), &["/etc/demo".to_string()]);
+    (j, rfs)
+}
+
+#[test]
+fn a_large_file_is_read_through_its_descriptor_whole_and_right() {
+    let (j, rfs) = jail_with_escape();
+    let data: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    fs::write(j.r("etc/big"), &data).unwrap();
+    // Read-only opens may name any file under the root, and follow a final link inside it.
+    symlink("/etc/big", j.r("etc/demo/big-link")).unwrap();
+    for path in ["/etc/big", "/etc/demo/big-link"] {
+        let fd = rfs.open(path, &read_opts()).unwrap().expect("exists");
+        let mut got = Vec::new();
+        fs::File::from(fd).read_to_end(&mut got).unwrap();
+        assert!(got == data, "{path}: {} bytes read", got.len());
+    }
+    assert!(rfs.open("/etc/none", &read_opts()).unwrap().is_none());
+    // The descriptor is close-on-exec.
+    let fd = rfs.open("/etc/big", &read_opts()).unwrap().unwrap();
+    let flags = unsafe_free_fd_flags(fd.as_fd());
+    assert!(flags & libc::FD_CLOEXEC != 0);
+}
+
+/// `fcntl(F_GETFD)` through /proc: whether `close-on-exec` is set, without unsafe code.
+fn unsafe_free_fd_flags(fd: BorrowedFd<'_>) -> i32 {
+    use std::os::fd::AsRawFd;
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|v| i32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    if flags & libc::O_CLOEXEC != 0 {
+        libc::FD_CLOEXEC
+    } else {
+        0
+    }
+}
+
+#[test]
+fn a_write_through_a_descriptor_then_a_rename_replaces_the_file_atomically() {
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/demo/conf"), b"old").unwrap();
+    let fd = rfs
+        .open("/etc/demo/new/conf.tmp", &create_opts(0o640))
+        .unwrap()
+        .expect("created, parents too");
+    let mut f = fs::File::from(fd);
+    f.write_all(b"new contents").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let meta = fs::metadata(j.r("etc/demo/new/conf.tmp")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640, "exact mode");
+    // The old file is untouched until the rename.
+    assert_eq!(fs::read(j.r("etc/demo/conf")).unwrap(), b"old");
+    rfs.rename("/etc/demo/new/conf.tmp", "/etc/demo/conf", 0)
+        .unwrap();
+    assert_eq!(fs::read(j.r("etc/demo/conf")).unwrap(), b"new contents");
+    assert_eq!(ls(&j.r("etc/demo/new")), Vec::<String>::new());
+
+    // Truncate and append on an existing file; exclusive creation of an existing one fails.
+    let trunc = OpenOptions {
+        write: true,
+        truncate: true,
+        ..OpenOptions::default()
+    };
+    let mut f = fs::File::from(rfs.open("/etc/demo/conf", &trunc).unwrap().unwrap());
+    f.write_all(b"a").unwrap();
+    let append = OpenOptions {
+        write: true,
+        append: true,
+        ..OpenOptions::default()
+    };
+    let mut f = fs::File::from(rfs.open("/etc/demo/conf", &append).unwrap().unwrap());
+    f.write_all(b"b").unwrap();
+    assert_eq!(fs::read(j.r("etc/demo/conf")).unwrap(), b"ab");
+    let excl = OpenOptions {
+        exclusive: true,
+        ..create_opts(0o600)
+    };
+    let e = rfs.open("/etc/demo/conf", &excl).unwrap_err().to_string();
+    assert!(e.contains("/etc/demo/conf") && e.contains("exists"), "{e}");
+    assert_eq!(fs::read(j.r("etc/demo/conf")).unwrap(), b"ab");
+    // Without CREATE a missing file is None, not created.
+    assert!(rfs.open("/etc/demo/none", &trunc).unwrap().is_none());
+    assert!(!j.r("etc/demo/none").exists());
+}
+
+#[test]
+fn writing_opens_are_limited_to_the_declared_paths_and_never_leave_the_root() {
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/passwd"), b"root").unwrap();
+    let e = rfs
+        .open("/etc/passwd", &create_opts(0o644))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"/etc/passwd\" is outside what this plugin may write"),
+        "{e}"
+    );
+    let rw = OpenOptions {
+        read: true,
+        write: true,
+        ..OpenOptions::default()
+    };
+    assert!(rfs.open("/etc/passwd", &rw).is_err());
+    // Through a link that leads out of the root: refused where it resolves (inside the
+    // root, /tmp/... does not exist, and is not declared either).
+    let e = rfs
+        .open("/etc/demo/out/secret", &create_opts(0o644))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/etc/demo/out/secret"), "{e}");
+    // A read-only open through it resolves inside the root, where there is no such file.
+    assert!(rfs
+        .open("/etc/demo/out/secret", &read_opts())
+        .unwrap()
+        .is_none());
+    // A final symlink is not followed for writing, even to a file inside.
+    symlink("/etc/passwd", j.r("etc/demo/pw")).unwrap();
+    let e = rfs.open("/etc/demo/pw", &rw).unwrap_err().to_string();
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(fs::read(j.r("etc/passwd")).unwrap(), b"root");
+    // Directories are for dir_open.
+    fs::create_dir(j.r("etc/demo/sub")).unwrap();
+    let e = rfs
+        .open("/etc/demo/sub", &read_opts())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a directory, not a regular file"), "{e}");
+    j.assert_outside_untouched();
+}
+
+#[test]
+fn a_fifo_is_refused_without_hanging() {
+    let (j, rfs) = jail_with_escape();
+    let status = std::process::Command::new("mkfifo")
+        .arg(j.r("etc/demo/fifo"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rfs2 = rfs.clone();
+    std::thread::spawn(move || {
+        let read = rfs2
+            .open("/etc/demo/fifo", &read_opts())
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let write = rfs2
+            .open("/etc/demo/fifo", &create_opts(0o600))
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        tx.send((read, write)).unwrap();
+    });
+    let (read, write) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("opening a FIFO hung");
+    assert!(read.unwrap_err().contains("a FIFO, not a regular file"));
+    assert!(write.unwrap_err().contains("a FIFO, not a regular file"));
+}
+
+#[test]
+fn a_directory_descriptor_is_given_only_under_the_declared_paths() {
+    let (j, rfs) = jail_with_escape();
+    fs::create_dir_all(j.r("etc/demo/app")).unwrap();
+    fs::write(j.r("etc/demo/app/x"), b"1").unwrap();
+    let fd = rfs.open_dir("/etc/demo/app").unwrap().expect("exists");
+    let names = sys::read_dir(fd.as_fd()).unwrap();
+    assert_eq!(names, [OsString::from("x")]);
+    assert!(rfs.open_dir("/etc/demo/none").unwrap().is_none());
+    let e = rfs.open_dir("/etc").unwrap_err().to_string();
+    assert!(
+        e.contains("\"/etc\" is outside what this plugin may write"),
+        "{e}"
+    );
+    // A declared link to elsewhere in the root is refused where it resolves.
+    symlink("/etc", j.r("etc/demo/etc")).unwrap();
+    let e = rfs.open_dir("/etc/demo/etc").unwrap_err().to_string();
+    assert!(e.contains("resolves to \"/etc\""), "{e}");
+    // The link that leads out of the root resolves inside it, where nothing is.
+    assert!(rfs.open_dir("/etc/demo/out").unwrap().is_none());
+}
+
+#[test]
+fn facts_match_the_file() {
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/demo/f"), b"12345").unwrap();
+    fs::set_permissions(j.r("etc/demo/f"), fs::Permissions::from_mode(0o4751)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    fs::File::options()
+        .write(true)
+        .open(j.r("etc/demo/f"))
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let f = rfs.facts("/etc/demo/f").unwrap().unwrap();
+    let meta = fs::symlink_metadata(j.r("etc/demo/f")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        f,
+        Facts {
+            kind: StatKind::File,
+            mode: 0o4751,
+            size: 5,
+            mtime_secs: 1_600_000_000,
+            mtime_nanos: 123_456_789,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            link_target: String::new(),
+        }
+    );
+    let l = rfs.facts("/etc/demo/out").unwrap().unwrap();
+    assert_eq!(l.kind, StatKind::Symlink);
+    assert_eq!(l.link_target, j.out().to_string_lossy());
+    assert_eq!(l.size, j.out().as_os_str().len() as u64);
+    assert!(rfs.facts("/etc/demo/none").unwrap().is_none());
+    // stat is the same facts, fewer of them.
+    assert_eq!(
+        rfs.stat("/etc/demo/f").unwrap().unwrap(),
+        Stat {
+            kind: StatKind::File,
+            mode: 0o4751,
+            link_target: String::new()
+        }
+    );
+}
+
+#[test]
+fn chown_changes_the_entry_itself_inside_the_declared_paths_only() {
+    use std::os::unix::fs::MetadataExt;
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/demo/f"), b"").unwrap();
+    let meta = fs::metadata(j.r("etc/demo/f")).unwrap();
+    // To our own ids (what an unprivileged test can do), one of them kept.
+    rfs.chown("/etc/demo/f", meta.uid(), u32::MAX).unwrap();
+    rfs.chown("/etc/demo/f", u32::MAX, meta.gid()).unwrap();
+    // The link out of the root is changed itself, never followed.
+    rfs.chown("/etc/demo/out", meta.uid(), meta.gid()).unwrap();
+    if sys::euid() != 0 {
+        // Giving a file away needs privileges: the kernel's refusal comes back.
+        let e = rfs.chown("/etc/demo/f", 0, 0).unwrap_err().to_string();
+        assert!(e.contains("chown /etc/demo/f"), "{e}");
+    } else {
+        rfs.chown("/etc/demo/f", 1234, 5678).unwrap();
+        let m = fs::metadata(j.r("etc/demo/f")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        let secret = fs::metadata(j.out().join("secret")).unwrap();
+        assert_ne!(secret.uid(), 1234);
+    }
+    let e = rfs
+        .chown("/etc", meta.uid(), meta.gid())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"/etc\" is outside what this plugin may write"),
+        "{e}"
+    );
+    let e = rfs
+        .chown("/etc/demo/out/secret", meta.uid(), meta.gid())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/etc/demo/out/secret"), "{e}");
+    let e = rfs.chown("/etc/demo/none", 0, 0).unwrap_err().to_string();
+    assert!(e.contains("No such file"), "{e}");
+    j.assert_outside_untouched();
+}
+
+#[test]
+fn symlinks_are_made_as_written_and_never_over_an_existing_name() {
+    let (j, rfs) = jail_with_escape();
+    rfs.symlink("../x/y", "/etc/demo/l").unwrap();
+    assert_eq!(
+        fs::read_link(j.r("etc/demo/l")).unwrap(),
+        Path::new("../x/y")
+    );
+    let e = rfs.symlink("other", "/etc/demo/l").unwrap_err().to_string();
+    assert!(e.contains("symlink /etc/demo/l: it already exists"), "{e}");
+    assert_eq!(
+        fs::read_link(j.r("etc/demo/l")).unwrap(),
+        Path::new("../x/y")
+    );
+    let e = rfs.symlink("x", "/etc/l").unwrap_err().to_string();
+    assert!(
+        e.contains("\"/etc/l\" is outside what this plugin may write"),
+        "{e}"
+    );
+    // Through the link out of the root: the directory resolves inside the root (and is
+    // not there), so nothing is made outside.
+    assert!(rfs.symlink("x", "/etc/demo/out/l").is_err());
+    assert!(!j.r("etc/l").exists());
+    j.assert_outside_untouched();
+}
+
+#[test]
+fn renames_are_atomic_inside_the_declared_paths_with_noreplace_and_exchange() {
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/demo/a"), b"a").unwrap();
+    fs::write(j.r("etc/demo/b"), b"b").unwrap();
+    let e = rfs
+        .rename("/etc/demo/a", "/etc/demo/b", libc::RENAME_NOREPLACE)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/etc/demo/b already exists"), "{e}");
+    rfs.rename("/etc/demo/a", "/etc/demo/b", libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(fs::read(j.r("etc/demo/a")).unwrap(), b"b");
+    assert_eq!(fs::read(j.r("etc/demo/b")).unwrap(), b"a");
+    rfs.rename("/etc/demo/a", "/etc/demo/b", 0).unwrap();
+    assert_eq!(ls(&j.r("etc/demo")), ["b", "out"]);
+    assert_eq!(fs::read(j.r("etc/demo/b")).unwrap(), b"b");
+    // A link is renamed itself, not its target.
+    rfs.rename("/etc/demo/out", "/etc/demo/out2", 0).unwrap();
+    assert_eq!(fs::read_link(j.r("etc/demo/out2")).unwrap(), j.out());
+    // Either end outside the declared paths, or leading out of the root: refused.
+    fs::write(j.r("etc/other"), b"o").unwrap();
+    let e = rfs
+        .rename("/etc/other", "/etc/demo/o", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"/etc/other\" is outside what this plugin may write"),
+        "{e}"
+    );
+    let e = rfs
+        .rename("/etc/demo/b", "/etc/other", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"/etc/other\" is outside what this plugin may write"),
+        "{e}"
+    );
+    assert!(rfs.rename("/etc/demo/b", "/etc/demo/out2/b", 0).is_err());
+    assert!(rfs
+        .rename("/etc/demo/out2/secret", "/etc/demo/s", 0)
+        .is_err());
+    assert_eq!(fs::read(j.r("etc/other")).unwrap(), b"o");
+    assert_eq!(fs::read(j.r("etc/demo/b")).unwrap(), b"b");
+    j.assert_outside_untouched();
+}
+
+/// A hard link planted in a declared directory (to a file elsewhere in the root) does not
+/// lead a writing open or an owner change to that file; reading it is fine.
+#[test]
+fn a_file_with_several_names_is_not_changed_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let (j, rfs) = jail_with_escape();
+    fs::write(j.r("etc/shadow"), b"secret").unwrap();
+    fs::hard_link(j.r("etc/shadow"), j.r("etc/demo/planted")).unwrap();
+    let rw = OpenOptions {
+        write: true,
+        truncate: true,
+        ..OpenOptions::default()
+    };
+    let e = rfs.open("/etc/demo/planted", &rw).unwrap_err().to_string();
+    assert!(
+        e.contains("open /etc/demo/planted: it has 2 hard links"),
+        "{e}"
+    );
+    let me = fs::metadata(j.r("etc/shadow")).unwrap();
+    let e = rfs
+        .chown("/etc/demo/planted", me.uid(), me.gid())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("chown /etc/demo/planted: it has 2 hard links"),
+        "{e}"
+    );
+    assert_eq!(fs::read(j.r("etc/shadow")).unwrap(), b"secret");
+    assert!(rfs
+        .open("/etc/demo/planted", &read_opts())
+        .unwrap()
+        .is_some());
+    // Renaming it over (or removing it) leaves the other name alone.
+    fs::write(j.r("etc/demo/new"), b"new").unwrap();
+    rfs.rename("/etc/demo/new", "/etc/demo/planted", 0).unwrap();
+    assert_eq!(fs::read(j.r("etc/shadow")).unwrap(), b"secret");
+}

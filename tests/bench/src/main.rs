@@ -9,7 +9,8 @@
 //! ```
 //!
 //! It finds the daemon (`incus-osd`), the plugins (`libincus_osd_plugin_*.so`) and the
-//! fixture plugins of figures 5-7 (`libfixture_faulty.so`, `libfixture_backup_app.so`) next
+//! fixture plugins of figures 5-7 and 9 (`libfixture_faulty.so`, `libfixture_backup_app.so`,
+//! `libfixture_files_1_3.so`) next
 //! to its own executable; `--daemon PATH` and `--plugins DIR` override. Shorter runs:
 //! `--duration 1 --requests 1000 --starts 5`; `--figures 5,6,7` runs only those figures.
 //! Progress goes to stderr, the report to stdout. The exit status is 0 even when a budget
@@ -29,13 +30,17 @@
 //! 7. `GET /1.0` latency, a PUT and resident memory with 2,000 idle connections open.
 //! 8. A 1 GiB gzip image downloaded and verified over local HTTPS through the host's
 //!    network client vs `curl | tee >(sha256sum) | gunzip`; our peak memory growth.
+//! 9. A 300 MB file read by a loaded plugin through the host: the daemon's peak memory
+//!    growth streaming it through a descriptor (1.3) vs moving it whole (1.2).
 //!
-//! Figures 5-7 are described in `pressure.rs`, figure 8 in `download.rs`.
+//! Figures 5-7 are described in `pressure.rs`, figure 8 in `download.rs`, figure 9 in
+//! `files.rs`.
 #![allow(clippy::print_stdout)]
 
 mod bare;
 mod client;
 mod download;
+mod files;
 mod pressure;
 mod procs;
 mod report;
@@ -77,7 +82,7 @@ struct Args {
     /// executable].
     #[arg(long)]
     plugins: Option<PathBuf>,
-    /// The figures to run, comma-separated (1-8).
+    /// The figures to run, comma-separated (1-9).
     #[arg(long, value_delimiter = ',', default_values_t = ALL_FIGURES)]
     figures: Vec<u8>,
     /// Internal: run as the bare reference server.
@@ -92,7 +97,7 @@ struct Args {
     fetch_child: Option<Vec<String>>,
 }
 
-const ALL_FIGURES: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+const ALL_FIGURES: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 /// How long a process may take to serve before it is an error.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -162,6 +167,8 @@ struct Setup {
     plugins: Option<PluginDirs>,
     /// The fixture plugins (figures 5-7).
     fixtures: Option<tempfile::TempDir>,
+    /// The files-1-3 fixture (figure 9).
+    files_fixture: Option<tempfile::TempDir>,
 }
 
 fn setup(args: &Args) -> Result<Setup> {
@@ -173,7 +180,7 @@ fn setup(args: &Args) -> Result<Setup> {
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.starts > 0, "--starts must be at least 1");
     if let Some(f) = args.figures.iter().find(|f| !ALL_FIGURES.contains(f)) {
-        bail!("--figures: there is no figure {f} (they are 1 to 8)");
+        bail!("--figures: there is no figure {f} (they are 1 to 9)");
     }
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let exe_dir = exe
@@ -185,7 +192,7 @@ fn setup(args: &Args) -> Result<Setup> {
     };
     let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
     // Figure 8 runs without the daemon.
-    if wants(&[1, 2, 3, 4, 5, 6, 7]) && !daemon.is_file() {
+    if wants(&[1, 2, 3, 4, 5, 6, 7, 9]) && !daemon.is_file() {
         bail!(
             "the daemon binary is missing ({}): run `cargo build --release --workspace` \
              first, or pass --daemon PATH",
@@ -203,10 +210,16 @@ fn setup(args: &Args) -> Result<Setup> {
     } else {
         None
     };
+    let files_fixture = if wants(&[9]) {
+        Some(procs::stage_fixtures(source, &[files::FIXTURE])?)
+    } else {
+        None
+    };
     Ok(Setup {
         daemon,
         plugins,
         fixtures,
+        files_fixture,
     })
 }
 
@@ -286,6 +299,7 @@ async fn run(args: Args) -> Result<Report> {
         daemon,
         plugins,
         fixtures,
+        files_fixture,
     } = setup(&args)?;
     let want = |n: u8| args.figures.contains(&n);
     let mut report = Report::default();
@@ -293,6 +307,9 @@ async fn run(args: Args) -> Result<Report> {
     let mut libraries = plugins.as_ref().map_or(vec![], |p| p.names.clone());
     if fixtures.is_some() {
         libraries.extend(pressure::FIXTURES.map(|f| format!("lib{f}.so")));
+    }
+    if files_fixture.is_some() {
+        libraries.push(format!("lib{}.so", files::FIXTURE));
     }
     report.top(format!(
         "daemon: {}; plugin libraries: {}; {cpus} CPUs, load average {}{}",
@@ -344,6 +361,9 @@ async fn run(args: Args) -> Result<Report> {
     }
     if want(8) {
         download::figure_8(&mut report)?;
+    }
+    if let Some(dir) = &files_fixture {
+        files::figure_9(&mut report, &daemon, dir.path()).await?;
     }
     report.note(format!(
         "load average at the end: {} (other work on the machine shifts figure 2 most)",

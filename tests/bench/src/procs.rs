@@ -24,6 +24,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process's temporary directory: the daemon's root.
+    pub fn root(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

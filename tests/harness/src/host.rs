@@ -11,7 +11,7 @@ use std::time::Duration;
 use plugin_api::abi::{HostHandle, LogLevel, UnitOp};
 use plugin_api::Manifest;
 use plugin_host::exec::{self, Commands, Output};
-use plugin_host::files::{AtomicFile, AtomicWrite, FsError, RootFs, Stat};
+use plugin_host::files::{AtomicFile, AtomicWrite, Facts, FsError, OpenOptions, RootFs, Stat};
 use plugin_host::net::Net;
 use plugin_host::units::{UnitAction, Units};
 use plugin_host::{Adapters, Files, LogSink, PlatformError, PluginHost, StateSlot};
@@ -43,9 +43,39 @@ impl UnitCall {
 /// A change a plugin made under the root (successful ones only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileEffect {
-    Written { path: String, mode: u32 },
-    DirCreated { path: String, mode: u32 },
-    Removed { path: String },
+    Written {
+        path: String,
+        mode: u32,
+    },
+    DirCreated {
+        path: String,
+        mode: u32,
+    },
+    Removed {
+        path: String,
+    },
+    /// A file opened for writing through a descriptor (since 1.3); what is written through
+    /// it is not recorded.
+    OpenedForWrite {
+        path: String,
+    },
+    /// An owner change (since 1.3); `u32::MAX` kept that id.
+    Chowned {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
+    /// A symlink made (since 1.3).
+    Symlinked {
+        path: String,
+        target: String,
+    },
+    /// A rename (since 1.3), with its `renameat2` flags.
+    Renamed {
+        from: String,
+        to: String,
+        flags: u32,
+    },
 }
 
 impl FileEffect {
@@ -506,16 +536,19 @@ impl HarnessHost {
         self.record().commands.clone()
     }
 
+    fn record_effect(&self, effect: FileEffect) {
+        let mut r = self.record();
+        r.events.push(Event::File(effect.clone()));
+        r.files.push(effect);
+    }
+
     fn effect<T>(
         &self,
         res: Result<T, FsError>,
         effect: impl FnOnce() -> FileEffect,
     ) -> Result<T, FsError> {
         if res.is_ok() {
-            let effect = effect();
-            let mut r = self.record();
-            r.events.push(Event::File(effect.clone()));
-            r.files.push(effect);
+            self.record_effect(effect());
         }
         res
     }
@@ -630,6 +663,52 @@ impl Files for HarnessHost {
             path: path.to_string(),
             mode,
         }))
+    }
+
+    fn open(&self, path: &str, how: &OpenOptions) -> Result<Option<std::os::fd::OwnedFd>, FsError> {
+        let res = self.inner.fs.open(path, how);
+        if how.writes() {
+            if let Ok(Some(_)) = &res {
+                self.record_effect(FileEffect::OpenedForWrite {
+                    path: path.to_string(),
+                });
+            }
+        }
+        res
+    }
+
+    fn open_dir(&self, path: &str) -> Result<Option<std::os::fd::OwnedFd>, FsError> {
+        self.inner.fs.open_dir(path)
+    }
+
+    fn facts(&self, path: &str) -> Result<Option<Facts>, FsError> {
+        self.inner.fs.facts(path)
+    }
+
+    fn chown(&self, path: &str, uid: u32, gid: u32) -> Result<(), FsError> {
+        let res = self.inner.fs.chown(path, uid, gid);
+        self.effect(res, || FileEffect::Chowned {
+            path: path.to_string(),
+            uid,
+            gid,
+        })
+    }
+
+    fn symlink(&self, target: &str, path: &str) -> Result<(), FsError> {
+        let res = self.inner.fs.symlink(target, path);
+        self.effect(res, || FileEffect::Symlinked {
+            path: path.to_string(),
+            target: target.to_string(),
+        })
+    }
+
+    fn rename(&self, from: &str, to: &str, flags: u32) -> Result<(), FsError> {
+        let res = self.inner.fs.rename(from, to, flags);
+        self.effect(res, || FileEffect::Renamed {
+            from: from.to_string(),
+            to: to.to_string(),
+            flags,
+        })
     }
 }
 

@@ -255,6 +255,43 @@ fn a_plugin_built_for_an_older_minor_version_loads_and_all_it_knows_works() {
     assert!(host.read_file(FILE).is_none());
 }
 
+/// `tests/fixtures/older-app` is an application built against `tests/fixtures/api-1.2`,
+/// the contract as released at 1.2.0, before 1.3 appended the host's file capabilities to
+/// `HostOps` (descriptors, facts, chown, symlink, rename). The layout check lets it in,
+/// and what it knows works: GET, PUT (files through the journal), backup, factory reset
+/// and restore.
+#[test]
+fn an_application_built_for_1_2_loads_on_the_1_3_host_and_works() {
+    let path = fixture("older-app");
+    let lib = opened(&path);
+    assert_eq!(lib.manifest.api_version, "1.2.0");
+    assert_eq!(lib.manifest.kind, plugin_api::Kind::Application);
+    assert!(
+        api_version_with(|major, minor| (major, minor)) != "1.2.0",
+        "the host must be newer than the fixture's contract for this test to mean anything"
+    );
+
+    let plugin = Harness::load(&path).expect("a 1.2 application loads on this host");
+    let host = plugin.host();
+    let logs: Vec<String> = host.logs().into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, ["older-app: built against plugin-api 1.2.0"]);
+    assert_eq!(
+        plugin.get().expect("get"),
+        json!({"state": {"files": {}}, "config": {"greeting": "", "notes": []}})
+    );
+    plugin
+        .put(&json!({"config": {"greeting": "hello", "notes": ["a", "b"]}}))
+        .expect("put");
+    let files = json!({"greeting": "hello", "notes/0": "a", "notes/1": "b"});
+    assert_eq!(plugin.get().expect("get")["state"]["files"], files);
+
+    let archive = plugin.backup(&json!({})).expect("backup");
+    plugin.factory_reset().expect("factory reset");
+    assert_eq!(plugin.get().expect("get")["state"]["files"], json!({}));
+    plugin.restore(&archive).expect("restore");
+    assert_eq!(plugin.get().expect("get")["state"]["files"], files);
+}
+
 #[test]
 fn a_plugin_for_another_major_version_is_refused() {
     let err = refused(&fixture("other-major"));
