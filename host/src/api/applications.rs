@@ -32,8 +32,7 @@ const UPLOADS: &str = "uploads";
 
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {
     app.registry
-        .get(name)
-        .filter(|p| p.manifest.kind == Kind::Application)
+        .get(Kind::Application, name)
         .cloned()
         .ok_or_else(ApiError::not_found)
 }

@@ -114,8 +114,8 @@ impl App {
     pub fn application_installed(&self, name: &str) -> bool {
         if self
             .registry
-            .get(name)
-            .is_some_and(|p| p.manifest.kind == plugin_api::Kind::Application)
+            .get(plugin_api::Kind::Application, name)
+            .is_some()
         {
             return true;
         }
