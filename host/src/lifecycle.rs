@@ -238,12 +238,22 @@ impl StartMarkers {
         }
     }
 
+    /// The marker name of plugin `name` of `kind`: a service's bare name, `<kind>:<name>`
+    /// for the other kinds (a name never holds a `:`), so a `debug` provider and a `debug`
+    /// application have a marker each.
+    pub fn key(kind: plugin_api::Kind, name: &str) -> String {
+        match kind {
+            plugin_api::Kind::Service => name.to_string(),
+            other => format!("{}:{name}", other.as_str()),
+        }
+    }
+
     fn path(&self, plugin: &str) -> String {
         format!("{}/{plugin}", self.dir)
     }
 
-    /// The plugins whose start hook was running when the daemon last ended without a
-    /// clean stop. Their markers are removed: such a plugin is left out of this start
+    /// The plugins (their marker names, [`StartMarkers::key`]) whose start hook was running
+    /// when the daemon last ended without a clean stop. Their markers are removed: such a plugin is left out of this start
     /// only, and the next start of the daemon tries it again.
     pub fn take_crashed(&self) -> BTreeSet<String> {
         let names = match self.fs.list(&self.dir) {

@@ -40,7 +40,13 @@ impl Default for TestApp {
 impl TestApp {
     /// A root with an OS identity (`IncusOS` `202511041601`), a machine id and an uptime.
     pub fn new() -> TestApp {
-        let root = tempfile::tempdir().expect("temp dir");
+        TestApp::reopen(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// A test app over `root`, the guard of an earlier one's [`TestApp::build`]: what that
+    /// app saved (its state) is there, as for a daemon restarted over the same root. The
+    /// OS identity files are written again; plugins are added anew.
+    pub fn reopen(root: tempfile::TempDir) -> TestApp {
         let fs = RootFs::new(root.path());
         fs.write(
             "/lib/os-release",
@@ -190,6 +196,7 @@ impl TestApp {
         for add in self.adders {
             add(&mut reg, &root, store.clone(), &platform, self.timeout);
         }
+        reg.check_dependencies();
         let info = SystemInfo::read(
             &root,
             &platform.kernel,

@@ -17,7 +17,7 @@ use incus_osd::platform::PlatformError;
 use incus_osd::plugins::Run;
 use incus_osd::testing::TestApp;
 use plugin_api::sdk::{Host, Result};
-use plugin_api::{Hook, Service, Undo};
+use plugin_api::{Hook, Kind, Service, Undo};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -97,7 +97,7 @@ async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (u16, Value) {
 }
 
 fn state(app: &App, name: &str) -> Run {
-    app.registry.get(name).unwrap().run_state()
+    app.registry.get(Kind::Service, name).unwrap().run_state()
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -245,7 +245,7 @@ async fn changes_are_refused_while_plugins_stop_for_a_reboot() {
     // A change that got past the API before the reboot began cannot reach the plugin.
     let e = app
         .registry
-        .get("free")
+        .get(Kind::Service, "free")
         .unwrap()
         .hook(Hook::Put, Bytes::from_static(br#"{"config":{"note":"x"}}"#))
         .await
@@ -288,7 +288,12 @@ async fn stop_hooks_keep_to_their_deadline_and_the_whole_budget() {
         .await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     for p in ["base", "free"] {
-        let why = app.registry.get(p).unwrap().degraded().unwrap();
+        let why = app
+            .registry
+            .get(Kind::Service, p)
+            .unwrap()
+            .degraded()
+            .unwrap();
         assert!(
             why.contains("'stop' did not finish within 0.3s"),
             "{p}: {why}"
@@ -352,6 +357,11 @@ async fn a_panic_keeps_the_plugin_degraded_until_the_daemon_restarts() {
         200
     );
     assert_eq!(call(&r, "GET", "/1.0/services/flaky", "").await.0, 200);
-    let why = app.registry.get("flaky").unwrap().degraded().unwrap();
+    let why = app
+        .registry
+        .get(Kind::Service, "flaky")
+        .unwrap()
+        .degraded()
+        .unwrap();
     assert!(why.contains("deliberate panic"), "{why}");
 }

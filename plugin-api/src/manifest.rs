@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What a plugin is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a plugin is. A plugin is identified by its kind and its name together: names repeat
+/// across kinds (upstream has a `debug` provider and a `debug` application).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Served under `/1.0/services/{name}`.
@@ -15,6 +16,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind as the manifest spells it (`service`, `application`, `provider`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Application => "application",
+            Kind::Provider => "provider",
+        }
+    }
+
     /// The URL collection of this kind, if it has one.
     pub fn collection(self) -> Option<&'static str> {
         match self {
@@ -278,7 +288,8 @@ impl Call<'_> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// Unique name, also the last URL segment (`tailscale`, `incus`, `images`).
+    /// The name, also the last URL segment (`tailscale`, `incus`, `images`): unique among
+    /// the plugins of its kind (a provider and an application may share one).
     pub name: String,
     /// What the plugin is, which decides its URL collection and its hooks.
     pub kind: Kind,
@@ -291,7 +302,8 @@ pub struct Manifest {
     /// Extra endpoints.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// Names of plugins that must be loaded (and started first).
+    /// Names of plugins of the same kind that must be loaded (and started first); an
+    /// application's dependency is also met by an application listing it in `variants`.
     #[serde(default)]
     pub dependencies: Vec<String>,
     /// Start order: lower starts first; ties are broken by name. Stop is the reverse.
@@ -472,6 +484,13 @@ mod tests {
         assert!(m.validate().unwrap_err().0.contains("get hook"));
 
         assert!(Manifest::parse("{\"name\":1}").is_err());
+    }
+
+    #[test]
+    fn a_kind_is_spelled_as_in_the_manifest() {
+        for k in [Kind::Service, Kind::Application, Kind::Provider] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use plugin_api::abi::{
     RENAME_EXCHANGE, RENAME_NOREPLACE,
 };
 use plugin_api::net::{Download, Request, ResponseHead};
+use plugin_api::Kind;
 use serde_json::Value;
 
 use crate::exec::Commands;
@@ -22,12 +23,23 @@ use crate::net::{Net, Progress};
 use crate::units::{valid_unit_name, UnitAction, Units};
 use crate::PlatformError;
 
-/// Each plugin's persisted state document.
+/// Each plugin's persisted state document, found by its slot key ([`state_key`]).
 pub trait StateSlot: Send + Sync {
-    /// The plugin's document, `Value::Null` when nothing was saved yet.
-    fn load(&self, plugin: &str) -> Result<Value, PlatformError>;
-    /// Replaces the plugin's document, durably.
-    fn save(&self, plugin: &str, value: Value) -> Result<(), PlatformError>;
+    /// The document at `slot`, `Value::Null` when nothing was saved yet.
+    fn load(&self, slot: &str) -> Result<Value, PlatformError>;
+    /// Replaces the document at `slot`, durably.
+    fn save(&self, slot: &str, value: Value) -> Result<(), PlatformError>;
+}
+
+/// The key of a plugin's state document: a plugin is its kind and its name together, so a
+/// `debug` provider and a `debug` application each have their own. A service keeps its bare
+/// name (the key every service always had); another kind is `<kind>/<name>`, e.g.
+/// `provider/debug`, `application/debug` (a name never holds a `/`).
+pub fn state_key(kind: Kind, name: &str) -> String {
+    match kind {
+        Kind::Service => name.to_string(),
+        other => format!("{}/{name}", other.as_str()),
+    }
 }
 
 /// Where plugins' log lines go.
@@ -137,21 +149,33 @@ pub struct Adapters {
 
 /// One plugin's view of the host.
 pub struct PluginHost {
+    /// The name its log lines and requests are tagged with.
     name: String,
+    /// Where its state document lives ([`state_key`]).
+    slot: String,
     a: Adapters,
 }
 
 impl PluginHost {
-    pub fn new(plugin: &str, adapters: Adapters) -> Self {
+    /// The host of `plugin`, whose state document is the one at `slot` (for a plugin,
+    /// [`state_key`] of its kind and name).
+    pub fn new(plugin: &str, slot: &str, adapters: Adapters) -> Self {
         PluginHost {
             name: plugin.to_string(),
+            slot: slot.to_string(),
             a: adapters,
         }
     }
 
-    /// The ABI handle for plugin `plugin`.
-    pub fn handle(plugin: &str, adapters: Adapters) -> HostHandle {
-        HostOps_TO::from_value(PluginHost::new(plugin, adapters), TD_Opaque)
+    /// The ABI handle for plugin `plugin` with its state document at `slot`.
+    pub fn handle(plugin: &str, slot: &str, adapters: Adapters) -> HostHandle {
+        HostOps_TO::from_value(PluginHost::new(plugin, slot, adapters), TD_Opaque)
+    }
+
+    /// The ABI handle for the plugin `manifest` describes (state at its [`state_key`]).
+    pub fn plugin_handle(manifest: &plugin_api::Manifest, adapters: Adapters) -> HostHandle {
+        let slot = state_key(manifest.kind, &manifest.name);
+        PluginHost::handle(&manifest.name, &slot, adapters)
     }
 }
 
@@ -197,7 +221,7 @@ impl HostOps for PluginHost {
         to_r(
             self.a
                 .state
-                .load(&self.name)
+                .load(&self.slot)
                 .map(|v| RString::from(v.to_string())),
         )
     }
@@ -207,7 +231,7 @@ impl HostOps for PluginHost {
             Ok(v) => v,
             Err(e) => return RResult::RErr(err(format!("state is not valid JSON: {e}"))),
         };
-        to_r(self.a.state.save(&self.name, value))
+        to_r(self.a.state.save(&self.slot, value))
     }
 
     fn file_read(&self, path: RStr<'_>) -> RResult<ROption<RVec<u8>>, PluginError> {
@@ -491,6 +515,7 @@ mod tests {
     use super::*;
     use crate::exec::Refused;
     use crate::units::Unavailable;
+    use plugin_api::Hook;
     use std::sync::Mutex;
 
     #[derive(Default)]
@@ -513,6 +538,7 @@ mod tests {
     fn host_with(root: &std::path::Path, commands: Arc<dyn Commands>) -> PluginHost {
         PluginHost::new(
             "demo",
+            "demo",
             Adapters {
                 files: Arc::new(RootFs::restricted(root, &["/etc/demo".to_string()])),
                 units: Arc::new(Unavailable::new("test")),
@@ -523,6 +549,84 @@ mod tests {
                 progress: Arc::new(crate::net::NoProgress),
             },
         )
+    }
+
+    /// Documents by slot key, as the daemon's state store keeps them.
+    #[derive(Default)]
+    struct Slots(Mutex<std::collections::BTreeMap<String, Value>>);
+
+    impl StateSlot for Slots {
+        fn load(&self, slot: &str) -> Result<Value, PlatformError> {
+            Ok(self
+                .0
+                .lock()
+                .unwrap()
+                .get(slot)
+                .cloned()
+                .unwrap_or(Value::Null))
+        }
+        fn save(&self, slot: &str, v: Value) -> Result<(), PlatformError> {
+            self.0.lock().unwrap().insert(slot.to_string(), v);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plugins_sharing_a_name_across_kinds_keep_their_own_state() {
+        let root = tempfile::tempdir().unwrap();
+        let slots = Arc::new(Slots::default());
+        let host_of = |kind: Kind| {
+            let manifest = plugin_api::Manifest {
+                name: "debug".into(),
+                kind,
+                version: "1.0.0".into(),
+                api_version: plugin_api::API_VERSION.into(),
+                hooks: vec![Hook::Get],
+                routes: vec![],
+                dependencies: vec![],
+                start_weight: 0,
+                primary: false,
+                paths: vec![],
+                requires_application: None,
+                variants: vec![],
+                late_update_check: false,
+                backup: None,
+            };
+            PluginHost::plugin_handle(
+                &manifest,
+                Adapters {
+                    files: Arc::new(RootFs::new(root.path())),
+                    units: Arc::new(Unavailable::new("test")),
+                    commands: Arc::new(Refused::new("test")),
+                    state: slots.clone(),
+                    log: Arc::new(TracingLog),
+                    net: Arc::new(crate::net::NoNet),
+                    progress: Arc::new(crate::net::NoProgress),
+                },
+            )
+        };
+        let (provider, app, service) = (
+            host_of(Kind::Provider),
+            host_of(Kind::Application),
+            host_of(Kind::Service),
+        );
+        provider
+            .state_save(RStr::from_str(r#"{"config":{"server":"a"}}"#))
+            .unwrap();
+        app.state_save(RStr::from_str(r#"{"config":{"note":"b"}}"#))
+            .unwrap();
+        assert_eq!(
+            provider.state_load().unwrap().as_str(),
+            r#"{"config":{"server":"a"}}"#
+        );
+        assert_eq!(
+            app.state_load().unwrap().as_str(),
+            r#"{"config":{"note":"b"}}"#
+        );
+        assert_eq!(service.state_load().unwrap().as_str(), "null");
+        let keys: Vec<String> = slots.0.lock().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["application/debug", "provider/debug"]);
+        assert_eq!(state_key(Kind::Service, "iscsi"), "iscsi");
     }
 
     #[test]

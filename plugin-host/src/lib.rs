@@ -23,7 +23,7 @@ pub mod random;
 mod sys;
 pub mod units;
 
-pub use host_ops::{Adapters, Files, LogSink, PluginHost, StateSlot, TracingLog};
+pub use host_ops::{state_key, Adapters, Files, LogSink, PluginHost, StateSlot, TracingLog};
 
 /// Failure of a platform operation, with a message meant for the API's user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

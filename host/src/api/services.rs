@@ -27,7 +27,10 @@ fn usable(app: &App, plugin: &Plugin) -> bool {
 }
 
 fn find(app: &App, name: &str) -> Option<Arc<Plugin>> {
-    app.registry.get(name).filter(|p| usable(app, p)).cloned()
+    app.registry
+        .get(Kind::Service, name)
+        .filter(|p| usable(app, p))
+        .cloned()
 }
 
 fn lookup(app: &App, name: &str) -> Result<Arc<Plugin>, ApiError> {

@@ -13,25 +13,26 @@ use crate::platform::files::RootFs;
 use crate::platform::Platform;
 use crate::state::Store;
 
-/// Plugins' state documents, kept in the daemon's state store (`plugins.<name>`).
+/// Plugins' state documents, kept in the daemon's state store under `plugins`, by slot key
+/// (`plugin_host::state_key`: `<name>` for a service, `<kind>/<name>` for the others).
 pub struct StoreSlot(pub Arc<Mutex<Store>>);
 
 impl StateSlot for StoreSlot {
-    fn load(&self, plugin: &str) -> Result<Value, PlatformError> {
+    fn load(&self, slot: &str) -> Result<Value, PlatformError> {
         let store = self.0.lock().unwrap_or_else(|p| p.into_inner());
         Ok(store
             .doc()
             .plugins
-            .get(plugin)
+            .get(slot)
             .cloned()
             .unwrap_or(Value::Null))
     }
 
-    fn save(&self, plugin: &str, value: Value) -> Result<(), PlatformError> {
+    fn save(&self, slot: &str, value: Value) -> Result<(), PlatformError> {
         let mut store = self.0.lock().unwrap_or_else(|p| p.into_inner());
         store
             .update(|d| {
-                d.plugins.insert(plugin.to_string(), value);
+                d.plugins.insert(slot.to_string(), value);
             })
             .map_err(|e| PlatformError(e.to_string()))
     }
@@ -66,8 +67,8 @@ pub fn handle(
     platform: &Platform,
     progress: Arc<dyn plugin_host::net::Progress>,
 ) -> HostHandle {
-    PluginHost::handle(
-        &manifest.name,
+    PluginHost::plugin_handle(
+        manifest,
         adapters(manifest, root, store, platform, progress),
     )
 }

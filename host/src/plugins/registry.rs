@@ -36,6 +36,9 @@ pub struct LoadFailure {
     /// The plugin's name, when its manifest could be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The plugin's kind, when its manifest could be read (names repeat across kinds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
     pub check: &'static str,
     pub reason: String,
 }
@@ -248,6 +251,7 @@ pub struct Plugin {
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
+            .field("kind", &self.manifest.kind)
             .field("name", &self.manifest.name)
             .field("path", &self.path)
             .finish()
@@ -261,6 +265,11 @@ fn refused(status: u16, message: String) -> CallError {
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.manifest.name
+    }
+
+    /// Its identity: kind and name.
+    pub fn id(&self) -> PluginId {
+        (self.manifest.kind, self.manifest.name.clone())
     }
 
     /// Why the plugin is degraded, if it is.
@@ -610,10 +619,11 @@ impl Plugin {
         // Applications are started by the applications subsystem once installed (with
         // their install context), and stopped by it first at shutdown.
         if self.manifest.has(Hook::Start) && self.manifest.kind != Kind::Application {
-            markers.set(&name);
+            let marker = StartMarkers::key(self.manifest.kind, &name);
+            markers.set(&marker);
             let on_end: Box<dyn FnOnce() + Send> = {
-                let (markers, name) = (markers.clone(), name.clone());
-                Box::new(move || markers.clear(&name))
+                let markers = markers.clone();
+                Box::new(move || markers.clear(&marker))
             };
             let limit = self.timeouts.change;
             match self
@@ -670,17 +680,22 @@ impl ByteSource for ChannelSource {
     }
 }
 
-/// Loaded plugins by name, plus the ones that failed to load.
+/// A plugin's identity: its kind and its name together. Names are unique within a kind
+/// only: upstream has a `debug` provider and a `debug` application.
+pub type PluginId = (Kind, String);
+
+/// Loaded plugins by identity (kind, then name), plus the ones that failed to load.
 #[derive(Debug, Default)]
 pub struct Registry {
-    plugins: BTreeMap<String, Arc<Plugin>>,
+    plugins: BTreeMap<PluginId, Arc<Plugin>>,
     failures: Vec<LoadFailure>,
 }
 
 impl Registry {
     /// Scans `dirs` in order and loads every plugin library found. Only trusted files
     /// load (see [`loader::open_trusted`]); a directory that is not trusted is refused as
-    /// a whole. When two libraries declare the same plugin name, the first one loaded wins:
+    /// a whole. When two libraries declare the same plugin (the same kind and name; a
+    /// provider and an application may share a name), the first one loaded wins:
     /// the first directory in `dirs`, then the first file by name. A library that fails any
     /// check is recorded in [`Registry::failures`] and logged; it never stops the daemon.
     /// `host_for` builds the host handle for a plugin from its manifest.
@@ -711,10 +726,12 @@ impl Registry {
         reg
     }
 
-    fn fail(&mut self, path: &Path, name: Option<String>, e: LoadError) {
+    fn fail(&mut self, path: &Path, id: Option<PluginId>, e: LoadError) {
+        let (kind, name) = id.unzip();
         tracing::error!(
             path = %path.display(),
             plugin = name.as_deref().unwrap_or(""),
+            kind = kind.map_or("", Kind::as_str),
             check = e.check(),
             reason = %e,
             "plugin not loaded"
@@ -722,6 +739,7 @@ impl Registry {
         self.failures.push(LoadFailure {
             path: path.to_path_buf(),
             name,
+            kind,
             check: e.check(),
             reason: e.to_string(),
         });
@@ -737,24 +755,25 @@ impl Registry {
             Ok(l) => l,
             Err(e) => return self.fail(path, None, e),
         };
-        let name = lib.manifest.name.clone();
-        if let Some(other) = self.plugins.get(&name) {
+        let id = (lib.manifest.kind, lib.manifest.name.clone());
+        if let Some(other) = self.plugins.get(&id) {
             let e = LoadError::Duplicate {
-                name: name.clone(),
+                name: id.1.clone(),
                 loaded: other.path.display().to_string(),
                 refused: path.display().to_string(),
             };
-            return self.fail(path, Some(name), e);
+            return self.fail(path, Some(id), e);
         }
         let instance = match lib.instantiate(host_for(&lib.manifest)) {
             Ok(i) => i,
-            Err(e) => return self.fail(path, Some(name), e),
+            Err(e) => return self.fail(path, Some(id), e),
         };
         self.add(lib.manifest, path, instance, timeouts);
     }
 
-    /// Registers an instantiated plugin. The loader uses it for libraries; tests and the
-    /// SDK's in-process users use it for plugins built into the same binary.
+    /// Registers an instantiated plugin (replacing one of the same kind and name). The
+    /// loader uses it for libraries, after refusing duplicates; tests and the SDK's
+    /// in-process users use it for plugins built into the same binary.
     pub fn add(
         &mut self,
         manifest: Manifest,
@@ -771,7 +790,7 @@ impl Registry {
             "plugin loaded"
         );
         self.plugins.insert(
-            manifest.name.clone(),
+            (manifest.kind, manifest.name.clone()),
             Arc::new(Plugin {
                 manifest,
                 path: path.to_path_buf(),
@@ -788,37 +807,58 @@ impl Registry {
         );
     }
 
+    /// The plugin that meets `plugin`'s dependency `dep`: a plugin of the same kind named
+    /// `dep`, or for an application, an application that lists `dep` among its variants
+    /// (`incus` is met by the plugin that also installs as `incus-lts-7.0`, and the other
+    /// way round).
+    pub fn dependency(&self, plugin: &Plugin, dep: &str) -> Option<&Arc<Plugin>> {
+        let kind = plugin.manifest.kind;
+        self.get(kind, dep).or_else(|| {
+            (kind == Kind::Application)
+                .then(|| {
+                    self.of_kind(kind)
+                        .find(|p| p.manifest.variants.iter().any(|v| v == dep))
+                })
+                .flatten()
+        })
+    }
+
     /// Refuses plugins whose dependencies are not loaded (repeated until stable, since
-    /// refusing one may strand another).
-    fn check_dependencies(&mut self) {
+    /// refusing one may strand another). [`Registry::load`] runs it; embedders that
+    /// [`Registry::add`] plugins run it once they added them all.
+    pub fn check_dependencies(&mut self) {
         loop {
-            let missing: Vec<(String, String)> = self
+            let missing: Vec<(PluginId, String)> = self
                 .plugins
-                .values()
-                .filter_map(|p| {
+                .iter()
+                .filter_map(|(id, p)| {
                     p.manifest
                         .dependencies
                         .iter()
-                        .find(|d| !self.plugins.contains_key(*d))
-                        .map(|d| (p.manifest.name.clone(), d.clone()))
+                        .find(|d| self.dependency(p, d).is_none())
+                        .map(|d| (id.clone(), d.clone()))
                 })
                 .collect();
             if missing.is_empty() {
                 return;
             }
-            for (name, dep) in missing {
-                let p = self.plugins.remove(&name).expect("present");
+            for (id, dep) in missing {
+                let p = self.plugins.remove(&id).expect("present");
+                let kind = id.0.as_str();
                 self.fail(
                     &p.path.clone(),
-                    Some(name),
-                    LoadError::Other(format!("missing dependency: plugin '{dep}' is not loaded")),
+                    Some(id),
+                    LoadError::Other(format!(
+                        "missing dependency: {kind} plugin '{dep}' is not loaded"
+                    )),
                 );
             }
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Plugin>> {
-        self.plugins.get(name)
+    /// The loaded plugin of `kind` named `name` (names repeat across kinds).
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Plugin>> {
+        self.plugins.get(&(kind, name.to_string()))
     }
 
     /// Plugins of `kind`, sorted by name.
@@ -828,6 +868,7 @@ impl Registry {
             .filter(move |p| p.manifest.kind == kind)
     }
 
+    /// Every plugin, by kind, then name.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.plugins.values()
     }
@@ -836,32 +877,36 @@ impl Registry {
         &self.failures
     }
 
-    /// Start order: dependencies first, then by start weight, then by name.
+    /// Start order: dependencies first, then by start weight, then by name (then kind).
     pub fn start_order(&self) -> Vec<Arc<Plugin>> {
         let mut sorted: Vec<Arc<Plugin>> = self.plugins.values().cloned().collect();
         sorted.sort_by(|a, b| {
-            (a.manifest.start_weight, a.name()).cmp(&(b.manifest.start_weight, b.name()))
+            (a.manifest.start_weight, a.name(), a.manifest.kind).cmp(&(
+                b.manifest.start_weight,
+                b.name(),
+                b.manifest.kind,
+            ))
         });
         // Stable topological pass: a plugin goes after everything it depends on.
         let mut out: Vec<Arc<Plugin>> = Vec::with_capacity(sorted.len());
-        let mut placed = std::collections::BTreeSet::new();
+        let mut placed: BTreeSet<PluginId> = BTreeSet::new();
         while out.len() < sorted.len() {
             let before = out.len();
             for p in &sorted {
-                if !placed.contains(p.name())
-                    && p.manifest
-                        .dependencies
-                        .iter()
-                        .all(|d| placed.contains(d.as_str()))
+                if !placed.contains(&p.id())
+                    && p.manifest.dependencies.iter().all(|d| {
+                        self.dependency(p, d)
+                            .is_some_and(|dep| placed.contains(&dep.id()))
+                    })
                 {
-                    placed.insert(p.name().to_string());
+                    placed.insert(p.id());
                     out.push(p.clone());
                 }
             }
             if out.len() == before {
                 // A dependency cycle: keep the remaining ones in weight order.
                 for p in &sorted {
-                    if placed.insert(p.name().to_string()) {
+                    if placed.insert(p.id()) {
                         out.push(p.clone());
                     }
                 }
@@ -872,8 +917,9 @@ impl Registry {
 
     /// Starts every plugin: each one's start hook runs once the plugins it depends on
     /// started or gave up, so a start hook that blocks (until `--plugin-change-timeout`)
-    /// delays only its own plugin and those depending on it. Plugins named in `left_out`
-    /// (their start hook killed the daemon last time) are not started and stay degraded.
+    /// delays only its own plugin and those depending on it. Plugins whose start marker
+    /// ([`StartMarkers::key`]) is in `left_out` (their start hook killed the daemon last
+    /// time) are not started and stay degraded.
     /// Nothing starts once `lifecycle` is stopping. Returns when every plugin started or
     /// gave up.
     pub async fn start_all(
@@ -883,15 +929,14 @@ impl Registry {
         lifecycle: Arc<Lifecycle>,
     ) {
         let order = self.start_order();
-        let position: BTreeMap<&str, usize> = order
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name(), i))
-            .collect();
+        let position: BTreeMap<PluginId, usize> =
+            order.iter().enumerate().map(|(i, p)| (p.id(), i)).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, p) in order.iter().enumerate() {
             p.run_if(Run::Stopped, Run::Pending);
-            if left_out.contains(p.name()) && !p.left_out.swap(true, Ordering::Relaxed) {
+            if left_out.contains(&StartMarkers::key(p.manifest.kind, p.name()))
+                && !p.left_out.swap(true, Ordering::Relaxed)
+            {
                 let why = "not started: its start hook was running when the daemon last \
                            ended without stopping (a crash?); fix its configuration, then \
                            restart the daemon to start it again";
@@ -904,8 +949,9 @@ impl Registry {
                 .manifest
                 .dependencies
                 .iter()
-                .filter(|d| position.get(d.as_str()).is_some_and(|&j| j < i))
-                .filter_map(|d| self.plugins.get(d).cloned())
+                .filter_map(|d| self.dependency(p, d))
+                .filter(|d| position.get(&d.id()).is_some_and(|&j| j < i))
+                .cloned()
                 .collect();
             tasks.spawn(
                 p.clone()

@@ -7,7 +7,9 @@
 //!   lost. This mirrors upstream's "unrecognized fields" rule.
 //! - A document that does not parse stops the start with a clear error and is never
 //!   overwritten.
-//! - Plugins own one namespace each (`plugins.<name>`), opaque to the host.
+//! - Plugins own one namespace each, opaque to the host: `plugins.<name>` for a service,
+//!   `plugins.<kind>/<name>` for a provider or an application (`plugin_host::state_key`),
+//!   since a provider and an application may share a name (`debug`).
 //! - Saves are atomic (`plugin_host::files::write_in`): a crash or a failed write leaves
 //!   the previous document or the new one, whole. The state directory is opened once; the
 //!   leftover temporary files of a killed daemon in it are removed when the store opens.
@@ -21,7 +23,7 @@ use serde_json::Value;
 use crate::platform::files::Dir;
 
 /// The schema version this daemon writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The file name under the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -49,7 +51,8 @@ pub struct Document {
     /// System configuration the host owns.
     #[serde(default)]
     pub system: SystemDoc,
-    /// Each plugin's own document.
+    /// Each plugin's own document, by `plugin_host::state_key` (`iscsi`, `provider/debug`,
+    /// `application/debug`).
     #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
 }
@@ -124,13 +127,112 @@ type Upgrade = fn(Value) -> Result<Value, String>;
 
 /// `UPGRADES[i]` upgrades schema `i` to `i + 1`. Schema 0 is the unversioned draft layout
 /// (a bare `{"plugins": ...}` object) used before the version field existed.
-const UPGRADES: &[Upgrade] = &[upgrade_v0_to_v1];
+const UPGRADES: &[Upgrade] = &[upgrade_v0_to_v1, upgrade_v1_to_v2];
 
 fn upgrade_v0_to_v1(mut v: Value) -> Result<Value, String> {
     let obj = v
         .as_object_mut()
         .ok_or_else(|| "document is not an object".to_string())?;
     obj.insert("schema_version".into(), Value::from(1));
+    Ok(v)
+}
+
+/// The services schema 1 knew: their documents keep their key.
+const V1_SERVICES: [&str; 10] = [
+    "ceph",
+    "iscsi",
+    "linstor",
+    "lvm",
+    "multipath",
+    "netbird",
+    "nvme",
+    "ovn",
+    "tailscale",
+    "usbip",
+];
+
+/// The update providers schema 1 knew.
+const V1_PROVIDERS: [&str; 4] = ["images", "local", "debug", "operations-center"];
+
+/// Upstream's applications (the ones that are not also a provider's name).
+const V1_APPLICATIONS: [&str; 7] = [
+    "gpu-support",
+    "incus",
+    "incus-lts-7.0",
+    "incus-ceph",
+    "incus-linstor",
+    "migration-manager",
+    "openfga",
+];
+
+/// Schema 2 keys plugin documents by kind and name (`plugin_host::state_key`): a service's
+/// stays `<name>`, a provider's moves to `provider/<name>`, an application's to
+/// `application/<name>`. Schema 1 had every plugin at `<name>`, and its kind is not written
+/// in its document, so the step decides by name, in this order:
+///
+/// 1. a service schema 1 knew ([`V1_SERVICES`]) stays;
+/// 2. a provider it knew ([`V1_PROVIDERS`]), or the selected provider
+///    (`system.provider.name`), moves to `provider/<name>`;
+/// 3. an upstream application ([`V1_APPLICATIONS`]) or one with an install record
+///    (`applications.<name>`) moves to `application/<name>`;
+/// 4. anything else stays, taken as a third-party service's: moving a service's document
+///    would reset its configuration. Were it a provider's or an application's, that plugin
+///    starts unconfigured and its old document is kept as it was (logged), never deleted.
+///
+/// A document is never moved over one already at the new key (it stays, logged).
+fn upgrade_v1_to_v2(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| "document is not an object".to_string())?;
+    let selected = obj
+        .get("system")
+        .and_then(|s| s.get("provider"))
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let installed: Vec<String> = obj
+        .get("applications")
+        .and_then(Value::as_object)
+        .map(|a| a.keys().cloned().collect())
+        .unwrap_or_default();
+    let kind_of = |name: &str| {
+        if V1_SERVICES.contains(&name) {
+            None
+        } else if V1_PROVIDERS.contains(&name) || selected.as_deref() == Some(name) {
+            Some(plugin_api::Kind::Provider)
+        } else if V1_APPLICATIONS.contains(&name) || installed.iter().any(|a| a == name) {
+            Some(plugin_api::Kind::Application)
+        } else {
+            None
+        }
+    };
+    let Some(plugins) = obj.get_mut("plugins") else {
+        obj.insert("schema_version".into(), Value::from(2));
+        return Ok(v);
+    };
+    let plugins = plugins
+        .as_object_mut()
+        .ok_or_else(|| "plugins is not an object".to_string())?;
+    let names: Vec<String> = plugins.keys().cloned().collect();
+    for name in names {
+        let Some(kind) = kind_of(&name) else {
+            if !V1_SERVICES.contains(&name.as_str()) {
+                tracing::warn!(
+                    plugin = %name,
+                    "state upgrade: a plugin document of unknown kind is kept as a service's"
+                );
+            }
+            continue;
+        };
+        let key = plugin_host::state_key(kind, &name);
+        if plugins.contains_key(&key) {
+            tracing::warn!(plugin = %name, key, "state upgrade: kept in place, its new key is taken");
+            continue;
+        }
+        let doc = plugins.remove(&name).expect("listed");
+        plugins.insert(key, doc);
+    }
+    obj.insert("schema_version".into(), Value::from(2));
     Ok(v)
 }
 
@@ -350,10 +452,93 @@ mod tests {
         )
         .unwrap();
         let s = Store::load_or_create(dir.path()).unwrap();
-        assert_eq!(s.doc().schema_version, 1);
+        assert_eq!(s.doc().schema_version, SCHEMA_VERSION);
         assert!(s.doc().plugins.contains_key("usbip"));
         let on_disk: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(on_disk["schema_version"], 1);
+        assert_eq!(on_disk["schema_version"], SCHEMA_VERSION);
+    }
+
+    /// A state the previous daemon (schema 1) wrote, every plugin's document at its bare
+    /// name: after the upgrade each is where its plugin now reads it, nothing lost.
+    #[test]
+    fn a_schema_1_state_moves_provider_and_application_documents_to_their_kinds_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(STATE_FILE);
+        let old = serde_json::json!({
+            "schema_version": 1,
+            "os": {"name": "IncusOS", "running_release": "202511041601"},
+            "applications": {"guestbook": {"version": "1"}},
+            "system": {"provider": {"name": "my-provider", "registered": true}},
+            "plugins": {
+                "iscsi": {"config": {"enabled": true, "targets": []}},
+                "operations-center": {"config": {"server_url": "https://oc.example:8443",
+                                                 "server_token": "t0k3n"}},
+                "images": {"config": {}},
+                "debug": {"config": {}},
+                "my-provider": {"config": {"server": "https://updates.example"}},
+                "guestbook": {"config": {"greeting": "hi"}},
+                "incus": {"config": {}},
+                "third-party-svc": {"config": {"enabled": true}}
+            }
+        });
+        std::fs::write(&p, serde_json::to_vec(&old).unwrap()).unwrap();
+        let s = Store::load_or_create(dir.path()).unwrap();
+        let plugins = &s.doc().plugins;
+        let keys: Vec<&str> = plugins.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "application/guestbook",
+                "application/incus",
+                "iscsi",
+                "provider/debug",
+                "provider/images",
+                "provider/my-provider",
+                "provider/operations-center",
+                "third-party-svc",
+            ]
+        );
+        assert_eq!(
+            plugins["provider/operations-center"],
+            old["plugins"]["operations-center"]
+        );
+        assert_eq!(
+            plugins["provider/my-provider"],
+            old["plugins"]["my-provider"]
+        );
+        assert_eq!(
+            plugins["application/guestbook"],
+            old["plugins"]["guestbook"]
+        );
+        assert_eq!(plugins["iscsi"], old["plugins"]["iscsi"]);
+        assert_eq!(
+            plugins["third-party-svc"],
+            old["plugins"]["third-party-svc"]
+        );
+        // The rest of the document is untouched, and the upgrade is saved at once.
+        assert_eq!(s.doc().system.provider.name, "my-provider");
+        assert!(s.doc().system.provider.registered);
+        assert_eq!(s.doc().applications["guestbook"].version, "1");
+        let on_disk: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(on_disk["schema_version"], 2);
+        assert_eq!(
+            on_disk["plugins"]["provider/debug"],
+            serde_json::json!({"config": {}})
+        );
+        assert!(on_disk["plugins"].get("debug").is_none());
+    }
+
+    #[test]
+    fn a_schema_0_state_goes_through_both_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            br#"{"plugins": {"usbip": {"config": {}}, "local": {"config": {}}}}"#,
+        )
+        .unwrap();
+        let s = Store::load_or_create(dir.path()).unwrap();
+        let keys: Vec<&str> = s.doc().plugins.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["provider/local", "usbip"]);
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn handle(root: &Path, platform: &Platform, subsystem: &Subsystem) -> Host {
         progress: Arc::new(plugin_host::net::NoProgress),
     };
     let name = format!("{NAME}/{}", subsystem.name);
-    Host::from_handle(PluginHost::handle(&name, adapters))
+    Host::from_handle(PluginHost::handle(&name, &name, adapters))
 }
 
 #[cfg(test)]

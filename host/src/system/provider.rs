@@ -53,10 +53,7 @@ pub fn selection(app: &App) -> ProviderDoc {
 
 /// The loaded provider plugin named `name`.
 pub fn plugin(app: &App, name: &str) -> Option<Arc<Plugin>> {
-    app.registry
-        .get(name)
-        .filter(|p| p.manifest.kind == Kind::Provider)
-        .cloned()
+    app.registry.get(Kind::Provider, name).cloned()
 }
 
 /// The selected provider's plugin, or upstream's error when it is not loaded.

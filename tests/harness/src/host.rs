@@ -194,7 +194,7 @@ struct Record {
 struct Inner {
     root: tempfile::TempDir,
     fs: RootFs,
-    plugin: String,
+    manifest: Manifest,
     record: Mutex<Record>,
 }
 
@@ -216,7 +216,7 @@ impl HarnessHost {
             inner: Arc::new(Inner {
                 root,
                 fs,
-                plugin: manifest.name.clone(),
+                manifest: manifest.clone(),
                 record: Mutex::new(Record::default()),
             }),
         })
@@ -227,8 +227,8 @@ impl HarnessHost {
     /// so unit-name checks, the write allow-list and error texts are the daemon's.
     pub fn handle(&self) -> HostHandle {
         let me = Arc::new(self.clone());
-        PluginHost::handle(
-            &self.inner.plugin,
+        PluginHost::plugin_handle(
+            &self.inner.manifest,
             Adapters {
                 files: me.clone(),
                 units: me.clone(),
@@ -482,6 +482,12 @@ impl HarnessHost {
             .collect()
     }
 
+    /// Where the daemon keeps this plugin's document in its state (under `plugins`): the
+    /// same key as the daemon's (`plugin_host::state_key` of its kind and name).
+    pub fn state_key(&self) -> String {
+        plugin_host::state_key(self.inner.manifest.kind, &self.inner.manifest.name)
+    }
+
     /// The persisted state document (`null` until the plugin saves one).
     pub fn state(&self) -> Value {
         self.record().state.clone()
@@ -603,12 +609,28 @@ impl LogSink for HarnessHost {
     }
 }
 
+impl HarnessHost {
+    /// Refuses a slot other than the plugin's own: the host hands each plugin exactly one.
+    fn own_slot(&self, slot: &str) -> Result<(), PlatformError> {
+        let own = self.state_key();
+        if slot == own {
+            Ok(())
+        } else {
+            Err(PlatformError(format!(
+                "state slot {slot:?} is not this plugin's ({own:?})"
+            )))
+        }
+    }
+}
+
 impl StateSlot for HarnessHost {
-    fn load(&self, _plugin: &str) -> Result<Value, PlatformError> {
+    fn load(&self, slot: &str) -> Result<Value, PlatformError> {
+        self.own_slot(slot)?;
         Ok(self.record().state.clone())
     }
 
-    fn save(&self, _plugin: &str, value: Value) -> Result<(), PlatformError> {
+    fn save(&self, slot: &str, value: Value) -> Result<(), PlatformError> {
+        self.own_slot(slot)?;
         let mut r = self.record();
         if let Some(message) = r.fail_next_save.take() {
             return Err(PlatformError(message));
@@ -823,5 +845,63 @@ impl Commands for HarnessHost {
                 argv.join(" ")
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::RStr;
+
+    fn manifest(kind: plugin_api::Kind) -> Manifest {
+        let mut m =
+            plugin_api::sdk::__provider_manifest::<Nothing>("1.0.0", plugin_api::API_VERSION);
+        m.kind = kind;
+        m
+    }
+
+    struct Nothing;
+
+    impl plugin_api::Provider for Nothing {
+        const NAME: &'static str = "debug";
+        type Config = Value;
+        type State = Value;
+        fn new(_: plugin_api::Host) -> plugin_api::Result<Self> {
+            Ok(Nothing)
+        }
+        fn state(&self, _: &Value) -> plugin_api::Result<Value> {
+            Ok(Value::Null)
+        }
+    }
+
+    #[test]
+    fn the_harness_keys_a_plugins_state_as_the_daemon_does_and_serves_only_that_slot() {
+        let host = HarnessHost::new(&manifest(plugin_api::Kind::Provider)).unwrap();
+        assert_eq!(host.state_key(), "provider/debug");
+        let app = HarnessHost::new(&manifest(plugin_api::Kind::Application)).unwrap();
+        assert_eq!(app.state_key(), "application/debug");
+
+        host.handle()
+            .state_save(RStr::from_str(r#"{"config":{}}"#))
+            .unwrap();
+        assert_eq!(host.state(), serde_json::json!({"config": {}}));
+        // A handle asking for another slot (the service `debug`'s) is refused.
+        let me = Arc::new(host.clone());
+        let other = PluginHost::handle(
+            "debug",
+            "debug",
+            Adapters {
+                files: me.clone(),
+                units: me.clone(),
+                commands: me.clone(),
+                state: me.clone(),
+                log: me.clone(),
+                net: me,
+                progress: Arc::new(plugin_host::net::NoProgress),
+            },
+        );
+        let e = other.state_load().unwrap_err();
+        assert!(e.message.contains("is not this plugin's"), "{}", e.message);
+        assert_eq!(host.save_count(), 1);
     }
 }

@@ -170,7 +170,7 @@ async fn a_failed_registration_puts_everything_back() {
     assert_eq!(&fixture[fixture.len() - 2..], ["deregister", "register"]);
     let state: Value = serde_json::from_slice(&std::fs::read(root.state_file()).unwrap()).unwrap();
     assert_eq!(
-        state["plugins"]["fixture-b"]["config"],
+        state["plugins"]["provider/fixture-b"]["config"],
         json!({"contents": {"old": "config"}})
     );
 }
@@ -305,7 +305,7 @@ async fn an_unregistered_machine_registers_at_start() {
     // Now it can (the provider's config, as its plugin stores it, changed meanwhile).
     let path = root.state_file();
     let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    state["plugins"]["fixture"]["config"] = json!({});
+    state["plugins"]["provider/fixture"]["config"] = json!({});
     std::fs::write(&path, state.to_string()).unwrap();
 
     let d = Daemon::start(&root, &[]);
