@@ -81,7 +81,7 @@ pub struct Prepared {
 }
 
 /// Extracts the archive read from `reader` beside the backup root (created, mode 0755,
-/// when missing), checking every entry against `limits` (whose `root_path` is set to the
+/// when missing, and removed again if the archive is refused), checking every entry against `limits` (whose `root_path` is set to the
 /// spec's root: an absolute link target under it is kept). On error nothing is swapped
 /// and the extraction is removed.
 pub fn prepare(
@@ -91,22 +91,31 @@ pub fn prepare(
     limits: &Limits,
 ) -> Result<Prepared> {
     let fs = view(root_prefix, spec);
-    let dir = match resolve(&fs, spec)? {
-        Some(dir) => dir,
+    let (dir, created) = match resolve(&fs, spec)? {
+        Some(dir) => (dir, false),
         None => {
             fs.create_dir(&spec.root, 0o755)
                 .map_err(|e| Error::internal(format!("backup root {}: {e}", spec.root)))?;
-            existing(root_prefix, spec)?
+            (existing(root_prefix, spec)?, true)
         }
     };
     let limits = Limits {
         root_path: Some(PathBuf::from(spec.root.trim_end_matches('/'))),
         ..limits.clone()
     };
-    Ok(Prepared {
-        restore: archive::prepare_restore(reader, &dir, &limits)?,
-        units: spec.units.clone(),
-    })
+    match archive::prepare_restore(reader, &dir, &limits) {
+        Ok(restore) => Ok(Prepared {
+            restore,
+            units: spec.units.clone(),
+        }),
+        Err(e) => {
+            if created {
+                // The empty root made for this restore goes with it.
+                let _ = fs.remove(&spec.root);
+            }
+            Err(e)
+        }
+    }
 }
 
 impl Prepared {
@@ -411,6 +420,12 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let err = check(empty.path(), &spec(), false).unwrap_err();
         assert_eq!(err.message, "backup root /var/lib/demo does not exist");
+        let err = prepare(empty.path(), &spec(), &archive[..10], &Limits::default()).unwrap_err();
+        assert_eq!(err.status, 400, "{err:?}");
+        assert!(
+            !empty.path().join("var/lib/demo").exists(),
+            "a refused restore leaves no root"
+        );
         prepare(
             empty.path(),
             &spec(),
