@@ -447,10 +447,13 @@ pub trait PluginOps: Send + Sync {
     /// JSON output bytes.
     fn invoke(&self, op: RStr<'_>, input: RSlice<'_, u8>) -> RResult<RVec<u8>, PluginError>;
 
-    /// Streams a backup archive (a tar) into `sink`. `options` is JSON.
+    /// Streams a backup archive into `sink`: a gzip-compressed tar (served as
+    /// `application/gzip`, the format of `crate::sdk::archive`). `options` is JSON
+    /// (`{"complete": bool}`).
     fn backup(&self, options: RSlice<'_, u8>, sink: ByteSinkRef<'_>) -> RResult<(), PluginError>;
 
-    /// Restores from a backup archive read from `source`.
+    /// Restores from a backup archive (a gzip-compressed tar, as [`PluginOps::backup`]
+    /// writes) read from `source`.
     #[sabi(last_prefix_field)]
     fn restore(&self, source: ByteSourceRef<'_>) -> RResult<(), PluginError>;
 }

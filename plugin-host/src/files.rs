@@ -298,6 +298,29 @@ impl RootFs {
         Ok(dir)
     }
 
+    /// Where the directory `os_path` really is on this machine, for code that must work on
+    /// it by path (an archive walk): resolved inside the root as every operation is (a
+    /// symlink on the way resolves against the root), and, in a restricted view, refused
+    /// with [`FsError::Escapes`] when it resolves outside the writable paths. `Ok(None)`
+    /// when it does not exist. The answer holds as long as nothing replaces a directory on
+    /// the way with a symlink meanwhile.
+    pub fn host_dir(&self, os_path: &str) -> Result<Option<PathBuf>, FsError> {
+        let rel = Self::relative(os_path)?;
+        let root = self.open_root("open", os_path)?;
+        let fd = match Self::open_in(root.as_fd(), &rel, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(io_err("open", os_path)(e)),
+        };
+        self.check_resolved(os_path, root.as_fd(), fd.as_fd(), None, false)?;
+        let resolved =
+            Self::os_path_of(root.as_fd(), fd.as_fd()).map_err(io_err("resolve", os_path))?;
+        Ok(Some(
+            self.root
+                .join(resolved.strip_prefix("/").unwrap_or(&resolved)),
+        ))
+    }
+
     /// Reads a file; `Ok(None)` when it does not exist.
     pub fn read(&self, os_path: &str) -> Result<Option<Vec<u8>>, FsError> {
         let rel = Self::relative(os_path)?;

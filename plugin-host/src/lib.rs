@@ -5,6 +5,7 @@
 //! - [`files`]: file access under the root prefix ([`files::RootFs`]) and atomic writes;
 //! - [`exec`]: running commands with a timeout ([`exec::Commands`]);
 //! - [`units`]: systemd unit operations as plugins use them ([`units::Units`]);
+//! - [`app_backup`]: backups of an application that declares its data directory;
 //! - [`host_ops`]: the one implementation of the plugin ABI's `HostOps`, over those
 //!   adapters plus a state slot and a log sink.
 //!
@@ -12,6 +13,7 @@
 //! the harness plugs in recording ones. Everything a plugin can ask of its host is decided
 //! here once: unit-name checks, the write allow-list, error texts.
 
+pub mod app_backup;
 #[cfg(any(test, feature = "test-support"))]
 pub mod crash;
 pub mod exec;

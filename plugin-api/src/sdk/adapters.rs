@@ -17,6 +17,7 @@ use super::{
 use crate::abi::{
     ByteSinkRef, ByteSourceRef, HostHandle, PluginBox, PluginError, PluginOps, PluginOps_TO,
 };
+use crate::application::{AppContext, PluginState, Replace, Running};
 use crate::manifest::{Hook, RouteRequest};
 use crate::provider::{FetchOrder, FetchResult, Lookup, LookupResult, Registration};
 
@@ -171,18 +172,28 @@ trait Dispatch: Send + Sync {
 pub(super) const SERVICE_HOOKS: &[Hook] =
     &[Hook::Get, Hook::Put, Hook::Start, Hook::Stop, Hook::Reset];
 
-/// The hooks an application's adapter dispatches (backup and restore through their own
-/// entry points); its manifest advertises no other.
+/// The hooks an application's adapter answers whatever the plugin declares; its
+/// manifest lists these, and [`APPLICATION_OPTIONAL_HOOKS`] as far as they are declared.
 pub(super) const APPLICATION_HOOKS: &[Hook] = &[
     Hook::Get,
     Hook::Put,
+    Hook::Restart,
     Hook::Start,
     Hook::Stop,
-    Hook::Restart,
-    Hook::FactoryReset,
+    Hook::Initialize,
+    Hook::Reload,
+    Hook::Running,
+    Hook::Restored,
+];
+
+/// The hooks an application has when it declares them (backup and restore through their
+/// own entry points).
+pub(super) const APPLICATION_OPTIONAL_HOOKS: &[Hook] = &[
     Hook::Action,
     Hook::Backup,
     Hook::Restore,
+    Hook::Wipe,
+    Hook::CanReplace,
 ];
 
 /// The hooks a provider's adapter dispatches; its manifest advertises no other.
@@ -299,6 +310,10 @@ struct ApplicationAdapter<T: Application> {
     cfg: Configured<T::Config>,
 }
 
+fn not_supported<T>() -> Result<T> {
+    Err(Error::internal(NOT_SUPPORTED))
+}
+
 impl<T: Application> Dispatch for ApplicationAdapter<T> {
     fn invoke(&self, op: &str, input: &[u8]) -> Result<Vec<u8>> {
         let a = &self.app;
@@ -307,8 +322,18 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
                 a.route(op, req, c)
             });
         };
+        // Every hook but PUT, the action and can-replace takes the install's context.
+        let ctx = || decode_or_default::<AppContext>(input);
+        let done = |r: Result<()>| r.and_then(|()| empty());
         match hook {
-            Hook::Get => self.cfg.get(false, |c| a.state(c)),
+            Hook::Get => {
+                let ctx = ctx()?;
+                self.cfg.get(false, |c| {
+                    Ok(PluginState {
+                        friendly_version: a.friendly_version(&ctx, c)?,
+                    })
+                })
+            }
             Hook::Put => self.cfg.put(
                 input,
                 T::MULTI_LINE_FIELDS,
@@ -316,21 +341,65 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
                 |old, new| a.validate_change(old, new),
                 |undo, old, new| a.update(undo, old, new),
             ),
-            Hook::Start => self.cfg.kept(|undo, c| a.start(undo, c)),
-            Hook::Stop => self.cfg.kept(|undo, c| a.stop(undo, c)),
-            Hook::Restart => self.cfg.with_config(|c| a.restart(c)).and_then(|_| empty()),
-            Hook::FactoryReset => self
-                .cfg
-                .with_config(|c| a.factory_reset(c))
-                .and_then(|_| empty()),
+            Hook::Start => {
+                let ctx = ctx()?;
+                self.cfg.kept(|undo, c| a.start(undo, &ctx, c))
+            }
+            Hook::Stop => {
+                let ctx = ctx()?;
+                self.cfg.kept(|undo, c| a.stop(undo, &ctx, c))
+            }
+            Hook::Restart => {
+                let ctx = ctx()?;
+                done(self.cfg.with_config(|c| a.restart(&ctx, c)))
+            }
+            Hook::Initialize => {
+                let ctx = ctx()?;
+                done(self.cfg.with_config(|c| a.initialize(&ctx, c)))
+            }
+            Hook::Reload => {
+                let ctx = ctx()?;
+                done(self.cfg.with_config(|c| a.reload(&ctx, c)))
+            }
+            Hook::Restored => {
+                let ctx = ctx()?;
+                done(self.cfg.with_config(|c| a.restored(&ctx, c)))
+            }
+            Hook::Running => {
+                let ctx = ctx()?;
+                let running = self.cfg.with_config(|c| a.running(&ctx, c))?;
+                encode(&Running { running })
+            }
+            Hook::Wipe => {
+                let Some(wipe) = T::WIPE else {
+                    return not_supported();
+                };
+                let ctx = ctx()?;
+                done(self.cfg.with_config(|c| wipe(a, &ctx, c)))
+            }
             Hook::Action => {
+                let Some(action) = T::ACTION else {
+                    return not_supported();
+                };
                 let body: ActionBody = decode(input)?;
-                encode(&a.action(&body.action, &body.config)?)
+                encode(
+                    &self
+                        .cfg
+                        .with_config(|c| action(a, c, &body.action, &body.config))?,
+                )
+            }
+            Hook::CanReplace => {
+                let Some(can_replace) = T::CAN_REPLACE else {
+                    return not_supported();
+                };
+                let replace: Replace = decode_or_default(input)?;
+                done(can_replace(a, &replace))
             }
             // Backup and restore stream through their own entry points, not `invoke`; the
             // rest are not an application's hooks.
             Hook::Backup
             | Hook::Restore
+            | Hook::FactoryReset
             | Hook::Reset
             | Hook::Register
             | Hook::Deregister
@@ -338,23 +407,23 @@ impl<T: Application> Dispatch for ApplicationAdapter<T> {
             | Hook::Refresh
             | Hook::ClearCache
             | Hook::Lookup
-            | Hook::Fetch
-            | Hook::Initialize
-            | Hook::Reload
-            | Hook::Wipe
-            | Hook::CanReplace
-            | Hook::Running
-            | Hook::Restored => route(&self.cfg, T::ROUTES, op, input, |req, c| {
+            | Hook::Fetch => route(&self.cfg, T::ROUTES, op, input, |req, c| {
                 a.route(op, req, c)
             }),
         }
     }
     fn backup(&self, options: &[u8], out: &mut dyn Write) -> Result<()> {
+        let Some(streaming) = &T::STREAMING_BACKUP else {
+            return not_supported();
+        };
         let opts: BackupOptions = decode_or_default(options)?;
-        self.app.backup(opts.complete, out)
+        (streaming.backup)(&self.app, opts.complete, out)
     }
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
-        self.app.restore(input)
+        let Some(streaming) = &T::STREAMING_BACKUP else {
+            return not_supported();
+        };
+        (streaming.restore)(&self.app, input)
     }
 }
 
@@ -445,7 +514,7 @@ pub fn decode_or_default<T: DeserializeOwned + Default>(input: &[u8]) -> Result<
 /// The ABI-facing instance: every entry point runs under `catch_unwind`.
 struct Instance(Box<dyn Dispatch>);
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

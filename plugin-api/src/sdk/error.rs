@@ -31,6 +31,11 @@ impl Error {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(404, message)
     }
+    /// Upstream's answer to an application action it does not know: 500
+    /// `unsupported action '<action>'`.
+    pub fn unsupported_action(action: &str) -> Self {
+        Self::internal(format!("unsupported action '{action}'"))
+    }
 }
 
 impl std::fmt::Display for Error {

@@ -5,7 +5,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::std_types::{RBox, RResult, RString};
 
-use super::adapters::{APPLICATION_HOOKS, PROVIDER_HOOKS, SERVICE_HOOKS};
+use super::adapters::{
+    APPLICATION_HOOKS, APPLICATION_OPTIONAL_HOOKS, PROVIDER_HOOKS, SERVICE_HOOKS,
+};
 use super::{__guard, Application, Provider, Result, RouteSpec, Service};
 use crate::abi::{PluginBox, PluginError};
 use crate::manifest::{Hook, Kind, Manifest, Route};
@@ -72,15 +74,38 @@ fn routes(kind: Kind, name: &str, specs: &[RouteSpec]) -> Vec<Route> {
         .collect()
 }
 
+/// The panic message of an application that declares both archive kinds (the loader
+/// shows it: see [`__manifest_json`]).
+pub(super) const BOTH_BACKUPS: &str =
+    "declares both BACKUP and STREAMING_BACKUP: an application's backups are either the \
+     host's (BACKUP) or its own (STREAMING_BACKUP)";
+
 #[doc(hidden)]
 pub fn __application_manifest<T: Application>(version: &str, api_version: &str) -> Manifest {
+    if T::BACKUP.is_some() && T::STREAMING_BACKUP.is_some() {
+        panic!("application '{}' {BOTH_BACKUPS}", T::NAME);
+    }
     let mut m = base_manifest(T::NAME, Kind::Application, version, api_version);
-    advertise(&mut m, &[Hook::Start, Hook::Stop], APPLICATION_HOOKS);
-    advertise(&mut m, T::HOOKS, APPLICATION_HOOKS);
+    let optional = [
+        (Hook::Wipe, T::WIPE.is_some()),
+        (Hook::Action, T::ACTION.is_some()),
+        (Hook::CanReplace, T::CAN_REPLACE.is_some()),
+        (Hook::Backup, T::STREAMING_BACKUP.is_some()),
+        (Hook::Restore, T::STREAMING_BACKUP.is_some()),
+    ];
+    let declared: Vec<Hook> = optional
+        .into_iter()
+        .filter_map(|(h, set)| set.then_some(h))
+        .collect();
+    advertise(&mut m, APPLICATION_HOOKS, APPLICATION_HOOKS);
+    advertise(&mut m, &declared, APPLICATION_OPTIONAL_HOOKS);
     m.start_weight = T::START_WEIGHT;
     m.primary = T::PRIMARY;
+    m.variants = strings(T::VARIANTS);
     m.dependencies = strings(T::DEPENDENCIES);
+    m.late_update_check = T::LATE_UPDATE_CHECK;
     m.paths = strings(T::PATHS);
+    m.backup = T::BACKUP.map(|b| b.spec());
     m.routes = routes(Kind::Application, T::NAME, T::ROUTES);
     m
 }
@@ -96,14 +121,24 @@ pub fn __provider_manifest<T: Provider>(version: &str, api_version: &str) -> Man
     m
 }
 
-/// Renders a manifest to JSON under `catch_unwind` (an empty string on panic, which the
-/// host refuses as an invalid manifest).
+/// Renders a manifest to JSON under `catch_unwind`. On a panic (a plugin that declares
+/// what cannot be) it returns the reason as a JSON string: the host refuses that as an
+/// invalid manifest, and serde's error quotes the string, so the reason reaches the log
+/// (`invalid type: string "cannot build the manifest: ...", expected struct Manifest`).
 #[doc(hidden)]
 pub fn __manifest_json(f: impl FnOnce() -> Manifest) -> RString {
     match catch_unwind(AssertUnwindSafe(|| serde_json::to_string(&f()))) {
         Ok(Ok(s)) => RString::from(s),
-        _ => RString::new(),
+        Ok(Err(e)) => refusal(&format!("cannot encode the manifest: {e}")),
+        Err(p) => refusal(&format!(
+            "cannot build the manifest: {}",
+            super::adapters::panic_message(&*p)
+        )),
     }
+}
+
+fn refusal(reason: &str) -> RString {
+    RString::from(serde_json::to_string(reason).unwrap_or_default())
 }
 
 #[doc(hidden)]

@@ -26,4 +26,7 @@ pub use export::{
     __service_manifest,
 };
 pub use host::{Arg, Host, Output};
-pub use traits::{Application, Provider, ResetFn, RouteSpec, Service, PROVIDER_PATHS};
+pub use traits::{
+    ActionFn, Application, Backup, CanReplaceFn, Provider, ResetFn, RouteSpec, Service,
+    StreamingBackup, WipeFn, PROVIDER_PATHS,
+};

@@ -1,12 +1,14 @@
 //! The three traits a plugin implements: [`Service`], [`Application`] and [`Provider`].
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{Error, Host, Result, Undo, NOT_SUPPORTED};
-use crate::manifest::{Hook, RouteRequest};
+use crate::application::{AppContext, BackupSpec, Replace};
+use crate::manifest::RouteRequest;
 use crate::provider::{errors, FetchOrder, Registration, Release, Target, UpdateContext};
 
 /// An extra endpoint a plugin serves below its own URL, e.g.
@@ -159,21 +161,132 @@ pub trait Service: Sized + Send + Sync + 'static {
     }
 }
 
-/// An application (`/1.0/applications/{name}`).
+/// An application's data directory and what its backups leave out, as constants: the
+/// manifest carries it as a [`BackupSpec`] and the host writes and restores the backups
+/// (see [`Application::BACKUP`]). Built in a `const`:
+///
+/// ```
+/// # use plugin_api::sdk::Backup;
+/// const BACKUP: Option<Backup> = Some(
+///     Backup::new("/var/lib/demo")
+///         .excluded(&["unix.socket"])
+///         .excluded_unless_complete(&["artifacts"])
+///         .units(&["demo.service"]),
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backup {
+    /// The directory backed up: an absolute OS path inside one of [`Application::PATHS`].
+    pub root: &'static str,
+    /// Names relative to `root` never backed up (a prefix match: `unix.socket`).
+    pub excluded: &'static [&'static str],
+    /// Names relative to `root` left out unless the backup is `complete` (caches).
+    pub excluded_unless_complete: &'static [&'static str],
+    /// Units stopped, in this order, before a restore is swapped in, and started again in
+    /// this order afterwards.
+    pub units: &'static [&'static str],
+}
+
+impl Backup {
+    /// A backup of everything under `root`, with no unit stopped around a restore.
+    pub const fn new(root: &'static str) -> Backup {
+        Backup {
+            root,
+            excluded: &[],
+            excluded_unless_complete: &[],
+            units: &[],
+        }
+    }
+
+    /// Sets [`Backup::excluded`].
+    pub const fn excluded(mut self, names: &'static [&'static str]) -> Backup {
+        self.excluded = names;
+        self
+    }
+
+    /// Sets [`Backup::excluded_unless_complete`].
+    pub const fn excluded_unless_complete(mut self, names: &'static [&'static str]) -> Backup {
+        self.excluded_unless_complete = names;
+        self
+    }
+
+    /// Sets [`Backup::units`].
+    pub const fn units(mut self, units: &'static [&'static str]) -> Backup {
+        self.units = units;
+        self
+    }
+
+    /// The manifest's form.
+    pub fn spec(&self) -> BackupSpec {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        BackupSpec {
+            root: self.root.to_string(),
+            excluded: strings(self.excluded),
+            excluded_unless_complete: strings(self.excluded_unless_complete),
+            units: strings(self.units),
+        }
+    }
+}
+
+/// An application's wipe hook: see [`Application::WIPE`].
+pub type WipeFn<A> = fn(&A, &AppContext, &<A as Application>::Config) -> Result<()>;
+
+/// An application's action hook: see [`Application::ACTION`].
+pub type ActionFn<A> = fn(
+    &A,
+    &<A as Application>::Config,
+    &str,
+    &BTreeMap<String, String>,
+) -> Result<serde_json::Value>;
+
+/// An application's replacement rule: see [`Application::CAN_REPLACE`].
+pub type CanReplaceFn<A> = fn(&A, &Replace) -> Result<()>;
+
+/// An application's own archive format: see [`Application::STREAMING_BACKUP`].
+pub struct StreamingBackup<A: 'static> {
+    /// Writes the archive (`complete`: include what a plain backup leaves out) to the
+    /// stream. The host sends it to the client as it comes.
+    pub backup: fn(&A, bool, &mut dyn Write) -> Result<()>,
+    /// Reads an archive [`StreamingBackup::backup`] wrote and restores it; a bad archive
+    /// must change nothing.
+    pub restore: fn(&A, &mut dyn Read) -> Result<()>,
+}
+
+/// An application (`/1.0/applications/{name}` and the names of its [`Application::VARIANTS`]).
+///
+/// The host owns what every application has: whether and which version is installed, the
+/// primary rule, dependencies, `initialized`, `last_restored`, and, for an application that
+/// declares [`Application::BACKUP`], its backups and restores. The plugin answers for its
+/// own domain: its config, starting and stopping it, initializing it, reloading it after an
+/// update, wiping its data, actions. Every hook but PUT and the action gets the
+/// [`AppContext`] of the install (the name it is installed as, the active version, whether
+/// it was initialized).
 ///
 /// Config handling is the service's: PUT calls [`Application::validate`],
 /// [`Application::validate_change`], then [`Application::update`] with a journal that is
 /// rolled back if the update or the save fails, and committed once the config is saved.
 /// Start and stop get a journal whose changes are kept.
+///
+/// Optional hooks are declared once, by naming the function that implements them (as
+/// `const WIPE: Option<WipeFn<Self>> = Some(Self::wipe);`); the manifest lists a hook
+/// exactly when it is set. GET, PUT, start, stop, restart, initialize, reload, running and
+/// restored are always listed (their defaults are upstream's answers).
 pub trait Application: Sized + Send + Sync + 'static {
     /// The application name (URL segment).
     const NAME: &'static str;
+    /// Other names it installs as, sharing this plugin, its config and its install record
+    /// (`incus-lts-7.0` for `incus`); at most one of them is installed at a time.
+    const VARIANTS: &'static [&'static str] = &[];
     /// Start order among plugins (lower first); stop is the reverse.
     const START_WEIGHT: i32 = 0;
-    /// A primary application: only one may be installed at a time.
+    /// A primary application: only one may be installed at a time (the host's rule).
     const PRIMARY: bool = false;
-    /// Plugins that must be loaded, and are started first.
+    /// Plugins that must be loaded, installed and started first, by plugin name: a
+    /// dependency on `incus` is satisfied by any of its variants.
     const DEPENDENCIES: &'static [&'static str] = &[];
+    /// The update check of this application runs after the OS is up (it serves its own
+    /// update server).
+    const LATE_UPDATE_CHECK: bool = false;
     /// OS paths this application may write (its files under the root prefix).
     const PATHS: &'static [&'static str] = &[];
     /// Config fields that may hold several lines (PEM certificates and keys), by their own
@@ -182,20 +295,40 @@ pub trait Application: Sized + Send + Sync + 'static {
     /// [`crate::validate::config_strings`]): config strings end up in files and command
     /// lines.
     const MULTI_LINE_FIELDS: &'static [&'static str] = &[];
-    /// Hooks implemented beyond get/put/start/stop: any of `Hook::Restart`,
-    /// `Hook::FactoryReset`, `Hook::Action`, `Hook::Backup` and `Hook::Restore`. The
-    /// manifest advertises these; a hook applications do not have is left out.
-    const HOOKS: &'static [Hook] = &[];
+    /// Extra endpoints below `/1.0/applications/<name>/`.
+    const ROUTES: &'static [RouteSpec] = &[];
+    /// The data directory the host backs up and restores (a gzip tar, see
+    /// [`crate::sdk::archive`]), with its exclusions and the units stopped around a restore.
+    /// The host then serves `:backup` and `:restore` itself, and calls
+    /// [`Application::restored`] after a restore. Not together with
+    /// [`Application::STREAMING_BACKUP`] (the plugin would fail to load).
+    const BACKUP: Option<Backup> = None;
+    /// Wipes the application's local data (the host stops it first): gives `:factory-reset`
+    /// (stop, wipe, start, initialize) and the data removal of `:remove`. Without it a
+    /// factory reset answers upstream's "not supported".
+    const WIPE: Option<WipeFn<Self>> = None;
+    /// `:action` with `{"action", "config"}`: the action's name and arguments, returning
+    /// the response metadata. An unknown action should answer upstream's 500
+    /// `unsupported action '<x>'` ([`Error::unsupported_action`]). Without it every
+    /// action answers "not supported".
+    const ACTION: Option<ActionFn<Self>> = None;
+    /// Whether the installed variant may give way to another of [`Application::VARIANTS`]
+    /// (or the name): `Ok`, or the refusal (a 400 [`Error`]) the user sees.
+    const CAN_REPLACE: Option<CanReplaceFn<Self>> = None;
+    /// An archive format of the application's own, for an author who does not use
+    /// [`Application::BACKUP`]: the SDK streams `:backup` and `:restore` through these.
+    const STREAMING_BACKUP: Option<StreamingBackup<Self>> = None;
 
     /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;
-    /// What a GET shows beside the config, read live by [`Application::state`].
-    type State: Serialize;
 
     /// Builds the application. Called once, when the host loads the plugin.
     fn new(host: Host) -> Result<Self>;
-    /// The live state, read from the system.
-    fn state(&self, config: &Self::Config) -> Result<Self::State>;
+    /// The version a user recognizes (`7.0.0 [202511041800]`), GET's
+    /// `state.friendly_version`. Default: empty, and the host shows the image version.
+    fn friendly_version(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<String> {
+        Ok(String::new())
+    }
     /// Refuses a config that cannot work (400), before anything is touched.
     fn validate(&self, _config: &Self::Config) -> Result<()> {
         Ok(())
@@ -205,48 +338,42 @@ pub trait Application: Sized + Send + Sync + 'static {
     fn validate_change(&self, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
-    /// Applies a new config, recording in `undo` what it changes.
+    /// Applies a new config (a PUT), recording in `undo` what it changes.
     fn update(&self, _undo: &mut Undo, _old: &Self::Config, _new: &Self::Config) -> Result<()> {
         Ok(())
     }
-    /// Brings the application up at daemon start; what it changes is kept even if it
-    /// fails.
-    fn start(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+    /// Starts the application (daemon start, install, after a factory reset); what it
+    /// changes is kept even if it fails.
+    fn start(&self, _undo: &mut Undo, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
-    /// Called at daemon shutdown, in reverse start order.
-    fn stop(&self, _undo: &mut Undo, _config: &Self::Config) -> Result<()> {
+    /// Stops the application (daemon shutdown in reverse start order, before a wipe or a
+    /// removal).
+    fn stop(&self, _undo: &mut Undo, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
         Ok(())
     }
-    /// `:restart` (with `Hook::Restart` in [`Application::HOOKS`]).
-    fn restart(&self, _config: &Self::Config) -> Result<()> {
-        Err(Error::internal(NOT_SUPPORTED))
+    /// Sets the application up once after its first start (the host then records it as
+    /// initialized, and calls this again after a factory reset).
+    fn initialize(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
+        Ok(())
     }
-    /// `:factory-reset`: back to a fresh install, the application's data wiped (with
-    /// `Hook::FactoryReset` in [`Application::HOOKS`]).
-    fn factory_reset(&self, _config: &Self::Config) -> Result<()> {
-        Err(Error::internal(NOT_SUPPORTED))
+    /// Picks up a new image after an update (reloads its units).
+    fn reload(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
+        Ok(())
     }
-    /// `:action` with `{"action", "config"}`; returns the response metadata.
-    fn action(
-        &self,
-        _action: &str,
-        _args: &std::collections::BTreeMap<String, String>,
-    ) -> Result<serde_json::Value> {
-        Err(Error::internal(NOT_SUPPORTED))
+    /// `:restart`. Default: nothing, as upstream's.
+    fn restart(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
+        Ok(())
     }
-    /// Writes a tar archive of the application's data to `out`.
-    fn backup(&self, _complete: bool, _out: &mut dyn Write) -> Result<()> {
-        Err(Error::internal(NOT_SUPPORTED))
+    /// Whether the application's main unit runs. Default: no.
+    fn running(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<bool> {
+        Ok(false)
     }
-    /// Restores from a tar archive produced by [`Application::backup`].
-    fn restore(&self, _input: &mut dyn Read) -> Result<()> {
-        Err(Error::internal(NOT_SUPPORTED))
+    /// Called after the host swapped a restored [`Application::BACKUP`] in and started its
+    /// units again (to re-read what the archive brought).
+    fn restored(&self, _ctx: &AppContext, _config: &Self::Config) -> Result<()> {
+        Ok(())
     }
-
-    /// Extra endpoints below `/1.0/applications/<name>/`.
-    const ROUTES: &'static [RouteSpec] = &[];
-
     /// Answers a request to one of [`Application::ROUTES`].
     fn route(
         &self,

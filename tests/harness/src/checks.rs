@@ -1,8 +1,10 @@
 //! Conformance checks every plugin must pass, whatever it does. Each check runs on a fresh
 //! instance so the checks are independent.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use plugin_api::application::BackupSpec;
 use plugin_api::sdk::{PANIC_PREFIX, RESET_NOT_SUPPORTED};
 use plugin_api::{Hook, Kind};
 use plugin_host::loader::LoadError;
@@ -469,28 +471,106 @@ fn check_reset(h: &Harness) -> Result<Seen, String> {
     )))
 }
 
-fn check_backup_restore(h: &Harness) -> Result<Seen, String> {
-    let needed = [Hook::Get, Hook::Backup, Hook::Restore, Hook::FactoryReset];
-    if let Some(skip) = needs(h, &needed) {
-        return Ok(skip);
+/// Every entry under the declared backup root that a backup keeps (not excluded, the
+/// backup not `complete`): its path, kind, mode, and a file's size, mtime and content or a
+/// link's target.
+fn backed_up_tree(h: &Harness, spec: &BackupSpec) -> Result<Vec<String>, String> {
+    fn walk(
+        dir: &Path,
+        rel: &str,
+        spec: &BackupSpec,
+        out: &mut Vec<String>,
+    ) -> std::io::Result<()> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(rel))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            let r = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let excluded = spec
+                .excluded
+                .iter()
+                .chain(&spec.excluded_unless_complete)
+                .any(|p| r.starts_with(p.as_str()));
+            if excluded {
+                continue;
+            }
+            let path = dir.join(&r);
+            let meta = std::fs::symlink_metadata(&path)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.is_symlink() {
+                format!("link to {}", std::fs::read_link(&path)?.display())
+            } else if meta.is_dir() {
+                format!("dir {mode:o}")
+            } else {
+                let data = std::fs::read(&path)?;
+                format!(
+                    "file {mode:o} mtime {} {:?}",
+                    meta.mtime(),
+                    String::from_utf8_lossy(&data)
+                )
+            };
+            out.push(format!("{r}: {what}"));
+            if meta.is_dir() {
+                walk(dir, &r, spec, out)?;
+            }
+        }
+        Ok(())
     }
+    let root = h.host().root().join(spec.root.trim_start_matches('/'));
+    let mut out = vec![];
+    if root.exists() {
+        walk(&root, "", spec, &mut out)
+            .map_err(|e| format!("cannot read the backup root {}: {e}", spec.root))?;
+    }
+    Ok(out)
+}
+
+/// Backup, factory reset (the plugin's wipe, as the daemon runs it), restore: GET (the
+/// plugin's own answer) must be as before, and for a declared backup every entry the
+/// backup keeps must be back as it was. An application without any backup is skipped.
+fn check_backup_restore(h: &Harness) -> Result<Seen, String> {
+    let m = h.manifest();
+    if m.kind != Kind::Application {
+        return Ok(Seen::Skip("only applications have backups".to_string()));
+    }
+    let declared = m.backup.clone();
+    if declared.is_none() && !(m.has(Hook::Backup) && m.has(Hook::Restore)) {
+        return Ok(Seen::Skip(
+            "no backup: the application declares neither BACKUP nor STREAMING_BACKUP".to_string(),
+        ));
+    }
+    let tree = |h: &Harness| match &declared {
+        Some(spec) => backed_up_tree(h, spec),
+        None => Ok(vec![]),
+    };
     // A config other than the default, where the plugin takes one: a backup that loses
     // the data would otherwise give back what a factory reset leaves.
-    let changed_fields = if h.manifest().has(Hook::Put) {
+    let changed_fields = if m.has(Hook::Put) {
         let body = get_shaped(h)?;
         put_changed_fields(h, &body)?.1
     } else {
         vec![]
     };
     let before = h.get().map_err(|e| format!("GET failed: {}", show(&e)))?;
+    let tree_before = tree(h)?;
     let archive = h
         .backup(&json!({}))
         .map_err(|e| format!("backup failed: {}", show(&e)))?;
-    h.factory_reset()
-        .map_err(|e| format!("factory-reset failed: {}", show(&e)))?;
-    let reset = h
-        .get()
-        .map_err(|e| format!("GET after factory-reset failed: {}", show(&e)))?;
+    let wiped = m.has(Hook::Wipe);
+    let mut reset = None;
+    if wiped {
+        h.factory_reset()
+            .map_err(|e| format!("factory-reset failed: {}", show(&e)))?;
+        let get = h
+            .get()
+            .map_err(|e| format!("GET after factory-reset failed: {}", show(&e)))?;
+        reset = Some((get, tree(h)?));
+    }
     h.restore(&archive)
         .map_err(|e| format!("restore failed: {}", show(&e)))?;
     let after = h
@@ -501,15 +581,43 @@ fn check_backup_restore(h: &Harness) -> Result<Seen, String> {
             "GET after restore is {after}, before backup it was {before}"
         ));
     }
-    let data = if reset == before {
-        "; the factory reset changed nothing GET shows, so the round trip proves little"
-    } else {
-        ""
+    let tree_after = tree(h)?;
+    if tree_after != tree_before {
+        let lost: Vec<&String> = tree_before
+            .iter()
+            .filter(|e| !tree_after.contains(e))
+            .collect();
+        let new: Vec<&String> = tree_after
+            .iter()
+            .filter(|e| !tree_before.contains(e))
+            .collect();
+        return Err(format!(
+            "after restore the backup root differs: missing or changed {lost:?}, new {new:?}"
+        ));
+    }
+    let how = match &declared {
+        Some(spec) => format!(
+            "declared backup of {} ({} entries kept)",
+            spec.root,
+            tree_before.len()
+        ),
+        None => "the plugin's own backup".to_string(),
+    };
+    let note = match &reset {
+        None => {
+            "; the application has no wipe hook, so the restore went over the live data".to_string()
+        }
+        Some((get, t)) if *get == before && *t == tree_before => {
+            "; the factory reset changed nothing the check sees, so the round trip proves little"
+                .to_string()
+        }
+        Some(_) => String::new(),
     };
     Ok(Seen::Pass(format!(
-        "backup ({} bytes), factory-reset and restore gave back the same GET, with {} \
-         first{data}",
+        "{how}, {} bytes: factory-reset and restore gave back the same GET{}, with {} \
+         first{note}",
         archive.len(),
+        if declared.is_some() { " and data" } else { "" },
         changed_note(&changed_fields)
     )))
 }

@@ -11,6 +11,7 @@ use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 use anyhow::Context;
 use plugin_api::abi::{ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, PluginBox};
 use plugin_api::{Hook, Manifest};
+use plugin_host::app_backup;
 use plugin_host::loader::{self, PluginLibrary};
 use serde_json::Value;
 
@@ -196,17 +197,56 @@ impl Harness {
         self.invoke(Hook::Reset.op(), b"")
     }
 
-    pub fn factory_reset(&self) -> Result<Value, PluginError> {
-        self.invoke(Hook::FactoryReset.op(), b"")
+    /// The [`plugin_api::application::AppContext`] the harness passes to the application
+    /// hooks it calls itself: installed under the plugin's name, no image.
+    pub fn app_context(&self) -> Vec<u8> {
+        let ctx = plugin_api::application::AppContext {
+            name: self.manifest().name.clone(),
+            ..Default::default()
+        };
+        serde_json::to_vec(&ctx).expect("a context encodes")
     }
 
-    /// Streams a backup with `options` (JSON, e.g. `{"complete": true}`) into memory.
+    /// `:factory-reset` as the daemon runs it (upstream's order): stop, the plugin's wipe,
+    /// start, initialize, each as far as the manifest lists it. An application without a
+    /// wipe hook answers 500 "not supported".
+    pub fn factory_reset(&self) -> Result<(), PluginError> {
+        if !self.manifest().has(Hook::Wipe) {
+            return Err(PluginError::new(500, plugin_api::sdk::NOT_SUPPORTED));
+        }
+        let ctx = self.app_context();
+        for hook in [Hook::Stop, Hook::Wipe, Hook::Start, Hook::Initialize] {
+            // A hook the manifest does not list is not called (the daemon does the same).
+            if self.manifest().has(hook) {
+                self.invoke(hook.op(), &ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams a backup with `options` (JSON, e.g. `{"complete": true}`) into memory, as
+    /// the daemon makes it: of a declared backup (the manifest's `backup`) with the shared
+    /// code ([`plugin_host::app_backup`], dry run first) from the host's root, else through
+    /// the plugin's own stream.
     pub fn backup(&self, options: &Value) -> Result<Vec<u8>, PluginError> {
         self.backup_raw(options.to_string().as_bytes())
     }
 
     /// Like [`Harness::backup`] with raw option bytes.
     pub fn backup_raw(&self, options: &[u8]) -> Result<Vec<u8>, PluginError> {
+        if let Some(spec) = &self.manifest().backup {
+            #[derive(serde::Deserialize, Default)]
+            struct Options {
+                #[serde(default)]
+                complete: bool,
+            }
+            let opts: Options = plugin_api::sdk::decode_or_default(options)?;
+            let root = self.host.root();
+            app_backup::check(root, spec, opts.complete)?;
+            let mut out = Vec::new();
+            app_backup::write(root, spec, opts.complete, &mut out)?;
+            return Ok(out);
+        }
         let mut sink = VecSink(Vec::new());
         self.plugin
             .backup(
@@ -217,8 +257,19 @@ impl Harness {
         Ok(sink.0)
     }
 
-    /// Restores from an in-memory archive.
+    /// Restores from an in-memory archive as the daemon does: a declared backup with the
+    /// shared code (extracted beside the root, the spec's units stopped, swapped in,
+    /// started again through this host's units), then the plugin's `restored` hook; else
+    /// through the plugin's own stream.
     pub fn restore(&self, archive: &[u8]) -> Result<(), PluginError> {
+        if let Some(spec) = &self.manifest().backup {
+            let limits = plugin_api::sdk::archive::Limits::default();
+            app_backup::prepare(self.host.root(), spec, archive, &limits)?.apply(&self.host)?;
+            if self.manifest().has(Hook::Restored) {
+                self.invoke(Hook::Restored.op(), &self.app_context())?;
+            }
+            return Ok(());
+        }
         let mut source = SliceSource(archive);
         self.plugin
             .restore(ByteSource_TO::from_ptr(&mut source, TD_Opaque))

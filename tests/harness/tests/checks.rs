@@ -7,7 +7,9 @@ use incus_osd_harness::{
     assert_conformance, built_plugin, run_generic_checks, CheckOutcome, CheckStatus, Harness,
     CHECKS,
 };
+use incus_osd_harness::{LogLevel, UnitCall, UnitOp};
 use plugin_api::sdk::RESET_NOT_SUPPORTED;
+use serde_json::json;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     built_plugin(&format!("fixture_{}", name.replace('-', "_")))
@@ -188,22 +190,125 @@ fn a_backup_that_loses_data_fails_the_round_trip() {
     );
 }
 
-/// The fixture application keeps its data through backup, factory reset and restore: the
-/// round trip runs (on a config the check changed first) and passes.
+/// With a declared backup the check compares the data itself: a plugin whose `restored`
+/// hook writes into the restored tree fails, naming the entry.
 #[test]
-fn the_fixture_application_passes_the_backup_round_trip() {
+fn a_restore_that_changes_the_declared_data_fails_the_round_trip() {
+    assert_outcomes(
+        "nc-restored-changes-data",
+        &[(
+            "backup-restore",
+            "after restore the backup root differs: missing or changed [], new [\"restored: \
+             file 600 mtime",
+        )],
+        &["reset", "provider-ops"],
+    );
+}
+
+/// The fixture application with its own archive format keeps its data through backup,
+/// factory reset (its wipe) and restore: the round trip runs (on a config the check changed
+/// first) through the plugin's streams and passes.
+#[test]
+fn a_streaming_backup_passes_the_round_trip() {
     let outcomes = assert_outcomes("backup-app", &[], &["reset", "provider-ops"]);
     let br = outcome(&outcomes, "backup-restore");
     assert!(
-        br.detail
-            .contains("factory-reset and restore gave back the same GET, with 1 field(s) changed (greeting) first"),
+        br.detail.starts_with("the plugin's own backup, ")
+            && br.detail.contains(
+                "factory-reset and restore gave back the same GET, with 1 field(s) changed \
+                 (greeting) first"
+            ),
         "{br:?}"
     );
-    assert!(!br.detail.contains("changed nothing"), "{br:?}");
+    assert!(!br.detail.contains("proves little"), "{br:?}");
     assert_eq!(
         outcome(&outcomes, "reset").detail,
         "only services have reset"
     );
+}
+
+/// An upstream-faithful application (GET shows only its friendly version and config)
+/// that declares its backup passes the round trip: the harness writes and restores the
+/// archive with the daemon's code, and the data under the root is back, exclusions aside.
+#[test]
+fn a_declared_backup_passes_the_round_trip_on_the_data_itself() {
+    let outcomes = assert_outcomes("declared-backup", &[], &["reset", "provider-ops"]);
+    let br = outcome(&outcomes, "backup-restore");
+    assert!(
+        br.detail
+            .starts_with("declared backup of /var/lib/declared-backup (1 entries kept)")
+            && br.detail.contains(
+                "factory-reset and restore gave back the same GET and data, with 1 field(s) \
+             changed (greeting) first"
+            ),
+        "{br:?}"
+    );
+    assert!(!br.detail.contains("proves little"), "{br:?}");
+
+    // What the daemon does around it: units stopped and started around the swap, the
+    // plugin told afterwards; the excluded names are not brought back.
+    let h = Harness::load(fixture("declared-backup")).unwrap();
+    h.put_config(&json!({"greeting": "hello"})).unwrap();
+    let archive = h.backup(&json!({})).unwrap();
+    h.factory_reset().unwrap();
+    assert_eq!(
+        h.host().read_file("/var/lib/declared-backup/greeting"),
+        None
+    );
+    h.host().clear_effects();
+    h.restore(&archive).unwrap();
+    assert_eq!(
+        h.host().read_text("/var/lib/declared-backup/greeting"),
+        "hello"
+    );
+    assert_eq!(
+        h.host().read_file("/var/lib/declared-backup/unix.socket"),
+        None
+    );
+    assert_eq!(
+        h.host().read_file("/var/lib/declared-backup/cache/blob"),
+        None
+    );
+    assert_eq!(
+        h.host().units(),
+        [
+            UnitCall::new(UnitOp::Stop, "declared-backup.service"),
+            UnitCall::new(UnitOp::Start, "declared-backup.service")
+        ]
+    );
+    assert_eq!(
+        h.host().logged(LogLevel::Info),
+        ["restored declared-backup"]
+    );
+    // A complete backup has the cache.
+    h.put_config(&json!({"greeting": "again"})).unwrap();
+    let complete = h.backup(&json!({"complete": true})).unwrap();
+    h.factory_reset().unwrap();
+    h.restore(&complete).unwrap();
+    assert_eq!(
+        h.host().read_text("/var/lib/declared-backup/cache/blob"),
+        "cached"
+    );
+    // A hostile archive changes nothing.
+    let err = h.restore(&complete[..complete.len() / 2]).unwrap_err();
+    assert_eq!(err.status, 400, "{err:?}");
+    assert_eq!(
+        h.host().read_text("/var/lib/declared-backup/greeting"),
+        "again"
+    );
+}
+
+/// An application without any backup is not failed for it.
+#[test]
+fn an_application_without_a_backup_is_reported_as_such() {
+    let outcomes = run_generic_checks(fixture("sdk-only"));
+    let br = outcome(&outcomes, "backup-restore");
+    assert_eq!(br.status, CheckStatus::Skipped);
+    assert_eq!(
+        br.detail,
+        "no backup: the application declares neither BACKUP nor STREAMING_BACKUP"
+    );
+    assert!(outcomes.iter().all(|o| !o.failed()), "{outcomes:#?}");
 }
 
 #[test]
@@ -232,10 +337,7 @@ fn a_skipped_check_is_not_a_pass() {
     let skipped = outcome(&outcomes, "backup-restore");
     assert_eq!(skipped.status, CheckStatus::Skipped);
     assert!(skipped.skipped() && !skipped.passed() && !skipped.failed());
-    assert_eq!(
-        skipped.detail,
-        "the plugin does not implement backup, restore, factory-reset"
-    );
+    assert_eq!(skipped.detail, "only applications have backups");
 }
 
 #[test]

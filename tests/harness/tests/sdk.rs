@@ -9,11 +9,15 @@ use incus_osd_harness::HarnessHost;
 use plugin_api::abi::{
     ByteSink, ByteSink_TO, ByteSource, ByteSource_TO, LogLevel, PluginBox, PluginError,
 };
+use plugin_api::application::{AppContext, Replace};
 use plugin_api::provider::{FetchOrder, Registration, Release, Target, UpdateContext};
-use plugin_api::sdk::{self, Error, Host, ResetFn, Result, Undo};
+use plugin_api::sdk::{
+    self, ActionFn, CanReplaceFn, Error, Host, ResetFn, Result, StreamingBackup, Undo, WipeFn,
+};
 use plugin_api::{Application, Hook, Manifest, Provider, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 const UNIT: &str = "probe.service";
 
@@ -124,6 +128,14 @@ impl Loaded {
             .invoke(RStr::from_str(op), RSlice::from_slice(input))
             .into_result()
             .map(drop)
+    }
+
+    /// `invoke`'s output, as text.
+    fn answer(&self, op: &str, input: &[u8]) -> std::result::Result<String, PluginError> {
+        self.plugin
+            .invoke(RStr::from_str(op), RSlice::from_slice(input))
+            .into_result()
+            .map(|out| String::from_utf8(out.to_vec()).unwrap())
     }
 
     fn put(&self, config: Value) -> std::result::Result<(), PluginError> {
@@ -307,12 +319,8 @@ impl Application for App {
     const NAME: &'static str = "app";
     const PATHS: &'static [&'static str] = &["/var/lib/app"];
     type Config = ValueConfig;
-    type State = Value;
     fn new(_: Host) -> Result<Self> {
         Ok(App)
-    }
-    fn state(&self, _: &ValueConfig) -> Result<Value> {
-        Ok(json!({}))
     }
     fn validate_change(&self, old: &ValueConfig, new: &ValueConfig) -> Result<()> {
         check_change(old, new)
@@ -320,7 +328,7 @@ impl Application for App {
     fn update(&self, undo: &mut Undo, _: &ValueConfig, new: &ValueConfig) -> Result<()> {
         write_value(undo, new)
     }
-    fn start(&self, undo: &mut Undo, config: &ValueConfig) -> Result<()> {
+    fn start(&self, undo: &mut Undo, _: &AppContext, config: &ValueConfig) -> Result<()> {
         write_value(undo, config)?;
         Err(Error::internal("start failed"))
     }
@@ -437,35 +445,15 @@ impl Service for Every {
     }
 }
 
-impl Application for Every {
-    const NAME: &'static str = "every";
-    // Every hook there is: the manifest keeps those an application has.
-    const HOOKS: &'static [Hook] = &Hook::ALL;
-    type Config = Value;
-    type State = Value;
-    fn new(host: Host) -> Result<Self> {
-        Ok(Every { host })
+impl Every {
+    fn wipe(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Wipe)
     }
-    fn state(&self, _: &Value) -> Result<Value> {
-        self.saw(Hook::Get).map(|()| json!({}))
-    }
-    fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
-        self.saw(Hook::Put)
-    }
-    fn start(&self, _: &mut Undo, _: &Value) -> Result<()> {
-        self.saw(Hook::Start)
-    }
-    fn stop(&self, _: &mut Undo, _: &Value) -> Result<()> {
-        self.saw(Hook::Stop)
-    }
-    fn restart(&self, _: &Value) -> Result<()> {
-        self.saw(Hook::Restart)
-    }
-    fn factory_reset(&self, _: &Value) -> Result<()> {
-        self.saw(Hook::FactoryReset)
-    }
-    fn action(&self, _: &str, _: &std::collections::BTreeMap<String, String>) -> Result<Value> {
+    fn action(&self, _: &Value, _: &str, _: &BTreeMap<String, String>) -> Result<Value> {
         self.saw(Hook::Action).map(|()| json!({}))
+    }
+    fn can_replace(&self, _: &Replace) -> Result<()> {
+        self.saw(Hook::CanReplace)
     }
     fn backup(&self, _: bool, out: &mut dyn std::io::Write) -> Result<()> {
         out.write_all(b"archive")?;
@@ -474,6 +462,49 @@ impl Application for Every {
     fn restore(&self, input: &mut dyn std::io::Read) -> Result<()> {
         std::io::copy(input, &mut std::io::sink())?;
         self.saw(Hook::Restore)
+    }
+}
+
+impl Application for Every {
+    const NAME: &'static str = "every";
+    // Every optional hook there is.
+    const WIPE: Option<WipeFn<Self>> = Some(Self::wipe);
+    const ACTION: Option<ActionFn<Self>> = Some(Self::action);
+    const CAN_REPLACE: Option<CanReplaceFn<Self>> = Some(Self::can_replace);
+    const STREAMING_BACKUP: Option<StreamingBackup<Self>> = Some(StreamingBackup {
+        backup: Self::backup,
+        restore: Self::restore,
+    });
+    type Config = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Every { host })
+    }
+    fn friendly_version(&self, _: &AppContext, _: &Value) -> Result<String> {
+        self.saw(Hook::Get).map(|()| String::new())
+    }
+    fn update(&self, _: &mut Undo, _: &Value, _: &Value) -> Result<()> {
+        self.saw(Hook::Put)
+    }
+    fn start(&self, _: &mut Undo, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Start)
+    }
+    fn stop(&self, _: &mut Undo, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Stop)
+    }
+    fn initialize(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Initialize)
+    }
+    fn reload(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Reload)
+    }
+    fn restart(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Restart)
+    }
+    fn running(&self, _: &AppContext, _: &Value) -> Result<bool> {
+        self.saw(Hook::Running).map(|()| true)
+    }
+    fn restored(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.saw(Hook::Restored)
     }
 }
 
@@ -573,15 +604,8 @@ fn every_hook_a_manifest_advertises_reaches_the_plugin() {
             sdk::__application_manifest::<Every>(version.0, version.1),
             sdk::__application_instance::<Every>,
             &[
-                Get,
-                Put,
-                Action,
-                Backup,
-                Restore,
-                FactoryReset,
-                Restart,
-                Start,
-                Stop,
+                Get, Put, Action, Backup, Restore, Restart, Start, Stop, Initialize, Reload, Wipe,
+                CanReplace, Running, Restored,
             ],
         ),
         (
@@ -604,4 +628,105 @@ fn every_hook_a_manifest_advertises_reaches_the_plugin() {
             assert_eq!(p.calls(), [hook.op()], "{kind:?} {hook:?}");
         }
     }
+}
+
+// ---- applications: the context, the plugin's GET, undeclared hooks --------------------------
+
+/// An upstream-shaped application: its friendly version and whether it runs come from the
+/// context the host passes; it declares only an action.
+struct Versioned;
+
+impl Versioned {
+    fn action(
+        &self,
+        _: &ValueConfig,
+        action: &str,
+        args: &BTreeMap<String, String>,
+    ) -> Result<Value> {
+        match action {
+            "echo" => Ok(json!(args)),
+            other => Err(Error::unsupported_action(other)),
+        }
+    }
+}
+
+impl Application for Versioned {
+    const NAME: &'static str = "versioned";
+    const ACTION: Option<ActionFn<Self>> = Some(Self::action);
+    type Config = ValueConfig;
+    fn new(_: Host) -> Result<Self> {
+        Ok(Versioned)
+    }
+    fn friendly_version(&self, ctx: &AppContext, _: &ValueConfig) -> Result<String> {
+        Ok(format!("7.0.0 [{}] as {}", ctx.version, ctx.name))
+    }
+    fn running(&self, ctx: &AppContext, _: &ValueConfig) -> Result<bool> {
+        Ok(ctx.initialized)
+    }
+}
+
+fn versioned() -> Loaded {
+    Loaded::new(
+        sdk::__application_manifest::<Versioned>("1.0.0", plugin_api::API_VERSION),
+        sdk::__application_instance::<Versioned>,
+    )
+}
+
+#[test]
+fn an_applications_get_is_its_friendly_version_and_config_for_the_context_given() {
+    let p = versioned();
+    p.host
+        .set_saved_config(&json!({"locked": true, "value": "v"}));
+    let ctx = br#"{"name": "incus-lts-7.0", "version": "202511041800", "initialized": true}"#;
+    assert_eq!(
+        p.answer("get", ctx).unwrap(),
+        r#"{"state":{"friendly_version":"7.0.0 [202511041800] as incus-lts-7.0"},"config":{"locked":true,"value":"v"}}"#
+    );
+    // No input: the default context.
+    assert_eq!(
+        p.answer("get", b"").unwrap(),
+        r#"{"state":{"friendly_version":"7.0.0 [] as "},"config":{"locked":true,"value":"v"}}"#
+    );
+    assert_eq!(p.answer("running", ctx).unwrap(), r#"{"running":true}"#);
+    assert_eq!(p.answer("running", b"").unwrap(), r#"{"running":false}"#);
+    let err = p.answer("get", b"{\"name\": 1}").unwrap_err();
+    assert_eq!(err.status, 400, "{err:?}");
+    assert!(err.message.contains("name"), "{err:?}");
+}
+
+#[test]
+fn undeclared_application_hooks_answer_not_supported_and_unknown_actions_upstreams_text() {
+    let p = versioned();
+    let m = sdk::__application_manifest::<Versioned>("1.0.0", plugin_api::API_VERSION);
+    assert!(m.has(Hook::Action) && !m.has(Hook::Wipe) && !m.has(Hook::CanReplace));
+    assert!(!m.has(Hook::Backup) && !m.has(Hook::FactoryReset) && m.backup.is_none());
+    for op in ["wipe", "can-replace"] {
+        let err = p.answer(op, b"").unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (500, "not supported"),
+            "{op}"
+        );
+    }
+    let err = p
+        .plugin
+        .backup(
+            RSlice::from_slice(b"{}"),
+            ByteSink_TO::from_ptr(&mut VecSink(vec![]), TD_Opaque),
+        )
+        .into_result()
+        .unwrap_err();
+    assert_eq!((err.status, err.message.as_str()), (500, "not supported"));
+    assert_eq!(
+        p.answer("action", br#"{"action": "echo", "config": {"a": "b"}}"#)
+            .unwrap(),
+        r#"{"a":"b"}"#
+    );
+    let err = p.answer("action", br#"{"action": "explode"}"#).unwrap_err();
+    assert_eq!(
+        (err.status, err.message.as_str()),
+        (500, "unsupported action 'explode'")
+    );
+    // Restart's default is upstream's: nothing, successfully.
+    assert_eq!(p.answer("restart", b"").unwrap(), "{}");
 }
