@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-const V1: &str = "202601010000";
+/// The running OS release (TestApp's): its image stays available after an update, as the
+/// running slot's.
+const V1: &str = "202511041601";
 const V2: &str = "202602010000";
 const CALLS: &str = "/var/log/app-calls";
 
@@ -296,7 +298,10 @@ impl Site {
         let resp = self.r.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn ok(&self, method: &str, uri: &str, body: &str) -> Value {
@@ -312,13 +317,14 @@ impl Site {
     }
 
     async fn offer(&self, apps: Value) {
-        let body = json!({"name": "images", "config": {"apps": apps}}).to_string();
+        let body = json!({"config": {"name": "images", "config": {"apps": apps}}}).to_string();
         self.ok("PUT", "/1.0/system/provider", &body).await;
     }
 
     async fn offer_corrupt(&self, apps: Value, corrupt: &[&str]) {
         let body =
-            json!({"name": "images", "config": {"apps": apps, "corrupt": corrupt}}).to_string();
+            json!({"config": {"name": "images", "config": {"apps": apps, "corrupt": corrupt}}})
+                .to_string();
         self.ok("PUT", "/1.0/system/provider", &body).await;
     }
 
@@ -412,9 +418,20 @@ async fn an_install_downloads_links_merges_starts_and_initializes() {
         })
     );
     // Upstream's key order in the state.
-    let (_, raw) = s.call("GET", "/1.0/applications/prime", "").await;
-    let text = raw.to_string();
-    let order = ["is_primary", "initialized", "friendly_version", "version", "available"];
+    let req = Request::builder()
+        .uri("/1.0/applications/prime")
+        .body(Body::empty())
+        .unwrap();
+    let resp = s.r.clone().oneshot(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let order = [
+        "is_primary",
+        "initialized",
+        "friendly_version",
+        "version",
+        "available",
+    ];
     let at: Vec<usize> = order.iter().map(|k| text.find(k).unwrap()).collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
 
@@ -552,7 +569,10 @@ async fn remove_refuses_the_primary_and_takes_the_rest_away() {
     assert_eq!(s.list().await, json!(["/1.0/applications/prime"]));
     assert_eq!(s.link("addon"), None);
     assert!(!exists(&s.image(V1, "addon")));
-    assert!(exists(&s.image(V1, "prime")), "a shared release directory stays");
+    assert!(
+        exists(&s.image(V1, "prime")),
+        "a shared release directory stays"
+    );
     assert_eq!(s.calls().last().unwrap(), "stop addon");
     assert_eq!(
         s.err("GET", "/1.0/applications/addon", "").await,

@@ -9,8 +9,9 @@ use axum::http::{HeaderValue, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use incus_osd::testing::TestApp;
-use plugin_api::sdk::{Host, Result, RouteRequest, RouteSpec};
-use plugin_api::{Application, Hook, Service};
+use plugin_api::application::AppContext;
+use plugin_api::sdk::{ActionFn, Host, Result, RouteRequest, RouteSpec, StreamingBackup};
+use plugin_api::{Application, Service};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -74,39 +75,21 @@ impl Service for Ordered {
     }
 }
 
-#[derive(Serialize)]
-struct AppState {
-    initialized: bool,
-    version: String,
-}
-
 struct App {
     restored: Arc<Mutex<usize>>,
 }
 
-impl Application for App {
-    const NAME: &'static str = "app";
-    const PRIMARY: bool = true;
-    const HOOKS: &'static [Hook] = &[Hook::Action, Hook::Restore];
-    type Config = Config;
-    type State = AppState;
-    fn new(_: Host) -> Result<Self> {
-        Ok(App {
-            restored: Arc::default(),
-        })
-    }
-    fn state(&self, _: &Config) -> Result<AppState> {
-        Ok(AppState {
-            initialized: true,
-            version: format!("restored {}", self.restored.lock().unwrap()),
-        })
-    }
+impl App {
     fn action(
         &self,
+        _: &Config,
         action: &str,
         _: &std::collections::BTreeMap<String, String>,
     ) -> Result<Value> {
         Ok(json!({ "action": action }))
+    }
+    fn backup(&self, _: bool, _: &mut dyn std::io::Write) -> Result<()> {
+        Ok(())
     }
     fn restore(&self, input: &mut dyn std::io::Read) -> Result<()> {
         let mut all = vec![];
@@ -116,11 +99,31 @@ impl Application for App {
     }
 }
 
+impl Application for App {
+    const NAME: &'static str = "app";
+    const PRIMARY: bool = true;
+    const ACTION: Option<ActionFn<Self>> = Some(Self::action);
+    const STREAMING_BACKUP: Option<StreamingBackup<Self>> = Some(StreamingBackup {
+        backup: Self::backup,
+        restore: Self::restore,
+    });
+    type Config = Config;
+    fn new(_: Host) -> Result<Self> {
+        Ok(App {
+            restored: Arc::default(),
+        })
+    }
+    fn friendly_version(&self, _: &AppContext, _: &Config) -> Result<String> {
+        Ok(format!("restored {}", self.restored.lock().unwrap()))
+    }
+}
+
 fn app() -> TestApp {
     TestApp::new()
         .service::<Conf>()
         .service::<Ordered>()
         .application::<App>()
+        .installed("app", "202511041601")
 }
 
 // ---- helpers -----------------------------------------------------------------------------
@@ -361,7 +364,7 @@ async fn json_bodies_over_the_limit_are_a_413_envelope_and_change_nothing() {
     .await;
     assert_eq!(resp.metadata(), json!({}));
     assert_eq!(
-        get(&r, "/1.0/applications/app").await.metadata()["state"]["version"],
+        get(&r, "/1.0/applications/app").await.metadata()["state"]["friendly_version"],
         format!("restored {}", 3 * limit)
     );
 }
@@ -599,10 +602,10 @@ async fn get_bodies_keep_the_upstream_structs_key_order() {
         text.contains(r#""metadata":{"state":{"up":false},"config":{"enabled":false,"name":""}}"#),
         "{text}"
     );
-    // Applications: state first, `is_primary` its first field, the plugin's order kept.
+    // Applications: state first, in upstream's order; the plugin's config order kept.
     let text = get(&r, "/1.0/applications/app").await.text();
     assert!(
-        text.contains(r#""metadata":{"state":{"is_primary":true,"initialized":true,"version":"restored 0"},"config":{"enabled":false,"name":""}}"#),
+        text.contains(r#""metadata":{"state":{"is_primary":true,"initialized":false,"friendly_version":"restored 0","version":"202511041601","available_versions":["202511041601"]},"config":{"enabled":false,"name":""}}"#),
         "{text}"
     );
 }
@@ -638,22 +641,21 @@ async fn unknown_sub_paths_are_upstreams_catch_all_whatever_the_name() {
             .0,
         404
     );
-    // Upstream's application verbs not built here check the method first, then the name.
+    // Application verbs check the method first, then the name.
     for verb in [":check-update", ":debug", ":remove", ":switch-version"] {
         let path = format!("/1.0/applications/nope/{verb}");
         assert_eq!(get(&r, &path).await.error().0, 501, "{path}");
         assert_eq!(call(&r, "POST", &path, "").await.error().0, 404, "{path}");
         let path = format!("/1.0/applications/app/{verb}");
         assert_eq!(get(&r, &path).await.error().0, 501, "{path}");
-        let (code, msg) = call(&r, "POST", &path, "").await.error();
-        assert_eq!(
-            (code, msg),
-            (
-                501,
-                format!("/1.0/applications/app/{verb} is not implemented by this daemon yet")
-            )
-        );
     }
+    // `:debug` is upstream's for Incus only (its log bundle), not built here.
+    assert_eq!(
+        call(&r, "POST", "/1.0/applications/app/:debug", "")
+            .await
+            .error(),
+        (501, "not implemented".into())
+    );
 }
 
 #[tokio::test]

@@ -47,12 +47,8 @@ struct DebugApp;
 impl Application for DebugApp {
     const NAME: &'static str = "debug";
     type Config = AppConfig;
-    type State = Value;
     fn new(_: Host) -> Result<Self> {
         Ok(DebugApp)
-    }
-    fn state(&self, _: &AppConfig) -> Result<Value> {
-        Ok(json!({"kind": "application"}))
     }
 }
 
@@ -72,6 +68,7 @@ fn both() -> TestApp {
     TestApp::new()
         .provider::<DebugProvider>()
         .application::<DebugApp>()
+        .installed("debug", "202601010000")
 }
 
 async fn configs(r: &Router) -> (Value, Value) {
@@ -152,12 +149,8 @@ impl Application for NeedsIncus {
     const NAME: &'static str = "needs-incus";
     const DEPENDENCIES: &'static [&'static str] = &["incus"];
     type Config = AppConfig;
-    type State = Value;
     fn new(_: Host) -> Result<Self> {
         Ok(NeedsIncus)
-    }
-    fn state(&self, _: &AppConfig) -> Result<Value> {
-        Ok(json!({}))
     }
 }
 

@@ -9,8 +9,8 @@ use axum::http::Request;
 use axum::Router;
 use http_body_util::BodyExt;
 use incus_osd::testing::TestApp;
-use plugin_api::sdk::{Host, Result};
-use plugin_api::{Application, Hook};
+use plugin_api::sdk::{Host, Result, StreamingBackup};
+use plugin_api::Application;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -25,17 +25,9 @@ struct Sink {
     host: Host,
 }
 
-impl Application for Sink {
-    const NAME: &'static str = "sink";
-    const PATHS: &'static [&'static str] = &["/var/lib/sink"];
-    const HOOKS: &'static [Hook] = &[Hook::Restore];
-    type Config = Empty;
-    type State = Empty;
-    fn new(host: Host) -> Result<Self> {
-        Ok(Sink { host })
-    }
-    fn state(&self, _: &Empty) -> Result<Empty> {
-        Ok(Empty {})
+impl Sink {
+    fn backup(&self, _: bool, _: &mut dyn std::io::Write) -> Result<()> {
+        Ok(())
     }
     fn restore(&self, input: &mut dyn Read) -> Result<()> {
         let (mut len, mut sum, mut largest) = (0u64, Fnv::new(), 0usize);
@@ -52,6 +44,19 @@ impl Application for Sink {
         let out = json!({"len": len, "sum": sum.0, "largest_read": largest});
         self.host
             .write_file(RESULT, out.to_string().as_bytes(), 0o600)
+    }
+}
+
+impl Application for Sink {
+    const NAME: &'static str = "sink";
+    const PATHS: &'static [&'static str] = &["/var/lib/sink"];
+    const STREAMING_BACKUP: Option<StreamingBackup<Self>> = Some(StreamingBackup {
+        backup: Self::backup,
+        restore: Self::restore,
+    });
+    type Config = Empty;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Sink { host })
     }
 }
 
@@ -107,7 +112,10 @@ fn uploads_left(root: &std::path::Path) -> usize {
 
 #[tokio::test]
 async fn a_64_mib_archive_reaches_the_plugin_intact() {
-    let (r, app, _d) = TestApp::new().application::<Sink>().router();
+    let (r, app, _d) = TestApp::new()
+        .application::<Sink>()
+        .installed("sink", "202511041601")
+        .router();
     let data = chunks(64);
     let mut sum = Fnv::new();
     data.iter().for_each(|c| sum.feed(c));
@@ -125,7 +133,10 @@ async fn a_64_mib_archive_reaches_the_plugin_intact() {
 
 #[tokio::test]
 async fn a_broken_off_upload_never_reaches_the_plugin() {
-    let (r, app, _d) = TestApp::new().application::<Sink>().router();
+    let (r, app, _d) = TestApp::new()
+        .application::<Sink>()
+        .installed("sink", "202511041601")
+        .router();
     let mut parts: Vec<std::io::Result<Bytes>> = chunks(3).into_iter().map(Ok).collect();
     parts.push(Err(std::io::Error::other("the client went away")));
     let (status, v) = restore(&r, Body::from_stream(futures_util::stream::iter(parts))).await;
@@ -144,7 +155,10 @@ async fn a_broken_off_upload_never_reaches_the_plugin() {
 
 #[tokio::test]
 async fn restore_checks_the_method_then_the_name() {
-    let (r, _, _d) = TestApp::new().application::<Sink>().router();
+    let (r, _, _d) = TestApp::new()
+        .application::<Sink>()
+        .installed("sink", "202511041601")
+        .router();
     let req = Request::builder()
         .method("GET")
         .uri("/1.0/applications/nope/:restore")

@@ -8,11 +8,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::Response;
 use bytes::BytesMut;
 use futures_util::StreamExt;
-use plugin_api::sdk::NOT_SUPPORTED;
 use plugin_api::application::{BackupSpec, PluginState};
 use plugin_api::sdk::archive;
-use plugin_host::app_backup;
+use plugin_api::sdk::NOT_SUPPORTED;
 use plugin_api::Hook;
+use plugin_host::app_backup;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -26,7 +26,6 @@ use super::{require, unmatched, ApiError, ApiResult, App, AppState};
 use crate::platform::uploads;
 use crate::plugins::Plugin;
 use crate::system::applications::manage;
-
 
 /// Where uploads wait, next to the state file (on the state disk: not a tmpfs, not memory).
 const UPLOADS: &str = "uploads";
@@ -324,27 +323,26 @@ async fn declared_backup(app: &App, spec: BackupSpec, complete: bool) -> ApiResu
             tx,
             buf: BytesMut::with_capacity(BACKUP_CHUNK),
         };
-        let r = app_backup::write(&root, &spec, complete, &mut out)
-            .and_then(|_| out.send().map_err(|e| plugin_api::sdk::Error::internal(e.to_string())));
+        let r = app_backup::write(&root, &spec, complete, &mut out).and_then(|_| {
+            out.send()
+                .map_err(|e| plugin_api::sdk::Error::internal(e.to_string()))
+        });
         if let Err(e) = &r {
             tracing::warn!(root = %spec.root, error = %e.message, "backup failed");
         }
         r
     });
-    let stream = futures_util::stream::unfold(
-        (rx, Some(task)),
-        |(mut rx, task)| async move {
-            if let Some(b) = rx.recv().await {
-                return Some((Ok::<_, std::io::Error>(b), (rx, task)));
-            }
-            // The writer ended: a failure cuts the transfer (the client sees it truncated).
-            match task?.await {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some((Err(std::io::Error::other(e.message)), (rx, None))),
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
-            }
-        },
-    );
+    let stream = futures_util::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
+        if let Some(b) = rx.recv().await {
+            return Some((Ok::<_, std::io::Error>(b), (rx, task)));
+        }
+        // The writer ended: a failure cuts the transfer (the client sees it truncated).
+        match task?.await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some((Err(std::io::Error::other(e.message)), (rx, None))),
+            Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
+        }
+    });
     let mut resp = Response::new(Body::from_stream(stream));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

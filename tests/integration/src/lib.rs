@@ -106,6 +106,37 @@ impl Root {
         .expect("copy plugin");
     }
 
+    /// Leaves application `app` installed at `version` as an install does: a stand-in image
+    /// (a file with a GPT header, which the image check wants), the link systemd-sysext
+    /// would merge, and the install record in the state document (created when missing).
+    /// Under a development root nothing is merged; the daemon starts the application.
+    pub fn install_application(&self, app: &str, version: &str) {
+        let dir = self
+            .path()
+            .join("var/lib/incus-os-extensions")
+            .join(version);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut image = vec![0u8; 1024];
+        image[512..520].copy_from_slice(b"EFI PART");
+        std::fs::write(dir.join(format!("{app}.raw")), image).unwrap();
+        let links = self.path().join("var/lib/extensions");
+        std::fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink(
+            format!("/var/lib/incus-os-extensions/{version}/{app}.raw"),
+            links.join(format!("{app}.raw")),
+        )
+        .unwrap();
+        let state = self.state_file();
+        std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+        let mut doc: serde_json::Value = std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| serde_json::json!({"schema_version": 2}));
+        doc["applications"][app] =
+            serde_json::json!({"version": version, "available_versions": [version]});
+        std::fs::write(&state, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    }
+
     /// Installs a fixture library (`libfixture_<stem>.so`) under `name`.
     pub fn install_fixture(&self, stem: &str, name: &str) {
         self.install_plugin(&built_plugin(&format!("fixture_{stem}")), name);

@@ -13,6 +13,7 @@ fn root_with_both() -> Root {
         "provider_debug",
     );
     root.install_fixture("app_debug", "app_debug");
+    root.install_application("debug", "202601010000");
     root
 }
 
@@ -69,7 +70,10 @@ async fn the_debug_provider_and_a_debug_application_load_side_by_side_through_a_
     let apps = get_ok(&d.socket, "/1.0/applications").await;
     assert_eq!(apps, json!(["/1.0/applications/debug"]));
     let app = get_ok(&d.socket, "/1.0/applications/debug").await;
-    assert_eq!(app["state"]["kind"], "application", "{app}");
+    assert_eq!(
+        app["state"]["friendly_version"], "202601010000 (the application)",
+        "{app}"
+    );
     assert_eq!(app["config"], json!({"note": "the application's"}));
     // The debug provider refuses a config key: its slot is not the application's.
     let (s, v) = request(

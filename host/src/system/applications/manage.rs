@@ -174,10 +174,8 @@ fn drop_record(app: &App, plugin: &Plugin) -> Result<(), CallError> {
 /// What the version choice needs to know of the OS. `prior` is the previous boot's
 /// release at the first refresh of a boot, the running one afterwards.
 pub fn os_facts(app: &App, first_of_boot: bool) -> OsFacts {
-    let (running, next) = app.with_state(|s| {
-        let os = &s.doc().os;
-        (os.running_release.clone(), os.next_release.clone())
-    });
+    let running = app.info.os().version.clone();
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
     let prior = if first_of_boot {
         app.prior_release.clone()
     } else {
@@ -510,9 +508,15 @@ async fn download(
             MIN_FREE_BYTES >> 20
         )));
     }
-    runner::fetch(p, context, Target::Application(name.to_string()), release, &dir)
-        .await
-        .map_err(internal)?;
+    runner::fetch(
+        p,
+        context,
+        Target::Application(name.to_string()),
+        release,
+        &dir,
+    )
+    .await
+    .map_err(internal)?;
     Ok(())
 }
 
@@ -666,7 +670,9 @@ pub fn factory_reset(app: &Arc<App>, plugin: Arc<Plugin>) {
         .await;
         match result {
             Ok(()) => tracing::info!(application = %name, "application factory reset"),
-            Err(e) => tracing::error!(error = %e.message, "Failed to perform factory reset of application '{name}'"),
+            Err(e) => {
+                tracing::error!(error = %e.message, "Failed to perform factory reset of application '{name}'")
+            }
         }
     });
 }
@@ -681,7 +687,9 @@ pub fn check_update(app: &Arc<App>, plugin: Arc<Plugin>) {
             let p = provider::selected(&app)?;
             let channel = crate::system::update::channel(&app);
             let context = provider::context(&app, &channel);
-            update_one(&app, &p, &context, &plugin).await.map_err(internal)
+            update_one(&app, &p, &context, &plugin)
+                .await
+                .map_err(internal)
         }
         .await;
         if let Err(e) = result {
@@ -705,8 +713,7 @@ pub async fn update_one(
         return Ok(false);
     };
     let record = record(app, plugin).unwrap_or_default();
-    let Some(release) = runner::lookup(p, context, Target::Application(name.clone())).await?
-    else {
+    let Some(release) = runner::lookup(p, context, Target::Application(name.clone())).await? else {
         return Ok(false);
     };
     match versions::application_update_decision(&name, &record.version, &release.version) {
@@ -728,10 +735,8 @@ pub async fn update_one(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;
-    let (running, next) = app.with_state(|s| {
-        let os = &s.doc().os;
-        (os.running_release.clone(), os.next_release.clone())
-    });
+    let running = app.info.os().version.clone();
+    let next = app.with_state(|s| s.doc().os.next_release.clone());
     let needs_reboot = app.updates.status.needs_reboot();
     let current = app_versions::download_becomes_current(
         true,
