@@ -212,6 +212,11 @@ impl Harness {
     /// wipe hook answers 500 "not supported".
     pub fn factory_reset(&self) -> Result<(), PluginError> {
         if !self.manifest().has(Hook::Wipe) {
+            if self.manifest().has(Hook::FactoryReset) {
+                // A plugin built for a contract before 1.3 resets itself (the daemon does
+                // the same).
+                return self.invoke(Hook::FactoryReset.op(), b"").map(drop);
+            }
             return Err(PluginError::new(500, plugin_api::sdk::NOT_SUPPORTED));
         }
         let ctx = self.app_context();

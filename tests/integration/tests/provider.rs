@@ -235,21 +235,18 @@ async fn wait_status(d: &Daemon, status: &str) -> Value {
 #[tokio::test]
 async fn a_requested_check_fetches_application_images_and_looks_up_the_os() {
     let root = root_with_providers();
-    // An installed application, as the applications subsystem records it.
-    std::fs::create_dir_all(root.state_file().parent().unwrap()).unwrap();
-    std::fs::write(
-        root.state_file(),
-        json!({"schema_version": 1, "applications": {"incus": {"version": "202501010000"}}})
-            .to_string(),
-    )
-    .unwrap();
+    // An installed application (a fixture named `debug`), as an install leaves it.
+    root.install_fixture("app_debug", "app_debug");
+    root.install_application("debug", "202501010000");
     let d = Daemon::start(&root, &[]);
     let release = json!({"version": "202601010000", "files": [
-        {"component": "incus", "type": "application", "filename": "x86_64/incus.raw.gz"}]});
+        {"component": "debug", "type": "application", "filename": "x86_64/debug.raw.gz"}]});
+    // A stand-in image the host's check takes: a GPT signature at 512.
+    let image = format!("{}EFI PART", " ".repeat(512));
     select(
         &d,
         "fixture",
-        json!({"applications": {"incus": release}, "contents": {"incus.raw": "image"}}),
+        json!({"applications": {"debug": release}, "contents": {"debug.raw": image}}),
     )
     .await;
     let (s, v) = request(
@@ -275,15 +272,24 @@ async fn a_requested_check_fetches_application_images_and_looks_up_the_os() {
         after_put,
         [
             "clear-cache",
-            "lookup:application/incus:testing",
+            "lookup:application/debug:testing",
             "fetch:202601010000",
             "lookup:os:testing"
         ]
     );
-    let image = root
+    let path = root
         .path()
-        .join("var/lib/incus-os-extensions/202601010000/incus.raw");
-    assert_eq!(std::fs::read_to_string(image).unwrap(), "image");
+        .join("var/lib/incus-os-extensions/202601010000/debug.raw");
+    assert_eq!(std::fs::read_to_string(path).unwrap(), image);
+    // Offline (a development root), the merge is refused: the record stays at the merged
+    // version, and the image is kept for the next try.
+    let app = get_ok(&d.socket, "/1.0/applications/debug").await;
+    assert_eq!(
+        app["state"]["version"],
+        "202501010000",
+        "{app}\n{}",
+        d.log()
+    );
 }
 
 /// A machine not registered with its selected provider registers at start, as upstream's

@@ -88,6 +88,7 @@ fn the_sdk_only_fixture_depends_on_plugin_api_and_serde_alone() {
 async fn a_plugin_without_abi_stable_among_its_dependencies_loads_and_serves() {
     let root = Root::new();
     root.install_fixture("sdk_only", "sdk_only");
+    root.install_application("sdk-only", "202601010000");
     let d = Daemon::start(&root, &[]);
     let path = "/1.0/applications/sdk-only";
 
@@ -145,6 +146,8 @@ async fn the_third_party_example_built_in_release_serves_in_the_daemon() {
     };
     let root = Root::new();
     root.install_plugin(&lib, "guestbook");
+    // Installed as an install leaves it (a development root merges nothing).
+    root.install_application("guestbook", "202601010000");
     let d = Daemon::start(&root, &[]);
     let path = "/1.0/applications/guestbook";
     let signatures = format!("{path}/signatures");

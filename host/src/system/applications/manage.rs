@@ -753,7 +753,11 @@ pub async fn update_one(
         }
     })
     .map_err(|e| e.message)?;
-    refresh(app, None, false).await.map_err(|e| e.message)?;
+    if let Err(e) = refresh(app, None, false).await {
+        // The links were put back: so is the record (the image stays for the next try).
+        let _ = update_record(app, plugin, |r| *r = record.clone());
+        return Err(e.message);
+    }
     if current {
         let Running { running } = call(app, plugin, Hook::Running)
             .await
