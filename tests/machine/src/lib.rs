@@ -31,7 +31,7 @@ pub use journal::{
     DEFAULT_BOOT_ID, DEFAULT_HOSTNAME, DEFAULT_MACHINE_ID, DEFAULT_REALTIME_US,
 };
 pub use loopdev::{Filesystem, LoopDevice, Mounted};
-pub use machine::{Machine, MachineBuilder};
+pub use machine::{Machine, MachineBuilder, HOST_DEVTMPFS, LOOP_DEVICES};
 pub use netns::NetNs;
 pub use process::CommandOutput;
 pub use rootfs::{rootfs, tier3_dir, BASE_PACKAGES};

@@ -1,0 +1,183 @@
+//! Tier 3: the host's application image store against a real `systemd-sysext` (Debian
+//! 12's systemd 252) in a booted machine. Stand-in images of `incus` (a shell-script
+//! daemon and a unit named `incus.service`, each saying it is a stand-in) are built at
+//! test time as GPT disk images with a `usr` partition; the machine attaches them on loop
+//! devices ([`MachineBuilder::loop_devices`]). The store is driven by a small tool run
+//! inside the machine (`incus-osd-sysext-store`, the daemon's own `Store` code on `/`):
+//! activation, a switch of version, a refresh that fails on a corrupt image and puts the
+//! previous link back and merged, and removal.
+
+use std::path::Path;
+use std::time::Instant;
+
+use incus_osd_integration::sysext::{wipe_partition, StandIn};
+use incus_osd_test_machine::{tier3_or_return, Machine, MachineBuilder};
+use serde_json::Value;
+
+const V1: &str = "202601010000";
+const V2: &str = "202601150000";
+const V3: &str = "202602010000";
+const TOOL: &str = "/srv/incus-osd-sysext-store";
+const UNIT: &str = "incus.service";
+
+fn boot() -> Machine {
+    let m = MachineBuilder::new()
+        .loop_devices()
+        .bind_ro(env!("CARGO_BIN_EXE_incus-osd-sysext-store"), TOOL)
+        .boot()
+        .expect("boot");
+    eprintln!("machine {} booted in {:?}", m.name(), m.boot_duration());
+    m
+}
+
+/// Puts `image` in the store as `version`'s image of `app`.
+fn place(m: &Machine, version: &str, app: &str, image: &Path) {
+    m.write_file(
+        format!("/var/lib/incus-os-extensions/{version}/{app}.raw"),
+        std::fs::read(image).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Runs the store tool; `Ok(stdout as JSON)` or `Err(stderr)`.
+fn store(m: &Machine, args: &[&str]) -> Result<Value, String> {
+    let mut argv = vec![TOOL];
+    argv.extend_from_slice(args);
+    let started = Instant::now();
+    let out = m.run(&argv).unwrap();
+    eprintln!("{args:?}: {:?}", started.elapsed());
+    if out.status.success() {
+        Ok(serde_json::from_str(&out.stdout).unwrap())
+    } else {
+        Err(out.stderr)
+    }
+}
+
+/// The extensions merged over `/usr`, as `systemd-sysext status` reports them.
+fn merged(m: &Machine) -> Vec<String> {
+    let out = m
+        .run_ok(&["systemd-sysext", "status", "--json=short"])
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let usr = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hierarchy"] == "/usr")
+        .unwrap_or_else(|| panic!("no /usr in {v}"));
+    match &usr["extensions"] {
+        Value::Array(names) => names
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect(),
+        // "none" when nothing is merged.
+        _ => vec![],
+    }
+}
+
+fn link(m: &Machine) -> String {
+    m.run_ok(&["readlink", "/var/lib/extensions/incus.raw"])
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn show(m: &Machine, prop: &str) -> String {
+    m.run_ok(&["systemctl", "show", "-p", prop, "--value", UNIT])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn read(m: &Machine, path: &str) -> String {
+    m.run_ok(&["cat", path]).unwrap().trim().to_string()
+}
+
+#[test]
+fn store_activates_switches_rolls_back_and_removes_real_system_extensions() {
+    tier3_or_return!();
+    let started = Instant::now();
+    let build = tempfile::tempdir().unwrap();
+    let images: Vec<_> = [V1, V2, V3]
+        .iter()
+        .map(|v| {
+            let dir = build.path().join(v);
+            std::fs::create_dir(&dir).unwrap();
+            StandIn::new("incus", v, &[UNIT]).build(&dir)
+        })
+        .collect();
+    // V3's image is corrupt past its partition table: the store's own check passes,
+    // systemd cannot mount it.
+    wipe_partition(&images[2]);
+    eprintln!("images built in {:?}", started.elapsed());
+
+    let m = boot();
+    place(&m, V1, "incus", &images[0]);
+    place(&m, V2, "incus", &images[1]);
+    assert_eq!(show(&m, "LoadState"), "not-found");
+
+    // Installed at V1: linked, merged, the unit known to systemd after the reload.
+    let done = store(&m, &["refresh", "--running", V1, &format!("incus={V1}")]).unwrap();
+    assert_eq!(done[0]["version"], V1, "{done}");
+    assert_eq!(done[0]["available"], serde_json::json!([V1, V2]), "{done}");
+    assert_eq!(
+        link(&m),
+        format!("/var/lib/incus-os-extensions/{V1}/incus.raw")
+    );
+    assert_eq!(merged(&m), ["incus"]);
+    let list = m.run_ok(&["systemd-sysext", "list"]).unwrap();
+    assert!(list.contains("incus") && list.contains("raw"), "{list}");
+    assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V1);
+    assert_eq!(show(&m, "LoadState"), "loaded");
+    assert!(show(&m, "Description").contains(&format!("stand-in for {UNIT} of incus {V1}")));
+    m.run_ok(&["systemctl", "start", UNIT]).unwrap();
+    assert_eq!(show(&m, "ActiveState"), "active");
+    assert_eq!(read(&m, "/run/incus-stand-in/version"), V1);
+
+    // Switched to V2: the link moves, V2 is what is merged, a restart runs V2's daemon.
+    let done = store(&m, &["refresh", "--running", V1, &format!("incus={V2}")]).unwrap();
+    assert_eq!(done[0]["version"], V2, "{done}");
+    assert_eq!(
+        link(&m),
+        format!("/var/lib/incus-os-extensions/{V2}/incus.raw")
+    );
+    assert_eq!(merged(&m), ["incus"]);
+    assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V2);
+    assert!(show(&m, "Description").contains(V2));
+    m.run_ok(&["systemctl", "restart", UNIT]).unwrap();
+    assert_eq!(read(&m, "/run/incus-stand-in/version"), V2);
+
+    // V3 is recorded but its image cannot be merged: the refresh fails, the link to V2 is
+    // back and V2 merged again, the unit still there.
+    place(&m, V3, "incus", &images[2]);
+    let err = store(&m, &["refresh", "--running", V1, &format!("incus={V3}")]).unwrap_err();
+    assert!(err.contains("cannot refresh system extensions"), "{err}");
+    assert_eq!(
+        link(&m),
+        format!("/var/lib/incus-os-extensions/{V2}/incus.raw")
+    );
+    assert_eq!(merged(&m), ["incus"]);
+    assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V2);
+    assert_eq!(show(&m, "LoadState"), "loaded");
+    assert!(show(&m, "Description").contains(V2));
+    // Nothing was deleted by the failed attempt.
+    for v in [V1, V2, V3] {
+        m.run_ok(&[
+            "test",
+            "-f",
+            &format!("/var/lib/incus-os-extensions/{v}/incus.raw"),
+        ])
+        .unwrap();
+    }
+
+    // Removed: no link, nothing merged, the unit gone from systemd, the images deleted.
+    m.run_ok(&["systemctl", "stop", UNIT]).unwrap();
+    store(&m, &["remove", "incus"]).unwrap();
+    assert_eq!(link(&m), "");
+    assert!(merged(&m).is_empty());
+    assert_eq!(show(&m, "LoadState"), "not-found");
+    let left = m
+        .run_ok(&["find", "/var/lib/incus-os-extensions", "-name", "*.raw"])
+        .unwrap();
+    assert_eq!(left.trim(), "");
+    eprintln!("whole test: {:?}", started.elapsed());
+}
