@@ -5,12 +5,18 @@
 //! devices ([`MachineBuilder::loop_devices`]). The store is driven by a small tool run
 //! inside the machine (`incus-osd-sysext-store`, the daemon's own `Store` code on `/`):
 //! activation, a switch of version, a refresh that fails on a corrupt image and puts the
-//! previous link back and merged, and removal.
+//! previous link back and merged, and removal; and the daemon as its unit, restarted from
+//! a `/usr` with an application merged.
 
 use std::path::Path;
 use std::time::Instant;
 
+use incus_osd::platform::systemd::UnitAction;
+use incus_osd_integration::get_ok;
 use incus_osd_integration::sysext::{wipe_partition, StandIn};
+use incus_osd_integration::tier3::{
+    install_and_start, socket, wait_system_ready, Site, IMAGE_VERSION, UNIT as T3_UNIT,
+};
 use incus_osd_test_machine::{tier3_or_return, Machine, MachineBuilder};
 use serde_json::Value;
 
@@ -179,5 +185,58 @@ fn store_activates_switches_rolls_back_and_removes_real_system_extensions() {
         .run_ok(&["find", "/var/lib/incus-os-extensions", "-name", "*.raw"])
         .unwrap();
     assert_eq!(left.trim(), "");
+    eprintln!("whole test: {:?}", started.elapsed());
+}
+
+/// The daemon as `incus-osd.service` in a machine that merges an application image: its
+/// binary, plugins and OS identity are in `/usr` (copied, as on IncusOS, not bound), so
+/// after the merge it still answers, and restarts from the merged `/usr` with every
+/// plugin and the same OS identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_restarts_from_a_usr_with_an_application_merged() {
+    tier3_or_return!();
+    let started = Instant::now();
+    let build = tempfile::tempdir().unwrap();
+    let image = StandIn::new("incus", V1, &[UNIT]).build(build.path());
+    let site = Site::new();
+    let b = site
+        .sysext_builder()
+        .bind_ro(env!("CARGO_BIN_EXE_incus-osd-sysext-store"), TOOL);
+    let m = tokio::task::spawn_blocking(move || b.boot().expect("boot"))
+        .await
+        .unwrap();
+    site.install_in_usr(&m);
+    let (sd, _) = install_and_start(&m).await;
+    let sock = socket(&m);
+    let plugins = get_ok(&sock, "/1.0/plugins").await["loaded"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(plugins > 0);
+
+    place(&m, V1, "incus", &image);
+    // The machine lives (and runs the daemon) until the end of the test.
+    let _machine = tokio::task::spawn_blocking(move || {
+        store(&m, &["refresh", "--running", V1, &format!("incus={V1}")]).unwrap();
+        assert_eq!(merged(&m), ["incus"]);
+        assert_eq!(show(&m, "LoadState"), "loaded");
+        m
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        get_ok(&sock, "/1.0").await["environment"]["os_version"],
+        IMAGE_VERSION
+    );
+
+    sd.run_job(UnitAction::Restart, T3_UNIT).await.unwrap();
+    wait_system_ready(&sock).await;
+    let after = get_ok(&sock, "/1.0/plugins").await;
+    assert_eq!(after["failed"], serde_json::json!([]), "{after}");
+    assert_eq!(after["loaded"].as_array().unwrap().len(), plugins);
+    assert_eq!(
+        get_ok(&sock, "/1.0").await["environment"]["os_version"],
+        IMAGE_VERSION
+    );
     eprintln!("whole test: {:?}", started.elapsed());
 }
