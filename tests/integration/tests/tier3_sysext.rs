@@ -4,18 +4,19 @@
 //! test time as GPT disk images with a `usr` partition; the machine attaches them on loop
 //! devices ([`MachineBuilder::loop_devices`]). The store is driven by a small tool run
 //! inside the machine (`incus-osd-sysext-store`, the daemon's own `Store` code on `/`):
-//! activation, a switch of version, a refresh that fails on a corrupt image and puts the
+//! activation, a switch of version, the version chosen after booting the other slot and
+//! coming back, a refresh that fails on a corrupt image and puts the
 //! previous link back and merged, and removal; and the daemon as its unit, restarted from
 //! a `/usr` with an application merged.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use incus_osd::platform::systemd::UnitAction;
 use incus_osd_integration::get_ok;
 use incus_osd_integration::sysext::{wipe_partition, StandIn};
 use incus_osd_integration::tier3::{
-    install_and_start, socket, wait_system_ready, Site, IMAGE_VERSION, UNIT as T3_UNIT,
+    install_and_start, socket, wait_for, wait_system_ready, Site, IMAGE_VERSION, UNIT as T3_UNIT,
 };
 use incus_osd_test_machine::{tier3_or_return, Machine, MachineBuilder};
 use serde_json::Value;
@@ -94,6 +95,20 @@ fn show(m: &Machine, prop: &str) -> String {
         .to_string()
 }
 
+/// Waits until the stand-in daemon started by the unit says it runs `version`.
+fn running_daemon_is(m: &Machine, version: &str) {
+    wait_for(
+        &format!("the stand-in daemon of {version}"),
+        Duration::from_secs(10),
+        || {
+            let v = m
+                .run_ok(&["cat", "/run/incus-stand-in/version"])
+                .unwrap_or_default();
+            (v.trim() == version).then_some(())
+        },
+    );
+}
+
 fn read(m: &Machine, path: &str) -> String {
     m.run_ok(&["cat", path]).unwrap().trim().to_string()
 }
@@ -137,7 +152,7 @@ fn store_activates_switches_rolls_back_and_removes_real_system_extensions() {
     assert!(show(&m, "Description").contains(&format!("stand-in for {UNIT} of incus {V1}")));
     m.run_ok(&["systemctl", "start", UNIT]).unwrap();
     assert_eq!(show(&m, "ActiveState"), "active");
-    assert_eq!(read(&m, "/run/incus-stand-in/version"), V1);
+    running_daemon_is(&m, V1);
 
     // Switched to V2: the link moves, V2 is what is merged, a restart runs V2's daemon.
     let done = store(&m, &["refresh", "--running", V1, &format!("incus={V2}")]).unwrap();
@@ -150,7 +165,48 @@ fn store_activates_switches_rolls_back_and_removes_real_system_extensions() {
     assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V2);
     assert!(show(&m, "Description").contains(V2));
     m.run_ok(&["systemctl", "restart", UNIT]).unwrap();
-    assert_eq!(read(&m, "/run/incus-stand-in/version"), V2);
+    running_daemon_is(&m, V2);
+
+    // A boot of the backup slot (the previous boot ran V2's release, V1's runs now): the
+    // image downloaded with the running release is merged. Back on V2's release: the newest.
+    let done = store(
+        &m,
+        &[
+            "refresh",
+            "--running",
+            V1,
+            "--other",
+            V2,
+            "--prior",
+            V2,
+            &format!("incus={V2}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (&done[0]["version"], &done[0]["rule"]),
+        (&V1.into(), &"BackupSlot".into())
+    );
+    assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V1);
+    let done = store(
+        &m,
+        &[
+            "refresh",
+            "--running",
+            V2,
+            "--other",
+            V1,
+            "--prior",
+            V1,
+            &format!("incus={V1}"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (&done[0]["version"], &done[0]["rule"]),
+        (&V2.into(), &"NewerRelease".into())
+    );
+    assert_eq!(read(&m, "/usr/share/incus-stand-in/version"), V2);
 
     // V3 is recorded but its image cannot be merged: the refresh fails, the link to V2 is
     // back and V2 merged again, the unit still there.
