@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub use incus_osd_harness::built_plugin;
 
+pub mod sysext;
 pub mod tier3;
 
 /// The cargo output directory the tests' libraries and binaries were built into.

@@ -99,10 +99,46 @@ impl Site {
     /// read-only, the machine id, journal and state read-write.
     pub fn builder(&self) -> MachineBuilder {
         let p = self.path();
-        Machine::builder()
+        self.common_builder()
             .bind_ro(daemon_binary(), "/usr/local/bin/incus-osd")
             .bind_ro(p.join("plugins"), "/usr/lib/incus-osd/plugins")
             .bind_ro(p.join("os-release"), "/usr/lib/os-release")
+    }
+
+    /// For a machine that merges system extensions over `/usr`: loop devices, and nothing
+    /// bound under `/usr`, since a merge hides it (systemd-sysext mounts an overlay whose
+    /// lower layer is the `/usr` directory without the mounts on it; a bound file then
+    /// shows as the empty mount point). Call [`Site::install_in_usr`] once booted.
+    pub fn sysext_builder(&self) -> MachineBuilder {
+        self.common_builder().loop_devices()
+    }
+
+    /// Copies the daemon binary, the plugins and the OS identity into the machine's `/usr`
+    /// (its writable overlay), where [`Site::builder`] binds them.
+    pub fn install_in_usr(&self, m: &Machine) {
+        let p = self.path();
+        let mut copies = vec![
+            (daemon_binary(), "/usr/local/bin/incus-osd".to_string()),
+            (p.join("os-release"), "/usr/lib/os-release".to_string()),
+        ];
+        for e in std::fs::read_dir(p.join("plugins")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            copies.push((e.path(), format!("/usr/lib/incus-osd/plugins/{name}")));
+        }
+        for (from, to) in copies {
+            let dst = m.host_path(&to);
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            // A symlink (`/etc/os-release` points at it) or a stale file goes first.
+            let _ = std::fs::remove_file(&dst);
+            std::fs::copy(&from, &dst)
+                .unwrap_or_else(|e| panic!("copying {} to {to}: {e}", from.display()));
+        }
+    }
+
+    fn common_builder(&self) -> MachineBuilder {
+        let p = self.path();
+        Machine::builder()
             .bind(p.join("machine-id"), "/etc/machine-id")
             .bind(self.journal_dir(), "/var/log/journal")
             .bind(self.state_dir(), "/var/lib/incus-os")

@@ -2,6 +2,8 @@
 //!
 //! * [`Machine`] — a real systemd booted in a `systemd-nspawn` container (no host systemd
 //!   needed), reachable over its D-Bus system bus and through [`Machine::run`].
+//!   [`MachineBuilder::loop_devices`] lets it attach loop devices and their partitions
+//!   (`systemd-sysext` and `systemd-dissect` on raw disk images).
 //! * [`Swtpm`] — a software TPM 2.0 on a loopback TCP port pair, with its TCTI string.
 //! * [`LoopDevice`] — a sparse file attached as a loop device, optionally formatted.
 //! * [`NetNs`] — a named network namespace with veth pairs and bridges inside.
@@ -31,7 +33,7 @@ pub use journal::{
     DEFAULT_BOOT_ID, DEFAULT_HOSTNAME, DEFAULT_MACHINE_ID, DEFAULT_REALTIME_US,
 };
 pub use loopdev::{Filesystem, LoopDevice, Mounted};
-pub use machine::{Machine, MachineBuilder};
+pub use machine::{Machine, MachineBuilder, HOST_DEVTMPFS, LOOP_DEVICES};
 pub use netns::NetNs;
 pub use process::CommandOutput;
 pub use rootfs::{rootfs, tier3_dir, BASE_PACKAGES};

@@ -53,11 +53,20 @@ const SYSTEMD_DEST: &str = "org.freedesktop.systemd1";
 const SYSTEMD_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 
+/// Where [`MachineBuilder::loop_devices`] mounts the kernel's devtmpfs inside the machine.
+pub const HOST_DEVTMPFS: &str = "/run/host-devtmpfs";
+/// How many loop device numbers [`MachineBuilder::loop_devices`] links (`/dev/loop0` up):
+/// the host's kernel numbers them, and other tests may hold some.
+pub const LOOP_DEVICES: u32 = 256;
+/// Partitions per loop device linked (`p1`..`p4`).
+const LOOP_PARTITIONS: u32 = 4;
+
 /// Configures and boots a [`Machine`].
 #[derive(Debug, Clone)]
 pub struct MachineBuilder {
     packages: Vec<String>,
     binds: Vec<(String, PathBuf, PathBuf)>,
+    loop_devices: bool,
     boot_timeout: Duration,
     command_timeout: Duration,
 }
@@ -73,6 +82,7 @@ impl MachineBuilder {
         MachineBuilder {
             packages: Vec::new(),
             binds: Vec::new(),
+            loop_devices: false,
             boot_timeout: Duration::from_secs(60),
             command_timeout: Duration::from_secs(120),
         }
@@ -103,6 +113,25 @@ impl MachineBuilder {
             src.as_ref().to_path_buf(),
             dst.as_ref().to_path_buf(),
         ));
+        self
+    }
+
+    /// Lets the machine attach loop devices and see their partitions, as `systemd-sysext`
+    /// and `systemd-dissect` do with a raw disk image. nspawn gives the container a private
+    /// `/dev` with a fixed set of nodes, but a loop device is numbered by the host's kernel
+    /// when it is allocated (`LOOP_CTL_GET_FREE` on `/dev/loop-control`), and the node of
+    /// each partition on it (`/dev/loopNpM`, major 259, a minor chosen then) appears only
+    /// in the kernel's devtmpfs; systemd opens both by those names. So:
+    /// `/dev/loop-control` is bound in; `/dev/loop0` up to [`LOOP_DEVICES`] are made as
+    /// real block nodes (systemd 252 opens them with `O_NOFOLLOW` and refuses a symlink);
+    /// the kernel's devtmpfs is mounted read-only at [`HOST_DEVTMPFS`] inside and
+    /// `/dev/loopNp1`..`p4` are symlinks into it (dangling until the kernel makes the
+    /// partition; systemd follows these). Only those names are added to the container's
+    /// `/dev`. This relies on the container's device access not being restricted (no host
+    /// systemd confines nspawn here: the test runs it with `--keep-unit`). Loop devices
+    /// systemd leaves attached go with the container (autoclear).
+    pub fn loop_devices(mut self) -> MachineBuilder {
+        self.loop_devices = true;
         self
     }
 
@@ -185,6 +214,9 @@ impl Machine {
             }
             cmd.arg(format!("{flag}={}:{}", src.display(), dst.display()));
         }
+        if b.loop_devices {
+            cmd.arg("--bind=/dev/loop-control");
+        }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -210,8 +242,44 @@ impl Machine {
         m.root = PathBuf::from(format!("/proc/{}/root", m.pid));
         m.bus_address = format!("unix:path=/proc/{}/root/run/dbus/system_bus_socket", m.pid);
         m.wait_running(deadline).map_err(|e| m.boot_error(e))?;
+        if b.loop_devices {
+            m.link_loop_devices().map_err(|e| m.boot_error(e))?;
+        }
         m.boot_duration = started.elapsed();
         Ok(m)
+    }
+
+    /// See [`MachineBuilder::loop_devices`].
+    fn link_loop_devices(&self) -> Result<()> {
+        self.run_ok(&["mkdir", "-p", HOST_DEVTMPFS])?;
+        self.run_ok(&[
+            "mount",
+            "-t",
+            "devtmpfs",
+            "-o",
+            "ro,nosuid,noexec",
+            "devtmpfs",
+            HOST_DEVTMPFS,
+        ])
+        .context("mounting the kernel's devtmpfs in the machine")?;
+        let dev = self.host_path("/dev");
+        let shift = loop_part_shift();
+        for n in 0..LOOP_DEVICES {
+            let node = dev.join(format!("loop{n}"));
+            if node.symlink_metadata().is_err() {
+                mknod_block(&node, 7, n << shift)?;
+            }
+            for p in 1..=LOOP_PARTITIONS {
+                let name = format!("loop{n}p{p}");
+                let link = dev.join(&name);
+                if link.symlink_metadata().is_ok() {
+                    continue;
+                }
+                std::os::unix::fs::symlink(format!("{HOST_DEVTMPFS}/{name}"), &link)
+                    .with_context(|| format!("linking {}", link.display()))?;
+            }
+        }
+        Ok(())
     }
 
     fn boot_error(&self, e: anyhow::Error) -> anyhow::Error {
@@ -472,6 +540,35 @@ impl Drop for Machine {
             eprintln!("incus-osd-test-machine: stopping {}: {e:#}", self.name);
         }
     }
+}
+
+/// How many minor-number bits each loop device keeps for its own partitions: the loop
+/// driver's `max_part` rounded up to a power of two (0 by default: minor = number).
+fn loop_part_shift() -> u32 {
+    let max_part: u32 = fs::read_to_string("/sys/module/loop/parameters/max_part")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    u32::BITS - max_part.leading_zeros()
+}
+
+/// A block device node `major:minor` at `path` (mode 0660).
+fn mknod_block(path: &Path, major: u32, minor: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; mknod only reads it.
+    let r = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFBLK | 0o660,
+            libc::makedev(major, minor),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mknod {} b {major} {minor}", path.display()));
+    }
+    Ok(())
 }
 
 /// Direct children of `pid`.
