@@ -213,7 +213,7 @@ impl Application for Prime {
         note(&self.host, format!("reload {} {}", ctx.name, ctx.version))
     }
     fn running(&self, _: &AppContext, _: &PrimeConfig) -> Result<bool> {
-        Ok(self.host.exists("/var/lib/prime/data")?)
+        self.host.exists("/var/lib/prime/data")
     }
 }
 
