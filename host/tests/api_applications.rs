@@ -34,11 +34,39 @@ const CALLS: &str = "/var/log/app-calls";
 
 // ---- the machine's boundary ---------------------------------------------------------------
 
-/// What the machine was asked: every command line and daemon-reload, in order.
+/// What the machine was asked: every command line and daemon-reload, in order. A refresh
+/// merges every link under `root` (set once the router is built), as `systemd-sysext
+/// status --json=short` then says (systemd 252's shape).
 #[derive(Default)]
 struct Machine {
     log: Mutex<Vec<String>>,
     fail_refresh: AtomicBool,
+    root: Mutex<Option<PathBuf>>,
+}
+
+impl Machine {
+    fn status(&self) -> Vec<u8> {
+        let root = self.root.lock().unwrap().clone().expect("the root is set");
+        let mut names: Vec<String> = std::fs::read_dir(root.join("var/lib/extensions"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let n = e.ok()?.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".raw").map(str::to_string)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        let usr = if names.is_empty() {
+            json!("none")
+        } else {
+            json!(names)
+        };
+        json!([{"hierarchy": "/opt", "extensions": "none", "since": null},
+               {"hierarchy": "/usr", "extensions": usr, "since": 1796638054544665u64}])
+        .to_string()
+        .into_bytes()
+    }
 }
 
 impl Commands for Machine {
@@ -49,6 +77,13 @@ impl Commands for Machine {
         _: Duration,
     ) -> std::result::Result<Output, PlatformError> {
         self.log.lock().unwrap().push(argv.join(" "));
+        if argv.join(" ") == "systemd-sysext status --json=short" {
+            return Ok(Output {
+                status: 0,
+                stdout: self.status(),
+                stderr: vec![],
+            });
+        }
         let fail = argv.first().is_some_and(|a| a == "systemd-sysext")
             && self.fail_refresh.load(Ordering::SeqCst);
         Ok(Output {
@@ -276,6 +311,7 @@ fn site_with(build: impl FnOnce(TestApp) -> TestApp) -> Site {
         .application::<Addon>();
     let (r, _app, root) = build(t).router();
     let path = root.path().to_path_buf();
+    *machine.root.lock().unwrap() = Some(path.clone());
     Site {
         r,
         machine,
@@ -398,7 +434,14 @@ async fn an_install_downloads_links_merges_starts_and_initializes() {
     );
     // Merged, and systemd told, before the application started.
     let log = s.machine_log();
-    assert_eq!(log, ["systemd-sysext refresh", "daemon-reload"]);
+    assert_eq!(
+        log,
+        [
+            "systemd-sysext refresh",
+            "systemd-sysext status --json=short",
+            "daemon-reload"
+        ]
+    );
     assert_eq!(
         s.calls(),
         [format!("start prime {V1}"), "initialize prime".to_string()]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use incus_osd::platform::systemd::UnitAction;
 use incus_osd_integration::get_ok;
-use incus_osd_integration::sysext::{wipe_partition, StandIn};
+use incus_osd_integration::sysext::{build_sysext_image, wipe_partition, ExtFile, StandIn};
 use incus_osd_integration::tier3::{
     install_and_start, socket, wait_for, wait_system_ready, Site, IMAGE_VERSION, UNIT as T3_UNIT,
 };
@@ -259,6 +259,89 @@ fn store_activates_switches_rolls_back_and_removes_real_system_extensions() {
         .run_ok(&["find", "/var/lib/incus-os-extensions", "-name", "*.raw"])
         .unwrap();
     assert_eq!(left.trim(), "");
+    eprintln!("whole test: {:?}", started.elapsed());
+}
+
+/// An image made for another OS (its extension release names `ID=other-os`): systemd-sysext
+/// skips it and still exits 0. The store sees that it is not merged and fails the refresh,
+/// so the install or update does not go on as if it were: the link is rolled back, an
+/// application merged before (`debug`) stays merged, the incompatible one is not.
+#[test]
+fn an_image_made_for_another_os_is_not_merged_and_the_refresh_fails() {
+    tier3_or_return!();
+    let started = Instant::now();
+    let build = tempfile::tempdir().unwrap();
+    let debug = StandIn::new("debug", V1, &["debug.service"]).build(build.path());
+    let mut files = StandIn::new("incus", V1, &[UNIT]).files();
+    files.push(ExtFile::new(
+        "lib/extension-release.d/extension-release.incus",
+        "ID=other-os\n",
+        0o644,
+    ));
+    let foreign = build_sysext_image(build.path(), "incus", &files);
+
+    let m = boot();
+    place(&m, V1, "debug", &debug);
+    place(&m, V1, "incus", &foreign);
+    store(&m, &["refresh", "--running", V1, &format!("debug={V1}")]).unwrap();
+    assert_eq!(merged(&m), ["debug"]);
+    // What systemd-sysext itself says of the image: exit 0, skipped.
+    m.run_ok(&[
+        "ln",
+        "-s",
+        &format!("/var/lib/incus-os-extensions/{V1}/incus.raw"),
+        "/var/lib/extensions/incus.raw",
+    ])
+    .unwrap();
+    let out = m.run(&["systemd-sysext", "refresh"]).unwrap();
+    eprintln!(
+        "systemd-sysext refresh: {:?}\nstdout: {}\nstderr: {}",
+        out.status, out.stdout, out.stderr
+    );
+    assert!(out.status.success());
+    let status = m
+        .run_ok(&["systemd-sysext", "status", "--json=short"])
+        .unwrap();
+    eprintln!("systemd-sysext status --json=short: {status}");
+    assert_eq!(merged(&m), ["debug"]);
+    m.run_ok(&["rm", "/var/lib/extensions/incus.raw"]).unwrap();
+    store(&m, &["refresh", "--running", V1, &format!("debug={V1}")]).unwrap();
+
+    let err = store(
+        &m,
+        &[
+            "refresh",
+            "--running",
+            V1,
+            &format!("debug={V1}"),
+            &format!("incus={V1}"),
+        ],
+    )
+    .unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        err.contains(
+            "cannot refresh system extensions: systemd-sysext did not merge incus (Using extensions 'debug'.;"
+        ),
+        "{err}"
+    );
+    assert_eq!(link(&m), "", "the link is rolled back");
+    assert_eq!(merged(&m), ["debug"]);
+    assert_eq!(show(&m, "LoadState"), "not-found");
+
+    // The incompatible image alone (`debug` no longer installed): systemd-sysext merges
+    // nothing and still exits 0; the refresh fails, `debug`'s link is back and merged.
+    let err = store(&m, &["refresh", "--running", V1, &format!("incus={V1}")]).unwrap_err();
+    eprintln!("{err}");
+    assert!(
+        err.contains("systemd-sysext did not merge incus (No suitable extensions found"),
+        "{err}"
+    );
+    assert!(err.contains("ignored due to incompatible version"), "{err}");
+    assert_eq!(link(&m), "");
+    assert_eq!(merged(&m), ["debug"]);
+    m.run_ok(&["test", "-L", "/var/lib/extensions/debug.raw"])
+        .unwrap();
     eprintln!("whole test: {:?}", started.elapsed());
 }
 

@@ -243,17 +243,81 @@ impl Store {
         Ok(())
     }
 
-    /// `systemd-sysext refresh` then `systemctl daemon-reload`, through the platform's
-    /// commands and units (refused offline, saying so).
+    /// `systemd-sysext refresh`, a check that every linked application is merged, then
+    /// `systemctl daemon-reload`, through the platform's commands and units (refused
+    /// offline, saying so).
+    ///
+    /// The check is needed because systemd-sysext skips an image it finds incompatible (its
+    /// extension release names another OS, say) with a log line only, and still exits 0:
+    /// without it such an install would be recorded with nothing merged.
     pub fn refresh(&self) -> Result<()> {
-        self.host
-            .run_ok(&["systemd-sysext", "refresh"], REFRESH_TIMEOUT)
-            .map_err(|e| {
-                Error::internal(format!("cannot refresh system extensions: {}", e.message))
-            })?;
+        let failed =
+            |what: String| Error::internal(format!("cannot refresh system extensions: {what}"));
+        let linked = self.linked()?;
+        let out = self
+            .host
+            .run(&["systemd-sysext", "refresh"], REFRESH_TIMEOUT)
+            .map_err(|e| failed(e.message))?;
+        // Its log lines, on one line.
+        let said = out
+            .stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if out.status != 0 {
+            let mut msg = format!(
+                "Failed to run: systemd-sysext refresh: exit status {}",
+                out.status
+            );
+            if !said.is_empty() {
+                msg.push_str(&format!(" ({said})"));
+            }
+            return Err(failed(msg));
+        }
+        let status = self
+            .host
+            .run_ok(
+                &["systemd-sysext", "status", "--json=short"],
+                REFRESH_TIMEOUT,
+            )
+            .map_err(|e| failed(e.message))?;
+        let merged = merged_extensions(&status).map_err(failed)?;
+        let missing: Vec<&str> = linked
+            .iter()
+            .filter(|n| !merged.contains(n))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let mut msg = format!("systemd-sysext did not merge {}", missing.join(", "));
+            if !said.is_empty() {
+                msg.push_str(&format!(" ({said})"));
+            }
+            return Err(failed(msg));
+        }
         self.host
             .daemon_reload()
             .map_err(|e| Error::internal(format!("cannot reload systemd units: {}", e.message)))
+    }
+
+    /// The applications whose link is in [`ACTIVE_DIR`] (what a refresh must merge), sorted.
+    fn linked(&self) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for entry in self.host.list_dir(ACTIVE_DIR)?.unwrap_or_default() {
+            let Some(app) = entry.strip_suffix(".raw") else {
+                continue;
+            };
+            let is_link = self
+                .host
+                .stat(&format!("{ACTIVE_DIR}/{entry}"))?
+                .is_some_and(|st| st.kind == FileKind::Symlink);
+            if is_link && plain_name("application", app).is_ok() {
+                out.push(app.to_string());
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Deletes the local images of `app` whose version is not in `keep` (version
@@ -328,21 +392,10 @@ impl Store {
         for (app, choice, _) in &plan {
             self.activate(&mut undo, &app.name, &choice.version)?;
         }
-        let ours: Vec<String> = plan
-            .iter()
-            .map(|(a, _, _)| format!("{}.raw", a.name))
-            .collect();
-        for entry in self.host.list_dir(ACTIVE_DIR)?.unwrap_or_default() {
-            let Some(app) = entry.strip_suffix(".raw") else {
-                continue;
-            };
-            let is_link = self
-                .host
-                .stat(&format!("{ACTIVE_DIR}/{entry}"))?
-                .is_some_and(|st| st.kind == FileKind::Symlink);
-            // Only links: a regular image placed here by hand is left alone (as upstream).
-            if is_link && !ours.contains(&entry) && plain_name("application", app).is_ok() {
-                self.deactivate(&mut undo, app)?;
+        // Only links: a regular image placed here by hand is left alone (as upstream).
+        for app in self.linked()? {
+            if !plan.iter().any(|(a, _, _)| a.name == app) {
+                self.deactivate(&mut undo, &app)?;
             }
         }
         refreshed.store(true, Ordering::SeqCst);
@@ -389,6 +442,32 @@ impl Store {
         undo.commit();
         self.remove_versions(app, &[]).map(drop)
     }
+}
+
+/// The extensions merged over any hierarchy, from `systemd-sysext status --json=short`:
+/// a list of `{"hierarchy", "extensions", "since"}`, `extensions` being a list of names or
+/// the string `none`.
+fn merged_extensions(status: &str) -> std::result::Result<Vec<String>, String> {
+    let bad = || {
+        format!(
+            "cannot read what systemd-sysext status says: {}",
+            status.trim()
+        )
+    };
+    let v: serde_json::Value = serde_json::from_str(status).map_err(|_| bad())?;
+    let mut out = vec![];
+    for h in v.as_array().ok_or_else(bad)? {
+        match &h["extensions"] {
+            serde_json::Value::Array(names) => {
+                for n in names {
+                    out.push(n.as_str().ok_or_else(bad)?.to_string());
+                }
+            }
+            serde_json::Value::String(_) => {}
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
 }
 
 /// Sets the symlink at `os_path` to `target` (or removes it when `None`), atomically: in

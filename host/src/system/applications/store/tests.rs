@@ -18,15 +18,56 @@ struct Log {
     calls: Mutex<Vec<String>>,
 }
 
-/// Commands: `systemd-sysext refresh` fails the first `fail_refresh` times.
+/// Commands: `systemd-sysext refresh` fails the first `fail_refresh` times; it merges
+/// every linked image except those named in `incompatible` (skipped, as systemd 252 skips
+/// an image made for another OS: exit 0, a log line). `systemd-sysext status --json=short`
+/// answers what the last refresh merged, in systemd 252's shape (recorded in a tier-3
+/// machine, see `tier3_sysext.rs`); it is not logged.
 struct FakeCommands {
     root: std::path::PathBuf,
     log: Arc<Log>,
     fail_refresh: AtomicUsize,
+    incompatible: Mutex<Vec<String>>,
+    merged: Mutex<Vec<String>>,
+}
+
+/// systemd 252's `status --json=short` with `names` merged over `/usr`.
+fn recorded_status(names: &[String]) -> String {
+    let usr = if names.is_empty() {
+        r#""extensions":"none","since":null"#.to_string()
+    } else {
+        format!(
+            r#""extensions":{},"since":1796638054544665"#,
+            serde_json::to_string(names).unwrap()
+        )
+    };
+    format!(
+        r#"[{{"hierarchy":"/opt","extensions":"none","since":null}},{{"hierarchy":"/usr",{usr}}}]"#
+    )
+}
+
+/// systemd 252's log lines of a successful `refresh` (on stderr).
+fn recorded_refresh_log(merged: &[String], ignored: usize) -> String {
+    if merged.is_empty() {
+        format!("No suitable extensions found ({ignored} ignored due to incompatible version).\nUnmerged '/usr'.\n")
+    } else {
+        let names: Vec<String> = merged.iter().map(|n| format!("'{n}'")).collect();
+        format!(
+            "Using extensions {}.\nUnmerged '/usr'.\nMerged extensions into '/usr'.\n",
+            names.join(", ")
+        )
+    }
 }
 
 impl Commands for FakeCommands {
     fn run(&self, argv: &[String], _: &[u8], _: Duration) -> Result<Output, PlatformError> {
+        if argv.join(" ") == "systemd-sysext status --json=short" {
+            return Ok(Output {
+                status: 0,
+                stdout: recorded_status(&self.merged.lock().unwrap()).into_bytes(),
+                stderr: vec![],
+            });
+        }
         let link = std::fs::read_link(self.root.join("var/lib/extensions/incus.raw"))
             .map(|t| t.display().to_string())
             .unwrap_or_else(|_| "-".into());
@@ -39,14 +80,32 @@ impl Commands for FakeCommands {
             .fail_refresh
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
+        if fail {
+            return Ok(Output {
+                status: 1,
+                stdout: vec![],
+                stderr: b"Failed to merge extensions: Invalid argument".to_vec(),
+            });
+        }
+        let incompatible = self.incompatible.lock().unwrap().clone();
+        let mut linked: Vec<String> = std::fs::read_dir(self.root.join("var/lib/extensions"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".raw").map(str::to_string)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        linked.sort();
+        let (ignored, merged): (Vec<String>, Vec<String>) =
+            linked.into_iter().partition(|n| incompatible.contains(n));
+        let log = recorded_refresh_log(&merged, ignored.len());
+        *self.merged.lock().unwrap() = merged;
         Ok(Output {
-            status: if fail { 1 } else { 0 },
+            status: 0,
             stdout: vec![],
-            stderr: if fail {
-                b"Failed to merge extensions: Invalid argument".to_vec()
-            } else {
-                vec![]
-            },
+            stderr: log.into_bytes(),
         })
     }
 }
@@ -82,6 +141,7 @@ struct Machine {
     dir: tempfile::TempDir,
     store: Store,
     log: Arc<Log>,
+    commands: Option<Arc<FakeCommands>>,
 }
 
 impl Machine {
@@ -122,21 +182,29 @@ impl Machine {
 fn machine(fail_refresh: usize, fail_reload: bool) -> Machine {
     let dir = tempfile::tempdir().unwrap();
     let log = Arc::new(Log::default());
+    let commands = Arc::new(FakeCommands {
+        root: dir.path().to_path_buf(),
+        log: log.clone(),
+        fail_refresh: AtomicUsize::new(fail_refresh),
+        incompatible: Mutex::default(),
+        merged: Mutex::default(),
+    });
     let platform = Platform {
         mode: Mode::Live,
         units: Arc::new(FakeUnits {
             log: log.clone(),
             fail_reload: AtomicBool::new(fail_reload),
         }),
-        commands: Arc::new(FakeCommands {
-            root: dir.path().to_path_buf(),
-            log: log.clone(),
-            fail_refresh: AtomicUsize::new(fail_refresh),
-        }),
+        commands: commands.clone(),
         kernel: kernel::KernelFiles::for_root(dir.path()),
     };
     let store = Store::new(dir.path(), &platform);
-    Machine { dir, store, log }
+    Machine {
+        dir,
+        store,
+        log,
+        commands: Some(commands),
+    }
 }
 
 fn installed(name: &str, recorded: &str) -> Installed {
@@ -430,6 +498,7 @@ fn offline_the_refresh_is_refused_and_says_so() {
         dir,
         store,
         log: Arc::default(),
+        commands: None,
     };
     m.image(V1, "incus");
     m.image(V2, "incus");
@@ -542,4 +611,75 @@ fn removing_an_application_unlinks_refreshes_then_deletes_its_images() {
     assert!(m.store.remove_application("debug").is_err());
     assert_eq!(m.link("debug").unwrap(), image_path(V1, "debug"));
     assert!(m.has_image(V1, "debug"));
+}
+
+#[test]
+fn an_image_systemd_sysext_skips_fails_the_refresh_and_the_links_go_back() {
+    let m = machine(0, false);
+    m.image(V1, "debug");
+    m.image(V1, "incus");
+    m.symlink("var/lib/extensions/debug.raw", &image_path(V1, "debug"));
+    let fake = m.commands.clone().unwrap();
+    *fake.incompatible.lock().unwrap() = vec!["incus".into()];
+    m.store
+        .refresh_extensions(&[installed("debug", V1)], &same_release(V1))
+        .unwrap();
+
+    // Beside a merged one: the refresh exits 0, but `incus` is not merged.
+    let e = m
+        .store
+        .refresh_extensions(
+            &[installed("debug", V1), installed("incus", V1)],
+            &same_release(V1),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "cannot refresh system extensions: systemd-sysext did not merge incus (Using extensions 'debug'.; Unmerged '/usr'.; Merged extensions into '/usr'.)"
+    );
+    assert!(m.link("incus").is_none(), "the link is rolled back");
+    assert_eq!(m.link("debug").unwrap(), image_path(V1, "debug"));
+    // Merged again without it, and only then were the units reloaded.
+    assert_eq!(*fake.merged.lock().unwrap(), ["debug"]);
+    assert_eq!(
+        m.calls()[2..],
+        [
+            format!(
+                "systemd-sysext refresh [incus -> {}]",
+                image_path(V1, "incus")
+            ),
+            "systemd-sysext refresh [incus -> -]".to_string(),
+            "daemon-reload".to_string(),
+        ]
+    );
+
+    // Alone: nothing merged at all.
+    let e = m
+        .store
+        .refresh_extensions(&[installed("incus", V1)], &same_release(V1))
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "cannot refresh system extensions: systemd-sysext did not merge incus (No suitable extensions found (1 ignored due to incompatible version).; Unmerged '/usr'.)"
+    );
+    assert!(m.link("incus").is_none());
+    assert_eq!(m.link("debug").unwrap(), image_path(V1, "debug"));
+    assert_eq!(*fake.merged.lock().unwrap(), ["debug"]);
+    // Nothing deleted.
+    assert!(m.has_image(V1, "incus") && m.has_image(V1, "debug"));
+}
+
+#[test]
+fn what_systemd_sysext_status_says_is_read_as_recorded() {
+    assert_eq!(
+        merged_extensions(r#"[{"hierarchy":"/opt","extensions":"none","since":null},{"hierarchy":"/usr","extensions":["debug","incus"],"since":1796638054544665}]"#).unwrap(),
+        ["debug", "incus"]
+    );
+    assert!(merged_extensions(r#"[{"hierarchy":"/opt","extensions":"none","since":null},{"hierarchy":"/usr","extensions":"none","since":null}]"#).unwrap().is_empty());
+    let e = merged_extensions("Failed to parse").unwrap_err();
+    assert_eq!(
+        e,
+        "cannot read what systemd-sysext status says: Failed to parse"
+    );
+    assert!(merged_extensions(r#"{"hierarchy":"/usr"}"#).is_err());
 }
