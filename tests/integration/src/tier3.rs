@@ -71,7 +71,13 @@ impl Site {
             ),
         )
         .unwrap();
-        for d in ["journal", "state", "plugins"] {
+        for d in [
+            "journal",
+            "state",
+            "plugins",
+            "extension-images",
+            "extensions",
+        ] {
             std::fs::create_dir(p.join(d)).unwrap();
         }
         // The plugins, copied once into one directory bound as a whole.
@@ -95,8 +101,28 @@ impl Site {
         self.path().join("state")
     }
 
+    /// The host directory bound at `/var/lib/incus-os-extensions` (application images).
+    pub fn images_dir(&self) -> PathBuf {
+        self.path().join("extension-images")
+    }
+
+    /// The host directory bound at `/var/lib/extensions` (the links systemd-sysext merges).
+    pub fn links_dir(&self) -> PathBuf {
+        self.path().join("extensions")
+    }
+
+    /// Adds a plugin library (a fixture's, say) to those every boot of the site loads.
+    /// Before the machine boots (or before [`Site::install_in_usr`]).
+    pub fn add_plugin(&self, lib: &Path) {
+        std::fs::copy(
+            lib,
+            self.path().join("plugins").join(lib.file_name().unwrap()),
+        )
+        .unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
+    }
+
     /// The machine's binds: the daemon binary and the plugins read-only, the OS identity
-    /// read-only, the machine id, journal and state read-write.
+    /// read-only, the machine id, journal, state, application images and links read-write.
     pub fn builder(&self) -> MachineBuilder {
         let p = self.path();
         self.common_builder()
@@ -142,6 +168,8 @@ impl Site {
             .bind(p.join("machine-id"), "/etc/machine-id")
             .bind(self.journal_dir(), "/var/log/journal")
             .bind(self.state_dir(), "/var/lib/incus-os")
+            .bind(self.images_dir(), "/var/lib/incus-os-extensions")
+            .bind(self.links_dir(), "/var/lib/extensions")
             .boot_timeout(Duration::from_secs(30))
             // A ceiling for a hung command, not a measure: stopping Open vSwitch and OVN
             // once took more than 30 s on a loaded CI host.
@@ -367,12 +395,38 @@ pub fn edit_state(site: &Site, f: impl FnOnce(&mut Value)) {
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
 }
 
-/// Records installed application versions in the state document, as an install does
-/// (what `ceph` and `linstor` are gated on).
+/// Installs applications as an install leaves them (what `ceph` and `linstor` are gated
+/// on: the host counts an application installed when its record, link and image all
+/// exist): a stand-in image of each at [`IMAGE_VERSION`]
+/// (`/var/lib/incus-os-extensions/<version>/<name>.raw`, built with
+/// [`crate::sysext::StandIn`], no unit), its link in `/var/lib/extensions`, its record in
+/// the state. Only while the daemon is not running (see [`edit_state`]).
+///
+/// The daemon merges only the applications it has a plugin for (`incus-ceph` and
+/// `incus-linstor` have none here), and a machine of [`Site::builder`] could not (no loop
+/// devices); the images are real all the same, so a machine that can merge them
+/// ([`Site::sysext_builder`]) does.
 pub fn record_applications(site: &Site, names: &[&str]) {
+    let build = tempfile::tempdir().expect("build dir");
+    for name in names {
+        let image = crate::sysext::StandIn::new(name, IMAGE_VERSION, &[]).build(build.path());
+        let dir = site.images_dir().join(IMAGE_VERSION);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(&image, dir.join(format!("{name}.raw"))).unwrap();
+        let link = site.links_dir().join(format!("{name}.raw"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(
+            format!("/var/lib/incus-os-extensions/{IMAGE_VERSION}/{name}.raw"),
+            &link,
+        )
+        .unwrap();
+    }
     edit_state(site, |doc| {
         for name in names {
-            doc["applications"][*name] = serde_json::json!({"version": "202511041601"});
+            doc["applications"][*name] = serde_json::json!({
+                "version": IMAGE_VERSION,
+                "available_versions": [IMAGE_VERSION],
+            });
         }
     });
 }
