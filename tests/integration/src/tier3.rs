@@ -111,14 +111,16 @@ impl Site {
         self.path().join("extensions")
     }
 
-    /// Adds a plugin library (a fixture's, say) to those every boot of the site loads.
-    /// Before the machine boots (or before [`Site::install_in_usr`]).
-    pub fn add_plugin(&self, lib: &Path) {
-        std::fs::copy(
-            lib,
-            self.path().join("plugins").join(lib.file_name().unwrap()),
-        )
-        .unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
+    /// Adds the built fixture library `libfixture_<stem>.so` to the plugins every boot of
+    /// the site loads, as `libincus_osd_plugin_<name>.so`. Before the machine boots (or
+    /// before [`Site::install_in_usr`]).
+    pub fn add_fixture(&self, stem: &str, name: &str) {
+        let lib = crate::built_plugin(&format!("fixture_{stem}"));
+        let to = self
+            .path()
+            .join("plugins")
+            .join(format!("libincus_osd_plugin_{name}.so"));
+        std::fs::copy(&lib, to).unwrap_or_else(|e| panic!("copying {}: {e}", lib.display()));
     }
 
     /// The machine's binds: the daemon binary and the plugins read-only, the OS identity
