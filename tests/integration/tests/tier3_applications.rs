@@ -149,8 +149,9 @@ impl Env {
         v
     }
 
-    /// `standin-app.service` is active and its stand-in daemon, started after `since`
-    /// (its version file written anew), runs `version`.
+    /// Waits until `standin-app.service` is active and its stand-in daemon says it runs
+    /// `version` (after [`Env::forget_daemon_version`]: a daemon started since), and the
+    /// unit systemd has loaded is `version`'s.
     fn app_runs(&self, version: &str) {
         wait_for(
             &format!("{APP_UNIT} running {version}"),
