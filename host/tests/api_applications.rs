@@ -751,3 +751,75 @@ async fn verbs_an_application_lacks_answer_not_supported() {
         (501, "not implemented".into())
     );
 }
+
+// ---- the update check's selection --------------------------------------------------------------
+
+#[tokio::test]
+async fn an_update_check_installs_incus_when_no_application_is_installed() {
+    let machine = Arc::new(Machine::default());
+    // The primary test application, named `incus` (the default primary).
+    let mut m = plugin_api::sdk::__application_manifest::<Prime>("1.0.0", plugin_api::API_VERSION);
+    m.name = "incus".into();
+    m.variants.clear();
+    let (r, app, root) = TestApp::new()
+        .commands(machine.clone())
+        .systemd(machine.clone())
+        .provider::<Offering>()
+        .add(m, plugin_api::sdk::__application_instance::<Prime>)
+        .router();
+    let s = Site {
+        r,
+        machine,
+        root: root.path().to_path_buf(),
+        _root: root,
+    };
+    s.offer(json!({"incus": V1})).await;
+    incus_osd::system::update::runner::check(
+        &app,
+        incus_osd::system::update::schedule::CheckKind::UserRequested,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.list().await, json!(["/1.0/applications/incus"]));
+    assert_eq!(
+        s.calls(),
+        [format!("start incus {V1}"), "initialize incus".to_string()]
+    );
+    // Installed: the next check only looks for its update.
+    incus_osd::system::update::runner::check(
+        &app,
+        incus_osd::system::update::schedule::CheckKind::UserRequested,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn an_install_under_a_development_root_is_refused_before_downloading() {
+    // No command runner: the platform is offline, as under a development root.
+    let (r, _app, root) = TestApp::new()
+        .provider::<Offering>()
+        .application::<Prime>()
+        .router();
+    let s = Site {
+        r,
+        machine: Arc::default(),
+        root: root.path().to_path_buf(),
+        _root: root,
+    };
+    s.offer(json!({"prime": V1})).await;
+    let (code, msg) = s
+        .err("POST", "/1.0/applications", r#"{"name":"prime"}"#)
+        .await;
+    assert_eq!(code, 500);
+    assert!(
+        msg.starts_with("cannot install application 'prime': offline:"),
+        "{msg}"
+    );
+    assert!(!exists(&s.path("/var/lib/incus-os-extensions")));
+}
