@@ -64,7 +64,11 @@ impl Commands for Machine {
 }
 
 impl Units for Machine {
-    fn unit(&self, _: UnitAction, _: &str) -> std::result::Result<String, PlatformError> {
+    fn unit(&self, action: UnitAction, unit: &str) -> std::result::Result<String, PlatformError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} {unit}", action.as_str()));
         Ok("inactive".into())
     }
     fn daemon_reload(&self) -> std::result::Result<(), PlatformError> {
@@ -822,4 +826,141 @@ async fn an_install_under_a_development_root_is_refused_before_downloading() {
         "{msg}"
     );
     assert!(!exists(&s.path("/var/lib/incus-os-extensions")));
+}
+
+// ---- declared backups ----------------------------------------------------------------------------
+
+/// An application that declares its data directory: the host writes and restores it.
+struct Keeper {
+    host: Host,
+}
+
+impl Keeper {
+    fn wipe(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.host.remove("/var/lib/keeper")
+    }
+}
+
+impl Application for Keeper {
+    const NAME: &'static str = "keeper";
+    const PATHS: &'static [&'static str] = &["/var/lib/keeper", CALLS];
+    const BACKUP: Option<plugin_api::sdk::Backup> = Some(
+        plugin_api::sdk::Backup::new("/var/lib/keeper")
+            .excluded(&["unix.socket"])
+            .excluded_unless_complete(&["cache"])
+            .units(&["keeper.service", "keeper-helper.service"]),
+    );
+    const WIPE: Option<plugin_api::sdk::WipeFn<Self>> = Some(Self::wipe);
+    type Config = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Keeper { host })
+    }
+    fn restored(&self, ctx: &AppContext, _: &Value) -> Result<()> {
+        note(&self.host, format!("restored {}", ctx.name))
+    }
+}
+
+/// The entry names of a gzip tar.
+fn entries(archive: &[u8]) -> Vec<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    tar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+async fn raw(s: &Site, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, String, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = s.r.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn a_declared_backup_survives_a_factory_reset_and_is_restored_around_its_units() {
+    let s = site_with(|t| t.application::<Keeper>().installed("keeper", V1));
+    let data = s.path("/var/lib/keeper");
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    std::fs::write(data.join("db/main.db"), "precious").unwrap();
+    std::fs::write(data.join("cache/blob"), "cached").unwrap();
+    std::fs::write(data.join("unix.socket"), "").unwrap();
+    std::os::unix::fs::symlink("db/main.db", data.join("current")).unwrap();
+
+    let (status, ctype, archive) =
+        raw(&s, "POST", "/1.0/applications/keeper/:backup", vec![]).await;
+    assert_eq!((status.as_u16(), ctype.as_str()), (200, "application/gzip"));
+    let mut names = entries(&archive);
+    names.sort();
+    assert_eq!(names, ["current", "db", "db/main.db"]);
+    let (_, _, complete) = raw(
+        &s,
+        "POST",
+        "/1.0/applications/keeper/:backup",
+        br#"{"complete": true}"#.to_vec(),
+    )
+    .await;
+    assert!(entries(&complete).contains(&"cache/blob".to_string()));
+
+    s.ok("POST", "/1.0/applications/keeper/:factory-reset", "")
+        .await;
+    s.until("the wipe", |_| !data.join("db").exists()).await;
+
+    // A hostile archive is refused before anything is swapped.
+    let mut evil = tar::Builder::new(flate2::write::GzEncoder::new(
+        vec![],
+        flate2::Compression::default(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    evil.append_link(&mut h, "escape", "/etc").unwrap();
+    let evil = evil.into_inner().unwrap().finish().unwrap();
+    let (status, _, body) = raw(&s, "POST", "/1.0/applications/keeper/:restore", evil).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 400, "{body}");
+    assert!(body.contains("escape"), "{body}");
+    assert!(!data.join("escape").exists());
+
+    let before = s.machine_log().len();
+    let (status, _, _) = raw(&s, "POST", "/1.0/applications/keeper/:restore", archive).await;
+    assert_eq!(status.as_u16(), 200);
+    s.until("the swap", |s| {
+        s.calls().iter().any(|c| c == "restored keeper")
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("db/main.db")).unwrap(),
+        "precious"
+    );
+    assert_eq!(
+        std::fs::read_link(data.join("current")).unwrap(),
+        PathBuf::from("db/main.db")
+    );
+    assert!(!data.join("cache").exists(), "not in the archive");
+    assert_eq!(
+        s.machine_log()[before..],
+        [
+            "stop keeper.service",
+            "stop keeper-helper.service",
+            "start keeper.service",
+            "start keeper-helper.service"
+        ]
+    );
+    let v = s.ok("GET", "/1.0/applications/keeper", "").await;
+    assert!(v["state"]["last_restored"].is_string(), "{v}");
 }

@@ -632,16 +632,13 @@ pub async fn remove(app: &App, name: &str) -> Result<(), CallError> {
     if plugin.manifest.primary {
         return Err(internal(errors::REMOVE_PRIMARY));
     }
-    if let Some((p, n)) = all_installed(app)
+    if let Some((_, n)) = all_installed(app)
         .into_iter()
         .find(|(p, _)| p.manifest.dependencies.iter().any(|d| d == plugin.name()))
     {
         return Err(err(
             400,
-            format!(
-                "application '{n}' depends on '{name}': remove it first ({})",
-                p.name()
-            ),
+            format!("application '{n}' depends on '{name}': remove it first"),
         ));
     }
     let _changes = app.update_lock.lock().await;
