@@ -964,3 +964,102 @@ async fn a_declared_backup_survives_a_factory_reset_and_is_restored_around_its_u
     let v = s.ok("GET", "/1.0/applications/keeper", "").await;
     assert!(v["state"]["last_restored"].is_string(), "{v}");
 }
+
+// ---- :debug ---------------------------------------------------------------------------------------
+
+/// An application whose logs `:debug` bundles.
+struct Logger;
+
+impl Application for Logger {
+    const NAME: &'static str = "logger";
+    const DEBUG_LOGS: &'static [&'static str] =
+        &["/run/logger", "/var/log/logger", "/var/log/none"];
+    type Config = Value;
+    fn new(_: Host) -> Result<Self> {
+        Ok(Logger)
+    }
+}
+
+#[tokio::test]
+async fn debug_get_logs_streams_the_log_directories_and_nothing_else() {
+    let s = site_with(|t| {
+        t.application::<Logger>()
+            .installed("logger", V1)
+            .installed("addon", V1)
+    });
+    std::fs::create_dir_all(s.path("/run/logger/sub")).unwrap();
+    std::fs::create_dir_all(s.path("/var/log/logger")).unwrap();
+    std::fs::write(s.path("/run/logger/sub/state"), "up").unwrap();
+    std::fs::write(s.path("/var/log/logger/daemon.log"), "started").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", s.path("/var/log/logger/link")).unwrap();
+    let _socket =
+        std::os::unix::net::UnixListener::bind(s.path("/run/logger/unix.socket")).unwrap();
+
+    let (status, ctype, body) = raw(
+        &s,
+        "POST",
+        "/1.0/applications/logger/:debug",
+        br#"{"action":"get-logs"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), ctype.as_str()),
+        (200, "application/octet-stream")
+    );
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&body[..]));
+    let mut seen = BTreeMap::new();
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut text = String::new();
+        if e.header().entry_type().is_file() {
+            std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        } else if e.header().entry_type().is_symlink() {
+            text = format!("-> {}", e.link_name().unwrap().unwrap().display());
+        }
+        seen.insert(name, text);
+    }
+    let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "run/logger",
+            "run/logger/sub",
+            "run/logger/sub/state",
+            "var/log/logger",
+            "var/log/logger/daemon.log",
+            "var/log/logger/link"
+        ],
+        "the socket and the missing directory are left out"
+    );
+    assert_eq!(seen["var/log/logger/daemon.log"], "started");
+    assert_eq!(
+        seen["var/log/logger/link"], "-> /etc/shadow",
+        "a link is not followed"
+    );
+
+    assert_eq!(
+        s.err(
+            "POST",
+            "/1.0/applications/logger/:debug",
+            r#"{"action":"other"}"#
+        )
+        .await,
+        (501, "not implemented".into())
+    );
+    assert_eq!(
+        s.err("POST", "/1.0/applications/logger/:debug", "{bad")
+            .await
+            .0,
+        500
+    );
+    assert_eq!(
+        s.err(
+            "POST",
+            "/1.0/applications/addon/:debug",
+            r#"{"action":"get-logs"}"#
+        )
+        .await,
+        (501, "not implemented".into())
+    );
+}
