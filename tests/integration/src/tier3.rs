@@ -404,9 +404,9 @@ pub fn edit_state(site: &Site, f: impl FnOnce(&mut Value)) {
 /// [`crate::sysext::StandIn`], no unit), its link in `/var/lib/extensions`, its record in
 /// the state. Only while the daemon is not running (see [`edit_state`]).
 ///
-/// The daemon merges only the applications it has a plugin for (`incus-ceph` and
-/// `incus-linstor` have none here), and a machine of [`Site::builder`] could not (no loop
-/// devices); the images are real all the same, so a machine that can merge them
+/// A machine of [`Site::builder`] has no loop devices to merge them with (the daemon's
+/// merge at start then fails and is logged; the gating needs only the record, link and
+/// image). The images are real all the same, so a machine that can merge them
 /// ([`Site::sysext_builder`]) does.
 pub fn record_applications(site: &Site, names: &[&str]) {
     let build = tempfile::tempdir().expect("build dir");
