@@ -404,10 +404,9 @@ pub fn edit_state(site: &Site, f: impl FnOnce(&mut Value)) {
 /// [`crate::sysext::StandIn`], no unit), its link in `/var/lib/extensions`, its record in
 /// the state. Only while the daemon is not running (see [`edit_state`]).
 ///
-/// A machine of [`Site::builder`] has no loop devices to merge them with (the daemon's
-/// merge at start then fails and is logged; the gating needs only the record, link and
-/// image). The images are real all the same, so a machine that can merge them
-/// ([`Site::sysext_builder`]) does.
+/// A machine of [`Site::builder`] has no loop devices to merge them with (the gating
+/// needs only the record, link and image); the images are real all the same, so a
+/// machine that can merge them ([`Site::sysext_builder`]) does.
 pub fn record_applications(site: &Site, names: &[&str]) {
     let build = tempfile::tempdir().expect("build dir");
     for name in names {
