@@ -814,6 +814,7 @@ async fn an_update_check_installs_incus_when_no_application_is_installed() {
         .provider::<Offering>()
         .add(m, plugin_api::sdk::__application_instance::<Prime>)
         .router();
+    *machine.root.lock().unwrap() = Some(root.path().to_path_buf());
     let s = Site {
         r,
         machine,
