@@ -36,8 +36,10 @@ fn plugin_names() -> Vec<String> {
 }
 
 /// The plugins with a stop hook (providers have none): those the shutdown stops.
+/// The plugins the registry stops at shutdown: those with a stop hook, except applications
+/// (the applications subsystem stops the installed ones, first; none is installed here).
 fn stopped_plugin_names() -> Vec<String> {
-    plugin_names_where(|m| m.has(plugin_api::Hook::Stop))
+    plugin_names_where(|m| m.has(plugin_api::Hook::Stop) && m.kind != plugin_api::Kind::Application)
 }
 
 fn plugin_names_where(keep: impl Fn(&plugin_api::Manifest) -> bool) -> Vec<String> {
