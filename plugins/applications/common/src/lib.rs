@@ -73,6 +73,9 @@ pub fn random_token() -> Result<String> {
     use std::io::Read;
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut bytes = [0u8; 26];
+    // The kernel's random source of the daemon's own process, not a file of the managed
+    // system: the host has no randomness capability, and its file opens (`Host::open_read`)
+    // take regular files only, which /dev/urandom is not.
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
