@@ -187,7 +187,10 @@ impl TestApp {
         let store = Arc::new(Mutex::new(store));
         let mut platform = Platform::for_root(&root);
         if let Some(commands) = self.commands {
+            // Commands run (through the test's adapter): the platform acts, it is not
+            // offline.
             platform.commands = commands;
+            platform.mode = crate::platform::Mode::Live;
         }
         if let Some(systemd) = self.systemd {
             platform.units = systemd;

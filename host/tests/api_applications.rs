@@ -64,7 +64,11 @@ impl Commands for Machine {
 }
 
 impl Units for Machine {
-    fn unit(&self, _: UnitAction, _: &str) -> std::result::Result<String, PlatformError> {
+    fn unit(&self, action: UnitAction, unit: &str) -> std::result::Result<String, PlatformError> {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{} {unit}", action.as_str()));
         Ok("inactive".into())
     }
     fn daemon_reload(&self) -> std::result::Result<(), PlatformError> {
@@ -748,6 +752,314 @@ async fn verbs_an_application_lacks_answer_not_supported() {
     }
     assert_eq!(
         s.err("POST", "/1.0/applications/addon/:debug", "{}").await,
+        (501, "not implemented".into())
+    );
+}
+
+// ---- the update check's selection --------------------------------------------------------------
+
+#[tokio::test]
+async fn an_update_check_installs_incus_when_no_application_is_installed() {
+    let machine = Arc::new(Machine::default());
+    // The primary test application, named `incus` (the default primary).
+    let mut m = plugin_api::sdk::__application_manifest::<Prime>("1.0.0", plugin_api::API_VERSION);
+    m.name = "incus".into();
+    m.variants.clear();
+    let (r, app, root) = TestApp::new()
+        .commands(machine.clone())
+        .systemd(machine.clone())
+        .provider::<Offering>()
+        .add(m, plugin_api::sdk::__application_instance::<Prime>)
+        .router();
+    let s = Site {
+        r,
+        machine,
+        root: root.path().to_path_buf(),
+        _root: root,
+    };
+    s.offer(json!({"incus": V1})).await;
+    incus_osd::system::update::runner::check(
+        &app,
+        incus_osd::system::update::schedule::CheckKind::UserRequested,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.list().await, json!(["/1.0/applications/incus"]));
+    assert_eq!(
+        s.calls(),
+        [format!("start incus {V1}"), "initialize incus".to_string()]
+    );
+    // Installed: the next check only looks for its update.
+    incus_osd::system::update::runner::check(
+        &app,
+        incus_osd::system::update::schedule::CheckKind::UserRequested,
+        false,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn an_install_under_a_development_root_is_refused_before_downloading() {
+    // No command runner: the platform is offline, as under a development root.
+    let (r, _app, root) = TestApp::new()
+        .provider::<Offering>()
+        .application::<Prime>()
+        .router();
+    let s = Site {
+        r,
+        machine: Arc::default(),
+        root: root.path().to_path_buf(),
+        _root: root,
+    };
+    s.offer(json!({"prime": V1})).await;
+    let (code, msg) = s
+        .err("POST", "/1.0/applications", r#"{"name":"prime"}"#)
+        .await;
+    assert_eq!(code, 500);
+    assert!(
+        msg.starts_with("cannot install application 'prime': offline:"),
+        "{msg}"
+    );
+    assert!(!exists(&s.path("/var/lib/incus-os-extensions")));
+}
+
+// ---- declared backups ----------------------------------------------------------------------------
+
+/// An application that declares its data directory: the host writes and restores it.
+struct Keeper {
+    host: Host,
+}
+
+impl Keeper {
+    fn wipe(&self, _: &AppContext, _: &Value) -> Result<()> {
+        self.host.remove("/var/lib/keeper")
+    }
+}
+
+impl Application for Keeper {
+    const NAME: &'static str = "keeper";
+    const PATHS: &'static [&'static str] = &["/var/lib/keeper", CALLS];
+    const BACKUP: Option<plugin_api::sdk::Backup> = Some(
+        plugin_api::sdk::Backup::new("/var/lib/keeper")
+            .excluded(&["unix.socket"])
+            .excluded_unless_complete(&["cache"])
+            .units(&["keeper.service", "keeper-helper.service"]),
+    );
+    const WIPE: Option<plugin_api::sdk::WipeFn<Self>> = Some(Self::wipe);
+    type Config = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Keeper { host })
+    }
+    fn restored(&self, ctx: &AppContext, _: &Value) -> Result<()> {
+        note(&self.host, format!("restored {}", ctx.name))
+    }
+}
+
+/// The entry names of a gzip tar.
+fn entries(archive: &[u8]) -> Vec<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    tar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+async fn raw(s: &Site, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, String, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = s.r.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, ctype, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn a_declared_backup_survives_a_factory_reset_and_is_restored_around_its_units() {
+    let s = site_with(|t| t.application::<Keeper>().installed("keeper", V1));
+    let data = s.path("/var/lib/keeper");
+    std::fs::create_dir_all(data.join("db")).unwrap();
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    std::fs::write(data.join("db/main.db"), "precious").unwrap();
+    std::fs::write(data.join("cache/blob"), "cached").unwrap();
+    std::fs::write(data.join("unix.socket"), "").unwrap();
+    std::os::unix::fs::symlink("db/main.db", data.join("current")).unwrap();
+
+    let (status, ctype, archive) =
+        raw(&s, "POST", "/1.0/applications/keeper/:backup", vec![]).await;
+    assert_eq!((status.as_u16(), ctype.as_str()), (200, "application/gzip"));
+    let mut names = entries(&archive);
+    names.sort();
+    assert_eq!(names, ["current", "db", "db/main.db"]);
+    let (_, _, complete) = raw(
+        &s,
+        "POST",
+        "/1.0/applications/keeper/:backup",
+        br#"{"complete": true}"#.to_vec(),
+    )
+    .await;
+    assert!(entries(&complete).contains(&"cache/blob".to_string()));
+
+    s.ok("POST", "/1.0/applications/keeper/:factory-reset", "")
+        .await;
+    s.until("the wipe", |_| !data.join("db").exists()).await;
+
+    // A hostile archive is refused before anything is swapped.
+    let mut evil = tar::Builder::new(flate2::write::GzEncoder::new(
+        vec![],
+        flate2::Compression::default(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    evil.append_link(&mut h, "escape", "/etc").unwrap();
+    let evil = evil.into_inner().unwrap().finish().unwrap();
+    let (status, _, body) = raw(&s, "POST", "/1.0/applications/keeper/:restore", evil).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 400, "{body}");
+    assert!(body.contains("escape"), "{body}");
+    assert!(!data.join("escape").exists());
+
+    let before = s.machine_log().len();
+    let (status, _, _) = raw(&s, "POST", "/1.0/applications/keeper/:restore", archive).await;
+    assert_eq!(status.as_u16(), 200);
+    s.until("the swap", |s| {
+        s.calls().iter().any(|c| c == "restored keeper")
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(data.join("db/main.db")).unwrap(),
+        "precious"
+    );
+    assert_eq!(
+        std::fs::read_link(data.join("current")).unwrap(),
+        PathBuf::from("db/main.db")
+    );
+    assert!(!data.join("cache").exists(), "not in the archive");
+    assert_eq!(
+        s.machine_log()[before..],
+        [
+            "stop keeper.service",
+            "stop keeper-helper.service",
+            "start keeper.service",
+            "start keeper-helper.service"
+        ]
+    );
+    let v = s.ok("GET", "/1.0/applications/keeper", "").await;
+    assert!(v["state"]["last_restored"].is_string(), "{v}");
+}
+
+// ---- :debug ---------------------------------------------------------------------------------------
+
+/// An application whose logs `:debug` bundles.
+struct Logger;
+
+impl Application for Logger {
+    const NAME: &'static str = "logger";
+    const DEBUG_LOGS: &'static [&'static str] =
+        &["/run/logger", "/var/log/logger", "/var/log/none"];
+    type Config = Value;
+    fn new(_: Host) -> Result<Self> {
+        Ok(Logger)
+    }
+}
+
+#[tokio::test]
+async fn debug_get_logs_streams_the_log_directories_and_nothing_else() {
+    let s = site_with(|t| {
+        t.application::<Logger>()
+            .installed("logger", V1)
+            .installed("addon", V1)
+    });
+    std::fs::create_dir_all(s.path("/run/logger/sub")).unwrap();
+    std::fs::create_dir_all(s.path("/var/log/logger")).unwrap();
+    std::fs::write(s.path("/run/logger/sub/state"), "up").unwrap();
+    std::fs::write(s.path("/var/log/logger/daemon.log"), "started").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", s.path("/var/log/logger/link")).unwrap();
+    let _socket =
+        std::os::unix::net::UnixListener::bind(s.path("/run/logger/unix.socket")).unwrap();
+
+    let (status, ctype, body) = raw(
+        &s,
+        "POST",
+        "/1.0/applications/logger/:debug",
+        br#"{"action":"get-logs"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), ctype.as_str()),
+        (200, "application/octet-stream")
+    );
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&body[..]));
+    let mut seen = BTreeMap::new();
+    for e in tar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut text = String::new();
+        if e.header().entry_type().is_file() {
+            std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        } else if e.header().entry_type().is_symlink() {
+            text = format!("-> {}", e.link_name().unwrap().unwrap().display());
+        }
+        seen.insert(name, text);
+    }
+    let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "run/logger",
+            "run/logger/sub",
+            "run/logger/sub/state",
+            "var/log/logger",
+            "var/log/logger/daemon.log",
+            "var/log/logger/link"
+        ],
+        "the socket and the missing directory are left out"
+    );
+    assert_eq!(seen["var/log/logger/daemon.log"], "started");
+    assert_eq!(
+        seen["var/log/logger/link"], "-> /etc/shadow",
+        "a link is not followed"
+    );
+
+    assert_eq!(
+        s.err(
+            "POST",
+            "/1.0/applications/logger/:debug",
+            r#"{"action":"other"}"#
+        )
+        .await,
+        (501, "not implemented".into())
+    );
+    assert_eq!(
+        s.err("POST", "/1.0/applications/logger/:debug", "{bad")
+            .await
+            .0,
+        500
+    );
+    assert_eq!(
+        s.err(
+            "POST",
+            "/1.0/applications/addon/:debug",
+            r#"{"action":"get-logs"}"#
+        )
+        .await,
         (501, "not implemented".into())
     );
 }

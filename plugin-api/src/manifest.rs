@@ -331,6 +331,10 @@ pub struct Manifest {
     /// host writes and restores backups of it (see [`crate::application::BackupSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::application::BackupSpec>,
+    /// Since 1.3. Directories (absolute OS paths) an application's logs live in: `:debug`
+    /// with the action `get-logs` streams them as a gzip tar, which the host writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub debug_logs: Vec<String>,
 }
 
 /// Why a manifest is refused.
@@ -405,9 +409,22 @@ impl Manifest {
             }
         }
         if self.kind != Kind::Application
-            && (!self.variants.is_empty() || self.late_update_check || self.backup.is_some())
+            && (!self.variants.is_empty()
+                || self.late_update_check
+                || self.backup.is_some()
+                || !self.debug_logs.is_empty())
         {
-            return err("only an application has variants, a late update check or a backup".into());
+            return err(
+                "only an application has variants, a late update check, a backup or debug logs"
+                    .into(),
+            );
+        }
+        for d in &self.debug_logs {
+            if !d.starts_with('/') || d == "/" || d.split('/').any(|c| c == "..") {
+                return err(format!(
+                    "debug log directory {d:?} must be an absolute path below / without '..'"
+                ));
+            }
         }
         for v in &self.variants {
             if !valid_name(v) || *v == self.name {
@@ -451,6 +468,7 @@ mod tests {
             variants: vec![],
             late_update_check: false,
             backup: None,
+            debug_logs: vec![],
         }
     }
 

@@ -591,6 +591,7 @@ mod tests {
                 variants: vec![],
                 late_update_check: false,
                 backup: None,
+                debug_logs: vec![],
             };
             PluginHost::plugin_handle(
                 &manifest,

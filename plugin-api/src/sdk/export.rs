@@ -28,6 +28,7 @@ fn base_manifest(name: &str, kind: Kind, version: &str, api_version: &str) -> Ma
         variants: vec![],
         late_update_check: false,
         backup: None,
+        debug_logs: vec![],
     }
 }
 
@@ -106,6 +107,7 @@ pub fn __application_manifest<T: Application>(version: &str, api_version: &str) 
     m.late_update_check = T::LATE_UPDATE_CHECK;
     m.paths = strings(T::PATHS);
     m.backup = T::BACKUP.map(|b| b.spec());
+    m.debug_logs = strings(T::DEBUG_LOGS);
     m.routes = routes(Kind::Application, T::NAME, T::ROUTES);
     m
 }

@@ -318,6 +318,11 @@ pub trait Application: Sized + Send + Sync + 'static {
     /// An archive format of the application's own, for an author who does not use
     /// [`Application::BACKUP`]: the SDK streams `:backup` and `:restore` through these.
     const STREAMING_BACKUP: Option<StreamingBackup<Self>> = None;
+    /// Directories the application logs to (`/run/incus`, `/var/log/incus`): `:debug` with
+    /// `{"action": "get-logs"}` streams them as a gzip tar, written by the host. Empty:
+    /// `:debug` answers 501 `not implemented`, as upstream's for every application but
+    /// Incus.
+    const DEBUG_LOGS: &'static [&'static str] = &[];
 
     /// The config the SDK persists and a PUT replaces.
     type Config: Serialize + DeserializeOwned + Default + Clone + Send;

@@ -34,6 +34,7 @@ fn manifest(paths: &[&str]) -> Manifest {
         variants: vec![],
         late_update_check: false,
         backup: None,
+        debug_logs: vec![],
     }
 }
 

@@ -25,6 +25,7 @@ fn host() -> (HarnessHost, Host) {
         variants: vec![],
         late_update_check: false,
         backup: None,
+        debug_logs: vec![],
     };
     let hh = HarnessHost::new(&manifest).unwrap();
     let host = Host::from_handle(hh.handle());

@@ -53,7 +53,7 @@ async fn installed_incus_is_served_by_its_plugin_with_the_hosts_state_around_it(
     assert_eq!(status, 501, "{body}");
     assert_eq!(
         body["error"],
-        "the 'initialize-ceph-cluster' action is not implemented yet"
+        "the incus action 'initialize-ceph-cluster' is not implemented by this daemon yet"
     );
     let (status, body) = request(
         &d.socket,

@@ -351,7 +351,7 @@ pub async fn install(app: &Arc<App>, name: &str) -> Result<Install, CallError> {
 /// Installs the dependencies of `plugin` that are missing (each under its plugin's own
 /// name), then `plugin` as `name`.
 fn install_with_dependencies<'a>(
-    app: &'a Arc<App>,
+    app: &'a App,
     plugin: &'a Arc<Plugin>,
     name: &'a str,
     seen: &'a mut Vec<String>,
@@ -392,7 +392,13 @@ fn install_with_dependencies<'a>(
 
 /// Downloads the newest image of `name` from the selected provider and brings it up. On
 /// any failure what this install did is undone: the image, the link, the record.
-async fn install_one(app: &Arc<App>, plugin: &Arc<Plugin>, name: &str) -> Result<(), CallError> {
+async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), CallError> {
+    // Nothing could be merged: say so before downloading anything.
+    if let crate::platform::Mode::Offline(why) = &app.platform.mode {
+        return Err(internal(format!(
+            "cannot install application '{name}': {why}"
+        )));
+    }
     let p = provider::selected(app)?;
     let channel = crate::system::update::channel(app);
     let context = provider::context(app, &channel);
@@ -575,6 +581,43 @@ async fn replace(
     Ok(Install::Replacing)
 }
 
+/// The applications an update check installs when none is (upstream's selection): the
+/// seed's list (seeds are not read yet: none), `incus` when no primary is in it and an
+/// `incus` plugin is loaded. Dependencies come with each install.
+pub fn to_install(app: &App) -> Vec<String> {
+    if !all_installed(app).is_empty() {
+        return vec![];
+    }
+    let mut names: Vec<String> = vec![];
+    let has_primary = names
+        .iter()
+        .any(|n| find(app, n).is_some_and(|p| p.manifest.primary));
+    if !has_primary && find(app, DEFAULT_PRIMARY).is_some() {
+        names.push(DEFAULT_PRIMARY.to_string());
+    }
+    names
+}
+
+/// The primary application a system gets when its seed names none.
+pub const DEFAULT_PRIMARY: &str = "incus";
+
+/// Installs what [`to_install`] selects, during an update check (holding `update_lock`).
+/// Each failure is logged; the check goes on.
+pub async fn install_selected(app: &App) {
+    for name in to_install(app) {
+        let Some(plugin) = find(app, &name) else {
+            continue;
+        };
+        if installed(app, &plugin).is_some() {
+            continue;
+        }
+        tracing::info!(application = %name, "installing the application this system runs");
+        if let Err(e) = install_with_dependencies(app, &plugin, &name, &mut vec![]).await {
+            tracing::warn!(application = %name, error = %e.message, "cannot install the application");
+        }
+    }
+}
+
 /// The application installed as `name`, or 404.
 pub fn installed_plugin(app: &App, name: &str) -> Result<Arc<Plugin>, CallError> {
     find(app, name)
@@ -589,16 +632,13 @@ pub async fn remove(app: &App, name: &str) -> Result<(), CallError> {
     if plugin.manifest.primary {
         return Err(internal(errors::REMOVE_PRIMARY));
     }
-    if let Some((p, n)) = all_installed(app)
+    if let Some((_, n)) = all_installed(app)
         .into_iter()
         .find(|(p, _)| p.manifest.dependencies.iter().any(|d| d == plugin.name()))
     {
         return Err(err(
             400,
-            format!(
-                "application '{n}' depends on '{name}': remove it first ({})",
-                p.name()
-            ),
+            format!("application '{n}' depends on '{name}': remove it first"),
         ));
     }
     let _changes = app.update_lock.lock().await;

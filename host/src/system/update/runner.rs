@@ -375,10 +375,13 @@ pub async fn check(
     Ok(())
 }
 
-/// Each installed application's update ([`applications::manage::update_one`]): a newer
-/// image on offer is downloaded, verified, merged and the application reloaded. One
-/// application's failure is logged and does not keep the others (or the OS) from updating.
+/// The applications of the system: when none is installed, the one it runs is installed
+/// (upstream's selection, [`manage::to_install`]); then each installed application's
+/// update ([`manage::update_one`]): a newer image is downloaded, verified, merged and the
+/// application reloaded. One application's failure is logged and does not keep the others
+/// (or the OS) from updating.
 async fn check_applications(app: &App, p: &Plugin, context: &UpdateContext) -> Result<(), String> {
+    manage::install_selected(app).await;
     for (plugin, name) in manage::all_installed(app) {
         if let Err(e) = manage::update_one(app, p, context, &plugin).await {
             tracing::warn!(application = %name, error = %e, "cannot update the application");

@@ -24,6 +24,7 @@ pub fn host(name: &str, paths: &[&str]) -> (HarnessHost, Host) {
         variants: vec![],
         late_update_check: false,
         backup: None,
+        debug_logs: vec![],
     };
     let hh = HarnessHost::new(&manifest).expect("harness host");
     let host = Host::from_handle(hh.handle());

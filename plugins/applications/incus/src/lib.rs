@@ -19,7 +19,7 @@
 //! | running | [`running`] |
 //! | wipe | [`wipe`] |
 //! | can-replace | [`can_replace`] (`from.name`, `to`) |
-//! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
+//! | manifest `backup`, `paths`, `debug_logs` | [`backup_spec`], [`PATHS`], [`LOG_DIRS`] |
 //! | host: certificates, trust, listen address, fallback listener | [`server_certificate`], [`client_certificate`], [`init::add_trusted_certificate`], [`init::listen_address`], [`init::seeded_client_certificates`] |
 
 pub mod init;
@@ -78,9 +78,9 @@ pub const BACKUP_ROOT: &str = "/var/lib/incus/";
 pub const BACKUP_EXCLUDED: [&str; 3] = ["guestapi", "shmounts", "unix.socket"];
 pub const BACKUP_UNITS: [&str; 4] = [STARTUP_UNIT, SOCKET_UNIT, UNIT, LXCFS_UNIT];
 
-/// The `get-logs` debug action's command: a gzip tar of the runtime and log directories on
-/// standard output.
-pub const GET_LOGS_ARGV: [&str; 5] = ["tar", "-zcf", "-", "/run/incus/", "/var/log/incus/"];
+/// What `:debug` `get-logs` bundles (the host writes the gzip tar): the runtime and log
+/// directories.
+pub const LOG_DIRS: [&str; 2] = ["/run/incus", "/var/log/incus"];
 
 /// The declared backup (upstream's root, exclusions and units).
 pub const BACKUP: Backup = Backup::new(BACKUP_ROOT)

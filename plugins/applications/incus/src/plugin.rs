@@ -33,7 +33,7 @@ impl Incus {
         if action == CEPH_ACTION {
             return Err(Error::new(
                 501,
-                format!("the '{CEPH_ACTION}' action is not implemented yet"),
+                format!("the incus action '{CEPH_ACTION}' is not implemented by this daemon yet"),
             ));
         }
         Err(Error::unsupported_action(action))
@@ -53,6 +53,7 @@ impl Application for Incus {
     const WIPE: Option<WipeFn<Self>> = Some(Self::wipe);
     const ACTION: Option<ActionFn<Self>> = Some(Self::action);
     const CAN_REPLACE: Option<CanReplaceFn<Self>> = Some(Self::can_replace);
+    const DEBUG_LOGS: &'static [&'static str] = &crate::LOG_DIRS;
     type Config = Config;
 
     fn new(host: Host) -> Result<Self> {

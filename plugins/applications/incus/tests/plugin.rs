@@ -36,6 +36,8 @@ fn the_manifest_has_upstreams_roles_variant_and_backup() {
     assert_eq!(m.start_weight, 0);
     assert!(m.dependencies.is_empty());
     assert!(!m.late_update_check);
+    // `:debug` `get-logs` bundles these (the host writes the archive).
+    assert_eq!(m.debug_logs, ["/run/incus", "/var/log/incus"]);
     assert_eq!(
         m.backup,
         Some(BackupSpec {
@@ -82,7 +84,7 @@ fn initialize_ceph_cluster_is_refused_as_not_built_and_other_actions_as_upstream
         (err.status, err.message.as_str()),
         (
             501,
-            "the 'initialize-ceph-cluster' action is not implemented yet"
+            "the incus action 'initialize-ceph-cluster' is not implemented by this daemon yet"
         )
     );
     let err = h

@@ -1,0 +1,95 @@
+//! The `incus-ceph` application: the Ceph client tools for Incus, for the `ceph` service
+//! (listed only while this application is installed). It needs `incus`.
+//!
+//! No lifecycle hook, no backup, no wipe (`:backup`, `:restore` and `:factory-reset`
+//! answer `not supported`, as upstream's). The config is `{}`.
+//!
+//! Friendly version: the third word of `ceph --version` (`ceph version 19.2.1 (...)
+//! squid (stable)`) with the image version: `19.2.1 [202511041800]`. When it cannot be
+//! read, a warning is logged and the host shows the image version.
+//!
+//! Actions: upstream's `add-drive`, `refresh-images` and `remove-drive` drive the Ceph
+//! containers through the local Incus API; they are not built yet and answer a 501 naming
+//! the action. Any other action is upstream's 500 `unsupported action '<x>'`.
+
+use std::collections::BTreeMap;
+
+use incus_osd_application_common::version::with_image_version;
+use incus_osd_application_common::COMMAND_TIMEOUT;
+use plugin_api::application::AppContext;
+use plugin_api::sdk::ActionFn;
+use plugin_api::{Application, Error, Host, Result};
+use serde::{Deserialize, Serialize};
+
+/// Upstream's actions, which work through the Incus API (not built yet).
+pub const ACTIONS: [&str; 3] = ["add-drive", "refresh-images", "remove-drive"];
+
+/// The config: no keys (anything else is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {}
+
+pub struct IncusCeph {
+    host: Host,
+}
+
+/// The version in `ceph --version`'s output: its third word, after `ceph version`.
+pub fn ceph_version(output: &str) -> Option<&str> {
+    output
+        .trim_start()
+        .strip_prefix("ceph version ")?
+        .split_whitespace()
+        .next()
+}
+
+impl IncusCeph {
+    fn ceph_version(&self) -> Result<String> {
+        let out = self.host.run_ok(&["ceph", "--version"], COMMAND_TIMEOUT)?;
+        ceph_version(&out)
+            .map(str::to_string)
+            .ok_or_else(|| Error::internal("unable to determine the Ceph version"))
+    }
+
+    /// `:action`: upstream's actions answer 501 (not built yet), any other is unsupported.
+    fn action(
+        &self,
+        _config: &Config,
+        action: &str,
+        _args: &BTreeMap<String, String>,
+    ) -> Result<serde_json::Value> {
+        if ACTIONS.contains(&action) {
+            return Err(Error::new(
+                501,
+                format!("the incus-ceph action '{action}' is not implemented by this daemon yet"),
+            ));
+        }
+        Err(Error::unsupported_action(action))
+    }
+}
+
+impl Application for IncusCeph {
+    const NAME: &'static str = "incus-ceph";
+    /// Before the primary application, as upstream's.
+    const START_WEIGHT: i32 = -1;
+    const DEPENDENCIES: &'static [&'static str] = &["incus"];
+    const ACTION: Option<ActionFn<Self>> = Some(Self::action);
+
+    type Config = Config;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(IncusCeph { host })
+    }
+
+    fn friendly_version(&self, ctx: &AppContext, _config: &Config) -> Result<String> {
+        match self.ceph_version() {
+            Ok(v) => Ok(with_image_version(&v, &ctx.version)),
+            Err(e) => {
+                self.host
+                    .warn(&format!("Cannot read the Ceph version: {}", e.message));
+                Ok(String::new())
+            }
+        }
+    }
+}
+
+plugin_api::export_application!(IncusCeph);
