@@ -1,9 +1,14 @@
 //! The lifecycle of an application that is one daemon with one unit, its data on its own
-//! ZFS dataset and its API on a unix socket: Migration Manager and Operations Center.
+//! ZFS dataset and its API on a unix socket: Migration Manager and Operations Center
+//! ([`Daemon`]), and the `Application` both plugins are ([`DaemonApp`]).
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
-use plugin_api::{Host, Result};
+use plugin_api::application::AppContext;
+use plugin_api::sdk::{Backup, WipeFn};
+use plugin_api::{Application, Host, Result, Undo};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{api::Api, version, zfs};
@@ -180,4 +185,84 @@ pub fn security_with_certificates(
     }
     out.insert(FINGERPRINTS.into(), Value::Array(list));
     Ok(Some(Value::Object(out)))
+}
+
+/// What distinguishes one primary one-daemon application from another (Migration Manager,
+/// Operations Center): [`DaemonApp`] is the `Application` over it.
+pub trait PrimaryDaemon: Send + Sync + 'static {
+    /// The daemon.
+    const DAEMON: Daemon;
+    /// The manifest's `paths`.
+    const PATHS: &'static [&'static str];
+    /// The declared backup.
+    const BACKUP: Backup;
+    /// First initialization through the daemon's API.
+    fn initialize(host: &Host) -> Result<()>;
+}
+
+/// The config of an application without settings: `{}` (upstream's `ApplicationConfig`;
+/// a PUT is accepted and changes nothing, an unknown field is refused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// A primary application that is one daemon ([`Daemon`]'s lifecycle): primary, its update
+/// check late (it may serve its own update server), its data backed up as `D::BACKUP`,
+/// wiped and created again on a factory reset.
+pub struct DaemonApp<D> {
+    host: Host,
+    _d: PhantomData<fn() -> D>,
+}
+
+impl<D: PrimaryDaemon> DaemonApp<D> {
+    fn wipe(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::DAEMON.wipe(&self.host)
+    }
+}
+
+impl<D: PrimaryDaemon> Application for DaemonApp<D> {
+    const NAME: &'static str = D::DAEMON.name;
+    const PRIMARY: bool = true;
+    const LATE_UPDATE_CHECK: bool = true;
+    const PATHS: &'static [&'static str] = D::PATHS;
+    const BACKUP: Option<Backup> = Some(D::BACKUP);
+    const WIPE: Option<WipeFn<Self>> = Some(Self::wipe);
+    type Config = NoConfig;
+
+    fn new(host: Host) -> Result<Self> {
+        Ok(DaemonApp {
+            host,
+            _d: PhantomData,
+        })
+    }
+
+    fn friendly_version(&self, ctx: &AppContext, _config: &NoConfig) -> Result<String> {
+        Ok(version::friendly_or_empty(&self.host, ctx, || {
+            D::DAEMON.friendly_version(&self.host)
+        }))
+    }
+
+    fn start(&self, _undo: &mut Undo, ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::DAEMON.start(&self.host, ctx.initialized)
+    }
+
+    fn stop(&self, _undo: &mut Undo, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::DAEMON.stop(&self.host)
+    }
+
+    fn initialize(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::initialize(&self.host)
+    }
+
+    fn reload(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::DAEMON.reload(&self.host)
+    }
+
+    fn restart(&self, ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::DAEMON.restart(&self.host, ctx.initialized)
+    }
+
+    fn running(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<bool> {
+        D::DAEMON.running(&self.host)
+    }
 }

@@ -26,6 +26,30 @@ pub use api::Api;
 pub use daemon::Daemon;
 pub use incus_osd_provider_common::address;
 
+/// Deserializes a `T` from a JSON object only, for a config field that is a struct:
+/// serde's derived structs also take an array of their fields in order (and an empty one
+/// as all defaults), which upstream's decoder refuses. Field paths in errors are kept.
+pub fn object<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct Object<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(Object(std::marker::PhantomData))
+}
+
 /// How long a command the applications run (ZFS, systemd tools, `--version`) may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -49,6 +73,9 @@ pub fn random_token() -> Result<String> {
     use std::io::Read;
     const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
     let mut bytes = [0u8; 26];
+    // The kernel's random source of the daemon's own process, not a file of the managed
+    // system: the host has no randomness capability, and its file opens (`Host::open_read`)
+    // take regular files only, which /dev/urandom is not.
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
@@ -108,6 +135,28 @@ pub fn unit_running(host: &Host, unit: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_struct_field_takes_an_object_and_refuses_an_array() {
+        #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+        #[serde(default)]
+        struct Inner {
+            on: bool,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Outer {
+            #[serde(deserialize_with = "object")]
+            inner: Inner,
+        }
+        let ok: Outer = serde_json::from_str(r#"{"inner": {"on": true}}"#).unwrap();
+        assert_eq!(ok.inner, Inner { on: true });
+        for bad in [r#"{"inner": []}"#, r#"{"inner": [true]}"#] {
+            let e = serde_json::from_str::<Outer>(bad).unwrap_err().to_string();
+            assert!(e.contains("expected an object"), "{bad}: {e}");
+        }
+        let e = serde_json::from_str::<Outer>(r#"{"inner": {"on": "x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("expected a boolean"), "{e}");
+    }
 
     #[test]
     fn tokens_are_26_base32_characters_and_differ() {

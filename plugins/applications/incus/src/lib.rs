@@ -6,8 +6,8 @@
 //! it is initialized through its own API on [`SOCKET`] ([`init`]), and a stable install
 //! gives way to the LTS branch only from exactly 7.0.0 ([`can_replace`]).
 //!
-//! Everything here is a function over the SDK's host: the plugin's trait implementation
-//! calls them.
+//! Everything here is a function over the SDK's host; [`Incus`] (the `Application`
+//! the daemon loads) calls them.
 //!
 //! | hook | function |
 //! |---|---|
@@ -19,12 +19,16 @@
 //! | running | [`running`] |
 //! | wipe | [`wipe`] |
 //! | can-replace | [`can_replace`] (`from.name`, `to`) |
-//! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
+//! | manifest `backup`, `paths`, `debug_logs` | [`backup_spec`], [`PATHS`], [`LOG_DIRS`] |
 //! | host: certificates, trust, listen address, fallback listener | [`server_certificate`], [`client_certificate`], [`init::add_trusted_certificate`], [`init::listen_address`], [`init::seeded_client_certificates`] |
 
 pub mod init;
+mod plugin;
+
+pub use plugin::{Incus, CEPH_ACTION};
 
 use plugin_api::application::BackupSpec;
+use plugin_api::sdk::Backup;
 use plugin_api::{Error, Host, Result, Undo};
 use serde::{Deserialize, Serialize};
 
@@ -74,24 +78,25 @@ pub const BACKUP_ROOT: &str = "/var/lib/incus/";
 pub const BACKUP_EXCLUDED: [&str; 3] = ["guestapi", "shmounts", "unix.socket"];
 pub const BACKUP_UNITS: [&str; 4] = [STARTUP_UNIT, SOCKET_UNIT, UNIT, LXCFS_UNIT];
 
-/// The `get-logs` debug action's command: a gzip tar of the runtime and log directories on
-/// standard output.
-pub const GET_LOGS_ARGV: [&str; 5] = ["tar", "-zcf", "-", "/run/incus/", "/var/log/incus/"];
+/// What `:debug` `get-logs` bundles (the host writes the gzip tar): the runtime and log
+/// directories.
+pub const LOG_DIRS: [&str; 2] = ["/run/incus", "/var/log/incus"];
+
+/// The declared backup (upstream's root, exclusions and units).
+pub const BACKUP: Backup = Backup::new(BACKUP_ROOT)
+    .excluded(&BACKUP_EXCLUDED)
+    .units(&BACKUP_UNITS);
 
 /// The manifest's backup spec.
 pub fn backup_spec() -> BackupSpec {
-    BackupSpec {
-        root: BACKUP_ROOT.into(),
-        excluded: BACKUP_EXCLUDED.iter().map(|s| s.to_string()).collect(),
-        excluded_unless_complete: vec![],
-        units: BACKUP_UNITS.iter().map(|s| s.to_string()).collect(),
-    }
+    BACKUP.spec()
 }
 
 /// The application's config (upstream's field names).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    #[serde(deserialize_with = "incus_osd_application_common::object")]
     pub lxcfs: Lxcfs,
 }
 

@@ -4,6 +4,9 @@
 //! The lifecycle (start, stop, restart, reload, running, friendly version, wipe) is the
 //! shared one-daemon lifecycle ([`Daemon`]); initialization is its own ([`initialize`]).
 //!
+//! The plugin the daemon loads is [`Plugin`], the shared primary one-daemon application
+//! ([`DaemonApp`]) over these.
+//!
 //! | hook | function |
 //! |---|---|
 //! | get (`friendly_version`) | [`DAEMON`]`.friendly_version` |
@@ -19,12 +22,15 @@
 use std::net::IpAddr;
 
 use plugin_api::application::BackupSpec;
+use plugin_api::sdk::Backup;
 use plugin_api::{Host, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use incus_osd_application_common::address;
-use incus_osd_application_common::daemon::{security_with_certificates, with_defaults};
+use incus_osd_application_common::daemon::{
+    security_with_certificates, with_defaults, DaemonApp, PrimaryDaemon,
+};
 use incus_osd_application_common::Daemon;
 
 /// Migration Manager.
@@ -47,18 +53,34 @@ pub const BACKUP_UNITS: [&str; 1] = ["migration-manager.service"];
 /// The address Migration Manager listens on unless seeded otherwise.
 pub const DEFAULT_ADDRESS: &str = "[::]:8443";
 
+/// The declared backup (upstream's root, `complete`-only part and unit).
+pub const BACKUP: Backup = Backup::new(BACKUP_ROOT)
+    .excluded_unless_complete(&BACKUP_EXCLUDED_UNLESS_COMPLETE)
+    .units(&BACKUP_UNITS);
+
 /// The manifest's backup spec.
 pub fn backup_spec() -> BackupSpec {
-    BackupSpec {
-        root: BACKUP_ROOT.into(),
-        excluded: vec![],
-        excluded_unless_complete: BACKUP_EXCLUDED_UNLESS_COMPLETE
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        units: BACKUP_UNITS.iter().map(|s| s.to_string()).collect(),
+    BACKUP.spec()
+}
+
+/// The plugin the daemon loads: the shared primary one-daemon application over [`MigrationManager`].
+pub type Plugin = DaemonApp<MigrationManager>;
+
+/// What makes [`DaemonApp`] this application.
+pub struct MigrationManager;
+
+impl PrimaryDaemon for MigrationManager {
+    const DAEMON: Daemon = DAEMON;
+    const PATHS: &'static [&'static str] = &PATHS;
+    const BACKUP: Backup = BACKUP;
+
+    fn initialize(host: &Host) -> Result<()> {
+        // Seeds are not plumbed to plugins yet: initialized as without a seed.
+        initialize(host, None)
     }
 }
+
+plugin_api::export_application!(Plugin);
 
 /// The `migration-manager` seed (upstream's field names; unknown fields refused).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -7,21 +7,27 @@
 //! section openfga-sync's [`SYNC_FILE`], completed to reach this OpenFGA. OpenFGA serves
 //! TLS with the primary application's server certificate, copied at each start.
 //!
+//! The plugin the daemon loads is [`OpenFga`].
+//!
 //! | hook | function |
 //! |---|---|
-//! | get | [`friendly_version`] (context's version); `config.sync` from [`read_sync`] |
+//! | get | [`friendly_version`] (context's version); the config as saved |
 //! | put | [`apply_config`] ([`validate`] first) |
-//! | start / stop / restart | [`start`] (context's `initialized`, the primary's certificate) / [`stop`] / [`restart`] |
+//! | start / stop / restart | [`start`] (context's `initialized`, [`primary_certificate`]) / [`stop`] / [`restart`] |
 //! | initialize | [`initialize`] (returns the config to save) |
-//! | restored | [`restored`] (returns the tokens to save) |
+//! | restored | [`restored`] (returns the tokens to save) and [`read_sync`] (the `sync` to save) |
 //! | reload (after an update) | [`reload`] |
 //! | running | [`running`] |
 //! | wipe | [`wipe`] (then the config is cleared, as upstream's factory reset) |
 //! | manifest `backup`, `paths` | [`backup_spec`], [`PATHS`] |
 
+mod plugin;
 pub mod yaml;
 
+pub use plugin::OpenFga;
+
 use plugin_api::application::BackupSpec;
+use plugin_api::sdk::Backup;
 use plugin_api::{Error, Host, Result, Undo};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -63,14 +69,41 @@ pub const PATHS: [&str; 2] = ["/var/lib/openfga", CONFIG_DIR];
 pub const BACKUP_ROOT: &str = DATA_DIR;
 pub const BACKUP_UNITS: [&str; 2] = UNITS;
 
+/// The declared backup: the whole data directory, both units stopped around a restore.
+pub const BACKUP: Backup = Backup::new(BACKUP_ROOT).units(&BACKUP_UNITS);
+
 /// The manifest's backup spec.
 pub fn backup_spec() -> BackupSpec {
-    BackupSpec {
-        root: BACKUP_ROOT.into(),
-        excluded: vec![],
-        excluded_unless_complete: vec![],
-        units: BACKUP_UNITS.iter().map(|s| s.to_string()).collect(),
+    BACKUP.spec()
+}
+
+/// The certificate and key files (PEM) of the primary applications, in the order they are
+/// looked for: Incus' cluster certificate, else its own, then Migration Manager's and
+/// Operations Center's. Only the installed primary's exist once it ran (one primary at a
+/// time). The host does not hand one application another's certificate yet: they are
+/// read where the primaries keep them (a plugin reads anywhere under the root).
+pub const PRIMARY_CERTIFICATES: [(&str, &str); 4] = [
+    ("/var/lib/incus/cluster.crt", "/var/lib/incus/cluster.key"),
+    ("/var/lib/incus/server.crt", "/var/lib/incus/server.key"),
+    (
+        "/var/lib/migration-manager/server.crt",
+        "/var/lib/migration-manager/server.key",
+    ),
+    (
+        "/var/lib/operations-center/server.crt",
+        "/var/lib/operations-center/server.key",
+    ),
+];
+
+/// The primary application's server certificate chain and key (PEM): the first pair of
+/// [`PRIMARY_CERTIFICATES`] whose two files exist.
+pub fn primary_certificate(host: &Host) -> Result<Option<(String, String)>> {
+    for (cert, key) in PRIMARY_CERTIFICATES {
+        if let (Some(c), Some(k)) = (host.read_to_string(cert)?, host.read_to_string(key)?) {
+            return Ok(Some((c, k)));
+        }
     }
+    Ok(None)
 }
 
 /// The application's config (upstream's field names). `sync` is openfga-sync's own
@@ -195,8 +228,7 @@ pub fn ensure_config_link(host: &Host, undo: &mut Undo) -> Result<()> {
     if host.exists(CONFIG_LINK)? {
         return Ok(());
     }
-    // The host has no symlink capability yet: ln, as for any other system tool.
-    host.run_ok(&["ln", "-s", CONFIG_FILE, CONFIG_LINK], COMMAND_TIMEOUT)?;
+    host.symlink(CONFIG_FILE, CONFIG_LINK)?;
     undo.on_rollback("remove the OpenFGA config link", |h| h.remove(CONFIG_LINK));
     Ok(())
 }

@@ -8,9 +8,15 @@ use plugin_api::{Host, Undo};
 use serde_json::{json, Map, Value};
 
 fn fga_host() -> (HarnessHost, Host) {
-    let (hh, host) = host("openfga", &openfga::PATHS);
-    hh.on_command(&["ln", "-s"], Reply::ok(""));
-    (hh, host)
+    host("openfga", &openfga::PATHS)
+}
+
+/// The link from where OpenFGA looks to the config file, made through the host.
+fn linked() -> FileEffect {
+    FileEffect::Symlinked {
+        path: "/etc/openfga/config.yaml".into(),
+        target: "/var/lib/openfga/config.yaml".into(),
+    }
 }
 
 fn tokens(t: &[&str]) -> Config {
@@ -79,12 +85,15 @@ http:\n  addr: \":8444\"\n  tls:\n    enabled: true\n    cert: \"/var/lib/openfg
     );
     assert_eq!(hh.mode("/var/lib/openfga/config.yaml"), 0o600);
     assert!(hh.read_file("/var/lib/openfga/sync.yaml").is_none());
-    assert!(hh.commands().contains(&argv(&[
-        "ln",
-        "-s",
-        "/var/lib/openfga/config.yaml",
-        "/etc/openfga/config.yaml"
-    ])));
+    assert!(
+        hh.file_effects().contains(&linked()),
+        "{:?}",
+        hh.file_effects()
+    );
+    assert_eq!(
+        std::fs::read_link(hh.real_path("/etc/openfga/config.yaml")).unwrap(),
+        std::path::Path::new("/var/lib/openfga/config.yaml")
+    );
     assert_eq!(
         hh.unit_changes(),
         [
@@ -93,15 +102,10 @@ http:\n  addr: \":8444\"\n  tls:\n    enabled: true\n    cert: \"/var/lib/openfg
             UnitCall::new(UnitOp::Restart, "openfga-sync.service"),
         ]
     );
-    // An existing link is left alone.
-    std::os::unix::fs::symlink(
-        "/var/lib/openfga/config.yaml",
-        hh.real_path("/etc/openfga/config.yaml"),
-    )
-    .unwrap();
+    // The link now exists: left alone.
     hh.clear_effects();
     apply(&host, &tokens(&["TOKEN3"])).unwrap();
-    assert!(hh.commands().is_empty(), "{:?}", hh.commands());
+    assert!(!hh.file_effects().contains(&linked()));
 }
 
 #[test]
@@ -214,12 +218,15 @@ fn after_a_restore_the_tokens_come_back_from_the_config_file() {
     let tokens = openfga::restored(&host, &mut undo).unwrap();
     undo.commit();
     assert_eq!(tokens, ["RESTORED1", "RESTORED2"]);
-    assert!(hh.commands().contains(&argv(&[
-        "ln",
-        "-s",
-        "/var/lib/openfga/config.yaml",
-        "/etc/openfga/config.yaml"
-    ])));
+    assert!(
+        hh.file_effects().contains(&linked()),
+        "{:?}",
+        hh.file_effects()
+    );
+    assert_eq!(
+        std::fs::read_link(hh.real_path("/etc/openfga/config.yaml")).unwrap(),
+        std::path::Path::new("/var/lib/openfga/config.yaml")
+    );
     // A backup without the file: an error saying so.
     hh.put_file("/var/lib/openfga/config.yaml", b"", 0o600);
     std::fs::remove_file(hh.real_path("/var/lib/openfga/config.yaml")).unwrap();
