@@ -275,7 +275,9 @@ async fn a_requested_check_fetches_application_images_and_looks_up_the_os() {
             "lookup:application/debug:testing",
             "fetch:202601010000",
             "lookup:os:testing"
-        ]
+        ],
+        "{}",
+        d.log()
     );
     let path = root
         .path()
