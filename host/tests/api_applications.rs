@@ -1107,3 +1107,29 @@ async fn debug_get_logs_streams_the_log_directories_and_nothing_else() {
         (501, "not implemented".into())
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_application_with_a_late_update_check_delays_the_start_up_check() {
+    let mut m = plugin_api::sdk::__application_manifest::<Other>("1.0.0", plugin_api::API_VERSION);
+    m.late_update_check = true;
+    let (app, _root) = TestApp::new()
+        .add(m, plugin_api::sdk::__application_instance::<Other>)
+        .installed("other", V1)
+        .build();
+    incus_osd::system::update::runner::start(app.clone()).await;
+    // Returned at once, nothing checked yet (no provider is loaded: a check would say so).
+    assert_eq!(app.updates.status.status(), "");
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(app.updates.status.status(), "");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..100 {
+        if !app.updates.status.status().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.updates.status.status(),
+        "Failed to load the update provider: unknown provider \"images\""
+    );
+}

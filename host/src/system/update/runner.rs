@@ -181,12 +181,37 @@ pub async fn start(app: Arc<App>) {
         return;
     };
     let mut sched = Scheduler::new();
+    // An installed application that serves its own update server (Migration Manager,
+    // Operations Center) must be up first: the start-up check then runs 30 s later, in the
+    // background (upstream's late update check).
+    let late = manage::all_installed(&app)
+        .iter()
+        .find(|(p, _)| p.manifest.late_update_check)
+        .map(|(_, name)| name.clone());
+    if let Some(name) = late {
+        tracing::info!(application = %name, "the start-up update check runs in {}s", LATE_CHECK_DELAY.as_secs());
+        tokio::spawn(async move {
+            tokio::time::sleep(LATE_CHECK_DELAY).await;
+            if app.lifecycle.is_stopping() {
+                return;
+            }
+            let event = turn(&app, &mut sched, Event::Startup, &mut events, false)
+                .await
+                .unwrap_or(Event::Tick);
+            run(app, sched, event, events).await;
+        });
+        return;
+    }
     // At start only a check is carried out here; a sleep is the loop's to take.
     let event = turn(&app, &mut sched, Event::Startup, &mut events, false)
         .await
         .unwrap_or(Event::Tick);
     tokio::spawn(run(app, sched, event, events));
 }
+
+/// How long after start-up the first update check waits when an installed application
+/// needs the late check.
+pub const LATE_CHECK_DELAY: Duration = Duration::from_secs(30);
 
 /// One turn of the checker: the schedule's decision for `event`, carried out. Returns the
 /// next event; `None` when the inbox closed, or (without `sleep`) where the decision was to
