@@ -18,7 +18,8 @@
 //!
 //! Throughput is the tree's bytes over the time; alternated (ours, tar, ours, tar), best
 //! of each. The daemon's peak resident memory over its idle size is sampled during each
-//! of its runs. The tree, the archives and the extractions need about 4 GB in `TMPDIR`.
+//! of its runs. The tree, the two archives, the daemon's stored upload and its extraction
+//! need about 4 GB at once in `TMPDIR`.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -376,9 +377,6 @@ pub async fn figure_10(report: &mut Report, daemon: &Path, plugins: &Path) -> Re
         wait_settled(proc.root())?;
 
         eprintln!("10. run {run}/{RUNS}: tar -xzf - …");
-        if extracted.exists() {
-            std::fs::remove_dir_all(&extracted)?;
-        }
         std::fs::create_dir(&extracted)?;
         let into = extracted.to_str().context("the work path is not text")?;
         let took = tar(
@@ -395,6 +393,7 @@ pub async fn figure_10(report: &mut Report, daemon: &Path, plugins: &Path) -> Re
             got.0,
             got.1
         );
+        std::fs::remove_dir_all(&extracted)?;
     }
     let ours_size = std::fs::metadata(&ours_gz)?.len();
     let tar_size = std::fs::metadata(&tar_gz)?.len();
