@@ -9,8 +9,8 @@
 //! ```
 //!
 //! It finds the daemon (`incus-osd`), the plugins (`libincus_osd_plugin_*.so`) and the
-//! fixture plugins of figures 5-7 and 9 (`libfixture_faulty.so`, `libfixture_backup_app.so`,
-//! `libfixture_files_1_3.so`) next
+//! fixture plugins of figures 5-7, 9 and 10 (`libfixture_faulty.so`, `libfixture_backup_app.so`,
+//! `libfixture_files_1_3.so`, `libfixture_declared_backup.so`) next
 //! to its own executable; `--daemon PATH` and `--plugins DIR` override. Shorter runs:
 //! `--duration 1 --requests 1000 --starts 5`; `--figures 5,6,7` runs only those figures.
 //! Progress goes to stderr, the report to stdout. The exit status is 0 even when a budget
@@ -32,15 +32,19 @@
 //!    network client vs `curl | tee >(sha256sum) | gunzip`; our peak memory growth.
 //! 9. A 300 MB file read by a loaded plugin through the host: the daemon's peak memory
 //!    growth streaming it through a descriptor (1.3) vs moving it whole (1.2).
+//! 10. A 1 GiB application root backed up (`POST :backup`) and restored (`POST :restore`)
+//!     through the daemon vs `tar -czf -` / `tar -xzf -`; the daemon's peak memory growth.
 //!
 //! Figures 5-7 are described in `pressure.rs`, figure 8 in `download.rs`, figure 9 in
-//! `files.rs`.
+//! `files.rs`, figure 10 in `appbackup.rs`.
 #![allow(clippy::print_stdout)]
 
+mod appbackup;
 mod bare;
 mod client;
 mod download;
 mod files;
+mod plugincost;
 mod pressure;
 mod procs;
 mod report;
@@ -82,7 +86,7 @@ struct Args {
     /// executable].
     #[arg(long)]
     plugins: Option<PathBuf>,
-    /// The figures to run, comma-separated (1-9).
+    /// The figures to run, comma-separated (1-10).
     #[arg(long, value_delimiter = ',', default_values_t = ALL_FIGURES)]
     figures: Vec<u8>,
     /// Internal: run as the bare reference server.
@@ -92,12 +96,15 @@ struct Args {
     bare_status: u16,
     #[arg(long, default_value = "application/json", hide = true)]
     bare_content_type: String,
+    /// Internal: open every plugin library of DIR without instantiating it (figure 4).
+    #[arg(long, value_name = "DIR", hide = true)]
+    open_child: Option<PathBuf>,
     /// Internal: figure 8's download in a child process.
     #[arg(long, num_args = 4, value_names = ["URL", "CA", "ROOT", "SHA256"], hide = true)]
     fetch_child: Option<Vec<String>>,
 }
 
-const ALL_FIGURES: [u8; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
+const ALL_FIGURES: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 
 /// How long a process may take to serve before it is an error.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,10 +117,19 @@ const MIN_THROUGHPUT_RATIO: f64 = 0.8;
 const MAX_P99_RATIO: f64 = 1.5;
 const MAX_DISPATCH_P50_RATIO: f64 = 1.2;
 const MAX_STARTUP_RATIO: f64 = 2.0;
-const MAX_IDLE_RSS: u64 = 20_000_000;
+const MAX_IDLE_RSS: u64 = 24_000_000;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.open_child {
+        return match plugincost::open_child(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("open child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(fetch) = &args.fetch_child {
         return match download::fetch_child(fetch) {
             Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +185,8 @@ struct Setup {
     fixtures: Option<tempfile::TempDir>,
     /// The files-1-3 fixture (figure 9).
     files_fixture: Option<tempfile::TempDir>,
+    /// The declared-backup fixture (figure 10).
+    app_fixture: Option<tempfile::TempDir>,
 }
 
 fn setup(args: &Args) -> Result<Setup> {
@@ -180,7 +198,7 @@ fn setup(args: &Args) -> Result<Setup> {
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.starts > 0, "--starts must be at least 1");
     if let Some(f) = args.figures.iter().find(|f| !ALL_FIGURES.contains(f)) {
-        bail!("--figures: there is no figure {f} (they are 1 to 9)");
+        bail!("--figures: there is no figure {f} (they are 1 to 10)");
     }
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let exe_dir = exe
@@ -192,7 +210,7 @@ fn setup(args: &Args) -> Result<Setup> {
     };
     let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
     // Figure 8 runs without the daemon.
-    if wants(&[1, 2, 3, 4, 5, 6, 7, 9]) && !daemon.is_file() {
+    if wants(&[1, 2, 3, 4, 5, 6, 7, 9, 10]) && !daemon.is_file() {
         bail!(
             "the daemon binary is missing ({}): run `cargo build --release --workspace` \
              first, or pass --daemon PATH",
@@ -215,11 +233,17 @@ fn setup(args: &Args) -> Result<Setup> {
     } else {
         None
     };
+    let app_fixture = if wants(&[10]) {
+        Some(procs::stage_fixtures(source, &[appbackup::FIXTURE])?)
+    } else {
+        None
+    };
     Ok(Setup {
         daemon,
         plugins,
         fixtures,
         files_fixture,
+        app_fixture,
     })
 }
 
@@ -300,6 +324,7 @@ async fn run(args: Args) -> Result<Report> {
         plugins,
         fixtures,
         files_fixture,
+        app_fixture,
     } = setup(&args)?;
     let want = |n: u8| args.figures.contains(&n);
     let mut report = Report::default();
@@ -310,6 +335,9 @@ async fn run(args: Args) -> Result<Report> {
     }
     if files_fixture.is_some() {
         libraries.push(format!("lib{}.so", files::FIXTURE));
+    }
+    if app_fixture.is_some() {
+        libraries.push(format!("lib{}.so", appbackup::FIXTURE));
     }
     report.top(format!(
         "daemon: {}; plugin libraries: {}; {cpus} CPUs, load average {}{}",
@@ -364,6 +392,9 @@ async fn run(args: Args) -> Result<Report> {
     }
     if let Some(dir) = &files_fixture {
         files::figure_9(&mut report, &daemon, dir.path()).await?;
+    }
+    if let Some(dir) = &app_fixture {
+        appbackup::figure_10(&mut report, &daemon, dir.path()).await?;
     }
     report.note(format!(
         "load average at the end: {} (other work on the machine shifts figure 2 most)",
@@ -604,6 +635,12 @@ async fn figure_3(
         Some(ratio(ready_all, ready_none)),
         Verdict::Info,
     );
+    let n = plugins.names.len().max(1) as f64;
+    report.note(format!(
+        "3. per plugin ({} libraries): {} to GET /1.0 served",
+        plugins.names.len(),
+        fmt_dur(served_all.saturating_sub(served_none).div_f64(n)),
+    ));
     Ok(())
 }
 
@@ -650,6 +687,37 @@ async fn figure_4(
             fmt_mb(m.anon),
             fmt_mb(m.file),
             m.threads
+        ));
+    }
+    // Where a plugin's cost goes: opening its library (dlopen and the checks) vs the rest
+    // (its constructor and what the daemon keeps for it).
+    let opened = plugincost::measure(plugins.all.path())?;
+    let n = opened.len().max(1) as u64;
+    let per_plugin = mem_all.rss.saturating_sub(mem_none.rss) / n;
+    let open_rss: u64 = opened.iter().map(|o| o.rss).sum();
+    let dlopen_us: u64 = opened.iter().map(|o| o.dlopen_micros).sum();
+    let check_us: u64 = opened.iter().map(|o| o.check_micros).sum();
+    let files: u64 = opened.iter().map(|o| o.file_size).sum();
+    let ms = |us: u64| us as f64 / 1000.0;
+    report.note(format!(
+        "4. per plugin ({n} libraries): VmRSS {} in the daemon, of which opening the library \
+         (no constructor) {}; opening takes {:.2} ms (dlopen {:.2} ms, the loader's checks \
+         {:.2} ms); library files {} on average",
+        fmt_mb(per_plugin),
+        fmt_mb(open_rss / n),
+        ms(dlopen_us + check_us) / n as f64,
+        ms(dlopen_us) / n as f64,
+        ms(check_us) / n as f64,
+        fmt_mb(files / n),
+    ));
+    for o in &opened {
+        report.note(format!(
+            "4.   {:<50} file {:>8}  dlopen {:>5.2} ms, checks {:>5.2} ms, VmRSS +{}",
+            o.name,
+            fmt_mb(o.file_size),
+            ms(o.dlopen_micros),
+            ms(o.check_micros),
+            fmt_mb(o.rss)
         ));
     }
     Ok(())

@@ -212,6 +212,16 @@ fn temp_dir(prefix: &str) -> Result<TempDir> {
 /// Spawns the daemon over a fresh temporary root with an OS identity, serving on
 /// `ROOT/run/incus-os/unix.socket`, loading plugins from `plugins`.
 pub fn spawn_daemon(daemon: &Path, plugins: &Path, label: &str) -> Result<(Proc, Instant)> {
+    spawn_daemon_with(daemon, plugins, label, |_| Ok(()))
+}
+
+/// [`spawn_daemon`], with `prepare` run on the root before the daemon starts.
+pub fn spawn_daemon_with(
+    daemon: &Path,
+    plugins: &Path,
+    label: &str,
+    prepare: impl FnOnce(&Path) -> Result<()>,
+) -> Result<(Proc, Instant)> {
     let dir = temp_dir("incus-osd-bench-root-")?;
     let root = dir.path();
     let write = |rel: &str, data: &str| -> Result<()> {
@@ -227,6 +237,7 @@ pub fn spawn_daemon(daemon: &Path, plugins: &Path, label: &str) -> Result<(Proc,
     )?;
     write("etc/machine-id", "0123456789abcdef0123456789abcdef\n")?;
     write("proc/uptime", "123.45 67.89\n")?;
+    prepare(root)?;
     let socket = root.join("run/incus-os/unix.socket");
     let log = root.join("bench-daemon.log");
     let mut cmd = Command::new(daemon);
