@@ -38,6 +38,11 @@ struct Args {
     /// of the partition mounted on ROOT/boot].
     #[arg(long)]
     install_disk: Option<PathBuf>,
+    /// Records an application as installed before starting (repeatable; development roots
+    /// only): a stand-in image, its link and the install record, so that a plugin can be
+    /// tried without an update server. On a system, `POST /1.0/applications` installs.
+    #[arg(long = "dev-install", value_name = "NAME")]
+    dev_install: Vec<String>,
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -67,6 +72,7 @@ fn config(args: Args) -> Result<Config, String> {
     }
     cfg.system_bus = args.system_bus;
     cfg.install_disk = args.install_disk;
+    cfg.dev_install = args.dev_install;
     if !args.plugins.is_empty() {
         cfg.plugin_dirs = args.plugins;
     }

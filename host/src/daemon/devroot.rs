@@ -38,6 +38,75 @@ pub fn prepare_dev_root(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Records application `name` as installed at `version` under a development root, as an
+/// install leaves it: a stand-in image (a file with the GPT header the image check wants;
+/// a development root merges nothing), the link systemd-sysext would merge, and the
+/// install record. Already installed: nothing changes. For trying an application plugin
+/// without an update server (`--dev-install`).
+pub fn mark_installed(
+    fs: &RootFs,
+    store: &mut crate::state::Store,
+    name: &str,
+    version: &str,
+) -> Result<(), String> {
+    use crate::system::applications::store::{image_path, link_path};
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.']);
+    if !plain {
+        return Err(format!(
+            "--dev-install: {name:?} is not an application name"
+        ));
+    }
+    if store
+        .doc()
+        .applications
+        .get(name)
+        .is_some_and(|r| !r.version.is_empty())
+    {
+        return Ok(());
+    }
+    let fail = |what: &str, e: crate::platform::files::FsError| {
+        format!("--dev-install {name}: {what}: {e}")
+    };
+    let image = image_path(version, name);
+    let mut stub = vec![0u8; 1024];
+    stub[512..520].copy_from_slice(b"EFI PART");
+    fs.write(&image, &stub, 0o644)
+        .map_err(|e| fail("image", e))?;
+    fs.create_dir("/var/lib/extensions", 0o755)
+        .map_err(|e| fail("link directory", e))?;
+    let (dir, link) = fs
+        .parent_of(&link_path(name))
+        .map_err(|e| fail("link directory", e))?;
+    let at = std::path::PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))
+    .join(link);
+    match std::os::unix::fs::symlink(&image, &at) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("--dev-install {name}: link: {e}")),
+    }
+    store
+        .update(|d| {
+            let r = d.applications.entry(name.to_string()).or_default();
+            r.version = version.to_string();
+            r.available_versions = vec![version.to_string()];
+        })
+        .map_err(|e| format!("--dev-install {name}: {e}"))?;
+    tracing::info!(
+        application = name,
+        version,
+        "recorded as installed in the development root"
+    );
+    Ok(())
+}
+
 /// A dev image version in upstream's 12-digit form, fixed at the time of the first run.
 fn dev_version() -> String {
     let secs = std::time::SystemTime::now()
@@ -109,5 +178,54 @@ mod tests {
         std::fs::create_dir(dir.path().join("proc")).unwrap();
         prepare_dev_root(dir.path()).unwrap();
         assert!(dir.path().join("proc").is_dir());
+    }
+
+    #[test]
+    fn dev_install_leaves_what_an_install_leaves_and_refuses_a_bad_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = RootFs::new(dir.path());
+        let mut store =
+            crate::state::Store::load_or_create(&dir.path().join("var/lib/incus-os")).unwrap();
+        mark_installed(&fs, &mut store, "guestbook", "202601010000").unwrap();
+        let link = dir.path().join("var/lib/extensions/guestbook.raw");
+        assert_eq!(
+            std::fs::read_link(&link).unwrap(),
+            std::path::Path::new("/var/lib/incus-os-extensions/202601010000/guestbook.raw")
+        );
+        let image = std::fs::read(
+            dir.path()
+                .join("var/lib/incus-os-extensions/202601010000/guestbook.raw"),
+        )
+        .unwrap();
+        assert_eq!(&image[512..520], b"EFI PART");
+        assert_eq!(
+            store.doc().applications["guestbook"].version,
+            "202601010000"
+        );
+        // Again: nothing changes (and no error for the existing link).
+        mark_installed(&fs, &mut store, "guestbook", "202612010000").unwrap();
+        assert_eq!(
+            store.doc().applications["guestbook"].version,
+            "202601010000"
+        );
+        for bad in ["", "../x", "A", "-x", "a/b"] {
+            let e = mark_installed(&fs, &mut store, bad, "1").unwrap_err();
+            assert!(e.contains("not an application name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn dev_install_is_refused_on_a_system_root() {
+        let mut config = crate::daemon::Config::for_root("/");
+        config.dev_install = vec!["incus".into()];
+        let platform = crate::platform::Platform::for_root(std::path::Path::new("/nonexistent"));
+        let e = crate::daemon::prepare(&config, platform)
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("--dev-install is for a development root"),
+            "{e}"
+        );
     }
 }

@@ -45,6 +45,9 @@ pub struct Config {
     pub kernel: KernelFiles,
     /// The disk OS updates are staged into; `None`: the disk of the ESP's partition.
     pub install_disk: Option<PathBuf>,
+    /// Applications recorded as installed at start, under a root other than `/` only (a
+    /// development root): see [`devroot::mark_installed`].
+    pub dev_install: Vec<String>,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             system_bus: None,
             kernel: KernelFiles::for_root(&root),
             install_disk: None,
+            dev_install: vec![],
             root,
         }
     }
@@ -78,6 +82,8 @@ pub enum StartError {
     OsRelease { root: String, reason: String },
     #[error("another incus-osd is already serving on {0}")]
     AlreadyRunning(String),
+    #[error("{0}")]
+    Usage(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -88,6 +94,13 @@ pub enum StartError {
 
 /// Everything loaded before serving: state, OS identity, plugins.
 pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, StartError> {
+    if !config.dev_install.is_empty() && config.root == std::path::Path::new("/") {
+        return Err(StartError::Usage(
+            "--dev-install is for a development root (a --root other than /): on a system, \
+             POST /1.0/applications installs"
+                .into(),
+        ));
+    }
     platform.kernel = config.kernel.clone();
     let fs = RootFs::new(&config.root);
     let state_dir = fs
@@ -103,6 +116,12 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
         root: config.root.display().to_string(),
         reason,
     })?;
+    {
+        for name in &config.dev_install {
+            devroot::mark_installed(&fs, &mut store, name, &os.version)
+                .map_err(StartError::Usage)?;
+        }
+    }
     let prior_release = store.doc().os.running_release.clone();
     if store.doc().os.name != os.name || store.doc().os.running_release != os.version {
         let (name, version) = (os.name.clone(), os.version.clone());
