@@ -768,10 +768,17 @@ async fn factory_reset_stops_wipes_starts_and_initializes_after_answering() {
             "initialize prime".to_string()
         ]
     );
-    assert_eq!(
-        s.ok("GET", "/1.0/applications/prime", "").await["state"]["initialized"],
-        true
-    );
+    // The host records `initialized` once the hook returned.
+    let mut initialized = Value::Null;
+    for _ in 0..250 {
+        initialized =
+            s.ok("GET", "/1.0/applications/prime", "").await["state"]["initialized"].clone();
+        if initialized == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(initialized, true);
 }
 
 #[tokio::test]

@@ -146,6 +146,8 @@ pub async fn call(app: &App, plugin: &Plugin, hook: Hook) -> Result<Vec<u8>, Cal
     plugin.hook(hook, json(&context(app, plugin))).await
 }
 
+/// Changes the record of `plugin`. Only an install creates one: a change that finds none
+/// (the application was removed meanwhile) does nothing.
 fn update_record(
     app: &App,
     plugin: &Plugin,
@@ -153,9 +155,24 @@ fn update_record(
 ) -> Result<(), CallError> {
     let name = plugin.name().to_string();
     app.with_state(|s| {
+        if !s.doc().applications.contains_key(&name) {
+            return Ok(());
+        }
         s.update(|d| {
-            let r = d.applications.entry(name).or_default();
-            f(r);
+            if let Some(r) = d.applications.get_mut(&name) {
+                f(r);
+            }
+        })
+    })
+    .map_err(|e| internal(format!("cannot save the state: {e}")))
+}
+
+/// Creates or replaces the record of `plugin` (an install).
+fn set_record(app: &App, plugin: &Plugin, record: ApplicationRecord) -> Result<(), CallError> {
+    let name = plugin.name().to_string();
+    app.with_state(|s| {
+        s.update(|d| {
+            d.applications.insert(name, record);
         })
     })
     .map_err(|e| internal(format!("cannot save the state: {e}")))
@@ -435,8 +452,12 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
         undo_image(store, name.to_string(), version).await;
         return Err(from_sdk(e));
     }
-    update_record(app, plugin, |r| {
-        *r = ApplicationRecord {
+    // A replacement keeps `initialized` (the variants share the application's data).
+    let initialized = record(app, plugin).is_some_and(|r| r.initialized);
+    set_record(
+        app,
+        plugin,
+        ApplicationRecord {
             name: if name == plugin.name() {
                 String::new()
             } else {
@@ -444,10 +465,10 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
             },
             version: version.clone(),
             available_versions: vec![version.clone()],
-            initialized: r.initialized,
+            initialized,
             last_restored: None,
-        }
-    })?;
+        },
+    )?;
     let mut started = false;
     let result = async {
         refresh(app, Some((plugin, name)), false).await?;
