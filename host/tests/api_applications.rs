@@ -988,8 +988,23 @@ async fn a_declared_backup_survives_a_factory_reset_and_is_restored_around_its_u
     assert!(!data.join("escape").exists());
 
     let before = s.machine_log().len();
-    let (status, _, _) = raw(&s, "POST", "/1.0/applications/keeper/:restore", archive).await;
+    let (status, _, _) = raw(
+        &s,
+        "POST",
+        "/1.0/applications/keeper/:restore",
+        archive.clone(),
+    )
+    .await;
     assert_eq!(status.as_u16(), 200);
+    // Until the swap is done, another restore would take the extraction away under it.
+    let (status, _, body) = raw(&s, "POST", "/1.0/applications/keeper/:restore", archive).await;
+    assert_eq!(
+        (
+            status.as_u16(),
+            String::from_utf8_lossy(&body).contains("already in progress")
+        ),
+        (409, true)
+    );
     s.until("the swap", |s| {
         s.calls().iter().any(|c| c == "restored keeper")
     })

@@ -460,6 +460,17 @@ async fn declared_restore(
     spec: BackupSpec,
     body: Body,
 ) -> ApiResult {
+    // One restore at a time per application, from the upload until the swap is done: a
+    // second one would remove the first's extraction under it.
+    let pending = RestorePending::take(&app.root, plugin.name()).ok_or_else(|| {
+        ApiError::new(
+            409,
+            format!(
+                "a restore of application '{}' is already in progress",
+                manage::context(app, &plugin).name
+            ),
+        )
+    })?;
     let file = spool(app, body).await?.into_std().await;
     let root = app.root.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -475,6 +486,7 @@ async fn declared_restore(
     .map_err(|e| ApiError::new(e.status, e.message))?;
     let app = app.clone();
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(manage::DEFERRED).await;
         let name = manage::context(&app, &plugin).name;
         let units = app.platform.units.clone();
@@ -496,6 +508,32 @@ async fn declared_restore(
         }
     });
     Ok(empty())
+}
+
+/// The declared restores under way, by root prefix and plugin: held from the upload until
+/// the swap is done.
+struct RestorePending(std::path::PathBuf, String);
+
+static RESTORES: std::sync::Mutex<std::collections::BTreeSet<(std::path::PathBuf, String)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+impl RestorePending {
+    fn take(root: &std::path::Path, plugin: &str) -> Option<RestorePending> {
+        let key = (root.to_path_buf(), plugin.to_string());
+        let mut set = RESTORES.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(key.clone())
+            .then(|| RestorePending(key.0, key.1))
+    }
+}
+
+impl Drop for RestorePending {
+    fn drop(&mut self) {
+        let key = (std::mem::take(&mut self.0), std::mem::take(&mut self.1));
+        RESTORES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
 }
 
 /// Size of the pieces the stored archive is handed to the plugin in.
