@@ -157,6 +157,51 @@ pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
 /// Opens and checks a plugin library as the daemon does: the trust checks (step 0) on the
 /// opened file and directory, then steps 1 to 4 on that same file.
 pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
+    let (fd, _) = open_trusted_file(path)?;
+    // Load the very file that was checked, through its descriptor.
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let raw = dlopen(&by_fd, path)?;
+    // The loader knows the library by that name for as long as it stays loaded (forever):
+    // keep the descriptor open so the name is never reused for another file.
+    std::mem::forget(fd);
+    check(raw, path)
+}
+
+/// The identity of a file as `fstat` gives it: a file replaced, rewritten or touched gets
+/// another one (the daemon's manifest cache keys on it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileIdentity {
+    // The field types of `stat` differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    fn of(st: &libc::stat) -> FileIdentity {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        FileIdentity {
+            dev: st.st_dev as u64,
+            inode: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
+}
+
+/// The trust checks of [`open_trusted`] (step 0, the directory and the file) without
+/// opening the library; returns the file's identity.
+pub fn check_trusted(path: &Path) -> Result<FileIdentity, LoadError> {
+    let (_, st) = open_trusted_file(path)?;
+    Ok(FileIdentity::of(&st))
+}
+
+/// Opens `path` for reading after the trust checks on its directory and on the opened file.
+fn open_trusted_file(path: &Path) -> Result<(std::os::fd::OwnedFd, libc::stat), LoadError> {
     let (dir, name) = match (path.parent(), path.file_name()) {
         (Some(d), Some(n)) => (
             if d.as_os_str().is_empty() {
@@ -192,13 +237,7 @@ pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
         )));
     }
     check_trust(&st, "plugin library", path)?;
-    // Load the very file that was checked, through its descriptor.
-    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let raw = dlopen(&by_fd, path)?;
-    // The loader knows the library by that name for as long as it stays loaded (forever):
-    // keep the descriptor open so the name is never reused for another file.
-    std::mem::forget(fd);
-    check(raw, path)
+    Ok((fd, st))
 }
 
 fn not_opened(path: &Path, e: std::io::Error) -> LoadError {

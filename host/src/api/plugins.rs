@@ -24,6 +24,9 @@ struct Loaded<'a> {
     /// Where the plugin is in the daemon's start and stop (`pending`, `starting`,
     /// `started`, `not-started`, `stopped`).
     state: Run,
+    /// Whether its library is open: plugins registered from the manifest cache are
+    /// opened on their first call.
+    opened: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<String>,
 }
@@ -31,7 +34,7 @@ struct Loaded<'a> {
 #[derive(Serialize)]
 struct Listing<'a> {
     loaded: Vec<Loaded<'a>>,
-    failed: &'a [LoadFailure],
+    failed: Vec<LoadFailure>,
 }
 
 /// Not listed anywhere upstream clients look, so their listings are unchanged.
@@ -47,6 +50,7 @@ pub async fn list(State(app): State<AppState>, method: Method) -> ApiResult {
             api_version: &p.manifest.api_version,
             path: p.path.display().to_string(),
             state: p.run_state(),
+            opened: p.is_open(),
             degraded: p.degraded(),
         })
         .collect();

@@ -141,12 +141,39 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
     let registry = {
         let (root, store, platform) = (config.root.clone(), store.clone(), platform.clone());
         let progress = update_status.clone();
-        Registry::load(&config.plugin_dirs, config.plugin_timeouts, move |m| {
-            for path in &m.paths {
-                remove_temp_files(&RootFs::new(&root), path);
-            }
-            crate::plugins::host::handle(m, &root, store.clone(), &platform, progress.clone())
-        })
+        // Opened at start besides plugins with start or stop hooks: the selected provider
+        // and the installed applications; the others on their first call.
+        let (provider, apps) = {
+            let s = store.lock().unwrap_or_else(|e| e.into_inner());
+            let apps: std::collections::BTreeSet<String> = s
+                .doc()
+                .applications
+                .iter()
+                .filter(|(_, r)| !r.version.is_empty())
+                .map(|(n, _)| n.clone())
+                .collect();
+            (s.doc().system.provider.name.clone(), apps)
+        };
+        let open_at_start = move |m: &plugin_api::Manifest| match m.kind {
+            plugin_api::Kind::Provider => m.name == provider,
+            plugin_api::Kind::Application => m.names().any(|n| apps.contains(n)),
+            _ => true,
+        };
+        let cache = crate::plugins::cache::Cache::read(
+            &config.state_dir().join(crate::plugins::cache::FILE),
+        );
+        Registry::load_cached(
+            &config.plugin_dirs,
+            config.plugin_timeouts,
+            cache,
+            open_at_start,
+            move |m| {
+                for path in &m.paths {
+                    remove_temp_files(&RootFs::new(&root), path);
+                }
+                crate::plugins::host::handle(m, &root, store.clone(), &platform, progress.clone())
+            },
+        )
     };
     let mut app = App::new(config.root.clone(), store, registry, info, platform);
     app.updates = crate::system::update::runner::Updates::new(update_status);

@@ -1,5 +1,6 @@
 //! Plugin loading, the registry of loaded plugins, lifecycle and dispatch.
 
+pub mod cache;
 pub mod host;
 pub mod registry;
 

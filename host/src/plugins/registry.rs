@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -26,6 +26,7 @@ use plugin_api::{Call, Hook, Kind, Manifest};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
+use super::cache::Cache;
 use super::loader::{self, LoadError};
 use crate::lifecycle::{Lifecycle, StartMarkers};
 
@@ -231,11 +232,115 @@ struct CallEnd {
     timed_out: bool,
 }
 
+/// A plugin's instance: made when it was loaded, or (deferred: registered from the
+/// manifest cache without opening its library) on its first call.
+struct Instance {
+    made: OnceLock<Result<Arc<PluginBox>, PluginError>>,
+    deferred: Mutex<Option<Deferred>>,
+}
+
+/// What opening a deferred plugin needs.
+struct Deferred {
+    manifest: Manifest,
+    path: PathBuf,
+    host: HostHandle,
+    health: Health,
+    failures: Failures,
+}
+
+type Failures = Arc<Mutex<Vec<LoadFailure>>>;
+
+impl Instance {
+    fn made(instance: PluginBox) -> Instance {
+        Instance {
+            made: OnceLock::from(Ok(Arc::new(instance))),
+            deferred: Mutex::new(None),
+        }
+    }
+
+    fn deferred(d: Deferred) -> Instance {
+        Instance {
+            made: OnceLock::new(),
+            deferred: Mutex::new(Some(d)),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self.made.get(), Some(Ok(_)))
+    }
+
+    /// The instance, opening the library first if it is deferred (blocking: call it on a
+    /// blocking thread). Concurrent first calls open it once; a failed open stays failed.
+    fn get(&self) -> Result<Arc<PluginBox>, PluginError> {
+        self.made
+            .get_or_init(|| match lock(&self.deferred).take() {
+                Some(d) => open_deferred(d),
+                // Only after an open that panicked (its call failed with the panic).
+                None => Err(PluginError::new(
+                    500,
+                    "the plugin's library failed to open earlier; restart the daemon",
+                )),
+            })
+            .clone()
+    }
+}
+
+/// Opens a deferred plugin's library as the daemon does at start (trust checks, then the
+/// library's own), checks its manifest is still the cached one, and instantiates it. A
+/// failure degrades the plugin for good and lists it among the load failures.
+fn open_deferred(d: Deferred) -> Result<Arc<PluginBox>, PluginError> {
+    let name = d.manifest.name.clone();
+    let opened = loader::open_trusted(&d.path).and_then(|lib| {
+        if lib.manifest != d.manifest {
+            return Err(LoadError::Other(format!(
+                "the library changed since the daemon started: its manifest is no longer \
+                 the one registered at start ({} version {}); restart the daemon to load it",
+                lib.manifest.name, lib.manifest.version
+            )));
+        }
+        lib.instantiate(d.host)
+    });
+    match opened {
+        Ok(instance) => {
+            tracing::info!(
+                plugin = %name,
+                kind = ?d.manifest.kind,
+                version = %d.manifest.version,
+                api_version = %d.manifest.api_version,
+                path = %d.path.display(),
+                deferred = true,
+                "plugin loaded"
+            );
+            Ok(Arc::new(instance))
+        }
+        Err(e) => {
+            let reason = format!("its library failed to open on first use: {e}");
+            tracing::error!(
+                path = %d.path.display(),
+                plugin = %name,
+                kind = d.manifest.kind.as_str(),
+                check = e.check(),
+                reason = %e,
+                "plugin not loaded"
+            );
+            mark_degraded(&d.health, &name, reason.clone(), None);
+            lock(&d.failures).push(LoadFailure {
+                path: d.path.clone(),
+                name: Some(name.clone()),
+                kind: Some(d.manifest.kind),
+                check: e.check(),
+                reason: e.to_string(),
+            });
+            Err(PluginError::new(500, format!("plugin '{name}' {reason}")))
+        }
+    }
+}
+
 /// A loaded plugin.
 pub struct Plugin {
     pub manifest: Manifest,
     pub path: PathBuf,
-    instance: Arc<PluginBox>,
+    instance: Arc<Instance>,
     mutate: Arc<tokio::sync::Mutex<()>>,
     reads: Arc<Semaphore>,
     changes: Arc<Semaphore>,
@@ -280,6 +385,11 @@ impl Plugin {
     /// Where the plugin is in the daemon's start and stop.
     pub fn run_state(&self) -> Run {
         *self.run.borrow()
+    }
+
+    /// Whether its library is open: loaded at start, or deferred and called since.
+    pub fn is_open(&self) -> bool {
+        self.instance.is_open()
     }
 
     /// Where `GET` shows the outcome of a change to this plugin.
@@ -392,7 +502,10 @@ impl Plugin {
             let (inst, end, health) = (self.instance.clone(), end.clone(), self.health.clone());
             let (plugin, op) = (self.manifest.name.clone(), op.to_string());
             tokio::task::spawn_blocking(move || {
-                let r = f(&inst);
+                let r = match inst.get() {
+                    Ok(i) => f(&i),
+                    Err(e) => RResult::RErr(e),
+                };
                 drop(held);
                 let mut e = lock(&end);
                 e.done = true;
@@ -535,6 +648,10 @@ impl Plugin {
         let (plugin, health) = (self.manifest.name.clone(), self.health.clone());
         let task = tokio::task::spawn_blocking(move || {
             let _held = held;
+            let inst = match inst.get() {
+                Ok(i) => i,
+                Err(e) => return RResult::RErr(e),
+            };
             let mut sink = ChannelSink { tx };
             inst.backup(
                 RSlice::from_slice(&options),
@@ -688,7 +805,9 @@ pub type PluginId = (Kind, String);
 #[derive(Debug, Default)]
 pub struct Registry {
     plugins: BTreeMap<PluginId, Arc<Plugin>>,
-    failures: Vec<LoadFailure>,
+    failures: Failures,
+    /// Libraries opened while loading (the others were deferred).
+    opened: usize,
 }
 
 impl Registry {
@@ -704,6 +823,22 @@ impl Registry {
         timeouts: Timeouts,
         host_for: impl Fn(&Manifest) -> HostHandle,
     ) -> Registry {
+        Registry::load_cached(dirs, timeouts, Cache::none(), |_| true, host_for)
+    }
+
+    /// [`Registry::load`] with a manifest cache: every library passes the trust checks;
+    /// then one whose file and manifest are in `cache` (unchanged since) is registered
+    /// from its cached manifest without being opened, unless `open_at_start` wants it
+    /// open (plugins with start or stop hooks other than applications always are). Such
+    /// a deferred plugin's library is opened, checked and instantiated on its first
+    /// call. The cache is written back once every library was seen.
+    pub fn load_cached(
+        dirs: &[PathBuf],
+        timeouts: Timeouts,
+        mut cache: Cache,
+        open_at_start: impl Fn(&Manifest) -> bool,
+        host_for: impl Fn(&Manifest) -> HostHandle,
+    ) -> Registry {
         let mut reg = Registry::default();
         for dir in dirs {
             match loader::scan_dir(dir) {
@@ -714,7 +849,7 @@ impl Registry {
                         continue;
                     }
                     for f in files {
-                        reg.load_one(&f, timeouts, &host_for);
+                        reg.load_one(&f, timeouts, &mut cache, &open_at_start, &host_for);
                     }
                 }
                 Err(e) => {
@@ -722,8 +857,14 @@ impl Registry {
                 }
             }
         }
+        cache.write();
         reg.check_dependencies();
         reg
+    }
+
+    /// How many libraries were opened while loading (the others were deferred).
+    pub fn opened_at_load(&self) -> usize {
+        self.opened
     }
 
     fn fail(&mut self, path: &Path, id: Option<PluginId>, e: LoadError) {
@@ -736,7 +877,7 @@ impl Registry {
             reason = %e,
             "plugin not loaded"
         );
-        self.failures.push(LoadFailure {
+        lock(&self.failures).push(LoadFailure {
             path: path.to_path_buf(),
             name,
             kind,
@@ -749,12 +890,57 @@ impl Registry {
         &mut self,
         path: &Path,
         timeouts: Timeouts,
+        cache: &mut Cache,
+        open_at_start: &impl Fn(&Manifest) -> bool,
         host_for: &impl Fn(&Manifest) -> HostHandle,
     ) {
+        let file = match loader::check_trusted(path) {
+            Ok(f) => f,
+            Err(e) => return self.fail(path, None, e),
+        };
+        if let Some(manifest) = cache.hit(path, file) {
+            let id = (manifest.kind, manifest.name.clone());
+            let always = manifest.kind != Kind::Application
+                && (manifest.has(Hook::Start) || manifest.has(Hook::Stop));
+            if !always && !open_at_start(&manifest) {
+                if let Some(other) = self.plugins.get(&id) {
+                    let e = LoadError::Duplicate {
+                        name: id.1.clone(),
+                        loaded: other.path.display().to_string(),
+                        refused: path.display().to_string(),
+                    };
+                    return self.fail(path, Some(id), e);
+                }
+                tracing::info!(
+                    plugin = %manifest.name,
+                    kind = ?manifest.kind,
+                    version = %manifest.version,
+                    path = %path.display(),
+                    "plugin registered from the cache (opened on first use)"
+                );
+                let health: Health = Arc::new(Mutex::new(None));
+                let deferred = Deferred {
+                    host: host_for(&manifest),
+                    manifest: manifest.clone(),
+                    path: path.to_path_buf(),
+                    health: health.clone(),
+                    failures: self.failures.clone(),
+                };
+                return self.insert(
+                    manifest,
+                    path,
+                    Instance::deferred(deferred),
+                    health,
+                    timeouts,
+                );
+            }
+        }
+        self.opened += 1;
         let lib = match loader::open_trusted(path) {
             Ok(l) => l,
             Err(e) => return self.fail(path, None, e),
         };
+        cache.record(path, file, &lib.manifest);
         let id = (lib.manifest.kind, lib.manifest.name.clone());
         if let Some(other) = self.plugins.get(&id) {
             let e = LoadError::Duplicate {
@@ -789,6 +975,18 @@ impl Registry {
             path = %path.display(),
             "plugin loaded"
         );
+        let health = Arc::new(Mutex::new(None));
+        self.insert(manifest, path, Instance::made(instance), health, timeouts);
+    }
+
+    fn insert(
+        &mut self,
+        manifest: Manifest,
+        path: &Path,
+        instance: Instance,
+        health: Health,
+        timeouts: Timeouts,
+    ) {
         self.plugins.insert(
             (manifest.kind, manifest.name.clone()),
             Arc::new(Plugin {
@@ -798,7 +996,7 @@ impl Registry {
                 mutate: Arc::new(tokio::sync::Mutex::new(())),
                 reads: Arc::new(Semaphore::new(MAX_READS)),
                 changes: Arc::new(Semaphore::new(MAX_CHANGES)),
-                health: Arc::new(Mutex::new(None)),
+                health,
                 run: watch::Sender::new(Run::Pending),
                 left_out: AtomicBool::new(false),
                 calls: AtomicU64::new(0),
@@ -873,8 +1071,9 @@ impl Registry {
         self.plugins.values()
     }
 
-    pub fn failures(&self) -> &[LoadFailure] {
-        &self.failures
+    /// The libraries that failed to load, at start or (deferred ones) on first use.
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        lock(&self.failures).clone()
     }
 
     /// Start order: dependencies first, then by start weight, then by name (then kind).
@@ -1004,7 +1203,8 @@ impl Registry {
                 );
                 continue;
             };
-            if !p.manifest.has(Hook::Stop) || p.manifest.kind == Kind::Application {
+            // A deferred plugin never opened has nothing to stop.
+            if !p.manifest.has(Hook::Stop) || p.manifest.kind == Kind::Application || !p.is_open() {
                 continue;
             }
             match p.lifecycle_hook(Hook::Stop, lock, limit(), None).await {

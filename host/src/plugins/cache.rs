@@ -1,0 +1,187 @@
+//! The manifest cache: what each plugin library's manifest was when it was last opened and
+//! checked, so that a library that did not change since need not be opened at start.
+//!
+//! An entry holds when the library file has the same identity (device, inode, size, mtime
+//! and ctime) and the daemon is the same build (its executable's identity and the
+//! plugin-api version). A cache that is missing, unreadable, corrupt or written by another
+//! build is ignored (and rewritten); it never stops the daemon.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use plugin_api::Manifest;
+use plugin_host::loader::FileIdentity;
+use serde::{Deserialize, Serialize};
+
+/// The cache's file name in the daemon's state directory.
+pub const FILE: &str = "plugin-cache.json";
+
+/// A file's identity, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Identity {
+    dev: u64,
+    inode: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl From<FileIdentity> for Identity {
+    fn from(f: FileIdentity) -> Self {
+        Identity {
+            dev: f.dev,
+            inode: f.inode,
+            size: f.size,
+            mtime_ns: f.mtime_ns,
+            ctime_ns: f.ctime_ns,
+        }
+    }
+}
+
+/// The build of the daemon that wrote a cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Daemon {
+    exe: Option<Identity>,
+    api_version: String,
+}
+
+impl Daemon {
+    fn this() -> Daemon {
+        let exe = std::fs::metadata("/proc/self/exe").ok().map(|m| Identity {
+            dev: m.dev(),
+            inode: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+            ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
+        });
+        Daemon {
+            exe,
+            api_version: plugin_api::API_VERSION.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    file: Identity,
+    /// The manifest as the checks accepted it.
+    manifest: Manifest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    daemon: Daemon,
+    libraries: BTreeMap<PathBuf, Entry>,
+}
+
+/// The cache read at start, and the one to write once every library was seen.
+#[derive(Debug)]
+pub struct Cache {
+    path: Option<PathBuf>,
+    daemon: Daemon,
+    old: BTreeMap<PathBuf, Entry>,
+    new: BTreeMap<PathBuf, Entry>,
+    changed: bool,
+}
+
+impl Cache {
+    /// No cache: every library is opened at start.
+    pub fn none() -> Cache {
+        Cache {
+            path: None,
+            daemon: Daemon::this(),
+            old: BTreeMap::new(),
+            new: BTreeMap::new(),
+            changed: false,
+        }
+    }
+
+    /// Reads the cache at `path`; one that cannot be used is ignored (and logged).
+    pub fn read(path: &Path) -> Cache {
+        let mut c = Cache::none();
+        c.path = Some(path.to_path_buf());
+        match std::fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(s) if s.daemon == c.daemon => c.old = s.libraries,
+                Ok(_) => {
+                    tracing::info!(path = %path.display(), "plugin cache is from another build of the daemon: not used");
+                    c.changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "plugin cache is unreadable: not used");
+                    c.changed = true;
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => c.changed = true,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the plugin cache: not used");
+                c.changed = true;
+            }
+        }
+        c
+    }
+
+    /// The cached manifest of `path` if the file still has identity `file` (and it still
+    /// validates); it is kept for the next cache.
+    pub fn hit(&mut self, path: &Path, file: FileIdentity) -> Option<Manifest> {
+        let e = self.old.get(path)?;
+        if e.file != Identity::from(file) {
+            return None;
+        }
+        // The stored manifest must still pass the checks the library's did.
+        let json = serde_json::to_string(&e.manifest).ok()?;
+        let manifest = Manifest::parse(&json).ok()?;
+        if manifest != e.manifest {
+            return None;
+        }
+        self.new.insert(path.to_path_buf(), e.clone());
+        Some(manifest)
+    }
+
+    /// Records the manifest of a library just opened and checked.
+    pub fn record(&mut self, path: &Path, file: FileIdentity, manifest: &Manifest) {
+        self.changed = true;
+        self.new.insert(
+            path.to_path_buf(),
+            Entry {
+                file: file.into(),
+                manifest: manifest.clone(),
+            },
+        );
+    }
+
+    /// Writes the cache (atomically: a temporary file renamed over it) if it changed.
+    /// Failures are logged: the next start opens the libraries again.
+    pub fn write(self) {
+        let Some(path) = &self.path else { return };
+        if !self.changed && self.new.len() == self.old.len() {
+            return;
+        }
+        let stored = Stored {
+            daemon: self.daemon,
+            libraries: self.new,
+        };
+        if let Err(e) = write_atomic(path, &stored) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the plugin cache");
+        }
+    }
+}
+
+fn write_atomic(path: &Path, stored: &Stored) -> std::io::Result<()> {
+    let json = serde_json::to_vec(stored).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
