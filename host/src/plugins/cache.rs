@@ -142,11 +142,16 @@ impl Cache {
 
     /// Records the manifest of a library just opened and checked.
     pub fn record(&mut self, path: &Path, file: FileIdentity, manifest: &Manifest) {
-        self.changed = true;
+        let file = Identity::from(file);
+        let same = self
+            .old
+            .get(path)
+            .is_some_and(|e| e.file == file && e.manifest == *manifest);
+        self.changed |= !same;
         self.new.insert(
             path.to_path_buf(),
             Entry {
-                file: file.into(),
+                file,
                 manifest: manifest.clone(),
             },
         );
@@ -156,7 +161,8 @@ impl Cache {
     /// Failures are logged: the next start opens the libraries again.
     pub fn write(self) {
         let Some(path) = &self.path else { return };
-        if !self.changed && self.new.len() == self.old.len() {
+        // Unchanged when every library was seen as recorded and none went away.
+        if !self.changed && self.new.keys().eq(self.old.keys()) {
             return;
         }
         let stored = Stored {
