@@ -191,3 +191,55 @@ fn write_atomic(path: &Path, stored: &Stored) -> std::io::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest::parse(
+            r#"{"name": "usbip", "kind": "service", "version": "1.0.0",
+                "api_version": "1.0.0", "hooks": ["get", "put"]}"#,
+        )
+        .unwrap()
+    }
+
+    fn file(mtime_ns: i64) -> FileIdentity {
+        FileIdentity {
+            dev: 1,
+            inode: 2,
+            size: 3,
+            mtime_ns,
+            ctime_ns: 5,
+        }
+    }
+
+    #[test]
+    fn a_recorded_library_hits_until_its_file_or_the_daemon_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE);
+        let lib = Path::new("/usr/lib/incus-osd/plugins/libincus_osd_plugin_usbip.so");
+        let mut c = Cache::read(&path);
+        assert_eq!(c.hit(lib, file(4)), None);
+        c.record(lib, file(4), &manifest());
+        c.write();
+
+        let mut c = Cache::read(&path);
+        assert_eq!(c.hit(lib, file(4)), Some(manifest()));
+        assert_eq!(c.hit(lib, file(9)), None, "touched");
+
+        // Another daemon build's cache, or a corrupt one: not used.
+        let mut stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        stored["daemon"]["api_version"] = "1.0.0".into();
+        std::fs::write(&path, stored.to_string()).unwrap();
+        assert_eq!(Cache::read(&path).hit(lib, file(4)), None);
+        std::fs::write(&path, "{").unwrap();
+        let mut c = Cache::read(&path);
+        assert_eq!(c.hit(lib, file(4)), None);
+        // Rewritten on the next write.
+        c.record(lib, file(4), &manifest());
+        c.write();
+        assert_eq!(Cache::read(&path).hit(lib, file(4)), Some(manifest()));
+    }
+}
