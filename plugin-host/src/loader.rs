@@ -167,6 +167,28 @@ pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
     check(raw, path)
 }
 
+/// Opens a library the daemon opened and checked before, as [`open_trusted`] does, except
+/// that when the opened file's identity is `known` (recorded once every check passed, by
+/// this same build of the daemon) abi_stable's layout check, the slowest step, is not run
+/// again: the same bytes were checked against the same host. Every other check runs; a
+/// file with another identity gets them all.
+pub fn open_trusted_known(path: &Path, known: FileIdentity) -> Result<PluginLibrary, LoadError> {
+    let (fd, st) = open_trusted_file(path)?;
+    let unchanged = FileIdentity::of(&st) == known;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let raw = dlopen(&by_fd, path)?;
+    std::mem::forget(fd);
+    check_with(raw, path, !unchanged)
+}
+
+/// How many times the layout check ran in this process (for tests of
+/// [`open_trusted_known`]).
+pub fn layout_checks_run() -> u64 {
+    LAYOUT_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static LAYOUT_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The identity of a file as `fstat` gives it: a file replaced, rewritten or touched gets
 /// another one (the daemon's manifest cache keys on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +325,15 @@ fn dlopen(dl_path: &Path, path: &Path) -> Result<&'static RawLibrary, LoadError>
 
 /// Steps 2 to 4 on a loaded library.
 fn check(raw: &'static RawLibrary, path: &Path) -> Result<PluginLibrary, LoadError> {
+    check_with(raw, path, true)
+}
+
+/// Steps 2 to 4, the layout check only when `layout_check` (see [`open_trusted_known`]).
+fn check_with(
+    raw: &'static RawLibrary,
+    path: &Path,
+    layout_check: bool,
+) -> Result<PluginLibrary, LoadError> {
     // SAFETY: the symbol is declared by the SDK as `extern "C" fn() -> *const c_char`
     // returning a NUL-terminated static string; a foreign library exporting the same name
     // with another type is outside what we can defend against.
@@ -335,9 +366,15 @@ fn check(raw: &'static RawLibrary, path: &Path) -> Result<PluginLibrary, LoadErr
     let layout = header.layout().ok_or_else(|| {
         LoadError::NotAbiStable("the root module carries no layout to check".to_string())
     })?;
-    plugin_api::abi::check_root_module(layout)
-        .map_err(|report| LoadError::Layout(summarize_layout_error(&report)))?;
-    // SAFETY: the root module's layout was checked just above.
+    if layout_check {
+        LAYOUT_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        plugin_api::abi::check_root_module(layout)
+            .map_err(|report| LoadError::Layout(summarize_layout_error(&report)))?;
+    } else {
+        tracing::debug!(path = %path.display(), "layout check not repeated: the library is unchanged since it passed under this daemon build");
+    }
+    // SAFETY: the root module's layout was checked just above, or (see
+    // `open_trusted_known`) for this very file by this very build of the daemon.
     let module = unsafe { header.init_root_module_with_unchecked_layout::<PluginModuleRef>() }
         .map_err(|e| match e {
             LibraryError::IncompatibleVersionNumber {

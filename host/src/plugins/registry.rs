@@ -242,6 +242,9 @@ struct Instance {
 /// What opening a deferred plugin needs.
 struct Deferred {
     manifest: Manifest,
+    /// The library's identity when it was registered: unchanged, its layout check (passed
+    /// at an earlier start) is not repeated.
+    file: loader::FileIdentity,
     path: PathBuf,
     host: HostHandle,
     health: Health,
@@ -290,7 +293,7 @@ impl Instance {
 /// failure degrades the plugin for good and lists it among the load failures.
 fn open_deferred(d: Deferred) -> Result<Arc<PluginBox>, PluginError> {
     let name = d.manifest.name.clone();
-    let opened = loader::open_trusted(&d.path).and_then(|lib| {
+    let opened = loader::open_trusted_known(&d.path, d.file).and_then(|lib| {
         if lib.manifest != d.manifest {
             return Err(LoadError::Other(format!(
                 "the library changed since the daemon started: its manifest is no longer \
@@ -898,7 +901,8 @@ impl Registry {
             Ok(f) => f,
             Err(e) => return self.fail(path, None, e),
         };
-        if let Some(manifest) = cache.hit(path, file) {
+        let cached = cache.hit(path, file);
+        if let Some(manifest) = cached.clone() {
             let id = (manifest.kind, manifest.name.clone());
             let always = manifest.kind != Kind::Application
                 && (manifest.has(Hook::Start) || manifest.has(Hook::Stop));
@@ -922,6 +926,7 @@ impl Registry {
                 let deferred = Deferred {
                     host: host_for(&manifest),
                     manifest: manifest.clone(),
+                    file,
                     path: path.to_path_buf(),
                     health: health.clone(),
                     failures: self.failures.clone(),
@@ -936,10 +941,26 @@ impl Registry {
             }
         }
         self.opened += 1;
-        let lib = match loader::open_trusted(path) {
+        // A library the cache knows unchanged passed every check at an earlier start of
+        // this build: its layout check is not repeated (the other checks are).
+        let opened = match &cached {
+            Some(_) => loader::open_trusted_known(path, file),
+            None => loader::open_trusted(path),
+        };
+        let lib = match opened {
             Ok(l) => l,
             Err(e) => return self.fail(path, None, e),
         };
+        if cached.as_ref().is_some_and(|m| *m != lib.manifest) {
+            let e = LoadError::Other(
+                "the library's manifest is not the one the plugin cache recorded for it".into(),
+            );
+            return self.fail(
+                path,
+                Some((lib.manifest.kind, lib.manifest.name.clone())),
+                e,
+            );
+        }
         cache.record(path, file, &lib.manifest);
         let id = (lib.manifest.kind, lib.manifest.name.clone());
         if let Some(other) = self.plugins.get(&id) {

@@ -93,6 +93,14 @@ async fn a_second_start_opens_only_what_must_run_and_the_rest_on_first_call() {
     }
     assert_eq!(loaded(&d), ["fixture", "iscsi"]);
     assert_eq!(d.log().matches("deferred=true").count(), 1);
+    // Both were unchanged since their checks passed at the first start: the layout check
+    // (the slowest step) is not repeated, every other check is.
+    assert_eq!(
+        d.log().matches("layout check not repeated").count(),
+        2,
+        "{}",
+        d.log()
+    );
     assert!(opened(&d, "fixture").await);
     assert!(!opened(&d, "fixture-b").await);
 }
