@@ -263,12 +263,7 @@ struct DebugBody {
 /// directory that does not exist is skipped.
 async fn debug_logs(app: &App, dirs: Vec<String>) -> ApiResult {
     let root = app.root.clone();
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let task = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let out = ChannelWriter {
-            tx,
-            buf: BytesMut::with_capacity(BACKUP_CHUNK),
-        };
+    Ok(streamed("application/octet-stream", move |out| {
         let gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
@@ -280,31 +275,11 @@ async fn debug_logs(app: &App, dirs: Vec<String>) -> ApiResult {
             let name = std::path::PathBuf::from(dir.trim_start_matches('/'));
             add_tree(&mut tar, &real, &name).map_err(|e| format!("{dir}: {e}"))?;
         }
-        let mut out = tar
-            .into_inner()
+        tar.into_inner()
             .and_then(|gz| gz.finish())
-            .map_err(|e| e.to_string())?;
-        out.send().map_err(|e| e.to_string())
-    });
-    let stream = futures_util::stream::unfold((rx, Some(task)), |(mut rx, task)| async move {
-        if let Some(b) = rx.recv().await {
-            return Some((Ok::<_, std::io::Error>(b), (rx, task)));
-        }
-        match task?.await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot write the log bundle");
-                Some((Err(std::io::Error::other(e)), (rx, None)))
-            }
-            Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
-        }
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    Ok(resp)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }))
 }
 
 /// Appends `real` (a directory) and everything below it as `name`, not following links,
@@ -416,18 +391,29 @@ async fn declared_backup(app: &App, spec: BackupSpec, complete: bool) -> ApiResu
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::new(e.status, e.message))?;
+    Ok(streamed("application/gzip", move |out| {
+        app_backup::write(&root, &spec, complete, out)
+            .map(drop)
+            .map_err(|e| e.message)
+    }))
+}
+
+/// A response whose body `write` produces on a blocking thread, sent in pieces of
+/// [`BACKUP_CHUNK`] as it is made (never whole in memory). A failure of `write` cuts the
+/// transfer (the client sees it truncated) and is logged.
+fn streamed(
+    content_type: &'static str,
+    write: impl FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let task = tokio::task::spawn_blocking(move || {
         let mut out = ChannelWriter {
             tx,
             buf: BytesMut::with_capacity(BACKUP_CHUNK),
         };
-        let r = app_backup::write(&root, &spec, complete, &mut out).and_then(|_| {
-            out.send()
-                .map_err(|e| plugin_api::sdk::Error::internal(e.to_string()))
-        });
+        let r = write(&mut out).and_then(|()| out.send().map_err(|e| e.to_string()));
         if let Err(e) = &r {
-            tracing::warn!(root = %spec.root, error = %e.message, "backup failed");
+            tracing::warn!(error = %e, content_type, "cannot write the streamed answer");
         }
         r
     });
@@ -435,23 +421,20 @@ async fn declared_backup(app: &App, spec: BackupSpec, complete: bool) -> ApiResu
         if let Some(b) = rx.recv().await {
             return Some((Ok::<_, std::io::Error>(b), (rx, task)));
         }
-        // The writer ended: a failure cuts the transfer (the client sees it truncated).
         match task?.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some((Err(std::io::Error::other(e.message)), (rx, None))),
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some((Err(std::io::Error::other(e)), (rx, None))),
             Err(e) => Some((Err(std::io::Error::other(e.to_string())), (rx, None))),
         }
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/gzip"),
-    );
-    Ok(resp)
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 /// A restore of an application that declares its data directory: the upload is stored,
-/// extracted beside the directory with every entry checked (a bad archive is a 500 and
+/// extracted beside the directory with every entry checked (a bad archive is a 400 and
 /// changes nothing), answered, and one second later swapped in with the declared units
 /// stopped around it; then the plugin's `restored` hook, and `last_restored`.
 async fn declared_restore(
