@@ -170,19 +170,8 @@ impl TestApp {
         let root = self.root.path().to_path_buf();
         let mut store = Store::load_or_create(&root.join("var/lib/incus-os")).expect("state");
         for (name, version) in &self.installed {
-            place_image(&root, name, version);
-            std::os::unix::fs::symlink(
-                crate::system::applications::store::image_path(version, name),
-                root.join(format!("var/lib/extensions/{name}.raw")),
-            )
-            .expect("link");
-            store
-                .update(|d| {
-                    let r = d.applications.entry(name.clone()).or_default();
-                    r.version = version.clone();
-                    r.available_versions = vec![version.clone()];
-                })
-                .expect("record");
+            crate::daemon::devroot::mark_installed(&RootFs::new(&root), &mut store, name, version)
+                .expect("installed");
         }
         let store = Arc::new(Mutex::new(store));
         let mut platform = Platform::for_root(&root);
@@ -242,7 +231,5 @@ pub fn place_image(root: &Path, name: &str, version: &str) {
 
 /// 1 KiB with the GPT signature at 512: passes the store's image check.
 pub fn gpt_stub() -> Vec<u8> {
-    let mut data = vec![0u8; 1024];
-    data[512..520].copy_from_slice(b"EFI PART");
-    data
+    crate::daemon::devroot::stand_in_image()
 }

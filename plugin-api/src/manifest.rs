@@ -349,7 +349,9 @@ impl std::fmt::Display for ManifestError {
 
 impl std::error::Error for ManifestError {}
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is a valid plugin or application name: lowercase letters, digits, `-` and
+/// `.`, at most 64, not starting with `-` or `.` (it is a URL segment and a file name).
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

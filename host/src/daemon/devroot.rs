@@ -50,12 +50,7 @@ pub fn mark_installed(
     version: &str,
 ) -> Result<(), String> {
     use crate::system::applications::store::{image_path, link_path};
-    let plain = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.']);
+    let plain = plugin_api::manifest::valid_name(name);
     if !plain {
         return Err(format!(
             "--dev-install: {name:?} is not an application name"
@@ -73,9 +68,7 @@ pub fn mark_installed(
         format!("--dev-install {name}: {what}: {e}")
     };
     let image = image_path(version, name);
-    let mut stub = vec![0u8; 1024];
-    stub[512..520].copy_from_slice(b"EFI PART");
-    fs.write(&image, &stub, 0o644)
+    fs.write(&image, &stand_in_image(), 0o644)
         .map_err(|e| fail("image", e))?;
     fs.create_dir("/var/lib/extensions", 0o755)
         .map_err(|e| fail("link directory", e))?;
@@ -105,6 +98,14 @@ pub fn mark_installed(
         "recorded as installed in the development root"
     );
     Ok(())
+}
+
+/// A stand-in application image: 1 KiB with the GPT signature at 512, what the image store's
+/// check wants (a development root merges nothing).
+pub fn stand_in_image() -> Vec<u8> {
+    let mut data = vec![0u8; 1024];
+    data[512..520].copy_from_slice(b"EFI PART");
+    data
 }
 
 /// A dev image version in upstream's 12-digit form, fixed at the time of the first run.

@@ -1,6 +1,6 @@
 //! Start-up, the unix socket listener and shutdown.
 
-mod devroot;
+pub(crate) mod devroot;
 
 use crate::platform::notify::{notify_barrier, notify_systemd};
 pub use crate::platform::socket::bind_socket;
