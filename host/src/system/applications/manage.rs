@@ -430,28 +430,25 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
         })?;
     tracing::info!(application = %name, channel = %channel, version = %release.version, "Downloading application update");
     download(app, &p, &context, name, &release).await?;
-    let store = image_store(app);
     let version = release.version.clone();
-    let (n, v) = (name.to_string(), version.clone());
-    let verified = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.verify(&n, &v))
-            .await
-            .map_err(|e| internal(e.to_string()))?
-    };
-    let undo_image = |store: Store, name: String, version: String| async move {
-        let _ = tokio::task::spawn_blocking(move || {
-            let current = store.active_version(&name).ok().flatten();
-            if current.as_deref() != Some(version.as_str()) {
-                let _ = store.remove_versions(&name, &available_except(&store, &name, &version));
-            }
-        })
-        .await;
-    };
-    if let Err(e) = verified {
-        undo_image(store, name.to_string(), version).await;
-        return Err(from_sdk(e));
-    }
+    let (store, n, v) = (image_store(app), name.to_string(), version.clone());
+    tokio::task::spawn_blocking(move || {
+        let verified = store.verify(&n, &v);
+        if verified.is_err() && store.active_version(&n).ok().flatten().as_ref() != Some(&v) {
+            // The refused download goes; every other local version stays.
+            let others: Vec<String> = store
+                .local_versions(&n)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|x| *x != v)
+                .collect();
+            let _ = store.remove_versions(&n, &others);
+        }
+        verified
+    })
+    .await
+    .map_err(|e| internal(e.to_string()))?
+    .map_err(from_sdk)?;
     // A replacement keeps `initialized` (the variants share the application's data).
     let initialized = record(app, plugin).is_some_and(|r| r.initialized);
     set_record(
@@ -499,16 +496,6 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
     }
     provider::notify(app, RefreshCause::ApplicationUpdateApplied).await;
     Ok(())
-}
-
-/// The local versions of `name` other than `version` (kept when an install is undone).
-fn available_except(store: &Store, name: &str, version: &str) -> Vec<String> {
-    store
-        .local_versions(name)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|v| v != version)
-        .collect()
 }
 
 /// Checks the free space, then has the provider fetch the image into its version
