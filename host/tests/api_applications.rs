@@ -683,6 +683,33 @@ async fn check_update_installs_a_newer_image_and_reloads_then_switch_version_goe
             "cannot rollback application as no earlier version is available locally".into()
         )
     );
+    // A body that does not decode is refused before anything changes.
+    assert_eq!(
+        s.err(
+            "POST",
+            "/1.0/applications/prime/:switch-version",
+            r#"{"version":1}"#
+        )
+        .await
+        .0,
+        400
+    );
+    // A merge that fails puts the link and the recorded version back.
+    s.machine.fail_refresh.store(true, Ordering::SeqCst);
+    let (code, msg) = s
+        .err(
+            "POST",
+            "/1.0/applications/prime/:switch-version",
+            &format!(r#"{{"version":"{V2}"}}"#),
+        )
+        .await;
+    assert_eq!(code, 500);
+    assert!(msg.contains("cannot refresh system extensions"), "{msg}");
+    assert!(s.link("prime").unwrap().contains(V1));
+    assert_eq!(
+        s.ok("GET", "/1.0/applications/prime", "").await["state"]["version"],
+        V1
+    );
 }
 
 #[tokio::test]
