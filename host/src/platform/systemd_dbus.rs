@@ -50,6 +50,16 @@ trait Unit {
     fn active_state(&self) -> zbus::Result<String>;
 }
 
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    /// `Type=` (`simple`, `forking`, `oneshot`, `notify`, ...).
+    #[zbus(property, name = "Type")]
+    fn service_type(&self) -> zbus::Result<String>;
+}
+
 /// How long a unit job may take: systemd's own default start timeout (90 s) and a margin,
 /// well within the time a plugin's change may take (`--plugin-change-timeout`).
 const JOB_TIMEOUT: Duration = Duration::from_secs(100);
@@ -163,15 +173,48 @@ impl DbusSystemd {
     }
 
     /// Watches a just-started unit for [`SETTLE`]: a unit that fails in that time did not
-    /// start, whatever its job said. (One that ends `inactive` may be a oneshot that did
-    /// its work.)
+    /// start, whatever its job said; nor did a service meant to keep running (any type but
+    /// `oneshot`) that is back to `inactive`. Both happen to a `Type=forking` daemon whose
+    /// child exits at once: `failed` when systemd saw the child's exit status, `inactive`
+    /// when the child was gone before systemd read its pid.
     async fn settle(&self, unit: &str) -> Result<(), PlatformError> {
         let deadline = tokio::time::Instant::now() + SETTLE;
+        let path = self.unit_path(unit).await?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path.clone())
+            .map_err(|e| err("unit path", e))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| err("unit proxy", e))?;
+        let keeps_running = if unit.ends_with(".service") {
+            let service = ServiceProxy::builder(&self.conn)
+                .path(path)
+                .map_err(|e| err("unit path", e))?
+                .build()
+                .await
+                .map_err(|e| err("service proxy", e))?;
+            let kind = service
+                .service_type()
+                .await
+                .map_err(|e| err(&format!("Type of {unit}"), e))?;
+            kind != "oneshot"
+        } else {
+            false
+        };
         loop {
-            let state = self.active_state(unit).await?;
+            let state = u
+                .active_state()
+                .await
+                .map_err(|e| err(&format!("ActiveState of {unit}"), e))?;
             if state == "failed" {
                 return Err(PlatformError(format!(
                     "{unit} started but failed right after"
+                )));
+            }
+            if keeps_running && state == "inactive" {
+                return Err(PlatformError(format!(
+                    "{unit} started but stopped right after"
                 )));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -181,13 +224,16 @@ impl DbusSystemd {
         }
     }
 
+    async fn unit_path(&self, unit: &str) -> Result<OwnedObjectPath, PlatformError> {
+        let m = self.manager().await?;
+        m.load_unit(unit)
+            .await
+            .map_err(|e| err(&format!("cannot load {unit}"), dbus_message(e)))
+    }
+
     /// The unit's `ActiveState`; a unit systemd does not know reads `inactive`.
     pub async fn active_state(&self, unit: &str) -> Result<String, PlatformError> {
-        let m = self.manager().await?;
-        let path = m
-            .load_unit(unit)
-            .await
-            .map_err(|e| err(&format!("cannot load {unit}"), dbus_message(e)))?;
+        let path = self.unit_path(unit).await?;
         let u = UnitProxy::builder(&self.conn)
             .path(path)
             .map_err(|e| err("unit path", e))?

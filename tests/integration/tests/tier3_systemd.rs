@@ -94,6 +94,55 @@ async fn a_failing_start_names_the_unit_and_the_job_result() {
     assert_eq!(show(&m, "t3-failing.service", "Result"), "exit-code");
 }
 
+/// A daemon whose process is gone right after its start job ended `done` did not start:
+/// a `Type=simple` one that exits 0 (the unit ends `inactive`), and a `Type=forking` one
+/// whose parent exits 0 and whose child then dies (the unit ends `inactive` or `failed`,
+/// depending on whether systemd saw the child). A oneshot that did its work and ended
+/// `inactive` did start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_is_gone_right_after_its_start_job_did_not_start() {
+    tier3_or_return!();
+    let (m, sd) = machine_with(&[
+        ("t3-quits.service", "[Service]\nExecStart=/bin/true\n"),
+        (
+            "t3-forks-and-dies.service",
+            "[Service]\nType=forking\nExecStart=/bin/sh -c '(sleep 0.1; exit 3) &'\n",
+        ),
+        (
+            "t3-once.service",
+            "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        ),
+    ])
+    .await;
+    let err = sd
+        .run_job(UnitAction::Start, "t3-quits.service")
+        .await
+        .unwrap_err();
+    assert_eq!(err.0, "t3-quits.service started but stopped right after");
+    assert_eq!(state(&m, &sd, "t3-quits.service").await, "inactive");
+
+    let err = sd
+        .run_job(UnitAction::Start, "t3-forks-and-dies.service")
+        .await
+        .unwrap_err();
+    assert!(
+        [
+            "t3-forks-and-dies.service started but stopped right after",
+            "t3-forks-and-dies.service started but failed right after",
+        ]
+        .contains(&err.0.as_str()),
+        "{}",
+        err.0
+    );
+    assert_ne!(state(&m, &sd, "t3-forks-and-dies.service").await, "active");
+
+    sd.run_job(UnitAction::Start, "t3-once.service")
+        .await
+        .expect("a oneshot that succeeded");
+    assert_eq!(state(&m, &sd, "t3-once.service").await, "inactive");
+    assert_eq!(show(&m, "t3-once.service", "Result"), "success");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_unit_cannot_start_and_reads_inactive() {
     tier3_or_return!();
