@@ -1,0 +1,3 @@
+//! The machine's network (`/1.0/system/network`).
+
+pub mod confirm;
