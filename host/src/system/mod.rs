@@ -7,4 +7,5 @@ pub mod info;
 pub mod logging;
 pub mod network;
 pub mod provider;
+pub mod storage;
 pub mod update;

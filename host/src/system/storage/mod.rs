@@ -1,0 +1,5 @@
+//! Drives and ZFS pools (`/1.0/system/storage`).
+
+pub mod model;
+pub mod pools;
+pub mod zpool;
