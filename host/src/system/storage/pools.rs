@@ -555,7 +555,7 @@ mod tests {
     fn every_pool_type_gets_upstreams_vdev_layout() {
         let d = |x: &str| id(x);
         for (kind, devs, spec) in [
-            ("zfs-raid0", vec!["/dev/sdb"], format!("{}", d("b"))),
+            ("zfs-raid0", vec!["/dev/sdb"], d("b")),
             (
                 "zfs-raid1",
                 vec!["/dev/sdb", "/dev/sdc"],
