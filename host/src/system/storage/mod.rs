@@ -3,4 +3,6 @@
 pub mod drives;
 pub mod model;
 pub mod pools;
+pub mod service;
+pub mod wipe;
 pub mod zpool;
