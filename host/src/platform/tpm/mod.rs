@@ -12,6 +12,11 @@
 //! A [`Tpm`] holds a raw ESAPI context and is not `Send`: open it where it is used (for
 //! the async daemon, inside `spawn_blocking`).
 
+pub mod eventlog;
+pub mod policy;
+
+mod keys;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -24,6 +29,9 @@ use tss_esapi::{Context, TctiNameConf};
 
 /// A SHA-256 PCR value or digest.
 pub type Sha256 = [u8; 32];
+
+pub use keys::{AuthKey, Blobs, EcPublicKey, EcdsaSignature, KeyRef, SealedObject, MAX_SECRET};
+pub use policy::PcrPolicy;
 
 /// Where the kernel's TPM resource manager is, relative to the root prefix.
 pub const DEVICE: &str = "dev/tpmrm0";
@@ -46,6 +54,14 @@ pub enum TpmError {
     /// A stored blob or key file is unreadable or malformed.
     #[error("{0}")]
     Blob(String),
+    /// The PCRs do not hold the values the sealed object is bound to.
+    #[error(
+        "the TPM refused to unseal: PCRs {pcrs:?} do not hold the values the secret was sealed to"
+    )]
+    PolicyMismatch { pcrs: Vec<u32> },
+    /// Replaying the event log gave other values than the TPM holds.
+    #[error("{0}")]
+    PcrMismatch(eventlog::Mismatch),
     /// Bad input from the caller (a PCR index out of range, an oversized secret).
     #[error("{0}")]
     Invalid(String),
