@@ -1,7 +1,7 @@
 //! Tier 3: the daemon's TPM code (`platform::tpm`, in process through tss-esapi) against a
 //! real software TPM (swtpm on loopback), one fresh TPM per test.
 
-use incus_osd::platform::tpm::eventlog::{self, event_type::*, EventLog};
+use incus_osd::platform::tpm::eventlog::{self, event_type::*, Event, EventLog};
 use incus_osd::platform::tpm::{Blobs, KeyRef, PcrPolicy, Tpm, TpmError};
 use incus_osd_test_machine::{tier3_or_return, Swtpm};
 use sha2::{Digest as _, Sha256};
@@ -294,6 +294,69 @@ fn without_secure_boot_the_policy_also_binds_pcr_4() {
     assert!(matches!(err, TpmError::PolicyMismatch { .. }), "{err:?}");
 }
 
+/// Power-cycles the software TPM (swtpm's init over its control channel, then
+/// TPM2_Startup(CLEAR) as firmware sends it): PCRs back to their reset values, seeds and
+/// persistent objects kept. No connection may be open.
+fn reboot(swtpm: &Swtpm) {
+    let status = std::process::Command::new("swtpm_ioctl")
+        .arg("--tcp")
+        .arg(format!("127.0.0.1:{}", swtpm.ctrl_port()))
+        .arg("-i")
+        .status()
+        .expect("run swtpm_ioctl");
+    assert!(status.success());
+    let startup = [
+        0x80, 0x01, 0, 0, 0, 0x0c, 0, 0, 0x01, 0x44, 0, 0, // TPM2_Startup(TPM_SU_CLEAR)
+    ];
+    let response = swtpm.transmit(&startup).unwrap();
+    let rc = u32::from_be_bytes([response[6], response[7], response[8], response[9]]);
+    // Success, or TPM_RC_INITIALIZE when swtpm already started it up.
+    assert!(rc == 0 || rc == 0x100, "TPM2_Startup: {rc:#x}");
+}
+
+#[test]
+fn a_secret_sealed_to_the_predicted_next_boot_unseals_after_that_boot() {
+    tier3_or_return!();
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let new_db = sha256(b"db certificates, with the new signing key");
+    let is_db = |e: &Event| e.data == b"db certificates";
+    let log = {
+        let mut tpm = open(&swtpm);
+        let log = measured_boot(&mut tpm);
+        log.validate(&mut tpm, &[4, 7]).unwrap();
+        // Predict PCR 7 with the new db measured instead of the old.
+        let predicted = log.replay_with(|e| is_db(e).then_some(new_db)).unwrap();
+        assert_ne!(predicted[&7], tpm.read_pcr(7).unwrap());
+        let policy = PcrPolicy::for_boot(true, [0; 32], predicted[&7]);
+        let sealed = tpm.seal(&policy, SECRET).unwrap();
+        sealed.save(dir.path(), "root").unwrap();
+        assert!(matches!(
+            tpm.unseal(&sealed, &[7, 15]),
+            Err(TpmError::PolicyMismatch { .. })
+        ));
+        log
+    };
+    reboot(&swtpm);
+    let mut tpm = open(&swtpm);
+    assert_eq!(
+        tpm.read_pcr(7).unwrap(),
+        [0; 32],
+        "PCRs reset by the reboot"
+    );
+    // The next boot measures the same events with the new db.
+    let mut next = log.clone();
+    for e in next.events.iter_mut().filter(|e| is_db(e)) {
+        e.digests = vec![(eventlog::ALG_SHA256, new_db.to_vec())];
+    }
+    for e in next.events.iter().filter(|e| e.event_type != EV_NO_ACTION) {
+        tpm.extend_pcr(e.pcr, &e.sha256().unwrap()).unwrap();
+    }
+    next.validate(&mut tpm, &[4, 7]).unwrap();
+    let sealed = Blobs::load(dir.path(), "root").unwrap();
+    assert_eq!(&tpm.unseal(&sealed, &[7, 15]).unwrap()[..], SECRET);
+}
+
 /// Verifies an ECDSA signature with openssl, from the exported PEM public key.
 fn openssl_verifies(pem: &str, message: &[u8], der_signature: &[u8]) -> bool {
     let dir = tempfile::tempdir().unwrap();
@@ -349,6 +412,12 @@ fn auth_key_created_persisted_and_loaded_signs_what_openssl_verifies() {
     assert_eq!(blobs.ec_public_key().unwrap().to_pem(), pem);
     let by_blobs = tpm.sign(KeyRef::Blobs(&blobs), &digest).unwrap();
     assert!(openssl_verifies(&pem, message, &by_blobs.to_der()));
+    // And a reboot of the TPM.
+    drop(tpm);
+    reboot(&swtpm);
+    let mut tpm = open(&swtpm);
+    let after = tpm.sign(KeyRef::Persistent(AUTH_HANDLE), &digest).unwrap();
+    assert!(openssl_verifies(&pem, message, &after.to_der()));
     // The signature does not verify another message, nor under another key.
     assert!(!openssl_verifies(
         &pem,

@@ -282,6 +282,16 @@ impl EventLog {
     /// The SHA-256 PCR values the log replays to, for every PCR it measures into. PCRs
     /// start at zero, but PCR 0 starts at the locality a `StartupLocality` event names.
     pub fn replay(&self) -> Result<BTreeMap<u32, Sha256>, TpmError> {
+        self.replay_with(|_| None)
+    }
+
+    /// The values the log replays to when some events are measured differently: a
+    /// prediction of the next boot (a new db certificate in PCR 7, a new boot binary in
+    /// PCR 4). `replace` gives an event's new SHA-256 digest, or `None` to keep it.
+    pub fn replay_with(
+        &self,
+        replace: impl Fn(&Event) -> Option<Sha256>,
+    ) -> Result<BTreeMap<u32, Sha256>, TpmError> {
         let mut pcrs: BTreeMap<u32, Sha256> = BTreeMap::new();
         for (n, e) in self.events.iter().enumerate() {
             if e.event_type == event_type::EV_NO_ACTION {
@@ -299,7 +309,7 @@ impl EventLog {
                     e.pcr
                 )));
             }
-            let digest = e.sha256().ok_or_else(|| {
+            let digest = replace(e).or_else(|| e.sha256()).ok_or_else(|| {
                 TpmError::EventLog(format!(
                     "event {} (PCR {}) has no SHA-256 digest",
                     n + 1,
@@ -418,6 +428,24 @@ mod tests {
         assert_eq!(pcrs[&7], h(&h(&[0; 32], &a), &c));
         assert_eq!(pcrs[&4], h(&[0; 32], &b));
         assert_eq!(pcrs.len(), 2);
+    }
+
+    #[test]
+    fn replay_with_a_replaced_digest_predicts_the_new_value() {
+        let (a, b, c) = (sha256(b"a"), sha256(b"b"), sha256(b"c"));
+        let bytes = handmade(&[
+            (7, EV_EFI_VARIABLE_DRIVER_CONFIG, a, b"db"),
+            (7, EV_SEPARATOR, b, &[0, 0, 0, 0]),
+            (4, EV_EFI_BOOT_SERVICES_APPLICATION, a, b""),
+        ]);
+        let log = parse(&bytes).unwrap();
+        let predicted = log
+            .replay_with(|e| (e.pcr == 7 && e.data == b"db").then_some(c))
+            .unwrap();
+        let h = |x: &[u8; 32], y: &[u8; 32]| sha256(&[&x[..], &y[..]].concat());
+        assert_eq!(predicted[&7], h(&h(&[0; 32], &c), &b));
+        assert_eq!(predicted[&4], log.replay().unwrap()[&4]);
+        assert_ne!(predicted[&7], log.replay().unwrap()[&7]);
     }
 
     #[test]
