@@ -134,7 +134,11 @@ impl Tpm {
         let conf = TctiNameConf::from_str(tcti)
             .map_err(|e| TpmError::Invalid(format!("TCTI {tcti:?} is not valid: {e}")))?;
         if let TctiNameConf::Device(_) = conf {
-            let path = tcti.strip_prefix("device:").unwrap_or("/dev/tpmrm0");
+            // `device` alone means the stack's default device.
+            let path = match tcti.strip_prefix("device:") {
+                Some(p) if !p.is_empty() => p,
+                _ => "/dev/tpm0",
+            };
             if !Path::new(path).exists() {
                 return Err(TpmError::NoTpm(format!("{path} does not exist")));
             }
@@ -244,4 +248,47 @@ pub fn blob_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.pub")),
         dir.join(format!("{name}.priv")),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_under_the_root_prefix_is_the_tcti_when_present() {
+        let root = tempfile::tempdir().unwrap();
+        let err = device_tcti(root.path()).unwrap_err();
+        assert!(matches!(err, TpmError::NoTpm(_)), "{err:?}");
+        let dev = root.path().join(DEVICE);
+        assert_eq!(
+            err.to_string(),
+            format!("no TPM: {} does not exist", dev.display())
+        );
+        assert!(matches!(
+            Tpm::open_root(root.path()),
+            Err(TpmError::NoTpm(_))
+        ));
+        std::fs::create_dir_all(dev.parent().unwrap()).unwrap();
+        std::fs::write(&dev, b"").unwrap();
+        assert_eq!(
+            device_tcti(root.path()).unwrap(),
+            format!("device:{}", dev.display())
+        );
+    }
+
+    #[test]
+    fn a_malformed_tcti_is_refused_by_name() {
+        let err = Tpm::open("carrier-pigeon:coop=1").unwrap_err();
+        assert!(matches!(err, TpmError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("carrier-pigeon"), "{err}");
+    }
+
+    #[test]
+    fn pcr_indices_past_23_are_refused() {
+        assert!(slot(23).is_ok());
+        assert_eq!(
+            slot(24).unwrap_err().to_string(),
+            "PCR 24 does not exist (0 to 23)"
+        );
+    }
 }
