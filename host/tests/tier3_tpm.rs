@@ -423,6 +423,77 @@ fn auth_key_created_persisted_and_loaded_signs_what_openssl_verifies() {
     ));
 }
 
+/// Runs a tpm2-tools command against the swtpm, in `dir`; returns its stdout.
+fn tpm2_tool(swtpm: &Swtpm, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .env("TPM2TOOLS_TCTI", swtpm.tcti())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_auth_key_persisted_by_tpm2_tools_as_upstream_does_is_found_and_signs() {
+    tier3_or_return!();
+    let swtpm = Swtpm::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The key as the upstream daemon makes it: an ECC key under the endorsement primary,
+    // made persistent at the first free owner handle. Without a resource manager each tool
+    // leaves its objects loaded: flush them after each.
+    let tpm2 = |args: &[&str]| {
+        let out = tpm2_tool(&swtpm, d, args);
+        tpm2_tool(&swtpm, d, &["tpm2_flushcontext", "-t"]);
+        out
+    };
+    tpm2(&["tpm2_createprimary", "-C", "e", "-c", "primary.ctx"]);
+    tpm2(&[
+        "tpm2_create",
+        "-G",
+        "ecc",
+        "-u",
+        "key.pub",
+        "-r",
+        "key.priv",
+        "-C",
+        "primary.ctx",
+        "-f",
+        "pem",
+        "-o",
+        "key.pem",
+    ]);
+    tpm2(&[
+        "tpm2_load",
+        "-C",
+        "primary.ctx",
+        "-u",
+        "key.pub",
+        "-r",
+        "key.priv",
+        "-c",
+        "key.ctx",
+    ]);
+    let evicted = tpm2(&["tpm2_evictcontrol", "-C", "o", "-c", "key.ctx"]);
+    assert!(evicted.contains("0x81000000"), "{evicted}");
+    let tools_pem = std::fs::read_to_string(d.join("key.pem")).unwrap();
+
+    let mut tpm = open(&swtpm);
+    assert_eq!(tpm.persistent_handles().unwrap(), vec![0x8100_0000]);
+    let key = KeyRef::Persistent(0x8100_0000);
+    // Our export is the PEM the tools wrote.
+    assert_eq!(tpm.public_key(key).unwrap().to_pem(), tools_pem);
+    let message = b"token payload";
+    let signature = tpm.sign(key, &sha256(message)).unwrap();
+    assert!(openssl_verifies(&tools_pem, message, &signature.to_der()));
+}
+
 #[test]
 fn a_missing_persistent_key_and_an_evicted_one_are_named() {
     tier3_or_return!();
@@ -439,7 +510,9 @@ fn a_missing_persistent_key_and_an_evicted_one_are_named() {
     let key = tpm.create_auth_key().unwrap();
     tpm.persist_key(&key, AUTH_HANDLE).unwrap();
     tpm.sign(KeyRef::Persistent(AUTH_HANDLE), &[0; 32]).unwrap();
+    assert_eq!(tpm.persistent_handles().unwrap(), vec![AUTH_HANDLE]);
     tpm.evict_persistent(AUTH_HANDLE).unwrap();
+    assert_eq!(tpm.persistent_handles().unwrap(), Vec::<u32>::new());
     assert!(tpm.sign(KeyRef::Persistent(AUTH_HANDLE), &[0; 32]).is_err());
     let err = tpm.persist_key(&key, 0x8000_0000).unwrap_err();
     assert!(err.to_string().contains("not a persistent handle"), "{err}");

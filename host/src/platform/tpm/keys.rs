@@ -12,7 +12,7 @@ use base64::Engine as _;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::response_code::Tss2ResponseCodeKind;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
-use tss_esapi::constants::SessionType;
+use tss_esapi::constants::{CapabilityType, SessionType};
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::dynamic_handles::Persistent;
@@ -20,9 +20,10 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Digest, EccPoint, EccScheme, HashScheme, KeyedHashScheme, PcrSelectionListBuilder, Private,
-    Public, PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters, SensitiveData,
-    Signature, SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
+    CapabilityData, Digest, EccPoint, EccScheme, HashScheme, KeyedHashScheme,
+    PcrSelectionListBuilder, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, Signature, SignatureScheme, SymmetricDefinition,
+    SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
@@ -435,6 +436,35 @@ impl Tpm {
                 TpmError::tss(&format!("evicting {handle:#010x}"), e)
             })?;
         Ok(())
+    }
+
+    /// The persistent objects' handles (`0x81xxxxxx`), ascending: finds a key another
+    /// tool made persistent at a handle of its choosing.
+    pub fn persistent_handles(&mut self) -> Result<Vec<u32>, TpmError> {
+        let mut out = Vec::new();
+        let mut next = 0x8100_0000u32;
+        loop {
+            let (data, more) = self
+                .ctx
+                .execute_without_session(|c| c.get_capability(CapabilityType::Handles, next, 64))
+                .map_err(|e| TpmError::tss("listing persistent handles", e))?;
+            let CapabilityData::Handles(list) = data else {
+                return Err(TpmError::Invalid(
+                    "the TPM answered a handle query with something else".into(),
+                ));
+            };
+            let handles: Vec<u32> = list
+                .iter()
+                .map(|&h| u32::from(h))
+                .filter(|h| h >> 24 == 0x81)
+                .collect();
+            out.extend(&handles);
+            match handles.last() {
+                Some(&last) if more && last < 0x81ff_ffff => next = last + 1,
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     fn open_persistent(&mut self, handle: u32) -> Result<ObjectHandle, TpmError> {
