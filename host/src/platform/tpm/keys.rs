@@ -135,7 +135,9 @@ fn write_tpm2b(path: &Path, data: &[u8]) -> Result<(), TpmError> {
     let io = |e: std::io::Error| TpmError::Blob(format!("writing {}: {e}", path.display()));
     let size = u16::try_from(data.len())
         .map_err(|_| TpmError::Blob(format!("{} bytes do not fit a TPM2B", data.len())))?;
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -638,6 +640,12 @@ mod tests {
         let raw = std::fs::read(dir.path().join("k.priv")).unwrap();
         assert_eq!(&raw[..2], &[0, 40]);
         assert_eq!(Blobs::load(dir.path(), "k").unwrap(), blobs);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["k.priv", "k.pub"], "no temporary file left");
         std::fs::write(dir.path().join("k.priv"), [0, 41, 1]).unwrap();
         let err = Blobs::load(dir.path(), "k").unwrap_err().to_string();
         assert!(err.contains("k.priv: says 41 bytes but holds 1"), "{err}");
