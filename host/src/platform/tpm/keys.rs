@@ -646,6 +646,12 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["k.priv", "k.pub"], "no temporary file left");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("k.priv"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(dir.path().join("k.priv"), [0, 41, 1]).unwrap();
         let err = Blobs::load(dir.path(), "k").unwrap_err().to_string();
         assert!(err.contains("k.priv: says 41 bytes but holds 1"), "{err}");
