@@ -11,6 +11,7 @@ pub mod notify;
 pub mod socket;
 pub mod systemd;
 pub mod systemd_dbus;
+pub mod tpm;
 pub mod uploads;
 pub mod watch;
 
