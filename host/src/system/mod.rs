@@ -5,5 +5,6 @@ pub mod debug;
 pub mod host;
 pub mod info;
 pub mod logging;
+pub mod network;
 pub mod provider;
 pub mod update;

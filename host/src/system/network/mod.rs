@@ -1,0 +1,6 @@
+//! The network subsystem (`/1.0/system/network`): the model, its validation, and the text of
+//! every file and ruleset an apply writes, all as pure functions; the OS calls live in
+//! `platform/`. See docs/network.md.
+
+pub mod model;
+pub mod validate;
