@@ -2,5 +2,6 @@
 //! every file and ruleset an apply writes, all as pure functions; the OS calls live in
 //! `platform/`. See docs/network.md.
 
+pub mod files;
 pub mod model;
 pub mod validate;
