@@ -3,5 +3,6 @@
 //! `platform/`. See docs/network.md.
 
 pub mod files;
+pub mod firewall;
 pub mod model;
 pub mod validate;

@@ -279,6 +279,12 @@ fn name(name: &str) -> Result<(), String> {
     if name.len() > 13 {
         return Err(format!("name '{name}' cannot be longer than 13 characters"));
     }
+    // Not upstream's: a name the kernel refuses, or one that would break the generated
+    // files or firewall script, is refused here rather than half way through an apply.
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "/:\"'\\;#{}".contains(c);
+    if name == "." || name == ".." || name.contains(bad) {
+        return Err(format!("name '{name}' is not a valid interface name"));
+    }
     Ok(())
 }
 
@@ -622,6 +628,18 @@ mod tests {
             "interface 0 name 'abcdefghijklmn' cannot be longer than 13 characters",
             |c| c.interfaces[0].name = "abcdefghijklmn".into(),
         ),
+        ("interface 0 name 'a b' is not a valid interface name", |c| {
+            c.interfaces[0].name = "a b".into()
+        }),
+        ("bond 0 name 'a\";x' is not a valid interface name", |c| {
+            c.bonds[0].name = "a\";x".into()
+        }),
+        ("vlan 0 name 'a/b' is not a valid interface name", |c| {
+            c.vlans[0].name = "a/b".into()
+        }),
+        ("wireguard 0 name '..' is not a valid interface name", |c| {
+            c.wireguard[0].name = "..".into()
+        }),
         ("interface 0 MTU out of range", |c| c.interfaces[0].mtu = 9001),
         ("interface 0 MTU out of range", |c| c.interfaces[0].mtu = -1),
         ("interface 0 role \"admin\" is unsupported", |c| {
