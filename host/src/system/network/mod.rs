@@ -5,4 +5,5 @@
 pub mod files;
 pub mod firewall;
 pub mod model;
+pub mod proxy;
 pub mod validate;
