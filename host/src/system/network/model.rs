@@ -85,6 +85,29 @@ pub struct SystemNetworkConfig {
     pub wireguard: Vec<SystemNetworkWireguard>,
 }
 
+impl SystemNetworkConfig {
+    /// The NICs whose permanent MAC must be put back before poweroff or suspend so a
+    /// Wake-on-LAN magic packet finds them (they run with a random MAC otherwise):
+    /// `(_p<m>, MAC)` for each interface, and each member of each bond, with `wakeonlan`.
+    pub fn wake_on_lan_macs(&self) -> Vec<(String, String)> {
+        let wol = |e: &Option<SystemNetworkEthernet>| e.as_ref().is_some_and(|e| e.wakeonlan);
+        let interfaces = self
+            .interfaces
+            .iter()
+            .filter(|i| wol(&i.ethernet))
+            .map(|i| &i.hwaddr);
+        let members = self
+            .bonds
+            .iter()
+            .filter(|b| wol(&b.ethernet))
+            .flat_map(|b| &b.members);
+        interfaces
+            .chain(members)
+            .map(|mac| (physical_port(mac), mac.clone()))
+            .collect()
+    }
+}
+
 /// A physical interface: becomes a bridge named `name` with the NIC as a port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemNetworkInterface {
@@ -934,6 +957,32 @@ mod tests {
         );
         assert_eq!(state.address_by_role("storage"), None);
         assert_eq!(state.interface_names_by_role("management"), ["a", "b"]);
+    }
+
+    #[test]
+    fn wake_on_lan_nics_are_the_interfaces_and_bond_members_with_it() {
+        let config: SystemNetworkConfig = serde_json::from_value(json!({
+            "interfaces": [
+                {"name": "a", "hwaddr": "00:00:00:00:00:0A", "ethernet": {"wakeonlan": true}},
+                {"name": "b", "hwaddr": "00:00:00:00:00:0b", "ethernet": {"disable_gro": true}},
+                {"name": "c", "hwaddr": "00:00:00:00:00:0c"}
+            ],
+            "bonds": [
+                {"name": "d", "members": ["00:00:00:00:00:0d", "00:00:00:00:00:0e"],
+                 "ethernet": {"wakeonlan": true}},
+                {"name": "f", "members": ["00:00:00:00:00:0f"]}
+            ]
+        }))
+        .unwrap();
+        let pair = |p: &str, m: &str| (p.to_string(), m.to_string());
+        assert_eq!(
+            config.wake_on_lan_macs(),
+            [
+                pair("_p00000000000a", "00:00:00:00:00:0A"),
+                pair("_p00000000000d", "00:00:00:00:00:0d"),
+                pair("_p00000000000e", "00:00:00:00:00:0e"),
+            ]
+        );
     }
 
     #[test]
