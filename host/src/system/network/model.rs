@@ -85,7 +85,46 @@ pub struct SystemNetworkConfig {
     pub wireguard: Vec<SystemNetworkWireguard>,
 }
 
+/// The time zone a `GET` shows when none is configured.
+pub const DEFAULT_TIMEZONE: &str = "UTC";
+
 impl SystemNetworkConfig {
+    /// The configuration of a machine without a network seed: every NIC (name and MAC, in
+    /// the order given) on DHCPv4 and SLAAC, not required for online, time zone UTC.
+    pub fn default_for_nics<'a>(nics: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        SystemNetworkConfig {
+            time: Some(SystemNetworkTime {
+                timezone: DEFAULT_TIMEZONE.into(),
+                ..Default::default()
+            }),
+            interfaces: nics
+                .into_iter()
+                .map(|(name, mac)| SystemNetworkInterface {
+                    name: name.into(),
+                    hwaddr: mac.into(),
+                    addresses: vec!["dhcp4".into(), "slaac".into()],
+                    required_for_online: "no".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the configuration defines a device a PUT may consist of: an interface, a
+    /// bond or a VLAN (WireGuard alone does not count, as upstream).
+    pub fn has_devices(&self) -> bool {
+        !(self.interfaces.is_empty() && self.bonds.is_empty() && self.vlans.is_empty())
+    }
+
+    /// Fills in [`DEFAULT_TIMEZONE`] when no time zone is set, as a `GET` shows it.
+    pub fn fill_default_timezone(&mut self) {
+        let time = self.time.get_or_insert_with(Default::default);
+        if time.timezone.is_empty() {
+            time.timezone = DEFAULT_TIMEZONE.into();
+        }
+    }
+
     /// The NICs whose permanent MAC must be put back before poweroff or suspend so a
     /// Wake-on-LAN magic packet finds them (they run with a random MAC otherwise):
     /// `(_p<m>, MAC)` for each interface, and each member of each bond, with `wakeonlan`.
@@ -957,6 +996,31 @@ mod tests {
         );
         assert_eq!(state.address_by_role("storage"), None);
         assert_eq!(state.interface_names_by_role("management"), ["a", "b"]);
+    }
+
+    #[test]
+    fn defaults_devices_and_time_zone() {
+        let config = SystemNetworkConfig::default_for_nics([("enp5s0", "00:16:3e:00:00:01")]);
+        assert_eq!(
+            serde_json::to_value(&config).unwrap(),
+            json!({"time": {"timezone": "UTC"}, "interfaces": [{"addresses": ["dhcp4", "slaac"],
+                "hwaddr": "00:16:3e:00:00:01", "name": "enp5s0", "required_for_online": "no"}]})
+        );
+        assert!(config.has_devices());
+
+        let mut config: SystemNetworkConfig =
+            serde_json::from_value(json!({"wireguard": [{"name": "wg0"}]})).unwrap();
+        assert!(!config.has_devices(), "WireGuard alone is no device");
+        config.fill_default_timezone();
+        assert_eq!(config.time.as_ref().unwrap().timezone, "UTC");
+        config.time.as_mut().unwrap().timezone = "Europe/Paris".into();
+        config.fill_default_timezone();
+        assert_eq!(config.time.as_ref().unwrap().timezone, "Europe/Paris");
+        for device in ["interfaces", "bonds", "vlans"] {
+            let config: SystemNetworkConfig =
+                serde_json::from_value(json!({ device: [{}] })).unwrap();
+            assert!(config.has_devices(), "{device}");
+        }
     }
 
     #[test]
