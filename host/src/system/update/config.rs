@@ -373,7 +373,7 @@ fn go_quote(s: &str) -> String {
 }
 
 /// Go decodes `null` into a field's zero value; so do we.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
