@@ -6,11 +6,13 @@
 //! to its services over the container's D-Bus socket.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use incus_osd::platform::kernel::KernelFiles;
+use incus_osd::platform::network::dbus::DbusNetwork;
 use incus_osd::platform::network::netlink::Netlink;
-use incus_osd::platform::network::{LinkState, Route};
-use incus_osd_test_machine::{tier3_or_return, Machine, NetNs};
+use incus_osd::platform::network::{LinkState, NetworkOs, Route};
+use incus_osd_test_machine::{tier3_or_return, Dnsmasq, Machine, NetNs};
 
 /// Packages the machine needs beside the base ones (networkd, hostnamed and timedated are
 /// part of `systemd` in Debian 12).
@@ -61,6 +63,24 @@ impl Bed {
             sys: self.m.host_path("/sys"),
         };
         Netlink::connect_in(&ns, sys).expect("netlink in the container's namespace")
+    }
+
+    /// The network OS calls against the container: its bus, its namespace, its root.
+    async fn os(&self) -> DbusNetwork {
+        DbusNetwork::connect(Some(self.m.bus_address()), self.netlink(), self.m.root())
+            .await
+            .expect("connect to the container's services")
+    }
+
+    fn set_hostname_inside(&self, name: &str) {
+        self.sh(&format!("hostname {name}"));
+    }
+
+    /// Writes `/run/systemd/network/<name>`.
+    fn network_file(&self, name: &str, text: &str) {
+        self.m
+            .write_file(format!("/run/systemd/network/{name}"), text)
+            .unwrap();
     }
 
     fn sh(&self, script: &str) -> String {
@@ -224,4 +244,339 @@ async fn netlink_sets_a_mac_brings_a_link_up_and_deletes_a_virtual_link() {
 
 async fn link_absent(nl: &Netlink, name: &str) -> bool {
     nl.link(name).await.unwrap().is_none()
+}
+
+/// nic0 with static IPv4 and IPv6 addresses, a route through the peer, an MTU, and the
+/// peer's dnsmasq as DNS server.
+const STATIC_NIC: &str = "[Match]\nName=nic0\n\n[Link]\nMTUBytes=1400\nRequiredForOnline=yes\n\n\
+[Network]\nAddress=192.0.2.2/24\nAddress=2001:db8::2/64\nDNS=192.0.2.1\n\n\
+[Route]\nDestination=198.51.100.0/24\nGateway=192.0.2.1\n";
+
+const ONLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networkd_brings_static_addresses_a_route_and_the_mtu_online_as_netlink_reads_them() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let _dns = Dnsmasq::builder(PEER)
+        .host("example.test", "192.0.2.53")
+        .start(&bed.peer)
+        .expect("dnsmasq");
+    bed.network_file("10-nic0.network", STATIC_NIC);
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+    os.wait_online(&[NIC.to_string()], ONLINE)
+        .await
+        .expect("nic0 online");
+
+    let status = os
+        .link_status(NIC)
+        .await
+        .unwrap()
+        .expect("networkd knows nic0");
+    assert_eq!(status.online_state.as_deref(), Some("online"));
+    assert_eq!(status.operational_state, "routable");
+    assert_eq!(status.address_state, "routable");
+    // Online does not wait for the last of networkd's configuration steps.
+    assert!(
+        ["configuring", "configured"].contains(&status.setup_state.as_str()),
+        "{status:?}"
+    );
+
+    let nic = link(os.netlink(), NIC).await;
+    assert_eq!(nic.mtu, 1400);
+    assert_eq!(nic.operstate, "up");
+    assert_eq!(nic.addresses, ["192.0.2.2/24", "2001:db8::2/64"]);
+    assert!(
+        nic.routes
+            .contains(&route("198.51.100.0/24", Some(PEER_V4))),
+        "{:?}",
+        nic.routes
+    );
+
+    // Traffic from the peer reaches the configured addresses and moves the counters.
+    bed.ping_from_peer("192.0.2.2");
+    bed.ping_from_peer("2001:db8::2");
+    let after = link(os.netlink(), NIC).await.stats;
+    assert!(
+        after.rx_packets >= nic.stats.rx_packets + 6,
+        "{:?} -> {after:?}",
+        nic.stats
+    );
+
+    // The same state through the trait object, from a blocking thread, as the subsystem
+    // calls it.
+    let os = std::sync::Arc::new(os);
+    let shared: std::sync::Arc<dyn NetworkOs> = os.clone();
+    let links = tokio::task::spawn_blocking(move || shared.links())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = links.iter().find(|l| l.name == NIC).unwrap();
+    assert_eq!(again.addresses, nic.addresses);
+
+    // DNS through resolved, using the server networkd handed it: a known name resolves,
+    // an unknown one is refused by the server, which still counts as DNS working.
+    os.check_dns("example.test", Duration::from_secs(10))
+        .await
+        .expect("resolves");
+    os.check_dns("linuxcontainers.org", Duration::from_secs(10))
+        .await
+        .expect("refused counts as working");
+    os.flush_dns_caches().await.expect("flush caches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networkd_takes_a_dhcp4_lease_and_default_route_from_dnsmasq() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let dnsmasq = Dnsmasq::builder(PEER)
+        .dhcp_range("192.0.2.100", "192.0.2.150")
+        .start(&bed.peer)
+        .expect("dnsmasq");
+    bed.network_file(
+        "10-nic0.network",
+        "[Match]\nName=nic0\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
+    );
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+    os.wait_online(&[NIC.to_string()], ONLINE)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ndnsmasq:\n{}", dnsmasq.log()));
+
+    let nic = link(os.netlink(), NIC).await;
+    assert_eq!(nic.addresses.len(), 1, "{:?}", nic.addresses);
+    let addr = &nic.addresses[0];
+    let ip = addr.strip_suffix("/24").expect("a /24 lease");
+    let last: u8 = ip.strip_prefix("192.0.2.").unwrap().parse().unwrap();
+    assert!((100..=150).contains(&last), "{addr} outside the range");
+    assert!(
+        dnsmasq.leases().contains(ip),
+        "dnsmasq's leases: {}",
+        dnsmasq.leases()
+    );
+    assert!(
+        nic.routes.contains(&route("default", Some(PEER_V4))),
+        "{:?}",
+        nic.routes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_online_times_out_naming_each_device_that_does_not_come_up() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    // v1's peer v2 stays down: v1 never gets a carrier. nic9 does not exist.
+    bed.sh("ip link add v1 type veth peer name v2");
+    bed.network_file("10-nic0.network", STATIC_NIC);
+    bed.network_file(
+        "20-v1.network",
+        "[Match]\nName=v1\n\n[Network]\nAddress=10.9.0.1/24\n",
+    );
+    bed.network_file(
+        "30-nic9.network",
+        "[Match]\nName=nic9\n\n[Network]\nAddress=10.8.0.1/24\n",
+    );
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+
+    let started = Instant::now();
+    let want = ["nic0", "v1", "nic9"].map(String::from);
+    let e = os
+        .wait_online(&want, Duration::from_secs(4))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(
+        e.0,
+        "timed out after 4s waiting for network devices to come online: \
+         v1 (online state offline, operational state no-carrier), \
+         nic9 (unknown to systemd-networkd)"
+    );
+    // nic0 alone is online.
+    os.wait_online(&want[..1], Duration::from_secs(1))
+        .await
+        .expect("nic0 online");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_and_timezone_set_through_hostnamed_and_timedated_read_back() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let os = bed.os().await;
+
+    os.set_hostname("incus-net-t3").await.expect("set hostname");
+    assert_eq!(os.hostname().await.unwrap(), "incus-net-t3");
+    assert_eq!(bed.sh("cat /etc/hostname").trim(), "incus-net-t3");
+    assert_eq!(
+        bed.sh("cat /proc/sys/kernel/hostname").trim(),
+        "incus-net-t3"
+    );
+    let e = os.set_hostname("-bad name").await.unwrap_err();
+    assert!(
+        e.0.starts_with("cannot set the hostname to \"-bad name\": "),
+        "{e}"
+    );
+    assert_eq!(os.hostname().await.unwrap(), "incus-net-t3", "unchanged");
+
+    os.set_timezone("Europe/Paris").await.expect("set timezone");
+    assert_eq!(os.timezone().await.unwrap(), "Europe/Paris");
+    assert_eq!(
+        bed.sh("readlink /etc/localtime").trim(),
+        "../usr/share/zoneinfo/Europe/Paris"
+    );
+    let e = os.set_timezone("Mars/Olympus_Mons").await.unwrap_err();
+    assert!(
+        e.0.starts_with("cannot set the time zone to \"Mars/Olympus_Mons\": "),
+        "{e}"
+    );
+    assert_eq!(os.timezone().await.unwrap(), "Europe/Paris", "unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_check_fails_with_resolveds_reason_when_no_server_is_known() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    // No compiled-in fallback servers either.
+    bed.m
+        .write_file(
+            "/run/systemd/resolved.conf.d/t3.conf",
+            "[Resolve]\nFallbackDNS=\n",
+        )
+        .unwrap();
+    bed.sh("systemctl restart systemd-resolved");
+    let os = bed.os().await;
+    os.flush_dns_caches().await.expect("flush caches");
+    let started = Instant::now();
+    let e = os
+        .check_dns("linuxcontainers.org", Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(
+        e.0.starts_with(
+            "DNS does not work: resolving linuxcontainers.org failed for 2s: \
+             org.freedesktop.resolve1.NoNameServers: "
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timesyncd_restart_waits_then_reports_no_sync_without_a_server() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let os = bed.os().await;
+    // Debian's unit skips containers and machines without CAP_SYS_TIME: a restart that
+    // starts nothing is an error.
+    let e = os
+        .restart_timesyncd_and_wait(Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.0,
+        "systemd-timesyncd.service started but stopped right after"
+    );
+    // Lifted, it runs, finds no server and the wait ends at the timeout, without error.
+    bed.m
+        .write_file(
+            "/run/systemd/system/systemd-timesyncd.service.d/t3.conf",
+            "[Unit]\nConditionVirtualization=\nConditionCapability=\n",
+        )
+        .unwrap();
+    bed.sh("systemctl daemon-reload");
+    let started = Instant::now();
+    let synced = os
+        .restart_timesyncd_and_wait(Duration::from_secs(3))
+        .await
+        .expect("restart timesyncd");
+    let took = started.elapsed();
+    assert!(!synced);
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert_eq!(
+        bed.sh("systemctl is-active systemd-timesyncd").trim(),
+        "active"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_netdev_networkd_created_removes_the_link() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    bed.network_file("05-br9.netdev", "[NetDev]\nName=br9\nKind=bridge\n");
+    bed.network_file(
+        "05-br9.network",
+        "[Match]\nName=br9\n\n[Network]\nConfigureWithoutCarrier=yes\n",
+    );
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+    let nl = os.netlink();
+    let made = tokio::time::timeout(ONLINE, async {
+        while nl.link("br9").await.unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(made.is_ok(), "networkd did not create br9");
+    assert_eq!(link(nl, "br9").await.kind.as_deref(), Some("bridge"));
+    assert!(os.link_status("br9").await.unwrap().is_some());
+
+    let os: std::sync::Arc<dyn NetworkOs> = std::sync::Arc::new(os);
+    let deleted = tokio::task::spawn_blocking(move || {
+        let first = os.delete_link("br9");
+        let again = os.delete_link("br9");
+        let left = os.links().map(|l| l.iter().any(|l| l.name == "br9"));
+        (first, again, left)
+    })
+    .await
+    .unwrap();
+    assert_eq!(deleted, (Ok(true), Ok(false), Ok(false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lldp_neighbours_networkd_heard_are_read_back() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    bed.set_hostname_inside("lldp-sender");
+    // networkd talks LLDP with itself across a veth pair: v1 sends, v2 listens.
+    bed.sh("ip link add v1 type veth peer name v2");
+    bed.network_file(
+        "20-v1.network",
+        "[Match]\nName=v1\n\n[Network]\nLinkLocalAddressing=no\nEmitLLDP=yes\n",
+    );
+    bed.network_file(
+        "20-v2.network",
+        "[Match]\nName=v2\n\n[Network]\nLinkLocalAddressing=no\nLLDP=yes\n",
+    );
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+    assert_eq!(
+        os.lldp_neighbors("v1").await.unwrap(),
+        [],
+        "v1 does not listen"
+    );
+
+    let deadline = Instant::now() + ONLINE;
+    let heard = loop {
+        let n = os.lldp_neighbors("v2").await.expect("lldp");
+        if !n.is_empty() || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let machine_id = bed.sh("cat /etc/machine-id").trim().to_string();
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].chassis_id, machine_id);
+    assert_eq!(heard[0].port_id, "v1");
+    assert_eq!(heard[0].name, "lldp-sender");
+
+    let e = os.lldp_neighbors("nope0").await.unwrap_err();
+    assert_eq!(e.0, "no network link named nope0");
 }

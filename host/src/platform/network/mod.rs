@@ -3,9 +3,133 @@
 //! D-Bus. No `ip`, `networkctl`, `hostnamectl`, `timedatectl` or `resolvectl` output is
 //! parsed (see docs/network-platform.md).
 
+pub mod dbus;
+pub mod fake;
+pub mod lldp;
 pub mod netlink;
 
+use std::time::Duration;
+
 use serde::Serialize;
+
+use super::PlatformError;
+
+/// The OS calls of the network subsystem. The live implementation is
+/// [`dbus::DbusNetwork`]; the subsystem's own tests use a fake. Calls are synchronous and
+/// may block (D-Bus calls, waits): call them from blocking threads, never from an async
+/// task.
+pub trait NetworkOs: Send + Sync {
+    /// Every link of the machine with addresses, routes, counters and speed (netlink).
+    fn links(&self) -> Result<Vec<LinkState>, PlatformError>;
+    /// Sets a link's MAC address (`aa:bb:cc:dd:ee:ff`): used to put a NIC's permanent
+    /// address back before power-off or suspend, so Wake-on-LAN packets match it.
+    fn set_mac(&self, link: &str, mac: &str) -> Result<(), PlatformError>;
+    /// Sets a link administratively up.
+    fn set_link_up(&self, link: &str) -> Result<(), PlatformError>;
+    /// Deletes a virtual link (bridge, veth, bond, vlan, ...) as `networkctl delete`
+    /// does; `Ok(false)` when there is none of that name.
+    fn delete_link(&self, link: &str) -> Result<bool, PlatformError>;
+    /// Restarts systemd-networkd (through systemd) and waits for the restart job.
+    fn restart_networkd(&self) -> Result<(), PlatformError>;
+    /// Asks systemd-networkd to re-read its configuration (`Reload`).
+    fn reload_networkd(&self) -> Result<(), PlatformError>;
+    /// networkd's view of a link (online, address and operational state); `None` when
+    /// networkd does not know it.
+    fn link_status(&self, link: &str) -> Result<Option<LinkStatus>, PlatformError>;
+    /// LLDP neighbours networkd heard on a link.
+    fn lldp_neighbors(&self, link: &str) -> Result<Vec<LldpNeighbor>, PlatformError>;
+    /// Waits until each of `links` is online for networkd and has a routable
+    /// (non-link-local) address; an error naming the links still waiting after `timeout`.
+    fn wait_online(&self, links: &[String], timeout: Duration) -> Result<(), PlatformError>;
+    /// Sets the static and the transient hostname (hostnamed).
+    fn set_hostname(&self, name: &str) -> Result<(), PlatformError>;
+    /// The hostname in use (hostnamed).
+    fn hostname(&self) -> Result<String, PlatformError>;
+    /// Sets the time zone, an IANA name (timedated); an unknown zone is an error.
+    fn set_timezone(&self, tz: &str) -> Result<(), PlatformError>;
+    /// The time zone (timedated).
+    fn timezone(&self) -> Result<String, PlatformError>;
+    /// Empties resolved's caches (`:flush-dns`).
+    fn flush_dns_caches(&self) -> Result<(), PlatformError>;
+    /// Resolves `name` through resolved until a server answers, for at most `timeout`;
+    /// "no such name" and "refused" count as answers.
+    fn check_dns(&self, name: &str, timeout: Duration) -> Result<(), PlatformError>;
+    /// Restarts systemd-timesyncd and waits up to `timeout` for its first NTP reply;
+    /// `Ok(false)` when none came (time sync is not fatal to a network change).
+    fn restart_timesyncd_and_wait(&self, timeout: Duration) -> Result<bool, PlatformError>;
+}
+
+/// networkd's state of one link (from its `Describe` JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinkStatus {
+    /// `online`, `partial`, `offline`; `None` when the link is not required for online
+    /// or networkd does not manage it.
+    pub online_state: Option<String>,
+    /// `off`, `no-carrier`, `dormant`, `degraded-carrier`, `carrier`, `degraded`,
+    /// `enslaved`, `routable`.
+    pub operational_state: String,
+    /// `off`, `degraded`, `routable`.
+    pub address_state: String,
+    /// `pending`, `initialized`, `configuring`, `configured`, `unmanaged`, `failed`,
+    /// `linger`.
+    pub setup_state: String,
+}
+
+impl LinkStatus {
+    /// From networkd's link description (a JSON object).
+    pub fn from_json(json: &str) -> Result<LinkStatus, PlatformError> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| PlatformError(format!("networkd's link description: {e}")))?;
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Ok(LinkStatus {
+            online_state: field("OnlineState"),
+            operational_state: field("OperationalState").unwrap_or_default(),
+            address_state: field("AddressState").unwrap_or_default(),
+            // `AdministrativeState` in systemd 252's JSON.
+            setup_state: field("SetupState")
+                .or_else(|| field("AdministrativeState"))
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// One LLDP neighbour of a link.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LldpNeighbor {
+    pub chassis_id: String,
+    pub port_id: String,
+    /// The neighbour's system name, if it sent one.
+    pub name: String,
+    /// The neighbour's port description, if it sent one.
+    pub port_description: String,
+}
+
+impl LldpNeighbor {
+    /// From networkd's `GetLLDPNeighbors` reply parameters (`{"Neighbors": [...]}`).
+    pub fn from_varlink(reply: &serde_json::Value) -> Vec<LldpNeighbor> {
+        let list = reply
+            .get("Neighbors")
+            .and_then(|n| n.as_array())
+            .cloned()
+            .unwrap_or_default();
+        list.iter()
+            .map(|n| {
+                let f = |k: &str| {
+                    n.get(k)
+                        .and_then(|x| x.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                LldpNeighbor {
+                    chassis_id: f("ChassisID"),
+                    port_id: f("PortID"),
+                    name: f("SystemName"),
+                    port_description: f("PortDescription"),
+                }
+            })
+            .collect()
+    }
+}
 
 /// One network link as the kernel reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
