@@ -327,6 +327,41 @@ async fn networkd_brings_static_addresses_a_route_and_the_mtu_online_as_netlink_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_changed_network_file_without_restarting_networkd() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let file = |addr: &str| format!("[Match]\nName=nic0\n\n[Network]\nAddress={addr}\n");
+    bed.network_file("10-nic0.network", &file("192.0.2.2/24"));
+    let os = bed.os().await;
+    os.restart_networkd().await.expect("restart networkd");
+    os.wait_online(&[NIC.to_string()], ONLINE)
+        .await
+        .expect("online");
+    let pid = bed.sh("systemctl show -P MainPID systemd-networkd");
+
+    bed.network_file("10-nic0.network", &file("192.0.2.3/24"));
+    os.reload_networkd().await.expect("reload");
+    let deadline = Instant::now() + ONLINE;
+    loop {
+        let nic = link(os.netlink(), NIC).await;
+        if nic.addresses.contains(&"192.0.2.3/24".to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new address: {:?}",
+            nic.addresses
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bed.sh("systemctl show -P MainPID systemd-networkd"),
+        pid,
+        "not restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networkd_takes_a_dhcp4_lease_and_default_route_from_dnsmasq() {
     tier3_or_return!();
     let bed = Bed::new().await;

@@ -8,11 +8,41 @@ pub mod fake;
 pub mod lldp;
 pub mod netlink;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::PlatformError;
+use super::kernel::KernelFiles;
+use super::{Mode, PlatformError};
+
+/// The network OS for the daemon: live when `mode` is [`Mode::Live`] (netlink in the
+/// daemon's own namespace, the services on `bus`, or on the system bus when `None`, files
+/// under `root`), else [`fake::Unavailable`] with the offline reason; also `Unavailable`,
+/// with the cause logged, when the bus or netlink cannot be reached. Call it inside a
+/// tokio runtime.
+pub async fn connect(
+    mode: &Mode,
+    root: &Path,
+    bus: Option<&str>,
+    kernel: KernelFiles,
+) -> Arc<dyn NetworkOs> {
+    if let Mode::Offline(why) = mode {
+        return Arc::new(fake::Unavailable::new(why));
+    }
+    let live = async {
+        let nl = netlink::Netlink::connect(kernel)?;
+        dbus::DbusNetwork::connect(bus, nl, root).await
+    };
+    match live.await {
+        Ok(n) => Arc::new(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "the network services are not reachable");
+            Arc::new(fake::Unavailable::new(&e.0))
+        }
+    }
+}
 
 /// The OS calls of the network subsystem. The live implementation is
 /// [`dbus::DbusNetwork`]; the subsystem's own tests use a fake. Calls are synchronous and
@@ -182,4 +212,45 @@ pub struct Route {
     pub to: String,
     pub via: Option<String>,
     pub ipv6: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_offline_daemon_gets_a_network_that_refuses_with_the_reason() {
+        let root = Path::new("/tmp/dev-root");
+        let os = connect(
+            &Mode::Offline("offline: dev root".into()),
+            root,
+            None,
+            KernelFiles::under(root),
+        )
+        .await;
+        let e = std::thread::scope(|s| s.spawn(|| os.links()).join().unwrap()).unwrap_err();
+        assert_eq!(
+            e.0,
+            "cannot list network links: the network is not reachable (offline: dev root)"
+        );
+    }
+
+    #[test]
+    fn link_status_reads_networkds_description_of_either_version() {
+        let newer = r#"{"OnlineState":"online","OperationalState":"routable","AddressState":"routable","SetupState":"configured"}"#;
+        let v252 = r#"{"OperationalState":"no-carrier","AddressState":"off","AdministrativeState":"configuring"}"#;
+        assert_eq!(
+            LinkStatus::from_json(newer).unwrap(),
+            LinkStatus {
+                online_state: Some("online".into()),
+                operational_state: "routable".into(),
+                address_state: "routable".into(),
+                setup_state: "configured".into(),
+            }
+        );
+        let old = LinkStatus::from_json(v252).unwrap();
+        assert_eq!(old.online_state, None);
+        assert_eq!(old.setup_state, "configuring");
+        assert!(LinkStatus::from_json("not json").is_err());
+    }
 }
