@@ -7,7 +7,8 @@
 //! * [`Swtpm`] — a software TPM 2.0 on a loopback TCP port pair, with its TCTI string.
 //! * [`LoopDevice`] — a sparse file attached as a loop device, optionally formatted.
 //! * [`NetNs`] — a named network namespace with veth pairs and bridges inside.
-//! * [`Dnsmasq`] — a DHCPv4 and DNS server in a [`NetNs`].
+//! * [`Dnsmasq`] — a DHCPv4 and DNS server in a [`NetNs`]; [`NtpServer`] — an NTP server
+//!   there.
 //! * [`journal_from_text`] — a real `.journal` file written by `systemd-journal-remote`
 //!   from export-format entries, several boots included.
 //! * [`require_root_tier`] — the gate every tier-3 test calls first.
@@ -26,6 +27,7 @@ mod journal;
 mod loopdev;
 mod machine;
 mod netns;
+mod ntp;
 mod process;
 mod rootfs;
 mod swtpm;
@@ -38,6 +40,7 @@ pub use journal::{
 pub use loopdev::{Filesystem, LoopDevice, Mounted};
 pub use machine::{Machine, MachineBuilder, HOST_DEVTMPFS, LOOP_DEVICES};
 pub use netns::NetNs;
+pub use ntp::NtpServer;
 pub use process::CommandOutput;
 pub use rootfs::{rootfs, tier3_dir, BASE_PACKAGES};
 pub use swtpm::Swtpm;

@@ -360,24 +360,30 @@ impl DbusNetwork {
     pub async fn check_dns(&self, name: &str, timeout: Duration) -> Result<(), PlatformError> {
         let r = self.resolved().await?;
         let deadline = Instant::now() + timeout;
+        let pause = Duration::from_millis(500);
+        let mut last = None;
         loop {
             let attempt =
                 tokio::time::timeout_at(deadline, r.resolve_hostname(0, name, 0, 0)).await;
-            let last = match attempt {
+            match attempt {
                 Ok(Ok(_)) => return Ok(()),
                 Ok(Err(zbus::Error::MethodError(n, _, _))) if dns_answered(n.as_str()) => {
                     return Ok(())
                 }
-                Ok(Err(e)) => dbus_message(e),
-                Err(_) => "no answer in time".to_string(),
-            };
-            if Instant::now() >= deadline {
+                Ok(Err(e)) => last = Some(dbus_message(e)),
+                // A reason resolved gave earlier says more than a cut-off last attempt.
+                Err(_) => {
+                    last.get_or_insert_with(|| "no answer in time".to_string());
+                }
+            }
+            if Instant::now() + pause >= deadline {
                 return Err(PlatformError(format!(
-                    "DNS does not work: resolving {name} failed for {}s: {last}",
-                    timeout.as_secs()
+                    "DNS does not work: resolving {name} failed for {}s: {}",
+                    timeout.as_secs(),
+                    last.unwrap_or_default()
                 )));
             }
-            tokio::time::sleep(POLL.max(Duration::from_millis(500))).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -424,9 +430,10 @@ fn dns_answered(error_name: &str) -> bool {
     )
 }
 
-/// A reply arrived: its destination (arrival) timestamp is set.
+/// timesyncd accepted a reply (it records the arrival time only then) and did not set it
+/// aside as a spike.
 fn ntp_synchronised(m: &NtpMessage) -> bool {
-    m.11 != 0
+    m.11 != 0 && !m.12
 }
 
 /// One varlink call on a unix socket: the request and the reply are JSON objects, each
