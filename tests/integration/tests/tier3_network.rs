@@ -260,6 +260,7 @@ async fn networkd_brings_static_addresses_a_route_and_the_mtu_online_as_netlink_
     let bed = Bed::new().await;
     let _dns = Dnsmasq::builder(PEER)
         .host("example.test", "192.0.2.53")
+        .no_such_domain("gone.test")
         .start(&bed.peer)
         .expect("dnsmasq");
     bed.network_file("10-nic0.network", STATIC_NIC);
@@ -315,14 +316,21 @@ async fn networkd_brings_static_addresses_a_route_and_the_mtu_online_as_netlink_
     let again = links.iter().find(|l| l.name == NIC).unwrap();
     assert_eq!(again.addresses, nic.addresses);
 
-    // DNS through resolved, using the server networkd handed it: a known name resolves,
-    // an unknown one is refused by the server, which still counts as DNS working.
+    // DNS through resolved, using the server networkd handed it: a known name resolves;
+    // an unknown one is refused by the server, and a name it says does not exist gets
+    // NXDOMAIN: both still count as DNS working.
     os.check_dns("example.test", Duration::from_secs(10))
         .await
         .expect("resolves");
     os.check_dns("linuxcontainers.org", Duration::from_secs(10))
         .await
         .expect("refused counts as working");
+    os.check_dns("gone.test", Duration::from_secs(10))
+        .await
+        .expect("no such domain counts as working");
+    let out = bed.m.run(&["resolvectl", "query", "gone.test"]).unwrap();
+    // resolvectl's words for NXDOMAIN.
+    assert_eq!(out.stderr.trim(), "gone.test: Name 'gone.test' not found");
     os.flush_dns_caches().await.expect("flush caches");
 }
 

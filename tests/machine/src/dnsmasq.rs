@@ -12,7 +12,8 @@ const LOG_PREFIX: &str = "incus-osd-dnsmasq";
 
 /// `dnsmasq` running in the foreground inside a network namespace; stopped (by PID) on
 /// drop. It answers DHCPv4 on one interface, and DNS: names given to
-/// [`DnsmasqBuilder::host`] resolve, every other name is refused (it has no upstream).
+/// [`DnsmasqBuilder::host`] resolve, those under [`DnsmasqBuilder::no_such_domain`] get
+/// NXDOMAIN, every other name is refused (it has no upstream).
 #[derive(Debug)]
 pub struct Dnsmasq {
     child: Option<Child>,
@@ -25,6 +26,7 @@ pub struct DnsmasqBuilder {
     interface: String,
     range: Option<(String, String)>,
     hosts: Vec<(String, String)>,
+    nxdomains: Vec<String>,
 }
 
 impl Dnsmasq {
@@ -35,6 +37,7 @@ impl Dnsmasq {
             interface: interface.to_string(),
             range: None,
             hosts: Vec::new(),
+            nxdomains: Vec::new(),
         }
     }
 
@@ -75,6 +78,12 @@ impl DnsmasqBuilder {
         self
     }
 
+    /// Answers `domain` and every name under it with "no such domain" (NXDOMAIN).
+    pub fn no_such_domain(mut self, domain: &str) -> DnsmasqBuilder {
+        self.nxdomains.push(domain.to_string());
+        self
+    }
+
     /// Starts it in `ns` and waits until it has started (10 s at most).
     pub fn start(self, ns: &NetNs) -> Result<Dnsmasq> {
         let dir = owned_tempdir(LOG_PREFIX)?;
@@ -105,6 +114,9 @@ impl DnsmasqBuilder {
         }
         for (name, ip) in &self.hosts {
             cmd.arg(format!("--address=/{name}/{ip}"));
+        }
+        for domain in &self.nxdomains {
+            cmd.arg(format!("--address=/{domain}/"));
         }
         let child = cmd
             .stdin(Stdio::null())
