@@ -1,9 +1,9 @@
 //! Tier 3: the network subsystem's OS calls against real parts. A container with its own
 //! network namespace runs systemd-networkd, resolved, hostnamed, timedated and timesyncd;
 //! its "physical" NIC `nic0` is one end of a veth pair whose other end, `peer0`, sits in a
-//! peer namespace on the host with `dnsmasq` (DHCPv4 and DNS) behind it. The host reads the
-//! container's links over a netlink socket opened in the container's namespace and talks
-//! to its services over the container's D-Bus socket.
+//! peer namespace on the host with `dnsmasq` (DHCPv4 and DNS) and an NTP server behind it.
+//! The host reads the container's links over a netlink socket opened in the container's
+//! namespace and talks to its services over the container's D-Bus socket.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
