@@ -7,6 +7,7 @@
 pub mod journal;
 pub mod kernel;
 pub mod limits;
+pub mod network;
 pub mod notify;
 pub mod socket;
 pub mod systemd;
