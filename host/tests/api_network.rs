@@ -284,6 +284,8 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
         e.net.calls(),
         [
             "set_hostname host1",
+            // No udev here: the NIC is renamed over netlink.
+            "rename_link eth0 _p525400123456",
             "wait_online _veth0",
             "check_dns linuxcontainers.org",
             "restart_timesyncd_and_wait"
@@ -312,6 +314,10 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
     assert_eq!(eth0["roles"], json!(["management", "cluster"]));
     let eth1 = &v["state"]["interfaces"]["eth1"];
     assert_eq!(eth1["type"], "physical");
+    assert!(
+        v["state"]["interfaces"].get("_p525400123456").is_none(),
+        "the renamed NIC is the configured interface's port, not shown apart"
+    );
     assert_eq!(v["state"]["configuration_in_process"], false);
 }
 

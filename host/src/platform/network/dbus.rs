@@ -496,6 +496,9 @@ impl NetworkOs for DbusNetwork {
     fn set_link_up(&self, link: &str) -> Result<(), PlatformError> {
         self.block(self.netlink.set_up(link))
     }
+    fn rename_link(&self, link: &str, new_name: &str) -> Result<(), PlatformError> {
+        self.block(self.netlink.rename(link, new_name))
+    }
     fn delete_link(&self, link: &str) -> Result<bool, PlatformError> {
         self.block(self.netlink.delete(link))
     }

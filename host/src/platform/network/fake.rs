@@ -39,6 +39,9 @@ impl NetworkOs for Unavailable {
     fn set_link_up(&self, link: &str) -> Result<(), PlatformError> {
         self.refuse(&format!("set {link} up"))
     }
+    fn rename_link(&self, link: &str, new_name: &str) -> Result<(), PlatformError> {
+        self.refuse(&format!("rename link {link} to {new_name}"))
+    }
     fn delete_link(&self, link: &str) -> Result<bool, PlatformError> {
         self.refuse(&format!("delete link {link}"))
     }
@@ -145,6 +148,16 @@ impl NetworkOs for FakeNetworkOs {
     fn set_link_up(&self, link: &str) -> Result<(), PlatformError> {
         self.record(format!("set_link_up {link}"));
         Ok(())
+    }
+    fn rename_link(&self, link: &str, new_name: &str) -> Result<(), PlatformError> {
+        self.record(format!("rename_link {link} {new_name}"));
+        self.with(|s| match s.links.iter_mut().find(|l| l.name == link) {
+            Some(l) => {
+                l.name = new_name.to_string();
+                Ok(())
+            }
+            None => Err(PlatformError(format!("no network link named {link}"))),
+        })
     }
     fn delete_link(&self, link: &str) -> Result<bool, PlatformError> {
         self.record(format!("delete_link {link}"));

@@ -56,6 +56,9 @@ pub trait NetworkOs: Send + Sync {
     fn set_mac(&self, link: &str, mac: &str) -> Result<(), PlatformError>;
     /// Sets a link administratively up.
     fn set_link_up(&self, link: &str) -> Result<(), PlatformError>;
+    /// Renames a link (taken down for it, as the kernel requires, and left down: networkd
+    /// brings up what it manages).
+    fn rename_link(&self, link: &str, new_name: &str) -> Result<(), PlatformError>;
     /// Deletes a virtual link (bridge, veth, bond, vlan, ...) as `networkctl delete`
     /// does; `Ok(false)` when there is none of that name.
     fn delete_link(&self, link: &str) -> Result<bool, PlatformError>;

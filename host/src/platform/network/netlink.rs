@@ -178,6 +178,27 @@ impl Netlink {
             .map_err(|e| err(&format!("cannot set the MAC address of {name} to {mac}"), e))
     }
 
+    /// Renames a link: down first (the kernel renames only links that are down).
+    pub async fn rename(&self, name: &str, new_name: &str) -> Result<(), PlatformError> {
+        let index = self.existing(name).await?;
+        let down = LinkUnspec::new_with_index(index).down().build();
+        self.handle
+            .link()
+            .set(down)
+            .execute()
+            .await
+            .map_err(|e| err(&format!("cannot set {name} down"), e))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .name(new_name.to_string())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| err(&format!("cannot rename {name} to {new_name}"), e))
+    }
+
     /// Sets a link administratively up.
     pub async fn set_up(&self, name: &str) -> Result<(), PlatformError> {
         let index = self.existing(name).await?;

@@ -279,6 +279,8 @@ fn steps(
     }
     .map_err(|e| e.to_string())?;
 
+    rename_nics(ctx, config)?;
+
     // Firewall: one transaction; on rollback the previous configuration's rules.
     nft(&ctx.host, &ruleset)?;
     undo.on_rollback("firewall rules", move |h| {
@@ -307,6 +309,79 @@ fn steps(
         Ok(true) => {}
         Ok(false) => tracing::warn!("no time synchronisation yet: the system time may be wrong"),
         Err(e) => tracing::warn!(error = %e, "cannot restart time synchronisation"),
+    }
+    Ok(())
+}
+
+/// How long udev gets to rename the NICs after their "add" events are replayed.
+const UDEV_RENAME_WAIT: Duration = Duration::from_secs(5);
+
+/// Gives every configured NIC its `_p<m>` name. udev does it from the `.link` files (which
+/// also set the NIC's MAC policy, MTU and offloads) when it runs: its "add" events are
+/// replayed and the renames waited for. A NIC still under another name after that (no
+/// udev, as in a container) is renamed over netlink, so networkd finds it.
+fn rename_nics(ctx: &Context, config: &SystemNetworkConfig) -> Result<(), String> {
+    let wanted: Vec<(String, String)> = config
+        .interfaces
+        .iter()
+        .map(|i| i.hwaddr.to_lowercase())
+        .chain(
+            config
+                .bonds
+                .iter()
+                .flat_map(|b| b.members.iter().map(|m| m.to_lowercase())),
+        )
+        .map(|mac| (super::model::physical_port(&mac), mac))
+        .collect();
+    let missing = |links: &[crate::platform::network::LinkState]| -> Vec<(String, String)> {
+        wanted
+            .iter()
+            .filter(|(port, _)| !links.iter().any(|l| &l.name == port))
+            .cloned()
+            .collect()
+    };
+    let links = ctx.os.links().map_err(os_err)?;
+    if missing(&links).is_empty() {
+        return Ok(());
+    }
+    let udev = ctx
+        .host
+        .run(
+            &[
+                "udevadm",
+                "trigger",
+                "--action=add",
+                "--subsystem-match=net",
+            ],
+            Duration::from_secs(10),
+        )
+        .is_ok_and(|o| o.status == 0);
+    let mut links = links;
+    if udev {
+        let _ = ctx.host.run(&["udevadm", "settle"], UDEV_RENAME_WAIT);
+        let until = Instant::now() + UDEV_RENAME_WAIT;
+        while !missing(&links).is_empty() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(100));
+            links = ctx.os.links().map_err(os_err)?;
+        }
+    }
+    for (port, mac) in missing(&links) {
+        let nic = links.iter().find(|l| {
+            let own = l.permanent_mac.as_deref().or(l.mac.as_deref());
+            own.is_some_and(|m| m.eq_ignore_ascii_case(&mac))
+                && !l.name.starts_with('_')
+                && !matches!(
+                    l.kind.as_deref(),
+                    Some("bridge" | "bond" | "vlan" | "wireguard")
+                )
+        });
+        match nic {
+            Some(l) => {
+                tracing::info!(nic = %l.name, name = %port, "renaming the NIC");
+                ctx.os.rename_link(&l.name, &port).map_err(os_err)?;
+            }
+            None => return Err(format!("no network interface has the MAC address {mac}")),
+        }
     }
     Ok(())
 }
