@@ -280,12 +280,21 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
     );
     // The interface name became its MAC in what is stored.
     assert_eq!(e.stored()["config"]["interfaces"][0]["hwaddr"], MAC);
+    let calls = e.net.calls();
+    let random = calls[2].rsplit(' ').next().unwrap().to_string();
+    let first: u8 = u8::from_str_radix(&random[..2], 16).unwrap();
     assert_eq!(
-        e.net.calls(),
+        first & 0x03,
+        0x02,
+        "unicast, locally administered: {random}"
+    );
+    assert_eq!(
+        calls,
         [
             "set_hostname host1",
             // No udev here: the NIC is renamed over netlink.
             "rename_link eth0 _p525400123456",
+            &format!("set_mac _p525400123456 {random}"),
             "wait_online _veth0",
             "check_dns linuxcontainers.org",
             "restart_timesyncd_and_wait"

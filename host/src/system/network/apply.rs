@@ -319,7 +319,9 @@ const UDEV_RENAME_WAIT: Duration = Duration::from_secs(5);
 /// Gives every configured NIC its `_p<m>` name. udev does it from the `.link` files (which
 /// also set the NIC's MAC policy, MTU and offloads) when it runs: its "add" events are
 /// replayed and the renames waited for. A NIC still under another name after that (no
-/// udev, as in a container) is renamed over netlink, so networkd finds it.
+/// udev, as in a container) is renamed over netlink, so networkd finds it, and given a
+/// random MAC as the `.link` file asks (the MTU and offload settings then stay as they
+/// are).
 fn rename_nics(ctx: &Context, config: &SystemNetworkConfig) -> Result<(), String> {
     let wanted: Vec<(String, String)> = config
         .interfaces
@@ -377,13 +379,28 @@ fn rename_nics(ctx: &Context, config: &SystemNetworkConfig) -> Result<(), String
         });
         match nic {
             Some(l) => {
-                tracing::info!(nic = %l.name, name = %port, "renaming the NIC");
+                // What the `.link` file would have had udev do: the name, and a random
+                // MAC (the configured one is the host side's, on the same bridge).
+                let random = random_mac()?;
+                tracing::info!(nic = %l.name, name = %port, mac = %random, "renaming the NIC");
                 ctx.os.rename_link(&l.name, &port).map_err(os_err)?;
+                ctx.os.set_mac(&port, &random).map_err(os_err)?;
             }
             None => return Err(format!("no network interface has the MAC address {mac}")),
         }
     }
     Ok(())
+}
+
+/// A random unicast, locally administered MAC (`MACAddressPolicy=random`).
+fn random_mac() -> Result<String, String> {
+    let mut b = [0u8; 6];
+    getrandom::getrandom(&mut b).map_err(|e| format!("cannot make a MAC address: {e}"))?;
+    b[0] = (b[0] & 0xfe) | 0x02;
+    Ok(b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":"))
 }
 
 /// Loads an `nft -f` script.
