@@ -446,3 +446,43 @@ async fn flush_dns_asks_resolved() {
         .await;
     assert_eq!(s, 501);
 }
+
+#[tokio::test]
+async fn state_shows_lldp_neighbours_and_bond_members() {
+    let e = env();
+    e.net.state.lock().unwrap().lldp.insert(
+        "_p525400123456".into(),
+        vec![incus_osd::platform::network::LldpNeighbor {
+            chassis_id: "00:11:22:33:44:55".into(),
+            port_id: "swp7".into(),
+            name: "switch1".into(),
+            port_description: "uplink".into(),
+        }],
+    );
+    let config = json!({
+        "interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4"]}],
+        "bonds": [{"name": "bond0", "mode": "active-backup", "members": [OTHER_MAC],
+                   "addresses": ["10.1.0.2/24"], "required_for_online": "no"}]
+    });
+    let (s, v) = e.put(config).await;
+    assert_eq!(s, 200, "{v}");
+    let files = e.files();
+    assert!(
+        files.contains(&"11-_bbond0.netdev".to_string()),
+        "{files:?}"
+    );
+    let v = e.get().await;
+    let i = &v["state"]["interfaces"];
+    assert_eq!(
+        i["eth0"]["lldp"],
+        json!([{"chassis_id": "00:11:22:33:44:55", "name": "switch1", "port_id": "swp7", "port": "uplink"}])
+    );
+    assert_eq!(i["bond0"]["type"], "bond");
+    let member = &i["bond0"]["members"]["_p525400abcdef"];
+    assert_eq!(member["type"], "bond_member");
+    assert_eq!(member["hwaddr"], OTHER_MAC);
+    assert!(
+        i.get("eth1").is_none(),
+        "a bond member is not an unmanaged NIC"
+    );
+}

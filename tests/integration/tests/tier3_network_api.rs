@@ -120,15 +120,16 @@ impl Bed {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
+/// Whether `f` came true within `timeout`.
+async fn wait_until(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     let until = Instant::now() + timeout;
     while Instant::now() < until {
         if f().await {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("timed out waiting for {what}");
+    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,12 +182,13 @@ async fn trial_changes_revert_unless_confirmed_as_upstreams_rollback_test_says()
         (s, v["error"].as_str().unwrap()),
         (400, "a pending network configuration must first be confirmed before a new configuration can be applied")
     );
-    wait_until("the rollback", Duration::from_secs(60), async || {
+    let back = wait_until(Duration::from_secs(60), async || {
         bed.addresses().await == [STATIC_V4]
             && bed.get().await["config"]["interfaces"][0]["addresses"]
                 == json!([format!("{STATIC_V4}/24")])
     })
     .await;
+    assert!(back, "no rollback: {}\n{}", bed.get().await, bed.journal());
     let log = bed.journal();
     assert!(
         log.contains(
@@ -323,4 +325,57 @@ async fn a_restart_before_confirmation_comes_back_with_the_prior_configuration()
         state["system"]["network"]["prior_config"].is_null(),
         "{state}"
     );
+}
+
+/// This kernel has no bonding driver: the bond's files are what upstream writes (tested
+/// apart), networkd says it could not create the bond, and the change fails naming it (its
+/// bridge and veth still come online, which upstream takes for success) and everything
+/// goes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bond_this_kernel_cannot_make_fails_the_change_and_networkd_says_why() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let mut baseline = bed.config(&[&format!("{STATIC_V4}/24")], json!({}));
+    baseline["interfaces"][0]["hwaddr"] = json!(NIC);
+    assert_eq!(bed.put(baseline.clone()).await.0, 200);
+    bed.m
+        .sh("ip link add nic1 type veth peer name nic1p")
+        .unwrap();
+    let member = bed
+        .m
+        .sh("cat /sys/class/net/nic1/address")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut with_bond = bed.config(&[&format!("{STATIC_V4}/24")], json!({}));
+    with_bond["bonds"] = json!([{"name": "bond0", "mode": "802.3ad", "members": [member],
+                                 "addresses": ["10.1.0.2/24"]}]);
+    with_bond["confirmation_timeout"] = json!("5s");
+    let (s, v) = bed.put(with_bond).await;
+    assert_eq!(s, 500, "{v}");
+    assert_eq!(
+        v["error"], "systemd-networkd did not create _bbond0 (see its log)",
+        "the missing device is named"
+    );
+    let networkd = bed
+        .m
+        .run(&[
+            "journalctl",
+            "-u",
+            "systemd-networkd",
+            "--no-pager",
+            "-o",
+            "cat",
+        ])
+        .unwrap()
+        .stdout;
+    assert!(
+        networkd.contains("_bbond0: netdev could not be created"),
+        "networkd reports the bond it could not create:\n{networkd}"
+    );
+    let v = bed.get().await;
+    assert!(v["config"].get("bonds").is_none(), "{v}");
+    assert_eq!(bed.addresses().await, [STATIC_V4]);
+    let files = bed.m.sh("ls /run/systemd/network").unwrap();
+    assert!(!files.contains("bond0"), "{files}");
 }

@@ -92,6 +92,27 @@ fn json<T: serde::Serialize>(x: &T) -> serde_json::Value {
     serde_json::to_value(x).unwrap_or_default()
 }
 
+/// The links networkd creates for a configuration: each interface's and bond's bridge and
+/// host-side veth, each bond's bond device, each VLAN and WireGuard device.
+pub fn expected_links(c: &SystemNetworkConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in c
+        .interfaces
+        .iter()
+        .map(|i| &i.name)
+        .chain(c.bonds.iter().map(|b| &b.name))
+    {
+        out.push(name.clone());
+        out.push(super::model::host_veth(name));
+    }
+    for b in &c.bonds {
+        out.push(super::model::bond_device(&b.name));
+    }
+    out.extend(c.vlans.iter().map(|v| v.name.clone()));
+    out.extend(c.wireguard.iter().map(|w| w.name.clone()));
+    out
+}
+
 /// The device entries of a configuration by name, as JSON (to compare old and new).
 fn devices(c: &SystemNetworkConfig) -> Vec<(String, serde_json::Value)> {
     let interfaces = c.interfaces.iter().map(|i| (i.name.clone(), json(i)));
@@ -295,6 +316,20 @@ fn steps(
     if ipv6 {
         // networkd may call a device online while IPv6 duplicate address detection runs.
         std::thread::sleep(Duration::from_secs(3));
+    }
+    // A device networkd could not create (a bond without the bonding driver, a WireGuard
+    // device without WireGuard) does not stop the others from coming online: it is looked
+    // for by name.
+    let links = os.links().map_err(os_err)?;
+    let absent: Vec<String> = expected_links(config)
+        .into_iter()
+        .filter(|name| !links.iter().any(|l| &l.name == name))
+        .collect();
+    if !absent.is_empty() {
+        return Err(format!(
+            "systemd-networkd did not create {} (see its log)",
+            absent.join(", ")
+        ));
     }
 
     let left = deadline.saturating_duration_since(Instant::now());

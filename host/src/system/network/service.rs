@@ -185,6 +185,25 @@ impl Network {
         }
     }
 
+    /// LLDP neighbours heard on a link (none when they cannot be read).
+    fn lldp(&self, link: &str) -> Vec<model::SystemNetworkLldpState> {
+        match self.os().lldp_neighbors(link) {
+            Ok(list) => list
+                .into_iter()
+                .map(|n| model::SystemNetworkLldpState {
+                    chassis_id: n.chassis_id,
+                    name: n.name,
+                    port_id: n.port_id,
+                    port: n.port_description,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(link, error = %e, "no LLDP neighbours");
+                Vec::new()
+            }
+        }
+    }
+
     /// The live state of every device: the configured ones (by their L3 side), then the
     /// physical NICs nothing configures.
     pub fn state(&self) -> Result<SystemNetworkState, String> {
@@ -230,6 +249,33 @@ impl Network {
         }
         for w in &config.wireguard {
             shown(&w.name, "wireguard", &w.name, "", &w.roles);
+        }
+        // LLDP is heard on the physical ports; a bond's members are listed under it.
+        for i in &config.interfaces {
+            let lldp = self.lldp(&model::physical_port(&i.hwaddr));
+            if let Some(s) = interfaces.get_mut(&i.name) {
+                s.lldp = lldp;
+            }
+        }
+        for b in &config.bonds {
+            let mut members = BTreeMap::new();
+            for mac in &b.members {
+                let port = model::physical_port(mac);
+                let mut m = SystemNetworkInterfaceState {
+                    kind: model::device_type::BOND_MEMBER.into(),
+                    hwaddr: mac.clone(),
+                    ..Default::default()
+                };
+                if let Some(l) = find(&port) {
+                    fill(&mut m, l);
+                    m.state = l.operstate.clone();
+                }
+                m.lldp = self.lldp(&port);
+                members.insert(port, m);
+            }
+            if let Some(s) = interfaces.get_mut(&b.name) {
+                s.members = members;
+            }
         }
         // NICs nothing configures.
         let used: Vec<String> = config
