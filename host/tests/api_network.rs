@@ -122,15 +122,23 @@ fn env() -> Env {
         },
     );
     let net = Arc::new(FakeNetworkOs::new(FakeState {
+        // Two NICs, and the links networkd makes for the configurations these tests
+        // apply (this fake's networkd creates nothing).
         links: vec![
-            link("eth0", None, MAC, &[]),
-            link("eth1", None, OTHER_MAC, &["192.0.2.9/24"]),
+            link("enp1s0", None, MAC, &[]),
+            link("enp2s0", None, OTHER_MAC, &["192.0.2.9/24"]),
+            link("eth0", Some("bridge"), "52:54:00:00:00:02", &[]),
             link(
                 "_veth0",
                 Some("veth"),
                 "52:54:00:00:00:01",
                 &["10.0.0.2/24", "2001:db8::2/64"],
             ),
+            link("eth1", Some("bridge"), "52:54:00:00:00:03", &[]),
+            link("_veth1", Some("veth"), "52:54:00:00:00:04", &[]),
+            link("bond0", Some("bridge"), "52:54:00:00:00:05", &[]),
+            link("_vbond0", Some("veth"), "52:54:00:00:00:06", &[]),
+            link("_bbond0", Some("bond"), "52:54:00:00:00:07", &[]),
         ],
         status,
         hostname: "localhost".into(),
@@ -264,7 +272,7 @@ async fn refusals_come_in_upstreams_order_and_change_nothing() {
 #[tokio::test]
 async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
     let e = env();
-    let (s, v) = e.put(dhcp("eth0")).await;
+    let (s, v) = e.put(dhcp("enp1s0")).await;
     assert_eq!(s, 200, "{v}");
     let files = e.files();
     assert!(
@@ -293,7 +301,7 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
         [
             "set_hostname host1",
             // No udev here: the NIC is renamed over netlink.
-            "rename_link eth0 _p525400123456",
+            "rename_link enp1s0 _p525400123456",
             &format!("set_mac _p525400123456 {random}"),
             "wait_online _veth0",
             "check_dns linuxcontainers.org",
@@ -321,8 +329,9 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
     assert_eq!(eth0["addresses"], json!(["10.0.0.2", "2001:db8::2"]));
     assert_eq!(eth0["state"], "routable");
     assert_eq!(eth0["roles"], json!(["management", "cluster"]));
-    let eth1 = &v["state"]["interfaces"]["eth1"];
-    assert_eq!(eth1["type"], "physical");
+    let nic = &v["state"]["interfaces"]["enp2s0"];
+    assert_eq!(nic["type"], "physical");
+    assert_eq!(nic["addresses"], json!(["192.0.2.9"]));
     assert!(
         v["state"]["interfaces"].get("_p525400123456").is_none(),
         "the renamed NIC is the configured interface's port, not shown apart"
@@ -484,5 +493,26 @@ async fn state_shows_lldp_neighbours_and_bond_members() {
     assert!(
         i.get("eth1").is_none(),
         "a bond member is not an unmanaged NIC"
+    );
+}
+
+#[tokio::test]
+async fn wake_on_lan_nics_get_their_permanent_mac_back_before_power_off() {
+    let e = env();
+    let config = json!({
+        "interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4"],
+                        "ethernet": {"wakeonlan": true}},
+                       {"name": "eth1", "hwaddr": OTHER_MAC, "addresses": ["dhcp4"]}]
+    });
+    assert_eq!(e.put(config).await.0, 200);
+    let before = e.net.calls().len();
+    let net = e.app.network.clone();
+    tokio::task::spawn_blocking(move || net.restore_wake_on_lan_macs())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.net.calls()[before..],
+        [format!("set_mac _p525400123456 {MAC}")],
+        "only the NIC with Wake-on-LAN"
     );
 }
