@@ -48,6 +48,16 @@ trait Manager {
 trait Unit {
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
+    /// Whether the unit's `Condition*=` checks passed on its last start (a unit whose
+    /// condition fails is skipped: its start job ends `done`, and it stays inactive).
+    #[zbus(property)]
+    fn condition_result(&self) -> zbus::Result<bool>;
+    /// Pins the unit for this client: systemd keeps it loaded (and its state readable)
+    /// even once inactive with nothing else referring to it.
+    #[zbus(name = "Ref")]
+    fn pin(&self) -> zbus::Result<()>;
+    #[zbus(name = "Unref")]
+    fn unpin(&self) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(
@@ -130,6 +140,48 @@ impl DbusSystemd {
             .receive_job_removed()
             .await
             .map_err(|e| err("cannot watch systemd jobs", e))?;
+        // A started unit is pinned until it settled: an inactive unit nothing refers to is
+        // unloaded at once, and with it what its start did (its condition result).
+        let pinned = if matches!(op, UnitAction::Start | UnitAction::Restart) {
+            self.pin(unit).await
+        } else {
+            None
+        };
+        let result = self.job(&m, &mut removed, op, unit).await;
+        if let Some(u) = pinned {
+            if let Err(e) = u.unpin().await {
+                tracing::debug!(unit, error = %e, "cannot unpin the unit");
+            }
+        }
+        result
+    }
+
+    /// Pins `unit` (see `Unit.Ref`); `None` when it cannot be (logged).
+    async fn pin(&self, unit: &str) -> Option<UnitProxy<'_>> {
+        let path = self.unit_path(unit).await.ok()?;
+        let u = UnitProxy::builder(&self.conn)
+            .path(path)
+            .ok()?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .ok()?;
+        match u.pin().await {
+            Ok(()) => Some(u),
+            Err(e) => {
+                tracing::debug!(unit, error = %e, "cannot pin the unit");
+                None
+            }
+        }
+    }
+
+    async fn job(
+        &self,
+        m: &ManagerProxy<'_>,
+        removed: &mut JobRemovedStream,
+        op: UnitAction,
+        unit: &str,
+    ) -> Result<(), PlatformError> {
         let call = match op {
             UnitAction::Start => m.start_unit(unit, "replace").await,
             UnitAction::Stop => m.stop_unit(unit, "replace").await,
@@ -213,6 +265,16 @@ impl DbusSystemd {
                 )));
             }
             if keeps_running && state == "inactive" {
+                // Skipped by a condition (a daemon that does not run in a container):
+                // what systemd calls a successful start.
+                let skipped = !u
+                    .condition_result()
+                    .await
+                    .map_err(|e| err(&format!("ConditionResult of {unit}"), e))?;
+                if skipped {
+                    tracing::debug!(unit, "start skipped: a condition of the unit failed");
+                    return Ok(());
+                }
                 return Err(PlatformError(format!(
                     "{unit} started but stopped right after"
                 )));

@@ -98,7 +98,7 @@ async fn a_failing_start_names_the_unit_and_the_job_result() {
 /// a `Type=simple` one that exits 0 (the unit ends `inactive`), and a `Type=forking` one
 /// whose parent exits 0 and whose child then dies (the unit ends `inactive` or `failed`,
 /// depending on whether systemd saw the child). A oneshot that did its work and ended
-/// `inactive` did start.
+/// `inactive` did start, and so did a daemon its condition made systemd skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_is_gone_right_after_its_start_job_did_not_start() {
     tier3_or_return!();
@@ -111,6 +111,10 @@ async fn a_daemon_that_is_gone_right_after_its_start_job_did_not_start() {
         (
             "t3-once.service",
             "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+        ),
+        (
+            "t3-skipped.service",
+            "[Unit]\nConditionPathExists=/nonexistent\n\n[Service]\nExecStart=/bin/sleep infinity\n",
         ),
     ])
     .await;
@@ -141,6 +145,14 @@ async fn a_daemon_that_is_gone_right_after_its_start_job_did_not_start() {
         .expect("a oneshot that succeeded");
     assert_eq!(state(&m, &sd, "t3-once.service").await, "inactive");
     assert_eq!(show(&m, "t3-once.service", "Result"), "success");
+
+    // A daemon skipped by its condition did not fail to start: systemd skipped it, as
+    // `systemctl start` reports it.
+    sd.run_job(UnitAction::Start, "t3-skipped.service")
+        .await
+        .expect("a start skipped by a condition");
+    assert_eq!(state(&m, &sd, "t3-skipped.service").await, "inactive");
+    assert_eq!(show(&m, "t3-skipped.service", "ConditionResult"), "no");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
