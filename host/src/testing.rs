@@ -262,8 +262,8 @@ pub fn gpt_stub() -> Vec<u8> {
 
 /// An exit status, standard output and standard error.
 type Answer = (i32, String, String);
-/// Answers queued per command prefix.
-type Answers = Vec<(String, std::collections::VecDeque<Answer>)>;
+/// Answers queued per command prefix, each with whether it was given yet.
+type Answers = Vec<(String, std::collections::VecDeque<(Answer, bool)>)>;
 
 /// Scripted commands: answers commands by their first words (the longest matching prefix
 /// wins) and records every command line. A command nothing answers fails to run, as a
@@ -275,18 +275,24 @@ pub struct Script {
 }
 
 impl Script {
-    /// The next command starting with `prefix` answers this (answers queue up; the last
-    /// one repeats).
+    /// Commands starting with `prefix` answer this: answers queue up, each given once in
+    /// order, the last one again and again until another is queued.
     pub fn on(&self, prefix: &str, status: i32, stdout: &str, stderr: &str) -> &Self {
         let mut a = self.answers.lock().unwrap();
         match a.iter_mut().find(|(p, _)| p == prefix) {
-            Some((_, q)) => q.push_back((status, stdout.into(), stderr.into())),
+            Some((_, q)) => q.push_back(((status, stdout.into(), stderr.into()), false)),
             None => a.push((
                 prefix.into(),
-                std::collections::VecDeque::from([(status, stdout.into(), stderr.into())]),
+                std::collections::VecDeque::from([((status, stdout.into(), stderr.into()), false)]),
             )),
         }
         self
+    }
+
+    /// Commands starting with `prefix` answer this from now on (queued answers dropped).
+    pub fn set(&self, prefix: &str, status: i32, stdout: &str, stderr: &str) -> &Self {
+        self.answers.lock().unwrap().retain(|(p, _)| p != prefix);
+        self.on(prefix, status, stdout, stderr)
     }
 
     /// Every command line run so far.
@@ -331,11 +337,12 @@ impl crate::platform::exec::Commands for Script {
             .max_by_key(|(p, _)| p.len());
         match hit {
             Some((_, q)) => {
-                let (status, out, err) = if q.len() > 1 {
-                    q.pop_front().unwrap()
-                } else {
-                    q.front().unwrap().clone()
-                };
+                if q.len() > 1 && q.front().is_some_and(|(_, given)| *given) {
+                    q.pop_front();
+                }
+                let front = q.front_mut().unwrap();
+                front.1 = true;
+                let (status, out, err) = front.0.clone();
                 Ok(crate::platform::exec::Output {
                     status,
                     stdout: out.into_bytes(),

@@ -169,8 +169,12 @@ impl Machine<'_> {
     pub fn cleanup_root(&self) -> Result<(), String> {
         self.run_ok(&["journalctl", "--vacuum-files=1"], ZFS_TIMEOUT)?;
         let cache = self.path("/var/cache");
-        let entries =
-            std::fs::read_dir(&cache).map_err(|e| format!("cannot read /var/cache: {e}"))?;
+        let entries = match std::fs::read_dir(&cache) {
+            Ok(es) => es,
+            // Nothing cached: nothing to empty.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("cannot read /var/cache: {e}")),
+        };
         for entry in entries {
             let entry = entry.map_err(|e| format!("cannot read /var/cache: {e}"))?;
             let path = entry.path();

@@ -409,8 +409,13 @@ fn update_class(
                 steps.push(Step::Zpool(vec!["offline".into(), pool.into(), old]));
             }
         } else if new != old {
+            // The same device by another name (`/dev/sdb` for its by-id path) is no
+            // change (upstream compares the names and replaces a device by itself).
             let old = disks.to_id(old)?;
             let mut new = disks.to_id(new)?;
+            if new == old {
+                continue;
+            }
             if mirrored_local {
                 steps.push(Step::PartitionForLocal(new.clone()));
                 new = local_partition(&new);
@@ -746,6 +751,21 @@ mod tests {
     fn an_unchanged_pool_needs_no_step() {
         let c = current("zfs-raid1", &["b", "c"]);
         assert_eq!(update(&c, &wanted("zfs-raid1", &["b", "c"])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_member_named_by_its_kernel_name_is_no_change() {
+        let c = current("zfs-raid0", &["b"]);
+        let mut w = wanted("zfs-raid0", &["b", "c"]);
+        w.devices[0] = "/dev/sdb".into();
+        assert_eq!(
+            update(&c, &w),
+            Ok(vec![z(&format!("add tank {}", id("c")))])
+        );
+        let c = current("zfs-raid1", &["b", "c"]);
+        let mut w = wanted("zfs-raid1", &["b", "c"]);
+        w.devices[1] = "/dev/sdc".into();
+        assert_eq!(update(&c, &w), Ok(vec![]));
     }
 
     #[test]

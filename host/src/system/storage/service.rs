@@ -623,7 +623,10 @@ mod tests {
         );
         assert!(!e.exists("/var/lib/incus-os/zpool.tank.key"));
         pool.allow_mixed_dev_sizes = true;
-        e.script.on("zpool create", 0, "", "");
+        // The same refusal again, then the retry with -f succeeds.
+        e.script
+            .on("zpool create", 1, "", mixed)
+            .on("zpool create", 0, "", "");
         e.machine().apply_pool(&pool).unwrap();
         let changes = e.script.changes();
         assert_eq!(changes.len(), 3);
