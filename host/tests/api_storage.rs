@@ -1174,3 +1174,74 @@ async fn changes_tell_the_provider_but_scrubs_cleanups_and_refusals_do_not() {
     );
     assert!(told().is_empty());
 }
+
+/// The system drive's data partition (`sda11`, partition label `local-data`).
+fn local_data_partition(root: &std::path::Path) {
+    let node = "/sys/devices/pci0000:00/ata/sda/block/sda/sda11";
+    fake_file(root, &format!("{node}/dev"), "8:11");
+    fake_file(root, &format!("{node}/partition"), "11");
+    incus_osd::testing::fake_link(
+        root,
+        "/sys/class/block/sda11",
+        "../../devices/pci0000:00/ata/sda/block/sda/sda11",
+    );
+    fake_file(
+        root,
+        "/run/udev/data/b8:11",
+        "S:disk/by-id/scsi-incus_root-part11\nS:disk/by-partlabel/local-data\n",
+    );
+    fake_file(root, "/dev/sda11", "");
+    incus_osd::testing::fake_link(root, "/dev/disk/by-partlabel/local-data", "../../sda11");
+}
+
+#[tokio::test]
+async fn at_first_boot_local_is_created_on_the_data_partition() {
+    let e = env();
+    local_data_partition(e.dir.path());
+    e.script
+        .on("zpool status", 0, &status(&[]), "")
+        .on(
+            "zpool import local",
+            1,
+            "",
+            "cannot import 'local': no such pool available",
+        )
+        .on("zpool create", 0, "", "")
+        .on("journalctl", 0, "", "");
+    runtime::load_at_boot(&e.app).await;
+    assert_eq!(
+        e.script.changes(),
+        [
+            "zpool import local",
+            "zpool create -o ashift=12 -O mountpoint=none -O encryption=aes-256-gcm -O keyformat=raw -O keylocation=file:///var/lib/incus-os/zpool.local.key local /dev/disk/by-id/scsi-incus_root-part11",
+            "journalctl -b -u systemd-repart -g Growing existing partition 10",
+        ]
+    );
+    assert_eq!(
+        std::fs::read(key_file(&e, "zpool.local.key"))
+            .unwrap()
+            .len(),
+        32
+    );
+}
+
+#[tokio::test]
+async fn at_boot_a_local_pool_left_by_an_earlier_install_is_imported_and_exported_for_its_key() {
+    let e = env();
+    local_data_partition(e.dir.path());
+    e.script
+        .on("zpool status", 0, &status(&[]), "")
+        .on("zpool import local", 0, "", "")
+        .on("zpool export local", 0, "", "")
+        .on("journalctl", 0, "", "");
+    runtime::load_at_boot(&e.app).await;
+    assert_eq!(
+        e.script.changes(),
+        [
+            "zpool import local",
+            "zpool export local",
+            "journalctl -b -u systemd-repart -g Growing existing partition 10",
+        ]
+    );
+    assert!(!key_file(&e, "zpool.local.key").exists());
+}

@@ -15,6 +15,9 @@ use super::wipe;
 /// `:scrub-pool` on a pool whose scrub runs (409).
 pub const SCRUB_IN_PROGRESS: &str = "scrub already in progress";
 
+/// The system drive's data partition, where `local` is created.
+const LOCAL_DATA: &str = "/dev/disk/by-partlabel/local-data";
+
 /// The prefix every drive id an encryption action takes must have.
 const BY_ID: &str = "/dev/disk/by-id/";
 
@@ -420,6 +423,9 @@ impl Machine<'_> {
                 Ran::Failed(e) | Ran::Absent(e) => fail(e),
             }
         }
+        if let Err(e) = self.ensure_local() {
+            fail(e);
+        }
         if let Err(e) = self.expand_local_if_grown() {
             fail(e);
         }
@@ -427,6 +433,48 @@ impl Machine<'_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// When ZFS runs and there is no `local` pool after the keyed pools were imported: a
+    /// `local` left by an earlier install is imported and exported again (its key is not
+    /// here: `:import-pool` takes it); otherwise this is the first boot, and `local` is
+    /// created on the system drive's data partition.
+    fn ensure_local(&self) -> Result<(), String> {
+        let Some(status) = self.status()? else {
+            return Ok(());
+        };
+        if super::zpool::pool_names(&status)?
+            .iter()
+            .any(|n| n == pools::LOCAL)
+        {
+            return Ok(());
+        }
+        match self.run(&["zpool", "import", pools::LOCAL], ZFS_TIMEOUT) {
+            Ran::Out(_) => {
+                tracing::warn!(
+                    "Storage pool 'local' is missing its encryption key: import it with its key (:import-pool)"
+                );
+                return self
+                    .run_ok(&["zpool", "export", pools::LOCAL], ZFS_TIMEOUT)
+                    .map(drop);
+            }
+            Ran::Absent(e) => return Err(e),
+            Ran::Failed(_) => {}
+        }
+        let pool = Pool {
+            name: pools::LOCAL.into(),
+            kind: "zfs-raid0".into(),
+            devices: vec![LOCAL_DATA.into()],
+            ..Default::default()
+        };
+        let plan = pools::plan_create(
+            &pool,
+            false,
+            self.key_exists(&pools::key_file(pools::LOCAL)),
+            self,
+        )?;
+        tracing::info!("creating storage pool 'local'");
+        self.create(&plan)
     }
 
     /// When systemd-repart grew the data partition this boot, lets a single-disk `local`

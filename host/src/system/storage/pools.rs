@@ -161,9 +161,14 @@ pub fn plan_create(
         Some(s) => resolve_all(disks, &s.devices)?,
         None => Vec::new(),
     };
-    // The system drive (or any of its partitions) is never given to another pool.
+    // The system drive (or any of its partitions) is never given to another pool; `local`
+    // is made on its data partition.
     let system = disks.system_disk()?;
-    let on_system = |d: &String| d == &system || d.starts_with(&format!("{system}-part"));
+    let local_data = local_partition(&system);
+    let on_system = |d: &String| {
+        (d == &system || d.starts_with(&format!("{system}-part")))
+            && !(name == LOCAL && *d == local_data)
+    };
     if let Some(d) = devices
         .iter()
         .chain(&cache)
@@ -702,6 +707,18 @@ mod tests {
                     "list of devices includes the system root drive {}, which can't be used in other zpools",
                     fake().to_id(system).unwrap()
                 )
+            );
+        }
+        // `local` alone may sit on the system drive, on its data partition only.
+        let local = pool(LOCAL, "zfs-raid0", &["/dev/disk/by-id/disk-a-part11"]);
+        let plan = plan_create(&local, false, false, &fake()).unwrap();
+        assert!(plan
+            .create
+            .ends_with(&words("local /dev/disk/by-id/disk-a-part11")));
+        for system in ["/dev/sda", "/dev/disk/by-id/disk-a-part3"] {
+            let p = pool(LOCAL, "zfs-raid0", &[system]);
+            assert!(
+                e(&p, false, false).starts_with("list of devices includes the system root drive")
             );
         }
         let mut dup = ok.clone();

@@ -71,7 +71,7 @@ impl Machine<'_> {
     // --- pools -------------------------------------------------------------------
 
     /// `zpool status` of every pool; `None` when ZFS is not there to ask.
-    fn status(&self) -> Result<Option<String>, String> {
+    pub(super) fn status(&self) -> Result<Option<String>, String> {
         match self.run(&["zpool", "status", "-jp", "--json-int"], READ_TIMEOUT) {
             Ran::Out(s) => Ok(Some(s)),
             Ran::Failed(e) => Err(e),
@@ -266,7 +266,7 @@ impl Machine<'_> {
         self.create(&plan)
     }
 
-    fn create(&self, plan: &pools::CreatePlan) -> Result<(), String> {
+    pub(super) fn create(&self, plan: &pools::CreatePlan) -> Result<(), String> {
         write_key(&self.path(&plan.key_file))?;
         let args: Vec<&str> = plan.create.iter().map(String::as_str).collect();
         let mut argv = vec!["zpool"];
