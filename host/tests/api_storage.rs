@@ -1245,3 +1245,36 @@ async fn at_boot_a_local_pool_left_by_an_earlier_install_is_imported_and_exporte
     );
     assert!(!key_file(&e, "zpool.local.key").exists());
 }
+
+#[tokio::test]
+async fn the_held_keys_are_listed_in_base64_by_drive_and_by_pool() {
+    let e = env();
+    let root = e.dir.path();
+    std::fs::create_dir_all(e.path("/var/lib/incus-os")).unwrap();
+    std::fs::write(
+        key_file(&e, "luks.scsi-incus_disk1.key"),
+        (0u8..32).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    fake_file(root, "/var/lib/incus-os/zpool.local.key", "local-key");
+    fake_file(root, "/var/lib/incus-os/zpool..key", "nameless");
+    fake_file(
+        root,
+        "/var/lib/incus-os/recovery.root.key",
+        "not a storage key",
+    );
+    let drives = runtime::with_machine(&e.app, |m| m.drive_keys())
+        .await
+        .unwrap();
+    assert_eq!(
+        drives,
+        [("scsi-incus_disk1".to_string(), KEY_B64.to_string())].into()
+    );
+    let pools = runtime::with_machine(&e.app, |m| m.pool_keys())
+        .await
+        .unwrap();
+    assert_eq!(
+        pools,
+        [("local".to_string(), "bG9jYWwta2V5".to_string())].into()
+    );
+}

@@ -377,6 +377,30 @@ impl Machine<'_> {
         out
     }
 
+    /// The keys this machine holds for encrypted drives, base64 by the drive's by-id name
+    /// (the security state's `drive_recovery_keys`).
+    pub fn drive_keys(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.keys("luks.")
+    }
+
+    /// The keys this machine holds for pools, base64 by pool name (the security state's
+    /// `pool_recovery_keys`).
+    pub fn pool_keys(&self) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.keys("zpool.")
+    }
+
+    fn keys(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+        self.keyed(prefix)
+            .into_iter()
+            .map(|name| {
+                let file = format!("{KEYS_DIR}/{prefix}{name}.key");
+                let key = std::fs::read(self.path(&file))
+                    .map_err(|e| format!("cannot read {file}: {e}"))?;
+                Ok((name, base64::engine::general_purpose::STANDARD.encode(key)))
+            })
+            .collect()
+    }
+
     /// At boot: opens every drive that has a LUKS key, then imports every pool that has a
     /// key file and loads its key, then grows `local` when its partition grew. A drive or
     /// pool that is missing is logged and skipped; the first other failure is returned
