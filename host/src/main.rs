@@ -43,6 +43,10 @@ struct Args {
     /// tried without an update server. On a system, `POST /1.0/applications` installs.
     #[arg(long = "dev-install", value_name = "NAME")]
     dev_install: Vec<String>,
+    /// Tests only: lists loop devices as drives in `/1.0/system/storage` (loop devices
+    /// stand in for disks on test machines).
+    #[arg(long)]
+    test_admit_loop_devices: bool,
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -73,6 +77,7 @@ fn config(args: Args) -> Result<Config, String> {
     cfg.system_bus = args.system_bus;
     cfg.install_disk = args.install_disk;
     cfg.dev_install = args.dev_install;
+    cfg.test_admit_loop_devices = args.test_admit_loop_devices;
     if !args.plugins.is_empty() {
         cfg.plugin_dirs = args.plugins;
     }

@@ -30,6 +30,7 @@ pub struct TestApp {
     network: Option<Arc<dyn crate::platform::network::NetworkOs>>,
     install_disk: Option<PathBuf>,
     installed: Vec<(String, String)>,
+    storage: crate::system::storage::runtime::Runtime,
 }
 
 impl Default for TestApp {
@@ -72,7 +73,20 @@ impl TestApp {
             network: None,
             install_disk: None,
             installed: vec![],
+            storage: Default::default(),
         }
+    }
+
+    /// Lists drives with `opts` (loop devices admitted, for tier-3 tests).
+    pub fn storage_options(mut self, opts: crate::system::storage::drives::Options) -> Self {
+        self.storage.opts = opts;
+        self
+    }
+
+    /// Drives the storage scrub scheduler with `clock`.
+    pub fn storage_clock(mut self, clock: Arc<dyn crate::system::storage::runtime::Clock>) -> Self {
+        self.storage.clock = clock;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -210,6 +224,7 @@ impl TestApp {
         );
         let mut app = App::new(root, store, reg, info, platform);
         app.install_disk = self.install_disk;
+        app.storage = self.storage;
         let app = Arc::new(app);
         if self.ready {
             app.registry.mark_all_started();
@@ -243,4 +258,170 @@ pub fn place_image(root: &Path, name: &str, version: &str) {
 /// 1 KiB with the GPT signature at 512: passes the store's image check.
 pub fn gpt_stub() -> Vec<u8> {
     crate::daemon::devroot::stand_in_image()
+}
+
+/// An exit status, standard output and standard error.
+type Answer = (i32, String, String);
+/// Answers queued per command prefix, each with whether it was given yet.
+type Answers = Vec<(String, std::collections::VecDeque<(Answer, bool)>)>;
+
+/// Scripted commands: answers commands by their first words (the longest matching prefix
+/// wins) and records every command line. A command nothing answers fails to run, as a
+/// missing tool does.
+#[derive(Default, Clone)]
+pub struct Script {
+    answers: Arc<Mutex<Answers>>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl Script {
+    /// Commands starting with `prefix` answer this: answers queue up, each given once in
+    /// order, the last one again and again until another is queued.
+    pub fn on(&self, prefix: &str, status: i32, stdout: &str, stderr: &str) -> &Self {
+        let mut a = self.answers.lock().unwrap();
+        match a.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, q)) => q.push_back(((status, stdout.into(), stderr.into()), false)),
+            None => a.push((
+                prefix.into(),
+                std::collections::VecDeque::from([((status, stdout.into(), stderr.into()), false)]),
+            )),
+        }
+        self
+    }
+
+    /// Commands starting with `prefix` answer this from now on (queued answers dropped).
+    pub fn set(&self, prefix: &str, status: i32, stdout: &str, stderr: &str) -> &Self {
+        self.answers.lock().unwrap().retain(|(p, _)| p != prefix);
+        self.on(prefix, status, stdout, stderr)
+    }
+
+    /// Every command line run so far.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// The command lines that change something: reads of pools and drives (`zpool
+    /// status`, `zfs get`, `zfs list`, `smartctl`, `multipath`) left out.
+    pub fn changes(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| {
+                !c.starts_with("zpool status")
+                    && !c.starts_with("zfs get")
+                    && !c.starts_with("zfs list")
+                    && !c.starts_with("smartctl")
+                    && !c.starts_with("multipath")
+            })
+            .collect()
+    }
+
+    /// Forgets the command lines recorded so far (the answers stay).
+    pub fn clear_calls(&self) {
+        self.calls.lock().unwrap().clear();
+    }
+}
+
+impl crate::platform::exec::Commands for Script {
+    fn run(
+        &self,
+        argv: &[String],
+        _: &[u8],
+        _: Duration,
+    ) -> Result<crate::platform::exec::Output, crate::platform::PlatformError> {
+        let line = argv.join(" ");
+        self.calls.lock().unwrap().push(line.clone());
+        let mut a = self.answers.lock().unwrap();
+        let hit = a
+            .iter_mut()
+            .filter(|(p, _)| line.starts_with(p.as_str()))
+            .max_by_key(|(p, _)| p.len());
+        match hit {
+            Some((_, q)) => {
+                if q.len() > 1 && q.front().is_some_and(|(_, given)| *given) {
+                    q.pop_front();
+                }
+                let front = q.front_mut().unwrap();
+                front.1 = true;
+                let (status, out, err) = front.0.clone();
+                Ok(crate::platform::exec::Output {
+                    status,
+                    stdout: out.into_bytes(),
+                    stderr: err.into_bytes(),
+                })
+            }
+            None => Err(crate::platform::PlatformError(format!(
+                "cannot run {line}: not scripted"
+            ))),
+        }
+    }
+}
+
+/// Writes a file under the root, with its directories.
+pub fn fake_file(root: &Path, path: &str, text: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// Makes a symlink under the root, with its directories.
+pub fn fake_link(root: &Path, path: &str, target: &str) {
+    let p = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(target, p).unwrap();
+}
+
+/// A 1 GiB SATA disk `name` (`dev` its major:minor) with by-id name `id`.
+pub fn fake_disk(root: &Path, name: &str, dev: &str, id: &str) {
+    let node = format!("/sys/devices/pci0000:00/ata/{name}/block/{name}");
+    fake_file(root, &format!("{node}/dev"), dev);
+    fake_file(root, &format!("{node}/size"), "2097152");
+    fake_file(root, &format!("{node}/removable"), "0");
+    fake_link(
+        root,
+        &format!("/sys/block/{name}"),
+        &format!("../devices/pci0000:00/ata/{name}/block/{name}"),
+    );
+    fake_link(
+        root,
+        &format!("/sys/class/block/{name}"),
+        &format!("../../devices/pci0000:00/ata/{name}/block/{name}"),
+    );
+    fake_file(
+        root,
+        &format!("/run/udev/data/b{dev}"),
+        &format!("S:disk/by-id/{id}\n"),
+    );
+    fake_file(root, &format!("/dev/{name}"), "");
+    fake_link(
+        root,
+        &format!("/dev/disk/by-id/{id}"),
+        &format!("../../{name}"),
+    );
+}
+
+/// A root with three disks: `sda` (`scsi-incus_root`, the disk the root prefix's file
+/// system is on), `sdb` (`scsi-incus_disk1`) and `sdc` (`scsi-incus_disk2`), each 1 GiB,
+/// as sysfs, udev's database and `/dev` (plain files) show them.
+pub fn fake_disks(root: &Path) {
+    fake_disk(root, "sda", "8:0", "scsi-incus_root");
+    fake_disk(root, "sdb", "8:16", "scsi-incus_disk1");
+    fake_disk(root, "sdc", "8:32", "scsi-incus_disk2");
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(root).unwrap().dev();
+    fake_link(
+        root,
+        &format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev)),
+        "../../devices/pci0000:00/ata/sda/block/sda",
+    );
+}
+
+/// Drives without SMART (what `smartctl` says of a virtual disk) and without multipath.
+pub fn plain_drives(script: &Script) {
+    script.on(
+        "smartctl",
+        4,
+        r#"{"device":{"type":"scsi"},"smart_support":{"available":false}}"#,
+        "",
+    );
+    script.on("multipath", 1, "", "");
 }

@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod response;
 pub mod root;
 pub mod services;
+pub mod storage;
 pub mod system;
 pub mod uri;
 
@@ -59,6 +60,8 @@ pub struct App {
     pub prior_release: String,
     /// The network subsystem (configuration, confirm/rollback, live state).
     pub network: crate::system::network::service::Network,
+    /// Drive listing options, the storage change lock, the scrub scheduler's clock.
+    pub storage: crate::system::storage::runtime::Runtime,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -86,6 +89,7 @@ impl App {
             updates: crate::system::update::runner::Updates::new(Default::default()),
             install_disk: None,
             prior_release: String::new(),
+            storage: Default::default(),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -169,6 +173,8 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:reboot", any(system::reboot))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))
+        .route("/1.0/system/storage", any(storage::storage))
+        .route("/1.0/system/storage/{action}", any(storage::action))
         .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .with_state(app.clone());

@@ -30,12 +30,11 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 8] = [
+const NOT_BUILT: [&str; 7] = [
     "fallback-listener",
     "kernel",
     "resources",
     "security",
-    "storage",
     ":backup",
     ":restore",
     ":factory-reset",

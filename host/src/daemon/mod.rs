@@ -48,6 +48,8 @@ pub struct Config {
     /// Applications recorded as installed at start, under a root other than `/` only (a
     /// development root): see [`devroot::mark_installed`].
     pub dev_install: Vec<String>,
+    /// Lists loop devices as drives (tests only: loop devices stand in for disks).
+    pub test_admit_loop_devices: bool,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             kernel: KernelFiles::for_root(&root),
             install_disk: None,
             dev_install: vec![],
+            test_admit_loop_devices: false,
             root,
         }
     }
@@ -179,6 +182,10 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
     app.updates = crate::system::update::runner::Updates::new(update_status);
     app.install_disk = config.install_disk.clone();
     app.prior_release = prior_release;
+    app.storage.opts.admit_loop_devices = config.test_admit_loop_devices;
+    if config.test_admit_loop_devices {
+        tracing::warn!("--test-admit-loop-devices: loop devices are listed as drives");
+    }
     Ok(Arc::new(app))
 }
 
@@ -305,6 +312,9 @@ async fn finish_start(app: Arc<App>) {
     if app.lifecycle.is_stopping() {
         return;
     }
+    // Storage after the services (iSCSI, NVMe-oF, multipath provide pool disks), before
+    // the applications that keep their data in pools.
+    crate::system::storage::runtime::load_at_boot(&app).await;
     crate::system::provider::register_at_start(&app).await;
     crate::system::update::runner::start(app.clone()).await;
     if app.lifecycle.is_stopping() {
@@ -323,6 +333,9 @@ async fn finish_start(app: Arc<App>) {
             }
         }
     }
+    tokio::spawn(crate::system::storage::runtime::scrub_scheduler(
+        app.clone(),
+    ));
     match app.lifecycle.move_to(Phase::Ready) {
         Ok(_) => {
             tracing::info!(version = %app.info.os().version, "System is ready");

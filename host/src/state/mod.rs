@@ -68,6 +68,9 @@ pub struct SystemDoc {
     pub update: crate::system::update::UpdateDoc,
     /// The network configuration in place (`None` until one was applied).
     pub network: NetworkDoc,
+    /// The scrub schedule (`0 4 * * 0` when the document has none: a state from before
+    /// storage existed gets upstream's default without a schema step).
+    pub storage: crate::system::storage::StorageDoc,
 }
 
 /// The persisted part of `/1.0/system/network`.
@@ -450,6 +453,23 @@ mod tests {
         let s2 = Store::load_or_create(dir.path()).unwrap();
         assert_eq!(s2.doc(), s.doc());
         assert_eq!(s2.doc().schema_version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_state_without_storage_gets_the_default_scrub_schedule_and_keeps_a_set_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            br#"{"schema_version": 2, "system": {"provider": {"name": "images"}}}"#,
+        )
+        .unwrap();
+        let mut s = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(s.doc().system.storage.scrub_schedule, "0 4 * * 0");
+        s.update(|d| d.system.storage.scrub_schedule = "0 0 * * 5".into())
+            .unwrap();
+        let s2 = Store::load_or_create(dir.path()).unwrap();
+        assert_eq!(s2.doc().system.storage.scrub_schedule, "0 0 * * 5");
+        assert_eq!(s2.doc().system.provider.name, "images");
     }
 
     #[test]

@@ -161,9 +161,14 @@ pub fn plan_create(
         Some(s) => resolve_all(disks, &s.devices)?,
         None => Vec::new(),
     };
-    // The system drive (or any of its partitions) is never given to another pool.
+    // The system drive (or any of its partitions) is never given to another pool; `local`
+    // is made on its data partition.
     let system = disks.system_disk()?;
-    let on_system = |d: &String| d == &system || d.starts_with(&format!("{system}-part"));
+    let local_data = local_partition(&system);
+    let on_system = |d: &String| {
+        (d == &system || d.starts_with(&format!("{system}-part")))
+            && !(name == LOCAL && *d == local_data)
+    };
     if let Some(d) = devices
         .iter()
         .chain(&cache)
@@ -409,8 +414,13 @@ fn update_class(
                 steps.push(Step::Zpool(vec!["offline".into(), pool.into(), old]));
             }
         } else if new != old {
+            // The same device by another name (`/dev/sdb` for its by-id path) is no
+            // change (upstream compares the names and replaces a device by itself).
             let old = disks.to_id(old)?;
             let mut new = disks.to_id(new)?;
+            if new == old {
+                continue;
+            }
             if mirrored_local {
                 steps.push(Step::PartitionForLocal(new.clone()));
                 new = local_partition(&new);
@@ -699,6 +709,18 @@ mod tests {
                 )
             );
         }
+        // `local` alone may sit on the system drive, on its data partition only.
+        let local = pool(LOCAL, "zfs-raid0", &["/dev/disk/by-id/disk-a-part11"]);
+        let plan = plan_create(&local, false, false, &fake()).unwrap();
+        assert!(plan
+            .create
+            .ends_with(&words("local /dev/disk/by-id/disk-a-part11")));
+        for system in ["/dev/sda", "/dev/disk/by-id/disk-a-part3"] {
+            let p = pool(LOCAL, "zfs-raid0", &[system]);
+            assert!(
+                e(&p, false, false).starts_with("list of devices includes the system root drive")
+            );
+        }
         let mut dup = ok.clone();
         dup.cache = vec!["/dev/sdc".into()];
         assert_eq!(
@@ -746,6 +768,21 @@ mod tests {
     fn an_unchanged_pool_needs_no_step() {
         let c = current("zfs-raid1", &["b", "c"]);
         assert_eq!(update(&c, &wanted("zfs-raid1", &["b", "c"])), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_member_named_by_its_kernel_name_is_no_change() {
+        let c = current("zfs-raid0", &["b"]);
+        let mut w = wanted("zfs-raid0", &["b", "c"]);
+        w.devices[0] = "/dev/sdb".into();
+        assert_eq!(
+            update(&c, &w),
+            Ok(vec![z(&format!("add tank {}", id("c")))])
+        );
+        let c = current("zfs-raid1", &["b", "c"]);
+        let mut w = wanted("zfs-raid1", &["b", "c"]);
+        w.devices[1] = "/dev/sdc".into();
+        assert_eq!(update(&c, &w), Ok(vec![]));
     }
 
     #[test]

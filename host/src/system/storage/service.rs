@@ -16,9 +16,9 @@ use super::pools::{self, Disks, Step};
 use super::zpool;
 
 /// How long a pool command may take (creating a pool on slow disks, a replace).
-const ZFS_TIMEOUT: Duration = Duration::from_secs(300);
+pub(super) const ZFS_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a read (status, SMART) may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The directory of the daemon's key files.
 pub const KEYS_DIR: &str = "/var/lib/incus-os";
@@ -31,7 +31,7 @@ pub struct Machine<'a> {
 }
 
 /// Why a command could not give an answer.
-enum Ran {
+pub(super) enum Ran {
     /// It ran; its standard output.
     Out(String),
     /// It ran and failed: `<argv>: <stderr or status>`.
@@ -45,7 +45,7 @@ impl Machine<'_> {
         self.root.join(abs.trim_start_matches('/'))
     }
 
-    fn run(&self, argv: &[&str], timeout: Duration) -> Ran {
+    pub(super) fn run(&self, argv: &[&str], timeout: Duration) -> Ran {
         match self.host.run(argv, timeout) {
             Ok(out) if out.status == 0 => Ran::Out(out.stdout),
             Ok(out) => {
@@ -61,7 +61,7 @@ impl Machine<'_> {
     }
 
     /// Runs a command that must succeed.
-    fn run_ok(&self, argv: &[&str], timeout: Duration) -> Result<String, String> {
+    pub(super) fn run_ok(&self, argv: &[&str], timeout: Duration) -> Result<String, String> {
         match self.run(argv, timeout) {
             Ran::Out(s) => Ok(s),
             Ran::Failed(e) | Ran::Absent(e) => Err(e),
@@ -71,7 +71,7 @@ impl Machine<'_> {
     // --- pools -------------------------------------------------------------------
 
     /// `zpool status` of every pool; `None` when ZFS is not there to ask.
-    fn status(&self) -> Result<Option<String>, String> {
+    pub(super) fn status(&self) -> Result<Option<String>, String> {
         match self.run(&["zpool", "status", "-jp", "--json-int"], READ_TIMEOUT) {
             Ran::Out(s) => Ok(Some(s)),
             Ran::Failed(e) => Err(e),
@@ -89,7 +89,7 @@ impl Machine<'_> {
         })
     }
 
-    fn key_exists(&self, file: &str) -> bool {
+    pub(super) fn key_exists(&self, file: &str) -> bool {
         self.path(file).symlink_metadata().is_ok()
     }
 
@@ -266,7 +266,7 @@ impl Machine<'_> {
         self.create(&plan)
     }
 
-    fn create(&self, plan: &pools::CreatePlan) -> Result<(), String> {
+    pub(super) fn create(&self, plan: &pools::CreatePlan) -> Result<(), String> {
         write_key(&self.path(&plan.key_file))?;
         let args: Vec<&str> = plan.create.iter().map(String::as_str).collect();
         let mut argv = vec!["zpool"];
@@ -448,91 +448,19 @@ mod tests {
     //! the layout OpenZFS prints, and every command line the subsystem runs is recorded
     //! and checked exactly (this kernel has no ZFS).
 
-    use std::collections::VecDeque;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
-    use plugin_host::exec::{Commands, Output};
-    use plugin_host::PlatformError;
     use serde_json::json;
 
     use super::*;
     use crate::platform::Platform;
     use crate::system::host::{self, Subsystem};
+    use crate::testing::Script;
 
     const SUB: Subsystem = Subsystem {
         name: "storage",
         writable: &[],
     };
-
-    /// An exit status, standard output and standard error.
-    type Answer = (i32, String, String);
-    /// Answers queued per command prefix.
-    type Answers = Vec<(String, VecDeque<Answer>)>;
-
-    /// Answers commands by their first words; records every command line.
-    #[derive(Default, Clone)]
-    struct Script {
-        answers: Arc<Mutex<Answers>>,
-        calls: Arc<Mutex<Vec<String>>>,
-    }
-
-    impl Script {
-        /// The next command starting with `prefix` answers this (answers queue up; the
-        /// last one repeats).
-        fn on(&self, prefix: &str, status: i32, stdout: &str, stderr: &str) -> &Self {
-            let mut a = self.answers.lock().unwrap();
-            match a.iter_mut().find(|(p, _)| p == prefix) {
-                Some((_, q)) => q.push_back((status, stdout.into(), stderr.into())),
-                None => a.push((
-                    prefix.into(),
-                    VecDeque::from([(status, stdout.into(), stderr.into())]),
-                )),
-            }
-            self
-        }
-        fn calls(&self) -> Vec<String> {
-            self.calls.lock().unwrap().clone()
-        }
-        fn changes(&self) -> Vec<String> {
-            self.calls()
-                .into_iter()
-                .filter(|c| {
-                    !c.starts_with("zpool status")
-                        && !c.starts_with("zfs get")
-                        && !c.starts_with("zfs list")
-                        && !c.starts_with("smartctl")
-                        && !c.starts_with("multipath")
-                })
-                .collect()
-        }
-    }
-
-    impl Commands for Script {
-        fn run(&self, argv: &[String], _: &[u8], _: Duration) -> Result<Output, PlatformError> {
-            let line = argv.join(" ");
-            self.calls.lock().unwrap().push(line.clone());
-            let mut a = self.answers.lock().unwrap();
-            let hit = a
-                .iter_mut()
-                .filter(|(p, _)| line.starts_with(p.as_str()))
-                .max_by_key(|(p, _)| p.len());
-            match hit {
-                Some((_, q)) => {
-                    let (status, out, err) = if q.len() > 1 {
-                        q.pop_front().unwrap()
-                    } else {
-                        q.front().unwrap().clone()
-                    };
-                    Ok(Output {
-                        status,
-                        stdout: out.into_bytes(),
-                        stderr: err.into_bytes(),
-                    })
-                }
-                None => Err(PlatformError(format!("cannot run {line}: not scripted"))),
-            }
-        }
-    }
 
     /// A root with sda (the system disk, whose partition 11 is `local`'s) and sdb, sdc.
     struct Env {
@@ -542,67 +470,15 @@ mod tests {
     }
 
     fn file(root: &Path, path: &str, text: &str) {
-        let p = root.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-
-    fn link(root: &Path, path: &str, target: &str) {
-        let p = root.join(path.trim_start_matches('/'));
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::os::unix::fs::symlink(target, p).unwrap();
-    }
-
-    fn disk(root: &Path, name: &str, dev: &str, id: &str) {
-        let node = format!("/sys/devices/pci0000:00/ata/{name}/block/{name}");
-        file(root, &format!("{node}/dev"), dev);
-        file(root, &format!("{node}/size"), "2097152");
-        file(root, &format!("{node}/removable"), "0");
-        link(
-            root,
-            &format!("/sys/block/{name}"),
-            &format!("../devices/pci0000:00/ata/{name}/block/{name}"),
-        );
-        link(
-            root,
-            &format!("/sys/class/block/{name}"),
-            &format!("../../devices/pci0000:00/ata/{name}/block/{name}"),
-        );
-        file(
-            root,
-            &format!("/run/udev/data/b{dev}"),
-            &format!("S:disk/by-id/{id}\n"),
-        );
-        file(root, &format!("/dev/{name}"), "");
-        link(
-            root,
-            &format!("/dev/disk/by-id/{id}"),
-            &format!("../../{name}"),
-        );
+        crate::testing::fake_file(root, path, text)
     }
 
     fn env() -> Env {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        disk(r, "sda", "8:0", "scsi-incus_root");
-        disk(r, "sdb", "8:16", "scsi-incus_disk1");
-        disk(r, "sdc", "8:32", "scsi-incus_disk2");
-        // The root prefix's file system sits on sda (its major:minor link).
-        use std::os::unix::fs::MetadataExt;
-        let dev = std::fs::metadata(r).unwrap().dev();
-        link(
-            r,
-            &format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev)),
-            "../../devices/pci0000:00/ata/sda/block/sda",
-        );
+        crate::testing::fake_disks(r);
         let script = Script::default();
-        script.on(
-            "smartctl",
-            4,
-            r#"{"device":{"type":"scsi"},"smart_support":{"available":false}}"#,
-            "",
-        );
-        script.on("multipath", 1, "", "");
+        crate::testing::plain_drives(&script);
         let mut platform = Platform::for_root(r);
         platform.commands = Arc::new(script.clone());
         let host = host::handle(r, &platform, &SUB);
@@ -747,7 +623,10 @@ mod tests {
         );
         assert!(!e.exists("/var/lib/incus-os/zpool.tank.key"));
         pool.allow_mixed_dev_sizes = true;
-        e.script.on("zpool create", 0, "", "");
+        // The same refusal again, then the retry with -f succeeds.
+        e.script
+            .on("zpool create", 1, "", mixed)
+            .on("zpool create", 0, "", "");
         e.machine().apply_pool(&pool).unwrap();
         let changes = e.script.changes();
         assert_eq!(changes.len(), 3);
