@@ -29,6 +29,7 @@ pub struct TestApp {
     commands: Option<Arc<dyn crate::platform::exec::Commands>>,
     install_disk: Option<PathBuf>,
     installed: Vec<(String, String)>,
+    security: Option<crate::system::security::Runtime>,
 }
 
 impl Default for TestApp {
@@ -70,6 +71,7 @@ impl TestApp {
             commands: None,
             install_disk: None,
             installed: vec![],
+            security: None,
         }
     }
 
@@ -120,6 +122,12 @@ impl TestApp {
     pub fn provider<T: plugin_api::Provider>(self) -> Self {
         let m = sdk::__provider_manifest::<T>("1.0.0", plugin_api::API_VERSION);
         self.add(m, |h| sdk::__provider_instance::<T>(h))
+    }
+
+    /// Uses `rt` as the security subsystem's runtime (a TPM connection, LUKS volumes).
+    pub fn security(mut self, rt: crate::system::security::Runtime) -> Self {
+        self.security = Some(rt);
+        self
     }
 
     /// Stages OS updates into `disk` (a disk image file will do) instead of the ESP's disk.
@@ -199,6 +207,9 @@ impl TestApp {
         );
         let mut app = App::new(root, store, reg, info, platform);
         app.install_disk = self.install_disk;
+        if let Some(rt) = self.security {
+            app.security = rt;
+        }
         let app = Arc::new(app);
         if self.ready {
             app.registry.mark_all_started();

@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod response;
 pub mod root;
+pub mod security;
 pub mod services;
 pub mod system;
 pub mod uri;
@@ -57,6 +58,8 @@ pub struct App {
     /// The OS release the previous boot ran ("" when unknown), for the version choice of
     /// application images.
     pub prior_release: String,
+    /// The security subsystem's runtime (TPM connection, LUKS volumes, cached states).
+    pub security: crate::system::security::Runtime,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -81,6 +84,7 @@ impl App {
             updates: crate::system::update::runner::Updates::new(Default::default()),
             install_disk: None,
             prior_release: String::new(),
+            security: Default::default(),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -158,6 +162,12 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:reboot", any(system::reboot))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))
+        .route("/1.0/system/security", any(security::security))
+        .route("/1.0/system/security/:retrieved", any(security::retrieved))
+        .route(
+            "/1.0/system/security/:tpm-rebind",
+            any(security::tpm_rebind),
+        )
         .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .with_state(app.clone());

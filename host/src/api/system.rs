@@ -30,12 +30,11 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 9] = [
+const NOT_BUILT: [&str; 8] = [
     "fallback-listener",
     "kernel",
     "network",
     "resources",
-    "security",
     "storage",
     ":backup",
     ":restore",

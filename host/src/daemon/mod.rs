@@ -132,6 +132,8 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
             tracing::warn!(error = %e, "cannot record the OS release in the state");
         }
     }
+    crate::system::security::startup(&config.root, &platform.kernel, &mut store)
+        .map_err(|e| StartError::Usage(e.to_string()))?;
     let info = SystemInfo::read(&config.root, &platform.kernel, os);
     if let Mode::Offline(why) = &platform.mode {
         tracing::warn!("{why}");
