@@ -294,9 +294,30 @@ impl Daemon {
     }
 }
 
+/// Caches the encrypted volumes' states (on a live system; a development root has none).
+async fn refresh_encrypted_volumes(app: &Arc<App>) {
+    if app.platform.mode != Mode::Live {
+        return;
+    }
+    let app2 = app.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        crate::system::security::refresh_encrypted_volumes(
+            app2.platform.commands.as_ref(),
+            &app2.root,
+            &app2.platform.kernel,
+            &app2.security,
+        )
+    })
+    .await;
+    if let Ok(Err(e)) = done {
+        tracing::warn!(error = %e, "cannot find the encrypted volumes' states");
+    }
+}
+
 /// Start-up after the API answers: the stored syslog forwarding, the plugins, then ready.
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
+    refresh_encrypted_volumes(&app).await;
     // The images installed applications use, chosen for the release that booted, before
     // anything starts (upstream's order).
     crate::system::applications::manage::refresh_at_boot(&app).await;

@@ -297,6 +297,37 @@ fn step_kind(s: &Step) -> (&'static str, &str) {
     }
 }
 
+/// What `encrypted_volumes` says of each volume: `locked` when device-mapper has no
+/// mapping of that name (`dmsetup info <volume>` fails), else how it was unlocked: by the
+/// TPM when the initrd says so (`IncusOSTPMState`), else by a recovery key, or by the TPM
+/// with a PCR update pending when `tpm_status` is `pcr mismatch`.
+pub fn volume_states(
+    cmds: &dyn Commands,
+    volumes: &BTreeMap<String, PathBuf>,
+    tpm_unlocked_all: bool,
+    tpm_status: impl Fn() -> Result<String, String>,
+) -> Result<Vec<super::EncryptedVolume>, String> {
+    let mut out = vec![];
+    for name in volumes.keys() {
+        let argv = argv(&["dmsetup", "info", name]);
+        let mapped = cmds.run(&argv, b"", TIMEOUT).is_ok_and(|o| o.status == 0);
+        let state = if !mapped {
+            "locked"
+        } else if tpm_unlocked_all {
+            "unlocked (TPM)"
+        } else if tpm_status()? == "pcr mismatch" {
+            "unlocked (TPM; PCR update pending)"
+        } else {
+            "unlocked (recovery passphrase)"
+        };
+        out.push(super::EncryptedVolume {
+            volume: name.clone(),
+            state: state.to_string(),
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,6 +332,24 @@ fn variable_event(data: &[u8]) -> Option<([u8; 16], String)> {
     Some((guid, String::from_utf16(&units).ok()?))
 }
 
+/// Finds the encrypted volumes' states (slow: run once at start-up) and caches them.
+pub fn refresh_encrypted_volumes(
+    cmds: &dyn crate::platform::exec::Commands,
+    root: &Path,
+    kernel: &KernelFiles,
+    rt: &Runtime,
+) -> Result<(), String> {
+    let volumes = luks::volumes(root, rt)?;
+    let unlocked_all = rebind::tpm_unlocked_all(kernel).unwrap_or(false);
+    let states = luks::volume_states(cmds, &volumes, unlocked_all, || {
+        tpm_status(root, kernel, rt)
+    })?;
+    *rt.encrypted_volumes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = states;
+    Ok(())
+}
+
 /// The whole GET answer, computed now (the encrypted volumes from the start-up cache).
 pub fn get(
     root: &Path,

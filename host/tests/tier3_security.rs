@@ -1,0 +1,437 @@
+//! Tier 3: recovery-key changes of `PUT /1.0/system/security` on real LUKS2 containers (loop
+//! devices standing in for the root and swap partitions) with the real `cryptsetup`, and
+//! `:tpm-rebind` reading a real software TPM. Opening a LUKS mapping needs device-mapper,
+//! which this kernel lacks: that step (`dmsetup info`, behind `encrypted_volumes`) is
+//! tested at its boundary, so named.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use incus_osd::platform::exec::{Commands, Output, RealCommands};
+use incus_osd::platform::PlatformError;
+use incus_osd::system::security::{luks, Runtime};
+use incus_osd::testing::TestApp;
+use incus_osd_test_machine::{tier3_or_return, LoopDevice, Swtpm};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const OLD: &str = "old-key-1234-abcd!";
+const NEW: &str = "foo-bar-biz-1234";
+
+async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+fn cryptsetup(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("cryptsetup")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryptsetup is installed (tests/scripts/setup-tier3)");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Whether `key` opens `dev` (no mapping is made).
+fn opens(dev: &Path, key: &str) -> bool {
+    let d = dev.to_str().unwrap();
+    cryptsetup(
+        &["open", "--test-passphrase", "--key-file", "-", d],
+        key.as_bytes(),
+    )
+    .status
+    .success()
+}
+
+fn keyslots(dev: &Path) -> luks::Slots {
+    luks::slots(&RealCommands, dev).unwrap()
+}
+
+/// Two LUKS2 containers, each with the daemon's unlock key (written under the app's root)
+/// and the operator key `OLD`; the app knows them as `root` and `swap`.
+struct Disks {
+    devices: BTreeMap<String, PathBuf>,
+    _loops: Vec<LoopDevice>,
+}
+
+fn disks(root: &Path) -> Disks {
+    let keys = root.join("var/lib/incus-os");
+    std::fs::create_dir_all(&keys).unwrap();
+    let mut devices = BTreeMap::new();
+    let mut loops = vec![];
+    for name in ["root", "swap"] {
+        let lo = LoopDevice::new(32 << 20).unwrap();
+        let dev = lo.path().to_path_buf();
+        let unlock = keys.join(format!("recovery.{name}.key"));
+        std::fs::write(
+            &unlock,
+            incus_osd::system::security::recovery::generate().unwrap(),
+        )
+        .unwrap();
+        let d = dev.to_str().unwrap();
+        let u = unlock.to_str().unwrap();
+        let fast = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+        let mut format = vec!["luksFormat", "--batch-mode", "--type", "luks2"];
+        format.extend(fast);
+        format.extend(["--key-file", u, d]);
+        assert!(cryptsetup(&format, b"").status.success());
+        let mut add = vec!["luksAddKey", "--batch-mode"];
+        add.extend(fast);
+        add.extend(["--key-file", u, d, "-"]);
+        assert!(cryptsetup(&add, OLD.as_bytes()).status.success());
+        devices.insert(name.to_string(), dev);
+        loops.push(lo);
+    }
+    Disks {
+        devices,
+        _loops: loops,
+    }
+}
+
+fn app_over(
+    t: TestApp,
+    d: &Disks,
+    commands: Arc<dyn Commands>,
+) -> (Router, Arc<incus_osd::api::App>, tempfile::TempDir) {
+    let rt = Runtime {
+        volumes: Some(d.devices.clone()),
+        fast_key_derivation_for_tests: true,
+        ..Default::default()
+    };
+    let (r, app, dir) = t.security(rt).commands(commands).router();
+    app.with_state(|s| {
+        s.update(|doc| doc.system.security.config.encryption_recovery_keys = vec![OLD.into()])
+    })
+    .unwrap();
+    (r, app, dir)
+}
+
+#[tokio::test]
+async fn a_new_key_replaces_the_old_one_on_both_volumes() {
+    tier3_or_return!();
+    let t = TestApp::new();
+    let d = disks(t.root());
+    let (r, app, _dir) = app_over(t, &d, Arc::new(RealCommands));
+    for dev in d.devices.values() {
+        assert_eq!(
+            keyslots(dev).passwords().len(),
+            2,
+            "the daemon's key and OLD"
+        );
+    }
+
+    // Add NEW, keep OLD.
+    let body = json!({"config": {"encryption_recovery_keys": [OLD, NEW]}}).to_string();
+    let (s, v) = call(&r, "PUT", "/1.0/system/security", &body).await;
+    assert_eq!(s, 200, "{v}");
+    for dev in d.devices.values() {
+        assert!(opens(dev, NEW) && opens(dev, OLD));
+        assert_eq!(keyslots(dev).keyslots.len(), 3);
+    }
+    // Remove OLD: only its slot goes.
+    let body = json!({"config": {"encryption_recovery_keys": [NEW]}}).to_string();
+    let (s, v) = call(&r, "PUT", "/1.0/system/security", &body).await;
+    assert_eq!(s, 200, "{v}");
+    for (name, dev) in &d.devices {
+        assert!(opens(dev, NEW), "{name}");
+        assert!(!opens(dev, OLD), "{name}");
+        let unlock = std::fs::read_to_string(
+            app.root
+                .join(format!("var/lib/incus-os/recovery.{name}.key")),
+        )
+        .unwrap();
+        assert!(opens(dev, &unlock), "the daemon's own key stays");
+        assert_eq!(keyslots(dev).keyslots.len(), 2);
+    }
+    let stored = app.with_state(|s| {
+        s.doc()
+            .system
+            .security
+            .config
+            .encryption_recovery_keys
+            .clone()
+    });
+    assert_eq!(stored, vec![NEW]);
+}
+
+#[tokio::test]
+async fn the_last_key_is_refused_and_the_slots_stay() {
+    tier3_or_return!();
+    let t = TestApp::new();
+    let d = disks(t.root());
+    let (r, _app, _dir) = app_over(t, &d, Arc::new(RealCommands));
+    let before: Vec<luks::Slots> = d.devices.values().map(|p| keyslots(p)).collect();
+    let body = json!({"config": {"encryption_recovery_keys": []}}).to_string();
+    let (s, v) = call(&r, "PUT", "/1.0/system/security", &body).await;
+    assert_eq!(
+        (s.as_u16(), v["error"].as_str()),
+        (400, Some("no encryption key provided"))
+    );
+    let after: Vec<luks::Slots> = d.devices.values().map(|p| keyslots(p)).collect();
+    assert_eq!(before, after);
+    for dev in d.devices.values() {
+        assert!(opens(dev, OLD));
+    }
+}
+
+#[tokio::test]
+async fn a_failure_on_the_second_volume_leaves_the_slots_as_they_were() {
+    tier3_or_return!();
+    let t = TestApp::new();
+    let d = disks(t.root());
+    // The swap volume's unlock key file no longer opens it: adding there fails after the
+    // root volume got the new key.
+    std::fs::write(
+        t.root().join("var/lib/incus-os/recovery.swap.key"),
+        "not-the-right-key",
+    )
+    .unwrap();
+    let (r, app, _dir) = app_over(t, &d, Arc::new(RealCommands));
+    let before: Vec<luks::Slots> = d.devices.values().map(|p| keyslots(p)).collect();
+    let body = json!({"config": {"encryption_recovery_keys": [NEW]}}).to_string();
+    let (s, v) = call(&r, "PUT", "/1.0/system/security", &body).await;
+    assert_eq!(s.as_u16(), 500, "{v}");
+    let msg = v["error"].as_str().unwrap();
+    assert!(
+        msg.starts_with("Failed to run: cryptsetup luksAddKey"),
+        "{msg}"
+    );
+    // cryptsetup's "no key available with this passphrase" exit status.
+    assert!(msg.contains("recovery.swap.key"), "{msg}");
+    assert!(msg.contains(": exit status 2 "), "{msg}");
+    let after: Vec<luks::Slots> = d.devices.values().map(|p| keyslots(p)).collect();
+    assert_eq!(before, after);
+    for dev in d.devices.values() {
+        assert!(!opens(dev, NEW), "the new key was taken back");
+        assert!(opens(dev, OLD));
+    }
+    let stored = app.with_state(|s| {
+        s.doc()
+            .system
+            .security
+            .config
+            .encryption_recovery_keys
+            .clone()
+    });
+    assert_eq!(stored, vec![OLD]);
+}
+
+/// Records commands and answers `dmsetup info` as this kernel does (no device-mapper).
+#[derive(Default)]
+struct Recorder {
+    runs: Mutex<Vec<String>>,
+    stderr: String,
+}
+
+impl Commands for Recorder {
+    fn run(&self, argv: &[String], stdin: &[u8], t: Duration) -> Result<Output, PlatformError> {
+        self.runs.lock().unwrap().push(argv.join(" "));
+        if argv[0] == "dmsetup" {
+            return RealCommands.run(argv, stdin, t);
+        }
+        Ok(Output {
+            status: 0,
+            stdout: if argv[1] == "--help" {
+                b"--tpm2-pcrlock=PATH".to_vec()
+            } else {
+                vec![]
+            },
+            stderr: self.stderr.as_bytes().to_vec(),
+        })
+    }
+}
+
+#[test]
+fn volume_mapping_check_without_device_mapper_at_the_boundary() {
+    tier3_or_return!();
+    let rec = Recorder::default();
+    let mut volumes = BTreeMap::new();
+    volumes.insert("root".to_string(), PathBuf::from("/dev/loop-root"));
+    volumes.insert("swap".to_string(), PathBuf::from("/dev/loop-swap"));
+    // This kernel has no device-mapper: the real dmsetup fails, so both read as locked.
+    let states = luks::volume_states(&rec, &volumes, true, || Ok("ok".into())).unwrap();
+    assert_eq!(
+        serde_json::to_value(&states).unwrap(),
+        json!([{"volume": "root", "state": "locked"}, {"volume": "swap", "state": "locked"}])
+    );
+    assert_eq!(
+        *rec.runs.lock().unwrap(),
+        vec!["dmsetup info root", "dmsetup info swap"]
+    );
+    // With mappings (a fake that says so), the unlock path decides the text.
+    struct Mapped;
+    impl Commands for Mapped {
+        fn run(&self, _: &[String], _: &[u8], _: Duration) -> Result<Output, PlatformError> {
+            Ok(Output {
+                status: 0,
+                stdout: vec![],
+                stderr: vec![],
+            })
+        }
+    }
+    let text = |all: bool, status: &'static str| {
+        luks::volume_states(&Mapped, &volumes, all, || Ok(status.into())).unwrap()[0]
+            .state
+            .clone()
+    };
+    assert_eq!(text(true, "ok"), "unlocked (TPM)");
+    assert_eq!(
+        text(false, "pcr mismatch"),
+        "unlocked (TPM; PCR update pending)"
+    );
+    assert_eq!(text(false, "ok"), "unlocked (recovery passphrase)");
+}
+
+fn efivar(root: &Path, name: &str, guid: &str, data: &[u8]) {
+    let dir = root.join("sys/firmware/efi/efivars");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = 6u32.to_le_bytes().to_vec();
+    bytes.extend(data);
+    std::fs::write(dir.join(format!("{name}-{guid}")), bytes).unwrap();
+}
+
+/// A UKI stand-in: a PE file whose `.pcrpkey` section is `key`.
+fn uki(key: &[u8]) -> Vec<u8> {
+    let mut pe = vec![0u8; 0x40];
+    pe[..2].copy_from_slice(b"MZ");
+    pe[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    pe.extend(b"PE\0\0");
+    let mut coff = [0u8; 20];
+    coff[2] = 1;
+    pe.extend(coff);
+    let at = pe.len() + 40;
+    let mut h = [0u8; 40];
+    h[..8].copy_from_slice(b".pcrpkey");
+    h[8..12].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&(at as u32).to_le_bytes());
+    pe.extend(h);
+    pe.extend(key);
+    pe
+}
+
+/// `:tpm-rebind` reads PCR 4 and 7 from a real swtpm; the enrollment itself (systemd 255's
+/// `--tpm2-pcrs=<n>:sha256=<value>` syntax, newer than this machine's systemd) is checked
+/// at its boundary: the exact command lines, and the already-enrolled workaround.
+#[tokio::test]
+async fn tpm_rebind_binds_to_the_swtpms_pcrs_at_the_cryptenroll_boundary() {
+    tier3_or_return!();
+    let swtpm = Swtpm::start().unwrap();
+    {
+        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        tpm.extend_pcr(7, &[0x11; 32]).unwrap();
+        tpm.extend_pcr(4, &[0x22; 32]).unwrap();
+    }
+    let (pcr4, pcr7) = {
+        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        (tpm.read_pcr(4).unwrap(), tpm.read_pcr(7).unwrap())
+    };
+    let hex = |v: &[u8]| incus_osd::platform::tpm::hex(v);
+    let zeros = "0".repeat(64);
+
+    for (secure_boot, already) in [(true, false), (false, true)] {
+        let t = TestApp::new();
+        let root = t.root().to_path_buf();
+        efivar(
+            &root,
+            "SecureBoot",
+            "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            &[secure_boot as u8],
+        );
+        // The initrd used a recovery key for the last volume.
+        efivar(
+            &root,
+            "IncusOSTPMState",
+            "12f075e0-2d07-493d-811a-00920a72c04c",
+            &[0, 0, 0, 1],
+        );
+        std::fs::create_dir_all(root.join("boot/EFI/Linux")).unwrap();
+        std::fs::write(
+            root.join("boot/EFI/Linux/IncusOS_202511041601.efi"),
+            uki(b"PCR KEY PEM"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("var/lib/incus-os")).unwrap();
+        std::fs::write(root.join("var/lib/incus-os/recovery.root.key"), "k").unwrap();
+        let rec = Arc::new(Recorder {
+            stderr: if already {
+                "This PCR set is already enrolled, executing no operation.\n".into()
+            } else {
+                String::new()
+            },
+            ..Default::default()
+        });
+        let mut volumes = BTreeMap::new();
+        volumes.insert("root".to_string(), PathBuf::from("/dev/vda10"));
+        let rt = Runtime {
+            volumes: Some(volumes),
+            tpm_tcti: Some(swtpm.tcti()),
+            ..Default::default()
+        };
+        let (r, app, _d) = t.security(rt).commands(rec.clone()).router();
+        app.with_state(|s| {
+            s.update(|d| {
+                d.os.name = "IncusOS".into();
+                d.os.running_release = "202511041601".into();
+            })
+        })
+        .unwrap();
+        let (s, v) = call(&r, "POST", "/1.0/system/security/:tpm-rebind", "").await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            std::fs::read(root.join("run/systemd/tpm2-pcr-public-key.pem")).unwrap(),
+            b"PCR KEY PEM"
+        );
+        let runs = rec.runs.lock().unwrap().clone();
+        let unlock = root.join("var/lib/incus-os/recovery.root.key");
+        let binding = if secure_boot {
+            format!("--tpm2-pcrs=7:sha256={}+15:sha256={zeros}", hex(&pcr7))
+        } else {
+            format!(
+                "--tpm2-pcrs=4:sha256={}+7:sha256={}+15:sha256={zeros}",
+                hex(&pcr4),
+                hex(&pcr7)
+            )
+        };
+        let enroll = |b: &str| {
+            format!(
+                "systemd-cryptenroll --unlock-key-file={} --tpm2-device={} --wipe-slot=tpm2 --tpm2-pcrlock= {b} /dev/vda10",
+                unlock.display(),
+                swtpm.tcti()
+            )
+        };
+        assert_eq!(runs[0], "systemd-cryptenroll --help");
+        assert_eq!(runs[1], enroll(&binding));
+        if already {
+            // A random PCR 7 first, then the real binding again.
+            assert_eq!(runs.len(), 4, "{runs:?}");
+            assert!(runs[2].contains("--tpm2-pcrs=7:sha256="), "{}", runs[2]);
+            assert!(!runs[2].contains(&hex(&pcr7)));
+            assert_eq!(runs[3], enroll(&binding));
+        } else {
+            assert_eq!(runs.len(), 2, "{runs:?}");
+        }
+        // The reboot was handed to the lifecycle: a second power action is refused.
+        assert!(app
+            .request_power(incus_osd::platform::systemd::PowerAction::Reboot)
+            .is_err());
+    }
+}
