@@ -495,3 +495,89 @@ async fn tpm_rebind_refuses_when_the_tpm_unlocked_everything() {
         501
     );
 }
+
+async fn call_proxied(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("X-IncusOS-Proxy", "/os")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn internal_secureboot_lists_the_enrolled_certificates_as_pem() {
+    let c = chain();
+    let t = TestApp::new();
+    secure_boot(t.root(), true, &c);
+    let (r, _, _d) = t.router();
+    let (s, v) = call(&r, "GET", "/internal/secureboot", "").await;
+    assert_eq!(s, 200, "{v}");
+    let pem = |d: &[u8]| secureboot::pem(d);
+    assert_eq!(
+        v["metadata"],
+        json!({"pk": pem(&c.pk), "kek": [pem(&c.kek)], "db": [pem(&c.db)], "dbx": []})
+    );
+    // The PEM is the DER, as rustls' parser reads it back.
+    let der = rustls_pem(v["metadata"]["pk"].as_str().unwrap());
+    assert_eq!(der, c.pk);
+    assert_eq!(
+        err(&call_proxied(&r, "GET", "/internal/secureboot", "").await).0,
+        403
+    );
+    assert_eq!(
+        err(&call(&r, "POST", "/internal/secureboot", "").await).0,
+        501
+    );
+}
+
+fn rustls_pem(pem: &str) -> Vec<u8> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn auth_endpoints_check_the_caller_and_the_body_first() {
+    let (r, _, _d) = TestApp::new().router();
+    let reg = "/internal/auth/:generate-registration";
+    let tok = "/internal/auth/:generate-token";
+    assert_eq!(
+        err(&call_proxied(&r, "POST", reg, r#"{"token":"x"}"#).await).0,
+        403
+    );
+    assert_eq!(err(&call_proxied(&r, "POST", tok, "").await).0, 403);
+    assert_eq!(err(&call(&r, "GET", reg, "").await).0, 501);
+    assert_eq!(err(&call(&r, "GET", tok, "").await).0, 501);
+    assert_eq!(err(&call(&r, "POST", reg, "").await).0, 400);
+    assert_eq!(
+        err(&call(&r, "POST", reg, r#"{"token":""}"#).await),
+        (400, "missing registration token".into())
+    );
+    // No authentication certificate in the image: upstream's refusal, before any TPM use.
+    let unsupported = "authentication token generation isn't supported on this system";
+    assert_eq!(
+        err(&call(&r, "POST", reg, r#"{"token":"abc"}"#).await),
+        (500, unsupported.into())
+    );
+    assert_eq!(
+        err(&call(&r, "POST", tok, "ignored").await),
+        (500, unsupported.into())
+    );
+}
+
+#[tokio::test]
+async fn debug_secureboot_lists_the_event_log() {
+    let (r, _, _d) = TestApp::new().router();
+    let (s, v) = call_proxied(&r, "GET", "/1.0/debug/secureboot", "").await;
+    assert_eq!(s, 200);
+    assert_eq!(v["metadata"], json!(["/os/1.0/debug/secureboot/event-log"]));
+    let (code, msg) = err(&call(&r, "GET", "/1.0/debug/secureboot/event-log", "").await);
+    assert_eq!(code, 500);
+    assert!(msg.contains("no TPM event log"), "{msg}");
+}

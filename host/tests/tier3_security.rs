@@ -435,3 +435,274 @@ async fn tpm_rebind_binds_to_the_swtpms_pcrs_at_the_cryptenroll_boundary() {
             .is_err());
     }
 }
+
+fn openssl(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn gunzip_b64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    use std::io::Read;
+    let gz = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(s)
+        .unwrap();
+    let mut out = vec![];
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// A token as the images server reads it: `A` decrypts with the server's key to the
+/// machine id and a timestamp, `B` verifies over `A` with the registered public key.
+fn check_token(token: &str, pem: &str, dir: &Path) {
+    let parts: Vec<&str> = token.split(':').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    assert_eq!(parts[0], "0123456789abcdef0123456789abcdef");
+    let encrypted = gunzip_b64(parts[1]);
+    let plain = openssl(
+        &[
+            "smime",
+            "-decrypt",
+            "-binary",
+            "-inform",
+            "DER",
+            "-recip",
+            dir.join("auth.crt").to_str().unwrap(),
+            "-inkey",
+            dir.join("auth.key").to_str().unwrap(),
+        ],
+        &encrypted,
+    )
+    .stdout;
+    let stamp: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(stamp["machine_id"], "0123456789abcdef0123456789abcdef");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (stamp["timestamp"].as_i64().unwrap() - now).abs() < 60,
+        "{stamp}"
+    );
+    let sig = gunzip_b64(parts[2]);
+    assert_eq!(sig.len(), 64, "r and s, 32 bytes each");
+    let der = incus_osd::platform::tpm::EcdsaSignature {
+        r: sig[..32].to_vec(),
+        s: sig[32..].to_vec(),
+    }
+    .to_der();
+    std::fs::write(dir.join("sig.der"), der).unwrap();
+    std::fs::write(dir.join("data"), &encrypted).unwrap();
+    std::fs::write(dir.join("pub.pem"), pem).unwrap();
+    let ok = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(dir.join("pub.pem"))
+        .arg("-signature")
+        .arg(dir.join("sig.der"))
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+}
+
+#[tokio::test]
+async fn registration_and_tokens_use_a_persistent_tpm_key_against_swtpm() {
+    tier3_or_return!();
+    let swtpm = Swtpm::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=images auth",
+            "-days",
+            "2",
+            "-keyout",
+            work.path().join("auth.key").to_str().unwrap(),
+            "-out",
+            work.path().join("auth.crt").to_str().unwrap(),
+        ],
+        b"",
+    );
+    let t = TestApp::new();
+    let root = t.root().to_path_buf();
+    std::fs::create_dir_all(root.join("usr/lib/incus-osd/certs")).unwrap();
+    std::fs::copy(
+        work.path().join("auth.crt"),
+        root.join("usr/lib/incus-osd/certs/auth.crt"),
+    )
+    .unwrap();
+    let rt = Runtime {
+        tpm_tcti: Some(swtpm.tcti()),
+        ..Default::default()
+    };
+    let (r, _app, _d) = t.security(rt).commands(Arc::new(RealCommands)).router();
+
+    let (s, v) = call(
+        &r,
+        "POST",
+        "/internal/auth/:generate-registration",
+        r#"{"token":"reg-123"}"#,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let m = &v["metadata"];
+    assert_eq!(m["machine_id"], "0123456789abcdef0123456789abcdef");
+    assert_eq!(m["token"], "reg-123");
+    let pem = m["public_key"].as_str().unwrap().to_string();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("var/lib/incus-os/tpm-auth.pem")).unwrap(),
+        pem
+    );
+    check_token(m["initial"].as_str().unwrap(), &pem, work.path());
+
+    // Later tokens use the same key, found again in the TPM by its public half.
+    let (s, v) = call(&r, "POST", "/internal/auth/:generate-token", "").await;
+    assert_eq!(s, 200, "{v}");
+    check_token(v["metadata"].as_str().unwrap(), &pem, work.path());
+    let (_, v) = call(&r, "GET", "/1.0/system/security", "").await;
+    assert_eq!(v["metadata"]["state"]["tpm_public_key"], pem.as_str());
+    {
+        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        assert_eq!(tpm.persistent_handles().unwrap(), vec![0x8100_0000]);
+    }
+
+    // A public half the TPM holds no key for is an error, not a new key.
+    std::fs::write(
+        root.join("var/lib/incus-os/tpm-auth.pem"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let (s, v) = call(&r, "POST", "/internal/auth/:generate-token", "").await;
+    assert_eq!(s.as_u16(), 500);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no persistent key matching"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn the_event_log_shows_pcrs_4_7_and_11_and_the_tpms_values() {
+    tier3_or_return!();
+    use incus_osd::platform::tpm::eventlog::{event_type::*, EventLog};
+    use sha2::{Digest as _, Sha256};
+    let swtpm = Swtpm::start().unwrap();
+    let mut log = EventLog::sha256_only();
+    // UEFI_VARIABLE_DATA of SecureBoot = 1, as firmware measures it.
+    let global = incus_osd::system::security::secureboot::guid(
+        0x8be4df61,
+        0x93ca,
+        0x11d2,
+        [0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c],
+    );
+    let mut sb = global.to_vec();
+    sb.extend(10u64.to_le_bytes());
+    sb.extend(1u64.to_le_bytes());
+    for c in "SecureBoot".encode_utf16() {
+        sb.extend(c.to_le_bytes());
+    }
+    sb.push(1);
+    let events: [(u32, u32, &[u8]); 4] = [
+        (0, EV_SEPARATOR, b"\0\0\0\0"),
+        (7, EV_EFI_VARIABLE_DRIVER_CONFIG, &sb),
+        (
+            4,
+            EV_EFI_BOOT_SERVICES_APPLICATION,
+            b"\\EFI\\BOOT\\BOOTX64.EFI",
+        ),
+        (11, EV_EFI_ACTION, b"enter-initrd"),
+    ];
+    {
+        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        for (pcr, kind, data) in events {
+            let d: [u8; 32] = Sha256::digest(data).into();
+            log.push(pcr, kind, d, data);
+            tpm.extend_pcr(pcr, &d).unwrap();
+        }
+    }
+    let t = TestApp::new();
+    efivar(
+        t.root(),
+        "SecureBoot",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        &[1],
+    );
+    let p = t
+        .root()
+        .join("sys/kernel/security/tpm0/binary_bios_measurements");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, log.encode()).unwrap();
+    let rt = Runtime {
+        tpm_tcti: Some(swtpm.tcti()),
+        ..Default::default()
+    };
+    let (r, app, _d) = t.security(rt).router();
+    let (s, v) = call(&r, "GET", "/1.0/debug/secureboot/event-log", "").await;
+    assert_eq!(s, 200, "{v}");
+    let m = &v["metadata"];
+    let b64 = |d: &[u8]| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(d)
+    };
+    let ev = m["event_log"].as_array().unwrap();
+    assert_eq!(ev.len(), 3, "PCR 0 is left out: {m}");
+    assert_eq!(
+        ev[0],
+        json!({"Index": 7, "Type": 0x8000_0001u32, "Data": b64(&sb),
+               "Digest": b64(&Sha256::digest(&sb))})
+    );
+    let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+    let hex = |v: [u8; 32]| incus_osd::platform::tpm::hex(&v);
+    assert_eq!(m["pcr4"], hex(tpm.read_pcr(4).unwrap()));
+    assert_eq!(m["pcr7"], hex(tpm.read_pcr(7).unwrap()));
+    drop(tpm);
+    // The log replays to the TPM's PCR 4 and 7, and PCR 7 predicted from the variables as
+    // they are equals the TPM's.
+    let (s, v) = call(&r, "GET", "/1.0/system/security", "").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["metadata"]["state"]["tpm_status"], "ok");
+    // A variable changed since boot: the next boot measures another PCR 7.
+    efivar(
+        &app.root,
+        "SecureBoot",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        &[0],
+    );
+    let (_, v) = call(&r, "GET", "/1.0/system/security", "").await;
+    assert_eq!(v["metadata"]["state"]["tpm_status"], "pcr mismatch");
+    // A log that does not replay to the TPM is an error.
+    let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+    tpm.extend_pcr(7, &[9; 32]).unwrap();
+    drop(tpm);
+    let (s, v) = call(&r, "GET", "/1.0/system/security", "").await;
+    assert_eq!(s.as_u16(), 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("PCR 7"), "{v}");
+}

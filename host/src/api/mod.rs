@@ -150,6 +150,20 @@ pub fn router(app: AppState) -> Router {
             any(internal::write_message),
         )
         .route("/internal/tui/:write-message", any(internal::write_message))
+        .route("/internal/secureboot", any(security::internal_secureboot))
+        .route(
+            "/internal/auth/:generate-registration",
+            any(security::generate_registration),
+        )
+        .route(
+            "/internal/auth/:generate-token",
+            any(security::generate_token),
+        )
+        .route("/1.0/debug/secureboot", any(security::debug_secureboot))
+        .route(
+            "/1.0/debug/secureboot/event-log",
+            any(security::debug_event_log),
+        )
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
         .route("/1.0/system/provider", any(system::provider))

@@ -2,10 +2,12 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::Method;
-use serde::Deserialize;
+use axum::http::{HeaderMap, Method};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
-use super::body::read_object_or_default;
+use super::body::{read_object, read_object_or_default};
+use super::proxy::{self, NotProxied};
 use super::response::{empty, sync};
 use super::{require, ApiError, ApiResult, AppState};
 use crate::platform::systemd::PowerAction;
@@ -128,4 +130,138 @@ pub async fn tpm_rebind(State(app): State<AppState>, method: Method) -> ApiResul
     .await?;
     app.request_power(PowerAction::Reboot)?;
     Ok(empty())
+}
+
+/// `GET /internal/secureboot`: the certificates enrolled in PK, KEK, db and dbx, as PEM.
+pub async fn internal_secureboot(
+    _: NotProxied,
+    State(app): State<AppState>,
+    method: Method,
+) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    let kernel = app.platform.kernel.clone();
+    let certs = blocking(move || {
+        let mut out = serde_json::Map::new();
+        for db in security::secureboot::DATABASES {
+            let pems: Vec<String> = security::secureboot::database_certificates(&kernel, db)
+                .map_err(ApiError::internal)?
+                .iter()
+                .map(|d| security::secureboot::pem(d))
+                .collect();
+            let value = if db == "PK" {
+                serde_json::Value::from(pems.into_iter().next().unwrap_or_default())
+            } else {
+                serde_json::Value::from(pems)
+            };
+            out.insert(db.to_lowercase(), value);
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(sync(&certs))
+}
+
+#[derive(Deserialize)]
+struct RegistrationPost {
+    #[serde(default)]
+    token: String,
+}
+
+/// `POST /internal/auth/:generate-registration` (strict body `{"token"}`).
+pub async fn generate_registration(
+    _: NotProxied,
+    State(app): State<AppState>,
+    method: Method,
+    body: Body,
+) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let post: RegistrationPost = read_object(body).await?;
+    if post.token.is_empty() {
+        return Err(ApiError::bad_request("missing registration token"));
+    }
+    let reg = blocking(move || {
+        security::auth::registration(
+            app.platform.commands.as_ref(),
+            &app.root,
+            &app.security,
+            &post.token,
+        )
+        .map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(sync(&reg))
+}
+
+/// `POST /internal/auth/:generate-token` (the body is ignored).
+pub async fn generate_token(
+    _: NotProxied,
+    State(app): State<AppState>,
+    method: Method,
+) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let token = blocking(move || {
+        security::auth::token(app.platform.commands.as_ref(), &app.root, &app.security)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(sync(&token))
+}
+
+/// `GET /1.0/debug/secureboot`.
+pub async fn debug_secureboot(method: Method, headers: HeaderMap) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    Ok(sync(&[proxy::url(
+        &headers,
+        &["debug", "secureboot", "event-log"],
+    )]))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct LogEvent {
+    index: u32,
+    #[serde(rename = "Type")]
+    kind: u32,
+    data: String,
+    digest: String,
+}
+
+/// `GET /1.0/debug/secureboot/event-log`: the firmware's events for PCRs 4, 7 and 11 (with
+/// their SHA-256 digests) and the TPM's PCR 4 and 7.
+pub async fn debug_event_log(State(app): State<AppState>, method: Method) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    let out = blocking(move || {
+        use crate::platform::tpm::{eventlog, hex};
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let log = eventlog::read(&app.platform.kernel)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .ok_or_else(|| ApiError::internal("no TPM event log: the firmware measured nothing"))?;
+        let events: Vec<LogEvent> = log
+            .events
+            .iter()
+            .filter(|e| matches!(e.pcr, 4 | 7 | 11))
+            .map(|e| LogEvent {
+                index: e.pcr,
+                kind: e.event_type,
+                data: b64(&e.data),
+                digest: e.sha256().map(|d| b64(&d)).unwrap_or_default(),
+            })
+            .collect();
+        let mut tpm = app
+            .security
+            .open_tpm(&app.root)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let pcr = |t: &mut crate::platform::tpm::Tpm, n| {
+            t.read_pcr(n)
+                .map(|v| hex(&v))
+                .map_err(|e| ApiError::internal(e.to_string()))
+        };
+        Ok(serde_json::json!({
+            "event_log": events,
+            "pcr4": pcr(&mut tpm, 4)?,
+            "pcr7": pcr(&mut tpm, 7)?,
+        }))
+    })
+    .await?;
+    Ok(sync(&out))
 }

@@ -1,6 +1,7 @@
 //! `/1.0/system/security`: Secure Boot state, the trust fuse, the TPM's status, the LUKS
 //! recovery keys of the encrypted volumes, and the drives' and pools' key files.
 
+pub mod auth;
 pub mod luks;
 pub mod rebind;
 pub mod recovery;
