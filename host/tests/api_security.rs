@@ -581,3 +581,84 @@ async fn debug_secureboot_lists_the_event_log() {
     assert_eq!(code, 500);
     assert!(msg.contains("no TPM event log"), "{msg}");
 }
+
+/// Answers `systemd-cryptenroll --recovery-key` with a fresh key per volume (as systemd
+/// prints it), anything else with success; records every command.
+#[derive(Default)]
+struct Enroller {
+    runs: Mutex<Vec<(String, String)>>,
+    printed: Mutex<Vec<String>>,
+}
+
+impl Commands for Enroller {
+    fn run(&self, argv: &[String], stdin: &[u8], _: Duration) -> Result<Output, PlatformError> {
+        self.runs
+            .lock()
+            .unwrap()
+            .push((argv.join(" "), String::from_utf8_lossy(stdin).into_owned()));
+        let mut stdout = vec![];
+        if argv.iter().any(|a| a == "--recovery-key") {
+            let k = incus_osd::system::security::recovery::generate().unwrap();
+            stdout = format!("{k}\n").into_bytes();
+            self.printed.lock().unwrap().push(k);
+        }
+        Ok(Output {
+            status: 0,
+            stdout,
+            stderr: vec![],
+        })
+    }
+}
+
+#[test]
+fn first_boot_makes_the_private_keys_and_an_operator_key() {
+    use incus_osd::system::security::{ensure_recovery_keys, recovery};
+    let t = TestApp::new();
+    let root = t.root().to_path_buf();
+    let rt = volumes(&root);
+    let (app, _d) = t.build();
+    let kernel = incus_osd::platform::kernel::KernelFiles::under(&root);
+    let rec = Enroller::default();
+    // Not an Incus OS boot (no IncusOSTPMState from the initrd): nothing is touched.
+    ensure_recovery_keys(&rec, &root, &kernel, &rt, &app.store).unwrap();
+    assert!(rec.runs.lock().unwrap().is_empty());
+
+    efivar(&root, "IncusOSTPMState", INCUS_OS, &[0, 0, 0, 0]);
+    ensure_recovery_keys(&rec, &root, &kernel, &rt, &app.store).unwrap();
+    let keys = stored(&app);
+    assert_eq!(keys.len(), 1);
+    assert!(recovery::is_recovery_key(&keys[0]), "{keys:?}");
+    assert!(!app.with_state(|s| s.doc().system.security.encryption_recovery_keys_retrieved));
+    let printed = rec.printed.lock().unwrap().clone();
+    let runs = rec.runs.lock().unwrap().clone();
+    let file = |v: &str| root.join(format!("var/lib/incus-os/recovery.{v}.key"));
+    let mut want = vec![];
+    for (i, (v, dev)) in [("root", "/dev/vda10"), ("swap", "/dev/vda9")]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(std::fs::read_to_string(file(v)).unwrap(), printed[i]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(file(v)).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
+        want.push(format!(
+            "systemd-cryptenroll --unlock-tpm2-device=auto --wipe-slot=recovery,password {dev}"
+        ));
+        want.push(format!(
+            "systemd-cryptenroll --unlock-tpm2-device=auto --recovery-key {dev}"
+        ));
+    }
+    for (v, dev) in [("root", "/dev/vda10"), ("swap", "/dev/vda9")] {
+        want.push(format!(
+            "cryptsetup luksAddKey --batch-mode --key-file {} {dev} -",
+            file(v).display()
+        ));
+    }
+    assert_eq!(runs.iter().map(|r| r.0.clone()).collect::<Vec<_>>(), want);
+    assert_eq!(runs[4].1, keys[0], "the operator key goes in on stdin");
+    // Everything in place: a later start does nothing.
+    ensure_recovery_keys(&rec, &root, &kernel, &rt, &app.store).unwrap();
+    assert_eq!(rec.runs.lock().unwrap().len(), 6);
+}

@@ -294,13 +294,23 @@ impl Daemon {
     }
 }
 
-/// Caches the encrypted volumes' states (on a live system; a development root has none).
+/// Makes the recovery keys when missing, then caches the encrypted volumes' states (on a
+/// live system; a development root has none).
 async fn refresh_encrypted_volumes(app: &Arc<App>) {
     if app.platform.mode != Mode::Live {
         return;
     }
     let app2 = app.clone();
     let done = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::system::security::ensure_recovery_keys(
+            app2.platform.commands.as_ref(),
+            &app2.root,
+            &app2.platform.kernel,
+            &app2.security,
+            &app2.store,
+        ) {
+            tracing::error!(error = %e, "cannot make the encryption recovery keys");
+        }
         crate::system::security::refresh_encrypted_volumes(
             app2.platform.commands.as_ref(),
             &app2.root,

@@ -333,6 +333,112 @@ fn variable_event(data: &[u8]) -> Option<([u8; 16], String)> {
     Some((guid, String::from_utf16(&units).ok()?))
 }
 
+/// First boot (no operator key yet) or an install from before the daemon's key files:
+/// gives each volume a fresh private unlock key (`systemd-cryptenroll --recovery-key`,
+/// unlocked by the TPM, after wiping the old recovery and passphrase slots), written to
+/// `recovery.<volume>.key` (0400); makes an operator recovery key when there is none; and
+/// enrolls every operator key as a passphrase slot. Returns the operator keys to store.
+pub fn generate_recovery_keys(
+    cmds: &dyn crate::platform::exec::Commands,
+    root: &Path,
+    rt: &Runtime,
+    stored: &[String],
+) -> Result<Vec<String>, String> {
+    let volumes = luks::volumes(root, rt)?;
+    let fs = RootFs::new(root);
+    let mut keys = stored.to_vec();
+    if keys.is_empty() {
+        keys.push(recovery::generate()?);
+    }
+    let s = |v: &str| v.to_string();
+    for (name, dev) in &volumes {
+        let dev = dev.to_string_lossy().into_owned();
+        luks::run(
+            cmds,
+            &[
+                s("systemd-cryptenroll"),
+                s("--unlock-tpm2-device=auto"),
+                s("--wipe-slot=recovery,password"),
+                dev.clone(),
+            ],
+            b"",
+        )?;
+        let out = luks::run(
+            cmds,
+            &[
+                s("systemd-cryptenroll"),
+                s("--unlock-tpm2-device=auto"),
+                s("--recovery-key"),
+                dev.clone(),
+            ],
+            b"",
+        )?;
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !recovery::is_recovery_key(&key) {
+            return Err(format!(
+                "systemd-cryptenroll printed no recovery key for the {name} volume"
+            ));
+        }
+        fs.write(&luks::unlock_key_file(name), key.as_bytes(), 0o400)
+            .map_err(|e| e.to_string())?;
+    }
+    let plan = KeyPlan {
+        add: keys.clone(),
+        remove: vec![],
+        result: keys.clone(),
+    };
+    apply_keys(cmds, root, rt, &plan)?;
+    Ok(keys)
+}
+
+/// Start-up's key step on an Incus OS machine (one whose initrd left `IncusOSTPMState`):
+/// generates the keys when there is no operator key or no private unlock key file, and
+/// stores them (the operator has not retrieved a new key yet).
+pub fn ensure_recovery_keys(
+    cmds: &dyn crate::platform::exec::Commands,
+    root: &Path,
+    kernel: &KernelFiles,
+    rt: &Runtime,
+    store: &std::sync::Mutex<crate::state::Store>,
+) -> Result<(), String> {
+    if efi::read(kernel, "IncusOSTPMState")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return Ok(());
+    }
+    let stored = store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .doc()
+        .system
+        .security
+        .config
+        .encryption_recovery_keys
+        .clone();
+    let has_file = RootFs::new(root)
+        .stat(&luks::unlock_key_file("root"))
+        .map_err(|e| e.to_string())?
+        .is_some();
+    if !stored.is_empty() && has_file {
+        return Ok(());
+    }
+    tracing::info!("making the encryption recovery keys; this may take a few seconds");
+    let keys = generate_recovery_keys(cmds, root, rt, &stored)?;
+    let first = stored.is_empty();
+    store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .update(|d| {
+            d.system.security.config.encryption_recovery_keys = keys;
+            if first {
+                d.system.security.encryption_recovery_keys_retrieved = false;
+            }
+        })
+        .map_err(|e| e.to_string())
+}
+
 /// Finds the encrypted volumes' states (slow: run once at start-up) and caches them.
 pub fn refresh_encrypted_volumes(
     cmds: &dyn crate::platform::exec::Commands,
