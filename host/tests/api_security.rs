@@ -662,3 +662,20 @@ fn first_boot_makes_the_private_keys_and_an_operator_key() {
     ensure_recovery_keys(&rec, &root, &kernel, &rt, &app.store).unwrap();
     assert_eq!(rec.runs.lock().unwrap().len(), 6);
 }
+
+#[tokio::test]
+async fn tpm_rebind_needs_a_reachable_systemd_before_anything_changes() {
+    let rec = Arc::new(Recorder::default());
+    let t = TestApp::new();
+    efivar(t.root(), "SecureBoot", GLOBAL, &[1]);
+    efivar(t.root(), "IncusOSTPMState", INCUS_OS, &[0, 0, 0, 1]);
+    let rt = volumes(t.root());
+    let (r, _app, _d) = t.security(rt).commands(rec.clone()).router();
+    let (code, msg) = err(&call(&r, "POST", "/1.0/system/security/:tpm-rebind", "").await);
+    assert_eq!(code, 503);
+    assert!(
+        msg.starts_with("cannot reboot: systemd is not reachable"),
+        "{msg}"
+    );
+    assert!(rec.runs.lock().unwrap().is_empty());
+}

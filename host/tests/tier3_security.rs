@@ -300,6 +300,31 @@ fn volume_mapping_check_without_device_mapper_at_the_boundary() {
     assert_eq!(text(false, "ok"), "unlocked (recovery passphrase)");
 }
 
+/// A systemd that is there (the reboot request is only queued in these tests).
+struct Reachable;
+
+impl incus_osd::platform::systemd::Units for Reachable {
+    fn unit(
+        &self,
+        _: incus_osd::platform::systemd::UnitAction,
+        _: &str,
+    ) -> Result<String, PlatformError> {
+        Ok(String::new())
+    }
+    fn daemon_reload(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+}
+
+impl incus_osd::platform::systemd::Systemd for Reachable {
+    fn power(&self, _: incus_osd::platform::systemd::PowerAction) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn reachable(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+}
+
 fn efivar(root: &Path, name: &str, guid: &str, data: &[u8]) {
     let dir = root.join("sys/firmware/efi/efivars");
     std::fs::create_dir_all(&dir).unwrap();
@@ -386,7 +411,11 @@ async fn tpm_rebind_binds_to_the_swtpms_pcrs_at_the_cryptenroll_boundary() {
             tpm_tcti: Some(swtpm.tcti()),
             ..Default::default()
         };
-        let (r, app, _d) = t.security(rt).commands(rec.clone()).router();
+        let (r, app, _d) = t
+            .security(rt)
+            .commands(rec.clone())
+            .systemd(Arc::new(Reachable))
+            .router();
         app.with_state(|s| {
             s.update(|d| {
                 d.os.name = "IncusOS".into();

@@ -106,6 +106,15 @@ pub async fn retrieved(State(app): State<AppState>, method: Method) -> ApiResult
 /// of this boot, then reboots. The body is ignored.
 pub async fn tpm_rebind(State(app): State<AppState>, method: Method) -> ApiResult {
     require(&method, &[Method::POST])?;
+    // Upstream's refusal first; then the reboot that ends it must be possible before
+    // anything is re-bound.
+    if security::rebind::tpm_unlocked_all(&app.platform.kernel).map_err(ApiError::internal)? {
+        return Err(ApiError::internal(security::rebind::REFUSAL));
+    }
+    app.platform
+        .units
+        .reachable()
+        .map_err(|e| ApiError::new(503, format!("cannot reboot: {}", e.0)))?;
     let _change = app.security.change.lock().await;
     let app2 = app.clone();
     blocking(move || {
