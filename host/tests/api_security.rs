@@ -679,3 +679,21 @@ async fn tpm_rebind_needs_a_reachable_systemd_before_anything_changes() {
     );
     assert!(rec.runs.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn secure_boot_updates_need_secure_boot() {
+    let t = TestApp::new();
+    efivar(t.root(), "SecureBoot", GLOBAL, &[0]);
+    let (r, _, _d) = t.router();
+    assert_eq!(
+        err(&call(&r, "POST", "/1.0/debug/secureboot/:update", "x").await),
+        (
+            400,
+            "cannot apply certificate update when Secure Boot is disabled".into()
+        )
+    );
+    assert_eq!(
+        err(&call(&r, "GET", "/1.0/debug/secureboot/:update", "").await).0,
+        501
+    );
+}

@@ -735,3 +735,209 @@ async fn the_event_log_shows_pcrs_4_7_and_11_and_the_tpms_values() {
     assert_eq!(s.as_u16(), 500, "{v}");
     assert!(v["error"].as_str().unwrap().contains("PCR 7"), "{v}");
 }
+
+/// Stands in for the firmware behind `efi-updatevar -a -f <file> <VAR>`: appends the
+/// update's signature list to the variable's efivarfs file. Records every command.
+struct Firmware {
+    efivars: PathBuf,
+    runs: Mutex<Vec<String>>,
+}
+
+impl Commands for Firmware {
+    fn run(&self, argv: &[String], _: &[u8], _: Duration) -> Result<Output, PlatformError> {
+        self.runs.lock().unwrap().push(argv.join(" "));
+        if argv[0] == "efi-updatevar" {
+            let auth = std::fs::read(&argv[3]).unwrap();
+            let var = &argv[4];
+            let guid = if var == "KEK" {
+                "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+            } else {
+                "d719b2cb-3d3a-4596-a3bc-dad00e67656f"
+            };
+            let path = self.efivars.join(format!("{var}-{guid}"));
+            let mut data = std::fs::read(&path).unwrap();
+            data.extend(&auth[16 + 24..]);
+            std::fs::write(&path, data).unwrap();
+        }
+        Ok(Output {
+            status: 0,
+            stdout: vec![],
+            stderr: vec![],
+        })
+    }
+}
+
+fn cert_list(der: &[u8]) -> Vec<u8> {
+    let mut out = incus_osd::system::security::secureboot::X509_TYPE.to_vec();
+    out.extend(((28 + 16 + der.len()) as u32).to_le_bytes());
+    out.extend(0u32.to_le_bytes());
+    out.extend(((16 + der.len()) as u32).to_le_bytes());
+    out.extend([0u8; 16]);
+    out.extend(der);
+    out
+}
+
+/// `UEFI_VARIABLE_DATA` as firmware measures a variable into PCR 7.
+fn variable_data(guid: [u8; 16], name: &str, data: &[u8]) -> Vec<u8> {
+    let units: Vec<u16> = name.encode_utf16().collect();
+    let mut out = guid.to_vec();
+    out.extend((units.len() as u64).to_le_bytes());
+    out.extend((data.len() as u64).to_le_bytes());
+    for u in units {
+        out.extend(u.to_le_bytes());
+    }
+    out.extend(data);
+    out
+}
+
+#[tokio::test]
+async fn a_db_update_is_appended_and_the_volumes_bound_to_the_next_pcr7() {
+    tier3_or_return!();
+    use incus_osd::platform::tpm::eventlog::{event_type::*, EventLog};
+    use incus_osd::system::security::secureboot::guid;
+    use sha2::{Digest as _, Sha256};
+    let new_cert = |cn: &str| {
+        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec()
+    };
+    let (kek, db_old, db_new) = (new_cert("KEK"), new_cert("db 2023"), new_cert("db 2026"));
+    let fp = |d: &[u8]| incus_osd::platform::tpm::hex(&Sha256::digest(d));
+    let image_security = guid(
+        0xd719b2cb,
+        0x3d3a,
+        0x4596,
+        [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f],
+    );
+
+    let t = TestApp::new();
+    let root = t.root().to_path_buf();
+    efivar(
+        &root,
+        "SecureBoot",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        &[1],
+    );
+    efivar(
+        &root,
+        "KEK",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+        &cert_list(&kek),
+    );
+    efivar(
+        &root,
+        "db",
+        "d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+        &cert_list(&db_old),
+    );
+    std::fs::create_dir_all(root.join("var/lib/incus-os")).unwrap();
+    std::fs::write(root.join("var/lib/incus-os/recovery.root.key"), "k").unwrap();
+    // The boot measured db as it is; swtpm holds what the log replays to.
+    let swtpm = Swtpm::start().unwrap();
+    let measured = variable_data(image_security, "db", &cert_list(&db_old));
+    let mut log = EventLog::sha256_only();
+    {
+        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+        for (pcr, kind, data) in [
+            (7, EV_EFI_VARIABLE_DRIVER_CONFIG, measured.clone()),
+            (7, EV_SEPARATOR, vec![0u8; 4]),
+        ] {
+            let d: [u8; 32] = Sha256::digest(&data).into();
+            log.push(pcr, kind, d, &data);
+            tpm.extend_pcr(pcr, &d).unwrap();
+        }
+    }
+    let p = root.join("sys/kernel/security/tpm0/binary_bios_measurements");
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, log.encode()).unwrap();
+
+    let fw = Arc::new(Firmware {
+        efivars: root.join("sys/firmware/efi/efivars"),
+        runs: Mutex::new(vec![]),
+    });
+    let mut volumes = BTreeMap::new();
+    volumes.insert("root".to_string(), PathBuf::from("/dev/vda10"));
+    let rt = Runtime {
+        volumes: Some(volumes),
+        tpm_tcti: Some(swtpm.tcti()),
+        ..Default::default()
+    };
+    let (r, _app, _d) = t.security(rt).commands(fw.clone()).router();
+
+    // A KEK already enrolled is skipped; the new db certificate is applied.
+    let auth = |der: &[u8]| {
+        let mut out = vec![0u8; 16];
+        out.extend(24u32.to_le_bytes());
+        out.extend([0u8; 20]);
+        out.extend(cert_list(der));
+        out
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [
+        (format!("KEK_{}.auth", fp(&kek)), auth(&kek)),
+        (format!("db_{}.auth", fp(&db_new)), auth(&db_new)),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    let archive = b.into_inner().unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri("/1.0/debug/secureboot/:update")
+        .body(Body::from(archive.clone()))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The next boot measures db with both certificates: computed here independently.
+    let new_db = [cert_list(&db_old), cert_list(&db_new)].concat();
+    let ext = |old: [u8; 32], d: [u8; 32]| -> [u8; 32] {
+        Sha256::digest([&old[..], &d[..]].concat()).into()
+    };
+    let next7 = ext(
+        ext(
+            [0; 32],
+            Sha256::digest(variable_data(image_security, "db", &new_db)).into(),
+        ),
+        Sha256::digest([0u8; 4]).into(),
+    );
+    let runs = fw.runs.lock().unwrap().clone();
+    let db_file = root.join("sys/firmware/efi/efivars/db-d719b2cb-3d3a-4596-a3bc-dad00e67656f");
+    assert_eq!(runs[0], format!("chattr -i {}", db_file.display()));
+    assert!(
+        runs[1].starts_with("efi-updatevar -a -f ") && runs[1].ends_with(" db"),
+        "{}",
+        runs[1]
+    );
+    assert_eq!(runs[2], "systemd-cryptenroll --help");
+    assert_eq!(
+        runs[3],
+        format!(
+            "systemd-cryptenroll --unlock-key-file={} --tpm2-device={} --wipe-slot=tpm2 {} /dev/vda10",
+            root.join("var/lib/incus-os/recovery.root.key").display(),
+            swtpm.tcti(),
+            format_args!(
+                "--tpm2-pcrs=7:sha256={}+15:sha256={}",
+                incus_osd::platform::tpm::hex(&next7),
+                "0".repeat(64)
+            )
+        )
+    );
+    assert_eq!(runs.len(), 4, "{runs:?}");
+
+    // Applied: the same archive has nothing left to do.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/1.0/debug/secureboot/:update")
+        .body(Body::from(archive))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fw.runs.lock().unwrap().len(), 4);
+}

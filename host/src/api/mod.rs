@@ -164,6 +164,10 @@ pub fn router(app: AppState) -> Router {
             "/1.0/debug/secureboot/event-log",
             any(security::debug_event_log),
         )
+        .route(
+            "/1.0/debug/secureboot/:update",
+            any(security::debug_secureboot_update),
+        )
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
         .route("/1.0/system/provider", any(system::provider))

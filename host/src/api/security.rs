@@ -274,3 +274,37 @@ pub async fn debug_event_log(State(app): State<AppState>, method: Method) -> Api
     .await?;
     Ok(sync(&out))
 }
+
+/// `POST /1.0/debug/secureboot/:update`: applies a Secure Boot key update archive (the
+/// request body) as the update checker would: at most one variable, a reboot needed after.
+pub async fn debug_secureboot_update(
+    State(app): State<AppState>,
+    method: Method,
+    body: Body,
+) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let data = super::body::read_json(body).await?;
+    let _change = app.security.change.lock().await;
+    let app2 = app.clone();
+    blocking(move || {
+        let app = app2;
+        let kernel = &app.platform.kernel;
+        if !security::secure_boot_enabled(kernel).map_err(ApiError::internal)? {
+            return Err(ApiError::bad_request(
+                "cannot apply certificate update when Secure Boot is disabled",
+            ));
+        }
+        let updates = security::sbupdate::parse_archive(&data).map_err(ApiError::internal)?;
+        security::sbupdate::apply(
+            app.platform.commands.as_ref(),
+            &app.root,
+            kernel,
+            &app.security,
+            &updates,
+        )
+        .map_err(ApiError::internal)?;
+        Ok(())
+    })
+    .await?;
+    Ok(empty())
+}

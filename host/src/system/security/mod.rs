@@ -5,6 +5,7 @@ pub mod auth;
 pub mod luks;
 pub mod rebind;
 pub mod recovery;
+pub mod sbupdate;
 pub mod secureboot;
 
 use std::collections::BTreeMap;

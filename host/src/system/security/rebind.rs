@@ -188,8 +188,39 @@ pub fn rebind(
     Ok(())
 }
 
+/// Binds every volume's TPM slot to `binding` (a `--tpm2-pcrs=` argument), unlocking each
+/// with the daemon's key file.
+pub fn enroll_all(
+    cmds: &dyn Commands,
+    root: &Path,
+    rt: &Runtime,
+    binding: &str,
+) -> Result<(), String> {
+    let fs = RootFs::new(root);
+    let device = rt.tpm_tcti.clone().unwrap_or_else(|| "auto".into());
+    let pcrlock = cryptenroll_knows(cmds, "--tpm2-pcrlock");
+    for (name, dev) in luks::volumes(root, rt)? {
+        let file = fs
+            .resolve(&luks::unlock_key_file(&name))
+            .map_err(|e| e.to_string())?;
+        let mut argv = vec![
+            "systemd-cryptenroll".to_string(),
+            format!("--unlock-key-file={}", file.display()),
+            format!("--tpm2-device={device}"),
+            "--wipe-slot=tpm2".into(),
+        ];
+        if pcrlock {
+            argv.push("--tpm2-pcrlock=".into());
+        }
+        argv.push(binding.to_string());
+        argv.push(dev.to_string_lossy().into_owned());
+        luks::run(cmds, &argv, b"")?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A minimal PE: DOS header, PE signature, COFF header, no optional header, sections.
