@@ -27,6 +27,7 @@ pub struct TestApp {
     ready: bool,
     systemd: Option<Arc<dyn Systemd>>,
     commands: Option<Arc<dyn crate::platform::exec::Commands>>,
+    network: Option<Arc<dyn crate::platform::network::NetworkOs>>,
     install_disk: Option<PathBuf>,
     installed: Vec<(String, String)>,
     security: Option<crate::system::security::Runtime>,
@@ -69,6 +70,7 @@ impl TestApp {
             ready: true,
             systemd: None,
             commands: None,
+            network: None,
             install_disk: None,
             installed: vec![],
             security: None,
@@ -96,6 +98,12 @@ impl TestApp {
     /// for commands.
     pub fn systemd(mut self, systemd: Arc<dyn Systemd>) -> Self {
         self.systemd = Some(systemd);
+        self
+    }
+
+    /// Drives the network through `network` (e.g. `FakeNetworkOs`) instead of none.
+    pub fn network(mut self, network: Arc<dyn crate::platform::network::NetworkOs>) -> Self {
+        self.network = Some(network);
         self
     }
 
@@ -191,6 +199,9 @@ impl TestApp {
         }
         if let Some(systemd) = self.systemd {
             platform.units = systemd;
+        }
+        if let Some(network) = self.network {
+            platform.network = network;
         }
         let mut reg = Registry::default();
         for add in self.adders {

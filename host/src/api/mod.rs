@@ -60,6 +60,8 @@ pub struct App {
     pub prior_release: String,
     /// The security subsystem's runtime (TPM connection, LUKS volumes, cached states).
     pub security: crate::system::security::Runtime,
+    /// The network subsystem (configuration, confirm/rollback, live state).
+    pub network: crate::system::network::service::Network,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -73,7 +75,10 @@ impl App {
         platform: Platform,
     ) -> Self {
         let (power_tx, power_rx) = mpsc::channel(1);
+        let network =
+            crate::system::network::service::Network::new(&root, &platform, store.clone());
         App {
+            network,
             root,
             store,
             registry,
@@ -170,6 +175,12 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
+        .route("/1.0/system/network", any(system::network))
+        .route("/1.0/system/network/:confirm", any(system::network_confirm))
+        .route(
+            "/1.0/system/network/:flush-dns",
+            any(system::network_flush_dns),
+        )
         .route("/1.0/system/provider", any(system::provider))
         .route("/1.0/system/update", any(system::update))
         .route("/1.0/system/update/:check", any(system::update_check))

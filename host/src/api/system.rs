@@ -30,10 +30,9 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 8] = [
+const NOT_BUILT: [&str; 7] = [
     "fallback-listener",
     "kernel",
-    "network",
     "resources",
     "storage",
     ":backup",
@@ -242,5 +241,88 @@ pub async fn update_check(State(app): State<AppState>, method: Method, body: Bod
     } else {
         app.updates.send(Event::UserRequested);
     }
+    Ok(empty())
+}
+
+#[derive(Deserialize)]
+struct NetworkPut {
+    #[serde(default)]
+    config: Option<crate::system::network::model::SystemNetworkConfig>,
+}
+
+/// `GET|PUT /1.0/system/network`.
+pub async fn network(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    use crate::system::network::confirm::{self, ChangeError};
+    use crate::system::network::model::SystemNetwork;
+    match method {
+        Method::GET => {
+            let mut config = app.network.config();
+            if let Some(c) = config.as_mut() {
+                c.fill_default_timezone();
+            }
+            let net = app.network.clone();
+            let state = match tokio::task::spawn_blocking(move || net.state()).await {
+                Ok(Ok(state)) => state,
+                // A dev root has no network to show; a live machine that cannot be read is
+                // an error.
+                Ok(Err(e)) if app.platform.mode != crate::platform::Mode::Live => {
+                    tracing::debug!(error = %e, "no network state");
+                    Default::default()
+                }
+                Ok(Err(e)) => return Err(ApiError::internal(e)),
+                Err(e) => return Err(ApiError::internal(e.to_string())),
+            };
+            Ok(sync(&SystemNetwork { config, state }))
+        }
+        Method::PUT => {
+            let put: NetworkPut = read_object(body).await?;
+            app.network
+                .changes
+                .refuse_if_pending()
+                .map_err(|r| ApiError::new(r.status(), r.message()))?;
+            let config = match put.config {
+                Some(c) if c.has_devices() => c,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "network configuration has no devices defined",
+                    ))
+                }
+            };
+            let trial = if config.confirmation_timeout.is_empty() {
+                None
+            } else {
+                Some(
+                    confirm::parse_timeout(&config.confirmation_timeout)
+                        .map_err(ApiError::bad_request)?,
+                )
+            };
+            match app.network.changes.change(Some(config), trial).await {
+                Ok(()) => Ok(empty()),
+                Err(ChangeError::Refused(r)) => Err(ApiError::new(r.status(), r.message())),
+                Err(ChangeError::Failed(e)) => Err(ApiError::internal(e)),
+            }
+        }
+        _ => Err(ApiError::not_implemented()),
+    }
+}
+
+/// `POST /1.0/system/network/:confirm`.
+pub async fn network_confirm(State(app): State<AppState>, method: Method) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    app.network
+        .changes
+        .confirm()
+        .map_err(ApiError::bad_request)?;
+    Ok(empty())
+}
+
+/// `POST /1.0/system/network/:flush-dns`: resolved's caches emptied.
+pub async fn network_flush_dns(State(app): State<AppState>, method: Method) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let os = app.network.os().clone();
+    tokio::task::spawn_blocking(move || os.flush_dns_caches())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.0))?;
     Ok(empty())
 }

@@ -328,6 +328,7 @@ async fn refresh_encrypted_volumes(app: &Arc<App>) {
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
     refresh_encrypted_volumes(&app).await;
+    apply_network(&app).await;
     // The images installed applications use, chosen for the release that booted, before
     // anything starts (upstream's order).
     crate::system::applications::manage::refresh_at_boot(&app).await;
@@ -397,6 +398,10 @@ pub async fn action_loop(app: Arc<App>, mut requests: tokio::sync::mpsc::Receive
             lifecycle::stop_plugins(&app).await;
             save_state(&app);
         }
+        if matches!(action, PowerAction::PowerOff | PowerAction::Suspend) {
+            let net = app.network.clone();
+            let _ = tokio::task::spawn_blocking(move || net.restore_wake_on_lan_macs()).await;
+        }
         let app2 = app.clone();
         let result = tokio::task::spawn_blocking(move || app2.platform.units.power(action))
             .await
@@ -409,6 +414,18 @@ pub async fn action_loop(app: Arc<App>, mut requests: tokio::sync::mpsc::Receive
                 lifecycle::start_plugins(&app).await;
             }
         }
+    }
+}
+
+/// Applies the network configuration at start (see `Network::start`); a dev root has no
+/// network to configure.
+async fn apply_network(app: &Arc<App>) {
+    if app.platform.mode != crate::platform::Mode::Live {
+        return;
+    }
+    let net = app.network.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || net.start()).await {
+        tracing::error!(error = %e, "network start-up failed");
     }
 }
 

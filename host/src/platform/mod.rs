@@ -8,6 +8,7 @@ pub mod efi;
 pub mod journal;
 pub mod kernel;
 pub mod limits;
+pub mod network;
 pub mod notify;
 pub mod socket;
 pub mod systemd;
@@ -41,6 +42,8 @@ pub struct Platform {
     pub commands: Arc<dyn exec::Commands>,
     /// Where kernel facts (`/proc`, `/sys`) are read.
     pub kernel: kernel::KernelFiles,
+    /// The network's OS side (netlink, networkd and friends over D-Bus).
+    pub network: Arc<dyn network::NetworkOs>,
 }
 
 impl Platform {
@@ -52,6 +55,7 @@ impl Platform {
         if bus.is_none() && p.mode != Mode::Live {
             return p;
         }
+        p.network = network::connect(&p.mode, root, bus, p.kernel.clone()).await;
         match systemd_dbus::DbusSystemd::connect(bus).await {
             Ok(d) => p.units = Arc::new(d),
             Err(e) => {
@@ -72,6 +76,7 @@ impl Platform {
                 units: Arc::new(systemd::Unavailable::new("no D-Bus connection")),
                 commands: Arc::new(exec::RealCommands),
                 kernel,
+                network: Arc::new(network::fake::Unavailable::new("no D-Bus connection")),
             }
         } else {
             let why = format!(
@@ -82,6 +87,7 @@ impl Platform {
                 mode: Mode::Offline(why.clone()),
                 units: Arc::new(systemd::Unavailable::new(&why)),
                 commands: Arc::new(exec::Refused::new(&why)),
+                network: Arc::new(network::fake::Unavailable::new(&why)),
                 kernel,
             }
         }

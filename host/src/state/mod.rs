@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::platform::files::Dir;
 
 /// The schema version this daemon writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The file name under the state directory.
 pub const STATE_FILE: &str = "state.json";
@@ -70,6 +70,19 @@ pub struct SystemDoc {
     /// start-up findings behind the trust status (added without a schema change: older
     /// documents read it as its defaults).
     pub security: crate::system::security::SecurityDoc,
+    /// The network configuration in place (`None` until one was applied).
+    pub network: NetworkDoc,
+}
+
+/// The persisted part of `/1.0/system/network`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkDoc {
+    pub config: Option<crate::system::network::model::SystemNetworkConfig>,
+    /// The configuration a trial change replaced, kept until the change is confirmed or
+    /// rolled back: found at start-up, it means the machine went down before either, and
+    /// it is put back (upstream's `PriorNetworkConfig`).
+    pub prior_config: Option<crate::system::network::model::SystemNetworkConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -131,7 +144,18 @@ type Upgrade = fn(Value) -> Result<Value, String>;
 
 /// `UPGRADES[i]` upgrades schema `i` to `i + 1`. Schema 0 is the unversioned draft layout
 /// (a bare `{"plugins": ...}` object) used before the version field existed.
-const UPGRADES: &[Upgrade] = &[upgrade_v0_to_v1, upgrade_v1_to_v2];
+const UPGRADES: &[Upgrade] = &[upgrade_v0_to_v1, upgrade_v1_to_v2, upgrade_v2_to_v3];
+
+/// Schema 3 adds the network, storage and security configuration under `system`; nothing
+/// moves. (The version changes so that a daemon that knows only schema 2 keeps such a
+/// document read-only instead of dropping what it does not know.)
+fn upgrade_v2_to_v3(mut v: Value) -> Result<Value, String> {
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| "document is not an object".to_string())?;
+    obj.insert("schema_version".into(), Value::from(3));
+    Ok(v)
+}
 
 fn upgrade_v0_to_v1(mut v: Value) -> Result<Value, String> {
     let obj = v
@@ -524,7 +548,7 @@ mod tests {
         assert!(s.doc().system.provider.registered);
         assert_eq!(s.doc().applications["guestbook"].version, "1");
         let on_disk: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(on_disk["schema_version"], 2);
+        assert_eq!(on_disk["schema_version"], SCHEMA_VERSION);
         assert_eq!(
             on_disk["plugins"]["provider/debug"],
             serde_json::json!({"config": {}})

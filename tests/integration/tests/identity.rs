@@ -140,6 +140,6 @@ async fn a_provider_config_saved_by_the_previous_daemon_is_found_after_the_upgra
         })
     );
     let saved = state(&root);
-    assert_eq!(saved["schema_version"], 2);
+    assert_eq!(saved["schema_version"], incus_osd::state::SCHEMA_VERSION);
     assert!(saved["plugins"].get("fixture").is_none(), "{saved}");
 }

@@ -251,6 +251,9 @@ fn live_platform(sd: DbusSystemd) -> Platform {
         units: Arc::new(sd),
         commands: Arc::new(Refused::new("not in this test")),
         kernel: incus_osd::platform::kernel::KernelFiles::host(),
+        network: Arc::new(incus_osd::platform::network::fake::Unavailable::new(
+            "not in this test",
+        )),
     }
 }
 

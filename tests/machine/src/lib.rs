@@ -7,6 +7,8 @@
 //! * [`Swtpm`] — a software TPM 2.0 on a loopback TCP port pair, with its TCTI string.
 //! * [`LoopDevice`] — a sparse file attached as a loop device, optionally formatted.
 //! * [`NetNs`] — a named network namespace with veth pairs and bridges inside.
+//! * [`Dnsmasq`] — a DHCPv4 and DNS server in a [`NetNs`]; [`NtpServer`] — an NTP server
+//!   there.
 //! * [`journal_from_text`] — a real `.journal` file written by `systemd-journal-remote`
 //!   from export-format entries, several boots included.
 //! * [`require_root_tier`] — the gate every tier-3 test calls first.
@@ -20,14 +22,17 @@
 #![allow(unsafe_code)] // audited: test support as root: pidfds, namespaces, signals and mounts through libc; each block has a SAFETY comment
 
 mod cgroup;
+mod dnsmasq;
 mod journal;
 mod loopdev;
 mod machine;
 mod netns;
+mod ntp;
 mod process;
 mod rootfs;
 mod swtpm;
 
+pub use dnsmasq::{Dnsmasq, DnsmasqBuilder};
 pub use journal::{
     export_text, journal_from_export, journal_from_text, write_journal, JournalEntry, JournalFile,
     DEFAULT_BOOT_ID, DEFAULT_HOSTNAME, DEFAULT_MACHINE_ID, DEFAULT_REALTIME_US,
@@ -35,6 +40,7 @@ pub use journal::{
 pub use loopdev::{Filesystem, LoopDevice, Mounted};
 pub use machine::{Machine, MachineBuilder, HOST_DEVTMPFS, LOOP_DEVICES};
 pub use netns::NetNs;
+pub use ntp::NtpServer;
 pub use process::CommandOutput;
 pub use rootfs::{rootfs, tier3_dir, BASE_PACKAGES};
 pub use swtpm::Swtpm;
@@ -58,6 +64,8 @@ pub const REQUIRED_TOOLS: &[&str] = &[
     "journalctl",
     "sfdisk",
     "mkfs.vfat",
+    "dnsmasq",
+    "ping",
 ];
 
 /// Where `systemd-journal-remote` lives on Debian (it is not in `PATH`).

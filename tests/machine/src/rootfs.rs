@@ -255,7 +255,11 @@ fn build_base(tmp: &Path) -> Result<()> {
 /// resolver, no login prompt on the console, no apt caches.
 fn tune(root: &Path) -> Result<()> {
     let _ = fs::remove_file(root.join("etc/hostname"));
-    fs::write(root.join("etc/resolv.conf"), "")?;
+    // A file of its own, also where a package made it a link (systemd-resolved links it to
+    // its stub file under /run, which does not exist in the tree).
+    let resolv = root.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    fs::write(&resolv, "")?;
     let mask = root.join("etc/systemd/system/console-getty.service");
     let _ = fs::remove_file(&mask);
     std::os::unix::fs::symlink("/dev/null", &mask)

@@ -197,6 +197,9 @@ fn machine(fail_refresh: usize, fail_reload: bool) -> Machine {
         }),
         commands: commands.clone(),
         kernel: kernel::KernelFiles::for_root(dir.path()),
+        network: Arc::new(crate::platform::network::fake::Unavailable::new(
+            "no network in this test",
+        )),
     };
     let store = Store::new(dir.path(), &platform);
     Machine {

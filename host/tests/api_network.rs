@@ -1,0 +1,518 @@
+//! `/1.0/system/network` through the router, over a recording network OS and systemd:
+//! upstream's refusals and texts, what an apply writes and runs, a failed apply putting
+//! everything back, and trial changes confirmed or rolled back.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::Router;
+use http_body_util::BodyExt;
+use incus_osd::api::App;
+use incus_osd::platform::exec::{Commands, Output};
+use incus_osd::platform::network::fake::{FakeNetworkOs, FakeState};
+use incus_osd::platform::network::{LinkState, LinkStatus};
+use incus_osd::platform::systemd::{PowerAction, Systemd, UnitAction, Units};
+use incus_osd::platform::PlatformError;
+use incus_osd::testing::TestApp;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const MAC: &str = "52:54:00:12:34:56";
+const OTHER_MAC: &str = "52:54:00:ab:cd:ef";
+
+/// systemd: every job succeeds and is recorded.
+#[derive(Default)]
+struct Units_ {
+    jobs: Mutex<Vec<String>>,
+    active: Mutex<BTreeMap<String, bool>>,
+}
+
+impl Units for Units_ {
+    fn unit(&self, action: UnitAction, unit: &str) -> Result<String, PlatformError> {
+        if action == UnitAction::ActiveState {
+            let on = self
+                .active
+                .lock()
+                .unwrap()
+                .get(unit)
+                .copied()
+                .unwrap_or(false);
+            return Ok(if on { "active" } else { "inactive" }.into());
+        }
+        self.jobs
+            .lock()
+            .unwrap()
+            .push(format!("{} {unit}", action.as_str()));
+        let on = matches!(action, UnitAction::Start | UnitAction::Restart);
+        self.active.lock().unwrap().insert(unit.into(), on);
+        Ok(String::new())
+    }
+    fn daemon_reload(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+}
+
+impl Systemd for Units_ {
+    fn power(&self, _: PowerAction) -> Result<(), PlatformError> {
+        Ok(())
+    }
+    fn reachable(&self) -> Result<(), PlatformError> {
+        Ok(())
+    }
+}
+
+/// `nft -f -` succeeds and keeps the script it was given.
+#[derive(Default)]
+struct Nft {
+    scripts: Mutex<Vec<String>>,
+}
+
+impl Commands for Nft {
+    fn run(&self, argv: &[String], stdin: &[u8], _: Duration) -> Result<Output, PlatformError> {
+        if argv.join(" ") != "nft -f -" {
+            return Err(PlatformError(format!("unexpected command {argv:?}")));
+        }
+        self.scripts
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(stdin).into_owned());
+        Ok(Output {
+            status: 0,
+            stdout: vec![],
+            stderr: vec![],
+        })
+    }
+}
+
+struct Env {
+    r: Router,
+    app: Arc<App>,
+    net: Arc<FakeNetworkOs>,
+    units: Arc<Units_>,
+    nft: Arc<Nft>,
+    _dir: tempfile::TempDir,
+}
+
+fn link(name: &str, kind: Option<&str>, mac: &str, addresses: &[&str]) -> LinkState {
+    LinkState {
+        name: name.into(),
+        kind: kind.map(String::from),
+        mtu: 1500,
+        max_mtu: Some(9000),
+        mac: Some(mac.into()),
+        permanent_mac: kind.is_none().then(|| mac.to_string()),
+        operstate: "up".into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn env() -> Env {
+    let mut status = BTreeMap::new();
+    status.insert(
+        "_veth0".to_string(),
+        LinkStatus {
+            online_state: Some("online".into()),
+            operational_state: "routable".into(),
+            address_state: "routable".into(),
+            setup_state: "configured".into(),
+        },
+    );
+    let net = Arc::new(FakeNetworkOs::new(FakeState {
+        // Two NICs, and the links networkd makes for the configurations these tests
+        // apply (this fake's networkd creates nothing).
+        links: vec![
+            link("enp1s0", None, MAC, &[]),
+            link("enp2s0", None, OTHER_MAC, &["192.0.2.9/24"]),
+            link("eth0", Some("bridge"), "52:54:00:00:00:02", &[]),
+            link(
+                "_veth0",
+                Some("veth"),
+                "52:54:00:00:00:01",
+                &["10.0.0.2/24", "2001:db8::2/64"],
+            ),
+            link("eth1", Some("bridge"), "52:54:00:00:00:03", &[]),
+            link("_veth1", Some("veth"), "52:54:00:00:00:04", &[]),
+            link("bond0", Some("bridge"), "52:54:00:00:00:05", &[]),
+            link("_vbond0", Some("veth"), "52:54:00:00:00:06", &[]),
+            link("_bbond0", Some("bond"), "52:54:00:00:00:07", &[]),
+        ],
+        status,
+        hostname: "localhost".into(),
+        timezone: "UTC".into(),
+        time_synced: true,
+        ..Default::default()
+    }));
+    let units = Arc::new(Units_::default());
+    let nft = Arc::new(Nft::default());
+    let (r, app, dir) = TestApp::new()
+        .systemd(units.clone())
+        .network(net.clone())
+        .commands(nft.clone())
+        .router();
+    Env {
+        r,
+        app,
+        net,
+        units,
+        nft,
+        _dir: dir,
+    }
+}
+
+impl Env {
+    async fn call(&self, method: &str, uri: &str, body: String) -> (u16, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::from(body))
+            .unwrap();
+        let resp = self.r.clone().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn put(&self, config: Value) -> (u16, Value) {
+        self.call(
+            "PUT",
+            "/1.0/system/network",
+            json!({ "config": config }).to_string(),
+        )
+        .await
+    }
+
+    async fn get(&self) -> Value {
+        let (s, v) = self.call("GET", "/1.0/system/network", String::new()).await;
+        assert_eq!(s, 200, "{v}");
+        v["metadata"].clone()
+    }
+
+    fn files(&self) -> Vec<String> {
+        let dir = self.app.root.join("run/systemd/network");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    fn stored(&self) -> Value {
+        self.app
+            .with_state(|s| serde_json::to_value(&s.doc().system.network).unwrap())
+    }
+}
+
+fn dhcp(hwaddr: &str) -> Value {
+    json!({"interfaces": [{"name": "eth0", "hwaddr": hwaddr, "addresses": ["dhcp4"]}],
+           "dns": {"hostname": "host1"}})
+}
+
+#[tokio::test]
+async fn refusals_come_in_upstreams_order_and_change_nothing() {
+    let e = env();
+    let (s, v) = e.call("PUT", "/1.0/system/network", String::new()).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = e.put(json!({})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "network configuration has no devices defined")
+    );
+    let (s, v) = e.put(json!({"wireguard": [{"name": "wg0"}]})).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "network configuration has no devices defined")
+    );
+    let mut c = dhcp(MAC);
+    c["confirmation_timeout"] = json!("bizbaz");
+    let (s, v) = e.put(c.clone()).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (
+            400,
+            r#"invalid confirmation timeout provided: time: invalid duration "bizbaz""#
+        )
+    );
+    c["confirmation_timeout"] = json!("-1m");
+    let (s, v) = e.put(c).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "confirmation timeout must be greater than zero")
+    );
+    let (s, v) = e
+        .put(json!({"interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4", "bizbaz"]}]}))
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (
+            500,
+            "interface 0 address 1 invalid IP address 'bizbaz', must provide a CIDR mask"
+        )
+    );
+    let (s, v) = e
+        .call("POST", "/1.0/system/network/:confirm", String::new())
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "no network configuration is pending a confirmation")
+    );
+    assert!(e.files().is_empty());
+    assert_eq!(e.stored()["config"], Value::Null);
+    assert!(e.units.jobs.lock().unwrap().is_empty());
+    assert!(e.nft.scripts.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
+    let e = env();
+    let (s, v) = e.put(dhcp("enp1s0")).await;
+    assert_eq!(s, 200, "{v}");
+    let files = e.files();
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("00-_p") && f.ends_with(".link")),
+        "{files:?}"
+    );
+    assert!(files.contains(&"10-eth0.netdev".to_string()), "{files:?}");
+    assert!(
+        files.contains(&"20-_veth0.network".to_string()),
+        "{files:?}"
+    );
+    // The interface name became its MAC in what is stored.
+    assert_eq!(e.stored()["config"]["interfaces"][0]["hwaddr"], MAC);
+    let calls = e.net.calls();
+    let random = calls[2].rsplit(' ').next().unwrap().to_string();
+    let first: u8 = u8::from_str_radix(&random[..2], 16).unwrap();
+    assert_eq!(
+        first & 0x03,
+        0x02,
+        "unicast, locally administered: {random}"
+    );
+    assert_eq!(
+        calls,
+        [
+            "set_hostname host1",
+            // No udev here: the NIC is renamed over netlink.
+            "rename_link enp1s0 _p525400123456",
+            &format!("set_mac _p525400123456 {random}"),
+            "wait_online _veth0",
+            "check_dns linuxcontainers.org",
+            "restart_timesyncd_and_wait"
+        ]
+    );
+    assert_eq!(
+        *e.units.jobs.lock().unwrap(),
+        ["restart systemd-networkd.service"]
+    );
+    let hosts = std::fs::read_to_string(e.app.root.join("etc/hosts")).unwrap();
+    assert!(hosts.contains("127.0.1.1"), "{hosts}");
+    assert!(hosts.contains("host1"), "{hosts}");
+    let scripts = e.nft.scripts.lock().unwrap().clone();
+    assert_eq!(scripts.len(), 1);
+    assert!(scripts[0].contains("incus-osd"), "{}", scripts[0]);
+
+    // GET: the config (with the default time zone), and the live state of the bridge's
+    // host side plus the NIC nothing configures.
+    let v = e.get().await;
+    assert_eq!(v["config"]["time"]["timezone"], "UTC");
+    assert!(v["config"].get("confirmation_timeout").is_none());
+    let eth0 = &v["state"]["interfaces"]["eth0"];
+    assert_eq!(eth0["type"], "interface");
+    assert_eq!(eth0["addresses"], json!(["10.0.0.2", "2001:db8::2"]));
+    assert_eq!(eth0["state"], "routable");
+    assert_eq!(eth0["roles"], json!(["management", "cluster"]));
+    let nic = &v["state"]["interfaces"]["enp2s0"];
+    assert_eq!(nic["type"], "physical");
+    assert_eq!(nic["addresses"], json!(["192.0.2.9"]));
+    assert!(
+        v["state"]["interfaces"].get("_p525400123456").is_none(),
+        "the renamed NIC is the configured interface's port, not shown apart"
+    );
+    assert_eq!(v["state"]["configuration_in_process"], false);
+}
+
+#[tokio::test]
+async fn a_failed_apply_puts_back_files_units_firewall_and_hostname() {
+    let e = env();
+    assert_eq!(e.put(dhcp(MAC)).await.0, 200);
+    let before = e.files();
+    let hosts = std::fs::read_to_string(e.app.root.join("etc/hosts")).unwrap();
+    e.net.state.lock().unwrap().never_online = vec!["_veth0".into()];
+    let mut c = dhcp(MAC);
+    c["dns"]["hostname"] = json!("host2");
+    c["interfaces"][0]["mtu"] = json!(9000);
+    let (s, v) = e.put(c).await;
+    assert_eq!(s, 500);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for network devices to come online"),
+        "{v}"
+    );
+    assert_eq!(e.files(), before);
+    assert_eq!(
+        std::fs::read_to_string(e.app.root.join("etc/hosts")).unwrap(),
+        hosts
+    );
+    assert_eq!(e.net.state.lock().unwrap().hostname, "host1");
+    assert_eq!(e.stored()["config"]["dns"]["hostname"], "host1");
+    assert!(e.stored()["config"]["interfaces"][0].get("mtu").is_none());
+    // networkd restarted on the new files, then again on the old ones; the firewall
+    // loaded, then the previous rules again.
+    assert_eq!(
+        e.units.jobs.lock().unwrap().len(),
+        3,
+        "{:?}",
+        e.units.jobs.lock().unwrap()
+    );
+    let scripts = e.nft.scripts.lock().unwrap().clone();
+    assert_eq!(scripts.len(), 3);
+    assert_eq!(
+        scripts[2], scripts[0],
+        "the previous ruleset is loaded again"
+    );
+}
+
+async fn wait_for(e: &Env, what: &str, f: impl Fn(&Env) -> bool) {
+    for _ in 0..400 {
+        if f(e) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_change_is_rolled_back_unless_confirmed() {
+    let e = env();
+    assert_eq!(e.put(dhcp(MAC)).await.0, 200);
+    let mut c = dhcp(MAC);
+    c["dns"]["hostname"] = json!("trial");
+    c["confirmation_timeout"] = json!("1s");
+    let (s, v) = e.put(c.clone()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(e.stored()["config"]["dns"]["hostname"], "trial");
+    assert_eq!(
+        e.stored()["prior_config"]["dns"]["hostname"],
+        "host1",
+        "kept for a reboot"
+    );
+    let (s, v) = e.put(dhcp(MAC)).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (400, "a pending network configuration must first be confirmed before a new configuration can be applied")
+    );
+    wait_for(&e, "the rollback", |e| {
+        e.stored()["config"]["dns"]["hostname"] == "host1" && e.stored()["prior_config"].is_null()
+    })
+    .await;
+    assert_eq!(e.net.state.lock().unwrap().hostname, "host1");
+
+    // Confirmed in time: it stays.
+    c["confirmation_timeout"] = json!("2s");
+    assert_eq!(e.put(c.clone()).await.0, 200);
+    let (s, _) = e
+        .call("POST", "/1.0/system/network/:confirm", String::new())
+        .await;
+    assert_eq!(s, 200);
+    assert!(e.stored()["prior_config"].is_null());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(e.stored()["config"]["dns"]["hostname"], "trial");
+    let (s, _) = e
+        .call("POST", "/1.0/system/network/:confirm", String::new())
+        .await;
+    assert_eq!(s, 400);
+
+    // A trial that fails to apply is rolled back before the answer.
+    c["interfaces"][0]["addresses"] = json!(["bizbaz"]);
+    let (s, v) = e.put(c).await;
+    assert_eq!(s, 500, "{v}");
+    assert_eq!(e.stored()["config"]["dns"]["hostname"], "trial");
+    assert!(e.stored()["prior_config"].is_null());
+    assert!(!e.app.network.changes.phase().pending());
+}
+
+#[tokio::test]
+async fn flush_dns_asks_resolved() {
+    let e = env();
+    let (s, _) = e
+        .call("POST", "/1.0/system/network/:flush-dns", String::new())
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(e.net.calls(), ["flush_dns_caches"]);
+    let (s, _) = e
+        .call("GET", "/1.0/system/network/:flush-dns", String::new())
+        .await;
+    assert_eq!(s, 501);
+}
+
+#[tokio::test]
+async fn state_shows_lldp_neighbours_and_bond_members() {
+    let e = env();
+    e.net.state.lock().unwrap().lldp.insert(
+        "_p525400123456".into(),
+        vec![incus_osd::platform::network::LldpNeighbor {
+            chassis_id: "00:11:22:33:44:55".into(),
+            port_id: "swp7".into(),
+            name: "switch1".into(),
+            port_description: "uplink".into(),
+        }],
+    );
+    let config = json!({
+        "interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4"]}],
+        "bonds": [{"name": "bond0", "mode": "active-backup", "members": [OTHER_MAC],
+                   "addresses": ["10.1.0.2/24"], "required_for_online": "no"}]
+    });
+    let (s, v) = e.put(config).await;
+    assert_eq!(s, 200, "{v}");
+    let files = e.files();
+    assert!(
+        files.contains(&"11-_bbond0.netdev".to_string()),
+        "{files:?}"
+    );
+    let v = e.get().await;
+    let i = &v["state"]["interfaces"];
+    assert_eq!(
+        i["eth0"]["lldp"],
+        json!([{"chassis_id": "00:11:22:33:44:55", "name": "switch1", "port_id": "swp7", "port": "uplink"}])
+    );
+    assert_eq!(i["bond0"]["type"], "bond");
+    let member = &i["bond0"]["members"]["_p525400abcdef"];
+    assert_eq!(member["type"], "bond_member");
+    assert_eq!(member["hwaddr"], OTHER_MAC);
+    assert!(
+        i.get("eth1").is_none(),
+        "a bond member is not an unmanaged NIC"
+    );
+}
+
+#[tokio::test]
+async fn wake_on_lan_nics_get_their_permanent_mac_back_before_power_off() {
+    let e = env();
+    let config = json!({
+        "interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4"],
+                        "ethernet": {"wakeonlan": true}},
+                       {"name": "eth1", "hwaddr": OTHER_MAC, "addresses": ["dhcp4"]}]
+    });
+    assert_eq!(e.put(config).await.0, 200);
+    let before = e.net.calls().len();
+    let net = e.app.network.clone();
+    tokio::task::spawn_blocking(move || net.restore_wake_on_lan_macs())
+        .await
+        .unwrap();
+    assert_eq!(
+        e.net.calls()[before..],
+        [format!("set_mac _p525400123456 {MAC}")],
+        "only the NIC with Wake-on-LAN"
+    );
+}
