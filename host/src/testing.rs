@@ -31,6 +31,7 @@ pub struct TestApp {
     install_disk: Option<PathBuf>,
     installed: Vec<(String, String)>,
     storage: crate::system::storage::runtime::Runtime,
+    security: Option<crate::system::security::Runtime>,
 }
 
 impl Default for TestApp {
@@ -74,6 +75,7 @@ impl TestApp {
             install_disk: None,
             installed: vec![],
             storage: Default::default(),
+            security: None,
         }
     }
 
@@ -142,6 +144,12 @@ impl TestApp {
     pub fn provider<T: plugin_api::Provider>(self) -> Self {
         let m = sdk::__provider_manifest::<T>("1.0.0", plugin_api::API_VERSION);
         self.add(m, |h| sdk::__provider_instance::<T>(h))
+    }
+
+    /// Uses `rt` as the security subsystem's runtime (a TPM connection, LUKS volumes).
+    pub fn security(mut self, rt: crate::system::security::Runtime) -> Self {
+        self.security = Some(rt);
+        self
     }
 
     /// Stages OS updates into `disk` (a disk image file will do) instead of the ESP's disk.
@@ -225,6 +233,9 @@ impl TestApp {
         let mut app = App::new(root, store, reg, info, platform);
         app.install_disk = self.install_disk;
         app.storage = self.storage;
+        if let Some(rt) = self.security {
+            app.security = rt;
+        }
         let app = Arc::new(app);
         if self.ready {
             app.registry.mark_all_started();

@@ -11,9 +11,8 @@ use crate::platform::journal::{self, LogQuery};
 use crate::system::debug;
 
 /// What this daemon serves of upstream's five entries, in upstream's order. Upstream also
-/// lists `:run-script` and `secureboot`, which are not built here: a listing names only
-/// what answers.
-const ENTRIES: [&str; 3] = ["kernel", "log", "processes"];
+/// lists `:run-script`, which is not built here: a listing names only what answers.
+const ENTRIES: [&str; 4] = ["kernel", "log", "processes", "secureboot"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;

@@ -16,6 +16,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod response;
 pub mod root;
+pub mod security;
 pub mod services;
 pub mod storage;
 pub mod system;
@@ -58,6 +59,8 @@ pub struct App {
     /// The OS release the previous boot ran ("" when unknown), for the version choice of
     /// application images.
     pub prior_release: String,
+    /// The security subsystem's runtime (TPM connection, LUKS volumes, cached states).
+    pub security: crate::system::security::Runtime,
     /// The network subsystem (configuration, confirm/rollback, live state).
     pub network: crate::system::network::service::Network,
     /// Drive listing options, the storage change lock, the scrub scheduler's clock.
@@ -90,6 +93,7 @@ impl App {
             install_disk: None,
             prior_release: String::new(),
             storage: Default::default(),
+            security: Default::default(),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -155,6 +159,24 @@ pub fn router(app: AppState) -> Router {
             any(internal::write_message),
         )
         .route("/internal/tui/:write-message", any(internal::write_message))
+        .route("/internal/secureboot", any(security::internal_secureboot))
+        .route(
+            "/internal/auth/:generate-registration",
+            any(security::generate_registration),
+        )
+        .route(
+            "/internal/auth/:generate-token",
+            any(security::generate_token),
+        )
+        .route("/1.0/debug/secureboot", any(security::debug_secureboot))
+        .route(
+            "/1.0/debug/secureboot/event-log",
+            any(security::debug_event_log),
+        )
+        .route(
+            "/1.0/debug/secureboot/:update",
+            any(security::debug_secureboot_update),
+        )
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
         .route("/1.0/system/network", any(system::network))
@@ -175,6 +197,12 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:suspend", any(system::suspend))
         .route("/1.0/system/storage", any(storage::storage))
         .route("/1.0/system/storage/{action}", any(storage::action))
+        .route("/1.0/system/security", any(security::security))
+        .route("/1.0/system/security/:retrieved", any(security::retrieved))
+        .route(
+            "/1.0/system/security/:tpm-rebind",
+            any(security::tpm_rebind),
+        )
         .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .with_state(app.clone());

@@ -30,11 +30,10 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 7] = [
+const NOT_BUILT: [&str; 6] = [
     "fallback-listener",
     "kernel",
     "resources",
-    "security",
     ":backup",
     ":restore",
     ":factory-reset",

@@ -135,6 +135,8 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
             tracing::warn!(error = %e, "cannot record the OS release in the state");
         }
     }
+    crate::system::security::startup(&config.root, &platform.kernel, &mut store)
+        .map_err(|e| StartError::Usage(e.to_string()))?;
     let info = SystemInfo::read(&config.root, &platform.kernel, os);
     if let Mode::Offline(why) = &platform.mode {
         tracing::warn!("{why}");
@@ -299,9 +301,40 @@ impl Daemon {
     }
 }
 
+/// Makes the recovery keys when missing, then caches the encrypted volumes' states (on a
+/// live system; a development root has none).
+async fn refresh_encrypted_volumes(app: &Arc<App>) {
+    if app.platform.mode != Mode::Live {
+        return;
+    }
+    let app2 = app.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        if let Err(e) = crate::system::security::ensure_recovery_keys(
+            app2.platform.commands.as_ref(),
+            &app2.root,
+            &app2.platform.kernel,
+            &app2.security,
+            &app2.store,
+        ) {
+            tracing::error!(error = %e, "cannot make the encryption recovery keys");
+        }
+        crate::system::security::refresh_encrypted_volumes(
+            app2.platform.commands.as_ref(),
+            &app2.root,
+            &app2.platform.kernel,
+            &app2.security,
+        )
+    })
+    .await;
+    if let Ok(Err(e)) = done {
+        tracing::warn!(error = %e, "cannot find the encrypted volumes' states");
+    }
+}
+
 /// Start-up after the API answers: the stored syslog forwarding, the plugins, then ready.
 async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
+    refresh_encrypted_volumes(&app).await;
     apply_network(&app).await;
     // The images installed applications use, chosen for the release that booted, before
     // anything starts (upstream's order).

@@ -4,6 +4,7 @@
 //! root (anything but `/`), the platform is *offline*: it never touches the machine's own
 //! services or runs system commands, and says so in its errors instead of pretending.
 
+pub mod efi;
 pub mod journal;
 pub mod kernel;
 pub mod limits;

@@ -66,6 +66,10 @@ pub struct SystemDoc {
     pub provider: crate::system::provider::ProviderDoc,
     /// Update configuration and the checker's persisted state.
     pub update: crate::system::update::UpdateDoc,
+    /// Security configuration (recovery keys, custom CAs), the retrieved flag and the
+    /// start-up findings behind the trust status (added without a schema change: older
+    /// documents read it as its defaults).
+    pub security: crate::system::security::SecurityDoc,
     /// The network configuration in place (`None` until one was applied).
     pub network: NetworkDoc,
     /// The scrub schedule (`0 4 * * 0` when the document has none: a state from before

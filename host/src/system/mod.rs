@@ -7,5 +7,6 @@ pub mod info;
 pub mod logging;
 pub mod network;
 pub mod provider;
+pub mod security;
 pub mod storage;
 pub mod update;
