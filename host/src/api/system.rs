@@ -296,7 +296,18 @@ pub async fn network(State(app): State<AppState>, method: Method, body: Body) ->
                 )
             };
             match app.network.changes.change(Some(config), trial).await {
-                Ok(()) => Ok(empty()),
+                Ok(()) => {
+                    // The provider learns the new addresses; the answer does not wait.
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        crate::system::provider::notify(
+                            &app,
+                            plugin_api::provider::RefreshCause::NetworkConfigChanged,
+                        )
+                        .await
+                    });
+                    Ok(empty())
+                }
                 Err(ChangeError::Refused(r)) => Err(ApiError::new(r.status(), r.message())),
                 Err(ChangeError::Failed(e)) => Err(ApiError::internal(e)),
             }
