@@ -354,3 +354,25 @@ async fn the_listener_serves_trusted_clients_only_and_stops_when_disabled() {
     }
     assert!(refused, "still listening on {addr}");
 }
+
+#[tokio::test]
+async fn it_starts_at_boot_only_when_running_from_the_backup_image() {
+    use incus_osd::system::fallback::listener;
+    let (_r, app, _d) = TestApp::new().router();
+    app.with_state(|s| {
+        s.update(|d| {
+            d.system.fallback_listener.config.listen_address = "127.0.0.1:0".into();
+        })
+    })
+    .unwrap();
+    // This boot runs the staged release, or nothing is staged: nothing listens.
+    listener::start_if_booted_from_backup(&app, "202502010000", "202502010000").await;
+    listener::start_if_booted_from_backup(&app, "202502010000", "").await;
+    assert!(!app.fallback.active());
+    // The staged release is another one: this is the backup image.
+    listener::start_if_booted_from_backup(&app, "202501010000", "202502010000").await;
+    let addr = app.fallback.addr().expect("listening");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+    app.fallback.stop();
+    assert!(!app.fallback.active());
+}
