@@ -376,3 +376,59 @@ async fn it_starts_at_boot_only_when_running_from_the_backup_image() {
     app.fallback.stop();
     assert!(!app.fallback.active());
 }
+
+/// A primary application whose start fails.
+struct BrokenPrimary;
+
+impl plugin_api::Application for BrokenPrimary {
+    const NAME: &'static str = "broken";
+    const PRIMARY: bool = true;
+    type Config = Value;
+    fn new(_: plugin_api::sdk::Host) -> plugin_api::sdk::Result<Self> {
+        Ok(BrokenPrimary)
+    }
+    fn start(
+        &self,
+        _: &mut plugin_api::sdk::Undo,
+        _: &plugin_api::application::AppContext,
+        _: &Value,
+    ) -> plugin_api::sdk::Result<()> {
+        Err(plugin_api::sdk::Error::internal("does not start"))
+    }
+}
+
+/// A non-primary application whose start fails too.
+struct BrokenAddon;
+
+impl plugin_api::Application for BrokenAddon {
+    const NAME: &'static str = "addon";
+    type Config = Value;
+    fn new(_: plugin_api::sdk::Host) -> plugin_api::sdk::Result<Self> {
+        Ok(BrokenAddon)
+    }
+    fn start(
+        &self,
+        _: &mut plugin_api::sdk::Undo,
+        _: &plugin_api::application::AppContext,
+        _: &Value,
+    ) -> plugin_api::sdk::Result<()> {
+        Err(plugin_api::sdk::Error::internal("does not start"))
+    }
+}
+
+#[tokio::test]
+async fn only_a_primary_application_that_fails_to_start_is_the_listeners_cue() {
+    use incus_osd::system::applications::manage::start_installed;
+    let (app, _d) = TestApp::new()
+        .application::<BrokenAddon>()
+        .installed("addon", "202511041601")
+        .build();
+    assert!(!start_installed(&app).await, "a non-primary failure");
+    let (app, _d) = TestApp::new()
+        .application::<BrokenPrimary>()
+        .application::<BrokenAddon>()
+        .installed("broken", "202511041601")
+        .installed("addon", "202511041601")
+        .build();
+    assert!(start_installed(&app).await, "the primary failed");
+}
