@@ -75,6 +75,8 @@ pub struct SystemDoc {
     /// The scrub schedule (`0 4 * * 0` when the document has none: a state from before
     /// storage existed gets upstream's default without a schema step).
     pub storage: crate::system::storage::StorageDoc,
+    /// Kernel settings (added without a schema change: older documents read it as empty).
+    pub kernel: crate::system::kernel::KernelConfig,
 }
 
 /// The persisted part of `/1.0/system/network`.

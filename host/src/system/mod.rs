@@ -4,6 +4,7 @@ pub mod applications;
 pub mod debug;
 pub mod host;
 pub mod info;
+pub mod kernel;
 pub mod logging;
 pub mod network;
 pub mod provider;
