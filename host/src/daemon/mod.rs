@@ -444,12 +444,15 @@ async fn apply_network(app: &Arc<App>) {
 }
 
 /// Applies the stored kernel settings at start, on this machine only (failures are logged,
-/// not fatal).
+/// not fatal). An empty config is the kernel's defaults: nothing to apply.
 async fn apply_kernel(app: &Arc<App>) {
     if app.platform.mode != crate::platform::Mode::Live {
         return;
     }
     let config = app.with_state(|s| s.doc().system.kernel.clone());
+    if config == Default::default() {
+        return;
+    }
     let (root, platform) = (app.root.clone(), app.platform.clone());
     if let Err(e) = crate::system::kernel::apply_stored(root, platform, config).await {
         tracing::warn!(error = %e, "cannot apply the kernel configuration");
