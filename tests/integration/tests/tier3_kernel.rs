@@ -1,7 +1,7 @@
 //! Tier 3: `PUT /1.0/system/kernel` in a container running the daemon on a real systemd.
 //! The sysctl file the daemon writes is loaded by the real `systemd-sysctl` and the values
 //! are read back from the container's `/proc/sys` (its own network namespace, so the `net.`
-//! values are the container's). In a container `/proc/sys` is read-only outside `net.`, so
+//! values are the container's), and `modprobe --showconfig` lists the blacklist. In a container `/proc/sys` is read-only outside `net.`, so
 //! `systemd-sysctl.service` is skipped by its condition when the daemon restarts it; the
 //! binary is run by hand on the file to load it, as it would at boot on the OS.
 
@@ -10,8 +10,10 @@ use incus_osd_integration::tier3::{install_and_start, socket, Site};
 use incus_osd_test_machine::tier3_or_return;
 use serde_json::json;
 
-/// The TPM libraries the daemon links against (not in the base tree yet).
+/// The TPM libraries the daemon links against (not in the base tree yet), and kmod for
+/// `modprobe --showconfig`.
 const TSS: &[&str] = &[
+    "kmod",
     "libtss2-esys-3.0.2-0",
     "libtss2-tctildr0",
     "libtss2-mu0",
@@ -51,6 +53,12 @@ async fn the_sysctl_file_is_loaded_by_the_real_systemd_sysctl() {
         m.sh("cat /etc/modprobe.d/99-blacklist-modules.conf")
             .unwrap(),
         "blacklist pcspkr\n"
+    );
+    // modprobe reads the blacklist file as configuration.
+    let showconfig = m.run_ok(&["modprobe", "--showconfig"]).unwrap();
+    assert!(
+        showconfig.lines().any(|l| l == "blacklist pcspkr"),
+        "{showconfig}"
     );
     // vm.nr_hugepages cannot be written in a container: systemd-sysctl says so and goes on.
     let _ = m.run(&[
