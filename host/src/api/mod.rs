@@ -181,6 +181,7 @@ pub fn router(app: AppState) -> Router {
             any(security::debug_secureboot_update),
         )
         .route("/1.0/system", any(system::list))
+        .route("/1.0/system/kernel", any(system::kernel))
         .route("/1.0/system/logging", any(system::logging))
         .route(
             "/1.0/system/fallback-listener",

@@ -1,4 +1,4 @@
-//! `/1.0/system`: the listing, logging, and power.
+//! `/1.0/system`: the listing, kernel settings, logging, and power.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -11,6 +11,7 @@ use super::response::{empty, sync};
 use super::uri::Params;
 use super::{require, unmatched, ApiError, ApiResult, AppState};
 use crate::platform::systemd::PowerAction;
+use crate::system::kernel::{self, KernelConfig, KernelState};
 use crate::system::logging::{self, LoggingConfig};
 use crate::system::provider;
 use crate::system::update::config::{self as update_config, UpdateConfig, UpdateState};
@@ -30,8 +31,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 5] = [
-    "kernel",
+const NOT_BUILT: [&str; 4] = [
     "resources",
     ":backup",
     ":restore",
@@ -57,6 +57,45 @@ pub async fn not_built(params: Params, method: Method) -> ApiError {
         )
     } else {
         unmatched(&method)
+    }
+}
+
+#[derive(Serialize)]
+struct Kernel {
+    config: KernelConfig,
+    state: KernelState,
+}
+
+#[derive(Deserialize)]
+struct KernelPut {
+    config: Option<KernelConfig>,
+}
+
+/// `GET|PUT /1.0/system/kernel`.
+pub async fn kernel(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    match method {
+        Method::GET => {
+            let config = app.with_state(|s| s.doc().system.kernel.clone());
+            let state = kernel::state(&app.platform.kernel).map_err(ApiError::internal)?;
+            Ok(sync(&Kernel { config, state }))
+        }
+        Method::PUT => {
+            let put: KernelPut = read_object(body).await?;
+            let config = put.config.unwrap_or_default();
+            // Bad values are refused before anything is touched.
+            kernel::validate(&config, &app.platform.kernel).map_err(ApiError::bad_request)?;
+            kernel::require_live(&app.platform).map_err(|e| ApiError::new(503, e))?;
+            let app2 = app.clone();
+            let save = move |c: &KernelConfig| {
+                app2.with_state(|s| s.update(|d| d.system.kernel = c.clone()))
+                    .map_err(|e| e.to_string())
+            };
+            kernel::change(app.root.clone(), app.platform.clone(), config, save)
+                .await
+                .map_err(ApiError::internal)?;
+            Ok(empty())
+        }
+        _ => Err(ApiError::not_implemented()),
     }
 }
 

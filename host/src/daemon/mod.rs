@@ -336,6 +336,7 @@ async fn finish_start(app: Arc<App>) {
     apply_logging(&app).await;
     refresh_encrypted_volumes(&app).await;
     apply_network(&app).await;
+    apply_kernel(&app).await;
     // The images installed applications use, chosen for the release that booted, before
     // anything starts (upstream's order).
     crate::system::applications::manage::refresh_at_boot(&app).await;
@@ -448,6 +449,22 @@ async fn apply_network(app: &Arc<App>) {
     let net = app.network.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || net.start()).await {
         tracing::error!(error = %e, "network start-up failed");
+    }
+}
+
+/// Applies the stored kernel settings at start, on this machine only (failures are logged,
+/// not fatal). An empty config is the kernel's defaults: nothing to apply.
+async fn apply_kernel(app: &Arc<App>) {
+    if app.platform.mode != crate::platform::Mode::Live {
+        return;
+    }
+    let config = app.with_state(|s| s.doc().system.kernel.clone());
+    if config == Default::default() {
+        return;
+    }
+    let (root, platform) = (app.root.clone(), app.platform.clone());
+    if let Err(e) = crate::system::kernel::apply_stored(root, platform, config).await {
+        tracing::warn!(error = %e, "cannot apply the kernel configuration");
     }
 }
 

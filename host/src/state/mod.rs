@@ -78,6 +78,8 @@ pub struct SystemDoc {
     /// The fallback HTTPS listener's configuration (added without a schema change: older
     /// documents read it as empty).
     pub fallback_listener: crate::system::fallback::FallbackDoc,
+    /// Kernel settings (added without a schema change: older documents read it as empty).
+    pub kernel: crate::system::kernel::KernelConfig,
 }
 
 /// The persisted part of `/1.0/system/network`.

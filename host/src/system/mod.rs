@@ -5,6 +5,7 @@ pub mod debug;
 pub mod fallback;
 pub mod host;
 pub mod info;
+pub mod kernel;
 pub mod logging;
 pub mod network;
 pub mod provider;
