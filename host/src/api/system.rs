@@ -30,10 +30,9 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 6] = [
+const NOT_BUILT: [&str; 5] = [
     "fallback-listener",
     "kernel",
-    "resources",
     ":backup",
     ":restore",
     ":factory-reset",
@@ -59,6 +58,18 @@ pub async fn not_built(params: Params, method: Method) -> ApiError {
     } else {
         unmatched(&method)
     }
+}
+
+/// `GET /1.0/system/resources`: the hardware, read fresh on every call.
+pub async fn resources(State(app): State<AppState>, method: Method) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    let kernel = app.platform.kernel.clone();
+    let root = app.root.clone();
+    let res = tokio::task::spawn_blocking(move || crate::system::resources::get(&kernel, &root))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the hardware: {e}")))?;
+    Ok(sync(&res))
 }
 
 #[derive(Serialize)]

@@ -7,6 +7,7 @@ pub mod info;
 pub mod logging;
 pub mod network;
 pub mod provider;
+pub mod resources;
 pub mod security;
 pub mod storage;
 pub mod update;
