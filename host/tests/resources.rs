@@ -359,7 +359,23 @@ fn storage_lists_hardware_disks_with_their_partitions_and_skips_virtual_ones() {
     // A loop device has no `device`: not a disk.
     w(r, "sys/block/loop0/size", "100\n");
     w(r, "sys/block/loop0/dev", "7:0\n");
-    let s = v(&resources::storage(&KernelFiles::under(r)));
+    link(r, "dev/disk/by-id/ata-TESTDISK_SN1", Path::new("../../sda"));
+    link(
+        r,
+        "dev/disk/by-id/wwn-0x5000c500a1b2c3d4",
+        Path::new("../../sda"),
+    );
+    link(
+        r,
+        "dev/disk/by-id/ata-TESTDISK_SN1-part1",
+        Path::new("../../sda1"),
+    );
+    link(
+        r,
+        "dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+        Path::new("../../sda"),
+    );
+    let s = v(&resources::storage(&KernelFiles::under(r), r));
     assert_eq!(
         s,
         json!({
@@ -367,7 +383,8 @@ fn storage_lists_hardware_disks_with_their_partitions_and_skips_virtual_ones() {
                 "id": "sda", "device": "8:0", "model": "TESTDISK", "type": "scsi",
                 "read_only": false, "size": 2097152u64 * 512, "removable": false,
                 "wwn": "naa.5000c500a1b2c3d4", "numa_node": 0, "block_size": 512,
-                "firmware_version": "1.0", "rpm": 1, "device_id": "",
+                "firmware_version": "1.0", "rpm": 1,
+                "device_id": "wwn-0x5000c500a1b2c3d4", "device_path": "pci-0000:00:1f.2-ata-1",
                 "partitions": [
                     {"id": "sda1", "device": "8:1", "read_only": false, "size": 2048 * 512, "partition": 1},
                     {"id": "sda2", "device": "8:2", "read_only": true, "size": 4096 * 512, "partition": 2}
@@ -415,9 +432,13 @@ fn system_reads_dmi_and_load_reads_loadavg() {
         "physical"
     );
     w(r, "proc/loadavg", "0.50 1.25 2.00 3/412 9999\n");
+    for pid in ["1", "42", "9999"] {
+        w(r, &format!("proc/{pid}/stat"), "");
+    }
+    w(r, "proc/self/stat", "");
     assert_eq!(
         v(&resources::load(&k)),
-        json!({"Average1Min": 0.5, "Average5Min": 1.25, "Average10Min": 2.0, "Processes": 412})
+        json!({"Average1Min": 0.5, "Average5Min": 1.25, "Average10Min": 2.0, "Processes": 3})
     );
 }
 

@@ -36,7 +36,7 @@ pub fn get(kernel: &KernelFiles, root: &Path) -> io::Result<Resources> {
         memory: memory(kernel),
         gpu: gpu(kernel, &pci_ids),
         network: network(kernel, &pci_ids),
-        storage: storage(kernel),
+        storage: storage(kernel, root),
         usb: usb(kernel, &usb_ids),
         pci: pci(kernel, &pci_ids),
         system: system(kernel, &cpuinfo),

@@ -1,6 +1,7 @@
 //! Disks: `/sys/block`, listing only block devices backed by hardware (ones with a
 //! `device`), so loop, zram, device-mapper and md devices are left out.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::types::{Disk, Partition, Storage};
@@ -10,7 +11,11 @@ use crate::platform::kernel::KernelFiles;
 /// Sizes in `/sys/block` are in 512-byte sectors whatever the device's block size.
 const SECTOR: u64 = 512;
 
-pub fn storage(kernel: &KernelFiles) -> Storage {
+/// The disks; their udev names (`device_id`, `device_path`) come from the `/dev/disk/by-id`
+/// and `/dev/disk/by-path` links under `root`.
+pub fn storage(kernel: &KernelFiles, root: &Path) -> Storage {
+    let by_id = udev_links(&root.join("dev/disk/by-id"));
+    let by_path = udev_links(&root.join("dev/disk/by-path"));
     let base = kernel.sys_path("block");
     let mut disks = Vec::new();
     for id in list(&base) {
@@ -19,12 +24,28 @@ pub fn storage(kernel: &KernelFiles) -> Storage {
         if !device.exists() {
             continue;
         }
-        disks.push(disk(&id, &dir, &device));
+        let mut d = disk(&id, &dir, &device);
+        d.device_id = by_id.get(&id).cloned().unwrap_or_default();
+        d.device_path = by_path.get(&id).cloned().unwrap_or_default();
+        disks.push(d);
     }
     Storage {
         total: disks.len() as u64,
         disks,
     }
+}
+
+/// Device name → the name of a udev link to it (`../../sda`); the last in sorted order
+/// when there are several.
+fn udev_links(dir: &Path) -> HashMap<String, String> {
+    list(dir)
+        .into_iter()
+        .filter_map(|name| {
+            let target = std::fs::read_link(dir.join(&name)).ok()?;
+            let dev = target.file_name()?.to_string_lossy().into_owned();
+            Some((dev, name))
+        })
+        .collect()
 }
 
 fn disk(id: &str, dir: &Path, device: &Path) -> Disk {

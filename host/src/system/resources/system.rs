@@ -1,4 +1,4 @@
-//! DMI (`/sys/class/dmi/id`) and `/proc/loadavg`.
+//! DMI (`/sys/class/dmi/id`) and the load.
 
 use super::read_str;
 use super::types::{Chassis, Firmware, Load, Motherboard, System};
@@ -96,7 +96,7 @@ fn chassis_type(number: &str) -> &'static str {
         .unwrap_or("")
 }
 
-/// `/proc/loadavg`: the 1, 5 and 15 minute averages and the number of processes.
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages, and the processes (`/proc/<pid>`).
 pub fn load(kernel: &KernelFiles) -> Load {
     let text = read_str(&kernel.proc_path("loadavg"));
     let fields: Vec<&str> = text.split_whitespace().collect();
@@ -105,10 +105,9 @@ pub fn load(kernel: &KernelFiles) -> Load {
         average_1: avg(0),
         average_5: avg(1),
         average_15: avg(2),
-        processes: fields
-            .get(3)
-            .and_then(|v| v.split('/').nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
+        processes: super::list(&kernel.proc)
+            .iter()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .count() as i64,
     }
 }
