@@ -61,13 +61,24 @@ fn cpu_tree(root: &Path) {
             &format!("{}\n", 2_000_000 + socket * 1_000_000),
         );
         w(root, &format!("{dir}/cpufreq/cpuinfo_min_freq"), "800000\n");
+        for (i, level, kind, size) in [
+            (0, 1, "Data", "48K"),
+            (1, 1, "Instruction", "32K"),
+            (2, 2, "Unified", "1280K"),
+            (3, 3, "Unified", "12288K"),
+        ] {
+            let c = format!("{dir}/cache/index{i}");
+            w(root, &format!("{c}/level"), &format!("{level}\n"));
+            w(root, &format!("{c}/type"), &format!("{kind}\n"));
+            w(root, &format!("{c}/size"), &format!("{size}\n"));
+        }
         w(
             root,
             &format!("{dir}/cpufreq/cpuinfo_max_freq"),
             "3500000\n",
         );
         cpuinfo.push_str(&format!(
-            "processor\t: {id}\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU {socket}\ncpu MHz\t\t: 1234.5\nflags\t\t: fpu sse2 hypervisor\n\n"
+            "processor\t: {id}\nvendor_id\t: GenuineIntel\nmodel name\t: Test CPU {socket}\ncpu MHz\t\t: 1234.5\naddress sizes\t: 39 bits physical, 48 bits virtual\nflags\t\t: fpu sse2 hypervisor\n\n"
         ));
     }
     w(root, "sys/devices/system/cpu/isolated", "5\n");
@@ -93,6 +104,19 @@ fn cpu_reads_sockets_cores_threads_frequencies_and_numa() {
     assert_eq!(s1["frequency_minimum"], 800);
     assert_eq!(s1["frequency_turbo"], 3500);
     assert_eq!(sockets[0]["frequency"], 2000);
+    assert_eq!(
+        s1["address_sizes"],
+        json!({"physical_bits": 39, "virtual_bits": 48})
+    );
+    assert_eq!(
+        s1["cache"],
+        json!([
+            {"level": 1, "type": "Data", "size": 48 * 1024},
+            {"level": 1, "type": "Instruction", "size": 32 * 1024},
+            {"level": 2, "type": "Unified", "size": 1280 * 1024},
+            {"level": 3, "type": "Unified", "size": 12288 * 1024}
+        ])
+    );
     assert_eq!(
         s1["cores"][0],
         json!({

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::types::{Cpu, CpuCore, CpuSocket, CpuThread};
+use std::path::Path;
+
+use super::types::{Cpu, CpuAddressSizes, CpuCache, CpuCore, CpuSocket, CpuThread};
 use super::{list, read_str, read_u64};
 use crate::platform::kernel::KernelFiles;
 
@@ -13,6 +15,7 @@ struct Info {
     name: String,
     flags: Vec<String>,
     mhz: u64,
+    address_sizes: Option<CpuAddressSizes>,
 }
 
 fn cpuinfo(text: &str) -> HashMap<i64, Info> {
@@ -34,6 +37,20 @@ fn cpuinfo(text: &str) -> HashMap<i64, Info> {
                 "flags" | "Features" => {
                     info.flags = v.split_whitespace().map(String::from).collect()
                 }
+                // `39 bits physical, 48 bits virtual`
+                "address sizes" => {
+                    let bits = |kind: &str| {
+                        v.split(',')
+                            .find(|p| p.trim().ends_with(kind))
+                            .and_then(|p| p.split_whitespace().next()?.parse().ok())
+                    };
+                    if let (Some(p), Some(vb)) = (bits("physical"), bits("virtual")) {
+                        info.address_sizes = Some(CpuAddressSizes {
+                            physical_bits: p,
+                            virtual_bits: vb,
+                        });
+                    }
+                }
                 "cpu MHz" => info.mhz = v.parse::<f64>().map(|f| f as u64).unwrap_or(0),
                 _ => {}
             }
@@ -43,6 +60,33 @@ fn cpuinfo(text: &str) -> HashMap<i64, Info> {
         }
     }
     out
+}
+
+/// A CPU's caches (`cache/indexN`): level, type and size in bytes (sysfs says `32K`).
+fn caches(dir: &Path) -> Vec<CpuCache> {
+    list(dir)
+        .iter()
+        .filter(|n| n.starts_with("index"))
+        .filter_map(|n| {
+            let d = dir.join(n);
+            let level = read_u64(&d.join("level"))?;
+            let size = read_str(&d.join("size"));
+            let size = match size.strip_suffix('K') {
+                Some(k) => k.parse::<u64>().ok().map(|k| k * 1024),
+                None => size.parse().ok(),
+            };
+            let kind = read_str(&d.join("type"));
+            Some(CpuCache {
+                level,
+                kind: if kind.is_empty() {
+                    "Unknown".into()
+                } else {
+                    kind
+                },
+                size: size.unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 /// A kernel CPU list (`0-3,8`) as a set.
@@ -126,6 +170,10 @@ pub fn cpu(kernel: &KernelFiles) -> Cpu {
             socket,
             frequency_minimum: freq_file("cpuinfo_min_freq"),
             frequency_turbo: freq_file("cpuinfo_max_freq"),
+            cache: first
+                .map(|id| caches(&base.join(format!("cpu{id}/cache"))))
+                .unwrap_or_default(),
+            address_sizes: first_info.address_sizes.clone(),
             ..Default::default()
         };
         let mut freqs = Vec::new();

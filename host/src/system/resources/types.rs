@@ -34,6 +34,8 @@ pub struct CpuSocket {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub vendor: String,
     pub socket: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<CpuCache>,
     pub cores: Vec<CpuCore>,
     #[serde(skip_serializing_if = "is_zero")]
     pub frequency: u64,
@@ -41,6 +43,22 @@ pub struct CpuSocket {
     pub frequency_minimum: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub frequency_turbo: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address_sizes: Option<CpuAddressSizes>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CpuAddressSizes {
+    pub physical_bits: u64,
+    pub virtual_bits: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CpuCache {
+    pub level: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
