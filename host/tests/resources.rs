@@ -183,10 +183,15 @@ fn pci_tree(root: &Path) {
     w(root, &format!("{nic}/device"), "0x100e\n");
     w(root, &format!("{nic}/class"), "0x020000\n");
     w(root, &format!("{nic}/numa_node"), "-1\n");
+    w(
+        root,
+        "sys/bus/pci/drivers/e1000/module/version",
+        "7.3.21-k8-NAPI\n",
+    );
     link(
         root,
         &format!("{nic}/driver"),
-        Path::new("../../../bus/pci/drivers/e1000"),
+        &root.join("sys/bus/pci/drivers/e1000"),
     );
     link(
         root,
@@ -243,6 +248,7 @@ fn network_cards_are_devices_with_their_pci_ids_named_and_interfaces_as_ports() 
         json!({
             "cards": [{
                 "driver": "e1000",
+                "driver_version": "7.3.21-k8-NAPI",
                 "numa_node": 0,
                 "pci_address": "0000:00:03.0",
                 "vendor": "Intel Corporation",
@@ -278,7 +284,7 @@ fn pci_devices_and_gpus_come_from_the_pci_bus() {
     assert_eq!(
         p["devices"][1],
         json!({
-            "driver": "e1000", "driver_version": "", "numa_node": 0,
+            "driver": "e1000", "driver_version": "7.3.21-k8-NAPI", "numa_node": 0,
             "pci_address": "0000:00:03.0", "vendor": "Intel Corporation", "vendor_id": "8086",
             "product": "82540EM Gigabit Ethernet Controller", "product_id": "100e",
             "iommu_group": 7, "vpd": {}
@@ -327,7 +333,8 @@ fn usb_devices_with_their_interfaces_and_usb_ids_names() {
     w(
         d.path(),
         "usr/share/misc/usb.ids",
-        "046d  Logitech, Inc.\n\tc52b  Unifying Receiver\n",
+        "046d  Logitech, Inc.\n\tc52b  Unifying Receiver\n\nAT 0401  Something else\n\
+         C 03  Human Interface Device\n\t01  Boot Interface Subclass\n\t\t02  Mouse\nHID 00  Undefined\n\t01  Not a subclass\n",
     );
     let ids = IdDatabase::load(d.path(), "usb.ids");
     let u = v(&resources::usb(&KernelFiles::under(d.path()), &ids));
@@ -337,8 +344,9 @@ fn usb_devices_with_their_interfaces_and_usb_ids_names() {
             "devices": [{
                 "bus_address": 1, "device_address": 3, "serial": "ABC123",
                 "interfaces": [{
-                    "class": "", "class_id": 3, "driver": "usbhid", "driver_version": "",
-                    "number": 0, "subclass": "", "subclass_id": 1
+                    "class": "Human Interface Device", "class_id": 3, "driver": "usbhid",
+                    "driver_version": "", "number": 0, "subclass": "Boot Interface Subclass",
+                    "subclass_id": 1
                 }],
                 "vendor": "Logitech, Inc.", "vendor_id": "046d",
                 "product": "Unifying Receiver", "product_id": "c52b", "speed": 12.0

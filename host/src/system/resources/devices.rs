@@ -9,11 +9,15 @@ use super::types::{
 use super::{link_name, list, read_id, read_numa, read_str, read_u64};
 use crate::platform::kernel::KernelFiles;
 
-/// A `pci.ids`/`usb.ids` database: vendor names and their products' names by hex id.
+/// A `pci.ids`/`usb.ids` database: vendors and device classes, each with its entries one
+/// tab in (products, subclasses), by lower-case hex id.
 #[derive(Debug, Default)]
 pub struct IdDatabase {
-    vendors: HashMap<String, (String, HashMap<String, String>)>,
+    vendors: Names,
+    classes: Names,
 }
+
+type Names = HashMap<String, (String, HashMap<String, String>)>;
 
 impl IdDatabase {
     /// Where distributions put the databases, under the root prefix.
@@ -28,48 +32,72 @@ impl IdDatabase {
             .unwrap_or_default()
     }
 
-    /// Vendor lines (`8086  Intel Corporation`) and, indented by one tab, their products;
-    /// the class lists that follow the vendors (`C 02 ...`) end it.
+    /// Vendor lines (`8086  Intel Corporation`) and class lines (`C 03  Display
+    /// controller`), with their entries indented by one tab; other sections are skipped.
     pub fn parse(text: &str) -> IdDatabase {
         let mut db = IdDatabase::default();
-        let mut vendor: Option<String> = None;
+        // (is a class, id) of the section the indented lines belong to.
+        let mut current: Option<(bool, String)> = None;
         for line in text.lines() {
-            if line.starts_with('#') || line.trim().is_empty() {
+            if line.starts_with('#') || line.trim().is_empty() || line.starts_with("\t\t") {
                 continue;
             }
-            if line.starts_with("\t\t") {
-                continue;
-            }
-            let Some((id, name)) = line.trim().split_once(char::is_whitespace) else {
+            let (is_class, rest) = match line.strip_prefix("C ") {
+                Some(rest) => (true, rest),
+                None => (false, line),
+            };
+            let Some((id, name)) = rest.trim().split_once(char::is_whitespace) else {
                 continue;
             };
             let (id, name) = (id.to_ascii_lowercase(), name.trim().to_string());
             if line.starts_with('\t') {
-                if let Some(v) = vendor.as_ref().and_then(|v| db.vendors.get_mut(v)) {
-                    v.1.insert(id, name);
+                let Some((class, parent)) = &current else {
+                    continue;
+                };
+                let table = if *class {
+                    &mut db.classes
+                } else {
+                    &mut db.vendors
+                };
+                if let Some(entry) = table.get_mut(parent) {
+                    entry.1.insert(id, name);
                 }
-            } else if id.len() == 4 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-                db.vendors.insert(id.clone(), (name, HashMap::new()));
-                vendor = Some(id);
+            } else if is_class || (id.len() == 4 && id.chars().all(|c| c.is_ascii_hexdigit())) {
+                let table = if is_class {
+                    &mut db.classes
+                } else {
+                    &mut db.vendors
+                };
+                table.insert(id.clone(), (name, HashMap::new()));
+                current = Some((is_class, id));
             } else {
-                break;
+                current = None;
             }
         }
         db
     }
 
-    /// (vendor name, product name); empty strings for unknown ids.
-    pub fn names(&self, vendor: &str, product: &str) -> (String, String) {
-        match self.vendors.get(&vendor.to_ascii_lowercase()) {
-            Some((v, products)) => (
+    fn lookup(table: &Names, id: &str, sub: &str) -> (String, String) {
+        match table.get(&id.to_ascii_lowercase()) {
+            Some((v, entries)) => (
                 v.clone(),
-                products
-                    .get(&product.to_ascii_lowercase())
+                entries
+                    .get(&sub.to_ascii_lowercase())
                     .cloned()
                     .unwrap_or_default(),
             ),
             None => Default::default(),
         }
+    }
+
+    /// (vendor name, product name); empty strings for unknown ids.
+    pub fn names(&self, vendor: &str, product: &str) -> (String, String) {
+        Self::lookup(&self.vendors, vendor, product)
+    }
+
+    /// (class name, subclass name) of two-digit hex ids; empty strings for unknown ones.
+    pub fn class_names(&self, class: &str, subclass: &str) -> (String, String) {
+        Self::lookup(&self.classes, class, subclass)
     }
 }
 
@@ -120,6 +148,7 @@ pub fn gpu(kernel: &KernelFiles, ids: &IdDatabase) -> Gpu {
             let p = pci_device(d, ids);
             GpuCard {
                 driver: p.driver,
+                driver_version: p.driver_version,
                 numa_node: p.numa_node,
                 pci_address: p.pci_address,
                 vendor: p.vendor,
@@ -166,6 +195,7 @@ pub fn network(kernel: &KernelFiles, ids: &IdDatabase) -> Network {
             let (vendor, product) = ids.names(&vendor_id, &product_id);
             NetworkCard {
                 driver: link_name(&device.join("driver")),
+                driver_version: read_str(&device.join("driver/module/version")),
                 numa_node: read_numa(&device.join("numa_node")),
                 pci_address: if subsystem == "pci" {
                     address.clone()
@@ -228,12 +258,18 @@ pub fn usb(kernel: &KernelFiles, ids: &IdDatabase) -> Usb {
             .map(|n| {
                 let i = base.join(n);
                 let hex = |f: &str| u64::from_str_radix(&read_str(&i.join(f)), 16).unwrap_or(0);
+                let (class, subclass) = ids.class_names(
+                    &read_str(&i.join("bInterfaceClass")),
+                    &read_str(&i.join("bInterfaceSubClass")),
+                );
                 UsbInterface {
+                    class,
                     class_id: hex("bInterfaceClass"),
+                    subclass,
                     subclass_id: hex("bInterfaceSubClass"),
                     number: hex("bInterfaceNumber"),
                     driver: link_name(&i.join("driver")),
-                    ..Default::default()
+                    driver_version: read_str(&i.join("driver/module/version")),
                 }
             })
             .collect();

@@ -111,6 +111,8 @@ pub struct Gpu {
 pub struct GpuCard {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub driver: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub driver_version: String,
     pub numa_node: u64,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pci_address: String,
@@ -134,6 +136,8 @@ pub struct Network {
 pub struct NetworkCard {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub driver: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub driver_version: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<NetworkPort>,
     pub numa_node: u64,
