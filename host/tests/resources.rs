@@ -234,6 +234,37 @@ fn pci_tree(root: &Path) {
         "sys/class/net/lo",
         &root.join("sys/devices/virtual/net/lo"),
     );
+    // A virtio NIC (eth1): its device is virtio1 on the virtio bus, under 0000:00:04.0.
+    let vpci = "sys/devices/pci0000:00/0000:00:04.0";
+    w(root, &format!("{vpci}/vendor"), "0x1af4\n");
+    w(root, &format!("{vpci}/device"), "0x1000\n");
+    w(root, &format!("{vpci}/class"), "0x020000\n");
+    link(
+        root,
+        &format!("{vpci}/subsystem"),
+        &root.join("sys/bus/pci"),
+    );
+    w(root, &format!("{vpci}/virtio1/vendor"), "0x1af4\n");
+    w(root, &format!("{vpci}/virtio1/device"), "0x0001\n");
+    link(
+        root,
+        &format!("{vpci}/virtio1/subsystem"),
+        &root.join("sys/bus/virtio"),
+    );
+    link(
+        root,
+        &format!("{vpci}/virtio1/driver"),
+        &root.join("sys/bus/virtio/drivers/virtio_net"),
+    );
+    let net1 = format!("{vpci}/virtio1/net/eth1");
+    w(root, &format!("{net1}/address"), "52:54:00:00:00:02\n");
+    w(root, &format!("{net1}/carrier"), "0\n");
+    link(
+        root,
+        &format!("{net1}/device"),
+        &root.join(format!("{vpci}/virtio1")),
+    );
+    link(root, "sys/class/net/eth1", &root.join(&net1));
     w(root, "usr/share/hwdata/pci.ids", PCI_IDS);
 }
 
@@ -260,8 +291,19 @@ fn network_cards_are_devices_with_their_pci_ids_named_and_interfaces_as_ports() 
                     "protocol": "ethernet", "auto_negotiation": false,
                     "link_detected": true, "link_speed": 1000, "link_duplex": "full"
                 }]
+            }, {
+                "driver": "virtio_net",
+                "numa_node": 0,
+                "pci_address": "0000:00:04.0",
+                "vendor": "Red Hat, Inc.",
+                "vendor_id": "1af4",
+                "product_id": "1000",
+                "ports": [{
+                    "id": "eth1", "address": "52:54:00:00:00:02", "port": 0,
+                    "protocol": "ethernet", "auto_negotiation": false, "link_detected": false
+                }]
             }],
-            "total": 1
+            "total": 2
         })
     );
     // Without the database the ids stay and the names are left out.

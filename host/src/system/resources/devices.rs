@@ -172,31 +172,36 @@ pub fn network(kernel: &KernelFiles, ids: &IdDatabase) -> Network {
     for name in list(&base) {
         let dir = base.join(&name);
         let device = dir.join("device");
-        let Ok(real) = std::fs::canonicalize(&device) else {
+        let Ok(mut real) = std::fs::canonicalize(&device) else {
             continue;
         };
+        let driver = link_name(&device.join("driver"));
+        let driver_version = read_str(&device.join("driver/module/version"));
+        // A virtio NIC's device is on the virtio bus; the card is its PCI parent.
+        if link_name(&real.join("subsystem")) == "virtio" {
+            if let Some(parent) = real.parent() {
+                real = parent.to_path_buf();
+            }
+        }
         let card = cards.entry(real.clone()).or_insert_with(|| {
-            let subsystem = link_name(&device.join("subsystem"));
+            let subsystem = link_name(&real.join("subsystem"));
             let address = real
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let (vendor_id, product_id) = if subsystem == "usb" {
-                (
-                    read_id(&device.join("../idVendor")),
-                    read_id(&device.join("../idProduct")),
-                )
-            } else {
-                (
-                    read_id(&device.join("vendor")),
-                    read_id(&device.join("device")),
-                )
+            // A USB NIC's device is an interface; the ids are its USB device's.
+            let (vendor_id, product_id) = match real.parent() {
+                Some(usb) if subsystem == "usb" => (
+                    read_id(&usb.join("idVendor")),
+                    read_id(&usb.join("idProduct")),
+                ),
+                _ => (read_id(&real.join("vendor")), read_id(&real.join("device"))),
             };
             let (vendor, product) = ids.names(&vendor_id, &product_id);
             NetworkCard {
-                driver: link_name(&device.join("driver")),
-                driver_version: read_str(&device.join("driver/module/version")),
-                numa_node: read_numa(&device.join("numa_node")),
+                driver,
+                driver_version,
+                numa_node: read_numa(&real.join("numa_node")),
                 pci_address: if subsystem == "pci" {
                     address.clone()
                 } else {
