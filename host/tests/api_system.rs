@@ -94,10 +94,6 @@ async fn system_lists_exactly_upstreams_eight_entries_and_unbuilt_ones_say_so() 
         501
     );
     assert_eq!(
-        err(&call(&r, "GET", "/1.0/system/fallback-listener", "").await).0,
-        501
-    );
-    assert_eq!(
         err(&call(&r, "GET", "/1.0/system/nonsense", "").await),
         (404, "not found".into())
     );

@@ -65,6 +65,8 @@ pub struct App {
     pub network: crate::system::network::service::Network,
     /// Drive listing options, the storage change lock, the scrub scheduler's clock.
     pub storage: crate::system::storage::runtime::Runtime,
+    /// The fallback HTTPS listener, when it runs.
+    pub fallback: crate::system::fallback::listener::Runtime,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -94,6 +96,7 @@ impl App {
             prior_release: String::new(),
             storage: Default::default(),
             security: Default::default(),
+            fallback: Default::default(),
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -179,6 +182,10 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/1.0/system", any(system::list))
         .route("/1.0/system/logging", any(system::logging))
+        .route(
+            "/1.0/system/fallback-listener",
+            any(system::fallback_listener),
+        )
         .route("/1.0/system/network", any(system::network))
         .route("/1.0/system/network/:confirm", any(system::network_confirm))
         .route(

@@ -30,8 +30,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 5] = [
-    "fallback-listener",
+const NOT_BUILT: [&str; 4] = [
     "kernel",
     ":backup",
     ":restore",
@@ -307,7 +306,18 @@ pub async fn network(State(app): State<AppState>, method: Method, body: Body) ->
                 )
             };
             match app.network.changes.change(Some(config), trial).await {
-                Ok(()) => Ok(empty()),
+                Ok(()) => {
+                    // The provider learns the new addresses; the answer does not wait.
+                    let app = app.clone();
+                    tokio::spawn(async move {
+                        crate::system::provider::notify(
+                            &app,
+                            plugin_api::provider::RefreshCause::NetworkConfigChanged,
+                        )
+                        .await
+                    });
+                    Ok(empty())
+                }
                 Err(ChangeError::Refused(r)) => Err(ApiError::new(r.status(), r.message())),
                 Err(ChangeError::Failed(e)) => Err(ApiError::internal(e)),
             }
@@ -335,4 +345,55 @@ pub async fn network_flush_dns(State(app): State<AppState>, method: Method) -> A
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.0))?;
     Ok(empty())
+}
+
+#[derive(Deserialize, Default)]
+struct FallbackPut {
+    #[serde(default)]
+    config: crate::system::fallback::FallbackConfig,
+    #[serde(default)]
+    state: FallbackStateIn,
+}
+
+#[derive(Deserialize, Default)]
+struct FallbackStateIn {
+    active: Option<bool>,
+}
+
+/// `GET|PUT /1.0/system/fallback-listener`. A PUT replaces the configuration (new trusted
+/// certificates apply at once, a new address from the next start); `state.active` starts
+/// (`true`) or stops (`false`) the listener, and an absent one leaves it as it is.
+pub async fn fallback_listener(
+    State(app): State<AppState>,
+    method: Method,
+    body: Body,
+) -> ApiResult {
+    use crate::system::fallback;
+    match method {
+        Method::GET => {
+            let config = app.with_state(|s| s.doc().system.fallback_listener.config.clone());
+            Ok(sync(&serde_json::json!({
+                "config": config,
+                "state": {"active": app.fallback.active()},
+            })))
+        }
+        Method::PUT => {
+            // Tolerant: an empty body is `{}` (and its empty certificate list is refused).
+            let put: FallbackPut = read_object_or_default(body).await?;
+            fallback::validate(&put.config).map_err(ApiError::bad_request)?;
+            app.with_state(|s| s.update(|d| d.system.fallback_listener.config = put.config))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            match put.state.active {
+                Some(true) => {
+                    fallback::listener::start(&app)
+                        .await
+                        .map_err(ApiError::internal)?;
+                }
+                Some(false) => app.fallback.stop(),
+                None => {}
+            }
+            Ok(empty())
+        }
+        _ => Err(ApiError::not_implemented()),
+    }
 }

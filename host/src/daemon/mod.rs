@@ -353,8 +353,17 @@ async fn finish_start(app: Arc<App>) {
     if app.lifecycle.is_stopping() {
         return;
     }
+    // Running from the backup image: the fallback listener starts before the applications
+    // (which may be what the newer image broke).
+    let (running, next) = app.with_state(|s| {
+        let os = &s.doc().os;
+        (os.running_release.clone(), os.next_release.clone())
+    });
+    crate::system::fallback::listener::start_if_booted_from_backup(&app, &running, &next).await;
     // Applications start after the startup update check (which may install them).
-    crate::system::applications::manage::start_installed(&app).await;
+    if crate::system::applications::manage::start_installed(&app).await {
+        crate::system::fallback::listener::primary_failed(&app).await;
+    }
     if app.lifecycle.is_stopping() {
         return;
     }

@@ -75,6 +75,9 @@ pub struct SystemDoc {
     /// The scrub schedule (`0 4 * * 0` when the document has none: a state from before
     /// storage existed gets upstream's default without a schema step).
     pub storage: crate::system::storage::StorageDoc,
+    /// The fallback HTTPS listener's configuration (added without a schema change: older
+    /// documents read it as empty).
+    pub fallback_listener: crate::system::fallback::FallbackDoc,
 }
 
 /// The persisted part of `/1.0/system/network`.

@@ -2,6 +2,7 @@
 
 pub mod applications;
 pub mod debug;
+pub mod fallback;
 pub mod host;
 pub mod info;
 pub mod logging;

@@ -119,14 +119,37 @@ impl LoopDevice {
         })
     }
 
-    /// Detaches the device and deletes the file. Also done on drop.
+    /// Detaches the device and deletes the file. Also done on drop. While something else
+    /// still has the device open (a concurrent `smartctl` or `blkid`), the kernel only
+    /// marks it to detach on last close: this waits (up to 10 s) until it did.
     pub fn detach(&mut self) -> Result<()> {
+        let ours = self.backing_file().to_string_lossy().into_owned();
         let Some(dir) = self.dir.take() else {
             return Ok(());
         };
         let r = run_ok(tool("losetup").arg("--detach").arg(&self.device), TIMEOUT);
         drop(dir);
-        r.map(|_| ())
+        r?;
+        let name = self
+            .device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let backing = std::path::PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+        // Still ours: the device shows our file (a reused device shows another one).
+        let attached =
+            || std::fs::read_to_string(&backing).is_ok_and(|b| b.trim_start().starts_with(&ours));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while attached() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if attached() {
+            bail!(
+                "{} is still attached 10 s after its detach",
+                self.device.display()
+            );
+        }
+        Ok(())
     }
 }
 

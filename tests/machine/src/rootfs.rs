@@ -17,11 +17,20 @@ use std::time::Duration;
 use crate::cgroup::{Cgroup, PREFIX};
 use crate::process::{output_with_timeout, tool};
 
-/// Packages of the base rootfs (besides minbase).
-pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "dbus", "iproute2"];
+/// Packages of the base rootfs (besides minbase): systemd and its bus, and the libraries
+/// the daemon binary (bound in from the host) links: the TPM2 software stack (which pulls
+/// in OpenSSL's libcrypto).
+pub const BASE_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "iproute2",
+    "libtss2-esys-3.0.2-0",
+    "libtss2-tctildr0",
+];
 
 /// Bump when the recipe changes, so cached trees are rebuilt.
-const RECIPE_VERSION: &str = "2";
+const RECIPE_VERSION: &str = "3";
 const SUITE: &str = "bookworm";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1200);
 

@@ -292,8 +292,9 @@ pub async fn start_initialize(app: &App, plugin: &Plugin) -> Result<(), CallErro
 
 /// At boot, after the startup update check: every installed application started (and
 /// initialized if needed), non-primary ones with a weight up to 0 first, then the
-/// primary, then the rest (upstream's order).
-pub async fn start_installed(app: &App) {
+/// primary, then the rest (upstream's order). Returns whether the primary application
+/// failed to start (the fallback listener's cue).
+pub async fn start_installed(app: &App) -> bool {
     let mut apps = all_installed(app);
     let rank = |p: &Plugin| match (p.manifest.primary, p.manifest.start_weight) {
         (false, w) if w <= 0 => 0,
@@ -301,14 +302,17 @@ pub async fn start_installed(app: &App) {
         (false, _) => 2,
     };
     apps.sort_by_key(|(p, _)| rank(p));
+    let mut primary_failed = false;
     for (p, name) in apps {
         if app.lifecycle.is_stopping() {
-            return;
+            return primary_failed;
         }
         if let Err(e) = start_initialize(app, &p).await {
             tracing::error!(application = %name, error = %e.message, "cannot start the application");
+            primary_failed |= p.manifest.primary;
         }
     }
+    primary_failed
 }
 
 /// At shutdown, before the other plugins stop: every installed application stopped, in
