@@ -30,12 +30,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 4] = [
-    "kernel",
-    ":backup",
-    ":restore",
-    ":factory-reset",
-];
+const NOT_BUILT: [&str; 4] = ["kernel", ":backup", ":restore", ":factory-reset"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
