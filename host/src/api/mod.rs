@@ -194,6 +194,7 @@ pub fn router(app: AppState) -> Router {
             any(system::network_flush_dns),
         )
         .route("/1.0/system/provider", any(system::provider))
+        .route("/1.0/system/resources", any(system::resources))
         .route("/1.0/system/update", any(system::update))
         .route("/1.0/system/update/:check", any(system::update_check))
         .route(

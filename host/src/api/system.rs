@@ -31,12 +31,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 4] = [
-    "resources",
-    ":backup",
-    ":restore",
-    ":factory-reset",
-];
+const NOT_BUILT: [&str; 3] = [":backup", ":restore", ":factory-reset"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
@@ -58,6 +53,18 @@ pub async fn not_built(params: Params, method: Method) -> ApiError {
     } else {
         unmatched(&method)
     }
+}
+
+/// `GET /1.0/system/resources`: the hardware, read fresh on every call.
+pub async fn resources(State(app): State<AppState>, method: Method) -> ApiResult {
+    require(&method, &[Method::GET])?;
+    let kernel = app.platform.kernel.clone();
+    let root = app.root.clone();
+    let res = tokio::task::spawn_blocking(move || crate::system::resources::get(&kernel, &root))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("cannot read the hardware: {e}")))?;
+    Ok(sync(&res))
 }
 
 #[derive(Serialize)]

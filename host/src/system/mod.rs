@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod logging;
 pub mod network;
 pub mod provider;
+pub mod resources;
 pub mod security;
 pub mod storage;
 pub mod update;
