@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod daemon;
+pub mod go;
 pub mod lifecycle;
 pub mod logging;
 pub mod platform;

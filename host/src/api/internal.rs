@@ -21,7 +21,7 @@ enum Level {
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
-    let fail = |why: String| format!("slog: level string {}: {why}", go_quote(s));
+    let fail = |why: String| format!("slog: level string {}: {why}", crate::go::quote(s));
     let upper = s.to_uppercase();
     let (name, offset) = match upper.find(['+', '-']) {
         Some(i) => {
@@ -33,7 +33,10 @@ fn parse_level(s: &str) -> Result<Level, String> {
                     }
                     _ => "invalid syntax",
                 };
-                fail(format!("strconv.Atoi: parsing {}: {why}", go_quote(text)))
+                fail(format!(
+                    "strconv.Atoi: parsing {}: {why}",
+                    crate::go::quote(text)
+                ))
             })?;
             (&upper[..i], n)
         }
@@ -53,29 +56,6 @@ fn parse_level(s: &str) -> Result<Level, String> {
         n if n < 8 => Level::Warn,
         _ => Level::Error,
     })
-}
-
-/// Go's `%q` for the texts quoted in slog's errors.
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `POST /internal/tui/:write-message` (and the seed's `/1.0/debug/tui/:write-message`,

@@ -321,10 +321,13 @@ fn parent(parent: &str, config: &SystemNetworkConfig) -> Result<(), String> {
 fn roles(roles: &[String]) -> Result<(), String> {
     for (k, role) in roles.iter().enumerate() {
         if !ROLES.contains(&role.as_str()) {
-            return Err(format!("role {} is unsupported", go_quote(role)));
+            return Err(format!("role {} is unsupported", crate::go::quote(role)));
         }
         if roles[..k].contains(role) {
-            return Err(format!("role {} is listed multiple times", go_quote(role)));
+            return Err(format!(
+                "role {} is listed multiple times",
+                crate::go::quote(role)
+            ));
         }
     }
     Ok(())
@@ -333,10 +336,16 @@ fn roles(roles: &[String]) -> Result<(), String> {
 fn firewall(rules: &[SystemNetworkFirewallRule]) -> Result<(), String> {
     for rule in rules {
         if !["accept", "drop", "reject"].contains(&rule.action.as_str()) {
-            return Err(format!("unsupported action {}", go_quote(&rule.action)));
+            return Err(format!(
+                "unsupported action {}",
+                crate::go::quote(&rule.action)
+            ));
         }
         if !["", "tcp", "udp"].contains(&rule.protocol.as_str()) {
-            return Err(format!("unsupported protocol {}", go_quote(&rule.protocol)));
+            return Err(format!(
+                "unsupported protocol {}",
+                crate::go::quote(&rule.protocol)
+            ));
         }
         if !(0..=65535).contains(&rule.port) {
             return Err(format!("invalid port {}", rule.port));
@@ -372,7 +381,7 @@ pub(crate) fn parse_source(source: &str) -> Result<IpAddr, String> {
     } else {
         source
             .parse()
-            .map_err(|_| format!("bad address {}", go_quote(source)))
+            .map_err(|_| format!("bad address {}", crate::go::quote(source)))
     }
 }
 
@@ -516,29 +525,6 @@ fn split_host_port(hostport: &str) -> Result<(), String> {
         return err("unexpected ']' in address");
     }
     Ok(())
-}
-
-/// Go's `%q` of a string.
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{c}' => out.push_str("\\f"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
