@@ -436,3 +436,64 @@ pub fn plain_drives(script: &Script) {
     );
     script.on("multipath", 1, "", "");
 }
+
+/// A systemd whose jobs all succeed and are recorded (`restart systemd-networkd.service`);
+/// a unit's state follows its jobs, and a unit no job touched reads active or not as
+/// chosen at [`RecordingSystemd::new`].
+#[derive(Default)]
+pub struct RecordingSystemd {
+    jobs: Mutex<Vec<String>>,
+    active: Mutex<std::collections::BTreeMap<String, bool>>,
+    untouched_active: bool,
+}
+
+impl RecordingSystemd {
+    pub fn new(untouched_active: bool) -> RecordingSystemd {
+        RecordingSystemd {
+            untouched_active,
+            ..Default::default()
+        }
+    }
+
+    /// The jobs run so far, in order.
+    pub fn jobs(&self) -> Vec<String> {
+        self.jobs.lock().unwrap().clone()
+    }
+}
+
+impl crate::platform::systemd::Units for RecordingSystemd {
+    fn unit(
+        &self,
+        action: crate::platform::systemd::UnitAction,
+        unit: &str,
+    ) -> Result<String, crate::platform::PlatformError> {
+        use crate::platform::systemd::UnitAction;
+        let mut active = self.active.lock().unwrap();
+        if action == UnitAction::ActiveState {
+            let on = active.get(unit).copied().unwrap_or(self.untouched_active);
+            return Ok(if on { "active" } else { "inactive" }.into());
+        }
+        self.jobs
+            .lock()
+            .unwrap()
+            .push(format!("{} {unit}", action.as_str()));
+        let on = matches!(action, UnitAction::Start | UnitAction::Restart);
+        active.insert(unit.into(), on);
+        Ok(String::new())
+    }
+    fn daemon_reload(&self) -> Result<(), crate::platform::PlatformError> {
+        Ok(())
+    }
+}
+
+impl Systemd for RecordingSystemd {
+    fn power(
+        &self,
+        _: crate::platform::systemd::PowerAction,
+    ) -> Result<(), crate::platform::PlatformError> {
+        Ok(())
+    }
+    fn reachable(&self) -> Result<(), crate::platform::PlatformError> {
+        Ok(())
+    }
+}

@@ -3,18 +3,15 @@
 //! refusals that touch nothing, and rollback of files and kernel values when a later step
 //! fails.
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use http_body_util::BodyExt;
 use incus_osd::api::App;
-use incus_osd::platform::systemd::{PowerAction, Systemd, UnitAction, Units};
-use incus_osd::platform::PlatformError;
-use incus_osd::testing::{fake_file, fake_link, Script, TestApp};
+use incus_osd::testing::{fake_file, fake_link, RecordingSystemd, Script, TestApp};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -24,49 +21,11 @@ const PASSTHROUGH: &str = "etc/modprobe.d/99-local-device-passthrough.conf";
 const NIC: &str = "sys/bus/pci/devices/0000:03:00.0";
 const GPU: &str = "sys/bus/pci/devices/0000:01:00.0";
 
-/// A systemd that records unit operations.
-#[derive(Default)]
-struct FakeSystemd {
-    ops: Mutex<Vec<String>>,
-    active: Mutex<BTreeMap<String, bool>>,
-}
-
-impl Units for FakeSystemd {
-    fn unit(&self, action: UnitAction, unit: &str) -> Result<String, PlatformError> {
-        let mut active = self.active.lock().unwrap();
-        if action == UnitAction::ActiveState {
-            let on = active.get(unit).copied().unwrap_or(true);
-            return Ok(if on { "active" } else { "inactive" }.into());
-        }
-        self.ops
-            .lock()
-            .unwrap()
-            .push(format!("{} {unit}", action.as_str()));
-        active.insert(
-            unit.into(),
-            matches!(action, UnitAction::Start | UnitAction::Restart),
-        );
-        Ok(String::new())
-    }
-    fn daemon_reload(&self) -> Result<(), PlatformError> {
-        Ok(())
-    }
-}
-
-impl Systemd for FakeSystemd {
-    fn power(&self, _: PowerAction) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn reachable(&self) -> Result<(), PlatformError> {
-        Ok(())
-    }
-}
-
 struct Setup {
     r: Router,
     app: Arc<App>,
     script: Script,
-    systemd: Arc<FakeSystemd>,
+    systemd: Arc<RecordingSystemd>,
     dir: tempfile::TempDir,
 }
 
@@ -93,7 +52,7 @@ fn setup() -> Setup {
     ] {
         script.on(cmd, 0, "", "");
     }
-    let systemd = Arc::new(FakeSystemd::default());
+    let systemd = Arc::new(RecordingSystemd::new(true));
     let (r, app, dir) = TestApp::new()
         .commands(Arc::new(script.clone()))
         .systemd(systemd.clone())
@@ -199,10 +158,7 @@ async fn put_writes_the_files_and_kernel_values_and_stores_the_config() {
          net.ipv4.tcp_congestion_control = bbr\n"
     );
     assert_eq!(s.read(PASSTHROUGH), "options vfio-pci ids=10de:1eb8\n");
-    assert_eq!(
-        s.systemd.ops.lock().unwrap().clone(),
-        ["restart systemd-sysctl.service"]
-    );
+    assert_eq!(s.systemd.jobs(), ["restart systemd-sysctl.service"]);
     // The GPU was unbound from its driver and its IDs given to vfio-pci.
     assert_eq!(
         s.read("sys/bus/pci/drivers/nouveau/unbind"),
@@ -310,7 +266,7 @@ async fn bad_values_are_refused_with_upstreams_texts_and_touch_nothing() {
         assert_eq!((status, v["error"].as_str().unwrap()), (400, text));
     }
     assert!(s.script.calls().is_empty());
-    assert!(s.systemd.ops.lock().unwrap().is_empty());
+    assert!(s.systemd.jobs().is_empty());
     assert!(!s.root().join("etc/sysctl.d").exists());
     assert!(!s.root().join("etc/modprobe.d").exists());
     assert_eq!(s.read(&format!("{NIC}/sriov_numvfs")), "2\n");
@@ -348,7 +304,7 @@ async fn a_failing_step_puts_back_the_files_and_kernel_values() {
     );
     // systemd-sysctl ran again over the old file.
     assert_eq!(
-        s.systemd.ops.lock().unwrap().clone(),
+        s.systemd.jobs(),
         [
             "restart systemd-sysctl.service",
             "restart systemd-sysctl.service"

@@ -14,55 +14,13 @@ use incus_osd::api::App;
 use incus_osd::platform::exec::{Commands, Output};
 use incus_osd::platform::network::fake::{FakeNetworkOs, FakeState};
 use incus_osd::platform::network::{LinkState, LinkStatus};
-use incus_osd::platform::systemd::{PowerAction, Systemd, UnitAction, Units};
 use incus_osd::platform::PlatformError;
-use incus_osd::testing::TestApp;
+use incus_osd::testing::{RecordingSystemd, TestApp};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const MAC: &str = "52:54:00:12:34:56";
 const OTHER_MAC: &str = "52:54:00:ab:cd:ef";
-
-/// systemd: every job succeeds and is recorded.
-#[derive(Default)]
-struct Units_ {
-    jobs: Mutex<Vec<String>>,
-    active: Mutex<BTreeMap<String, bool>>,
-}
-
-impl Units for Units_ {
-    fn unit(&self, action: UnitAction, unit: &str) -> Result<String, PlatformError> {
-        if action == UnitAction::ActiveState {
-            let on = self
-                .active
-                .lock()
-                .unwrap()
-                .get(unit)
-                .copied()
-                .unwrap_or(false);
-            return Ok(if on { "active" } else { "inactive" }.into());
-        }
-        self.jobs
-            .lock()
-            .unwrap()
-            .push(format!("{} {unit}", action.as_str()));
-        let on = matches!(action, UnitAction::Start | UnitAction::Restart);
-        self.active.lock().unwrap().insert(unit.into(), on);
-        Ok(String::new())
-    }
-    fn daemon_reload(&self) -> Result<(), PlatformError> {
-        Ok(())
-    }
-}
-
-impl Systemd for Units_ {
-    fn power(&self, _: PowerAction) -> Result<(), PlatformError> {
-        Ok(())
-    }
-    fn reachable(&self) -> Result<(), PlatformError> {
-        Ok(())
-    }
-}
 
 /// `nft -f -` succeeds and keeps the script it was given.
 #[derive(Default)]
@@ -91,7 +49,7 @@ struct Env {
     r: Router,
     app: Arc<App>,
     net: Arc<FakeNetworkOs>,
-    units: Arc<Units_>,
+    units: Arc<RecordingSystemd>,
     nft: Arc<Nft>,
     _dir: tempfile::TempDir,
 }
@@ -146,7 +104,7 @@ fn env() -> Env {
         time_synced: true,
         ..Default::default()
     }));
-    let units = Arc::new(Units_::default());
+    let units = Arc::new(RecordingSystemd::new(false));
     let nft = Arc::new(Nft::default());
     let (r, app, dir) = TestApp::new()
         .systemd(units.clone())
@@ -265,7 +223,7 @@ async fn refusals_come_in_upstreams_order_and_change_nothing() {
     );
     assert!(e.files().is_empty());
     assert_eq!(e.stored()["config"], Value::Null);
-    assert!(e.units.jobs.lock().unwrap().is_empty());
+    assert!(e.units.jobs().is_empty());
     assert!(e.nft.scripts.lock().unwrap().is_empty());
 }
 
@@ -308,10 +266,7 @@ async fn an_apply_writes_the_files_runs_the_steps_and_stores_names_resolved() {
             "restart_timesyncd_and_wait"
         ]
     );
-    assert_eq!(
-        *e.units.jobs.lock().unwrap(),
-        ["restart systemd-networkd.service"]
-    );
+    assert_eq!(*e.units.jobs(), ["restart systemd-networkd.service"]);
     let hosts = std::fs::read_to_string(e.app.root.join("etc/hosts")).unwrap();
     assert!(hosts.contains("127.0.1.1"), "{hosts}");
     assert!(hosts.contains("host1"), "{hosts}");
@@ -368,12 +323,7 @@ async fn a_failed_apply_puts_back_files_units_firewall_and_hostname() {
     assert!(e.stored()["config"]["interfaces"][0].get("mtu").is_none());
     // networkd restarted on the new files, then again on the old ones; the firewall
     // loaded, then the previous rules again.
-    assert_eq!(
-        e.units.jobs.lock().unwrap().len(),
-        3,
-        "{:?}",
-        e.units.jobs.lock().unwrap()
-    );
+    assert_eq!(e.units.jobs().len(), 3, "{:?}", e.units.jobs());
     let scripts = e.nft.scripts.lock().unwrap().clone();
     assert_eq!(scripts.len(), 3);
     assert_eq!(
