@@ -497,3 +497,30 @@ impl Systemd for RecordingSystemd {
         Ok(())
     }
 }
+
+/// One request through `r` (the router under test): its status and JSON body.
+pub async fn call(
+    r: &axum::Router,
+    method: &str,
+    uri: &str,
+    body: &str,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+/// An answer that must be the error envelope: its status and error text.
+pub fn err(v: &(axum::http::StatusCode, serde_json::Value)) -> (u16, String) {
+    assert_eq!(v.1["type"], "error", "{}", v.1);
+    (v.0.as_u16(), v.1["error"].as_str().unwrap().to_string())
+}

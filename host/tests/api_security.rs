@@ -16,6 +16,7 @@ use incus_osd::platform::exec::{Commands, Output};
 use incus_osd::platform::PlatformError;
 use incus_osd::system::security::{secureboot, Runtime};
 use incus_osd::testing::TestApp;
+use incus_osd::testing::{call, err};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
@@ -24,23 +25,6 @@ use tower::ServiceExt;
 const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const IMAGE_SECURITY: &str = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
 const INCUS_OS: &str = "12f075e0-2d07-493d-811a-00920a72c04c";
-
-async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = r.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
-}
-
-fn err(v: &(StatusCode, Value)) -> (u16, String) {
-    assert_eq!(v.1["type"], "error", "{}", v.1);
-    (v.0.as_u16(), v.1["error"].as_str().unwrap().to_string())
-}
 
 /// Writes an efivarfs file: the attribute word (NV, BS, RT, time-based authenticated
 /// write for the databases) then the data.

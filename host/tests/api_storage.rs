@@ -7,28 +7,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use chrono::{DateTime, TimeZone, Utc};
-use http_body_util::BodyExt;
 use incus_osd::api::App;
 use incus_osd::system::storage::runtime::{self, Clock};
+use incus_osd::testing::call;
 use incus_osd::testing::{fake_disks, fake_file, plain_drives, Script, TestApp};
 use serde_json::{json, Value};
-use tower::ServiceExt;
-
-async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = r.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
-}
 
 /// The status and error text of an error answer.
 fn err(v: &(StatusCode, Value)) -> (u16, String) {

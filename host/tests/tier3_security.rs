@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::Request;
 use axum::Router;
-use http_body_util::BodyExt;
 use incus_osd::platform::exec::{Commands, Output, RealCommands};
 use incus_osd::platform::PlatformError;
 use incus_osd::system::security::{luks, Runtime};
+use incus_osd::testing::call;
 use incus_osd::testing::TestApp;
 use incus_osd_test_machine::{tier3_or_return, LoopDevice, Swtpm};
 use serde_json::{json, Value};
@@ -24,18 +24,6 @@ use tower::ServiceExt;
 
 const OLD: &str = "old-key-1234-abcd!";
 const NEW: &str = "foo-bar-biz-1234";
-
-async fn call(r: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = r.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
-}
 
 fn cryptsetup(args: &[&str], stdin: &[u8]) -> std::process::Output {
     use std::io::Write;
