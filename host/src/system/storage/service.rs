@@ -252,10 +252,13 @@ impl Machine<'_> {
 
     /// Creates `pool` or brings an existing one to it.
     pub fn apply_pool(&self, pool: &Pool) -> Result<(), String> {
-        if !pool.name.is_empty() && self.pool_exists(&pool.name)? {
-            let current = self.pool(&pool.name)?;
-            let steps = pools::plan_update(&current, pool, self)?;
-            return self.run_steps(&steps);
+        // One `zpool status` both says whether the pool exists and describes it.
+        if let Some(status) = self.status()?.filter(|_| !pool.name.is_empty()) {
+            if zpool::pool_names(&status)?.contains(&pool.name) {
+                let current = self.read_pool(&status, &pool.name)?;
+                let steps = pools::plan_update(&current, pool, self)?;
+                return self.run_steps(&steps);
+            }
         }
         let plan = pools::plan_create(
             pool,
