@@ -524,3 +524,128 @@ pub fn err(v: &(axum::http::StatusCode, serde_json::Value)) -> (u16, String) {
     assert_eq!(v.1["type"], "error", "{}", v.1);
     (v.0.as_u16(), v.1["error"].as_str().unwrap().to_string())
 }
+
+/// A throw-away PKI for signed messages, made at test time: a root CA with the support CA
+/// and the update CA under it, a signer under each, a support signer whose certificate has
+/// expired, and a second root with its own "support CA" and signer. Messages are signed by
+/// the real `openssl smime -sign`.
+pub struct SigningPki {
+    dir: tempfile::TempDir,
+}
+
+impl SigningPki {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> SigningPki {
+        use rcgen::{
+            BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let params = |cn: &str, ca: bool| {
+            let mut p = CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2099, 1, 1);
+            if ca {
+                p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            } else {
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            }
+            p
+        };
+        let save = |name: &str, cert: &Certificate, key: &KeyPair| {
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        };
+        let root = |name: &str, cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = params(cn, true).self_signed(&key).unwrap();
+            save(name, &cert, &key);
+            (cert, key)
+        };
+        let issue = |name: &str, p: CertificateParams, by: &(Certificate, KeyPair)| {
+            let key = KeyPair::generate().unwrap();
+            let cert = p.signed_by(&key, &by.0, &by.1).unwrap();
+            save(name, &cert, &key);
+            (cert, key)
+        };
+        let r = root("root", "Test Root CA");
+        let support = issue("support-ca", params("Test Support CA", true), &r);
+        let update = issue("update-ca", params("Test Update CA", true), &r);
+        issue(
+            "support-signer",
+            params("Test Support Signer", false),
+            &support,
+        );
+        issue(
+            "update-signer",
+            params("Test Update Signer", false),
+            &update,
+        );
+        let mut old = params("Test Expired Support Signer", false);
+        old.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        old.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        issue("expired-signer", old, &support);
+        let other = root("other-root", "Test Other Root CA");
+        let other_support = issue("other-support-ca", params("Test Support CA", true), &other);
+        issue(
+            "other-signer",
+            params("Test Support Signer", false),
+            &other_support,
+        );
+        SigningPki { dir }
+    }
+
+    /// A certificate of the PKI (PEM): `root`, `support-ca`, `update-ca`, `other-root`, ...
+    pub fn pem(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.pem"))).expect("pem")
+    }
+
+    /// Ships the root CA, the update CA and the support CA under `root`, where the daemon
+    /// and the providers read them.
+    pub fn install(&self, root: &Path) {
+        let fs = RootFs::new(root);
+        use incus_osd_provider_common::trust::{ROOT_CA_PATH, SUPPORT_CA_PATH, UPDATE_CA_PATH};
+        for (path, name) in [
+            (ROOT_CA_PATH, "root"),
+            (UPDATE_CA_PATH, "update-ca"),
+            (SUPPORT_CA_PATH, "support-ca"),
+        ] {
+            fs.write(path, self.pem(name).as_bytes(), 0o644).unwrap();
+        }
+    }
+
+    /// `content` signed (text mode) by `signer` (`support-signer`, `update-signer`,
+    /// `expired-signer`, `other-signer`), carrying its issuer `ca`.
+    pub fn sign_as(&self, content: &[u8], signer: &str, ca: &str) -> Vec<u8> {
+        let d = self.dir.path();
+        std::fs::write(d.join("content"), content).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["smime", "-sign", "-text", "-in", "content", "-signer"])
+            .arg(format!("{signer}.pem"))
+            .arg("-inkey")
+            .arg(format!("{signer}.key"))
+            .arg("-certfile")
+            .arg(format!("{ca}.pem"))
+            .current_dir(d)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl smime -sign: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// `content` signed through the support CA.
+    pub fn sign_support(&self, content: &[u8]) -> Vec<u8> {
+        self.sign_as(content, "support-signer", "support-ca")
+    }
+
+    /// `content` signed through the update CA.
+    pub fn sign_update(&self, content: &[u8]) -> Vec<u8> {
+        self.sign_as(content, "update-signer", "update-ca")
+    }
+}

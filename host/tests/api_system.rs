@@ -46,13 +46,13 @@ async fn debug_lists_the_entries_it_serves_in_upstreams_order() {
     let (r, _, _d) = TestApp::new().router();
     let (s, v) = call_h(&r, "GET", "/1.0/debug", "", Some("/os")).await;
     assert_eq!(s, 200);
-    // Upstream also lists :run-script, which is not built here.
     assert_eq!(
         v["metadata"],
         json!([
             "/os/1.0/debug/kernel",
             "/os/1.0/debug/log",
             "/os/1.0/debug/processes",
+            "/os/1.0/debug/:run-script",
             "/os/1.0/debug/secureboot"
         ])
     );

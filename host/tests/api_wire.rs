@@ -497,11 +497,19 @@ async fn every_debug_entry_listed_is_served() {
             "/1.0/debug/kernel",
             "/1.0/debug/log",
             "/1.0/debug/processes",
+            "/1.0/debug/:run-script",
             "/1.0/debug/secureboot"
         ])
     );
     for url in listed.as_array().unwrap() {
-        let resp = get(&r, url.as_str().unwrap()).await;
+        let url = url.as_str().unwrap();
+        if url.contains(':') {
+            // Served (a GET is the wrong method, not an unknown path).
+            assert_eq!(call(&r, "GET", url, "").await.error().0, 501);
+            assert_eq!(call(&r, "POST", url, "").await.error().0, 400);
+            continue;
+        }
+        let resp = get(&r, url).await;
         // The journal does not exist under this root (500), but the endpoint is there.
         assert!(
             resp.status != StatusCode::NOT_FOUND && resp.status != StatusCode::NOT_IMPLEMENTED,
@@ -509,14 +517,6 @@ async fn every_debug_entry_listed_is_served() {
             resp.text()
         );
     }
-    // What upstream lists but this daemon does not serve is not listed.
-    assert_eq!(
-        call(&r, "POST", "/1.0/debug/:run-script", "")
-            .await
-            .error()
-            .0,
-        501
-    );
 }
 
 // ---- item 21: GET /1.0 --------------------------------------------------------------------------

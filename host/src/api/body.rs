@@ -16,29 +16,31 @@ use super::ApiError;
 /// are a few KiB; this bounds what a queue of waiting changes can hold in memory.
 pub const JSON_BODY_LIMIT: usize = 256 * 1024;
 
-fn too_large() -> ApiError {
+fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         413,
-        format!(
-            "request body too large (the limit is {} KiB)",
-            JSON_BODY_LIMIT / 1024
-        ),
+        format!("request body too large (the limit is {} KiB)", limit / 1024),
     )
 }
 
 /// Reads a JSON request body of at most [`JSON_BODY_LIMIT`] bytes; a larger one is a 413
 /// (at once when its declared length is larger, else as soon as the limit is crossed).
 pub async fn read_json(body: Body) -> Result<Bytes, ApiError> {
-    if body.size_hint().lower() > JSON_BODY_LIMIT as u64 {
-        return Err(too_large());
+    read_limited(body, JSON_BODY_LIMIT).await
+}
+
+/// Reads a request body of at most `limit` bytes, as [`read_json`] does.
+pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large(limit));
     }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
-        if buf.len() + chunk.len() > JSON_BODY_LIMIT {
-            return Err(too_large());
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large(limit));
         }
         if buf.is_empty() {
             buf = Vec::with_capacity(chunk.len());

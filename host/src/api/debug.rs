@@ -1,5 +1,6 @@
 //! `/1.0/debug`: the journal, processes and kernel facts.
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method};
 
@@ -8,11 +9,10 @@ use super::response::sync;
 use super::uri::Query;
 use super::{require, ApiError, ApiResult, AppState};
 use crate::platform::journal::{self, LogQuery};
-use crate::system::debug;
+use crate::system::{debug, script};
 
-/// What this daemon serves of upstream's five entries, in upstream's order. Upstream also
-/// lists `:run-script`, which is not built here: a listing names only what answers.
-const ENTRIES: [&str; 4] = ["kernel", "log", "processes", "secureboot"];
+/// Upstream's five entries, in upstream's order.
+const ENTRIES: [&str; 5] = ["kernel", "log", "processes", ":run-script", "secureboot"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
@@ -95,4 +95,24 @@ pub async fn kernel(State(app): State<AppState>, method: Method) -> ApiResult {
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(ApiError::internal)?;
     Ok(sync(&k))
+}
+
+/// `POST /1.0/debug/:run-script`: runs a script signed through the support CA and answers
+/// what it printed (see [`script`]). A body over 1 MiB is a 413, an empty or unsigned one a
+/// 400, a signature the support CA does not vouch for a 403; a failing script is a 500
+/// with the error and the output.
+pub async fn run_script(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let signed = super::body::read_limited(body, script::BODY_LIMIT).await?;
+    let commands = app.platform.commands.clone();
+    let root = app.root.clone();
+    let output =
+        tokio::task::spawn_blocking(move || script::run_signed(commands.as_ref(), &root, &signed))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| {
+                let (status, message) = e.status_and_message();
+                ApiError::new(status, message)
+            })?;
+    Ok(sync(&output))
 }

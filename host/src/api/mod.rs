@@ -157,6 +157,7 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/debug/log", any(debug::log))
         .route("/1.0/debug/kernel", any(debug::kernel))
         .route("/1.0/debug/processes", any(debug::processes))
+        .route("/1.0/debug/:run-script", any(debug::run_script))
         .route(
             "/1.0/debug/tui/:write-message",
             any(internal::write_message),

@@ -10,6 +10,7 @@ pub mod logging;
 pub mod network;
 pub mod provider;
 pub mod resources;
+pub mod script;
 pub mod security;
 pub mod storage;
 pub mod update;

@@ -31,6 +31,40 @@ pub fn host_runner(host: &Host) -> impl Fn(&[&str], &[u8]) -> Result<Output> + '
 pub const VERIFY_SCRIPT: &str =
     "exec openssl smime -verify -text -no-CApath -no-CAstore -CAfile <(printf '%s\\n' \"$1\")";
 
+/// What a signed message is, for the error texts: the message ("update index") and the
+/// intermediate it must be signed through ("update CA").
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    pub message: &'static str,
+    pub ca: &'static str,
+}
+
+/// The names of `index.sjson`.
+pub const INDEX: Names = Names {
+    message: "update index",
+    ca: "update CA",
+};
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The message is not one the trusted certificates vouch for (not signed, tampered
+    /// with, an unknown or expired signer, signed through another intermediate).
+    Refused(String),
+    /// The check could not be made (openssl could not run, the trusted CA is unusable).
+    Failed(Error),
+}
+
+impl Refusal {
+    /// Both kinds as one error (500), for callers that do not tell them apart.
+    pub fn into_error(self) -> Error {
+        match self {
+            Refusal::Refused(m) => Error::internal(m),
+            Refusal::Failed(e) => e,
+        }
+    }
+}
+
 /// The content of `signed` once its signature is verified against `root_ca` (PEM) and the
 /// update CA `intermediate` (PEM, one or more certificates) is among its certificates.
 pub fn verify_signed_index(
@@ -39,59 +73,93 @@ pub fn verify_signed_index(
     root_ca: &str,
     intermediate: &str,
 ) -> Result<Vec<u8>> {
-    let expected = pem::certificates(intermediate)
-        .map_err(|e| Error::internal(format!("the update CA is not valid: {}", e.message)))?;
+    verify_signed(run, signed, root_ca, intermediate, INDEX).map_err(Refusal::into_error)
+}
+
+/// The content of the S/MIME message `signed` once its signature is verified up to
+/// `root_ca` (PEM) and the expected intermediate `intermediate` (PEM, one or more
+/// certificates) is among the certificates it carries; `names` words the errors.
+pub fn verify_signed(
+    run: Runner,
+    signed: &[u8],
+    root_ca: &str,
+    intermediate: &str,
+    names: Names,
+) -> std::result::Result<Vec<u8>, Refusal> {
+    let Names { message, ca } = names;
+    let expected = pem::certificates(intermediate).map_err(|e| {
+        Refusal::Failed(Error::internal(format!(
+            "the {ca} is not valid: {}",
+            e.message
+        )))
+    })?;
     if expected.is_empty() {
-        return Err(Error::internal("the update CA holds no certificate"));
+        return Err(Refusal::Failed(Error::internal(format!(
+            "the {ca} holds no certificate"
+        ))));
     }
 
     let out = run(
-        &["bash", "-c", VERIFY_SCRIPT, "verify-update-index", root_ca],
+        &[
+            "bash",
+            "-c",
+            VERIFY_SCRIPT,
+            "verify-signed-message",
+            root_ca,
+        ],
         signed,
-    )?;
+    )
+    .map_err(Refusal::Failed)?;
     if out.status != 0 {
-        return Err(Error::internal(format!(
-            "the update index signature is not valid: {}",
+        return Err(Refusal::Refused(format!(
+            "the {message} signature is not valid: {}",
             first_error_line(&out.stderr)
         )));
     }
     let content = out.stdout.into_bytes();
 
-    let pkcs7 = run(&["openssl", "smime", "-pk7out"], signed)?;
+    let unreadable = |stderr: &str| {
+        Refusal::Refused(format!(
+            "cannot read the certificates of the {message}: {}",
+            first_error_line(stderr)
+        ))
+    };
+    let pkcs7 = run(&["openssl", "smime", "-pk7out"], signed).map_err(Refusal::Failed)?;
     if pkcs7.status != 0 {
-        return Err(Error::internal(format!(
-            "cannot read the certificates of the update index: {}",
-            first_error_line(&pkcs7.stderr)
-        )));
+        return Err(unreadable(&pkcs7.stderr));
     }
     let certs = run(
         &["openssl", "pkcs7", "-print_certs"],
         pkcs7.stdout.as_bytes(),
-    )?;
+    )
+    .map_err(Refusal::Failed)?;
     if certs.status != 0 {
-        return Err(Error::internal(format!(
-            "cannot read the certificates of the update index: {}",
-            first_error_line(&certs.stderr)
-        )));
+        return Err(unreadable(&certs.stderr));
     }
     let carried = pem::certificates(&certs.stdout).map_err(|e| {
-        Error::internal(format!("openssl printed a bad certificate: {}", e.message))
+        Refusal::Failed(Error::internal(format!(
+            "openssl printed a bad certificate: {}",
+            e.message
+        )))
     })?;
     if !carried.iter().any(|c| expected.contains(c)) {
-        return Err(Error::internal(
-            "the update index is not signed through the expected update CA",
-        ));
+        return Err(Refusal::Refused(format!(
+            "the {message} is not signed through the expected {ca}"
+        )));
     }
     Ok(content)
 }
 
-/// The first non-empty line of openssl's error output (the rest is its error stack).
+/// What openssl's error output says went wrong: the certificate check's reason
+/// (`Verify error: certificate has expired`) when it names one, else the first non-empty
+/// line (the rest is its error stack).
 fn first_error_line(stderr: &str) -> String {
-    let line = stderr
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("openssl failed without a message");
+    let mut lines = stderr.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.clone().next();
+    let line = match lines.find_map(|l| l.find("Verify error:").map(|i| &l[i..])) {
+        Some(reason) => reason,
+        None => first.unwrap_or("openssl failed without a message"),
+    };
     line.chars().take(300).collect()
 }
 

@@ -12,6 +12,9 @@ pub const ROOT_CA_PATH: &str = "/usr/lib/incus-osd/certs/update-root-ca.pem";
 /// The update CA (the intermediate) an index must be signed through, unless `update_ca`
 /// is configured.
 pub const UPDATE_CA_PATH: &str = "/usr/lib/incus-osd/certs/update-ca.pem";
+/// The support CA (an intermediate under the same root) that signs debug scripts
+/// (`POST /1.0/debug/:run-script`, a recovery volume's `hotfix.sh.sig`); the daemon reads it.
+pub const SUPPORT_CA_PATH: &str = "/usr/lib/incus-osd/certs/support-ca.pem";
 
 /// The root CA and the expected intermediate, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq)]
