@@ -333,6 +333,9 @@ async fn refresh_encrypted_volumes(app: &Arc<App>) {
 
 /// Start-up after the API answers: the stored syslog forwarding, the plugins, then ready.
 async fn finish_start(app: Arc<App>) {
+    // A recovery volume first (upstream's point: before anything that could fail and keep
+    // a fix from running); its update is applied where the start-up check runs.
+    let recovery_update = crate::system::recovery::check_at_start(&app).await;
     apply_logging(&app).await;
     refresh_encrypted_volumes(&app).await;
     apply_network(&app).await;
@@ -349,6 +352,9 @@ async fn finish_start(app: Arc<App>) {
     // Storage after the services (iSCSI, NVMe-oF, multipath provide pool disks), before
     // the applications that keep their data in pools.
     crate::system::storage::runtime::load_at_boot(&app).await;
+    if let Some(version) = recovery_update {
+        crate::system::recovery::apply_prepared_update(&app, &version).await;
+    }
     crate::system::provider::register_at_start(&app).await;
     crate::system::update::runner::start(app.clone()).await;
     if app.lifecycle.is_stopping() {

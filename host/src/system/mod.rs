@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod logging;
 pub mod network;
 pub mod provider;
+pub mod recovery;
 pub mod resources;
 pub mod script;
 pub mod security;
