@@ -1,0 +1,228 @@
+//! Tier 3: recovery mode against real volumes. A file system made by the real
+//! `mkfs.vfat -n RESCUE_DATA` (or `mkfs.ext4 -L RESCUE_DATA`) on a loop device, its label
+//! read back by `blkid`, linked under the root prefix's `dev/disk/by-label/` as udev would
+//! link it; the daemon's recovery code mounts it with the real `mount` (read-only), runs
+//! the signed hotfix, copies the signed update's files and unmounts it.
+//!
+//! The certificates are provider-common's test PKI: its root CA, its update CA, and its
+//! second intermediate standing in for the support CA.
+//!
+//! A kernel without vfat (some CI kernels have neither vfat nor iso9660 built in) cannot
+//! mount the stick: the test then says so loudly and checks what such a machine does,
+//! refusing the volume with the error naming both file systems, nothing left mounted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use incus_osd::platform::exec::RealCommands;
+use incus_osd::system::recovery;
+use incus_osd_provider_common::testing::{gzip, sha256_hex, Pki};
+use incus_osd_provider_common::trust::{ROOT_CA_PATH, SUPPORT_CA_PATH, UPDATE_CA_PATH};
+use incus_osd_test_machine::{find_tool, tier3_or_return};
+
+const RUNNING: &str = "202511041601";
+const NEW: &str = "202601010000";
+
+/// A loop device over a sparse image, detached when dropped.
+struct LoopDisk {
+    dev: String,
+    _img: tempfile::NamedTempFile,
+}
+
+impl LoopDisk {
+    fn new(size: u64) -> LoopDisk {
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(size).unwrap();
+        let dev = run("losetup", &["-f", "--show", &img.path().to_string_lossy()]);
+        LoopDisk {
+            dev: dev.trim().to_string(),
+            _img: img,
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
+
+fn run(tool: &str, args: &[&str]) -> String {
+    let path = find_tool(tool).unwrap_or_else(|| panic!("{tool} is not installed"));
+    let out = Command::new(path).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kernel_has(fs: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(fs))
+}
+
+/// Whether anything is mounted on `dir`.
+fn mounted_on(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(&*dir))
+}
+
+/// A root prefix with the certificates shipped and `disk` linked as the recovery volume.
+fn root_with(pki: &Pki, disk: &LoopDisk) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (path, pem) in [
+        (ROOT_CA_PATH, pki.root_pem()),
+        (UPDATE_CA_PATH, pki.update_ca_pem()),
+        (SUPPORT_CA_PATH, pki.other_ca_pem()),
+    ] {
+        let p = root.path().join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, pem).unwrap();
+    }
+    let link = root.path().join("dev/disk/by-label/RESCUE_DATA");
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&disk.dev, &link).unwrap();
+    root
+}
+
+/// What the stick holds: a hotfix leaving `marker` behind, and an update of [`NEW`].
+fn stick_files(pki: &Pki, marker: &Path) -> Vec<(String, Vec<u8>)> {
+    let arch = std::env::consts::ARCH;
+    let script = format!(
+        "#!/bin/sh\necho fixed > '{}'\necho hotfix from the stick\n",
+        marker.display()
+    );
+    let efi = gzip(b"the efi from the stick");
+    let efi_name = format!("{arch}/IncusOS_{NEW}.efi.gz");
+    let update = serde_json::json!({
+        "format": "1.0",
+        "channels": ["stable"],
+        "version": NEW,
+        "files": [{
+            "architecture": arch,
+            "component": "os",
+            "filename": efi_name,
+            "sha256": sha256_hex(&efi),
+            "size": efi.len(),
+            "type": "update-efi",
+        }],
+    });
+    vec![
+        (
+            "hotfix.sh.sig".to_string(),
+            pki.sign_with_other_intermediate(script.as_bytes()),
+        ),
+        (format!("update/{efi_name}"), efi),
+        (
+            "update/update.sjson".to_string(),
+            pki.sign(update.to_string().as_bytes()),
+        ),
+    ]
+}
+
+#[test]
+fn a_vfat_stick_labelled_rescue_data_is_mounted_read_only_used_and_unmounted() {
+    tier3_or_return!();
+    let disk = LoopDisk::new(32 << 20);
+    run("mkfs.vfat", &["-n", "RESCUE_DATA", &disk.dev]);
+    assert_eq!(
+        run("blkid", &["-o", "value", "-s", "LABEL", &disk.dev]).trim(),
+        "RESCUE_DATA"
+    );
+    let pki = Pki::new();
+    let root = root_with(&pki, &disk);
+    let dev = recovery::find_device(root.path()).expect("the volume is found");
+    assert!(dev.ends_with("dev/disk/by-label/RESCUE_DATA"));
+
+    if !kernel_has("vfat") {
+        // Straight to the process's stderr (libtest captures a passing test's output): a
+        // partial run must not be silent.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nTIER 3 PARTIAL: this kernel has no vfat (iso9660: {}): checking that the \
+             volume is refused, not that it is used\n",
+            kernel_has("iso9660")
+        );
+        let e = recovery::mount(&RealCommands, &dev).err().expect("refused");
+        assert!(
+            e.starts_with("cannot mount the recovery volume as vfat or iso9660 (vfat: "),
+            "{e}"
+        );
+        assert!(e.contains("; iso9660: "), "{e}");
+        return;
+    }
+
+    // Fill the stick (read-write, as whoever made it would).
+    let scratch = tempfile::tempdir().unwrap();
+    let marker = scratch.path().join("marker");
+    let fill = tempfile::tempdir().unwrap();
+    run("mount", &[&disk.dev, &fill.path().to_string_lossy()]);
+    for (name, data) in stick_files(&pki, &marker) {
+        let p = fill.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    run("umount", &[&fill.path().to_string_lossy()]);
+
+    let mounted = recovery::mount(&RealCommands, &dev).expect("mounted");
+    let at: PathBuf = mounted.path().to_path_buf();
+    assert!(mounted_on(&at));
+    // Read-only: nothing can be written to the stick.
+    let e = std::fs::write(at.join("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+
+    let out = recovery::run_hotfix(&RealCommands, root.path(), &at).unwrap();
+    assert_eq!(out.as_deref(), Some("hotfix from the stick\n"));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "fixed\n");
+
+    let version = recovery::prepare_update(
+        &RealCommands,
+        root.path(),
+        &at,
+        RUNNING,
+        std::env::consts::ARCH,
+    )
+    .unwrap();
+    assert_eq!(version.as_deref(), Some(NEW));
+    let updates = root.path().join("root/updates");
+    assert_eq!(
+        std::fs::read_to_string(updates.join(format!("IncusOS_{NEW}.efi"))).unwrap(),
+        "the efi from the stick"
+    );
+    assert_eq!(
+        std::fs::read_to_string(updates.join("RELEASE")).unwrap(),
+        format!("{NEW}\n")
+    );
+
+    drop(mounted);
+    assert!(!mounted_on(&at), "still mounted");
+    assert!(!at.exists(), "the mount point was left behind");
+}
+
+#[test]
+fn a_volume_that_is_neither_vfat_nor_iso9660_is_refused_and_nothing_stays_mounted() {
+    tier3_or_return!();
+    let disk = LoopDisk::new(32 << 20);
+    run("mkfs.ext4", &["-q", "-L", "RESCUE_DATA", &disk.dev]);
+    let pki = Pki::new();
+    let root = root_with(&pki, &disk);
+    let dev = recovery::find_device(root.path()).expect("the volume is found");
+    let e = recovery::mount(&RealCommands, &dev).err().expect("refused");
+    assert!(
+        e.starts_with("cannot mount the recovery volume as vfat or iso9660 (vfat: "),
+        "{e}"
+    );
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !info.contains("incus-osd-recovery-"),
+        "a recovery mount is left: {info}"
+    );
+}
