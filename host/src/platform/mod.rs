@@ -15,6 +15,7 @@ pub mod systemd;
 pub mod systemd_dbus;
 pub mod tpm;
 pub mod uploads;
+pub mod volume;
 pub mod watch;
 
 use std::sync::Arc;

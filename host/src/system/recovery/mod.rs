@@ -1,8 +1,10 @@
 //! Recovery mode: a volume labelled `RESCUE_DATA` (a USB stick, an ISO) found at start-up.
 //!
 //! At every start the daemon looks for `/dev/disk/by-partlabel/RESCUE_DATA`, then
-//! `/dev/disk/by-label/RESCUE_DATA` (under its root prefix). When one is there it is
-//! mounted read-only (vfat, else iso9660) on a private temporary directory, and:
+//! `/dev/disk/by-label/RESCUE_DATA` (under its root prefix). When one is there it is read
+//! in process as FAT, else ISO 9660 ([`crate::platform::volume`]; upstream mounts it
+//! read-only as vfat, then iso9660: reading it needs no mount and no file system in the
+//! kernel, and cannot write to it), and:
 //!
 //! 1. `hotfix.sh.sig`, a script signed through the support CA, is verified and run as
 //!    `POST /1.0/debug/:run-script` runs one ([`crate::system::script`]); its output is
@@ -14,7 +16,7 @@
 //!    naming the version. A missing file is skipped; at least one must be there. On any
 //!    error the directory is removed again.
 //!
-//! The volume is unmounted right after. Later in start-up, where the start-up update check
+//! Later in start-up, where the start-up update check
 //! runs (the services and the storage are up, as installing an application needs them),
 //! [`apply_prepared_update`] selects the `debug` provider, runs a start-up check through
 //! the update engine (which stages an OS update and reboots into it, and installs or
@@ -25,7 +27,6 @@
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use incus_osd_provider_common::signature::Names;
 use incus_osd_provider_common::trust::UPDATE_CA_PATH;
@@ -35,6 +36,7 @@ use sha2::{Digest as _, Sha256};
 use crate::api::App;
 use crate::platform::exec::Commands;
 use crate::platform::files::RootFs;
+use crate::platform::volume::{self, Volume};
 use crate::system::script;
 use crate::system::update::versions;
 
@@ -50,8 +52,6 @@ pub const HOTFIX: &str = "hotfix.sh.sig";
 /// The signed update description on the volume.
 pub const UPDATE_SJSON: &str = "update/update.sjson";
 
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
-
 const UPDATE_NAMES: Names = Names {
     message: "recovery update",
     ca: "update CA",
@@ -65,82 +65,23 @@ pub fn find_device(root: &Path) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// The volume mounted read-only on a private temporary directory; unmounted when
-/// dropped.
-pub struct Mounted<'a> {
-    cmds: &'a dyn Commands,
-    dir: tempfile::TempDir,
-}
-
-impl Mounted<'_> {
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mounted<'_> {
-    fn drop(&mut self) {
-        let argv = vec!["umount".to_string(), self.path().display().to_string()];
-        match self.cmds.run(&argv, b"", MOUNT_TIMEOUT) {
-            Ok(out) if out.status == 0 => {}
-            Ok(out) => tracing::warn!(
-                error = %String::from_utf8_lossy(&out.stderr).trim(),
-                "cannot unmount the recovery volume"
-            ),
-            Err(e) => tracing::warn!(error = %e.0, "cannot unmount the recovery volume"),
-        }
-    }
-}
-
-/// Mounts `device` read-only as vfat, else as iso9660.
-pub fn mount<'a>(cmds: &'a dyn Commands, device: &Path) -> Result<Mounted<'a>, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("incus-osd-recovery-")
-        .tempdir()
-        .map_err(|e| format!("cannot make the mount point: {e}"))?;
-    let mut errors = vec![];
-    for fs in ["vfat", "iso9660"] {
-        let argv: Vec<String> = ["mount", "-t", fs, "-o", "ro"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                device.display().to_string(),
-                dir.path().display().to_string(),
-            ])
-            .collect();
-        match cmds.run(&argv, b"", MOUNT_TIMEOUT) {
-            Ok(out) if out.status == 0 => return Ok(Mounted { cmds, dir }),
-            Ok(out) => errors.push(format!(
-                "{fs}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => errors.push(format!("{fs}: {}", e.0)),
-        }
-    }
-    Err(format!(
-        "cannot mount the recovery volume as vfat or iso9660 ({})",
-        errors.join("; ")
-    ))
+/// Opens the recovery volume on `device` for reading, in process (FAT or ISO 9660; see
+/// [`crate::platform::volume`]): nothing is mounted and nothing can be written to it.
+pub fn open(device: &Path) -> Result<Box<dyn Volume>, String> {
+    volume::open(device).map_err(|e| format!("cannot read the recovery volume: {e}"))
 }
 
 /// Verifies and runs the volume's `hotfix.sh.sig` when there is one; returns its output.
 pub fn run_hotfix(
     cmds: &dyn Commands,
     root: &Path,
-    volume: &Path,
+    volume: &dyn Volume,
 ) -> Result<Option<String>, String> {
-    let path = volume.join(HOTFIX);
-    let signed = match std::fs::read(&path) {
-        Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let signed = match volume.read(HOTFIX, script::BODY_LIMIT as u64) {
+        Ok(Some(data)) => data,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("cannot read {HOTFIX}: {e}")),
     };
-    if signed.len() > script::BODY_LIMIT {
-        return Err(format!(
-            "{HOTFIX} is larger than {} KiB",
-            script::BODY_LIMIT / 1024
-        ));
-    }
     tracing::info!("the recovery volume holds a hotfix script, verifying its signature");
     script::run_signed(cmds, root, &signed)
         .map(Some)
@@ -154,13 +95,13 @@ pub fn run_hotfix(
 pub fn prepare_update(
     cmds: &dyn Commands,
     root: &Path,
-    volume: &Path,
+    volume: &dyn Volume,
     running: &str,
     arch: &str,
 ) -> Result<Option<String>, String> {
-    let signed = match std::fs::read(volume.join(UPDATE_SJSON)) {
-        Ok(data) => data,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let signed = match volume.read(UPDATE_SJSON, script::BODY_LIMIT as u64) {
+        Ok(Some(data)) => data,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("cannot read {UPDATE_SJSON}: {e}")),
     };
     tracing::info!("the recovery volume holds an update, verifying its signature");
@@ -204,22 +145,27 @@ pub fn prepare_update(
 }
 
 /// Checks and copies the files of `update` for `arch`; returns how many were there.
-fn copy_files(fs: &RootFs, volume: &Path, update: &Update, arch: &str) -> Result<usize, String> {
-    let dir = volume.join("update");
+fn copy_files(
+    fs: &RootFs,
+    volume: &dyn Volume,
+    update: &Update,
+    arch: &str,
+) -> Result<usize, String> {
     let mut copied = 0;
     for file in &update.files {
         if !file.architecture.is_empty() && file.architecture != arch {
             continue;
         }
         incus_osd_provider_common::fetch::check_file_name(file).map_err(|e| e.message)?;
-        let source = dir.join(&file.filename);
-        let data = match std::fs::File::open(&source) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(file = %file.filename, "the recovery volume lacks an update file, skipping it");
-                continue;
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", file.filename)),
+        let source = format!("update/{}", file.filename);
+        let open = || match volume.open(&source) {
+            Ok(Some(f)) => Ok(Some(f)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", file.filename)),
+        };
+        let Some(data) = open()? else {
+            tracing::warn!(file = %file.filename, "the recovery volume lacks an update file, skipping it");
+            continue;
         };
         let hash = sha256(data).map_err(|e| format!("cannot read {}: {e}", file.filename))?;
         if !hash.eq_ignore_ascii_case(&file.sha256) {
@@ -234,8 +180,7 @@ fn copy_files(fs: &RootFs, volume: &Path, update: &Update, arch: &str) -> Result
         let mut out = fs
             .create_atomic(&target, 0o644)
             .map_err(|e| e.to_string())?;
-        let f = std::fs::File::open(&source)
-            .map_err(|e| format!("cannot read {}: {e}", file.filename))?;
+        let f = open()?.ok_or_else(|| format!("cannot read {}: it is gone", file.filename))?;
         let res = if gz {
             std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut out)
         } else {
@@ -248,7 +193,7 @@ fn copy_files(fs: &RootFs, volume: &Path, update: &Update, arch: &str) -> Result
     Ok(copied)
 }
 
-fn sha256(mut f: std::fs::File) -> std::io::Result<String> {
+fn sha256(mut f: Box<dyn std::io::Read + '_>) -> std::io::Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -271,8 +216,8 @@ pub fn remove_updates(root: &Path) {
     }
 }
 
-/// What start-up does first: when a recovery volume is there, mount it, run its hotfix,
-/// prepare its update, unmount it. Returns the version of a prepared update (for
+/// What start-up does first: when a recovery volume is there, read it, run its hotfix,
+/// prepare its update. Returns the version of a prepared update (for
 /// [`apply_prepared_update`]).
 pub async fn check_at_start(app: &App) -> Option<String> {
     let device = find_device(&app.root)?;
@@ -281,14 +226,15 @@ pub async fn check_at_start(app: &App) -> Option<String> {
     let root = app.root.clone();
     let running = app.info.os().version.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let mounted = match mount(commands.as_ref(), &device) {
-            Ok(m) => m,
+        let volume = match open(&device) {
+            Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "recovery failed");
                 return None;
             }
         };
-        match run_hotfix(commands.as_ref(), &root, mounted.path()) {
+        tracing::info!(file_system = volume.kind(), "reading the recovery volume");
+        match run_hotfix(commands.as_ref(), &root, volume.as_ref()) {
             Ok(Some(output)) => tracing::info!(output = %output, "hotfix script completed"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "recovery hotfix failed"),
@@ -296,7 +242,7 @@ pub async fn check_at_start(app: &App) -> Option<String> {
         match prepare_update(
             commands.as_ref(),
             &root,
-            mounted.path(),
+            volume.as_ref(),
             &running,
             std::env::consts::ARCH,
         ) {

@@ -1,4 +1,5 @@
-//! A directory stands in for the mounted volume; the certificates are made at test time,
+//! A directory stands in for the volume (`DirVolume`; the FAT and ISO readers have their own
+//! tests in `platform::volume`, and tier3_recovery reads a real stick); the certificates are made at test time,
 //! the messages signed and verified by the real openssl, the hotfix run for real.
 
 use std::path::Path;
@@ -7,6 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::platform::exec::RealCommands;
+use crate::platform::volume;
 use crate::testing::SigningPki;
 
 const RUNNING: &str = "202511041601";
@@ -26,6 +28,10 @@ fn setup() -> Setup {
         root,
         volume: tempfile::tempdir().unwrap(),
     }
+}
+
+fn dir(s: &Setup) -> volume::DirVolume {
+    volume::DirVolume(s.volume.path().to_path_buf())
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -92,7 +98,7 @@ fn prepare(s: &Setup) -> Result<Option<String>, String> {
     prepare_update(
         &RealCommands,
         s.root.path(),
-        s.volume.path(),
+        &dir(s),
         RUNNING,
         std::env::consts::ARCH,
     )
@@ -116,7 +122,7 @@ fn a_signed_hotfix_runs_and_answers_its_output() {
         HOTFIX,
         &s.pki.sign_support(script.as_bytes()),
     );
-    let out = run_hotfix(&RealCommands, s.root.path(), s.volume.path()).unwrap();
+    let out = run_hotfix(&RealCommands, s.root.path(), &dir(&s)).unwrap();
     assert_eq!(out.as_deref(), Some("hotfix done\n"));
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "fixed\n");
 }
@@ -124,10 +130,7 @@ fn a_signed_hotfix_runs_and_answers_its_output() {
 #[test]
 fn no_hotfix_no_update_is_nothing_to_do() {
     let s = setup();
-    assert_eq!(
-        run_hotfix(&RealCommands, s.root.path(), s.volume.path()),
-        Ok(None)
-    );
+    assert_eq!(run_hotfix(&RealCommands, s.root.path(), &dir(&s)), Ok(None));
     assert_eq!(prepare(&s), Ok(None));
     assert!(!updates_dir(&s).exists());
 }
@@ -155,7 +158,7 @@ fn unsigned_tampered_or_update_signed_hotfixes_are_refused_and_never_run() {
     ];
     for (body, want) in cases {
         put(s.volume.path(), HOTFIX, &body);
-        let e = run_hotfix(&RealCommands, s.root.path(), s.volume.path()).unwrap_err();
+        let e = run_hotfix(&RealCommands, s.root.path(), &dir(&s)).unwrap_err();
         assert!(e.starts_with(want), "{e}");
         assert!(!m.exists(), "the hotfix ran");
     }
