@@ -1090,11 +1090,12 @@ struct Decoded {
 impl Decoded {
     /// `line N: Go.Path` of the value at `pointer`, or of the first value under it.
     fn origin(&self, pointer: &str) -> String {
+        let under = format!("{pointer}/");
         let found = self.origins.get(pointer).or_else(|| {
             self.origins
-                .range(pointer.to_string()..)
+                .range(under.clone()..)
                 .next()
-                .filter(|(k, _)| k.starts_with(pointer))
+                .filter(|(k, _)| k.starts_with(&under))
                 .map(|(_, v)| v)
         });
         match found {
@@ -1102,6 +1103,11 @@ impl Decoded {
             None => pointer.to_string(),
         }
     }
+}
+
+/// A map key as a JSON pointer step.
+fn pointer_step(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// One step of a path: `Name` or `Name[index]`.
@@ -1249,7 +1255,7 @@ fn set(
             }
             let map = child.as_object_mut().expect("a map is an object");
             pointer.push('/');
-            pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            pointer.push_str(&pointer_step(&key));
             let entry = map.entry(key).or_insert_with(|| zero(elem));
             leaf_or_struct(entry, elem, rest, value, pointer)
         }
@@ -1335,11 +1341,38 @@ fn section<T: DeserializeOwned + Serialize + Default>(
     if v.is_null() {
         return Ok(T::default());
     }
-    let typed: T =
-        serde_json::from_value(v.clone()).map_err(|e| format!("{}: {e}", d.origin(pointer)))?;
+    let typed: T = serde_json::from_value(v.clone())
+        .map_err(|e| format!("{}: {e}", culprit::<T>(d, v, pointer)))?;
     let back = serde_json::to_value(&typed).expect("state serializes");
     check_kept(d, v, &back, pointer)?;
     Ok(typed)
+}
+
+/// Which line of the section at `pointer` our type `T` refuses: the one whose value, made
+/// zero, lets the section through (the section's first line when no single one does).
+fn culprit<T: DeserializeOwned>(d: &Decoded, v: &Value, pointer: &str) -> String {
+    let under = format!("{pointer}/");
+    let mut leaves: Vec<(&String, &(Option<usize>, String))> = d
+        .origins
+        .range(under.clone()..)
+        .take_while(|(k, _)| k.starts_with(&under))
+        .collect();
+    leaves.sort_by_key(|(_, (line, _))| *line);
+    for (leaf, (line, path)) in leaves {
+        let mut copy = v.clone();
+        if let Some(x) = copy.pointer_mut(&leaf[pointer.len()..]) {
+            *x = match x {
+                Value::Bool(_) => Value::Bool(false),
+                Value::Number(_) => Value::from(0),
+                Value::String(_) => Value::String(String::new()),
+                _ => Value::Null,
+            };
+            if serde_json::from_value::<T>(copy).is_ok() {
+                return format!("{}: {path}", at(*line));
+            }
+        }
+    }
+    d.origin(pointer)
 }
 
 /// Whether a value is a zero value (upstream never writes those, so neither side needs to
@@ -1366,7 +1399,7 @@ fn check_kept(d: &Decoded, input: &Value, output: &Value, pointer: &str) -> Resu
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
+                let p = format!("{pointer}/{}", pointer_step(k));
                 match o.get(k) {
                     Some(ov) => check_kept(d, v, ov, &p)?,
                     None if is_zero(v) => {}
@@ -1415,7 +1448,7 @@ fn map(d: &Decoded) -> Result<Document, String> {
     // Applications: the host's records, and the configs of the two that have one.
     for (field, name) in APPLICATIONS {
         let base = format!("/applications/{field}");
-        if get(d, &base).is_null() {
+        if is_zero(get(d, &base)) {
             continue;
         }
         let state = get(d, &format!("{base}/state"));
@@ -1441,7 +1474,7 @@ fn map(d: &Decoded) -> Result<Document, String> {
         doc.applications.insert(name.to_string(), record);
         let config = get(d, &format!("{base}/config"));
         let plugin_config = match field {
-            "incus" if !config.is_null() => {
+            "incus" if !is_zero(config) => {
                 let lxcfs = config.get("lxcfs").unwrap_or(&Value::Null);
                 let flag = |k: &str| lxcfs.get(k).and_then(Value::as_bool).unwrap_or_default();
                 Some(serde_json::json!({"lxcfs": {
@@ -1449,7 +1482,7 @@ fn map(d: &Decoded) -> Result<Document, String> {
                     "load_average": flag("load_average"),
                 }}))
             }
-            "openfga" if !config.is_null() => {
+            "openfga" if !is_zero(config) => {
                 let tokens = config.get("api_tokens").cloned().unwrap_or(Value::Null);
                 Some(serde_json::json!({"api_tokens": tokens}))
             }
@@ -1465,7 +1498,7 @@ fn map(d: &Decoded) -> Result<Document, String> {
     // Services: each one's config, as its plugin stores it (`{"config": ...}`).
     for name in SERVICES {
         let config = get(d, &format!("/services/{name}/config"));
-        if !config.is_null() {
+        if !is_zero(config) {
             let key = plugin_host::state_key(plugin_api::Kind::Service, name);
             doc.plugins
                 .insert(key, serde_json::json!({ "config": config.clone() }));
@@ -1479,11 +1512,16 @@ fn map(d: &Decoded) -> Result<Document, String> {
 
     doc.system.provider = provider(d, &mut doc.plugins)?;
 
-    let update_config: UpdateConfig = if get(d, "/system/update/config").is_null() {
-        UpdateConfig::default()
-    } else {
-        section(d, "/system/update/config")?
-    };
+    // A file without a channel or a check frequency gets upstream's new-state defaults
+    // (every upstream release since version 5 writes both).
+    let mut update_config: UpdateConfig = section(d, "/system/update/config")?;
+    let defaults = UpdateConfig::default();
+    if update_config.channel.is_empty() {
+        update_config.channel = defaults.channel;
+    }
+    if update_config.check_frequency.is_empty() {
+        update_config.check_frequency = defaults.check_frequency;
+    }
     update_config::validate(&update_config).map_err(|e| invalid("System.Update.Config", e))?;
     doc.system.update = UpdateDoc {
         config: update_config,
@@ -1511,20 +1549,18 @@ fn map(d: &Decoded) -> Result<Document, String> {
 
     doc.system.kernel = section(d, "/system/kernel/config")?;
 
-    let scrub = get(d, "/system/storage/config/scrub_schedule")
-        .as_str()
-        .unwrap_or_default();
-    if !scrub.is_empty() {
-        crate::system::storage::cron::Schedule::parse(scrub).map_err(|e| {
-            format!(
-                "{}: refused by this daemon's validation: {e}",
-                d.origin("/system/storage/config/scrub_schedule")
-            )
-        })?;
+    // Likewise the scrub schedule (added by the V7 step).
+    let mut storage: StorageDoc = section(d, "/system/storage/config")?;
+    if storage.scrub_schedule.is_empty() {
+        storage.scrub_schedule = StorageDoc::default().scrub_schedule;
     }
-    doc.system.storage = StorageDoc {
-        scrub_schedule: scrub.to_string(),
-    };
+    crate::system::storage::cron::Schedule::parse(&storage.scrub_schedule).map_err(|e| {
+        format!(
+            "{}: refused by this daemon's validation: {e}",
+            d.origin("/system/storage/config/scrub_schedule")
+        )
+    })?;
+    doc.system.storage = storage;
 
     let fallback_doc = FallbackDoc {
         config: section(d, "/system/fallback_listener/config")?,
@@ -1545,7 +1581,9 @@ fn network(
     pointer: &str,
     go_path: &str,
 ) -> Result<Option<SystemNetworkConfig>, String> {
-    if get(d, pointer).is_null() {
+    // Upstream writes nothing for a configuration without values, and reads it back as
+    // none.
+    if is_zero(get(d, pointer)) {
         return Ok(None);
     }
     let config: SystemNetworkConfig = section(d, pointer)?;
@@ -1578,7 +1616,10 @@ fn provider(d: &Decoded, plugins: &mut BTreeMap<String, Value>) -> Result<Provid
             if !keys.contains(&k.as_str()) {
                 return Err(format!(
                     "{}: the {name} provider has no config key {k:?}",
-                    d.origin(&format!("/system/provider/config/config/{k}"))
+                    d.origin(&format!(
+                        "/system/provider/config/config/{}",
+                        pointer_step(k)
+                    ))
                 ));
             }
         }

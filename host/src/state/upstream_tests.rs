@@ -399,9 +399,75 @@ Applications.Incus.State.IsPrimary: true
 ",
     )
     .unwrap();
-    assert!(!doc.plugins.contains_key("lvm"));
-    assert!(doc.applications.contains_key("incus"));
-    assert_eq!(doc.applications["incus"].version, "");
+    assert!(doc.plugins.is_empty());
+    assert!(doc.applications.is_empty());
+    assert!(doc
+        .system
+        .security
+        .config
+        .encryption_recovery_keys
+        .is_empty());
+}
+
+#[test]
+fn a_file_without_update_or_scrub_settings_gets_upstreams_defaults() {
+    let doc = import("#Version: 8\nSystem.Update.Config.AutoReboot: true\n").unwrap();
+    let u = &doc.system.update.config;
+    assert!(u.auto_reboot);
+    assert_eq!(
+        (u.channel.as_str(), u.check_frequency.as_str()),
+        ("stable", "6h")
+    );
+    assert_eq!(doc.system.storage.scrub_schedule, "0 4 * * 0");
+    assert_eq!(doc.system.provider.name, "images");
+    assert!(doc.system.network.config.is_none());
+}
+
+#[test]
+fn a_value_our_types_refuse_names_its_line() {
+    let e = err_of(
+        "System.Update.Config.MaintenanceWindows[0].StartDayOfWeek: Funday
+System.Update.Config.MaintenanceWindows[0].EndDayOfWeek: Sunday
+",
+    );
+    assert!(
+        e.starts_with("line 3: System.Update.Config.MaintenanceWindows[0].StartDayOfWeek: "),
+        "{e}"
+    );
+}
+
+/// The check behind "nothing silently lost": a value the typed section does not give
+/// back is an error naming its line, a zero value missing on our side is not.
+#[test]
+fn a_value_our_section_would_drop_is_an_error_naming_its_line() {
+    let d = Decoded {
+        tree: Value::Null,
+        origins: BTreeMap::from([
+            ("/s/a".to_string(), (Some(4), "S.A".to_string())),
+            ("/s/b/0".to_string(), (Some(5), "S.B[0]".to_string())),
+        ]),
+    };
+    let input = serde_json::json!({"a": "kept", "b": ["dropped"], "c": ""});
+    check_kept(
+        &d,
+        &input,
+        &serde_json::json!({"a": "kept", "b": ["dropped"]}),
+        "/s",
+    )
+    .unwrap();
+    let e = check_kept(&d, &input, &serde_json::json!({"a": "kept"}), "/s").unwrap_err();
+    assert_eq!(
+        e,
+        "line 5: S.B[0]: this value is not carried over by this daemon's state"
+    );
+    let e = check_kept(
+        &d,
+        &input,
+        &serde_json::json!({"a": "other", "b": ["dropped"]}),
+        "/s",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("line 4: S.A: "), "{e}");
 }
 
 #[test]
