@@ -44,6 +44,11 @@ pub const MAX_VERSION: u32 = 8;
 /// The largest slice index accepted (a hostile file could otherwise ask for a huge list).
 pub const MAX_INDEX: usize = 65_535;
 
+/// How many list elements a file may leave out in all (the zero elements upstream does not
+/// write, which the import puts back): with [`MAX_INDEX`] alone, a few thousand nested
+/// indexes would still make billions.
+pub const MAX_LEFT_OUT: usize = 65_536;
+
 /// Upstream's application fields (Go name under `Applications`) and our application
 /// names. `Incus` is shared upstream by `incus` and `incus-lts-7.0`; the record is kept
 /// under `incus` (the plugin's name), with `name` left empty (see [`import`]).
@@ -1171,6 +1176,7 @@ fn decode(lines: &[Line]) -> Result<Decoded, String> {
         tree: Value::Object(Map::new()),
         origins: BTreeMap::new(),
     };
+    let mut left_out = MAX_LEFT_OUT;
     for l in lines {
         let text = l.text.as_str();
         if text.trim().is_empty() || text.starts_with('#') {
@@ -1188,7 +1194,15 @@ fn decode(lines: &[Line]) -> Result<Decoded, String> {
             .map(|s| segment(s).ok_or_else(|| fail(format!("malformed path element {s:?}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let mut pointer = String::new();
-        let kept = set(&mut out.tree, &STATE, &segments, value, &mut pointer).map_err(fail)?;
+        let kept = set(
+            &mut out.tree,
+            &STATE,
+            &segments,
+            value,
+            &mut pointer,
+            &mut left_out,
+        )
+        .map_err(fail)?;
         if kept {
             out.origins.insert(pointer, (l.number, path.to_string()));
         }
@@ -1204,6 +1218,7 @@ fn set(
     segments: &[Segment],
     value: &str,
     pointer: &mut String,
+    left_out: &mut usize,
 ) -> Result<bool, String> {
     let Some((seg, rest)) = segments.split_first() else {
         let v = parse_value(ty, value)?;
@@ -1242,11 +1257,19 @@ fn set(
                 *child = Value::Array(Vec::new());
             }
             let list = child.as_array_mut().expect("a slice is an array");
+            let missing = (i + 1).saturating_sub(list.len() + 1);
+            if missing > *left_out {
+                return Err(format!(
+                    "index {i} of {}: the file leaves out more than {MAX_LEFT_OUT} list elements in all",
+                    seg.name
+                ));
+            }
+            *left_out -= missing;
             while list.len() <= i {
                 list.push(zero(elem));
             }
             pointer.push_str(&format!("/{i}"));
-            leaf_or_struct(&mut list[i], elem, rest, value, pointer)
+            leaf_or_struct(&mut list[i], elem, rest, value, pointer, left_out)
         }
         (Ty::Map(elem), Some(key)) => {
             let key = key.replace("__DOT__", ".");
@@ -1257,14 +1280,14 @@ fn set(
             pointer.push('/');
             pointer.push_str(&pointer_step(&key));
             let entry = map.entry(key).or_insert_with(|| zero(elem));
-            leaf_or_struct(entry, elem, rest, value, pointer)
+            leaf_or_struct(entry, elem, rest, value, pointer, left_out)
         }
         (Ty::Slice(_), None) | (Ty::Map(_), None) => Err(format!(
             "{} is a list or a map: an index is expected",
             seg.name
         )),
         (_, Some(_)) => Err(format!("{} is not a list or a map", seg.name)),
-        (ty, None) => leaf_or_struct(child, &ty, rest, value, pointer),
+        (ty, None) => leaf_or_struct(child, &ty, rest, value, pointer, left_out),
     }
 }
 
@@ -1275,12 +1298,13 @@ fn leaf_or_struct(
     rest: &[Segment],
     value: &str,
     pointer: &mut String,
+    left_out: &mut usize,
 ) -> Result<bool, String> {
     if rest.is_empty() {
         *node = parse_value(ty, value)?;
         Ok(true)
     } else {
-        set(node, ty, rest, value, pointer)
+        set(node, ty, rest, value, pointer, left_out)
     }
 }
 

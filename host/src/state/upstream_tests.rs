@@ -519,6 +519,15 @@ fn a_bad_index_is_refused() {
     assert!(e.contains("invalid index \"-1\""), "{e}");
     let e = err_of(&format!("{p}[99999999].Name: eth0\n"));
     assert!(e.contains("too large"), "{e}");
+    // Many nested indexes, each under the limit, leaving out too much in all.
+    let many: String = (0..300)
+        .map(|i| format!("{p}[{i}].Addresses[299]: dhcp4\n"))
+        .collect();
+    let e = err_of(&many);
+    assert!(
+        e.contains("leaves out more than 65536 list elements in all"),
+        "{e}"
+    );
     let e = err_of(&format!("{p}.Name: eth0\n"));
     assert!(e.contains("an index is expected"), "{e}");
     let e = err_of("OS[0].Name: x\n");
