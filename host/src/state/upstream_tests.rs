@@ -77,6 +77,7 @@ System.Network.Config.Proxy.Servers[proxy__DOT__example__DOT__net].Auth: anonymo
 System.Network.Config.Proxy.Servers[proxy__DOT__example__DOT__net].Host: proxy.example.net:3128
 System.Network.Config.Interfaces[0].Addresses[0]: dhcp4
 System.Network.Config.Interfaces[0].Addresses[1]: slaac
+System.Network.Config.Interfaces[0].Ethernet.DisableGRO: true
 System.Network.Config.Interfaces[0].Hwaddr: 10:66:6a:7c:8c:b0
 System.Network.Config.Interfaces[0].Name: uplink
 System.Network.Config.Interfaces[0].RequiredForOnline: no
@@ -103,6 +104,14 @@ System.Network.Config.VLANs[0].ID: 100
 System.Network.Config.VLANs[0].Name: mgmt100
 System.Network.Config.VLANs[0].Parent: uplink
 System.Network.Config.VLANs[0].Roles[0]: management
+System.Network.Config.Wireguard[0].Addresses[0]: 10.9.0.1/24
+System.Network.Config.Wireguard[0].Name: wg0
+System.Network.Config.Wireguard[0].Peers[0].AllowedIPs[0]: 10.9.0.2/32
+System.Network.Config.Wireguard[0].Peers[0].Endpoint: 198.51.100.7:51820
+System.Network.Config.Wireguard[0].Peers[0].PersistentKeepalive: 25
+System.Network.Config.Wireguard[0].Peers[0].PublicKey: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=
+System.Network.Config.Wireguard[0].Port: 51820
+System.Network.Config.Wireguard[0].PrivateKey: yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=
 System.Provider.Config.Name: images
 System.Provider.Config.Config[server_url]: https://images.example.net/os
 System.Provider.Config.Config[update_ca]: {update_ca}
@@ -210,6 +219,11 @@ fn a_whole_version_8_machine_maps_onto_every_section() {
     assert_eq!(n.bonds[0].firewall_rules[0].port, 8443);
     assert_eq!(n.vlans[0].id, 100);
     assert_eq!(n.vlans[0].parent, "uplink");
+    assert!(n.interfaces[0].ethernet.as_ref().unwrap().disable_gro);
+    let wg = &n.wireguard[0];
+    assert_eq!((wg.name.as_str(), wg.port), ("wg0", 51820));
+    assert_eq!(wg.peers[0].allowed_ips, ["10.9.0.2/32"]);
+    assert_eq!(wg.peers[0].persistent_keepalive, 25);
     let dns = n.dns.as_ref().unwrap();
     assert_eq!(
         (dns.hostname.as_str(), dns.domain.as_str()),
@@ -589,4 +603,29 @@ fn go_durations_are_written_as_go_writes_them() {
             assert_eq!(update_config::parse_go_duration(s).unwrap(), ns);
         }
     }
+}
+
+#[test]
+fn proxy_urls_of_old_files_split_as_upstream_splits_them() {
+    let p = ProxyUrl::parse("http://[2001:db8::1]:3128/").unwrap();
+    assert_eq!(
+        (p.host.as_str(), p.port.as_deref()),
+        ("2001:db8::1", Some("3128"))
+    );
+    let p = ProxyUrl::parse("proxy.example.net").unwrap();
+    assert_eq!(
+        (p.host.as_str(), p.port, p.user),
+        ("proxy.example.net", None, None)
+    );
+    let p = ProxyUrl::parse("https://a%3Ab:c%2Fd@h:1").unwrap();
+    assert_eq!(p.user, Some(("a:b".to_string(), "c/d".to_string())));
+    assert!(ProxyUrl::parse("http://h:port").is_err());
+    assert!(ProxyUrl::parse("http://u:%zz@h").is_err());
+    // The whole step: a bad proxy in an old file names its line.
+    let e =
+        import("#Version: 1\nSystem.Network.Config.Proxy.HTTPProxy: http://h:port\n").unwrap_err();
+    assert!(
+        e.starts_with("line 2: proxy \"http://h:port\": invalid port"),
+        "{e}"
+    );
 }
