@@ -9,7 +9,7 @@
 //! 1. the version upgrades upstream applies to older files (V1 .. V8: renamed paths, the
 //!    proxy rewrite, the check frequency as a Go duration, added defaults), so a file of
 //!    any version from 0 to [`MAX_VERSION`] imports; a newer file is refused;
-//! 2. every line is decoded against a description of upstream's Go types ([`STATE`]),
+//! 2. every line is decoded against a description of upstream's Go types (`STATE`),
 //!    giving a JSON tree with upstream's JSON names, which are ours too. A path upstream's
 //!    types do not have is an error naming the path and its line (nothing is silently
 //!    lost); paths upstream knows but never saves (runtime state, fields tagged `-`) are
