@@ -14,6 +14,8 @@
 //!   the previous document or the new one, whole. The state directory is opened once; the
 //!   leftover temporary files of a killed daemon in it are removed when the store opens.
 
+pub mod upstream;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
