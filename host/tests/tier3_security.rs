@@ -778,154 +778,315 @@ fn variable_data(guid: [u8; 16], name: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A machine with Secure Boot on (a KEK and an old db certificate enrolled, the boot's
+/// event log replayed into swtpm) and a key update archive holding the enrolled KEK and a
+/// new db certificate.
+struct DbUpdate {
+    t: Option<TestApp>,
+    root: PathBuf,
+    swtpm: Swtpm,
+    fw: Arc<Firmware>,
+    rt: Option<Runtime>,
+    archive: Vec<u8>,
+    next7: [u8; 32],
+}
+
+impl DbUpdate {
+    fn new() -> DbUpdate {
+        use incus_osd::platform::tpm::eventlog::{event_type::*, EventLog};
+        use incus_osd::system::security::secureboot::guid;
+        use sha2::{Digest as _, Sha256};
+        let new_cert = |cn: &str| {
+            let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.self_signed(&rcgen::KeyPair::generate().unwrap())
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        let (kek, db_old, db_new) = (new_cert("KEK"), new_cert("db 2023"), new_cert("db 2026"));
+        let fp = |d: &[u8]| incus_osd::platform::tpm::hex(&Sha256::digest(d));
+        let image_security = guid(
+            0xd719b2cb,
+            0x3d3a,
+            0x4596,
+            [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f],
+        );
+
+        let t = TestApp::new();
+        let root = t.root().to_path_buf();
+        efivar(
+            &root,
+            "SecureBoot",
+            "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            &[1],
+        );
+        efivar(
+            &root,
+            "KEK",
+            "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            &cert_list(&kek),
+        );
+        efivar(
+            &root,
+            "db",
+            "d719b2cb-3d3a-4596-a3bc-dad00e67656f",
+            &cert_list(&db_old),
+        );
+        std::fs::create_dir_all(root.join("var/lib/incus-os")).unwrap();
+        std::fs::write(root.join("var/lib/incus-os/recovery.root.key"), "k").unwrap();
+        // The boot measured db as it is; swtpm holds what the log replays to.
+        let swtpm = Swtpm::start().unwrap();
+        let measured = variable_data(image_security, "db", &cert_list(&db_old));
+        let mut log = EventLog::sha256_only();
+        {
+            let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
+            for (pcr, kind, data) in [
+                (7, EV_EFI_VARIABLE_DRIVER_CONFIG, measured.clone()),
+                (7, EV_SEPARATOR, vec![0u8; 4]),
+            ] {
+                let d: [u8; 32] = Sha256::digest(&data).into();
+                log.push(pcr, kind, d, &data);
+                tpm.extend_pcr(pcr, &d).unwrap();
+            }
+        }
+        let p = root.join("sys/kernel/security/tpm0/binary_bios_measurements");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, log.encode()).unwrap();
+
+        let fw = Arc::new(Firmware {
+            efivars: root.join("sys/firmware/efi/efivars"),
+            runs: Mutex::new(vec![]),
+        });
+        let mut volumes = BTreeMap::new();
+        volumes.insert("root".to_string(), PathBuf::from("/dev/vda10"));
+        let rt = Runtime {
+            volumes: Some(volumes),
+            tpm_tcti: Some(swtpm.tcti()),
+            ..Default::default()
+        };
+
+        // A KEK already enrolled is skipped; the new db certificate is applied.
+        let auth = |der: &[u8]| {
+            let mut out = vec![0u8; 16];
+            out.extend(24u32.to_le_bytes());
+            out.extend([0u8; 20]);
+            out.extend(cert_list(der));
+            out
+        };
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in [
+            (format!("KEK_{}.auth", fp(&kek)), auth(&kek)),
+            (format!("db_{}.auth", fp(&db_new)), auth(&db_new)),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        let archive = b.into_inner().unwrap();
+
+        // The next boot measures db with both certificates: computed here independently.
+        let new_db = [cert_list(&db_old), cert_list(&db_new)].concat();
+        let ext = |old: [u8; 32], d: [u8; 32]| -> [u8; 32] {
+            Sha256::digest([&old[..], &d[..]].concat()).into()
+        };
+        let next7 = ext(
+            ext(
+                [0; 32],
+                Sha256::digest(variable_data(image_security, "db", &new_db)).into(),
+            ),
+            Sha256::digest([0u8; 4]).into(),
+        );
+        DbUpdate {
+            t: Some(t),
+            root,
+            swtpm,
+            fw,
+            rt: Some(rt),
+            archive,
+            next7,
+        }
+    }
+
+    /// The commands the update ran: the db variable appended, the volume re-bound to the
+    /// next PCR 7.
+    #[track_caller]
+    fn assert_applied(&self) {
+        let runs = self.fw.runs.lock().unwrap().clone();
+        let db_file = self
+            .root
+            .join("sys/firmware/efi/efivars/db-d719b2cb-3d3a-4596-a3bc-dad00e67656f");
+        assert_eq!(runs[0], format!("chattr -i {}", db_file.display()));
+        assert!(
+            runs[1].starts_with("efi-updatevar -a -f ") && runs[1].ends_with(" db"),
+            "{}",
+            runs[1]
+        );
+        assert_eq!(runs[2], "systemd-cryptenroll --help");
+        assert_eq!(
+            runs[3],
+            format!(
+                "systemd-cryptenroll --unlock-key-file={} --tpm2-device={} --wipe-slot=tpm2 {} /dev/vda10",
+                self.root.join("var/lib/incus-os/recovery.root.key").display(),
+                self.swtpm.tcti(),
+                format_args!(
+                    "--tpm2-pcrs=7:sha256={}+15:sha256={}",
+                    incus_osd::platform::tpm::hex(&self.next7),
+                    "0".repeat(64)
+                )
+            )
+        );
+        assert_eq!(runs.len(), 4, "{runs:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_db_update_is_appended_and_the_volumes_bound_to_the_next_pcr7() {
     tier3_or_return!();
-    use incus_osd::platform::tpm::eventlog::{event_type::*, EventLog};
-    use incus_osd::system::security::secureboot::guid;
-    use sha2::{Digest as _, Sha256};
-    let new_cert = |cn: &str| {
-        let mut p = rcgen::CertificateParams::new(vec![]).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.self_signed(&rcgen::KeyPair::generate().unwrap())
-            .unwrap()
-            .der()
-            .to_vec()
-    };
-    let (kek, db_old, db_new) = (new_cert("KEK"), new_cert("db 2023"), new_cert("db 2026"));
-    let fp = |d: &[u8]| incus_osd::platform::tpm::hex(&Sha256::digest(d));
-    let image_security = guid(
-        0xd719b2cb,
-        0x3d3a,
-        0x4596,
-        [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f],
-    );
-
-    let t = TestApp::new();
-    let root = t.root().to_path_buf();
-    efivar(
-        &root,
-        "SecureBoot",
-        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
-        &[1],
-    );
-    efivar(
-        &root,
-        "KEK",
-        "8be4df61-93ca-11d2-aa0d-00e098032b8c",
-        &cert_list(&kek),
-    );
-    efivar(
-        &root,
-        "db",
-        "d719b2cb-3d3a-4596-a3bc-dad00e67656f",
-        &cert_list(&db_old),
-    );
-    std::fs::create_dir_all(root.join("var/lib/incus-os")).unwrap();
-    std::fs::write(root.join("var/lib/incus-os/recovery.root.key"), "k").unwrap();
-    // The boot measured db as it is; swtpm holds what the log replays to.
-    let swtpm = Swtpm::start().unwrap();
-    let measured = variable_data(image_security, "db", &cert_list(&db_old));
-    let mut log = EventLog::sha256_only();
-    {
-        let mut tpm = incus_osd::platform::tpm::Tpm::open(&swtpm.tcti()).unwrap();
-        for (pcr, kind, data) in [
-            (7, EV_EFI_VARIABLE_DRIVER_CONFIG, measured.clone()),
-            (7, EV_SEPARATOR, vec![0u8; 4]),
-        ] {
-            let d: [u8; 32] = Sha256::digest(&data).into();
-            log.push(pcr, kind, d, &data);
-            tpm.extend_pcr(pcr, &d).unwrap();
-        }
-    }
-    let p = root.join("sys/kernel/security/tpm0/binary_bios_measurements");
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, log.encode()).unwrap();
-
-    let fw = Arc::new(Firmware {
-        efivars: root.join("sys/firmware/efi/efivars"),
-        runs: Mutex::new(vec![]),
-    });
-    let mut volumes = BTreeMap::new();
-    volumes.insert("root".to_string(), PathBuf::from("/dev/vda10"));
-    let rt = Runtime {
-        volumes: Some(volumes),
-        tpm_tcti: Some(swtpm.tcti()),
-        ..Default::default()
-    };
-    let (r, _app, _d) = t.security(rt).commands(fw.clone()).router();
-
-    // A KEK already enrolled is skipped; the new db certificate is applied.
-    let auth = |der: &[u8]| {
-        let mut out = vec![0u8; 16];
-        out.extend(24u32.to_le_bytes());
-        out.extend([0u8; 20]);
-        out.extend(cert_list(der));
-        out
-    };
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in [
-        (format!("KEK_{}.auth", fp(&kek)), auth(&kek)),
-        (format!("db_{}.auth", fp(&db_new)), auth(&db_new)),
-    ] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, &data[..]).unwrap();
-    }
-    let archive = b.into_inner().unwrap();
+    let mut m = DbUpdate::new();
+    let t = m.t.take().unwrap().security(m.rt.take().unwrap());
+    let (r, _app, _d) = t.commands(m.fw.clone()).router();
     let req = Request::builder()
         .method("POST")
         .uri("/1.0/debug/secureboot/:update")
-        .body(Body::from(archive.clone()))
+        .body(Body::from(m.archive.clone()))
         .unwrap();
     let resp = r.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-
-    // The next boot measures db with both certificates: computed here independently.
-    let new_db = [cert_list(&db_old), cert_list(&db_new)].concat();
-    let ext = |old: [u8; 32], d: [u8; 32]| -> [u8; 32] {
-        Sha256::digest([&old[..], &d[..]].concat()).into()
-    };
-    let next7 = ext(
-        ext(
-            [0; 32],
-            Sha256::digest(variable_data(image_security, "db", &new_db)).into(),
-        ),
-        Sha256::digest([0u8; 4]).into(),
-    );
-    let runs = fw.runs.lock().unwrap().clone();
-    let db_file = root.join("sys/firmware/efi/efivars/db-d719b2cb-3d3a-4596-a3bc-dad00e67656f");
-    assert_eq!(runs[0], format!("chattr -i {}", db_file.display()));
-    assert!(
-        runs[1].starts_with("efi-updatevar -a -f ") && runs[1].ends_with(" db"),
-        "{}",
-        runs[1]
-    );
-    assert_eq!(runs[2], "systemd-cryptenroll --help");
-    assert_eq!(
-        runs[3],
-        format!(
-            "systemd-cryptenroll --unlock-key-file={} --tpm2-device={} --wipe-slot=tpm2 {} /dev/vda10",
-            root.join("var/lib/incus-os/recovery.root.key").display(),
-            swtpm.tcti(),
-            format_args!(
-                "--tpm2-pcrs=7:sha256={}+15:sha256={}",
-                incus_osd::platform::tpm::hex(&next7),
-                "0".repeat(64)
-            )
-        )
-    );
-    assert_eq!(runs.len(), 4, "{runs:?}");
+    m.assert_applied();
 
     // Applied: the same archive has nothing left to do.
     let req = Request::builder()
         .method("POST")
         .uri("/1.0/debug/secureboot/:update")
-        .body(Body::from(archive))
+        .body(Body::from(m.archive.clone()))
         .unwrap();
     let resp = r.clone().oneshot(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(fw.runs.lock().unwrap().len(), 4);
+    assert_eq!(m.fw.runs.lock().unwrap().len(), 4);
+}
+
+/// The provider under test for Secure Boot key updates: offers `version` with one file,
+/// the archive in `archive` (base64).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct KeyOffer {
+    version: String,
+    archive: String,
+}
+
+struct KeyProvider {
+    host: plugin_api::Host,
+}
+
+impl plugin_api::Provider for KeyProvider {
+    const NAME: &'static str = "images";
+    type Config = KeyOffer;
+    type State = Value;
+    fn new(host: plugin_api::Host) -> plugin_api::Result<Self> {
+        Ok(KeyProvider { host })
+    }
+    fn state(&self, _: &KeyOffer) -> plugin_api::Result<Value> {
+        Ok(json!({}))
+    }
+    fn lookup(
+        &self,
+        c: &KeyOffer,
+        _: &plugin_api::provider::UpdateContext,
+        t: &plugin_api::provider::Target,
+    ) -> plugin_api::Result<Option<plugin_api::provider::Release>> {
+        use plugin_api::provider::{Release, ReleaseFile, Target};
+        Ok(match t {
+            Target::SecureBoot if !c.version.is_empty() => Some(Release {
+                version: c.version.clone(),
+                files: vec![ReleaseFile {
+                    component: "os".into(),
+                    file_type: "update-secureboot".into(),
+                    filename: format!("SecureBootKeys_{}.tar", c.version),
+                    ..ReleaseFile::default()
+                }],
+                ..Release::default()
+            }),
+            _ => None,
+        })
+    }
+    fn fetch(
+        &self,
+        c: &KeyOffer,
+        order: &plugin_api::provider::FetchOrder,
+    ) -> plugin_api::Result<Vec<String>> {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(&c.archive)
+            .unwrap();
+        let mut out = vec![];
+        for f in &order.release.files {
+            let path = format!("{}/{}", order.target_dir, f.target_name());
+            self.host.write_file(&path, &data, 0o644)?;
+            out.push(path);
+        }
+        Ok(out)
+    }
+}
+
+#[tokio::test]
+async fn the_update_check_applies_the_providers_secure_boot_key_update_one_certificate_a_run() {
+    tier3_or_return!();
+    use base64::Engine as _;
+    use incus_osd::system::update::{runner, schedule::CheckKind};
+    let mut m = DbUpdate::new();
+    let t = m.t.take().unwrap().security(m.rt.take().unwrap());
+    let (r, app, _d) = t.provider::<KeyProvider>().commands(m.fw.clone()).router();
+    let offer = |version: &str| {
+        json!({"config": {"name": "images", "config": {
+            "version": version,
+            "archive": base64::engine::general_purpose::STANDARD.encode(&m.archive),
+        }}})
+        .to_string()
+    };
+    let (s, v) = call(&r, "PUT", "/1.0/system/provider", &offer("202601010000")).await;
+    assert_eq!(s, 200, "{v}");
+    let record = || app.with_state(|s| s.doc().system.security.secure_boot.clone());
+
+    // The db certificate goes in; a reboot is needed, the record is not complete yet.
+    runner::check(&app, CheckKind::UserRequested, false, false)
+        .await
+        .unwrap();
+    m.assert_applied();
+    assert!(app.updates.status.needs_reboot());
+    assert_eq!(record().version, "");
+    assert!(!record().fully_applied);
+    assert!(
+        !m.root.join("var/lib/incus-os/secureboot-updates").exists(),
+        "the downloaded archive is left behind"
+    );
+    // While the reboot is pending, nothing more is taken.
+    runner::check(&app, CheckKind::UserRequested, false, false)
+        .await
+        .unwrap();
+    assert_eq!(m.fw.runs.lock().unwrap().len(), 4);
+
+    // After the reboot: nothing is left to apply, the version is recorded as complete.
+    app.updates.status.set_needs_reboot(false); // as the reboot does
+    runner::check(&app, CheckKind::UserRequested, false, false)
+        .await
+        .unwrap();
+    assert_eq!(m.fw.runs.lock().unwrap().len(), 4);
+    assert_eq!(record().version, "202601010000");
+    assert!(record().fully_applied);
+
+    // An older key update is refused, naming both versions; nothing is run.
+    let (s, v) = call(&r, "PUT", "/1.0/system/provider", &offer("202501010000")).await;
+    assert_eq!(s, 200, "{v}");
+    let e = runner::check(&app, CheckKind::UserRequested, false, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        "Failed to apply the Secure Boot key update: refusing to apply Secure Boot key update \
+         version (202501010000) that is older than the applied one (202601010000)"
+    );
+    assert_eq!(m.fw.runs.lock().unwrap().len(), 4);
 }

@@ -1564,6 +1564,13 @@ fn map(d: &Decoded) -> Result<Document, String> {
         using_swtpm: flag("/using_swtpm"),
         secure_boot_disabled: flag("/secure_boot_disabled"),
         full_agent_enabled: flag("/full_agent_enabled"),
+        secure_boot: security::SecureBootUpdates {
+            version: get(d, "/secure_boot/version")
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            fully_applied: flag("/secure_boot/fully_applied"),
+        },
     };
 
     doc.system.network = NetworkDoc {

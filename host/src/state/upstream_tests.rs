@@ -208,6 +208,8 @@ fn a_whole_version_8_machine_maps_onto_every_section() {
     assert_eq!(s.config.custom_ca_certs, [m.custom_ca]);
     assert!(s.full_agent_enabled);
     assert!(!s.using_swtpm);
+    assert_eq!(s.secure_boot.version, "202510010000");
+    assert!(s.secure_boot.fully_applied);
 
     let n = doc.system.network.config.as_ref().unwrap();
     let names: Vec<&str> = n.interfaces.iter().map(|i| i.name.as_str()).collect();

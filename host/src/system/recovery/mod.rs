@@ -263,7 +263,7 @@ pub async fn check_at_start(app: &App) -> Option<String> {
 /// Applies the update [`check_at_start`] prepared: the `debug` provider selected for one
 /// start-up check through the update engine, then the selection restored and
 /// [`UPDATES_DIR`] removed.
-pub async fn apply_prepared_update(app: &App, version: &str) {
+pub async fn apply_prepared_update(app: &std::sync::Arc<App>, version: &str) {
     tracing::info!(
         version,
         "applying the recovery update through the debug provider"

@@ -46,6 +46,18 @@ pub struct SecurityDoc {
     pub secure_boot_disabled: bool,
     /// Set when the Incus agent was ever fully enabled.
     pub full_agent_enabled: bool,
+    /// The Secure Boot key updates taken from the provider (added without a schema change:
+    /// older documents read it as none taken).
+    pub secure_boot: SecureBootUpdates,
+}
+
+/// Upstream's `SecureBoot` record: the last Secure Boot key update offered by the provider
+/// and whether all of it is in the firmware.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecureBootUpdates {
+    pub version: String,
+    pub fully_applied: bool,
 }
 
 /// `config` of `/1.0/system/security`.

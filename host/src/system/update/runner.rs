@@ -38,6 +38,11 @@ pub const EXTENSIONS_DIR: &str = "/var/lib/incus-os-extensions";
 pub const MIN_FREE_BYTES: u64 = 1 << 30;
 /// The ESP's mount point.
 pub const ESP: &str = "/boot";
+/// Where a provider brings a Secure Boot key update (one of the SDK's `PROVIDER_PATHS`).
+pub const SECUREBOOT_DIR: &str = "/var/lib/incus-os/secureboot-updates";
+/// How long a start-up check waits before rebooting into new Secure Boot keys (upstream's
+/// five seconds, for the console to show why).
+const SECUREBOOT_REBOOT_DELAY: Duration = Duration::from_secs(5);
 
 /// What `GET /1.0/system/update` shows beside the stored config and `last_check`; reset at
 /// each start (as upstream's `needs_reboot`).
@@ -64,7 +69,8 @@ impl UpdateStatus {
         tracing::debug!(status = %status, "update status");
         self.lock().status = status;
     }
-    fn set_needs_reboot(&self, v: bool) {
+    /// Whether a reboot is needed (false at each start).
+    pub fn set_needs_reboot(&self, v: bool) {
         self.lock().needs_reboot = v;
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, StatusInner> {
@@ -217,7 +223,7 @@ pub const LATE_CHECK_DELAY: Duration = Duration::from_secs(30);
 /// next event; `None` when the inbox closed, or (without `sleep`) where the decision was to
 /// wait.
 async fn turn(
-    app: &App,
+    app: &Arc<App>,
     sched: &mut Scheduler,
     event: Event,
     events: &mut mpsc::UnboundedReceiver<Event>,
@@ -340,7 +346,7 @@ pub(crate) async fn fetch(
 /// One update check (upstream's `Checker` body): applications first (unless `os_only`),
 /// then the OS. The status says what happened; the error is the status's failure text.
 pub async fn check(
-    app: &App,
+    app: &Arc<App>,
     kind: CheckKind,
     clear_cache: bool,
     os_only: bool,
@@ -370,6 +376,23 @@ pub async fn check(
     }
     let channel = super::channel(app);
     let context = provider::context(app, &channel);
+    // An OS-only check (upstream's immediate `os_only`) leaves the keys alone.
+    if !os_only
+        && check_secure_boot(app, &p, &context)
+            .await
+            .map_err(|e| fail("apply the Secure Boot key update", e))?
+    {
+        status.set_needs_reboot(true);
+        if kind == CheckKind::Startup {
+            tracing::info!("Automatically rebooting system in five seconds");
+            tokio::time::sleep(SECUREBOOT_REBOOT_DELAY).await;
+            if let Err(e) = app.request_power(PowerAction::Reboot) {
+                tracing::warn!(error = %e.message, "cannot reboot after the Secure Boot key update");
+            }
+        } else {
+            tracing::info!("A reboot is required to finalize the Secure Boot key update");
+        }
+    }
     if !os_only {
         check_applications(app, &p, &context)
             .await
@@ -413,6 +436,94 @@ async fn check_applications(app: &App, p: &Plugin, context: &UpdateContext) -> R
         }
     }
     Ok(())
+}
+
+/// Upstream's step before the applications: the Secure Boot key update the provider
+/// offers, taken when Secure Boot is on, no reboot is pending, and its version is not the
+/// one recorded as fully applied (an older one is refused). The archive is fetched into
+/// [`SECUREBOOT_DIR`] and at most one certificate is applied (KEK, then db, then dbx: see
+/// `security::sbupdate::apply`). The record is marked not fully applied before anything
+/// is written, and gets the version, fully applied, once nothing is left to apply.
+/// Returns whether a certificate went in (a reboot is needed).
+async fn check_secure_boot(
+    app: &Arc<App>,
+    p: &Plugin,
+    context: &UpdateContext,
+) -> Result<bool, String> {
+    use crate::system::security;
+    let kernel = &app.platform.kernel;
+    if !security::secure_boot_enabled(kernel)? {
+        return Ok(false);
+    }
+    if app.updates.status.needs_reboot() {
+        tracing::info!("a reboot is pending: Secure Boot key updates wait for it");
+        return Ok(false);
+    }
+    let Some(release) = lookup(p, context, Target::SecureBoot).await? else {
+        return Ok(false);
+    };
+    let recorded = app.with_state(|s| s.doc().system.security.secure_boot.clone());
+    if recorded.version == release.version && recorded.fully_applied {
+        return Ok(false);
+    }
+    if versions::is_newer(&recorded.version, &release.version) {
+        return Err(format!(
+            "refusing to apply Secure Boot key update version ({}) that is older than the applied one ({})",
+            release.version, recorded.version
+        ));
+    }
+    let fs = RootFs::new(&app.root);
+    fs.remove(SECUREBOOT_DIR).map_err(|e| e.to_string())?;
+    fs.create_dir_handle(SECUREBOOT_DIR, 0o700)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(version = %release.version, "Downloading SecureBoot update");
+    let result = async {
+        let written = fetch(p, context, Target::SecureBoot, &release, SECUREBOOT_DIR).await?;
+        let [file] = written.as_slice() else {
+            return Err(format!(
+                "the Secure Boot key update {} is {} files, not one archive",
+                release.version,
+                written.len()
+            ));
+        };
+        let data = fs
+            .read(file)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the Secure Boot key update {file} is gone"))?;
+        let updates = security::sbupdate::parse_archive(&data)?;
+        let mut record = recorded.clone();
+        record.fully_applied = false;
+        app.with_state(|s| s.update(|d| d.system.security.secure_boot = record.clone()))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(version = %release.version, "Applying Secure Boot certificate update");
+        let _change = app.security.change.lock().await;
+        let applied = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || {
+                security::sbupdate::apply(
+                    app.platform.commands.as_ref(),
+                    &app.root,
+                    &app.platform.kernel,
+                    &app.security,
+                    &updates,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())??
+        };
+        if !applied {
+            record.version = release.version.clone();
+            record.fully_applied = true;
+            app.with_state(|s| s.update(|d| d.system.security.secure_boot = record))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(applied)
+    }
+    .await;
+    if let Err(e) = fs.remove(SECUREBOOT_DIR) {
+        tracing::warn!(error = %e, "cannot remove {SECUREBOOT_DIR}");
+    }
+    result
 }
 
 /// Asks for an OS update and stages it. Returns the staged version, `None` when there was
