@@ -85,9 +85,22 @@ fn tpm(host: &Host, argv: &[&str], stdin: &[u8]) -> Result<Vec<u8>> {
     out
 }
 
-/// Makes the signing key usable: the primary's context once per boot, the key itself the
-/// first time (then made persistent), else the saved key loaded again.
-fn ensure_key(host: &Host) -> Result<()> {
+/// Makes the signing key usable and says where it is (`tpm2_sign -c`): the key this plugin
+/// made (the primary's context once per boot, the key itself the first time, then made
+/// persistent, else the saved key loaded again), or, when there are no blobs but a public
+/// half is on disk, the persistent key with that public half. The daemon's
+/// `/internal/auth` endpoints make such a key (they keep it only as a persistent object):
+/// it is used as it is, never replaced by a new one over its public half. A public half no
+/// persistent key has (the TPM was cleared) is replaced by a new key's, as upstream does.
+fn ensure_key(host: &Host) -> Result<String> {
+    if !host.exists(PRIVATE)? {
+        let pem = host.read_to_string(PEM)?.unwrap_or_default();
+        if let Some(point) = ec_point(&pem) {
+            if let Some(handle) = persistent_handle_of(host, &point)? {
+                return Ok(handle);
+            }
+        }
+    }
     if !host.exists(PRIMARY_CTX)? {
         tpm(
             host,
@@ -108,7 +121,7 @@ fn ensure_key(host: &Host) -> Result<()> {
     ];
     if host.exists(PRIVATE)? {
         tpm(host, &load, b"")?;
-        return Ok(());
+        return Ok(KEY_CTX.to_string());
     }
     tpm(
         host,
@@ -131,7 +144,49 @@ fn ensure_key(host: &Host) -> Result<()> {
     )?;
     tpm(host, &load, b"")?;
     tpm(host, &["tpm2_evictcontrol", "-C", "o", "-c", KEY_CTX], b"")?;
-    Ok(())
+    Ok(KEY_CTX.to_string())
+}
+
+/// The P-256 point (x then y, 32 bytes each) of a PEM public key: the end of its
+/// SubjectPublicKeyInfo, an uncompressed point (`04 || x || y`).
+fn ec_point(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+        return None;
+    }
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    match der.len().checked_sub(65).map(|at| &der[at..]) {
+        Some([4, point @ ..]) => Some(point.to_vec()),
+        _ => None,
+    }
+}
+
+/// The persistent handle (`0x81...`) whose ECC public key is `point`, if any.
+fn persistent_handle_of(host: &Host, point: &[u8]) -> Result<Option<String>> {
+    let list = tpm(host, &["tpm2_getcap", "handles-persistent"], b"")?;
+    for handle in String::from_utf8_lossy(&list)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|h| h.starts_with("0x81"))
+    {
+        let public = tpm(host, &["tpm2_readpublic", "-c", handle], b"")?;
+        let text = String::from_utf8_lossy(&public);
+        let coordinate = |name: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.trim().to_ascii_lowercase())
+        };
+        let hex: String = point.iter().map(|b| format!("{b:02x}")).collect();
+        if let (Some(x), Some(y)) = (coordinate("x:"), coordinate("y:")) {
+            if format!("{x:0>64}{y:0>64}") == hex {
+                return Ok(Some(handle.to_string()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The server's authentication certificate, or upstream's "not supported" error.
@@ -142,8 +197,8 @@ fn auth_cert(host: &Host) -> Result<String> {
     }
 }
 
-/// A token with the key already loaded.
-fn sign_token(host: &Host, cert: &str, machine_id: &str, now: u64) -> Result<String> {
+/// A token signed by the key at `key` (a loaded key's context or a persistent handle).
+fn sign_token(host: &Host, key: &str, cert: &str, machine_id: &str, now: u64) -> Result<String> {
     let stamp = serde_json::to_vec(&Stamp {
         machine_id,
         timestamp: now,
@@ -159,7 +214,7 @@ fn sign_token(host: &Host, cert: &str, machine_id: &str, now: u64) -> Result<Str
         &[
             "tpm2_sign",
             "-c",
-            KEY_CTX,
+            key,
             "--hash-algorithm",
             "sha256",
             "--scheme",
@@ -201,8 +256,8 @@ fn now() -> u64 {
 pub fn token(host: &Host, machine_id: &str) -> Result<String> {
     check_machine_id(machine_id)?;
     let cert = auth_cert(host)?;
-    ensure_key(host)?;
-    sign_token(host, &cert, machine_id, now())
+    let key = ensure_key(host)?;
+    sign_token(host, &key, &cert, machine_id, now())
 }
 
 /// The registration of `machine_id` with the configured `token`: the key (made the first
@@ -210,7 +265,7 @@ pub fn token(host: &Host, machine_id: &str) -> Result<String> {
 pub fn registration(host: &Host, machine_id: &str, token: &str) -> Result<Registration> {
     check_machine_id(machine_id)?;
     let cert = auth_cert(host)?;
-    ensure_key(host)?;
+    let key = ensure_key(host)?;
     let public_key = match host.read_to_string(PEM)? {
         Some(pem) if pem.contains("-----BEGIN PUBLIC KEY-----") => pem,
         _ => {
@@ -219,7 +274,7 @@ pub fn registration(host: &Host, machine_id: &str, token: &str) -> Result<Regist
             )))
         }
     };
-    let initial = sign_token(host, &cert, machine_id, now())?;
+    let initial = sign_token(host, &key, &cert, machine_id, now())?;
     Ok(Registration {
         machine_id: machine_id.to_string(),
         token: token.to_string(),

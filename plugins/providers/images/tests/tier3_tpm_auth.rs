@@ -24,7 +24,9 @@ use incus_osd_test_machine::{tier3_or_return, Swtpm};
 use serde_json::json;
 
 const PEM_PATH: &str = "/var/lib/incus-os/tpm-auth.pem";
-const TOOLS: [&str; 6] = [
+const TOOLS: [&str; 8] = [
+    "tpm2_getcap",
+    "tpm2_readpublic",
     "tpm2_createprimary",
     "tpm2_create",
     "tpm2_load",
@@ -202,6 +204,41 @@ fn scenario(tcti: &str, query_mode: bool) {
         tpm_tools(&h),
         ["tpm2_createprimary", "tpm2_load", "tpm2_sign"]
     );
+
+    // A key the daemon made (its `/internal/auth` endpoints): persistent, its public half on
+    // disk, no blobs. It is found by its public half among the persistent objects (the
+    // second scenario has two there) and used; no key is made over it.
+    for f in ["tpm-auth.pub", "tpm-auth.priv"] {
+        std::fs::remove_file(h.host().real_path(&format!("/var/lib/incus-os/{f}"))).unwrap();
+    }
+    h.host().clear_effects();
+    let fourth = register_and_check(&site, &auth, &h, query_mode);
+    assert_eq!(fourth["public_key"], first["public_key"]);
+    let tools = tpm_tools(&h);
+    assert_eq!(
+        tools.first().map(String::as_str),
+        Some("tpm2_getcap"),
+        "{tools:?}"
+    );
+    assert_eq!(
+        tools.last().map(String::as_str),
+        Some("tpm2_sign"),
+        "{tools:?}"
+    );
+    assert!(
+        tools[1..tools.len() - 1]
+            .iter()
+            .all(|t| t == "tpm2_readpublic"),
+        "{tools:?}"
+    );
+    // A public half no persistent key has (the TPM was cleared) is replaced by a new key's.
+    let stale = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAQEBAQEBAQEBAQEBAQEBAQEBAQEB\nAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ==\n-----END PUBLIC KEY-----\n";
+    std::fs::write(h.host().real_path(PEM_PATH), stale).unwrap();
+    h.host().clear_effects();
+    let fifth = register_and_check(&site, &auth, &h, query_mode);
+    assert_ne!(fifth["public_key"], stale);
+    assert_ne!(fifth["public_key"], first["public_key"]);
+    assert!(tpm_tools(&h).iter().any(|t| t == "tpm2_create"));
 
     // The server's refusal is the error.
     let refusal = HttpReply::new(400, "this registration token was already used\n");
