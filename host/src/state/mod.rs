@@ -22,6 +22,8 @@ use serde_json::Value;
 
 use crate::platform::files::Dir;
 
+pub mod upstream;
+
 /// The schema version this daemon writes.
 pub const SCHEMA_VERSION: u32 = 3;
 
