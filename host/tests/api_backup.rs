@@ -32,11 +32,31 @@ const KEY_A: &str = "foo-bar-biz-1234";
 const KEY_B: &str = "qux-zot-wib-9731!";
 
 /// Runs `nft` and `cryptsetup` as asked, recording cryptsetup's, failing the ones whose
-/// command line starts with a prefix in `failing`.
+/// command line starts with a prefix in `failing`; `systemd-sysext status` says every link
+/// under the root is merged.
 #[derive(Default)]
 struct Cmds {
     runs: Mutex<Vec<(String, String)>>,
     failing: Mutex<Vec<String>>,
+    root: Mutex<Option<PathBuf>>,
+}
+
+impl Cmds {
+    fn sysext_status(&self) -> Vec<u8> {
+        let root = self.root.lock().unwrap().clone().expect("the root is set");
+        let names: Vec<String> = std::fs::read_dir(root.join("var/lib/extensions"))
+            .map(|d| {
+                d.filter_map(|e| {
+                    let n = e.ok()?.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".raw").map(str::to_string)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        json!([{"hierarchy": "/usr", "extensions": names}])
+            .to_string()
+            .into_bytes()
+    }
 }
 
 impl Commands for Cmds {
@@ -52,11 +72,15 @@ impl Commands for Cmds {
             self.runs
                 .lock()
                 .unwrap()
-                .push((line, String::from_utf8_lossy(stdin).into_owned()));
+                .push((line.clone(), String::from_utf8_lossy(stdin).into_owned()));
         }
         Ok(Output {
             status: if failed { 1 } else { 0 },
-            stdout: vec![],
+            stdout: if line == "systemd-sysext status --json=short" {
+                self.sysext_status()
+            } else {
+                vec![]
+            },
             stderr: if failed { b"refused".to_vec() } else { vec![] },
         })
     }
@@ -77,6 +101,43 @@ impl Application for Keeper {
     }
     fn restored(&self, _: &AppContext, _: &Value) -> SdkResult<()> {
         Ok(())
+    }
+}
+
+/// A third-party application with an archive format of its own: its backup is the bytes of
+/// its one data file.
+struct Notes {
+    host: Host,
+}
+
+const NOTES: &str = "/var/lib/notes/data";
+
+impl Notes {
+    fn backup(&self, _complete: bool, out: &mut dyn std::io::Write) -> SdkResult<()> {
+        let data = self.host.read_file(NOTES)?.unwrap_or_default();
+        out.write_all(&data)
+            .map_err(|e| plugin_api::sdk::Error::internal(e.to_string()))
+    }
+    fn restore(&self, input: &mut dyn Read) -> SdkResult<()> {
+        let mut data = vec![];
+        input
+            .read_to_end(&mut data)
+            .map_err(|e| plugin_api::sdk::Error::internal(e.to_string()))?;
+        self.host.write_file(NOTES, &data, 0o600)
+    }
+}
+
+impl Application for Notes {
+    const NAME: &'static str = "notes";
+    const PATHS: &'static [&'static str] = &["/var/lib/notes"];
+    const STREAMING_BACKUP: Option<plugin_api::sdk::StreamingBackup<Self>> =
+        Some(plugin_api::sdk::StreamingBackup {
+            backup: Self::backup,
+            restore: Self::restore,
+        });
+    type Config = Value;
+    fn new(host: Host) -> SdkResult<Self> {
+        Ok(Notes { host })
     }
 }
 
@@ -141,11 +202,14 @@ fn env_with(tpm: &str) -> Env {
         .security(rt)
         .application::<Keeper>()
         .installed("keeper", V1)
+        .application::<Notes>()
+        .installed("notes", V1)
         .router();
     app.with_state(|s| {
         s.update(|d| d.system.security.config.encryption_recovery_keys = vec![KEY_A.into()])
     })
     .unwrap();
+    *cmds.root.lock().unwrap() = Some(app.root.clone());
     let power = app.take_power_requests().unwrap();
     Env {
         r,
@@ -354,7 +418,8 @@ async fn a_backup_is_flat_files_of_the_state_directory_mode_0600_and_the_applica
             "recovery.root.key",
             "state.json",
             "zpool.local.key",
-            "application.keeper.tar.gz"
+            "application.keeper.tar.gz",
+            "application.notes.tar.gz"
         ]
     );
     for (name, mode, kind, _) in &list {
@@ -367,8 +432,9 @@ async fn a_backup_is_flat_files_of_the_state_directory_mode_0600_and_the_applica
         doc["system"]["security"]["config"]["encryption_recovery_keys"],
         json!([KEY_A])
     );
-    // The application's own archive, as its `:backup` makes it.
+    // Each application's own archive, as its `:backup` makes it.
     assert_eq!(names(&list[3].3), ["db"]);
+    assert_eq!(list[4].3, b"");
 }
 
 #[tokio::test]
@@ -630,7 +696,7 @@ async fn a_backup_state_that_fails_upstreams_checks_is_refused_with_its_text() {
     let no_keys =
         edit_state(&|d| d["system"]["security"]["config"]["encryption_recovery_keys"] = json!([]));
     let no_primary = rebuilt(&edit_state(&|d| d["applications"] = json!({})), |i| {
-        i.retain(|x| x.0 != b"application.keeper.tar.gz")
+        i.retain(|x| !x.0.starts_with(b"application."))
     });
     let newer = edit_state(&|d| d["schema_version"] = json!(99));
     for (body, text) in [
@@ -707,4 +773,74 @@ async fn a_backup_of_several_mib_is_streamed_and_restored() {
     let (s, v) = e.restore("", backup).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(std::fs::read(e.data().join("blob")).unwrap(), big);
+}
+
+#[tokio::test]
+async fn a_third_party_applications_own_archive_round_trips_through_the_system_backup() {
+    let e = env();
+    let notes = e.app.root.join(NOTES.trim_start_matches('/'));
+    std::fs::create_dir_all(notes.parent().unwrap()).unwrap();
+    std::fs::write(&notes, "first").unwrap();
+    let backup = e.backup().await;
+    let list = entries(&backup);
+    let entry = list
+        .iter()
+        .find(|x| x.0 == "application.notes.tar.gz")
+        .unwrap();
+    assert_eq!(entry.3, b"first");
+    std::fs::write(&notes, "second").unwrap();
+    let (s, v) = e.restore("", backup).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "first");
+    // The restore time is recorded as an application restore records it.
+    let restored = e
+        .app
+        .with_state(|s| s.doc().applications["notes"].last_restored);
+    assert!(restored.is_some());
+}
+
+/// The good backup of `e` with its state document edited by `f`.
+fn with_state(good: &[u8], f: impl FnOnce(&mut Value)) -> Vec<u8> {
+    rebuilt(good, |items| {
+        let st = items.iter_mut().find(|i| i.0 == b"state.json").unwrap();
+        let mut doc: Value = serde_json::from_slice(&st.2).unwrap();
+        f(&mut doc);
+        st.2 = serde_json::to_vec(&doc).unwrap();
+    })
+}
+
+#[tokio::test]
+async fn applications_are_reconciled_with_the_backup() {
+    let e = env();
+    let good = e.backup().await;
+    let lib = e.app.root.join("var/lib");
+    let before = snapshot(&lib);
+    // An application the backup installs and this machine lacks is installed first: here
+    // it cannot be (no plugin), and nothing changes.
+    let more = with_state(&good, |d| {
+        d["applications"]["ghost"] = json!({"version": V1});
+    });
+    let v = e.restore("", more).await;
+    assert_eq!(
+        (v.0, v.1["error"].as_str().unwrap()),
+        (
+            500,
+            "cannot install application 'ghost': unknown application 'ghost'"
+        )
+    );
+    assert_eq!(snapshot(&lib), before);
+    // One this machine has and the backup lacks is removed.
+    let fewer = rebuilt(
+        &with_state(&good, |d| {
+            d["applications"].as_object_mut().unwrap().remove("notes");
+        }),
+        |i| i.retain(|x| x.0 != b"application.notes.tar.gz"),
+    );
+    let (s, v) = e.restore("", fewer).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!e.app.application_installed("notes"));
+    assert!(e.app.application_installed("keeper"));
+    assert!(e
+        .app
+        .with_state(|s| !s.doc().applications.contains_key("notes")));
 }
