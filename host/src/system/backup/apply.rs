@@ -587,3 +587,56 @@ fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.write_all(data)?;
     f.sync_all()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[tokio::test]
+    async fn an_upload_over_the_cap_is_refused_and_one_under_it_is_stored_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = Body::from(vec![7u8; (2 << 20) + 1]);
+        let e = spool(dir.path(), body, 2 << 20).await.unwrap_err();
+        assert_eq!(e.status, 413);
+        assert_eq!(
+            e.message,
+            "the backup is larger than 2 MiB, the most a system restore accepts"
+        );
+        let mut f = spool(dir.path(), Body::from(vec![7u8; 2 << 20]), 2 << 20)
+            .await
+            .unwrap();
+        let mut back = vec![];
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, vec![7u8; 2 << 20]);
+        // Unnamed: nothing is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn one_restore_at_a_time_per_root() {
+        let first = Restoring::take(Path::new("/r1")).unwrap();
+        let e = Restoring::take(Path::new("/r1")).err().unwrap();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (409, "a system restore is already in progress")
+        );
+        let _other = Restoring::take(Path::new("/r2")).unwrap();
+        drop(first);
+        Restoring::take(Path::new("/r1")).unwrap();
+    }
+
+    #[test]
+    fn an_exchange_swaps_two_directories_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("x"), "a").unwrap();
+        std::fs::write(b.join("x"), "b").unwrap();
+        exchange(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(a.join("x")).unwrap(), "b");
+        exchange(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(a.join("x")).unwrap(), "a");
+    }
+}
