@@ -81,12 +81,12 @@ async fn system_lists_exactly_upstreams_eight_entries_and_unbuilt_ones_say_so() 
             "update"
         ]
     );
-    let (code, msg) = err(&call(&r, "POST", "/1.0/system/:backup", "").await);
+    let (code, msg) = err(&call(&r, "POST", "/1.0/system/:factory-reset", "").await);
     assert_eq!(
         (code, msg.as_str()),
         (
             501,
-            "/1.0/system/:backup is not implemented by this daemon yet"
+            "/1.0/system/:factory-reset is not implemented by this daemon yet"
         )
     );
     assert_eq!(

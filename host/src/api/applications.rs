@@ -349,7 +349,7 @@ async fn backup(plugin: &Plugin, options: Bytes) -> ApiResult {
 }
 
 /// Writes into a channel, in pieces of [`BACKUP_CHUNK`], from a blocking thread.
-struct ChannelWriter {
+pub(crate) struct ChannelWriter {
     tx: mpsc::Sender<Bytes>,
     buf: BytesMut,
 }
@@ -401,7 +401,7 @@ async fn declared_backup(app: &App, spec: BackupSpec, complete: bool) -> ApiResu
 /// A response whose body `write` produces on a blocking thread, sent in pieces of
 /// [`BACKUP_CHUNK`] as it is made (never whole in memory). A failure of `write` cuts the
 /// transfer (the client sees it truncated) and is logged.
-fn streamed(
+pub(crate) fn streamed(
     content_type: &'static str,
     write: impl FnOnce(&mut ChannelWriter) -> Result<(), String> + Send + 'static,
 ) -> Response {

@@ -203,6 +203,8 @@ pub fn router(app: AppState) -> Router {
             any(system::provider_route),
         )
         .route("/1.0/system/:reboot", any(system::reboot))
+        .route("/1.0/system/:backup", any(system::backup))
+        .route("/1.0/system/:restore", any(system::restore))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))
         .route("/1.0/system/storage", any(storage::storage))

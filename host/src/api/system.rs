@@ -31,7 +31,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 3] = [":backup", ":restore", ":factory-reset"];
+const NOT_BUILT: [&str; 1] = [":factory-reset"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
@@ -53,6 +53,37 @@ pub async fn not_built(params: Params, method: Method) -> ApiError {
     } else {
         unmatched(&method)
     }
+}
+
+/// `POST /1.0/system/:backup`: the state saved, then a gzip tar of the state directory's
+/// files and the installed applications' archives, streamed as it is made (the body is
+/// ignored, as upstream does).
+pub async fn backup(State(app): State<AppState>, method: Method) -> ApiResult {
+    use crate::system::backup::{self, apply};
+    require(&method, &[Method::POST])?;
+    let b = apply::prepare_backup(&app).await?;
+    Ok(super::applications::streamed(
+        "application/gzip",
+        move |out| backup::write_backup(b.files, b.apps, out),
+    ))
+}
+
+/// `POST /1.0/system/:restore?skip=...`: the upload checked and staged, then applied
+/// whole or not at all; a reboot follows the answer.
+pub async fn restore(
+    State(app): State<AppState>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult {
+    use crate::system::backup::{apply, Limits, Skip};
+    require(&method, &[Method::POST])?;
+    let skip = Skip::from_query(query.as_deref());
+    apply::restore(&app, body, skip, Limits::default()).await?;
+    if let Err(e) = app.request_power(PowerAction::Reboot) {
+        tracing::warn!(error = %e.message, "system restored; the reboot was not queued");
+    }
+    Ok(empty())
 }
 
 /// `GET /1.0/system/resources`: the hardware, read fresh on every call.

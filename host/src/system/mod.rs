@@ -1,6 +1,7 @@
 //! The OS subsystems as plain Rust: they decide; the platform layer touches the OS.
 
 pub mod applications;
+pub mod backup;
 pub mod debug;
 pub mod fallback;
 pub mod host;

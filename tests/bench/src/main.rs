@@ -34,9 +34,12 @@
 //!    growth streaming it through a descriptor (1.3) vs moving it whole (1.2).
 //! 10. A 1 GiB application root backed up (`POST :backup`) and restored (`POST :restore`)
 //!     through the daemon vs `tar -czf -` / `tar -xzf -`; the daemon's peak memory growth.
+//! 11. A system backup (`:backup`'s archive) of a state directory of 1,000 key and state
+//!     files and a restore of it (checked, staged, swapped), the daemon's code in a child
+//!     process, vs `tar -czf -` / `tar -xzf -`: throughput and peak RSS.
 //!
 //! Figures 5-7 are described in `pressure.rs`, figure 8 in `download.rs`, figure 9 in
-//! `files.rs`, figure 10 in `appbackup.rs`.
+//! `files.rs`, figure 10 in `appbackup.rs`, figure 11 in `sysbackup.rs`.
 #![allow(clippy::print_stdout)]
 
 mod appbackup;
@@ -49,6 +52,7 @@ mod pressure;
 mod procs;
 mod report;
 mod stats;
+mod sysbackup;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,7 +90,7 @@ struct Args {
     /// executable].
     #[arg(long)]
     plugins: Option<PathBuf>,
-    /// The figures to run, comma-separated (1-10).
+    /// The figures to run, comma-separated (1-11).
     #[arg(long, value_delimiter = ',', default_values_t = ALL_FIGURES)]
     figures: Vec<u8>,
     /// Internal: run as the bare reference server.
@@ -102,9 +106,12 @@ struct Args {
     /// Internal: figure 8's download in a child process.
     #[arg(long, num_args = 4, value_names = ["URL", "CA", "ROOT", "SHA256"], hide = true)]
     fetch_child: Option<Vec<String>>,
+    /// Internal: figure 11's backup or restore in a child process.
+    #[arg(long, num_args = 3, value_names = ["OP", "FROM", "TO"], hide = true)]
+    sysbackup_child: Option<Vec<PathBuf>>,
 }
 
-const ALL_FIGURES: [u8; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+const ALL_FIGURES: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 /// How long a process may take to serve before it is an error.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,6 +133,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("open child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(op) = &args.sysbackup_child {
+        return match sysbackup::child(op) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("system backup child: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -198,7 +214,7 @@ fn setup(args: &Args) -> Result<Setup> {
     ensure!(args.requests > 0, "--requests must be at least 1");
     ensure!(args.starts > 0, "--starts must be at least 1");
     if let Some(f) = args.figures.iter().find(|f| !ALL_FIGURES.contains(f)) {
-        bail!("--figures: there is no figure {f} (they are 1 to 10)");
+        bail!("--figures: there is no figure {f} (they are 1 to 11)");
     }
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
     let exe_dir = exe
@@ -209,7 +225,7 @@ fn setup(args: &Args) -> Result<Setup> {
         None => exe_dir.join("incus-osd"),
     };
     let wants = |figures: &[u8]| args.figures.iter().any(|f| figures.contains(f));
-    // Figure 8 runs without the daemon.
+    // Figures 8 and 11 run without the daemon.
     if wants(&[1, 2, 3, 4, 5, 6, 7, 9, 10]) && !daemon.is_file() {
         bail!(
             "the daemon binary is missing ({}): run `cargo build --release --workspace` \
@@ -432,6 +448,9 @@ async fn run(args: Args) -> Result<Report> {
     }
     if let Some(dir) = &app_fixture {
         appbackup::figure_10(&mut report, &daemon, dir.path()).await?;
+    }
+    if want(11) {
+        sysbackup::figure_11(&mut report)?;
     }
     report.note(format!(
         "load average at the end: {} (other work on the machine shifts figure 2 most)",

@@ -111,6 +111,9 @@ pub struct Runtime {
     pub change: tokio::sync::Mutex<()>,
     /// New key slots use a cheap key derivation (loop-device tests only).
     pub fast_key_derivation_for_tests: bool,
+    /// The TPM status to report instead of reading the TPM (router tests only: a test root
+    /// has no firmware event log, so the status is otherwise `unavailable`).
+    pub tpm_status_for_tests: Option<String>,
 }
 
 impl Runtime {
@@ -278,6 +281,9 @@ pub fn key_files(root: &Path, prefix: &str) -> Result<BTreeMap<String, String>, 
 /// not replay) and PCR 7 predicted from the current Secure Boot variables: `pcr mismatch`
 /// when it differs from the TPM's (a key update waits for a reboot), `ok` otherwise.
 pub fn tpm_status(root: &Path, kernel: &KernelFiles, rt: &Runtime) -> Result<String, String> {
+    if let Some(status) = &rt.tpm_status_for_tests {
+        return Ok(status.clone());
+    }
     if swtpm_in_use(root, kernel) {
         return Ok("swtpm".into());
     }
