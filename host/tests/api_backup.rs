@@ -411,7 +411,11 @@ async fn a_backup_is_flat_files_of_the_state_directory_mode_0600_and_the_applica
     std::fs::create_dir_all(dir.join("starting")).unwrap();
     std::fs::write(dir.join("starting/iscsi"), "").unwrap();
     std::fs::create_dir_all(dir.join("uploads")).unwrap();
+    std::fs::create_dir_all(dir.join("secureboot-updates")).unwrap();
+    std::fs::write(dir.join("secureboot-updates/SecureBootKeys_1.tar"), "x").unwrap();
     std::fs::write(dir.join(".state.json.0123abcd.incus-osd-tmp"), "torn").unwrap();
+    // A provider's file (Operations Center's trusted client certificate) is state.
+    std::fs::write(dir.join("operations-center.trusted-client.crt"), "pem").unwrap();
     std::fs::create_dir_all(e.data()).unwrap();
     std::fs::write(e.data().join("db"), "precious").unwrap();
 
@@ -421,6 +425,7 @@ async fn a_backup_is_flat_files_of_the_state_directory_mode_0600_and_the_applica
     assert_eq!(
         got,
         [
+            "operations-center.trusted-client.crt",
             "recovery.root.key",
             "state.json",
             "zpool.local.key",
@@ -431,16 +436,16 @@ async fn a_backup_is_flat_files_of_the_state_directory_mode_0600_and_the_applica
     for (name, mode, kind, _) in &list {
         assert_eq!((*mode, *kind), (0o600, tar::EntryType::Regular), "{name}");
     }
-    assert_eq!(list[2].3, vec![7u8; 32]);
+    assert_eq!(list[3].3, vec![7u8; 32]);
     // The state was saved first: the archive's state.json is the live document.
-    let doc: Value = serde_json::from_slice(&list[1].3).unwrap();
+    let doc: Value = serde_json::from_slice(&list[2].3).unwrap();
     assert_eq!(
         doc["system"]["security"]["config"]["encryption_recovery_keys"],
         json!([KEY_A])
     );
     // Each application's own archive, as its `:backup` makes it.
-    assert_eq!(names(&list[3].3), ["db"]);
-    assert_eq!(list[4].3, b"");
+    assert_eq!(names(&list[4].3), ["db"]);
+    assert_eq!(list[5].3, b"");
 }
 
 #[tokio::test]

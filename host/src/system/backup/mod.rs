@@ -24,8 +24,9 @@ pub use stage::{stage, Limits, Skip, StageError, Staged};
 pub const RUNTIME_FILES: &[&str] = &[crate::plugins::cache::FILE];
 
 /// Directories of the state directory that are the daemon's runtime (upload spools, the
-/// plugins' start markers): left out of a backup. Any other directory refuses the backup.
-pub const RUNTIME_DIRS: &[&str] = &["uploads", "starting"];
+/// plugins' start markers, a Secure Boot key update being applied): left out of a backup.
+/// Any other directory refuses the backup.
+pub const RUNTIME_DIRS: &[&str] = &["uploads", "starting", "secureboot-updates"];
 
 /// The prefix and suffix of an application's entry.
 pub const APP_PREFIX: &str = "application.";

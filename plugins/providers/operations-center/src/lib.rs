@@ -56,12 +56,11 @@ pub const LOCAL_URL: &str = "http://unix";
 pub const CLIENT_CERT_PATH: &str = "/var/lib/incus-os/client.crt";
 /// The key of [`CLIENT_CERT_PATH`].
 pub const CLIENT_KEY_PATH: &str = "/var/lib/incus-os/client.key";
-/// Where this provider keeps what it is given at registration.
-pub const PROVIDER_DIR: &str = "/var/lib/incus-os/operations-center-provider";
 /// The certificate Operations Center answers a registration with: the one it presents
-/// when it connects to this machine, for the primary application to trust.
-pub const TRUSTED_CLIENT_CERT_PATH: &str =
-    "/var/lib/incus-os/operations-center-provider/trusted-client.crt";
+/// when it connects to this machine, for the primary application to trust. A file right
+/// in the state directory (a system backup carries that directory's files, flat, and
+/// refuses subdirectories as upstream's does).
+pub const TRUSTED_CLIENT_CERT_PATH: &str = "/var/lib/incus-os/operations-center.trusted-client.crt";
 /// How long a chosen update is used before the server is asked again.
 pub const CACHE_FOR: Duration = Duration::from_secs(3600);
 /// Attempts at a registration refresh, and the pause between them (upstream retries in
@@ -452,7 +451,7 @@ impl Provider for OperationsCenter {
         "/var/lib/updates",
         "/var/lib/incus-os-extensions",
         "/var/lib/incus-os/secureboot-updates",
-        PROVIDER_DIR,
+        TRUSTED_CLIENT_CERT_PATH,
     ];
     type Config = Config;
     type State = State;
@@ -504,7 +503,6 @@ impl Provider for OperationsCenter {
             config::check_certificates("certificate", certificate).map_err(|e| {
                 Error::internal(format!("{BAD_RESPONSE}: registration: {}", e.message))
             })?;
-            self.host.create_dir(PROVIDER_DIR, 0o700)?;
             self.host
                 .write_file(TRUSTED_CLIENT_CERT_PATH, certificate.as_bytes(), 0o644)?;
         }
@@ -612,13 +610,18 @@ mod tests {
     }
 
     #[test]
-    fn the_provider_writes_where_every_provider_does_and_its_own_directory() {
+    fn the_provider_writes_where_every_provider_does_and_its_own_file() {
         for path in plugin_api::sdk::PROVIDER_PATHS {
             assert!(
                 <OperationsCenter as Provider>::PATHS.contains(path),
                 "{path}"
             );
         }
-        assert!(TRUSTED_CLIENT_CERT_PATH.starts_with(&format!("{PROVIDER_DIR}/")));
+        assert!(<OperationsCenter as Provider>::PATHS.contains(&TRUSTED_CLIENT_CERT_PATH));
+        // Flat in the state directory, which a system backup carries.
+        assert_eq!(
+            std::path::Path::new(TRUSTED_CLIENT_CERT_PATH).parent(),
+            Some(std::path::Path::new("/var/lib/incus-os"))
+        );
     }
 }
