@@ -205,6 +205,7 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:reboot", any(system::reboot))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))
+        .route("/1.0/system/:factory-reset", any(system::factory_reset))
         .route("/1.0/system/storage", any(storage::storage))
         .route("/1.0/system/storage/{action}", any(storage::action))
         .route("/1.0/system/security", any(security::security))

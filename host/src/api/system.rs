@@ -14,6 +14,7 @@ use crate::platform::systemd::PowerAction;
 use crate::system::kernel::{self, KernelConfig, KernelState};
 use crate::system::logging::{self, LoggingConfig};
 use crate::system::provider;
+use crate::system::seed::reset;
 use crate::system::update::config::{self as update_config, UpdateConfig, UpdateState};
 use crate::system::update::runner;
 use crate::system::update::schedule::{CheckKind, Event};
@@ -31,7 +32,7 @@ const ENTRIES: [&str; 8] = [
 ];
 
 /// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 3] = [":backup", ":restore", ":factory-reset"];
+const NOT_BUILT: [&str; 2] = [":backup", ":restore"];
 
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
@@ -53,6 +54,16 @@ pub async fn not_built(params: Params, method: Method) -> ApiError {
     } else {
         unmatched(&method)
     }
+}
+
+/// `POST /1.0/system/:factory-reset`: see [`crate::system::seed::reset`]. The answer is
+/// sent before the hard reboot.
+pub async fn factory_reset(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let request: reset::ResetRequest = read_object_or_default(body).await?;
+    reset::reset(&app, request).await?;
+    reset::schedule_hard_reboot(&app.root);
+    Ok(empty())
 }
 
 /// `GET /1.0/system/resources`: the hardware, read fresh on every call.
