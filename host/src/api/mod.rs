@@ -67,6 +67,11 @@ pub struct App {
     pub storage: crate::system::storage::runtime::Runtime,
     /// The fallback HTTPS listener, when it runs.
     pub fallback: crate::system::fallback::listener::Runtime,
+    /// The seeds found at start (see [`crate::system::seed`]).
+    pub seeds: crate::system::seed::Seeds,
+    /// Whether this is the machine's first start (see
+    /// [`crate::system::seed::apply::is_first_start`]), as found before anything changed.
+    pub first_start: bool,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -97,6 +102,8 @@ impl App {
             storage: Default::default(),
             security: Default::default(),
             fallback: Default::default(),
+            seeds: Default::default(),
+            first_start: false,
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }

@@ -11,6 +11,7 @@
 //! seed". Decoding is strict: an unknown field, or a field of the wrong type, is an error
 //! naming the seed file and the field.
 
+pub mod apply;
 pub mod reset;
 pub mod types;
 
