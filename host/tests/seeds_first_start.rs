@@ -44,7 +44,10 @@ fn on_first_start_the_security_update_and_kernel_seeds_are_stored() {
     let before = app.with_state(|st| st.doc().system.update.config.clone());
     apply::apply_early(&app);
     let doc = app.with_state(|st| st.doc().clone());
-    assert_eq!(doc.system.security.config.custom_ca_certs, vec![pem.clone()]);
+    assert_eq!(
+        doc.system.security.config.custom_ca_certs,
+        vec![pem.clone()]
+    );
     let bundle =
         std::fs::read_to_string(root.path().join("etc/ssl/certs/ca-certificates.crt")).unwrap();
     assert!(bundle.contains(pem.trim()), "{bundle}");
