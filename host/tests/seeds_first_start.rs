@@ -196,3 +196,59 @@ fn first_start_is_no_successful_boot_and_no_network_configuration() {
     doc.system.network.config = Some(Default::default());
     assert!(!apply::is_first_start(&doc));
 }
+
+/// An application that notes the seed its initialize hook gets.
+struct Seeded {
+    host: Host,
+}
+
+impl plugin_api::Application for Seeded {
+    const NAME: &'static str = "incus";
+    const PRIMARY: bool = true;
+    const PATHS: &'static [&'static str] = &["/var/log/seeded"];
+    type Config = Value;
+    fn new(host: Host) -> Result<Self> {
+        Ok(Seeded { host })
+    }
+    fn initialize(&self, ctx: &plugin_api::application::AppContext, _: &Value) -> Result<()> {
+        let text = serde_json::to_string(&ctx.seed).unwrap();
+        self.host
+            .write_file("/var/log/seeded", text.as_bytes(), 0o644)
+    }
+}
+
+#[tokio::test]
+async fn an_application_gets_its_own_seed_when_it_initializes() {
+    use incus_osd::system::applications::manage;
+    let s = seeds(&[
+        (
+            "incus.yaml",
+            "apply_defaults: true\npreseed:\n  networks: []\n",
+        ),
+        ("network.yaml", "dns:\n  hostname: x\n"),
+    ]);
+    let (app, root) = TestApp::new()
+        .seeds(s, true)
+        .application::<Seeded>()
+        .installed("incus", "202511041601")
+        .build();
+    let plugin = manage::find(&app, "incus").unwrap();
+    manage::start_initialize(&app, &plugin).await.unwrap();
+    let got = std::fs::read_to_string(root.path().join("var/log/seeded")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&got).unwrap(),
+        json!({"apply_defaults": true, "preseed": {"networks": []}})
+    );
+
+    // A bad seed is not handed over: the application initializes as without one.
+    let s = seeds(&[("incus.yaml", "apply_defaults: maybe\n")]);
+    let (app, root) = TestApp::new()
+        .seeds(s, true)
+        .application::<Seeded>()
+        .installed("incus", "202511041601")
+        .build();
+    let plugin = manage::find(&app, "incus").unwrap();
+    manage::start_initialize(&app, &plugin).await.unwrap();
+    let got = std::fs::read_to_string(root.path().join("var/log/seeded")).unwrap();
+    assert_eq!(got, "null");
+}

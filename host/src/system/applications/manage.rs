@@ -130,6 +130,7 @@ pub fn context(app: &App, plugin: &Plugin) -> AppContext {
         name: installed_as(plugin, &record).to_string(),
         version: record.version.clone(),
         initialized: record.initialized,
+        seed: None,
     }
 }
 
@@ -143,7 +144,12 @@ pub async fn call(app: &App, plugin: &Plugin, hook: Hook) -> Result<Vec<u8>, Cal
     if !plugin.manifest.has(hook) {
         return Ok(b"{}".to_vec());
     }
-    plugin.hook(hook, json(&context(app, plugin))).await
+    let mut ctx = context(app, plugin);
+    if hook == Hook::Initialize {
+        // The application's own seed goes with its first initialization.
+        ctx.seed = crate::system::seed::apply::for_application(&app.seeds, &ctx.name);
+    }
+    plugin.hook(hook, json(&ctx)).await
 }
 
 /// Changes the record of `plugin`. Only an install creates one: a change that finds none
