@@ -252,3 +252,55 @@ async fn an_application_gets_its_own_seed_when_it_initializes() {
     let got = std::fs::read_to_string(root.path().join("var/log/seeded")).unwrap();
     assert_eq!(got, "null");
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct SiteConfig {
+    server_url: String,
+}
+
+struct Site;
+
+impl plugin_api::Provider for Site {
+    const NAME: &'static str = "site";
+    type Config = SiteConfig;
+    type State = Value;
+    fn new(_: Host) -> Result<Self> {
+        Ok(Site)
+    }
+    fn state(&self, _: &SiteConfig) -> Result<Value> {
+        Ok(json!({}))
+    }
+}
+
+#[tokio::test]
+async fn on_first_start_the_provider_seed_selects_and_configures_the_provider() {
+    let s = seeds(&[(
+        "provider.yaml",
+        "name: site\nconfig:\n  server_url: https://updates.example\n",
+    )]);
+    let (r, app, _root) = TestApp::new().seeds(s, true).provider::<Site>().router();
+    apply::apply_late(&app).await;
+    assert_eq!(
+        app.with_state(|st| st.doc().system.provider.name.clone()),
+        "site"
+    );
+    let (status, body) = incus_osd::testing::call(&r, "GET", "/1.0/system/provider", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["metadata"]["config"]["name"], "site", "{body}");
+    assert_eq!(
+        body["metadata"]["config"]["config"]["server_url"], "https://updates.example",
+        "{body}"
+    );
+
+    // Not the first start: the stored selection stays.
+    let s = seeds(&[("provider.yaml", "name: site\n")]);
+    let (_r, app, _root) = TestApp::new().seeds(s, false).provider::<Site>().router();
+    let before = app.with_state(|st| st.doc().system.provider.name.clone());
+    apply::apply_late(&app).await;
+    assert_eq!(
+        app.with_state(|st| st.doc().system.provider.name.clone()),
+        before
+    );
+    assert_ne!(before, "site");
+}
