@@ -155,6 +155,8 @@ pub async fn reset(app: &Arc<App>, request: ResetRequest) -> Result<(), ApiError
     };
     let archive = build_archive(&merge(existing, provided, request.wipe_existing_seeds))
         .map_err(ApiError::internal)?;
+    // One reset at a time, and no recovery-key change while it runs.
+    let _change = app.security.change.lock().await;
     tracing::warn!(disk = %disk, "factory reset requested");
 
     run_plugin_hooks(app).await;
