@@ -188,11 +188,7 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
     let boot_disk = crate::system::update::runner::install_disk(&app)
         .map(|d| d.display().to_string())
         .ok();
-    app.seeds = crate::system::seed::lookup(
-        &app.root,
-        app.platform.commands.as_ref(),
-        boot_disk.as_deref(),
-    );
+    app.seeds = crate::system::seed::lookup(&app.root, boot_disk.as_deref());
     crate::system::seed::apply::apply_early(&app);
     app.prior_release = prior_release;
     app.storage.opts.admit_loop_devices = config.test_admit_loop_devices;

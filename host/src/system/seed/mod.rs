@@ -1,8 +1,9 @@
 //! Seeds: configuration a new system starts from (upstream's lookup and file names).
 //!
 //! Where they come from, everything under the daemon's root prefix:
-//! 1. a partition labelled `SEED_DATA` (GPT partition label or filesystem label), mounted
-//!    read-only (`vfat`, then `iso9660`) and `<name>.json|yaml|yml` read from its top;
+//! 1. a partition labelled `SEED_DATA` (GPT partition label or filesystem label), read in
+//!    process as FAT, else ISO 9660 ([`crate::platform::volume`]; upstream mounts it
+//!    read-only as `vfat`, then `iso9660`), and `<name>.json|yaml|yml` read from its top;
 //! 2. otherwise the raw `seed-data` partition, or partition 2 of the boot disk, read as a
 //!    tar archive (the `ustar` magic at offset 257 is required; a leading `./` on entry
 //!    names is dropped).
@@ -18,12 +19,11 @@ pub mod types;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::platform::exec::Commands;
+use crate::platform::volume::{self, Volume};
 pub use types::Seed;
 
 /// Every seed upstream knows.
@@ -52,7 +52,8 @@ pub const SEED_PARTLABEL: &str = "/dev/disk/by-partlabel/seed-data";
 pub const SEED_PARTITION: u32 = 2;
 /// The most a seed archive is read (its entries are small configuration files).
 const MAX_ARCHIVE: u64 = 64 << 20;
-const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most a seed file on a medium is read.
+const MAX_FILE: u64 = 16 << 20;
 
 /// Seed files: names and contents, in order.
 pub type SeedFiles = Vec<(String, Vec<u8>)>;
@@ -263,12 +264,13 @@ fn os_path_of(root: &Path, host: &Path) -> String {
 /// Finds the seeds (see the module's text). `boot_disk` is the OS path of the disk the
 /// system runs from (its partition 2 holds the archive when no `seed-data` label exists).
 /// Anything that goes wrong reading a seed source is logged and means no seeds.
-pub fn lookup(root: &Path, commands: &dyn Commands, boot_disk: Option<&str>) -> Seeds {
+pub fn lookup(root: &Path, boot_disk: Option<&str>) -> Seeds {
     for dir in ["/dev/disk/by-partlabel", "/dev/disk/by-label"] {
         let label = format!("{dir}/{SEED_DATA_LABEL}");
         if let Some(dev) = device(root, &label) {
-            return match read_medium(commands, &os_path_of(root, &dev)) {
-                Ok(seeds) => seeds,
+            let read = volume::open(&dev).and_then(|v| read_volume_seeds(v.as_ref()));
+            return match read {
+                Ok(files) => Seeds::from_files(os_path_of(root, &dev), files),
                 Err(e) => {
                     tracing::error!(device = %label, error = %e, "cannot read the seed partition");
                     Seeds::default()
@@ -303,60 +305,16 @@ fn is_seed_file(file: &str) -> bool {
         .is_some_and(|(n, ext)| NAMES.contains(&n) && EXTENSIONS.contains(&ext))
 }
 
-/// Mounts a `SEED_DATA` medium read-only (vfat, then iso9660) on a temporary directory,
-/// reads its seed files and unmounts it.
-fn read_medium(commands: &dyn Commands, dev: &str) -> Result<Seeds, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("incus-osd-seed-")
-        .tempdir()
-        .map_err(|e| format!("cannot make a mount point: {e}"))?;
-    let target = dir.path().display().to_string();
-    let mut errors = vec![];
-    let mut mounted = false;
-    for fs in ["vfat", "iso9660"] {
-        let argv: Vec<String> = ["mount", "-t", fs, "-o", "ro", dev, &target]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        match commands.run(&argv, b"", MOUNT_TIMEOUT) {
-            Ok(o) if o.status == 0 => {
-                mounted = true;
-                break;
-            }
-            Ok(o) => errors.push(format!(
-                "{fs}: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => errors.push(format!("{fs}: {e}")),
-        }
-    }
-    if !mounted {
-        return Err(format!("cannot mount {dev}: {}", errors.join("; ")));
-    }
-    let files = read_dir_seeds(dir.path());
-    let umount = vec!["umount".to_string(), target.clone()];
-    match commands.run(&umount, b"", MOUNT_TIMEOUT) {
-        Ok(o) if o.status == 0 => {}
-        Ok(o) => tracing::warn!(
-            mount = %target,
-            error = %String::from_utf8_lossy(&o.stderr).trim(),
-            "cannot unmount the seed partition"
-        ),
-        Err(e) => tracing::warn!(mount = %target, error = %e, "cannot unmount the seed partition"),
-    }
-    Ok(Seeds::from_files(dev, files?))
-}
-
-/// The seed files at the top of a directory.
-pub fn read_dir_seeds(dir: &Path) -> Result<SeedFiles, String> {
+/// The seed files at the top of a volume (a `SEED_DATA` medium).
+pub fn read_volume_seeds(v: &dyn Volume) -> Result<SeedFiles, String> {
     let mut out = vec![];
     for name in NAMES {
         for ext in EXTENSIONS {
             let file = format!("{name}.{ext}");
-            match std::fs::read(dir.join(&file)) {
-                Ok(b) => out.push((file, b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(format!("cannot read {file}: {e}")),
+            match v.read(&file, MAX_FILE) {
+                Ok(Some(b)) => out.push((file, b)),
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot read {file} ({}): {e}", v.kind())),
             }
         }
     }
@@ -643,8 +601,7 @@ mod tests {
             root.path().join("dev/disk/by-partlabel/seed-data"),
         )
         .unwrap();
-        let cmds = crate::platform::exec::Refused::new("offline");
-        let s = lookup(root.path(), &cmds, None);
+        let s = lookup(root.path(), None);
         assert_eq!(s.source, "/dev/sdb2");
         assert!(s.has("network") && s.has("incus"));
         assert!(s.file("notes").is_none());
@@ -655,11 +612,10 @@ mod tests {
     fn without_the_label_partition_2_of_the_boot_disk_is_read() {
         let root = tempfile::tempdir().unwrap();
         write_archive(root.path(), "dev/nvme0n1p2", &[("update.json", "{}")]);
-        let cmds = crate::platform::exec::Refused::new("offline");
-        assert!(lookup(root.path(), &cmds, Some("/dev/nvme0n1")).has("update"));
+        assert!(lookup(root.path(), Some("/dev/nvme0n1")).has("update"));
         // No disk, no archive.
-        assert!(lookup(root.path(), &cmds, None).is_empty());
-        assert!(lookup(root.path(), &cmds, Some("/dev/sda")).is_empty());
+        assert!(lookup(root.path(), None).is_empty());
+        assert!(lookup(root.path(), Some("/dev/sda")).is_empty());
     }
 
     #[test]
@@ -673,8 +629,7 @@ mod tests {
         h.set_cksum();
         b.append_data(&mut h, "update.json", &b"{}"[..]).unwrap();
         std::fs::write(root.path().join("dev/sda2"), b.into_inner().unwrap()).unwrap();
-        let cmds = crate::platform::exec::Refused::new("offline");
-        assert!(lookup(root.path(), &cmds, Some("/dev/sda")).is_empty());
+        assert!(lookup(root.path(), Some("/dev/sda")).is_empty());
         assert_eq!(read_archive(&root.path().join("dev/sda2")).unwrap(), None);
         // Zeros (a wiped partition), and a file shorter than a header.
         std::fs::write(root.path().join("dev/sda2"), vec![0u8; 8192]).unwrap();
@@ -701,30 +656,17 @@ mod tests {
     }
 
     #[test]
-    fn a_seed_medium_is_mounted_read_only_vfat_then_iso9660() {
+    fn a_seed_data_label_wins_and_a_medium_that_is_no_file_system_holds_no_seeds() {
         let root = tempfile::tempdir().unwrap();
+        write_archive(root.path(), "dev/sda2", &[("update.json", "{}")]);
         std::fs::create_dir_all(root.path().join("dev/disk/by-label")).unwrap();
-        std::fs::write(root.path().join("dev/sdc1"), b"").unwrap();
+        std::fs::write(root.path().join("dev/sdc1"), vec![0u8; 64 * 1024]).unwrap();
         std::os::unix::fs::symlink("/dev/sdc1", root.path().join("dev/disk/by-label/SEED_DATA"))
             .unwrap();
-        let script = crate::testing::Script::default();
-        script.on("mount -t vfat", 32, "", "wrong fs type");
-        script.on("mount -t iso9660", 0, "", "");
-        script.on("umount", 0, "", "");
-        let s = lookup(root.path(), &script, Some("/dev/sda"));
+        // The medium is neither FAT nor ISO 9660: logged, no seeds (the archive on the
+        // boot disk is not looked at: the medium was there).
+        let s = lookup(root.path(), Some("/dev/sda"));
         assert!(s.is_empty());
-        assert_eq!(s.source, "/dev/sdc1");
-        let calls = script.calls();
-        assert_eq!(calls.len(), 3, "{calls:?}");
-        assert!(
-            calls[0].starts_with("mount -t vfat -o ro /dev/sdc1 /"),
-            "{calls:?}"
-        );
-        assert!(
-            calls[1].starts_with("mount -t iso9660 -o ro /dev/sdc1 /"),
-            "{calls:?}"
-        );
-        assert!(calls[2].starts_with("umount /"), "{calls:?}");
     }
 
     #[test]
@@ -732,7 +674,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("network.yml"), "dns: {}\n").unwrap();
         std::fs::write(dir.path().join("README"), "x").unwrap();
-        let files = read_dir_seeds(dir.path()).unwrap();
+        let files = read_volume_seeds(&volume::DirVolume(dir.path().to_path_buf())).unwrap();
         assert_eq!(
             files,
             vec![("network.yml".to_string(), b"dns: {}\n".to_vec())]
