@@ -32,6 +32,8 @@ pub struct TestApp {
     installed: Vec<(String, String)>,
     storage: crate::system::storage::runtime::Runtime,
     security: Option<crate::system::security::Runtime>,
+    seeds: crate::system::seed::Seeds,
+    first_start: bool,
 }
 
 impl Default for TestApp {
@@ -76,7 +78,17 @@ impl TestApp {
             installed: vec![],
             storage: Default::default(),
             security: None,
+            seeds: Default::default(),
+            first_start: false,
         }
+    }
+
+    /// The seeds the app found at start, and whether it is the machine's first start (the
+    /// daemon looks them up in `daemon::prepare`; call the seed steps yourself).
+    pub fn seeds(mut self, seeds: crate::system::seed::Seeds, first_start: bool) -> Self {
+        self.seeds = seeds;
+        self.first_start = first_start;
+        self
     }
 
     /// Lists drives with `opts` (loop devices admitted, for tier-3 tests).
@@ -233,6 +245,8 @@ impl TestApp {
         let mut app = App::new(root, store, reg, info, platform);
         app.install_disk = self.install_disk;
         app.storage = self.storage;
+        app.seeds = self.seeds;
+        app.first_start = self.first_start;
         if let Some(rt) = self.security {
             app.security = rt;
         }

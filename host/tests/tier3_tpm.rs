@@ -517,3 +517,26 @@ fn a_missing_persistent_key_and_an_evicted_one_are_named() {
     let err = tpm.persist_key(&key, 0x8000_0000).unwrap_err();
     assert!(err.to_string().contains("not a persistent handle"), "{err}");
 }
+
+#[test]
+fn clearing_the_tpm_drops_its_persistent_keys_and_what_it_sealed() {
+    tier3_or_return!();
+    let swtpm = Swtpm::start().unwrap();
+    let mut tpm = open(&swtpm);
+    measured_boot(&mut tpm);
+    let policy = boot_policy(&mut tpm);
+    let sealed = tpm.seal(&policy, SECRET).unwrap();
+    let key = tpm.create_auth_key().unwrap();
+    tpm.persist_key(&key, AUTH_HANDLE).unwrap();
+    assert_eq!(tpm.persistent_handles().unwrap(), [AUTH_HANDLE]);
+    assert_eq!(&tpm.unseal(&sealed, &[7, 15]).unwrap()[..], SECRET);
+
+    // A factory reset's clear (through the lockout hierarchy's empty authorization).
+    tpm.clear().expect("clear");
+    assert!(tpm.persistent_handles().unwrap().is_empty());
+    // The storage hierarchy has a new seed: the sealed object no longer loads.
+    assert!(tpm.unseal(&sealed, &[7, 15]).is_err());
+    // The TPM works on: a new key can take the handle again.
+    let key = tpm.create_auth_key().unwrap();
+    tpm.persist_key(&key, AUTH_HANDLE).unwrap();
+}

@@ -29,6 +29,11 @@ pub struct AppContext {
     /// Whether [`crate::Hook::Initialize`] succeeded once since the install (or the last
     /// factory reset).
     pub initialized: bool,
+    /// Since 1.3, with [`crate::Hook::Initialize`] only: the application's seed (the
+    /// machine's `<name>.json|yaml|yml` seed file as JSON) when the machine has one the host
+    /// could read; `None` otherwise. Older hosts never send it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<serde_json::Value>,
 }
 
 /// The input of [`crate::Hook::CanReplace`]: may `from` give way to the variant `to`?

@@ -67,6 +67,11 @@ pub struct App {
     pub storage: crate::system::storage::runtime::Runtime,
     /// The fallback HTTPS listener, when it runs.
     pub fallback: crate::system::fallback::listener::Runtime,
+    /// The seeds found at start (see [`crate::system::seed`]).
+    pub seeds: crate::system::seed::Seeds,
+    /// Whether this is the machine's first start (see
+    /// [`crate::system::seed::apply::is_first_start`]), as found before anything changed.
+    pub first_start: bool,
     power_tx: mpsc::Sender<PowerAction>,
     power_rx: Mutex<Option<mpsc::Receiver<PowerAction>>>,
 }
@@ -97,6 +102,8 @@ impl App {
             storage: Default::default(),
             security: Default::default(),
             fallback: Default::default(),
+            seeds: Default::default(),
+            first_start: false,
             power_tx,
             power_rx: Mutex::new(Some(power_rx)),
         }
@@ -207,6 +214,7 @@ pub fn router(app: AppState) -> Router {
         .route("/1.0/system/:restore", any(system::restore))
         .route("/1.0/system/:poweroff", any(system::poweroff))
         .route("/1.0/system/:suspend", any(system::suspend))
+        .route("/1.0/system/:factory-reset", any(system::factory_reset))
         .route("/1.0/system/storage", any(storage::storage))
         .route("/1.0/system/storage/{action}", any(storage::action))
         .route("/1.0/system/security", any(security::security))
@@ -215,7 +223,6 @@ pub fn router(app: AppState) -> Router {
             "/1.0/system/security/:tpm-rebind",
             any(security::tpm_rebind),
         )
-        .route("/1.0/system/{name}", any(system::not_built))
         .fallback(fallback)
         .with_state(app.clone());
     Router::new()

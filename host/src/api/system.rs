@@ -14,6 +14,7 @@ use crate::platform::systemd::PowerAction;
 use crate::system::kernel::{self, KernelConfig, KernelState};
 use crate::system::logging::{self, LoggingConfig};
 use crate::system::provider;
+use crate::system::seed::reset;
 use crate::system::update::config::{self as update_config, UpdateConfig, UpdateState};
 use crate::system::update::runner;
 use crate::system::update::schedule::{CheckKind, Event};
@@ -30,9 +31,6 @@ const ENTRIES: [&str; 8] = [
     "update",
 ];
 
-/// Upstream endpoints under `/1.0/system/` this daemon does not serve yet.
-const NOT_BUILT: [&str; 1] = [":factory-reset"];
-
 pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
     require(&method, &[Method::GET])?;
     let urls: Vec<String> = ENTRIES
@@ -40,19 +38,6 @@ pub async fn list(method: Method, headers: HeaderMap) -> ApiResult {
         .map(|e| proxy::url(&headers, &["system", e]))
         .collect();
     Ok(sync(&urls))
-}
-
-/// Upstream endpoints not built yet say so, rather than answering with a made-up body.
-pub async fn not_built(params: Params, method: Method) -> ApiError {
-    let name = params.name();
-    if NOT_BUILT.contains(&name) {
-        ApiError::new(
-            501,
-            format!("/1.0/system/{name} is not implemented by this daemon yet"),
-        )
-    } else {
-        unmatched(&method)
-    }
 }
 
 /// `POST /1.0/system/:backup`: the state saved, then a gzip tar of the state directory's
@@ -83,6 +68,16 @@ pub async fn restore(
     if let Err(e) = app.request_power(PowerAction::Reboot) {
         tracing::warn!(error = %e.message, "system restored; the reboot was not queued");
     }
+    Ok(empty())
+}
+
+/// `POST /1.0/system/:factory-reset`: see [`crate::system::seed::reset`]. The answer is
+/// sent before the hard reboot.
+pub async fn factory_reset(State(app): State<AppState>, method: Method, body: Body) -> ApiResult {
+    require(&method, &[Method::POST])?;
+    let request: reset::ResetRequest = read_object_or_default(body).await?;
+    reset::reset(&app, request).await?;
+    reset::schedule_hard_reboot(&app.root);
     Ok(empty())
 }
 

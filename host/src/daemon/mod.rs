@@ -126,6 +126,7 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
         }
     }
     let prior_release = store.doc().os.running_release.clone();
+    let first_start = crate::system::seed::apply::is_first_start(store.doc());
     if store.doc().os.name != os.name || store.doc().os.running_release != os.version {
         let (name, version) = (os.name.clone(), os.version.clone());
         if let Err(e) = store.update(|d| {
@@ -183,6 +184,12 @@ pub fn prepare(config: &Config, mut platform: Platform) -> Result<Arc<App>, Star
     let mut app = App::new(config.root.clone(), store, registry, info, platform);
     app.updates = crate::system::update::runner::Updates::new(update_status);
     app.install_disk = config.install_disk.clone();
+    app.first_start = first_start;
+    let boot_disk = crate::system::update::runner::install_disk(&app)
+        .map(|d| d.display().to_string())
+        .ok();
+    app.seeds = crate::system::seed::lookup(&app.root, boot_disk.as_deref());
+    crate::system::seed::apply::apply_early(&app);
     app.prior_release = prior_release;
     app.storage.opts.admit_loop_devices = config.test_admit_loop_devices;
     if config.test_admit_loop_devices {
@@ -352,6 +359,7 @@ async fn finish_start(app: Arc<App>) {
     // Storage after the services (iSCSI, NVMe-oF, multipath provide pool disks), before
     // the applications that keep their data in pools.
     crate::system::storage::runtime::load_at_boot(&app).await;
+    crate::system::seed::apply::apply_late(&app).await;
     if let Some(version) = recovery_update {
         crate::system::recovery::apply_prepared_update(&app, &version).await;
     }
@@ -453,7 +461,8 @@ async fn apply_network(app: &Arc<App>) {
         return;
     }
     let net = app.network.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || net.start()).await {
+    let seed = crate::system::seed::apply::network_seed(app);
+    if let Err(e) = tokio::task::spawn_blocking(move || net.start(seed)).await {
         tracing::error!(error = %e, "network start-up failed");
     }
 }

@@ -82,6 +82,9 @@ pub struct SystemDoc {
     pub fallback_listener: crate::system::fallback::FallbackDoc,
     /// Kernel settings (added without a schema change: older documents read it as empty).
     pub kernel: crate::system::kernel::KernelConfig,
+    /// Whether the `services` seed was applied (it is, once; added without a schema change:
+    /// older documents read it as not applied).
+    pub services_seed_applied: bool,
 }
 
 /// The persisted part of `/1.0/system/network`.

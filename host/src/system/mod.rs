@@ -14,5 +14,6 @@ pub mod recovery;
 pub mod resources;
 pub mod script;
 pub mod security;
+pub mod seed;
 pub mod storage;
 pub mod update;

@@ -230,6 +230,19 @@ impl Tpm {
     }
 }
 
+impl Tpm {
+    /// Clears the TPM (`TPM2_Clear` through the lockout hierarchy with its empty default
+    /// authorization, as `tpm2_clear` does): every key under the storage and endorsement
+    /// hierarchies is gone, and the owner's authorizations are reset.
+    pub fn clear(&mut self) -> Result<(), TpmError> {
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |c| {
+                c.clear(tss_esapi::handles::AuthHandle::Lockout)
+            })
+            .map_err(|e| TpmError::tss("clearing the TPM", e))
+    }
+}
+
 /// A 32-byte value from a TPM buffer.
 pub(crate) fn to_sha256(bytes: &[u8], what: &str) -> Result<Sha256, TpmError> {
     bytes

@@ -130,6 +130,7 @@ pub fn context(app: &App, plugin: &Plugin) -> AppContext {
         name: installed_as(plugin, &record).to_string(),
         version: record.version.clone(),
         initialized: record.initialized,
+        seed: None,
     }
 }
 
@@ -143,7 +144,12 @@ pub async fn call(app: &App, plugin: &Plugin, hook: Hook) -> Result<Vec<u8>, Cal
     if !plugin.manifest.has(hook) {
         return Ok(b"{}".to_vec());
     }
-    plugin.hook(hook, json(&context(app, plugin))).await
+    let mut ctx = context(app, plugin);
+    if hook == Hook::Initialize {
+        // The application's own seed goes with its first initialization.
+        ctx.seed = crate::system::seed::apply::for_application(&app.seeds, &ctx.name);
+    }
+    plugin.hook(hook, json(&ctx)).await
 }
 
 /// Changes the record of `plugin`. Only an install creates one: a change that finds none
@@ -594,20 +600,19 @@ async fn replace(
 }
 
 /// The applications an update check installs when none is (upstream's selection): the
-/// seed's list (seeds are not read yet: none), `incus` when no primary is in it and an
-/// `incus` plugin is loaded. Dependencies come with each install.
+/// `applications` seed's list, `incus` added when it names no primary (see
+/// [`crate::system::seed::apply::seeded_applications`]); names no plugin provides are
+/// skipped. Dependencies come with each install.
 pub fn to_install(app: &App) -> Vec<String> {
     if !all_installed(app).is_empty() {
         return vec![];
     }
-    let mut names: Vec<String> = vec![];
-    let has_primary = names
-        .iter()
-        .any(|n| find(app, n).is_some_and(|p| p.manifest.primary));
-    if !has_primary && find(app, DEFAULT_PRIMARY).is_some() {
-        names.push(DEFAULT_PRIMARY.to_string());
-    }
-    names
+    crate::system::seed::apply::seeded_applications(&app.seeds, DEFAULT_PRIMARY, |n| {
+        find(app, n).map(|p| p.manifest.primary)
+    })
+    .into_iter()
+    .filter(|n| find(app, n).is_some())
+    .collect()
 }
 
 /// The primary application a system gets when its seed names none.

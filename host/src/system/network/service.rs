@@ -112,10 +112,12 @@ impl Network {
 
     /// At start-up: a trial change that was neither confirmed nor rolled back before the
     /// machine went down is rolled back (its prior configuration put back); otherwise the
-    /// stored configuration is applied again, or, on a machine never configured, every
-    /// NIC on DHCP. Failures are logged: the daemon starts regardless (upstream's
-    /// partial mode: DNS that does not answer is only a warning here).
-    pub fn start(&self) {
+    /// stored configuration is applied again, or, on a machine never configured, the
+    /// `network` seed (`seed`, given on first start) or every NIC on DHCP (see
+    /// [`crate::system::seed::apply::first_network`]). Failures are logged: the daemon
+    /// starts regardless (upstream's partial mode: DNS that does not answer is only a
+    /// warning here).
+    pub fn start(&self, seed: Option<SystemNetworkConfig>) {
         let (config, prior) = {
             let store = self.keeper.store.lock().unwrap();
             let n = &store.doc().system.network;
@@ -143,13 +145,7 @@ impl Network {
                     Vec::new()
                 }
             };
-            if nics.is_empty() {
-                None
-            } else {
-                Some(SystemNetworkConfig::default_for_nics(
-                    nics.iter().map(|(n, m)| (n.as_str(), m.as_str())),
-                ))
-            }
+            crate::system::seed::apply::first_network(seed, &nics)
         };
         if let Some(config) = chosen {
             if let Err(e) = boot.apply_now(config, confirm::APPLY_TIMEOUT) {

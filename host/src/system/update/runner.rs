@@ -641,7 +641,7 @@ fn forget_lost_release(app: &App, esp: &Path, next: &str) {
 
 /// The disk holding both A/B slots: the configured one, else the disk of the partition
 /// mounted on the ESP.
-fn install_disk(app: &App) -> Result<PathBuf, String> {
+pub fn install_disk(app: &App) -> Result<PathBuf, String> {
     if let Some(d) = &app.install_disk {
         return Ok(d.clone());
     }

@@ -196,8 +196,8 @@ pub trait PrimaryDaemon: Send + Sync + 'static {
     const PATHS: &'static [&'static str];
     /// The declared backup.
     const BACKUP: Backup;
-    /// First initialization through the daemon's API.
-    fn initialize(host: &Host) -> Result<()>;
+    /// First initialization through the daemon's API; `ctx.seed` is the application's seed.
+    fn initialize(host: &Host, ctx: &AppContext) -> Result<()>;
 }
 
 /// The config of an application without settings: `{}` (upstream's `ApplicationConfig`;
@@ -250,8 +250,8 @@ impl<D: PrimaryDaemon> Application for DaemonApp<D> {
         D::DAEMON.stop(&self.host)
     }
 
-    fn initialize(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {
-        D::initialize(&self.host)
+    fn initialize(&self, ctx: &AppContext, _config: &NoConfig) -> Result<()> {
+        D::initialize(&self.host, ctx)
     }
 
     fn reload(&self, _ctx: &AppContext, _config: &NoConfig) -> Result<()> {

@@ -183,3 +183,54 @@ mod tests {
         );
     }
 }
+
+/// The application's seed handed over with `initialize` ([`AppContext::seed`]), decoded as
+/// `T` (`None`: the machine has none). A seed that does not decode is refused with the
+/// decoder's text, naming the seed.
+///
+/// [`AppContext::seed`]: plugin_api::application::AppContext::seed
+pub fn seed<T: serde::de::DeserializeOwned>(
+    ctx: &plugin_api::application::AppContext,
+    name: &str,
+) -> Result<Option<T>> {
+    match &ctx.seed {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| Error::bad_request(format!("invalid '{name}' seed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use plugin_api::application::AppContext;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct S {
+        apply_defaults: bool,
+    }
+
+    #[test]
+    fn the_seed_in_the_context_decodes_or_is_refused_by_name() {
+        let mut ctx = AppContext::default();
+        assert_eq!(super::seed::<S>(&ctx, "incus").unwrap(), None);
+        ctx.seed = Some(serde_json::json!({"apply_defaults": true}));
+        assert_eq!(
+            super::seed::<S>(&ctx, "incus").unwrap(),
+            Some(S {
+                apply_defaults: true
+            })
+        );
+        ctx.seed = Some(serde_json::json!({"apply": true}));
+        let e = super::seed::<S>(&ctx, "incus").unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message
+                .starts_with("invalid 'incus' seed: unknown field `apply`"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -78,11 +78,11 @@ impl Application for Incus {
         crate::stop(&self.host)
     }
 
-    fn initialize(&self, _ctx: &AppContext, _config: &Config) -> Result<()> {
-        // Seeds are not plumbed to plugins yet: no `incus` seed (the defaults apply, as
-        // upstream without one), and no instance bridges (the host's network roles are
-        // not handed over either).
-        crate::init::initialize(&self.host, None, &[])
+    fn initialize(&self, ctx: &AppContext, _config: &Config) -> Result<()> {
+        // The `incus` seed from the host (none: the defaults apply, as upstream without
+        // one); no instance bridges (the host's network roles are not handed over).
+        let seed: Option<crate::init::Seed> = incus_osd_application_common::seed(ctx, "incus")?;
+        crate::init::initialize(&self.host, seed.as_ref(), &[])
     }
 
     fn reload(&self, _ctx: &AppContext, _config: &Config) -> Result<()> {

@@ -18,6 +18,7 @@ fn ctx(version: &str) -> Vec<u8> {
         name: "incus".into(),
         version: version.into(),
         initialized: true,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -282,4 +283,25 @@ fn a_wipe_removes_incus_data_lxcfs_data_and_logs() {
     for d in ["/var/lib/incus", "/var/lib/incus-lxcfs", "/var/log/incus"] {
         assert!(!h.host().real_path(d).exists(), "{d}");
     }
+}
+
+#[test]
+fn a_seed_the_host_hands_over_that_does_not_decode_is_refused_before_any_call() {
+    let h = Harness::load_built(LIB);
+    let ctx = serde_json::to_vec(&AppContext {
+        name: "incus".into(),
+        version: "202511041601".into(),
+        seed: Some(json!({"apply_defaults": true, "colour": "red"})),
+        ..Default::default()
+    })
+    .unwrap();
+    let e = h.invoke("initialize", &ctx).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert!(
+        e.message
+            .as_str()
+            .starts_with("invalid 'incus' seed: unknown field `colour`"),
+        "{}",
+        e.message
+    );
 }

@@ -19,6 +19,7 @@ fn ctx(initialized: bool) -> Vec<u8> {
         name: "migration-manager".into(),
         version: "202511041800".into(),
         initialized,
+        ..Default::default()
     })
     .unwrap()
 }

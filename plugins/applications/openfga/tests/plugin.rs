@@ -17,6 +17,7 @@ fn ctx(initialized: bool) -> Vec<u8> {
         name: "openfga".into(),
         version: "202511041800".into(),
         initialized,
+        ..Default::default()
     })
     .unwrap()
 }

@@ -76,9 +76,9 @@ impl PrimaryDaemon for OperationsCenter {
     const PATHS: &'static [&'static str] = &PATHS;
     const BACKUP: Backup = BACKUP;
 
-    fn initialize(host: &Host) -> Result<()> {
-        // Seeds are not plumbed to plugins yet: initialized as without a seed.
-        initialize(host, None)
+    fn initialize(host: &Host, ctx: &plugin_api::application::AppContext) -> Result<()> {
+        let seed: Option<Seed> = incus_osd_application_common::seed(ctx, DAEMON.name)?;
+        initialize(host, seed.as_ref())
     }
 }
 
