@@ -681,3 +681,48 @@ async fn secure_boot_updates_need_secure_boot() {
         501
     );
 }
+
+#[tokio::test]
+async fn in_an_incus_vm_asked_for_the_whole_agent_the_start_enables_it_and_the_status_says_so() {
+    let systemd = Arc::new(incus_osd::testing::RecordingSystemd::new(true));
+    let t = TestApp::new().systemd(systemd.clone());
+    let root = t.root().to_path_buf();
+    for (path, data) in [
+        ("dev/virtio-ports/org.linuxcontainers.incus", ""),
+        ("run/credentials/@system/fully-enable-incus-agent", "1"),
+        ("etc/incus-agent.yml", "features:\n  guestapi: true\n"),
+    ] {
+        std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+        std::fs::write(root.join(path), data).unwrap();
+    }
+    let (r, app, _d) = t.router();
+    incus_osd::system::agent::configure(&app).await;
+    assert_eq!(systemd.jobs(), ["restart incus-agent.service"]);
+    let yml = std::fs::read_to_string(root.join("etc/incus-agent.yml")).unwrap();
+    assert!(
+        yml.contains("exec: true") && yml.contains("port-forward: true"),
+        "{yml}"
+    );
+    let (s, v) = call(&r, "GET", "/1.0/system/security", "").await;
+    assert_eq!(s, 200, "{v}");
+    let st = &v["metadata"]["state"];
+    assert_eq!(st["system_state_is_trusted"], false);
+    assert!(
+        st["system_state_status"]
+            .as_str()
+            .unwrap()
+            .contains("incus-agent is/was fully enabled"),
+        "{st}"
+    );
+
+    // The credential gone at a later start: the features go off, the record stays.
+    std::fs::remove_file(root.join("run/credentials/@system/fully-enable-incus-agent")).unwrap();
+    incus_osd::system::agent::configure(&app).await;
+    let yml = std::fs::read_to_string(root.join("etc/incus-agent.yml")).unwrap();
+    assert!(yml.contains("exec: false"), "{yml}");
+    assert_eq!(systemd.jobs().len(), 2);
+    assert!(app.with_state(|s| s.doc().system.security.full_agent_enabled));
+    // Nothing to change: no restart.
+    incus_osd::system::agent::configure(&app).await;
+    assert_eq!(systemd.jobs().len(), 2);
+}

@@ -343,6 +343,8 @@ async fn finish_start(app: Arc<App>) {
     // A recovery volume first (upstream's point: before anything that could fail and keep
     // a fix from running); its update is applied where the start-up check runs.
     let recovery_update = crate::system::recovery::check_at_start(&app).await;
+    // In an Incus VM, the agent's features (upstream does this before the API exists).
+    crate::system::agent::configure(&app).await;
     apply_logging(&app).await;
     refresh_encrypted_volumes(&app).await;
     apply_network(&app).await;

@@ -1,5 +1,6 @@
 //! The OS subsystems as plain Rust: they decide; the platform layer touches the OS.
 
+pub mod agent;
 pub mod applications;
 pub mod backup;
 pub mod debug;
