@@ -1217,6 +1217,12 @@ async fn at_boot_a_local_pool_left_by_an_earlier_install_is_imported_and_exporte
     local_data_partition(e.dir.path());
     e.script
         .on("zpool status", 0, &status(&[]), "")
+        .on(
+            "zpool status",
+            0,
+            &status(&[pool_json("local", &["scsi-incus_root-part11"], None)]),
+            "",
+        )
         .on("zpool import local", 0, "", "")
         .on("zpool export local", 0, "", "")
         .on("journalctl", 0, "", "");
@@ -1262,5 +1268,82 @@ async fn the_held_keys_are_listed_in_base64_by_drive_and_by_pool() {
     assert_eq!(
         pools,
         [("local".to_string(), "bG9jYWwta2V5".to_string())].into()
+    );
+}
+
+/// `local` as a two-disk mirror: members by name with their states, the pool's state.
+fn local_mirror(state: &str, members: &[(&str, &str)]) -> String {
+    let vdevs: serde_json::Map<String, Value> = members
+        .iter()
+        .map(|(m, st)| {
+            let mut d = disk(m);
+            d["state"] = json!(st);
+            (m.to_string(), d)
+        })
+        .collect();
+    let p = json!({"name": "local", "state": state, "error_count": 0,
+                   "vdevs": {"local": {"name": "local", "vdevs": {
+                       "mirror-0": {"name": "mirror-0", "vdev_type": "mirror", "state": state,
+                                    "alloc_space": 1000, "total_space": 10200547328u64,
+                                    "def_space": 10200547328u64, "vdevs": vdevs}}}}});
+    status(&[("local".to_string(), p)])
+}
+
+#[tokio::test]
+async fn at_boot_a_local_mirror_that_lost_the_system_drive_is_repaired_before_its_export() {
+    let e = env();
+    local_data_partition(e.dir.path());
+    let lost = [
+        ("scsi-disk2-part1", "ONLINE"),
+        ("9211468283463720133", "UNAVAIL"),
+    ];
+    let whole = [
+        ("scsi-disk2-part1", "ONLINE"),
+        ("scsi-incus_root-part11", "ONLINE"),
+    ];
+    e.script
+        .on("zpool status", 0, &status(&[]), "")
+        .on("zpool status", 0, &local_mirror("DEGRADED", &lost), "")
+        .on("zpool status", 0, &local_mirror("DEGRADED", &lost), "")
+        .on("zpool status", 0, &local_mirror("ONLINE", &whole), "")
+        .on("zpool import local", 0, "", "")
+        .on("zpool replace", 0, "", "")
+        .on("zpool export local", 0, "", "")
+        .on("journalctl", 0, "", "");
+    runtime::load_at_boot(&e.app).await;
+    assert_eq!(
+        e.script.changes(),
+        [
+            "zpool import local",
+            "zpool replace local 9211468283463720133 /dev/disk/by-id/scsi-incus_root-part11",
+            "zpool export local",
+            "journalctl -b -u systemd-repart -g Growing existing partition 10",
+        ]
+    );
+    assert!(!key_file(&e, "zpool.local.key").exists());
+}
+
+#[tokio::test]
+async fn at_boot_a_local_mirror_that_lost_its_other_disk_is_only_reported_and_exported() {
+    let e = env();
+    local_data_partition(e.dir.path());
+    let lost = [
+        ("scsi-incus_root-part11", "ONLINE"),
+        ("scsi-disk2-part1", "UNAVAIL"),
+    ];
+    e.script
+        .on("zpool status", 0, &status(&[]), "")
+        .on("zpool status", 0, &local_mirror("DEGRADED", &lost), "")
+        .on("zpool import local", 0, "", "")
+        .on("zpool export local", 0, "", "")
+        .on("journalctl", 0, "", "");
+    runtime::load_at_boot(&e.app).await;
+    assert_eq!(
+        e.script.changes(),
+        [
+            "zpool import local",
+            "zpool export local",
+            "journalctl -b -u systemd-repart -g Growing existing partition 10",
+        ]
     );
 }

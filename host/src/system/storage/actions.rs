@@ -17,6 +17,8 @@ pub const SCRUB_IN_PROGRESS: &str = "scrub already in progress";
 
 /// The system drive's data partition, where `local` is created.
 const LOCAL_DATA: &str = "/dev/disk/by-partlabel/local-data";
+/// How often the resilver of a repaired `local` is looked at.
+const RESILVER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The prefix every drive id an encryption action takes must have.
 const BY_ID: &str = "/dev/disk/by-id/";
@@ -475,12 +477,11 @@ impl Machine<'_> {
         }
         match self.run(&["zpool", "import", pools::LOCAL], ZFS_TIMEOUT) {
             Ran::Out(_) => {
-                tracing::warn!(
-                    "Storage pool 'local' is missing its encryption key: import it with its key (:import-pool)"
-                );
-                return self
+                let repaired = self.repair_imported_local();
+                let exported = self
                     .run_ok(&["zpool", "export", pools::LOCAL], ZFS_TIMEOUT)
                     .map(drop);
+                return repaired.and(exported);
             }
             Ran::Absent(e) => return Err(e),
             Ran::Failed(_) => {}
@@ -499,6 +500,59 @@ impl Machine<'_> {
         )?;
         tracing::info!("creating storage pool 'local'");
         self.create(&plan)
+    }
+
+    /// A `local` left by an earlier install, just imported (its key is not here): when it
+    /// is a degraded mirror that lost its system-drive member (the system drive was
+    /// replaced and the OS installed again) and the surviving member is another disk, the
+    /// lost member is replaced by this install's data partition and the resilver waited
+    /// for, so the pool is whole when the operator imports it with its key. A pool that
+    /// lost its other disk is only reported.
+    fn repair_imported_local(&self) -> Result<(), String> {
+        let read = || -> Result<Pool, String> {
+            let status = self
+                .status()?
+                .ok_or("zpool 'local' is gone after its import")?;
+            super::zpool::pool(&status, pools::LOCAL)
+        };
+        let local = read()?;
+        if !(local.state == "DEGRADED"
+            && local.devices.len() == 1
+            && local.devices_degraded.len() == 1)
+        {
+            tracing::warn!(
+                "Storage pool 'local' is missing its encryption key: import it with its key (:import-pool)"
+            );
+            return Ok(());
+        }
+        let data = pools::Disks::to_id(self, LOCAL_DATA)?;
+        if local.devices[0] == data {
+            tracing::warn!(
+                "Storage pool 'local' is degraded; the second non-system drive appears to be missing"
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            "Attempting to recover storage pool 'local' using existing non-system drive"
+        );
+        let lost = local.devices_degraded[0]
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.run_ok(
+            &["zpool", "replace", pools::LOCAL, &lost, &data],
+            ZFS_TIMEOUT,
+        )?;
+        // Exported mid-resilver, the pool would come back degraded at its import.
+        loop {
+            let local = read()?;
+            if local.state == "ONLINE" {
+                tracing::info!("Storage pool 'local' recovered");
+                return Ok(());
+            }
+            std::thread::sleep(RESILVER_POLL);
+        }
     }
 
     /// When systemd-repart grew the data partition this boot, lets a single-disk `local`
