@@ -440,6 +440,22 @@ async fn state_shows_lldp_neighbours_and_bond_members() {
     let member = &i["bond0"]["members"]["_p525400abcdef"];
     assert_eq!(member["type"], "bond_member");
     assert_eq!(member["hwaddr"], OTHER_MAC);
+    // Upstream's `lacp`: the address the member has now and the NIC's own.
+    let now = e
+        .net
+        .state
+        .lock()
+        .unwrap()
+        .links
+        .iter()
+        .find(|l| l.name == "_p525400abcdef")
+        .and_then(|l| l.mac.clone())
+        .unwrap();
+    assert_ne!(now, OTHER_MAC);
+    assert_eq!(
+        member["lacp"],
+        json!({"local_mac": now, "remote_mac": OTHER_MAC})
+    );
     assert!(
         i.get("eth1").is_none(),
         "a bond member is not an unmanaged NIC"

@@ -262,10 +262,16 @@ impl Network {
                     hwaddr: mac.clone(),
                     ..Default::default()
                 };
+                // Upstream's `lacp` of a member: the address the bond gave it and the
+                // NIC's own (permanent) one.
+                let mut lacp = model::SystemNetworkLacpState::default();
                 if let Some(l) = find(&port) {
                     fill(&mut m, l);
                     m.state = l.operstate.clone();
+                    lacp.local_mac = l.mac.clone().unwrap_or_default();
+                    lacp.remote_mac = l.permanent_mac.clone().unwrap_or_default();
                 }
+                m.lacp = Some(lacp);
                 m.lldp = self.lldp(&port);
                 members.insert(port, m);
             }
