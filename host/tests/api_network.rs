@@ -26,10 +26,19 @@ const OTHER_MAC: &str = "52:54:00:ab:cd:ef";
 #[derive(Default)]
 struct Nft {
     scripts: Mutex<Vec<String>>,
+    /// What `wg show wg0 dump` prints.
+    wg_dump: Mutex<String>,
 }
 
 impl Commands for Nft {
     fn run(&self, argv: &[String], stdin: &[u8], _: Duration) -> Result<Output, PlatformError> {
+        if argv.join(" ") == "wg show wg0 dump" {
+            return Ok(Output {
+                status: 0,
+                stdout: self.wg_dump.lock().unwrap().clone().into_bytes(),
+                stderr: vec![],
+            });
+        }
         if argv.join(" ") != "nft -f -" {
             return Err(PlatformError(format!("unexpected command {argv:?}")));
         }
@@ -481,4 +490,60 @@ async fn wake_on_lan_nics_get_their_permanent_mac_back_before_power_off() {
         [format!("set_mac _p525400123456 {MAC}")],
         "only the NIC with Wake-on-LAN"
     );
+}
+
+#[tokio::test]
+async fn a_wireguard_devices_state_shows_its_port_key_and_peers() {
+    let e = env();
+    let peer = "oH5y2bqC8j8yG6qkZB3Y1TQ3nSAMVn2mXlWOPzHz9T0=";
+    let config = json!({
+        "interfaces": [{"name": "eth0", "hwaddr": MAC, "addresses": ["dhcp4"]}],
+        "wireguard": [{"name": "wg0", "addresses": ["10.10.0.1/24"], "port": 51820,
+                       "peers": [{"public_key": peer, "allowed_ips": ["10.10.0.2/32"],
+                                  "endpoint": "192.0.2.7:51820"}]}]
+    });
+    // A device networkd could not create (this kernel has no WireGuard) fails the change,
+    // naming it; the configuration stays as it was.
+    let (s, v) = e.put(config.clone()).await;
+    assert_eq!(
+        (s, v["error"].as_str().unwrap()),
+        (500, "systemd-networkd did not create wg0 (see its log)")
+    );
+    assert!(e.get().await["config"].is_null());
+    e.net
+        .state
+        .lock()
+        .unwrap()
+        .links
+        .push(link("wg0", Some("wireguard"), "", &["10.10.0.1/24"]));
+    let (s, v) = e.put(config).await;
+    assert_eq!(s, 200, "{v}");
+    let handshake = chrono::Utc::now().timestamp() - 63;
+    *e.nft.wg_dump.lock().unwrap() = format!(
+        "cHJpdmF0ZQ==\tqN4vH2fUVlKoZ0z7r1yJj3lXb4Kd0g3zQ3V6bT2t0Ts=\t51820\toff\n\
+         {peer}\t(none)\t192.0.2.7:51820\t10.10.0.2/32\t{handshake}\t15432\t98765\toff\n"
+    );
+    let v = e.get().await;
+    let wg = &v["state"]["interfaces"]["wg0"];
+    assert_eq!(wg["type"], "wireguard");
+    assert_eq!(wg["wireguard"]["listening_port"], 51820);
+    assert_eq!(
+        wg["wireguard"]["public_key"],
+        "qN4vH2fUVlKoZ0z7r1yJj3lXb4Kd0g3zQ3V6bT2t0Ts="
+    );
+    let p = &wg["wireguard"]["peers"][0];
+    assert_eq!(p["public_key"], peer);
+    assert_eq!(p["endpoint"], "192.0.2.7:51820");
+    assert_eq!(p["allowed_ips"], json!(["10.10.0.2/32"]));
+    assert!(
+        p["latest_handshake"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 minute, "),
+        "{p}"
+    );
+    assert_eq!(p["stats"]["rx_bytes"], 15432);
+    assert_eq!(p["stats"]["tx_bytes"], 98765);
+    // The private key never shows in the state.
+    assert!(!v.to_string().contains("cHJpdmF0ZQ=="));
 }

@@ -10,3 +10,4 @@ pub mod model;
 pub mod proxy;
 pub mod service;
 pub mod validate;
+pub mod wgdump;

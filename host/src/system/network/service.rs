@@ -20,6 +20,9 @@ use crate::state::Store;
 /// A configuration as the driver handles it (`None`: none was ever applied).
 pub type Config = Option<SystemNetworkConfig>;
 
+/// How long `wg show` may take.
+const WG_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Applies configurations and keeps them in the state document.
 #[derive(Clone)]
 pub struct Keeper {
@@ -200,6 +203,25 @@ impl Network {
         }
     }
 
+    /// A WireGuard device's keys, port and peers (`wg show <device> dump`); none when they
+    /// cannot be read.
+    fn wireguard(&self, name: &str) -> Option<model::SystemNetworkWireguardState> {
+        let read = self
+            .keeper
+            .ctx
+            .host
+            .run_ok(&["wg", "show", name, "dump"], WG_TIMEOUT)
+            .map_err(|e| e.message)
+            .and_then(|dump| super::wgdump::parse(&dump, chrono::Utc::now().timestamp()));
+        match read {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!(device = name, error = %e, "cannot read the WireGuard state");
+                None
+            }
+        }
+    }
+
     /// The live state of every device: the configured ones (by their L3 side), then the
     /// physical NICs nothing configures.
     pub fn state(&self) -> Result<SystemNetworkState, String> {
@@ -245,6 +267,13 @@ impl Network {
         }
         for w in &config.wireguard {
             shown(&w.name, "wireguard", &w.name, "", &w.roles);
+        }
+        for w in &config.wireguard {
+            if let Some(s) = interfaces.get_mut(&w.name) {
+                if find(&w.name).is_some() {
+                    s.wireguard = self.wireguard(&w.name);
+                }
+            }
         }
         // LLDP is heard on the physical ports; a bond's members are listed under it.
         for i in &config.interfaces {
