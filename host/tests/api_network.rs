@@ -547,3 +547,14 @@ async fn a_wireguard_devices_state_shows_its_port_key_and_peers() {
     // The private key never shows in the state.
     assert!(!v.to_string().contains("cHJpdmF0ZQ=="));
 }
+
+#[tokio::test]
+async fn providers_are_told_the_management_devices_addresses_ipv4_first() {
+    let e = env();
+    let (s, v) = e.put(dhcp(MAC)).await;
+    assert_eq!(s, 200, "{v}");
+    let v = e.get().await;
+    assert_eq!(v["state"]["interfaces"]["eth0"]["roles"][0], "management");
+    let ctx = incus_osd::system::provider::context(&e.app, "stable");
+    assert_eq!(ctx.management_addresses, ["10.0.0.2", "2001:db8::2"]);
+}

@@ -24,6 +24,11 @@ pub struct UpdateContext {
     pub machine_id: String,
     /// The machine's host name.
     pub hostname: String,
+    /// Since 1.3. The addresses of the network devices with the `management` role (as
+    /// `GET /1.0/system/network` shows them: configured, else the routable ones), IPv4
+    /// first; empty when the host manages no network or knows none. An older host leaves
+    /// it out (empty).
+    pub management_addresses: Vec<String>,
 }
 
 /// Why the host asks a provider to refresh its registration. The wire names are

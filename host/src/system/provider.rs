@@ -81,7 +81,27 @@ pub fn context(app: &App, channel: &str) -> UpdateContext {
             .map(|e| e.machine_id.clone())
             .unwrap_or_default(),
         hostname: env.map(|e| e.hostname).unwrap_or_default(),
+        management_addresses: management_addresses(app),
     }
+}
+
+/// The addresses of the devices with the `management` role, IPv4 first (none when the
+/// network state cannot be read).
+fn management_addresses(app: &App) -> Vec<String> {
+    let Ok(mut state) = app.network.state() else {
+        return Vec::new();
+    };
+    state.apply_role_defaults();
+    let mut out: Vec<std::net::IpAddr> = state
+        .interfaces
+        .values()
+        .filter(|i| i.roles.iter().any(|r| r == "management"))
+        .flat_map(|i| i.addresses.iter())
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect();
+    out.sort_by_key(|ip| ip.is_ipv6());
+    out.dedup();
+    out.iter().map(ToString::to_string).collect()
 }
 
 fn registration(app: &App, cause: RefreshCause) -> Bytes {

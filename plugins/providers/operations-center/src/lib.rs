@@ -432,8 +432,18 @@ impl OperationsCenter {
 
     /// This machine's connection URL, or upstream's "registration unsupported" when it
     /// has no management address.
-    fn connection_url(&self) -> Result<String> {
-        match address::management_address(&self.host)? {
+    fn connection_url(&self, context: &UpdateContext) -> Result<String> {
+        // The host's devices with the management role first (upstream's rule); a host
+        // older than 1.3 names none: the first global address then.
+        let managed = context
+            .management_addresses
+            .iter()
+            .find_map(|a| a.parse::<std::net::IpAddr>().ok());
+        let found = match managed {
+            Some(ip) => Some(ip),
+            None => address::management_address(&self.host)?,
+        };
+        match found {
             Some(ip) => Ok(address::connection_url(ip)),
             None => {
                 self.host
@@ -488,7 +498,7 @@ impl Provider for OperationsCenter {
         let mut endpoint = self.endpoint(config)?;
         let body = json!({
             "name": reg.context.hostname,
-            "connection_url": self.connection_url()?,
+            "connection_url": self.connection_url(&reg.context)?,
         });
         let path = match endpoint.token() {
             "" => "/1.0/provisioning/servers/:self_register".to_string(),
@@ -516,7 +526,7 @@ impl Provider for OperationsCenter {
     fn refresh(&self, config: &Config, reg: &Registration) -> Result<()> {
         let mut endpoint = self.endpoint(config)?;
         let body = json!({
-            "connection_url": self.connection_url()?,
+            "connection_url": self.connection_url(&reg.context)?,
             "cause": reg.cause.as_str(),
         });
         retry(REFRESH_ATTEMPTS, REFRESH_PAUSE, None, || {

@@ -486,3 +486,28 @@ fn the_local_operations_center_is_reached_over_its_socket_with_no_config() {
         UKI
     );
 }
+
+#[test]
+fn the_hosts_management_addresses_come_before_the_first_global_one() {
+    let oc = OcStandIn::https();
+    let h = plugin();
+    h.apply_config(&pinned(&oc));
+    let mut ctx = context();
+    ctx["management_addresses"] = json!(["2001:db8::7", "198.51.100.7"]);
+    let reg = json!({"context": ctx, "cause": ""})
+        .to_string()
+        .into_bytes();
+    h.invoke("refresh", &reg).unwrap();
+    // The host's first (it lists IPv4 first; an IPv6 one is bracketed).
+    assert_eq!(
+        body(&oc.requests_to(SELF)[0])["connection_url"],
+        "https://[2001:db8::7]:8443"
+    );
+    // A machine with a management address but none in the context (an older host): the
+    // first global address, as before.
+    h.invoke("refresh", &registration("")).unwrap();
+    assert_eq!(
+        body(&oc.requests_to(SELF)[1])["connection_url"],
+        "https://192.0.2.2:8443"
+    );
+}
