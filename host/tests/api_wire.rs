@@ -614,10 +614,10 @@ async fn get_bodies_keep_the_upstream_structs_key_order() {
 async fn unknown_sub_paths_are_upstreams_catch_all_whatever_the_name() {
     let (r, _, _d) = app().router();
     for path in [
-        "/1.0/services/conf/:nothing",
+        "/1.0/services/nope/:nothing",
         "/1.0/services/conf/:nothing",
         "/1.0/services/conf/a/b",
-        "/1.0/applications/app/:nothing",
+        "/1.0/applications/nope/:nothing",
         "/1.0/applications/app/:nothing",
     ] {
         assert_eq!(
@@ -635,7 +635,7 @@ async fn unknown_sub_paths_are_upstreams_catch_all_whatever_the_name() {
     }
     // :reset looks the name up first.
     assert_eq!(
-        call(&r, "POST", "/1.0/services/conf/:reset", "")
+        call(&r, "POST", "/1.0/services/nope/:reset", "")
             .await
             .error()
             .0,
@@ -643,7 +643,7 @@ async fn unknown_sub_paths_are_upstreams_catch_all_whatever_the_name() {
     );
     // Application verbs check the method first, then the name.
     for verb in [":check-update", ":debug", ":remove", ":switch-version"] {
-        let path = format!("/1.0/applications/app/{verb}");
+        let path = format!("/1.0/applications/nope/{verb}");
         assert_eq!(get(&r, &path).await.error().0, 501, "{path}");
         assert_eq!(call(&r, "POST", &path, "").await.error().0, 404, "{path}");
         let path = format!("/1.0/applications/app/{verb}");
