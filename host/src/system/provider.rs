@@ -86,9 +86,13 @@ pub fn context(app: &App, channel: &str) -> UpdateContext {
 }
 
 /// The addresses of the devices with the `management` role, IPv4 first (none when the
-/// network state cannot be read).
+/// network state cannot be read). The state is read on a thread of its own: the network
+/// platform blocks on the runtime for its D-Bus calls, which a runtime thread (where this
+/// is called from) must not do.
 fn management_addresses(app: &App) -> Vec<String> {
-    let Ok(mut state) = app.network.state() else {
+    let network = &app.network;
+    let read = std::thread::scope(|s| s.spawn(|| network.state()).join());
+    let Ok(Ok(mut state)) = read else {
         return Vec::new();
     };
     state.apply_role_defaults();
