@@ -379,3 +379,66 @@ async fn a_bond_this_kernel_cannot_make_fails_the_change_and_networkd_says_why()
     let files = bed.m.sh("ls /run/systemd/network").unwrap();
     assert!(!files.contains("bond0"), "{files}");
 }
+
+/// Nor has this kernel 802.1q or WireGuard: networkd says it could not create the VLAN or
+/// the WireGuard device, and each change fails naming it (the wait for required devices
+/// names it as unknown to networkd) and goes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vlan_or_wireguard_device_this_kernel_cannot_make_fails_the_change_naming_it() {
+    tier3_or_return!();
+    let bed = Bed::new().await;
+    let baseline = bed.config(&[&format!("{STATIC_V4}/24")], json!({}));
+    assert_eq!(bed.put(baseline.clone()).await.0, 200);
+    let mut with_vlan = baseline.clone();
+    with_vlan["vlans"] = json!([{"name": "vlan10", "parent": "uplink", "id": 10,
+                                 "addresses": ["10.2.0.2/24"]}]);
+    let mut with_wg = baseline.clone();
+    with_wg["wireguard"] = json!([{"name": "wg0", "addresses": ["10.3.0.1/24"],
+                                   "port": 51820}]);
+    // networkd's words: a VLAN is stacked on its parent's host side, WireGuard stands alone.
+    for (config, device, said) in [
+        (
+            with_vlan,
+            "vlan10",
+            "_vuplink: Could not create stacked netdev",
+        ),
+        (with_wg, "wg0", "wg0: netdev could not be created"),
+    ] {
+        let (s, v) = bed.put(config).await;
+        assert_eq!(s, 500, "{v}");
+        // A device that must come online is waited for first (upstream's wait, named);
+        // one that need not is found missing right after.
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e == format!("systemd-networkd did not create {device} (see its log)")
+                || e.ends_with(&format!(
+                    "waiting for network devices to come online: {device} (unknown to systemd-networkd)"
+                )),
+            "{e}"
+        );
+        let networkd = bed
+            .m
+            .run(&[
+                "journalctl",
+                "-u",
+                "systemd-networkd",
+                "--no-pager",
+                "-o",
+                "cat",
+            ])
+            .unwrap()
+            .stdout;
+        assert!(
+            networkd.contains(said),
+            "networkd reports the {device} it could not create:\n{networkd}"
+        );
+        let v = bed.get().await;
+        assert!(
+            v["config"].get("vlans").is_none() && v["config"].get("wireguard").is_none(),
+            "{v}"
+        );
+        assert_eq!(bed.addresses().await, [STATIC_V4]);
+        let files = bed.m.sh("ls /run/systemd/network").unwrap();
+        assert!(!files.contains(device), "{files}");
+    }
+}
