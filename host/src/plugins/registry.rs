@@ -51,6 +51,21 @@ pub struct CallError {
     pub message: String,
 }
 
+impl CallError {
+    /// An error with `status`.
+    pub fn new(status: u16, message: impl Into<String>) -> CallError {
+        CallError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A 500.
+    pub fn internal(message: impl Into<String>) -> CallError {
+        CallError::new(500, message)
+    }
+}
+
 impl From<PluginError> for CallError {
     fn from(e: PluginError) -> Self {
         CallError {

@@ -179,7 +179,7 @@ fn upgrade_v0_to_v1(mut v: Value) -> Result<Value, String> {
 }
 
 /// The services schema 1 knew: their documents keep their key.
-const V1_SERVICES: [&str; 10] = [
+pub(crate) const V1_SERVICES: [&str; 10] = [
     "ceph",
     "iscsi",
     "linstor",

@@ -64,19 +64,8 @@ pub const APPLICATIONS: [(&str, &str); 8] = [
 ];
 
 /// Upstream's services (JSON name under `services`) are our service plugins of the same
-/// name.
-pub const SERVICES: [&str; 10] = [
-    "ceph",
-    "iscsi",
-    "linstor",
-    "lvm",
-    "multipath",
-    "netbird",
-    "nvme",
-    "ovn",
-    "tailscale",
-    "usbip",
-];
+/// name: the ten schema 1 knew.
+pub const SERVICES: [&str; 10] = super::V1_SERVICES;
 
 /// Upstream's providers and the config keys each takes (`System.Provider.Config.Config`).
 pub const PROVIDERS: [(&str, &[&str]); 3] = [

@@ -39,13 +39,6 @@ impl Default for ProviderDoc {
     }
 }
 
-fn internal(message: impl Into<String>) -> CallError {
-    CallError {
-        status: 500,
-        message: message.into(),
-    }
-}
-
 /// The selection as stored.
 pub fn selection(app: &App) -> ProviderDoc {
     app.with_state(|s| s.doc().system.provider.clone())
@@ -63,7 +56,7 @@ pub fn selected(app: &App) -> Result<Arc<Plugin>, CallError> {
 }
 
 fn unknown(name: &str) -> CallError {
-    internal(format!("unknown provider {name:?}"))
+    CallError::internal(format!("unknown provider {name:?}"))
 }
 
 /// What every provider call says about this machine.
@@ -122,7 +115,7 @@ fn registration(app: &App, cause: RefreshCause) -> Bytes {
 async fn plugin_config(p: &Plugin) -> Result<Option<Value>, CallError> {
     let out = p.hook(Hook::Get, Bytes::new()).await?;
     let doc: Value = serde_json::from_slice(&out).map_err(|e| {
-        internal(format!(
+        CallError::internal(format!(
             "provider {} answered unreadable JSON: {e}",
             p.name()
         ))
@@ -214,7 +207,7 @@ pub async fn put(app: &App, name: &str, config: Value) -> Result<(), CallError> 
     if switching {
         if let Some(op) = &old_plugin {
             if !op.manifest.has(Hook::Deregister) {
-                return Err(internal(errors::DEREGISTRATION_UNSUPPORTED));
+                return Err(CallError::internal(errors::DEREGISTRATION_UNSUPPORTED));
             }
             match op
                 .hook(Hook::Deregister, registration(app, RefreshCause::Default))
@@ -276,7 +269,7 @@ pub async fn put(app: &App, name: &str, config: Value) -> Result<(), CallError> 
     if let Err(e) = app.with_state(|s| s.update(|d| d.system.provider = doc)) {
         put_back_config().await;
         rejoin_old().await;
-        return Err(internal(e.to_string()));
+        return Err(CallError::internal(e.to_string()));
     }
     if switching {
         tracing::info!(from = %old.name, to = %name, registered, "update provider changed");

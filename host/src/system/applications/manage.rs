@@ -36,19 +36,8 @@ pub const DEFERRED: Duration = Duration::from_secs(1);
 /// Free space a download needs (upstream: 1 GiB).
 const MIN_FREE_BYTES: u64 = 1 << 30;
 
-fn err(status: u16, message: impl Into<String>) -> CallError {
-    CallError {
-        status,
-        message: message.into(),
-    }
-}
-
-fn internal(message: impl Into<String>) -> CallError {
-    err(500, message)
-}
-
 fn from_sdk(e: plugin_api::sdk::Error) -> CallError {
-    err(e.status, e.message)
+    CallError::new(e.status, e.message)
 }
 
 /// The application plugin answering to `name` (its own name or a variant).
@@ -170,7 +159,7 @@ fn update_record(
             }
         })
     })
-    .map_err(|e| internal(format!("cannot save the state: {e}")))
+    .map_err(|e| CallError::internal(format!("cannot save the state: {e}")))
 }
 
 /// Creates or replaces the record of `plugin` (an install).
@@ -181,7 +170,7 @@ fn set_record(app: &App, plugin: &Plugin, record: ApplicationRecord) -> Result<(
             d.applications.insert(name, record);
         })
     })
-    .map_err(|e| internal(format!("cannot save the state: {e}")))
+    .map_err(|e| CallError::internal(format!("cannot save the state: {e}")))
 }
 
 fn drop_record(app: &App, plugin: &Plugin) -> Result<(), CallError> {
@@ -191,7 +180,7 @@ fn drop_record(app: &App, plugin: &Plugin) -> Result<(), CallError> {
             d.applications.remove(&name);
         })
     })
-    .map_err(|e| internal(format!("cannot save the state: {e}")))
+    .map_err(|e| CallError::internal(format!("cannot save the state: {e}")))
 }
 
 /// What the version choice needs to know of the OS. `prior` is the previous boot's
@@ -254,7 +243,7 @@ async fn refresh(
     let store = image_store(app);
     let activated = tokio::task::spawn_blocking(move || store.refresh_extensions(&list, &os))
         .await
-        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| CallError::internal(e.to_string()))?
         .map_err(from_sdk)?;
     app.with_state(|s| {
         s.update(|d| {
@@ -268,7 +257,7 @@ async fn refresh(
             }
         })
     })
-    .map_err(|e| internal(format!("cannot save the state: {e}")))
+    .map_err(|e| CallError::internal(format!("cannot save the state: {e}")))
 }
 
 /// At boot, before anything starts: the images every installed application uses, chosen
@@ -350,14 +339,14 @@ pub enum Install {
 /// dependencies first). A variant of an installed application is a replacement.
 pub async fn install(app: &Arc<App>, name: &str) -> Result<Install, CallError> {
     if name.is_empty() {
-        return Err(err(400, "missing application name"));
+        return Err(CallError::new(400, "missing application name"));
     }
     let Some(plugin) = find(app, name) else {
-        return Err(err(400, format!("unknown application '{name}'")));
+        return Err(CallError::new(400, format!("unknown application '{name}'")));
     };
     let current = installed(app, &plugin);
     if current.as_deref() == Some(name) {
-        return Err(err(409, "already exists"));
+        return Err(CallError::new(409, "already exists"));
     }
     if let Some(from) = current {
         // Another variant of the same plugin is installed: a replacement.
@@ -367,7 +356,10 @@ pub async fn install(app: &Arc<App>, name: &str) -> Result<Install, CallError> {
         if let Some((_, other)) = other_primary(app, &plugin) {
             // Upstream's text, which clients match; the name goes to the log.
             tracing::info!(installed = %other, requested = %name, "a primary application is already installed");
-            return Err(err(400, "a primary application is already installed"));
+            return Err(CallError::new(
+                400,
+                "a primary application is already installed",
+            ));
         }
     }
     let _changes = app.update_lock.lock().await;
@@ -385,14 +377,14 @@ fn install_with_dependencies<'a>(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CallError>> + Send + 'a>> {
     Box::pin(async move {
         if seen.iter().any(|s| s == plugin.name()) {
-            return Err(internal(format!(
+            return Err(CallError::internal(format!(
                 "application '{name}' depends on itself through its dependencies"
             )));
         }
         seen.push(plugin.name().to_string());
         for dep in plugin.manifest.dependencies.clone() {
             let Some(dp) = find(app, &dep) else {
-                return Err(internal(format!(
+                return Err(CallError::internal(format!(
                     "application '{name}' needs '{dep}', which this system does not offer"
                 )));
             };
@@ -401,7 +393,7 @@ fn install_with_dependencies<'a>(
             }
             if dp.manifest.primary {
                 if let Some((_, other)) = other_primary(app, &dp) {
-                    return Err(err(
+                    return Err(CallError::new(
                         400,
                         format!(
                             "application '{name}' needs '{dep}', but the primary application '{other}' is installed"
@@ -422,7 +414,7 @@ fn install_with_dependencies<'a>(
 async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), CallError> {
     // Nothing could be merged: say so before downloading anything.
     if let crate::platform::Mode::Offline(why) = &app.platform.mode {
-        return Err(internal(format!(
+        return Err(CallError::internal(format!(
             "cannot install application '{name}': {why}"
         )));
     }
@@ -431,9 +423,9 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
     let context = provider::context(app, &channel);
     let release = runner::lookup(&p, &context, Target::Application(name.to_string()))
         .await
-        .map_err(internal)?
+        .map_err(CallError::internal)?
         .ok_or_else(|| {
-            internal(format!(
+            CallError::internal(format!(
                 "provider {} has no application '{name}' on channel {channel}",
                 p.name()
             ))
@@ -457,7 +449,7 @@ async fn install_one(app: &App, plugin: &Arc<Plugin>, name: &str) -> Result<(), 
         verified
     })
     .await
-    .map_err(|e| internal(e.to_string()))?
+    .map_err(|e| CallError::internal(e.to_string()))?
     .map_err(from_sdk)?;
     // A replacement keeps `initialized` (the variants share the application's data).
     let initialized = record(app, plugin).is_some_and(|r| r.initialized);
@@ -521,12 +513,12 @@ async fn download(
     let fs = RootFs::new(&app.root);
     let handle = fs
         .create_dir_handle(&dir, 0o755)
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(|e| CallError::internal(e.to_string()))?;
     let (free, _) = std::fs::File::open(handle.path())
         .and_then(|d| crate::platform::uploads::space(&d))
-        .map_err(|e| internal(format!("cannot read the free space of {dir}: {e}")))?;
+        .map_err(|e| CallError::internal(format!("cannot read the free space of {dir}: {e}")))?;
     if free < MIN_FREE_BYTES {
-        return Err(internal(format!(
+        return Err(CallError::internal(format!(
             "not enough free space for the application in {dir}: {} MiB free, {} MiB needed",
             free >> 20,
             MIN_FREE_BYTES >> 20
@@ -540,7 +532,7 @@ async fn download(
         &dir,
     )
     .await
-    .map_err(internal)?;
+    .map_err(CallError::internal)?;
     Ok(())
 }
 
@@ -554,7 +546,7 @@ async fn replace(
     to: &str,
 ) -> Result<Install, CallError> {
     if !plugin.manifest.has(Hook::CanReplace) {
-        return Err(err(
+        return Err(CallError::new(
             400,
             format!("unable to replace application '{from}' with '{to}': unsupported application"),
         ));
@@ -568,7 +560,7 @@ async fn replace(
     plugin
         .hook(Hook::CanReplace, json(&ask))
         .await
-        .map_err(|e| err(if e.status == 500 { 400 } else { e.status }, e.message))?;
+        .map_err(|e| CallError::new(if e.status == 500 { 400 } else { e.status }, e.message))?;
     let (app, from, to) = (app.clone(), from.to_string(), to.to_string());
     tokio::spawn(async move {
         tokio::time::sleep(DEFERRED).await;
@@ -579,7 +571,7 @@ async fn replace(
             let old = from.clone();
             tokio::task::spawn_blocking(move || store.remove_application(&old))
                 .await
-                .map_err(|e| internal(e.to_string()))?
+                .map_err(|e| CallError::internal(e.to_string()))?
                 .map_err(from_sdk)?;
             update_record(&app, &plugin, |r| {
                 r.version.clear();
@@ -639,7 +631,7 @@ pub async fn install_selected(app: &App) {
 pub fn installed_plugin(app: &App, name: &str) -> Result<Arc<Plugin>, CallError> {
     find(app, name)
         .filter(|p| installed(app, p).as_deref() == Some(name))
-        .ok_or_else(|| err(404, "not found"))
+        .ok_or_else(|| CallError::new(404, "not found"))
 }
 
 /// `POST /1.0/applications/<name>/:remove`: refused for the primary; otherwise the
@@ -647,13 +639,13 @@ pub fn installed_plugin(app: &App, name: &str) -> Result<Arc<Plugin>, CallError>
 pub async fn remove(app: &App, name: &str) -> Result<(), CallError> {
     let plugin = installed_plugin(app, name)?;
     if plugin.manifest.primary {
-        return Err(internal(errors::REMOVE_PRIMARY));
+        return Err(CallError::internal(errors::REMOVE_PRIMARY));
     }
     if let Some((_, n)) = all_installed(app)
         .into_iter()
         .find(|(p, _)| p.manifest.dependencies.iter().any(|d| d == plugin.name()))
     {
-        return Err(err(
+        return Err(CallError::new(
             400,
             format!("application '{n}' depends on '{name}': remove it first"),
         ));
@@ -665,7 +657,7 @@ pub async fn remove(app: &App, name: &str) -> Result<(), CallError> {
     let n = name.to_string();
     tokio::task::spawn_blocking(move || store.remove_application(&n))
         .await
-        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| CallError::internal(e.to_string()))?
         .map_err(from_sdk)?;
     drop_record(app, &plugin)?;
     tracing::info!(application = %name, "application removed");
@@ -679,7 +671,7 @@ pub async fn switch_version(app: &Arc<App>, name: &str, version: &str) -> Result
     let _changes = app.update_lock.lock().await;
     let record = record(app, &plugin).unwrap_or_default();
     let target = app_versions::switch_target(version, &record.version, &record.available_versions)
-        .map_err(|e| err(400, e))?;
+        .map_err(|e| CallError::new(400, e))?;
     let previous = record.version.clone();
     update_record(app, &plugin, |r| r.version = target.clone())?;
     if let Err(e) = refresh(app, None, false).await {
@@ -717,7 +709,7 @@ pub fn factory_reset(app: &Arc<App>, plugin: Arc<Plugin>) {
                     // A plugin built for an older contract resets itself.
                     return call(&app, &plugin, Hook::FactoryReset).await.map(drop);
                 }
-                return Err(internal(errors::NOT_SUPPORTED));
+                return Err(CallError::internal(errors::NOT_SUPPORTED));
             }
             call(&app, &plugin, Hook::Stop).await?;
             call(&app, &plugin, Hook::Wipe).await?;
@@ -746,7 +738,7 @@ pub fn check_update(app: &Arc<App>, plugin: Arc<Plugin>) {
             let context = provider::context(&app, &channel);
             update_one(&app, &p, &context, &plugin)
                 .await
-                .map_err(internal)
+                .map_err(CallError::internal)
         }
         .await;
         if let Err(e) = result {

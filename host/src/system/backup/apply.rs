@@ -45,23 +45,12 @@ const SUBSYSTEM: crate::system::host::Subsystem = crate::system::host::Subsystem
     writable: &[netfiles::ETC_HOSTS],
 };
 
-fn err(status: u16, message: impl Into<String>) -> CallError {
-    CallError {
-        status,
-        message: message.into(),
-    }
-}
-
-fn internal(message: impl Into<String>) -> CallError {
-    err(500, message)
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CallError> + Send + 'static,
 ) -> Result<T, CallError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| CallError::internal(e.to_string()))?
 }
 
 /// The state directory (where `state.json` is).
@@ -80,19 +69,20 @@ pub struct Backup {
 /// that can back itself up archived into an anonymous file.
 pub async fn prepare_backup(app: &Arc<App>) -> Result<Backup, CallError> {
     app.with_state(|s| if s.is_read_only() { Ok(()) } else { s.save() })
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(|e| CallError::internal(e.to_string()))?;
     let dir = state_dir(app);
     let d = dir.clone();
-    let files = blocking(move || super::state_files(&d).map_err(internal)).await?;
+    let files = blocking(move || super::state_files(&d).map_err(CallError::internal)).await?;
     let mut apps = vec![];
     for (plugin, name) in manage::all_installed(app) {
         if let Some(file) = app_archive(app, &plugin).await? {
             let mut file = file;
-            let size = file
-                .stream_position()
-                .map_err(|e| internal(format!("cannot store the backup of {name}: {e}")))?;
-            file.rewind()
-                .map_err(|e| internal(format!("cannot store the backup of {name}: {e}")))?;
+            let size = file.stream_position().map_err(|e| {
+                CallError::internal(format!("cannot store the backup of {name}: {e}"))
+            })?;
+            file.rewind().map_err(|e| {
+                CallError::internal(format!("cannot store the backup of {name}: {e}"))
+            })?;
             apps.push((name, file, size));
         }
     }
@@ -103,11 +93,12 @@ pub async fn prepare_backup(app: &Arc<App>) -> Result<Backup, CallError> {
 /// directory's spool, left at its end; `None` when the application has no backup.
 async fn app_archive(app: &Arc<App>, plugin: &Arc<Plugin>) -> Result<Option<File>, CallError> {
     let name = manage::context(app, plugin).name;
-    let failed = |e: String| internal(format!("cannot back up application '{name}': {e}"));
+    let failed =
+        |e: String| CallError::internal(format!("cannot back up application '{name}': {e}"));
     let spool = state_dir(app).join(super::RUNTIME_DIRS[0]);
     let mut file = blocking(move || {
         crate::platform::uploads::anonymous_file(&spool)
-            .map_err(|e| internal(format!("cannot store the backup: {e}")))
+            .map_err(|e| CallError::internal(format!("cannot store the backup: {e}")))
     })
     .await?;
     if let Some(spec) = plugin.manifest.backup.clone() {
@@ -122,7 +113,7 @@ async fn app_archive(app: &Arc<App>, plugin: &Arc<Plugin>) -> Result<Option<File
         }
         let file = blocking(move || {
             app_backup::write(&root, &spec, false, &mut file)
-                .map_err(|e| err(e.status, e.message))?;
+                .map_err(|e| CallError::new(e.status, e.message))?;
             Ok(file)
         })
         .await
@@ -148,7 +139,8 @@ async fn app_archive(app: &Arc<App>, plugin: &Arc<Plugin>) -> Result<Option<File
 /// restore time is recorded by the caller, in the document the restore leaves.
 async fn restore_app(app: &Arc<App>, plugin: &Arc<Plugin>, file: File) -> Result<(), CallError> {
     let name = manage::context(app, plugin).name;
-    let failed = |e: String| internal(format!("cannot restore application '{name}': {e}"));
+    let failed =
+        |e: String| CallError::internal(format!("cannot restore application '{name}': {e}"));
     if let Some(spec) = plugin.manifest.backup.clone() {
         let (root, units) = (app.root.clone(), app.platform.units.clone());
         blocking(move || {
@@ -158,11 +150,11 @@ async fn restore_app(app: &Arc<App>, plugin: &Arc<Plugin>, file: File) -> Result
                 std::io::BufReader::new(file),
                 &archive::Limits::default(),
             )
-            .map_err(|e| err(e.status, e.message))?;
+            .map_err(|e| CallError::new(e.status, e.message))?;
             prepared
                 .apply(units.as_ref())
                 .map(drop)
-                .map_err(|e| err(e.status, e.message))
+                .map_err(|e| CallError::new(e.status, e.message))
         })
         .await
         .map_err(|e| failed(e.message))?;
@@ -199,7 +191,10 @@ impl Restoring {
     fn take(root: &Path) -> Result<Restoring, CallError> {
         let mut set = RESTORING.lock().unwrap_or_else(|p| p.into_inner());
         if !set.insert(root.to_path_buf()) {
-            return Err(err(409, "a system restore is already in progress"));
+            return Err(CallError::new(
+                409,
+                "a system restore is already in progress",
+            ));
         }
         Ok(Restoring(root.to_path_buf()))
     }
@@ -220,7 +215,7 @@ const ROOM_CHECK: usize = 4 << 20;
 /// The request body in an anonymous file in `dir` (rewound), at most [`MAX_UPLOAD`]
 /// bytes, leaving the disk's reserve free.
 async fn spool(dir: &Path, body: Body, max: u64) -> Result<File, CallError> {
-    let stored = |e: std::io::Error| internal(format!("cannot store the backup: {e}"));
+    let stored = |e: std::io::Error| CallError::internal(format!("cannot store the backup: {e}"));
     let d = dir.to_path_buf();
     let file = blocking(move || super::temp_file(&d).map_err(stored)).await?;
     let check = file.try_clone().map_err(stored)?;
@@ -228,10 +223,11 @@ async fn spool(dir: &Path, body: Body, max: u64) -> Result<File, CallError> {
     let mut stream = body.into_data_stream();
     let (mut total, mut since_check) = (0u64, 0usize);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| err(400, format!("cannot read request body: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| CallError::new(400, format!("cannot read request body: {e}")))?;
         total += chunk.len() as u64;
         if total > max {
-            return Err(err(
+            return Err(CallError::new(
                 413,
                 format!(
                     "the backup is larger than {} MiB, the most a system restore accepts",
@@ -243,7 +239,7 @@ async fn spool(dir: &Path, body: Body, max: u64) -> Result<File, CallError> {
         if since_check >= ROOM_CHECK {
             since_check = 0;
             if !crate::platform::uploads::has_room(&check).map_err(stored)? {
-                return Err(err(
+                return Err(CallError::new(
                     507,
                     "not enough free space on the state disk to store the backup",
                 ));
@@ -307,7 +303,7 @@ fn staged_state(staged: &Staged) -> Result<Document, String> {
 
 /// The wrapper upstream puts around the checks of the backup's state.
 fn unprocessable(e: impl std::fmt::Display) -> CallError {
-    internal(format!("unable to process state from backup: {e}"))
+    CallError::internal(format!("unable to process state from backup: {e}"))
 }
 
 /// `POST /1.0/system/:restore`: everything checked before anything changes, then applied
@@ -323,17 +319,17 @@ pub async fn restore(
     app.platform
         .units
         .reachable()
-        .map_err(|e| err(503, format!("cannot reboot: {}", e.0)))?;
+        .map_err(|e| CallError::new(503, format!("cannot reboot: {}", e.0)))?;
     let current = state_dir(app);
     let parent = current
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| internal("the state directory has no parent"))?;
+        .ok_or_else(|| CallError::internal("the state directory has no parent"))?;
     let upload = spool(&parent, body, MAX_UPLOAD).await?;
     let (c, p) = (current.clone(), parent.clone());
     let staged = blocking(move || {
         stage::stage(std::io::BufReader::new(upload), &c, &p, &skip, &limits)
-            .map_err(|e| err(e.status(), e.message().to_string()))
+            .map_err(|e| CallError::new(e.status(), e.message().to_string()))
     })
     .await?;
     let (staged, mut backup) = blocking(move || {
@@ -353,7 +349,7 @@ pub async fn restore(
     }
     let names = installed_names(&backup);
     if let Some((app_name, _)) = staged.apps.iter().find(|(n, _)| !names.contains(n)) {
-        return Err(err(
+        return Err(CallError::new(
             400,
             format!("the backup holds data of application '{app_name}', which its state does not install"),
         ));
@@ -456,7 +452,7 @@ fn steps(
     // 1. Applications the backup has and this machine lacks.
     for name in wanted.difference(&live) {
         rt.block_on(manage::install(app, name)).map_err(|e| {
-            internal(format!(
+            CallError::internal(format!(
                 "cannot install application '{name}': {}",
                 e.message
             ))
@@ -472,7 +468,7 @@ fn steps(
     let mut restored = vec![];
     for (name, file) in std::mem::take(&mut staged.apps) {
         let plugin = manage::installed_plugin(app, &name).map_err(|e| {
-            internal(format!(
+            CallError::internal(format!(
                 "cannot restore application '{name}': {}",
                 e.message
             ))
@@ -498,9 +494,9 @@ fn steps(
     let (hostname, timezone) = stage::host_settings(backup);
     let os = app.network.os().clone();
     if let Some(tz) = timezone {
-        let before = os.timezone().map_err(|e| internal(e.0))?;
+        let before = os.timezone().map_err(|e| CallError::internal(e.0))?;
         if before != tz {
-            os.set_timezone(&tz).map_err(|e| internal(e.0))?;
+            os.set_timezone(&tz).map_err(|e| CallError::internal(e.0))?;
             let os2 = os.clone();
             undo.on_rollback("time zone", move |_| {
                 os2.set_timezone(&before).map_err(|e| compensation(e.0))
@@ -508,9 +504,10 @@ fn steps(
         }
     }
     if let Some(name) = hostname {
-        let before = os.hostname().map_err(|e| internal(e.0))?;
+        let before = os.hostname().map_err(|e| CallError::internal(e.0))?;
         if before != name {
-            os.set_hostname(&name).map_err(|e| internal(e.0))?;
+            os.set_hostname(&name)
+                .map_err(|e| CallError::internal(e.0))?;
             let os2 = os.clone();
             undo.on_rollback("hostname", move |_| {
                 os2.set_hostname(&before).map_err(|e| compensation(e.0))
@@ -521,7 +518,7 @@ fn steps(
             netfiles::etc_hosts(&name).as_bytes(),
             0o644,
         )
-        .map_err(|e| internal(e.message))?;
+        .map_err(|e| CallError::internal(e.message))?;
     }
 
     // 4. Recovery keys: the volumes end up with exactly the backup's.
@@ -535,9 +532,10 @@ fn steps(
                 .clone()
         });
         let wanted = &backup.system.security.config.encryption_recovery_keys;
-        let plan = security::plan_keys(&stored, wanted).map_err(|(_, m)| internal(m))?;
+        let plan = security::plan_keys(&stored, wanted).map_err(|(_, m)| CallError::internal(m))?;
         let cmds = app.platform.commands.clone();
-        security::apply_keys(cmds.as_ref(), &app.root, &app.security, &plan).map_err(internal)?;
+        security::apply_keys(cmds.as_ref(), &app.root, &app.security, &plan)
+            .map_err(CallError::internal)?;
         let app2 = app.clone();
         undo.on_rollback("recovery keys", move |_| {
             security::revert_keys(cmds.as_ref(), &app2.root, &app2.security, &plan);
@@ -558,15 +556,15 @@ fn steps(
     bytes.push(b'\n');
     let path = staged.dir.join(STATE_FILE);
     write_synced(&path, &bytes)
-        .map_err(|e| internal(format!("cannot write {}: {e}", path.display())))?;
+        .map_err(|e| CallError::internal(format!("cannot write {}: {e}", path.display())))?;
     let _ = std::fs::remove_file(staged.dir.join(UPSTREAM_STATE));
     let _ = std::fs::remove_dir_all(bak);
     exchange(&staged.dir, current)
-        .map_err(|e| internal(format!("cannot swap the restored state in: {e}")))?;
+        .map_err(|e| CallError::internal(format!("cannot swap the restored state in: {e}")))?;
     staged.keep();
     if let Err(e) = std::fs::rename(&staged.dir, bak) {
         let _ = exchange(&staged.dir, current);
-        return Err(internal(format!(
+        return Err(CallError::internal(format!(
             "cannot move the previous state aside: {e}"
         )));
     }
@@ -576,12 +574,14 @@ fn steps(
         let _ = std::fs::remove_dir_all(&bak2);
         reload(&app2, &cur).map_err(compensation)
     });
-    reload(app, current).map_err(|e| internal(format!("cannot load the restored state: {e}")))?;
+    reload(app, current)
+        .map_err(|e| CallError::internal(format!("cannot load the restored state: {e}")))?;
 
     // 6. Applications this machine has and the backup lacks (their data is wiped: last).
     for name in live.difference(&wanted) {
-        rt.block_on(manage::remove(app, name))
-            .map_err(|e| internal(format!("cannot remove application '{name}': {}", e.message)))?;
+        rt.block_on(manage::remove(app, name)).map_err(|e| {
+            CallError::internal(format!("cannot remove application '{name}': {}", e.message))
+        })?;
     }
     Ok(())
 }
