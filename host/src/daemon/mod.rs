@@ -479,6 +479,15 @@ async fn apply_kernel(app: &Arc<App>) {
     if config == Default::default() {
         return;
     }
+    let (cmds, consoles) = (app.platform.commands.clone(), config.console.clone());
+    let failed = tokio::task::spawn_blocking(move || {
+        crate::system::kernel::set_console_speeds(cmds.as_ref(), &consoles)
+    })
+    .await
+    .unwrap_or_default();
+    for e in failed {
+        tracing::error!(error = %e, "cannot set a console's speed");
+    }
     let (root, platform) = (app.root.clone(), app.platform.clone());
     if let Err(e) = crate::system::kernel::apply_stored(root, platform, config).await {
         tracing::warn!(error = %e, "cannot apply the kernel configuration");

@@ -653,6 +653,35 @@ pub async fn change(
 }
 
 /// Applies the stored config at start; what is done is kept even if a step fails.
+/// Start-up's console step (upstream's, before the API): every configured console with a
+/// baud rate gets it (`stty -F <device> <baud>`). Returns what failed, one line each;
+/// upstream stops its start on the first failure, here the others still get theirs and
+/// the daemon goes on.
+pub fn set_console_speeds(
+    cmds: &dyn crate::platform::exec::Commands,
+    consoles: &[Console],
+) -> Vec<String> {
+    let mut failed = vec![];
+    for c in consoles.iter().filter(|c| c.baud_rate != 0) {
+        let argv = vec![
+            "/usr/bin/stty".to_string(),
+            "-F".to_string(),
+            c.device.clone(),
+            c.baud_rate.to_string(),
+        ];
+        match cmds.run(&argv, b"", Duration::from_secs(10)) {
+            Ok(out) if out.status == 0 => {}
+            Ok(out) => failed.push(format!(
+                "{}: {}",
+                c.device,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => failed.push(format!("{}: {}", c.device, e.0)),
+        }
+    }
+    failed
+}
+
 pub async fn apply_stored(
     root: PathBuf,
     platform: Platform,

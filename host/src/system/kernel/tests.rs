@@ -64,3 +64,39 @@ fn empty_parts_are_left_out_of_the_json() {
         "options vfio-pci ids=10de:1eb8\n"
     );
 }
+
+#[test]
+fn consoles_with_a_baud_rate_get_it_and_a_failure_does_not_stop_the_others() {
+    let script = crate::testing::Script::default();
+    script
+        .on(
+            "/usr/bin/stty -F /dev/ttyS0",
+            1,
+            "",
+            "stty: /dev/ttyS0: No such device",
+        )
+        .on("/usr/bin/stty", 0, "", "");
+    let consoles = [
+        Console {
+            device: "/dev/ttyS0".into(),
+            baud_rate: 115200,
+        },
+        Console {
+            device: "/dev/tty1".into(),
+            baud_rate: 0,
+        },
+        Console {
+            device: "/dev/ttyS1".into(),
+            baud_rate: 9600,
+        },
+    ];
+    let failed = set_console_speeds(&script, &consoles);
+    assert_eq!(
+        script.calls(),
+        [
+            "/usr/bin/stty -F /dev/ttyS0 115200",
+            "/usr/bin/stty -F /dev/ttyS1 9600"
+        ]
+    );
+    assert_eq!(failed, ["/dev/ttyS0: stty: /dev/ttyS0: No such device"]);
+}
