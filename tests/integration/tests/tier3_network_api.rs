@@ -95,6 +95,21 @@ impl Bed {
             .unwrap_or_default()
     }
 
+    /// What systemd-networkd logged in the machine.
+    fn networkd_log(&self) -> String {
+        self.m
+            .run(&[
+                "journalctl",
+                "-u",
+                "systemd-networkd",
+                "--no-pager",
+                "-o",
+                "cat",
+            ])
+            .unwrap()
+            .stdout
+    }
+
     /// A configuration of `uplink` on nic0, named by its MAC (after the first change the
     /// NIC goes by its `_p<mac>` name; upstream's clients name it by MAC too).
     fn config(&self, addresses: &[&str], extra: Value) -> Value {
@@ -357,18 +372,7 @@ async fn a_bond_this_kernel_cannot_make_fails_the_change_and_networkd_says_why()
         v["error"], "systemd-networkd did not create _bbond0 (see its log)",
         "the missing device is named"
     );
-    let networkd = bed
-        .m
-        .run(&[
-            "journalctl",
-            "-u",
-            "systemd-networkd",
-            "--no-pager",
-            "-o",
-            "cat",
-        ])
-        .unwrap()
-        .stdout;
+    let networkd = bed.networkd_log();
     assert!(
         networkd.contains("_bbond0: netdev could not be created"),
         "networkd reports the bond it could not create:\n{networkd}"
@@ -416,18 +420,7 @@ async fn a_vlan_or_wireguard_device_this_kernel_cannot_make_fails_the_change_nam
                 )),
             "{e}"
         );
-        let networkd = bed
-            .m
-            .run(&[
-                "journalctl",
-                "-u",
-                "systemd-networkd",
-                "--no-pager",
-                "-o",
-                "cat",
-            ])
-            .unwrap()
-            .stdout;
+        let networkd = bed.networkd_log();
         assert!(
             networkd.contains(said),
             "networkd reports the {device} it could not create:\n{networkd}"
