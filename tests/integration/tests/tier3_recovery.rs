@@ -16,32 +16,25 @@ use incus_osd::platform::exec::RealCommands;
 use incus_osd::system::recovery;
 use incus_osd_provider_common::testing::{gzip, sha256_hex, Pki};
 use incus_osd_provider_common::trust::{ROOT_CA_PATH, SUPPORT_CA_PATH, UPDATE_CA_PATH};
-use incus_osd_test_machine::{find_tool, tier3_or_return};
+use incus_osd_test_machine::{find_tool, tier3_or_return, LoopDevice};
 
 const RUNNING: &str = "202511041601";
 const NEW: &str = "202601010000";
 
-/// A loop device over a sparse image, detached when dropped.
+/// A loop device over a sparse image (the test machine's, detached when dropped) and its
+/// path as text.
 struct LoopDisk {
     dev: String,
-    _img: tempfile::NamedTempFile,
+    _device: LoopDevice,
 }
 
 impl LoopDisk {
     fn new(size: u64) -> LoopDisk {
-        let img = tempfile::NamedTempFile::new().unwrap();
-        img.as_file().set_len(size).unwrap();
-        let dev = run("losetup", &["-f", "--show", &img.path().to_string_lossy()]);
+        let device = LoopDevice::new(size).expect("a loop device");
         LoopDisk {
-            dev: dev.trim().to_string(),
-            _img: img,
+            dev: device.path().to_string_lossy().into_owned(),
+            _device: device,
         }
-    }
-}
-
-impl Drop for LoopDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
 
