@@ -145,29 +145,13 @@ fn append(
     data: impl Read,
 ) -> Result<(), String> {
     let h = header(name, size).map_err(|e| format!("{name}: {e}"))?;
-    let mut counted = Counted {
-        inner: data.take(size),
-        n: 0,
-    };
-    tar.append(&h, &mut counted)
+    let mut data = data.take(size);
+    tar.append(&h, &mut data)
         .map_err(|e| format!("cannot write {name} into the backup: {e}"))?;
-    if counted.n < size {
+    if data.limit() > 0 {
         return Err(format!("{name} shrank while it was backed up"));
     }
     Ok(())
-}
-
-struct Counted<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 /// Writes the backup: the state files, then each application's archive (a file, rewound,

@@ -271,3 +271,17 @@ fn a_backup_writes_flat_entries_with_their_sizes() {
         ]
     );
 }
+
+#[test]
+fn a_file_that_shrank_while_it_was_backed_up_fails_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("state.json"), b"{}").unwrap();
+    let file = File::open(dir.path().join("state.json")).unwrap();
+    let files = vec![StateFile {
+        name: "state.json".into(),
+        file,
+        size: 10,
+    }];
+    let e = write_backup(files, vec![], Vec::new()).unwrap_err();
+    assert_eq!(e, "state.json shrank while it was backed up");
+}
