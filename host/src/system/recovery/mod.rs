@@ -25,7 +25,7 @@
 //! Failures are logged; the daemon always goes on starting (a recovery volume that fails
 //! must not keep the machine from booting).
 
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use incus_osd_provider_common::signature::Names;
@@ -158,19 +158,11 @@ fn copy_files(
         }
         incus_osd_provider_common::fetch::check_file_name(file).map_err(|e| e.message)?;
         let source = format!("update/{}", file.filename);
-        let open = || match volume.open(&source) {
-            Ok(Some(f)) => Ok(Some(f)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", file.filename)),
-        };
-        let Some(data) = open()? else {
+        let read_err = |e: std::io::Error| format!("cannot read {}: {e}", file.filename);
+        let Some(data) = volume.open(&source).map_err(read_err)? else {
             tracing::warn!(file = %file.filename, "the recovery volume lacks an update file, skipping it");
             continue;
         };
-        let hash = sha256(data).map_err(|e| format!("cannot read {}: {e}", file.filename))?;
-        if !hash.eq_ignore_ascii_case(&file.sha256) {
-            return Err(format!("sha256 mismatch for file {}", file.filename));
-        }
         let base = file.filename.rsplit('/').next().unwrap_or(&file.filename);
         let (name, gz) = match base.strip_suffix(".gz") {
             Some(n) => (n, true),
@@ -180,33 +172,47 @@ fn copy_files(
         let mut out = fs
             .create_atomic(&target, 0o644)
             .map_err(|e| e.to_string())?;
-        let f = open()?.ok_or_else(|| format!("cannot read {}: it is gone", file.filename))?;
-        let res = if gz {
-            std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut out)
-        } else {
-            std::io::copy(&mut std::io::BufReader::new(f), &mut out)
+        // One pass over the file: hashed as it is read and unpacked into a temporary file,
+        // which replaces the target only when the hash matches (dropped otherwise).
+        let mut hashed = Hashing {
+            inner: std::io::BufReader::new(data),
+            hash: Sha256::new(),
         };
-        res.map_err(|e| format!("cannot unpack {}: {e}", file.filename))?;
+        let unpacked = if gz {
+            std::io::copy(&mut flate2::read::GzDecoder::new(&mut hashed), &mut out)
+        } else {
+            std::io::copy(&mut hashed, &mut out)
+        };
+        // What the unpacking left unread (a gzip trailer, or all of a bad file) counts too.
+        std::io::copy(&mut hashed, &mut std::io::sink()).map_err(read_err)?;
+        let hash: String = hashed
+            .hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if !hash.eq_ignore_ascii_case(&file.sha256) {
+            return Err(format!("sha256 mismatch for file {}", file.filename));
+        }
+        unpacked.map_err(|e| format!("cannot unpack {}: {e}", file.filename))?;
         plugin_host::files::AtomicWrite::commit(Box::new(out)).map_err(|e| e.to_string())?;
         copied += 1;
     }
     Ok(copied)
 }
 
-fn sha256(mut f: Box<dyn std::io::Read + '_>) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
     }
-    Ok(h.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>())
 }
 
 /// Removes [`UPDATES_DIR`] (logged when it fails).
