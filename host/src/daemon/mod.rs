@@ -284,6 +284,16 @@ impl Daemon {
         // hook still running is waited for (within the budget) before its stop hook.
         self.starting.abort();
         let _ = self.stop.send(true);
+        // The abort takes effect where start-up next waits: until then it may still be
+        // running (spawning plugins' start tasks, logging). Waited for, so nothing of it
+        // runs after the plugins are stopped or after "stopped" is logged; a start-up
+        // stuck in a blocking call is left behind after a moment.
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.starting)
+            .await
+            .is_err()
+        {
+            tracing::warn!("start-up did not end 2s after shutdown began");
+        }
         // The listener cuts requests still running after DRAIN_DEADLINE; a moment more
         // for that (kept within EXIT_MARGIN), then it is no longer waited for.
         let drain = DRAIN_DEADLINE + Duration::from_secs(2);

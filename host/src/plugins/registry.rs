@@ -1194,8 +1194,13 @@ impl Registry {
             );
         }
         while let Some(r) = tasks.join_next().await {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "a plugin's start task failed");
+            match r {
+                Ok(()) => {}
+                // Cancelled: the daemon is stopping (the runtime ends its tasks); not a fault.
+                Err(e) if e.is_cancelled() => {
+                    tracing::debug!(error = %e, "a plugin's start task was cancelled")
+                }
+                Err(e) => tracing::error!(error = %e, "a plugin's start task failed"),
             }
         }
     }
