@@ -472,6 +472,21 @@ pub struct PluginModule {
     /// Builds the plugin instance, handing it its host capabilities.
     #[sabi(last_prefix_field)]
     pub instantiate: extern "C" fn(host: HostHandle) -> RResult<PluginBox, PluginError>,
+    /// Since 1.4: the plugins of a bundle (one library carrying several plugins, see
+    /// [`crate::export_bundle!`]), each a root module of its own; empty for a library of
+    /// one plugin. A bundle's own `manifest` is a [`BundleManifest`], its `instantiate`
+    /// refuses. Absent from libraries built against 1.3 and earlier.
+    #[sabi(missing_field(option))]
+    pub plugins: extern "C" fn() -> RVec<PluginModuleRef>,
+}
+
+/// What a bundle's root module says of itself through `manifest` (JSON): the library
+/// crates whose plugins it carries. A plugin directory that holds a bundle skips these
+/// crates' own libraries (`lib<crate>.so`) unopened.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BundleManifest {
+    /// The crates' names, in the order of the bundle's `plugins`.
+    pub bundle: Vec<String>,
 }
 
 impl RootModule for PluginModuleRef {

@@ -148,15 +148,55 @@ impl std::fmt::Debug for PluginLibrary {
     }
 }
 
-/// Opens and checks a plugin library (steps 1 to 4), without the trust checks (the
-/// harness and tests load what the developer just built).
+/// A library that passed every static check: one plugin, or a bundle of several (see
+/// `plugin_api::export_bundle!`).
+#[derive(Debug)]
+pub struct Library {
+    pub path: PathBuf,
+    /// Its plugins, in the library's order.
+    pub plugins: Vec<PluginLibrary>,
+    /// For a bundle, the crates whose plugins it carries (their own libraries,
+    /// `lib<crate>.so`, are skipped in a directory holding it); empty for one plugin.
+    pub bundled: Vec<String>,
+}
+
+impl Library {
+    /// The one plugin of a library that is not a bundle.
+    pub fn single(self) -> Result<PluginLibrary, LoadError> {
+        if !self.bundled.is_empty() {
+            return Err(LoadError::Other(format!(
+                "{} is a bundle of {} plugins ({}); load one plugin's own library",
+                self.path.display(),
+                self.plugins.len(),
+                self.bundled.join(", ")
+            )));
+        }
+        self.plugins
+            .into_iter()
+            .next()
+            .ok_or_else(|| LoadError::Manifest("the library carries no plugin".to_string()))
+    }
+}
+
+/// Opens and checks the library of one plugin (steps 1 to 4), without the trust checks (the
+/// harness and tests load what the developer just built). A bundle is refused.
 pub fn open(path: &Path) -> Result<PluginLibrary, LoadError> {
+    open_library(path)?.single()
+}
+
+/// Opens and checks a library, one plugin or a bundle, without the trust checks.
+pub fn open_library(path: &Path) -> Result<Library, LoadError> {
     check(dlopen(path, path)?, path)
 }
 
-/// Opens and checks a plugin library as the daemon does: the trust checks (step 0) on the
-/// opened file and directory, then steps 1 to 4 on that same file.
+/// Opens and checks the library of one plugin as the daemon does: the trust checks (step
+/// 0) on the opened file and directory, then steps 1 to 4 on that same file.
 pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
+    open_library_trusted(path)?.single()
+}
+
+/// [`open_trusted`] for a library of one plugin or a bundle.
+pub fn open_library_trusted(path: &Path) -> Result<Library, LoadError> {
     let (fd, _) = open_trusted_file(path)?;
     // Load the very file that was checked, through its descriptor.
     let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -167,12 +207,14 @@ pub fn open_trusted(path: &Path) -> Result<PluginLibrary, LoadError> {
     check(raw, path)
 }
 
-/// Opens a library the daemon opened and checked before, as [`open_trusted`] does, except
-/// that when the opened file's identity is `known` (recorded once every check passed, by
-/// this same build of the daemon) abi_stable's layout check, the slowest step, is not run
-/// again: the same bytes were checked against the same host. Every other check runs; a
-/// file with another identity gets them all.
-pub fn open_trusted_known(path: &Path, known: FileIdentity) -> Result<PluginLibrary, LoadError> {
+/// Opens a library the daemon opened and checked before, as [`open_library_trusted`] does,
+/// except that when the opened file's identity is `known` (recorded once every check
+/// passed, by this same build of the daemon) abi_stable's layout check, the slowest step,
+/// is not run again: the same bytes were checked against the same host. Every other check
+/// runs; a file with another identity gets them all. (A library already open, a bundle
+/// some of whose plugins were opened before, is the same library again: the dynamic
+/// loader knows the file.)
+pub fn open_trusted_known(path: &Path, known: FileIdentity) -> Result<Library, LoadError> {
     let (fd, st) = open_trusted_file(path)?;
     let unchanged = FileIdentity::of(&st) == known;
     let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -324,7 +366,7 @@ fn dlopen(dl_path: &Path, path: &Path) -> Result<&'static RawLibrary, LoadError>
 }
 
 /// Steps 2 to 4 on a loaded library.
-fn check(raw: &'static RawLibrary, path: &Path) -> Result<PluginLibrary, LoadError> {
+fn check(raw: &'static RawLibrary, path: &Path) -> Result<Library, LoadError> {
     check_with(raw, path, true)
 }
 
@@ -333,7 +375,7 @@ fn check_with(
     raw: &'static RawLibrary,
     path: &Path,
     layout_check: bool,
-) -> Result<PluginLibrary, LoadError> {
+) -> Result<Library, LoadError> {
     // SAFETY: the symbol is declared by the SDK as `extern "C" fn() -> *const c_char`
     // returning a NUL-terminated static string; a foreign library exporting the same name
     // with another type is outside what we can defend against.
@@ -387,6 +429,45 @@ fn check_with(
             other => LoadError::NotAbiStable(first_line(&other.to_string())),
         })?;
 
+    // A bundle (since 1.4) lists its plugins' modules; their layout is the root module's,
+    // checked above.
+    let modules = module.plugins().map(|f| f().into_vec()).unwrap_or_default();
+    if modules.is_empty() {
+        let plugin = plugin_of(module, path, &declared)?;
+        return Ok(Library {
+            path: path.to_path_buf(),
+            plugins: vec![plugin],
+            bundled: vec![],
+        });
+    }
+    let json = (module.manifest())();
+    let bundle: plugin_api::abi::BundleManifest = serde_json::from_str(json.as_str())
+        .map_err(|e| LoadError::Manifest(format!("a bundle's own manifest: {e}")))?;
+    if bundle.bundle.len() != modules.len() {
+        return Err(LoadError::Manifest(format!(
+            "the bundle names {} crates but carries {} plugins",
+            bundle.bundle.len(),
+            modules.len()
+        )));
+    }
+    let plugins = modules
+        .into_iter()
+        .map(|m| plugin_of(m, path, &declared))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Library {
+        path: path.to_path_buf(),
+        plugins,
+        bundled: bundle.bundle,
+    })
+}
+
+/// Step 4 for one plugin's module: its manifest parses, validates, and names the version
+/// the library declares.
+fn plugin_of(
+    module: PluginModuleRef,
+    path: &Path,
+    declared: &str,
+) -> Result<PluginLibrary, LoadError> {
     let json = (module.manifest())();
     let manifest =
         Manifest::parse(json.as_str()).map_err(|e| LoadError::Manifest(e.to_string()))?;
@@ -416,8 +497,9 @@ impl PluginLibrary {
     }
 }
 
-/// Lists the plugin files of a directory: `libincus_osd_plugin_*.so`, sorted by name.
-/// Other files are ignored. A missing directory lists nothing.
+/// Lists the plugin files of a directory: bundles (`libincus_osd_bundle_*.so`) first, then
+/// plugin libraries (`libincus_osd_plugin_*.so`), each sorted by name. Other files are
+/// ignored. A missing directory lists nothing.
 pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -430,12 +512,32 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if is_plugin_file_name(name) && path.is_file() {
+        if (is_plugin_file_name(name) || is_bundle_file_name(name)) && path.is_file() {
             out.push(path);
         }
     }
-    out.sort();
+    let bundle_last = |p: &PathBuf| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        !is_bundle_file_name(name)
+    };
+    out.sort_by(|a, b| (bundle_last(a), a).cmp(&(bundle_last(b), b)));
     Ok(out)
+}
+
+/// Bundles of plugins are named `libincus_osd_bundle_<anything>.so`.
+pub fn is_bundle_file_name(name: &str) -> bool {
+    name.starts_with(BUNDLE_FILE_PREFIX)
+        && name.ends_with(".so")
+        && name.len() > BUNDLE_FILE_PREFIX.len() + 3
+}
+
+/// The file-name prefix of bundles.
+pub const BUNDLE_FILE_PREFIX: &str = "libincus_osd_bundle_";
+
+/// The crate a library file was built from (`libfoo_bar.so` is crate `foo_bar`), as a
+/// bundle names the crates it carries.
+pub fn crate_of_file(name: &str) -> Option<&str> {
+    name.strip_prefix("lib")?.strip_suffix(".so")
 }
 
 /// Plugin libraries are named `libincus_osd_plugin_<anything>.so`.
@@ -458,6 +560,40 @@ mod tests {
         assert!(!is_plugin_file_name("libincus_osd_plugin_.so"));
         assert!(!is_plugin_file_name("libfixture_faulty.so"));
         assert!(!is_plugin_file_name("libincus_osd_plugin_iscsi.rlib"));
+    }
+
+    #[test]
+    fn bundles_are_listed_first_and_name_their_crates_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "libincus_osd_plugin_a.so",
+            "libincus_osd_plugin_z.so",
+            "libincus_osd_bundle_z.so",
+            "libincus_osd_bundle_b.so",
+            "libincus_osd_bundle_.so",
+            "libother.so",
+        ] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let names: Vec<String> = scan_dir(dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "libincus_osd_bundle_b.so",
+                "libincus_osd_bundle_z.so",
+                "libincus_osd_plugin_a.so",
+                "libincus_osd_plugin_z.so"
+            ]
+        );
+        assert_eq!(
+            crate_of_file("libincus_osd_plugin_iscsi.so"),
+            Some("incus_osd_plugin_iscsi")
+        );
+        assert_eq!(crate_of_file("incus_osd_plugin_iscsi.so"), None);
     }
 
     #[test]

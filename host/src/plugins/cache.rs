@@ -66,8 +66,23 @@ impl Daemon {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     file: Identity,
-    /// The manifest as the checks accepted it.
-    manifest: Manifest,
+    #[serde(flatten)]
+    library: Cached,
+}
+
+/// What the cache knows of a library: its plugins' manifests, in the library's order, and
+/// for a bundle the crates it carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cached {
+    pub manifests: Vec<Manifest>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundled: Vec<String>,
+}
+
+/// The part of the stored cache that every build reads the same way.
+#[derive(Debug, Deserialize)]
+struct Head {
+    daemon: Daemon,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -98,21 +113,27 @@ impl Cache {
         }
     }
 
+    fn unreadable(&mut self, path: &Path, e: &serde_json::Error) {
+        tracing::warn!(path = %path.display(), error = %e, "plugin cache is unreadable: not used");
+        self.changed = true;
+    }
+
     /// Reads the cache at `path`; one that cannot be used is ignored (and logged).
     pub fn read(path: &Path) -> Cache {
         let mut c = Cache::none();
         c.path = Some(path.to_path_buf());
         match std::fs::read(path) {
-            Ok(bytes) => match serde_json::from_slice::<Stored>(&bytes) {
-                Ok(s) if s.daemon == c.daemon => c.old = s.libraries,
-                Ok(_) => {
+            // The daemon's identity first: another build may have written another format.
+            Ok(bytes) => match serde_json::from_slice::<Head>(&bytes) {
+                Ok(h) if h.daemon != c.daemon => {
                     tracing::info!(path = %path.display(), "plugin cache is from another build of the daemon: not used");
                     c.changed = true;
                 }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "plugin cache is unreadable: not used");
-                    c.changed = true;
-                }
+                Ok(_) => match serde_json::from_slice::<Stored>(&bytes) {
+                    Ok(s) => c.old = s.libraries,
+                    Err(e) => c.unreadable(path, &e),
+                },
+                Err(e) => c.unreadable(path, &e),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => c.changed = true,
             Err(e) => {
@@ -123,38 +144,33 @@ impl Cache {
         c
     }
 
-    /// The cached manifest of `path` if the file still has identity `file` (and it still
-    /// validates); it is kept for the next cache.
-    pub fn hit(&mut self, path: &Path, file: FileIdentity) -> Option<Manifest> {
+    /// What the cache knows of `path` if the file still has identity `file` (and every
+    /// manifest still validates); it is kept for the next cache.
+    pub fn hit(&mut self, path: &Path, file: FileIdentity) -> Option<Cached> {
         let e = self.old.get(path)?;
-        if e.file != Identity::from(file) {
+        if e.file != Identity::from(file) || e.library.manifests.is_empty() {
             return None;
         }
-        // The stored manifest must still pass the checks the library's did.
-        let json = serde_json::to_string(&e.manifest).ok()?;
-        let manifest = Manifest::parse(&json).ok()?;
-        if manifest != e.manifest {
-            return None;
+        // The stored manifests must still pass the checks the library's did.
+        for m in &e.library.manifests {
+            let json = serde_json::to_string(m).ok()?;
+            if Manifest::parse(&json).ok()? != *m {
+                return None;
+            }
         }
         self.new.insert(path.to_path_buf(), e.clone());
-        Some(manifest)
+        Some(e.library.clone())
     }
 
-    /// Records the manifest of a library just opened and checked.
-    pub fn record(&mut self, path: &Path, file: FileIdentity, manifest: &Manifest) {
+    /// Records what a library just opened and checked carries.
+    pub fn record(&mut self, path: &Path, file: FileIdentity, library: Cached) {
         let file = Identity::from(file);
         let same = self
             .old
             .get(path)
-            .is_some_and(|e| e.file == file && e.manifest == *manifest);
+            .is_some_and(|e| e.file == file && e.library == library);
         self.changed |= !same;
-        self.new.insert(
-            path.to_path_buf(),
-            Entry {
-                file,
-                manifest: manifest.clone(),
-            },
-        );
+        self.new.insert(path.to_path_buf(), Entry { file, library });
     }
 
     /// Writes the cache (atomically: a temporary file renamed over it) if it changed.
@@ -196,12 +212,16 @@ fn write_atomic(path: &Path, stored: &Stored) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn manifest() -> Manifest {
-        Manifest::parse(
+    fn manifest() -> Cached {
+        let m = Manifest::parse(
             r#"{"name": "usbip", "kind": "service", "version": "1.0.0",
                 "api_version": "1.0.0", "hooks": ["get", "put"]}"#,
         )
-        .unwrap()
+        .unwrap();
+        Cached {
+            manifests: vec![m],
+            bundled: vec![],
+        }
     }
 
     fn file(mtime_ns: i64) -> FileIdentity {
@@ -221,7 +241,7 @@ mod tests {
         let lib = Path::new("/usr/lib/incus-osd/plugins/libincus_osd_plugin_usbip.so");
         let mut c = Cache::read(&path);
         assert_eq!(c.hit(lib, file(4)), None);
-        c.record(lib, file(4), &manifest());
+        c.record(lib, file(4), manifest());
         c.write();
 
         let mut c = Cache::read(&path);
@@ -238,7 +258,7 @@ mod tests {
         let mut c = Cache::read(&path);
         assert_eq!(c.hit(lib, file(4)), None);
         // Rewritten on the next write.
-        c.record(lib, file(4), &manifest());
+        c.record(lib, file(4), manifest());
         c.write();
         assert_eq!(Cache::read(&path).hit(lib, file(4)), Some(manifest()));
     }

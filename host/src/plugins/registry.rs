@@ -26,7 +26,7 @@ use plugin_api::{Call, Hook, Kind, Manifest};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
-use super::cache::Cache;
+use super::cache::{Cache, Cached};
 use super::loader::{self, LoadError};
 use crate::lifecycle::{Lifecycle, StartMarkers};
 
@@ -261,6 +261,8 @@ struct Deferred {
     /// at an earlier start) is not repeated.
     file: loader::FileIdentity,
     path: PathBuf,
+    /// The plugin's place in its library (a bundle carries several).
+    index: usize,
     host: HostHandle,
     health: Health,
     failures: Failures,
@@ -309,6 +311,13 @@ impl Instance {
 fn open_deferred(d: Deferred) -> Result<Arc<PluginBox>, PluginError> {
     let name = d.manifest.name.clone();
     let opened = loader::open_trusted_known(&d.path, d.file).and_then(|lib| {
+        let lib = lib.plugins.into_iter().nth(d.index).ok_or_else(|| {
+            LoadError::Other(
+                "the library changed since the daemon started: it carries fewer plugins; \
+                 restart the daemon to load it"
+                    .to_string(),
+            )
+        })?;
         if lib.manifest != d.manifest {
             return Err(LoadError::Other(format!(
                 "the library changed since the daemon started: its manifest is no longer \
@@ -866,8 +875,22 @@ impl Registry {
                         reg.fail(dir, None, e);
                         continue;
                     }
+                    // Crates a bundle of this directory carries: their own libraries are
+                    // skipped unopened (bundles come first in the listing).
+                    let mut bundled: BTreeMap<String, PathBuf> = BTreeMap::new();
                     for f in files {
-                        reg.load_one(&f, timeouts, &mut cache, &open_at_start, &host_for);
+                        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                        if let Some(bundle) =
+                            loader::crate_of_file(name).and_then(|c| bundled.get(c))
+                        {
+                            tracing::debug!(path = %f.display(), bundle = %bundle.display(), "skipped: its plugin is loaded from the bundle");
+                            continue;
+                        }
+                        let carried =
+                            reg.load_one(&f, timeouts, &mut cache, &open_at_start, &host_for);
+                        for c in carried {
+                            bundled.insert(c, f.clone());
+                        }
                     }
                 }
                 Err(e) => {
@@ -904,6 +927,7 @@ impl Registry {
         });
     }
 
+    /// Loads the plugins of one library; returns the crates it carries if it is a bundle.
     fn load_one(
         &mut self,
         path: &Path,
@@ -911,48 +935,27 @@ impl Registry {
         cache: &mut Cache,
         open_at_start: &impl Fn(&Manifest) -> bool,
         host_for: &impl Fn(&Manifest) -> HostHandle,
-    ) {
+    ) -> Vec<String> {
         let file = match loader::check_trusted(path) {
             Ok(f) => f,
-            Err(e) => return self.fail(path, None, e),
+            Err(e) => {
+                self.fail(path, None, e);
+                return vec![];
+            }
         };
         let cached = cache.hit(path, file);
-        if let Some(manifest) = cached.clone() {
-            let id = (manifest.kind, manifest.name.clone());
-            let always = manifest.kind != Kind::Application
-                && (manifest.has(Hook::Start) || manifest.has(Hook::Stop));
-            if !always && !open_at_start(&manifest) {
-                if let Some(other) = self.plugins.get(&id) {
-                    let e = LoadError::Duplicate {
-                        name: id.1.clone(),
-                        loaded: other.path.display().to_string(),
-                        refused: path.display().to_string(),
-                    };
-                    return self.fail(path, Some(id), e);
+        if let Some(c) = &cached {
+            // Deferred only when none of its plugins is wanted open at start.
+            let wanted = |m: &Manifest| {
+                let always =
+                    m.kind != Kind::Application && (m.has(Hook::Start) || m.has(Hook::Stop));
+                always || open_at_start(m)
+            };
+            if !c.manifests.iter().any(wanted) {
+                for (index, manifest) in c.manifests.iter().enumerate() {
+                    self.register_deferred(manifest.clone(), path, file, index, timeouts, host_for);
                 }
-                tracing::info!(
-                    plugin = %manifest.name,
-                    kind = ?manifest.kind,
-                    version = %manifest.version,
-                    path = %path.display(),
-                    "plugin registered from the cache (opened on first use)"
-                );
-                let health: Health = Arc::new(Mutex::new(None));
-                let deferred = Deferred {
-                    host: host_for(&manifest),
-                    manifest: manifest.clone(),
-                    file,
-                    path: path.to_path_buf(),
-                    health: health.clone(),
-                    failures: self.failures.clone(),
-                };
-                return self.insert(
-                    manifest,
-                    path,
-                    Instance::deferred(deferred),
-                    health,
-                    timeouts,
-                );
+                return c.bundled.clone();
             }
         }
         self.opened += 1;
@@ -960,24 +963,61 @@ impl Registry {
         // this build: its layout check is not repeated (the other checks are).
         let opened = match &cached {
             Some(_) => loader::open_trusted_known(path, file),
-            None => loader::open_trusted(path),
+            None => loader::open_library_trusted(path),
         };
         let lib = match opened {
             Ok(l) => l,
-            Err(e) => return self.fail(path, None, e),
+            Err(e) => {
+                self.fail(path, None, e);
+                return vec![];
+            }
         };
-        if cached.as_ref().is_some_and(|m| *m != lib.manifest) {
+        let found = Cached {
+            manifests: lib.plugins.iter().map(|p| p.manifest.clone()).collect(),
+            bundled: lib.bundled.clone(),
+        };
+        if cached.as_ref().is_some_and(|c| *c != found) {
             let e = LoadError::Other(
                 "the library's manifest is not the one the plugin cache recorded for it".into(),
             );
-            return self.fail(
-                path,
-                Some((lib.manifest.kind, lib.manifest.name.clone())),
-                e,
-            );
+            let id = lib
+                .plugins
+                .first()
+                .map(|p| (p.manifest.kind, p.manifest.name.clone()));
+            self.fail(path, id, e);
+            return vec![];
         }
-        cache.record(path, file, &lib.manifest);
-        let id = (lib.manifest.kind, lib.manifest.name.clone());
+        cache.record(path, file, found);
+        for plugin in lib.plugins {
+            let id = (plugin.manifest.kind, plugin.manifest.name.clone());
+            if let Some(other) = self.plugins.get(&id) {
+                let e = LoadError::Duplicate {
+                    name: id.1.clone(),
+                    loaded: other.path.display().to_string(),
+                    refused: path.display().to_string(),
+                };
+                self.fail(path, Some(id), e);
+                continue;
+            }
+            match plugin.instantiate(host_for(&plugin.manifest)) {
+                Ok(i) => self.add(plugin.manifest, path, i, timeouts),
+                Err(e) => self.fail(path, Some(id), e),
+            }
+        }
+        lib.bundled
+    }
+
+    /// Registers a plugin from its cached manifest, its library opened on first use.
+    fn register_deferred(
+        &mut self,
+        manifest: Manifest,
+        path: &Path,
+        file: loader::FileIdentity,
+        index: usize,
+        timeouts: Timeouts,
+        host_for: &impl Fn(&Manifest) -> HostHandle,
+    ) {
+        let id = (manifest.kind, manifest.name.clone());
         if let Some(other) = self.plugins.get(&id) {
             let e = LoadError::Duplicate {
                 name: id.1.clone(),
@@ -986,11 +1026,30 @@ impl Registry {
             };
             return self.fail(path, Some(id), e);
         }
-        let instance = match lib.instantiate(host_for(&lib.manifest)) {
-            Ok(i) => i,
-            Err(e) => return self.fail(path, Some(id), e),
+        tracing::info!(
+            plugin = %manifest.name,
+            kind = ?manifest.kind,
+            version = %manifest.version,
+            path = %path.display(),
+            "plugin registered from the cache (opened on first use)"
+        );
+        let health: Health = Arc::new(Mutex::new(None));
+        let deferred = Deferred {
+            host: host_for(&manifest),
+            manifest: manifest.clone(),
+            file,
+            path: path.to_path_buf(),
+            index,
+            health: health.clone(),
+            failures: self.failures.clone(),
         };
-        self.add(lib.manifest, path, instance, timeouts);
+        self.insert(
+            manifest,
+            path,
+            Instance::deferred(deferred),
+            health,
+            timeouts,
+        );
     }
 
     /// Registers an instantiated plugin (replacing one of the same kind and name). The

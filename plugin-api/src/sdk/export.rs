@@ -144,6 +144,19 @@ fn refusal(reason: &str) -> RString {
 }
 
 #[doc(hidden)]
+pub extern "C" fn __no_plugins() -> abi_stable::std_types::RVec<crate::abi::PluginModuleRef> {
+    abi_stable::std_types::RVec::new()
+}
+
+#[doc(hidden)]
+pub fn __bundle_manifest(crates: &[&str]) -> RString {
+    let m = crate::abi::BundleManifest {
+        bundle: crates.iter().map(|c| c.to_string()).collect(),
+    };
+    RString::from(serde_json::to_string(&m).unwrap_or_default())
+}
+
+#[doc(hidden)]
 pub fn __instantiate(f: impl FnOnce() -> Result<PluginBox>) -> RResult<PluginBox, PluginError> {
     __guard("constructor", f)
 }
@@ -165,40 +178,7 @@ macro_rules! __export_plugin {
             "incus-osd plugins must be built with panic = \"unwind\" (the default): with \"abort\", a panic in the plugin would take the daemon down"
         );
 
-        #[no_mangle]
-        pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
-            static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
-            V.get_or_init(|| ::std::ffi::CString::new($api).expect("no NUL in version"))
-                .as_ptr()
-        }
-
-        // What `#[abi_stable::export_root_module]` generates, written out: that attribute
-        // names `::abi_stable` in its expansion, which would make every plugin author
-        // depend on abi_stable directly. Here every path goes through this crate's
-        // re-export. The static's name is abi_stable's mangled root-module symbol, the one
-        // its loader looks up (checked against `ROOT_MODULE_LOADER_NAME` by a test of
-        // this crate).
-        #[no_mangle]
-        #[allow(non_upper_case_globals)]
-        pub static _1as_0lib_1header_0root_bmodule_bloader:
-            $crate::__private::abi_stable::library::LibHeader = {
-            extern "C" fn erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
-                $crate::__private::abi_stable::library::__call_root_module_loader(
-                    __incus_osd_plugin_root_module,
-                )
-            }
-            // SAFETY: `erased_module` returns the module `__incus_osd_plugin_root_module`
-            // builds, a `PluginModuleRef`, erased by abi_stable's own loader shim: the
-            // contract of `from_constructor`.
-            unsafe {
-                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::abi::PluginModuleRef,
-                >(
-                    erased_module,
-                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
-                )
-            }
-        };
+        $crate::__export_symbols!(__incus_osd_plugin_root_module, $api);
 
         pub fn __incus_osd_plugin_root_module() -> $crate::abi::PluginModuleRef {
             use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
@@ -218,6 +198,100 @@ macro_rules! __export_plugin {
             $crate::abi::PluginModule {
                 manifest,
                 instantiate,
+                plugins: $crate::sdk::__no_plugins,
+            }
+            .leak_into_prefix()
+        }
+    };
+}
+
+/// The two symbols every plugin library exports: the plugin-api version it was built
+/// against, and abi_stable's root-module header over `$root` (a function returning the
+/// library's `PluginModuleRef`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_symbols {
+    ($root:ident, $api:expr) => {
+        #[no_mangle]
+        pub extern "C" fn incus_osd_plugin_api_version() -> *const ::std::os::raw::c_char {
+            static V: ::std::sync::OnceLock<::std::ffi::CString> = ::std::sync::OnceLock::new();
+            V.get_or_init(|| ::std::ffi::CString::new($api).expect("no NUL in version"))
+                .as_ptr()
+        }
+
+        // What `#[abi_stable::export_root_module]` generates, written out: that attribute
+        // names `::abi_stable` in its expansion, which would make every plugin author
+        // depend on abi_stable directly. Here every path goes through this crate's
+        // re-export. The static's name is abi_stable's mangled root-module symbol, the one
+        // its loader looks up (checked against `ROOT_MODULE_LOADER_NAME` by a test of
+        // this crate).
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static _1as_0lib_1header_0root_bmodule_bloader:
+            $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn erased_module() -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    $root,
+                )
+            }
+            // SAFETY: `erased_module` returns the module `$root` builds, a
+            // `PluginModuleRef`, erased by abi_stable's own loader shim: the
+            // contract of `from_constructor`.
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::abi::PluginModuleRef,
+                >(
+                    erased_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
+
+/// Exports one library carrying the plugins of several crates (each built with its own
+/// `export_service!`, `export_application!` or `export_provider!`, and depended on as an
+/// `rlib`): they share one copy of std, serde and the SDK, and one `dlopen`. Each crate
+/// keeps its own library too; a plugin directory holding the bundle skips those (see
+/// [`crate::abi::BundleManifest`]).
+///
+/// Every crate's library exports the same two symbols as the bundle's, so the bundle must
+/// be linked with `-Wl,--allow-multiple-definition`, the bundle's own objects first (its
+/// build script passes `cargo::rustc-cdylib-link-arg=-Wl,--allow-multiple-definition`):
+/// the bundle's definitions then win, and the host checks that the root module it finds
+/// is the bundle's.
+#[macro_export]
+macro_rules! export_bundle {
+    ($($krate:ident),+ $(,)?) => {
+        $crate::__export_symbols!(__incus_osd_bundle_root_module, $crate::API_VERSION);
+
+        pub fn __incus_osd_bundle_root_module() -> $crate::abi::PluginModuleRef {
+            use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
+            extern "C" fn manifest() -> $crate::__private::abi_stable::std_types::RString {
+                $crate::sdk::__bundle_manifest(&[$(stringify!($krate)),+])
+            }
+            extern "C" fn instantiate(
+                _host: $crate::abi::HostHandle,
+            ) -> $crate::__private::abi_stable::std_types::RResult<
+                $crate::abi::PluginBox,
+                $crate::abi::PluginError,
+            > {
+                $crate::sdk::__instantiate(|| {
+                    ::std::result::Result::Err($crate::sdk::Error::internal(
+                        "a bundle is not a plugin: instantiate the plugins it lists",
+                    ))
+                })
+            }
+            extern "C" fn plugins(
+            ) -> $crate::__private::abi_stable::std_types::RVec<$crate::abi::PluginModuleRef> {
+                $crate::__private::abi_stable::std_types::RVec::from(::std::vec![
+                    $($krate::__incus_osd_plugin_root_module()),+
+                ])
+            }
+            $crate::abi::PluginModule {
+                manifest,
+                instantiate,
+                plugins,
             }
             .leak_into_prefix()
         }

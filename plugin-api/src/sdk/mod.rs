@@ -22,8 +22,8 @@ pub use adapters::{decode, decode_or_default};
 pub use error::{Error, Result, NOT_SUPPORTED, PANIC_PREFIX, RESET_NOT_SUPPORTED};
 #[doc(hidden)]
 pub use export::{
-    __RBox, __application_manifest, __instantiate, __manifest_json, __provider_manifest,
-    __service_manifest,
+    __RBox, __application_manifest, __bundle_manifest, __instantiate, __manifest_json,
+    __no_plugins, __provider_manifest, __service_manifest,
 };
 pub use host::{Arg, Host, Output};
 pub use traits::{

@@ -1,6 +1,6 @@
 //! What each plugin library costs before its constructor runs: a child process (this
 //! executable, `--open-child DIR`) opens every plugin library of DIR in turn as the daemon
-//! does (`loader::open_trusted`: the trust checks, `dlopen`, the version, layout and
+//! does (`loader::open_library_trusted`: the trust checks, `dlopen`, the version, layout and
 //! manifest checks) without instantiating it, and reports the time and the resident memory
 //! each one added. The library is first mapped by a plain `dlopen` (timed alone: mapping
 //! and relocation), so the loader's own open finds it loaded and its time is the checks.
@@ -53,7 +53,7 @@ pub fn open_child(dir: &Path) -> Result<()> {
         dlopen(&f)?;
         let mapped = start.elapsed();
         let start = Instant::now();
-        let lib = plugin_host::loader::open_trusted(&f)
+        let lib = plugin_host::loader::open_library_trusted(&f)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let checked = start.elapsed();
         let after = read_memory(pid)?.rss;

@@ -297,19 +297,32 @@ fn spawn(
     ))
 }
 
-/// The two plugin directories: one with copies of every plugin library, one empty.
+/// The plugin directories: every plugin as a system ships them (the first-party bundle
+/// when `source` has one), every plugin in a library of its own, and none.
 pub struct PluginDirs {
     pub all: TempDir,
+    pub singles: TempDir,
     pub none: TempDir,
+    /// The library files in `all`.
     pub names: Vec<String>,
+    /// How many plugins `all` carries.
+    pub plugins: usize,
 }
 
-/// Copies every `libincus_osd_plugin_*.so` of `source` (the daemon's own naming rule) into
-/// a fresh directory.
+/// Stages the plugin libraries of `source` (the daemon's naming rules): its bundles
+/// (`libincus_osd_bundle_*.so`) into `all` when there are any, else its plugin libraries
+/// (`libincus_osd_plugin_*.so`); the plugin libraries into `singles`.
 pub fn stage_plugins(source: &Path) -> Result<PluginDirs> {
     let files = incus_osd::plugins::loader::scan_dir(source)
         .with_context(|| format!("cannot list {}", source.display()))?;
-    if files.is_empty() {
+    let is_bundle = |f: &Path| {
+        f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(incus_osd::plugins::loader::is_bundle_file_name)
+    };
+    let (bundles, singles): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.into_iter().partition(|f| is_bundle(f));
+    if singles.is_empty() {
         bail!(
             "no plugin libraries (libincus_osd_plugin_*.so) in {}: run `cargo build --release \
              --workspace` first, or pass --plugins DIR",
@@ -317,15 +330,37 @@ pub fn stage_plugins(source: &Path) -> Result<PluginDirs> {
         );
     }
     let all = temp_dir("incus-osd-bench-plugins-")?;
+    let single_dir = temp_dir("incus-osd-bench-singles-")?;
     let none = temp_dir("incus-osd-bench-noplugins-")?;
-    let mut names = vec![];
-    for f in files {
+    let copy = |f: &Path, to: &Path| -> Result<String> {
         let name = f.file_name().context("plugin file without a name")?;
-        std::fs::copy(&f, all.path().join(name))
-            .with_context(|| format!("cannot copy {}", f.display()))?;
-        names.push(name.to_string_lossy().into_owned());
+        std::fs::copy(f, to.join(name)).with_context(|| format!("cannot copy {}", f.display()))?;
+        Ok(name.to_string_lossy().into_owned())
+    };
+    for f in &singles {
+        copy(f, single_dir.path())?;
     }
-    Ok(PluginDirs { all, none, names })
+    let shipped = if bundles.is_empty() {
+        &singles
+    } else {
+        &bundles
+    };
+    let mut names = vec![];
+    let mut plugins = 0;
+    for f in shipped {
+        names.push(copy(f, all.path())?);
+        plugins += incus_osd::plugins::loader::open_library(f)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?
+            .plugins
+            .len();
+    }
+    Ok(PluginDirs {
+        all,
+        singles: single_dir,
+        none,
+        names,
+        plugins,
+    })
 }
 
 /// Copies the fixture libraries `lib<stem>.so` of `source` into a fresh directory under

@@ -11,7 +11,7 @@ fn an_unchanged_library_is_not_layout_checked_again_and_a_changed_one_is() {
     let known = loader::check_trusted(&good).expect("trusted");
     let before = loader::layout_checks_run();
     let lib = loader::open_trusted_known(&good, known).expect("opens");
-    assert_eq!(lib.manifest.name, "iscsi");
+    assert_eq!(lib.plugins[0].manifest.name, "iscsi");
     assert_eq!(loader::layout_checks_run(), before, "not checked again");
 
     let changed = loader::FileIdentity {

@@ -292,6 +292,29 @@ fn an_application_built_for_1_2_loads_on_the_1_3_host_and_works() {
     assert_eq!(plugin.get().expect("get")["state"]["files"], files);
 }
 
+/// `tests/fixtures/older-1-3` is an application built against `tests/fixtures/api-1.3`,
+/// the contract as released at 1.3.0, before 1.4 appended the bundle field (`plugins`) to
+/// the root module. Its root module is shorter than the host's: the layout check lets it
+/// in, the missing field reads as "not a bundle", and it works as the one plugin it is.
+#[test]
+fn a_plugin_built_for_1_3_loads_on_the_1_4_host_as_one_plugin() {
+    let path = fixture("older-1-3");
+    let lib = incus_osd::plugins::loader::open_library(&path).expect("a 1.3 plugin opens");
+    assert!(lib.bundled.is_empty(), "{lib:?}");
+    assert_eq!(lib.plugins.len(), 1, "{lib:?}");
+    assert_eq!(lib.plugins[0].manifest.api_version, "1.3.0");
+    assert_eq!(lib.plugins[0].manifest.name, "older-1-3");
+    assert!(
+        api_version_with(|major, minor| (major, minor)) != "1.3.0",
+        "the host must be newer than the fixture's contract for this test to mean anything"
+    );
+    let plugin = Harness::load(&path).expect("a 1.3 application loads on this host");
+    plugin
+        .put(&json!({"config": {"greeting": "hello"}}))
+        .expect("put");
+    assert_eq!(plugin.get().expect("get")["config"]["greeting"], "hello");
+}
+
 #[test]
 fn a_plugin_for_another_major_version_is_refused() {
     let err = refused(&fixture("other-major"));

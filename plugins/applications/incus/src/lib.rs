@@ -25,6 +25,8 @@
 pub mod init;
 mod plugin;
 
+#[doc(hidden)]
+pub use plugin::__incus_osd_plugin_root_module;
 pub use plugin::{Incus, CEPH_ACTION};
 
 use plugin_api::application::BackupSpec;

@@ -24,6 +24,8 @@
 mod plugin;
 pub mod yaml;
 
+#[doc(hidden)]
+pub use plugin::__incus_osd_plugin_root_module;
 pub use plugin::OpenFga;
 
 use plugin_api::application::BackupSpec;
