@@ -878,12 +878,16 @@ impl Registry {
                     // Crates a bundle of this directory carries: their own libraries are
                     // skipped unopened (bundles come first in the listing).
                     let mut bundled: BTreeMap<String, PathBuf> = BTreeMap::new();
+                    let mut skipped: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
                     for f in files {
                         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                         if let Some(bundle) =
                             loader::crate_of_file(name).and_then(|c| bundled.get(c))
                         {
-                            tracing::debug!(path = %f.display(), bundle = %bundle.display(), "skipped: its plugin is loaded from the bundle");
+                            skipped
+                                .entry(bundle.clone())
+                                .or_default()
+                                .push(name.to_string());
                             continue;
                         }
                         let carried =
@@ -891,6 +895,15 @@ impl Registry {
                         for c in carried {
                             bundled.insert(c, f.clone());
                         }
+                    }
+                    // One line per bundle: an operator who dropped a newer build of a
+                    // bundled plugin here sees why it is not the one loaded.
+                    for (bundle, libraries) in skipped {
+                        tracing::info!(
+                            bundle = %bundle.display(),
+                            skipped = %libraries.join(" "),
+                            "plugin libraries skipped: their plugins are loaded from the bundle (to replace one, put it in an earlier plugin directory)"
+                        );
                     }
                 }
                 Err(e) => {

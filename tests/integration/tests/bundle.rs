@@ -81,7 +81,8 @@ async fn the_bundle_carries_every_first_party_plugin_and_replaces_their_own_libr
         );
         let log = d.log();
         assert!(
-            log.contains("skipped: its plugin is loaded from the bundle"),
+            log.contains("plugin libraries skipped: their plugins are loaded from the bundle")
+                && log.contains("skipped=libincus_osd_plugin_iscsi.so"),
             "{start}: {log}"
         );
         // The bundle's plugins answer as their own libraries do.
