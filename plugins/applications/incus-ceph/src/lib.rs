@@ -9,8 +9,11 @@
 //! read, a warning is logged and the host shows the image version.
 //!
 //! Actions: upstream's `add-drive`, `refresh-images` and `remove-drive` drive the Ceph
-//! containers through the local Incus API; they are not built yet and answer a 501 naming
-//! the action. Any other action is upstream's 500 `unsupported action '<x>'`.
+//! containers through the local Incus API ([`osd`]). `remove-drive` is built; `add-drive`
+//! and `refresh-images` are not yet and answer a 501 naming the action. Any other action is
+//! upstream's 500 `unsupported action '<x>'`.
+
+pub mod osd;
 
 use std::collections::BTreeMap;
 
@@ -21,8 +24,10 @@ use plugin_api::sdk::ActionFn;
 use plugin_api::{Application, Error, Host, Result};
 use serde::{Deserialize, Serialize};
 
-/// Upstream's actions, which work through the Incus API (not built yet).
+/// Upstream's actions, which work through the Incus API.
 pub const ACTIONS: [&str; 3] = ["add-drive", "refresh-images", "remove-drive"];
+/// Those not built yet (501).
+pub const NOT_BUILT: [&str; 2] = ["add-drive", "refresh-images"];
 
 /// The config: no keys (anything else is refused).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,14 +55,18 @@ impl IncusCeph {
             .ok_or_else(|| Error::internal("unable to determine the Ceph version"))
     }
 
-    /// `:action`: upstream's actions answer 501 (not built yet), any other is unsupported.
+    /// `:action`: `remove-drive`; upstream's other actions answer 501 (not built yet), any
+    /// other is unsupported.
     fn action(
         &self,
         _config: &Config,
         action: &str,
         _args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value> {
-        if ACTIONS.contains(&action) {
+        if action == "remove-drive" {
+            return osd::remove_drive(&self.host, &osd::incus());
+        }
+        if NOT_BUILT.contains(&action) {
             return Err(Error::new(
                 501,
                 format!("the incus-ceph action '{action}' is not implemented by this daemon yet"),

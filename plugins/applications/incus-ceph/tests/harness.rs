@@ -89,9 +89,9 @@ fn an_unreadable_ceph_version_leaves_the_image_version_and_a_warning() {
 }
 
 #[test]
-fn upstreams_actions_answer_that_they_are_not_implemented_yet() {
+fn the_actions_not_built_yet_answer_that_they_are_not_implemented() {
     let h = Harness::load_built(LIB);
-    for name in ["add-drive", "refresh-images", "remove-drive"] {
+    for name in ["add-drive", "refresh-images"] {
         let err = action(&h, name);
         assert_eq!(err.status, 501, "{name}");
         assert_eq!(
@@ -100,6 +100,17 @@ fn upstreams_actions_answer_that_they_are_not_implemented_yet() {
         );
     }
     h.host().assert_untouched("not implemented actions");
+}
+
+/// `remove-drive` through the loaded plugin: with no Incus answering on its socket, the
+/// error names Incus and the call, and nothing on the machine is touched.
+#[test]
+fn remove_drive_goes_to_the_incus_api() {
+    let h = Harness::load_built(LIB);
+    let err = action(&h, "remove-drive");
+    assert_eq!(err.status, 500, "{err:?}");
+    assert!(err.message.starts_with("Incus: GET /1.0: "), "{err:?}");
+    h.host().assert_untouched("remove-drive without Incus");
 }
 
 #[test]
