@@ -190,6 +190,23 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The plugins instantiated so far (a `plugin loaded` line each), sorted.
+    pub fn loaded(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("plugin loaded"))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("plugin="))
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

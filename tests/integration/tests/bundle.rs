@@ -143,22 +143,6 @@ fn every_workspace_plugin_crate_is_bundled() {
     assert_eq!(bundled, own);
 }
 
-/// The `plugin loaded` lines of the log (one per plugin instantiated), with `plugin=<name>`.
-fn loaded(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = d
-        .log()
-        .lines()
-        .filter(|l| l.contains("plugin loaded"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("plugin="))
-                .map(str::to_string)
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// A bundle none of whose plugins must run (two providers, neither selected): a warm start
 /// leaves it unopened; the first call of one plugin opens the bundle and instantiates that
 /// plugin alone, the other's first call instantiates the other.
@@ -171,18 +155,18 @@ async fn a_bundle_nothing_needs_at_start_is_opened_on_first_use_one_plugin_at_a_
     )
     .unwrap();
     let mut d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["fixture", "fixture-b"], "cold: opened");
+    assert_eq!(d.loaded(), ["fixture", "fixture-b"], "cold: opened");
     d.terminate();
 
     let d = Daemon::start(&root, &[]);
-    assert!(loaded(&d).is_empty(), "warm: deferred\n{}", d.log());
+    assert!(d.loaded().is_empty(), "warm: deferred\n{}", d.log());
     let v = get_ok(&d.socket, "/1.0/plugins").await;
     assert_eq!(listed(&v).len(), 2, "{v}");
     let calls = get_ok(&d.socket, "/1.0/system/provider/fixture-b/calls").await;
     assert!(calls.is_array(), "{calls}");
-    assert_eq!(loaded(&d), ["fixture-b"]);
+    assert_eq!(d.loaded(), ["fixture-b"]);
     let calls = get_ok(&d.socket, "/1.0/system/provider/fixture/calls").await;
     assert!(calls.is_array(), "{calls}");
-    assert_eq!(loaded(&d), ["fixture", "fixture-b"]);
+    assert_eq!(d.loaded(), ["fixture", "fixture-b"]);
     assert_eq!(d.log().matches("deferred=true").count(), 2, "{}", d.log());
 }

@@ -15,23 +15,6 @@ fn root_with_providers() -> Root {
     root
 }
 
-/// The `plugin loaded` lines of the log (one per library opened), with `plugin=<name>`.
-fn loaded(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = d
-        .log()
-        .lines()
-        .filter(|l| l.contains("plugin loaded"))
-        .map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("plugin="))
-                .unwrap_or("?")
-                .to_string()
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 /// Whether `/1.0/plugins` says `name`'s library is open.
 async fn opened(d: &Daemon, name: &str) -> bool {
     let v = get_ok(&d.socket, "/1.0/plugins").await;
@@ -53,7 +36,7 @@ fn cache_inode(root: &Root) -> u64 {
 /// Starts and stops the daemon once, so the cache holds every library.
 fn warm(root: &Root) -> Vec<String> {
     let mut d = Daemon::start(root, &[]);
-    let l = loaded(&d);
+    let l = d.loaded();
     d.terminate();
     assert!(root.path().join(CACHE).exists());
     l
@@ -69,7 +52,7 @@ async fn a_second_start_opens_only_what_must_run_and_the_rest_on_first_call() {
     let d = Daemon::start(&root, &[]);
     // Services always open; the selected provider is upstream's default `images`, not
     // installed here.
-    assert_eq!(loaded(&d), ["iscsi"], "{}", d.log());
+    assert_eq!(d.loaded(), ["iscsi"], "{}", d.log());
     assert_eq!(
         cache_inode(&root),
         written,
@@ -91,7 +74,7 @@ async fn a_second_start_opens_only_what_must_run_and_the_rest_on_first_call() {
         let v = v.unwrap();
         assert!(v.is_array(), "{v}");
     }
-    assert_eq!(loaded(&d), ["fixture", "iscsi"]);
+    assert_eq!(d.loaded(), ["fixture", "iscsi"]);
     assert_eq!(d.log().matches("deferred=true").count(), 1);
     // Both were unchanged since their checks passed at the first start: the layout check
     // (the slowest step) is not repeated, every other check is.
@@ -110,16 +93,16 @@ async fn selecting_a_deferred_provider_opens_it_and_the_next_start_opens_it_at_o
     let root = root_with_providers();
     warm(&root);
     let mut d = Daemon::start(&root, &[]);
-    assert!(loaded(&d).is_empty());
+    assert!(d.loaded().is_empty());
     let body = json!({"config": {"name": "fixture-b", "config": {}}}).to_string();
     let (status, v) = request(&d.socket, "PUT", "/1.0/system/provider", &body).await;
     assert_eq!(status, 200, "{v}");
-    assert_eq!(loaded(&d), ["fixture-b"]);
+    assert_eq!(d.loaded(), ["fixture-b"]);
     d.terminate();
 
     let d = Daemon::start(&root, &[]);
     assert_eq!(
-        loaded(&d),
+        d.loaded(),
         ["fixture-b"],
         "the selected provider opens at start"
     );
@@ -136,10 +119,10 @@ async fn a_changed_library_or_another_daemon_build_is_opened_again() {
         .unwrap();
     drop(f);
     let mut d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["fixture"]);
+    assert_eq!(d.loaded(), ["fixture"]);
     d.terminate();
     let mut d = Daemon::start(&root, &[]);
-    assert!(loaded(&d).is_empty(), "recorded again");
+    assert!(d.loaded().is_empty(), "recorded again");
     d.terminate();
 
     // A cache written by another build (here: another plugin-api version) is not used.
@@ -148,16 +131,16 @@ async fn a_changed_library_or_another_daemon_build_is_opened_again() {
     cache["daemon"]["api_version"] = json!("0.9.0");
     std::fs::write(&path, cache.to_string()).unwrap();
     let mut d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["fixture", "fixture-b"]);
+    assert_eq!(d.loaded(), ["fixture", "fixture-b"]);
     d.terminate();
 
     // Nor a corrupt one; the daemon starts and rewrites it.
     std::fs::write(&path, b"{not json").unwrap();
     let mut d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["fixture", "fixture-b"]);
+    assert_eq!(d.loaded(), ["fixture", "fixture-b"]);
     d.terminate();
     let d = Daemon::start(&root, &[]);
-    assert!(loaded(&d).is_empty());
+    assert!(d.loaded().is_empty());
 }
 
 #[tokio::test]
@@ -216,11 +199,11 @@ async fn installed_applications_are_opened_at_start_and_the_others_deferred() {
     root.install_application("incus", "202511041800");
     assert_eq!(warm(&root), ["incus", "openfga"]);
     let mut d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["incus"]);
+    assert_eq!(d.loaded(), ["incus"]);
     assert!(get_ok(&d.socket, "/1.0/applications/incus").await["state"].is_object());
     d.terminate();
 
     root.install_application("openfga", "202511041800");
     let d = Daemon::start(&root, &[]);
-    assert_eq!(loaded(&d), ["incus", "openfga"]);
+    assert_eq!(d.loaded(), ["incus", "openfga"]);
 }

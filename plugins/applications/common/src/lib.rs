@@ -63,6 +63,11 @@ pub fn certificate_fingerprint(pem: &str) -> Result<String> {
     Ok(hex(&Sha256::digest(der)))
 }
 
+/// The SHA-256 of `data`, lower-case hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

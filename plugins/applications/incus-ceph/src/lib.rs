@@ -9,9 +9,9 @@
 //! read, a warning is logged and the host shows the image version.
 //!
 //! Actions: upstream's `add-drive`, `refresh-images` and `remove-drive` drive the Ceph
-//! containers through the local Incus API ([`osd`]). `remove-drive` is built; `add-drive`
-//! and `refresh-images` are not yet and answer a 501 naming the action. Any other action is
-//! upstream's 500 `unsupported action '<x>'`.
+//! containers through the local Incus API ([`osd`]). `remove-drive` and `refresh-images`
+//! are built; `add-drive` is not yet and answers a 501 naming the action. Any other action
+//! is upstream's 500 `unsupported action '<x>'`.
 
 pub mod osd;
 
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 /// Upstream's actions, which work through the Incus API.
 pub const ACTIONS: [&str; 3] = ["add-drive", "refresh-images", "remove-drive"];
 /// Those not built yet (501).
-pub const NOT_BUILT: [&str; 2] = ["add-drive", "refresh-images"];
+pub const NOT_BUILT: [&str; 1] = ["add-drive"];
 
 /// The config: no keys (anything else is refused).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,16 +55,21 @@ impl IncusCeph {
             .ok_or_else(|| Error::internal("unable to determine the Ceph version"))
     }
 
-    /// `:action`: `remove-drive`; upstream's other actions answer 501 (not built yet), any
-    /// other is unsupported.
+    /// `:action`: `remove-drive`, `refresh-images` (`oci_tag` optional); `add-drive`
+    /// answers 501 (not built yet), any other is unsupported.
     fn action(
         &self,
         _config: &Config,
         action: &str,
-        _args: &BTreeMap<String, String>,
+        args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value> {
-        if action == "remove-drive" {
-            return osd::remove_drive(&self.host, &osd::incus());
+        match action {
+            "remove-drive" => return osd::remove_drive(&self.host, &osd::incus()),
+            "refresh-images" => {
+                let tag = args.get("oci_tag").map(String::as_str);
+                return osd::refresh_images(&self.host, &osd::incus(), tag, osd::Pauses::UPSTREAM);
+            }
+            _ => {}
         }
         if NOT_BUILT.contains(&action) {
             return Err(Error::new(

@@ -92,3 +92,208 @@ pub fn remove_drive(host: &Host, api: &Api) -> Result<Value> {
     host.info(&format!("Removed the Ceph OSD container {name}"));
     Ok(Value::Null)
 }
+
+/// The registry the Ceph images come from, and the name an image has there by default.
+pub const REGISTRY: &str = "quay.io";
+/// The monitors' containers.
+pub const CONTROL: [&str; 3] = ["ceph-central01", "ceph-central02", "ceph-central03"];
+/// The `skopeo` Incus ships (the OS has none of its own).
+pub const SKOPEO: &str = "/opt/incus/bin/skopeo";
+/// The units enabled again in a monitor's container after its image is replaced.
+const CONTROL_UNITS: [&str; 4] = ["ceph-mon", "ceph-mgr", "ceph-mds", "ceph-rbd-mirror"];
+
+/// The waits of `refresh-images`: after a container starts again, and between containers
+/// (for Ceph to settle). Upstream's are 5 s and 10 s; tests use none.
+#[derive(Debug, Clone, Copy)]
+pub struct Pauses {
+    pub started: std::time::Duration,
+    pub between: std::time::Duration,
+}
+
+impl Pauses {
+    pub const UPSTREAM: Pauses = Pauses {
+        started: std::time::Duration::from_secs(5),
+        between: std::time::Duration::from_secs(10),
+    };
+}
+
+/// `refresh-images`: every Ceph container (the three monitors, then each OSD) onto the
+/// newest image of its tag, or of `oci_tag` (`ceph/ceph:<oci_tag>`) when given: a container
+/// whose image is already the registry's newest, under the same name, is left alone;
+/// otherwise the newer image is fetched (the older one deleted first), and the container is
+/// stopped, rebuilt from it, its `image.id` set, started, and (a monitor) its Ceph units
+/// enabled again.
+pub fn refresh_images(
+    host: &Host,
+    api: &Api,
+    oci_tag: Option<&str>,
+    pauses: Pauses,
+) -> Result<Value> {
+    let mut containers: Vec<String> = CONTROL.iter().map(|c| c.to_string()).collect();
+    containers.extend(
+        osd_hosts(host, api)?
+            .into_iter()
+            .map(|h| format!("{OSD_PREFIX}{h}")),
+    );
+    for (i, name) in containers.iter().enumerate() {
+        let alias = match oci_tag {
+            Some(tag) if !tag.is_empty() => format!("ceph/ceph:{tag}"),
+            _ => instance(host, api, name)?["config"]["image.id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        refresh_one(host, api, name, &alias, pauses)?;
+        if i + 1 < containers.len() {
+            std::thread::sleep(pauses.between);
+        }
+    }
+    Ok(Value::Null)
+}
+
+fn instance(host: &Host, api: &Api, name: &str) -> Result<Value> {
+    api.get(host, &format!("/1.0/instances/{name}?project={PROJECT}"))
+}
+
+/// How an image alias appears in a URL path (`quay.io/ceph/ceph:v20`).
+fn alias_path(alias: &str) -> String {
+    alias.replace('/', "%2F")
+}
+
+/// The fingerprint Incus gives an OCI image: the SHA-256 of its layers' digests, in order,
+/// as `skopeo inspect` lists them.
+pub fn oci_fingerprint(inspect: &str) -> Result<String> {
+    let info: Value = serde_json::from_str(inspect)
+        .map_err(|e| Error::internal(format!("skopeo inspect: {e}")))?;
+    let layers = info["Layers"]
+        .as_array()
+        .ok_or_else(|| Error::internal("skopeo inspect listed no layers"))?;
+    let mut all = String::new();
+    for l in layers {
+        all.push_str(l.as_str().unwrap_or_default());
+    }
+    Ok(incus_osd_application_common::sha256_hex(all.as_bytes()))
+}
+
+/// The registry's newest image of `alias`, by its fingerprint.
+fn remote_fingerprint(host: &Host, alias: &str) -> Result<String> {
+    let image = format!("docker://{REGISTRY}/{alias}");
+    let out = host.run(
+        &[SKOPEO, "--insecure-policy", "inspect", &image],
+        std::time::Duration::from_secs(300),
+    )?;
+    if out.status != 0 {
+        if out.stderr.contains("manifest unknown") {
+            return Err(Error::internal(format!(
+                "OCI image '{REGISTRY}/{alias}' doesn't exist"
+            )));
+        }
+        return Err(Error::internal(format!(
+            "skopeo inspect {image}: {}",
+            out.stderr.trim()
+        )));
+    }
+    oci_fingerprint(&out.stdout)
+}
+
+/// Fetches `alias` from the registry into the project, under `quay.io/<alias>`, unless an
+/// image has that name already.
+pub fn fetch_image(host: &Host, api: &Api, alias: &str) -> Result<()> {
+    let local = format!("{REGISTRY}/{alias}");
+    let path = format!(
+        "/1.0/images/aliases/{}?project={PROJECT}",
+        alias_path(&local)
+    );
+    if api.get_opt(host, &path)?.is_some() {
+        return Ok(());
+    }
+    api.post(
+        host,
+        &format!("/1.0/images?project={PROJECT}"),
+        &json!({
+            "source": {"type": "image", "alias": alias, "server": format!("https://{REGISTRY}"), "protocol": "oci"},
+            "aliases": [{"name": local}],
+        }),
+    )
+    .map(drop)
+}
+
+/// One container of [`refresh_images`] onto the registry's newest `alias`.
+pub fn refresh_one(host: &Host, api: &Api, name: &str, alias: &str, pauses: Pauses) -> Result<()> {
+    let local = format!("{REGISTRY}/{alias}");
+    let images = api.get(host, &format!("/1.0/images?recursion=1&project={PROJECT}"))?;
+    let existing = images
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| {
+            i["aliases"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a["name"] == local.as_str()))
+        })
+        .and_then(|i| i["fingerprint"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let remote = remote_fingerprint(host, alias)?;
+    let needed = existing != remote
+        || instance(host, api, name)?["config"]["image.id"].as_str() != Some(alias);
+    if !needed {
+        return Ok(());
+    }
+    if existing != remote {
+        if !existing.is_empty() {
+            api.call(
+                host,
+                "DELETE",
+                &format!("/1.0/images/{existing}?project={PROJECT}"),
+                None,
+            )?;
+        }
+        fetch_image(host, api, alias)?;
+    }
+    set_state(host, api, name, "stop")?;
+    api.post(
+        host,
+        &format!("/1.0/instances/{name}/rebuild?project={PROJECT}"),
+        &json!({"source": {"type": "image", "alias": local}}),
+    )?;
+    let mut current = instance(host, api, name)?;
+    current["config"]["image.id"] = json!(alias);
+    api.put(
+        host,
+        &format!("/1.0/instances/{name}?project={PROJECT}"),
+        &current,
+    )?;
+    set_state(host, api, name, "start")?;
+    std::thread::sleep(pauses.started);
+    if !name.starts_with(OSD_PREFIX) {
+        for unit in CONTROL_UNITS {
+            let service = if unit == "ceph-rbd-mirror" {
+                format!("{unit}@rbd-mirror.{name}.service")
+            } else {
+                format!("{unit}@{name}.service")
+            };
+            exec(host, api, name, &["systemctl", "enable", "--now", &service])?;
+        }
+    }
+    host.info(&format!("Refreshed the Ceph container {name} onto {local}"));
+    Ok(())
+}
+
+/// Runs `command` in container `name` and waits for it. Its exit status is logged when
+/// not 0, not an error (upstream does not look at it).
+pub fn exec(host: &Host, api: &Api, name: &str, command: &[&str]) -> Result<()> {
+    let done = api.post(
+        host,
+        &format!("/1.0/instances/{name}/exec?project={PROJECT}"),
+        &json!({"command": command, "wait-for-websocket": false, "interactive": false, "record-output": false}),
+    )?;
+    let status = done["return"].as_i64().unwrap_or(0);
+    if status != 0 {
+        host.warn(&format!(
+            "`{}` in the Ceph container {name} exited with status {status}",
+            command.join(" ")
+        ));
+    }
+    Ok(())
+}

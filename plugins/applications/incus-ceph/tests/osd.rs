@@ -112,3 +112,183 @@ fn remove_drive_stops_at_a_failed_stop_and_deletes_nothing() {
         call_lines(&server)
     );
 }
+
+// --- refresh-images ------------------------------------------------------------------
+
+const NONE: osd::Pauses = osd::Pauses {
+    started: std::time::Duration::ZERO,
+    between: std::time::Duration::ZERO,
+};
+
+/// `skopeo inspect`'s answer for an image with two layers, and the fingerprint Incus gives
+/// it (the SHA-256 of `sha256:aaaasha256:bbbb`, computed apart).
+const INSPECT: &str = r#"{"Name": "quay.io/ceph/ceph", "Digest": "sha256:ffff", "Architecture": "amd64",
+    "Layers": ["sha256:aaaa", "sha256:bbbb"]}"#;
+const REMOTE: &str = "cf451b213d4d2fcfdc8f42b806d5980e5b073e6b7f9871a1218b19609f999c24";
+
+fn skopeo(hh: &incus_osd_harness::HarnessHost, reply: incus_osd_harness::Reply) {
+    hh.on_command(&[osd::SKOPEO, "--insecure-policy", "inspect"], reply);
+}
+
+fn images(server: &TestServer, fingerprint: &str, alias: &str) {
+    server.handle(
+        "/1.0/images",
+        sync(json!([{"fingerprint": fingerprint, "aliases": [{"name": alias}]}])),
+    );
+}
+
+#[test]
+fn incus_fingerprints_an_oci_image_by_its_layers() {
+    assert_eq!(osd::oci_fingerprint(INSPECT).unwrap(), REMOTE);
+    assert!(osd::oci_fingerprint(r#"{"Digest": "x"}"#).is_err());
+}
+
+#[test]
+fn a_newer_registry_image_replaces_the_old_one_and_rebuilds_the_monitor() {
+    let (hh, host, server) = incus("s1", &[]);
+    skopeo(&hh, incus_osd_harness::Reply::ok(INSPECT));
+    images(&server, "old", "quay.io/ceph/ceph:v20");
+    server.handle(
+        "/1.0/images/aliases/quay.io%2Fceph%2Fceph:v20",
+        incus_osd_application_common::testing::error(404, "Image alias not found"),
+    );
+    operation(&server, "/1.0/images/old", "delete-image");
+    // (The stand-in answers by path, whatever the method: the fetch, a POST to the path
+    // the list of images is a GET of, gets the list back, a sync answer not waited for.)
+    operation(&server, "/1.0/instances/ceph-central01/state", "state");
+    operation(&server, "/1.0/instances/ceph-central01/rebuild", "rebuild");
+    operation(&server, "/1.0/instances/ceph-central01/exec", "exec");
+    server.handle(
+        "/1.0/instances/ceph-central01",
+        sync(json!({"name": "ceph-central01", "config": {"image.id": "ceph/ceph:v20", "oci.entrypoint": "/sbin/init"}, "devices": {}})),
+    );
+    osd::refresh_one(
+        &host,
+        &osd::incus(),
+        "ceph-central01",
+        "ceph/ceph:v20",
+        NONE,
+    )
+    .expect("refreshed");
+    let lines = call_lines(&server);
+    let p = "?project=internal";
+    let exec = format!("POST /1.0/instances/ceph-central01/exec{p}");
+    let mut want: Vec<String> = [
+        format!("GET /1.0/images?recursion=1{}", "&project=internal"),
+        format!("DELETE /1.0/images/old{p}"),
+        "GET /1.0/operations/delete-image/wait".to_string(),
+        format!("GET /1.0/images/aliases/quay.io%2Fceph%2Fceph:v20{p}"),
+        format!("POST /1.0/images{p}"),
+        format!("PUT /1.0/instances/ceph-central01/state{p}"),
+        "GET /1.0/operations/state/wait".to_string(),
+        format!("POST /1.0/instances/ceph-central01/rebuild{p}"),
+        "GET /1.0/operations/rebuild/wait".to_string(),
+        format!("GET /1.0/instances/ceph-central01{p}"),
+        format!("PUT /1.0/instances/ceph-central01{p}"),
+        format!("PUT /1.0/instances/ceph-central01/state{p}"),
+        "GET /1.0/operations/state/wait".to_string(),
+    ]
+    .to_vec();
+    for _ in 0..4 {
+        want.push(exec.clone());
+        want.push("GET /1.0/operations/exec/wait".to_string());
+    }
+    assert_eq!(lines, want);
+    let sent = calls(&server);
+    let body = |line: &str| {
+        sent.iter()
+            .filter(|(m, p, _)| format!("{m} {p}") == line)
+            .map(|(_, _, b)| b.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        body(&format!("POST /1.0/images{p}"))[0],
+        json!({"source": {"type": "image", "alias": "ceph/ceph:v20", "server": "https://quay.io", "protocol": "oci"},
+               "aliases": [{"name": "quay.io/ceph/ceph:v20"}]})
+    );
+    assert_eq!(
+        body(&format!("POST /1.0/instances/ceph-central01/rebuild{p}"))[0],
+        json!({"source": {"type": "image", "alias": "quay.io/ceph/ceph:v20"}})
+    );
+    assert_eq!(
+        body(&format!("PUT /1.0/instances/ceph-central01{p}"))[0]["config"],
+        json!({"image.id": "ceph/ceph:v20", "oci.entrypoint": "/sbin/init"})
+    );
+    let states: Vec<Value> = body(&format!("PUT /1.0/instances/ceph-central01/state{p}"))
+        .into_iter()
+        .map(|b| b["action"].clone())
+        .collect();
+    assert_eq!(states, [json!("stop"), json!("start")]);
+    let units: Vec<Value> = body(&exec)
+        .into_iter()
+        .map(|b| b["command"][3].clone())
+        .collect();
+    assert_eq!(
+        units,
+        [
+            json!("ceph-mon@ceph-central01.service"),
+            json!("ceph-mgr@ceph-central01.service"),
+            json!("ceph-mds@ceph-central01.service"),
+            json!("ceph-rbd-mirror@rbd-mirror.ceph-central01.service"),
+        ]
+    );
+    assert_eq!(
+        hh.commands(),
+        [vec![
+            osd::SKOPEO.to_string(),
+            "--insecure-policy".into(),
+            "inspect".into(),
+            "docker://quay.io/ceph/ceph:v20".into()
+        ]]
+    );
+}
+
+#[test]
+fn containers_already_on_the_newest_image_are_left_alone() {
+    let (hh, host, server) = incus("s1", &["s1", "s2", "s3"]);
+    skopeo(&hh, incus_osd_harness::Reply::ok(INSPECT));
+    images(&server, REMOTE, "quay.io/ceph/ceph:v20");
+    for c in [
+        "ceph-central01",
+        "ceph-central02",
+        "ceph-central03",
+        "ceph-osd-s1",
+        "ceph-osd-s2",
+        "ceph-osd-s3",
+    ] {
+        server.handle(
+            &format!("/1.0/instances/{c}"),
+            sync(json!({"name": c, "config": {"image.id": "ceph/ceph:v20"}})),
+        );
+    }
+    osd::refresh_images(&host, &osd::incus(), None, NONE).expect("nothing to do");
+    let lines = call_lines(&server);
+    assert!(lines.iter().all(|l| l.starts_with("GET ")), "{lines:?}");
+    // The instances, then for each container: its image name, the local images, then its
+    // image name again.
+    assert_eq!(lines.len(), 1 + 6 * 3, "{lines:?}");
+    assert_eq!(hh.commands().len(), 6);
+}
+
+#[test]
+fn a_tag_the_registry_does_not_have_is_refused_before_any_change() {
+    let (hh, host, server) = incus("s1", &[]);
+    skopeo(
+        &hh,
+        incus_osd_harness::Reply::fail(
+            1,
+            "time=\"...\" level=fatal msg=\"Error parsing image name: manifest unknown\"",
+        ),
+    );
+    images(&server, "old", "quay.io/ceph/ceph:v19");
+    let err = osd::refresh_images(&host, &osd::incus(), Some("v99"), NONE).unwrap_err();
+    assert_eq!(
+        err.message,
+        "OCI image 'quay.io/ceph/ceph:v99' doesn't exist"
+    );
+    assert!(
+        call_lines(&server).iter().all(|l| l.starts_with("GET ")),
+        "{:?}",
+        call_lines(&server)
+    );
+}
