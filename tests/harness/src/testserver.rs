@@ -142,6 +142,8 @@ pub enum Fault {
 struct Shared {
     requests: Vec<RecordedRequest>,
     handlers: HashMap<String, Reply>,
+    /// Replies for one method on one path, before `handlers`.
+    method_handlers: HashMap<(String, String), Reply>,
     /// Replies for every path below a prefix (`/register/` answers `/register/<anything>`).
     prefix_handlers: Vec<(String, Reply)>,
     faults: HashMap<String, Fault>,
@@ -380,6 +382,16 @@ impl TestServer {
         self.state.lock().handlers.insert(path.to_string(), reply);
     }
 
+    /// Answers `method` on `path` (exact, without the query) with `reply` from now on, before
+    /// any reply [`TestServer::handle`] set for the path (an API whose `GET` lists what its
+    /// `POST` creates).
+    pub fn handle_method(&self, method: &str, path: &str, reply: Reply) {
+        self.state
+            .lock()
+            .method_handlers
+            .insert((method.to_string(), path.to_string()), reply);
+    }
+
     /// Answers every path that starts with `prefix` (and has no exact [`TestServer::handle`]
     /// reply) with `reply` from now on; the longest matching prefix wins. For endpoints
     /// whose path carries an id (`/register/<uuid>`).
@@ -547,14 +559,19 @@ fn respond<S: Read + Write>(state: &State, stream: &mut S) -> End {
         let mut shared = state.lock();
         shared.requests.push(req.clone());
         (
-            shared.handlers.get(&req.path).cloned().or_else(|| {
-                shared
-                    .prefix_handlers
-                    .iter()
-                    .filter(|(p, _)| req.path.starts_with(p.as_str()))
-                    .max_by_key(|(p, _)| p.len())
-                    .map(|(_, r)| r.clone())
-            }),
+            shared
+                .method_handlers
+                .get(&(req.method.clone(), req.path.clone()))
+                .or_else(|| shared.handlers.get(&req.path))
+                .cloned()
+                .or_else(|| {
+                    shared
+                        .prefix_handlers
+                        .iter()
+                        .filter(|(p, _)| req.path.starts_with(p.as_str()))
+                        .max_by_key(|(p, _)| p.len())
+                        .map(|(_, r)| r.clone())
+                }),
             shared.faults.get(&req.path).copied(),
         )
     };

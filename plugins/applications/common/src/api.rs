@@ -170,6 +170,49 @@ impl Api {
         self.call(host, "POST", path, Some(body))
     }
 
+    /// `GET path` of a file endpoint (Incus's `/1.0/instances/<name>/files?path=`): the raw
+    /// body of a 200 answer; any other answer is an error with the daemon's text.
+    pub fn get_file(&self, host: &Host, path: &str) -> Result<Vec<u8>> {
+        let response = host
+            .http(&self.request("GET", path), &[])
+            .map_err(|e| self.error("GET", path, &e.message))?;
+        if response.status == 200 {
+            return Ok(response.body);
+        }
+        match decode(&response) {
+            Err(f) => Err(self.error("GET", path, &f.text)),
+            Ok(_) => Err(self.error(
+                "GET",
+                path,
+                &format!("HTTP {} instead of the file", response.status),
+            )),
+        }
+    }
+
+    /// `POST path` of a file endpoint with `data` as the body and `headers` (Incus's
+    /// `X-Incus-mode` and the like); the answer must be a success.
+    pub fn post_file(
+        &self,
+        host: &Host,
+        path: &str,
+        headers: &[(&str, &str)],
+        data: &[u8],
+    ) -> Result<()> {
+        let mut request = self
+            .request("POST", path)
+            .header("Content-Type", "application/octet-stream");
+        for &(name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = host
+            .http(&request, data)
+            .map_err(|e| self.error("POST", path, &e.message))?;
+        match decode(&response) {
+            Ok(_) => Ok(()),
+            Err(f) => Err(self.error("POST", path, &f.text)),
+        }
+    }
+
     /// Asks `GET /1.0` until the daemon answers ([`READY_ATTEMPTS`] times,
     /// [`READY_PAUSE`] apart); the error names the daemon and its last failure.
     pub fn wait_ready(&self, host: &Host) -> Result<()> {

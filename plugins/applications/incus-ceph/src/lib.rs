@@ -9,9 +9,8 @@
 //! read, a warning is logged and the host shows the image version.
 //!
 //! Actions: upstream's `add-drive`, `refresh-images` and `remove-drive` drive the Ceph
-//! containers through the local Incus API ([`osd`]). `remove-drive` and `refresh-images`
-//! are built; `add-drive` is not yet and answers a 501 naming the action. Any other action
-//! is upstream's 500 `unsupported action '<x>'`.
+//! containers through the local Incus API ([`osd`]). Any other action is upstream's 500
+//! `unsupported action '<x>'`.
 
 pub mod osd;
 
@@ -26,8 +25,6 @@ use serde::{Deserialize, Serialize};
 
 /// Upstream's actions, which work through the Incus API.
 pub const ACTIONS: [&str; 3] = ["add-drive", "refresh-images", "remove-drive"];
-/// Those not built yet (501).
-pub const NOT_BUILT: [&str; 1] = ["add-drive"];
 
 /// The config: no keys (anything else is refused).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +52,8 @@ impl IncusCeph {
             .ok_or_else(|| Error::internal("unable to determine the Ceph version"))
     }
 
-    /// `:action`: `remove-drive`, `refresh-images` (`oci_tag` optional); `add-drive`
-    /// answers 501 (not built yet), any other is unsupported.
+    /// `:action`: `add-drive` (`device_id`), `remove-drive`, `refresh-images` (`oci_tag`
+    /// optional); any other is unsupported.
     fn action(
         &self,
         _config: &Config,
@@ -65,17 +62,18 @@ impl IncusCeph {
     ) -> Result<serde_json::Value> {
         match action {
             "remove-drive" => return osd::remove_drive(&self.host, &osd::incus()),
+            "add-drive" => {
+                let device = args
+                    .get("device_id")
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                return osd::add_drive(&self.host, &osd::incus(), device, osd::Pauses::UPSTREAM);
+            }
             "refresh-images" => {
                 let tag = args.get("oci_tag").map(String::as_str);
                 return osd::refresh_images(&self.host, &osd::incus(), tag, osd::Pauses::UPSTREAM);
             }
             _ => {}
-        }
-        if NOT_BUILT.contains(&action) {
-            return Err(Error::new(
-                501,
-                format!("the incus-ceph action '{action}' is not implemented by this daemon yet"),
-            ));
         }
         Err(Error::unsupported_action(action))
     }

@@ -297,3 +297,221 @@ pub fn exec(host: &Host, api: &Api, name: &str, command: &[&str]) -> Result<()> 
     }
     Ok(())
 }
+
+/// The image a new Ceph container starts from (`quay.io/` + this).
+pub const IMAGE: &str = "ceph/ceph:v20";
+/// Where the script run in a new container is put.
+pub const SETUP_SCRIPT: &str = "/root/incus-osd-ceph-setup.sh";
+/// The OSD setup script; `@DEVICE_CLASS@` is replaced by the drive's class.
+pub const OSD_SCRIPT: &str = include_str!("osd-setup.sh");
+/// The cluster's files an OSD needs, as the first monitor has them.
+pub const CLUSTER_FILES: [(&str, &str); 2] = [
+    ("/etc/ceph/ceph.conf", "0644"),
+    ("/etc/ceph/ceph.client.admin.keyring", "0600"),
+];
+
+/// The Ceph device class of a drive on `bus`.
+pub fn device_class(bus: &str) -> &'static str {
+    match bus {
+        "nvme" => "nvme",
+        "scsi" => "ssd",
+        _ => "hdd",
+    }
+}
+
+/// `add-drive` (`device_id`): an OSD on this server over drive `device_id` (one of
+/// `/os/1.0/system/storage`'s drives), encrypted first when it is not: a container
+/// `ceph-osd-<server>` from the Ceph image, with a data volume, the encrypted device passed
+/// in, and the cluster's files from the first monitor; then the OSD set up inside it.
+/// Refused when this server has an OSD already. A failure after the data volume was made
+/// deletes what was made.
+pub fn add_drive(host: &Host, api: &Api, device_id: &str, pauses: Pauses) -> Result<Value> {
+    let server = server_name(host, api)?;
+    if osd_hosts(host, api)?.contains(&server) {
+        return Err(Error::internal(format!(
+            "a Ceph OSD instance already exists on Incus server {server}"
+        )));
+    }
+    let (device, class) = ensure_encrypted(host, api, device_id)?;
+    let name = format!("{OSD_PREFIX}{server}");
+    let project = api.get(host, &format!("/1.0/projects/{PROJECT}"))?;
+    let network = project["config"]["user.ceph.network"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    if network.is_empty() {
+        return Err(Error::internal(format!(
+            "the Ceph cluster is not initialized: project {PROJECT} has no user.ceph.network"
+        )));
+    }
+    let target = format!("project={PROJECT}&target={server}");
+    let volume = format!("{name}-data");
+    api.post(
+        host,
+        &format!("/1.0/storage-pools/local/volumes/custom?{target}"),
+        &json!({"name": volume, "type": "custom"}),
+    )?;
+    let mut created = false;
+    let made = (|| {
+        fetch_image(host, api, IMAGE)?;
+        let devices = json!({
+            "eth0": {"type": "nic", "network": network},
+            "etc": {"type": "disk", "pool": "local", "source": format!("{volume}/etc"), "path": "/etc/ceph/", "dependent": "true"},
+            "var": {"type": "disk", "pool": "local", "source": format!("{volume}/var"), "path": "/var/lib/ceph/", "dependent": "true"},
+            "ceph-1": {"type": "unix-block", "source": device, "path": "/dev/ceph-1", "uid": "167", "gid": "167"},
+        });
+        api.post(
+            host,
+            &format!("/1.0/instances?{target}"),
+            &json!({
+                "name": name,
+                "type": "container",
+                "start": true,
+                "config": {"oci.entrypoint": "/sbin/init", "cluster.evacuate": "stop"},
+                "devices": devices,
+                "source": {"type": "image", "alias": format!("{REGISTRY}/{IMAGE}")},
+            }),
+        )?;
+        created = true;
+        std::thread::sleep(pauses.started);
+        for (path, mode) in CLUSTER_FILES {
+            let data = api.get_file(
+                host,
+                &format!(
+                    "/1.0/instances/{}/files?path={path}&project={PROJECT}",
+                    CONTROL[0]
+                ),
+            )?;
+            push_file(host, api, &name, path, mode, &data)?;
+        }
+        let script = OSD_SCRIPT.replace("@DEVICE_CLASS@", class);
+        push_file(host, api, &name, SETUP_SCRIPT, "0700", script.as_bytes())?;
+        run_setup(host, api, &name)
+    })();
+    if let Err(e) = made {
+        undo_container(host, api, &name, created, &volume, &target);
+        return Err(e);
+    }
+    host.info(&format!(
+        "Added the Ceph OSD container {name} over {device}"
+    ));
+    Ok(Value::Null)
+}
+
+/// Deletes what a failed `add-drive` made (each step logged when it fails in turn).
+fn undo_container(host: &Host, api: &Api, name: &str, created: bool, volume: &str, target: &str) {
+    if created {
+        let stop = api.put(
+            host,
+            &format!("/1.0/instances/{name}/state?project={PROJECT}"),
+            &json!({"action": "stop", "timeout": -1, "force": true, "stateful": false}),
+        );
+        let deleted = stop.and_then(|_| {
+            api.call(
+                host,
+                "DELETE",
+                &format!("/1.0/instances/{name}?project={PROJECT}"),
+                None,
+            )
+        });
+        if let Err(e) = deleted {
+            host.warn(&format!(
+                "Cannot delete {name} after the failure: {}",
+                e.message
+            ));
+            return;
+        }
+    }
+    if let Err(e) = api.call(
+        host,
+        "DELETE",
+        &format!("/1.0/storage-pools/local/volumes/custom/{volume}?{target}"),
+        None,
+    ) {
+        host.warn(&format!(
+            "Cannot delete the volume {volume} after the failure: {}",
+            e.message
+        ));
+    }
+}
+
+/// The drive's device as encrypted (`encrypted_id`) and its Ceph class, encrypting it
+/// first through the OS API (Incus's `/os` proxy to this daemon) when it is not.
+fn ensure_encrypted(host: &Host, api: &Api, id: &str) -> Result<(String, &'static str)> {
+    let find = |storage: &Value| -> Option<Value> {
+        storage["state"]["drives"]
+            .as_array()?
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+    };
+    let drive = find(&api.get(host, "/os/1.0/system/storage")?)
+        .ok_or_else(|| Error::internal(format!("specified raw device '{id}' doesn't exist")))?;
+    let class = device_class(drive["bus"].as_str().unwrap_or_default());
+    let encrypted = |d: &Value| {
+        d["encrypted"].as_bool() == Some(true)
+            && d["encrypted_id"].as_str().is_some_and(|e| !e.is_empty())
+    };
+    if encrypted(&drive) {
+        return Ok((
+            drive["encrypted_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            class,
+        ));
+    }
+    api.post(
+        host,
+        "/os/1.0/system/storage/:encrypt-drive",
+        &json!({"id": id}),
+    )?;
+    match find(&api.get(host, "/os/1.0/system/storage")?) {
+        Some(d) if encrypted(&d) => Ok((
+            d["encrypted_id"].as_str().unwrap_or_default().to_string(),
+            class,
+        )),
+        _ => Err(Error::internal(format!(
+            "the drive '{id}' is not listed as encrypted after its encryption"
+        ))),
+    }
+}
+
+/// Writes `data` to `path` in container `name` (root's, `mode`).
+fn push_file(
+    host: &Host,
+    api: &Api,
+    name: &str,
+    path: &str,
+    mode: &str,
+    data: &[u8],
+) -> Result<()> {
+    api.post_file(
+        host,
+        &format!("/1.0/instances/{name}/files?path={path}&project={PROJECT}"),
+        &[
+            ("X-Incus-type", "file"),
+            ("X-Incus-uid", "0"),
+            ("X-Incus-gid", "0"),
+            ("X-Incus-mode", mode),
+            ("X-Incus-write", "overwrite"),
+        ],
+        data,
+    )
+}
+
+/// Runs the setup script in container `name`; its exit status must be 0.
+fn run_setup(host: &Host, api: &Api, name: &str) -> Result<()> {
+    let done = api.post(
+        host,
+        &format!("/1.0/instances/{name}/exec?project={PROJECT}"),
+        &json!({"command": ["sh", "-eux", SETUP_SCRIPT], "wait-for-websocket": false, "interactive": false, "record-output": true}),
+    )?;
+    match done["return"].as_i64().unwrap_or(0) {
+        0 => Ok(()),
+        status => Err(Error::internal(format!(
+            "the Ceph setup script failed in {name} with status {status} (its output is in \
+             the container's exec records)"
+        ))),
+    }
+}

@@ -88,25 +88,13 @@ fn an_unreadable_ceph_version_leaves_the_image_version_and_a_warning() {
     }
 }
 
-#[test]
-fn the_actions_not_built_yet_answer_that_they_are_not_implemented() {
-    let h = Harness::load_built(LIB);
-    let err = action(&h, "add-drive");
-    assert_eq!(err.status, 501);
-    assert_eq!(
-        err.message,
-        "the incus-ceph action 'add-drive' is not implemented by this daemon yet"
-    );
-    h.host().assert_untouched("not implemented actions");
-}
-
-/// `remove-drive` and `refresh-images` through the loaded plugin: with no Incus answering
-/// on its socket, the error names Incus and the first call, and nothing on the machine is
-/// touched.
+/// Upstream's three actions through the loaded plugin: with no Incus answering on its
+/// socket, the error names Incus and the first call, and nothing on the machine is touched.
 #[test]
 fn the_drive_and_image_actions_go_to_the_incus_api() {
     let h = Harness::load_built(LIB);
     for (name, first) in [
+        ("add-drive", "Incus: GET /1.0: "),
         ("remove-drive", "Incus: GET /1.0: "),
         ("refresh-images", "Incus: GET /1.0/instances?"),
     ] {

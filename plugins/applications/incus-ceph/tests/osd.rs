@@ -292,3 +292,226 @@ fn a_tag_the_registry_does_not_have_is_refused_before_any_change() {
         call_lines(&server)
     );
 }
+
+// --- add-drive -------------------------------------------------------------------------
+
+const CONF: &str = "[global]\nfsid = 1234\n";
+
+/// A stand-in for a cluster with OSDs on s1 to s3, this server `s4`, and the OS API (through
+/// Incus's `/os` proxy) listing drive `disk1` on `bus`, encrypted or not.
+fn cluster(
+    bus: &str,
+    encrypted: bool,
+) -> (incus_osd_harness::HarnessHost, plugin_api::Host, TestServer) {
+    let (hh, host, server) = incus("s4", &["s1", "s2", "s3"]);
+    let drive = |enc: bool| {
+        let mut d = json!({"id": "disk1", "bus": bus});
+        if enc {
+            d["encrypted"] = json!(true);
+            d["encrypted_id"] = json!("/dev/mapper/luks-disk1");
+        }
+        sync(json!({"state": {"drives": [d, {"id": "disk2", "bus": "sata"}]}}))
+    };
+    server.handle("/os/1.0/system/storage", drive(encrypted));
+    server.handle(
+        "/1.0/projects/internal",
+        sync(json!({"name": "internal", "config": {"user.ceph.network": "meshbr0"}})),
+    );
+    server.handle(
+        "/1.0/images/aliases/quay.io%2Fceph%2Fceph:v20",
+        sync(json!({"name": "quay.io/ceph/ceph:v20", "target": "abcd"})),
+    );
+    server.handle("/1.0/storage-pools/local/volumes/custom", sync(json!({})));
+    server.handle_method("POST", INSTANCES, async_reply("create"));
+    wait_ok(&server, "create");
+    server.handle(
+        "/1.0/instances/ceph-central01/files",
+        Reply::new(200, CONF.as_bytes().to_vec()),
+    );
+    server.handle("/1.0/instances/ceph-osd-s4/files", sync(json!({})));
+    operation(&server, "/1.0/instances/ceph-osd-s4/exec", "setup");
+    server.handle(
+        "/1.0/operations/setup/wait",
+        sync(json!({"id": "setup", "status_code": 200, "metadata": {"return": 0}})),
+    );
+    (hh, host, server)
+}
+
+fn async_reply(id: &str) -> Reply {
+    Reply::json(
+        202,
+        json!({"type": "async", "status": "Operation created", "status_code": 100,
+               "operation": format!("/1.0/operations/{id}"), "metadata": {"id": id}})
+        .to_string(),
+    )
+}
+
+fn wait_ok(server: &TestServer, id: &str) {
+    server.handle(
+        &format!("/1.0/operations/{id}/wait"),
+        sync(json!({"id": id, "status_code": 200, "metadata": null})),
+    );
+}
+
+fn sent_to<'a>(sent: &'a [(String, String, Value)], line: &str) -> Vec<&'a Value> {
+    sent.iter()
+        .filter(|(m, p, _)| format!("{m} {p}") == line)
+        .map(|(_, _, b)| b)
+        .collect()
+}
+
+#[test]
+fn add_drive_builds_the_osd_container_over_the_encrypted_drive() {
+    let (_hh, host, server) = cluster("nvme", true);
+    osd::add_drive(&host, &osd::incus(), "disk1", NONE).expect("added");
+    let p = "project=internal";
+    let t = "project=internal&target=s4";
+    assert_eq!(
+        call_lines(&server),
+        [
+            "GET /1.0".to_string(),
+            format!("GET /1.0/instances?instance-type=container&recursion=1&{p}"),
+            "GET /os/1.0/system/storage".to_string(),
+            "GET /1.0/projects/internal".to_string(),
+            format!("POST /1.0/storage-pools/local/volumes/custom?{t}"),
+            format!("GET /1.0/images/aliases/quay.io%2Fceph%2Fceph:v20?{p}"),
+            format!("POST /1.0/instances?{t}"),
+            "GET /1.0/operations/create/wait".to_string(),
+            format!("GET /1.0/instances/ceph-central01/files?path=/etc/ceph/ceph.conf&{p}"),
+            format!("POST /1.0/instances/ceph-osd-s4/files?path=/etc/ceph/ceph.conf&{p}"),
+            format!("GET /1.0/instances/ceph-central01/files?path=/etc/ceph/ceph.client.admin.keyring&{p}"),
+            format!("POST /1.0/instances/ceph-osd-s4/files?path=/etc/ceph/ceph.client.admin.keyring&{p}"),
+            format!("POST /1.0/instances/ceph-osd-s4/files?path={}&{p}", osd::SETUP_SCRIPT),
+            format!("POST /1.0/instances/ceph-osd-s4/exec?{p}"),
+            "GET /1.0/operations/setup/wait".to_string(),
+        ]
+    );
+    let requests = server.requests();
+    let create = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path == INSTANCES)
+        .unwrap();
+    let create: Value = serde_json::from_slice(&create.body).unwrap();
+    assert_eq!(create["name"], "ceph-osd-s4");
+    assert_eq!(create["source"]["alias"], "quay.io/ceph/ceph:v20");
+    assert_eq!(create["devices"]["eth0"]["network"], "meshbr0");
+    assert_eq!(
+        create["devices"]["ceph-1"],
+        json!({"type": "unix-block", "source": "/dev/mapper/luks-disk1", "path": "/dev/ceph-1", "uid": "167", "gid": "167"})
+    );
+    assert_eq!(create["devices"]["var"]["source"], "ceph-osd-s4-data/var");
+    // The files: the monitor's copy, root's, overwritten; the script with the drive's class.
+    let pushes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/1.0/instances/ceph-osd-s4/files")
+        .collect();
+    assert_eq!(pushes[0].body, CONF.as_bytes());
+    assert_eq!(pushes[0].header("x-incus-mode"), Some("0644"));
+    assert_eq!(pushes[1].header("x-incus-mode"), Some("0600"));
+    assert_eq!(pushes[1].header("x-incus-write"), Some("overwrite"));
+    let script = String::from_utf8(pushes[2].body.clone()).unwrap();
+    assert!(script.contains("class=nvme\n"), "{script}");
+    assert!(!script.contains("@DEVICE_CLASS@"), "{script}");
+    let sent = calls(&server);
+    assert_eq!(
+        sent_to(&sent, &format!("POST /1.0/instances/ceph-osd-s4/exec?{p}"))[0]["command"],
+        json!(["sh", "-eux", osd::SETUP_SCRIPT])
+    );
+}
+
+/// A plain drive is encrypted through the OS API first; the stand-in keeps listing it
+/// plain, so the second look refuses it, before anything is made.
+#[test]
+fn add_drive_encrypts_a_plain_drive_first_and_checks_it_took() {
+    let (_hh, host, server) = cluster("scsi", false);
+    server.handle("/os/1.0/system/storage/:encrypt-drive", sync(json!({})));
+    let err = osd::add_drive(&host, &osd::incus(), "disk1", NONE).unwrap_err();
+    assert_eq!(
+        err.message,
+        "the drive 'disk1' is not listed as encrypted after its encryption"
+    );
+    assert_eq!(
+        call_lines(&server)[2..],
+        [
+            "GET /os/1.0/system/storage",
+            "POST /os/1.0/system/storage/:encrypt-drive",
+            "GET /os/1.0/system/storage",
+        ]
+    );
+    assert_eq!(calls(&server)[3].2, json!({"id": "disk1"}));
+}
+
+#[test]
+fn a_drives_bus_gives_its_ceph_device_class() {
+    assert_eq!(osd::device_class("nvme"), "nvme");
+    assert_eq!(osd::device_class("scsi"), "ssd");
+    assert_eq!(osd::device_class("sata"), "hdd");
+    assert_eq!(osd::device_class(""), "hdd");
+}
+
+#[test]
+fn add_drive_refuses_an_unknown_drive_and_a_second_osd() {
+    let (_hh, host, server) = cluster("nvme", true);
+    let err = osd::add_drive(&host, &osd::incus(), "nope", NONE).unwrap_err();
+    assert_eq!(err.message, "specified raw device 'nope' doesn't exist");
+    let (_hh2, host2, _server2) = {
+        let (hh, host, server) = incus("s2", &["s1", "s2", "s3"]);
+        (hh, host, server)
+    };
+    let err = osd::add_drive(&host2, &osd::incus(), "disk1", NONE).unwrap_err();
+    assert_eq!(
+        err.message,
+        "a Ceph OSD instance already exists on Incus server s2"
+    );
+    assert!(call_lines(&server).iter().all(|l| l.starts_with("GET ")));
+}
+
+#[test]
+fn a_failed_setup_deletes_the_container_and_its_volume() {
+    let (_hh, host, server) = cluster("nvme", true);
+    server.handle(
+        "/1.0/operations/setup/wait",
+        sync(json!({"id": "setup", "status_code": 200, "metadata": {"return": 1}})),
+    );
+    operation(&server, "/1.0/instances/ceph-osd-s4/state", "stop");
+    server.handle_method(
+        "DELETE",
+        "/1.0/instances/ceph-osd-s4",
+        async_reply("delete"),
+    );
+    wait_ok(&server, "delete");
+    server.handle(
+        "/1.0/storage-pools/local/volumes/custom/ceph-osd-s4-data",
+        sync(json!({})),
+    );
+    let err = osd::add_drive(&host, &osd::incus(), "disk1", NONE).unwrap_err();
+    assert!(
+        err.message
+            .starts_with("the Ceph setup script failed in ceph-osd-s4 with status 1"),
+        "{}",
+        err.message
+    );
+    let lines = call_lines(&server);
+    let tail: Vec<&str> = lines[lines.len() - 5..]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            "PUT /1.0/instances/ceph-osd-s4/state?project=internal",
+            "GET /1.0/operations/stop/wait",
+            "DELETE /1.0/instances/ceph-osd-s4?project=internal",
+            "GET /1.0/operations/delete/wait",
+            "DELETE /1.0/storage-pools/local/volumes/custom/ceph-osd-s4-data?project=internal&target=s4",
+        ]
+    );
+    let sent = calls(&server);
+    assert_eq!(
+        sent_to(
+            &sent,
+            "PUT /1.0/instances/ceph-osd-s4/state?project=internal"
+        )[0]["force"],
+        true
+    );
+}
