@@ -7,6 +7,7 @@
 //! HTTP go through the host, so the harness records them in tests.
 
 pub mod api;
+pub mod ceph;
 pub mod daemon;
 pub mod version;
 pub mod zfs;
@@ -88,6 +89,26 @@ pub fn random_token() -> Result<String> {
         .iter()
         .map(|b| ALPHABET[(b & 31) as usize] as char)
         .collect())
+}
+
+/// A random (version 4) UUID, from the kernel's random source as [`random_token`].
+pub fn uuid_v4() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
 }
 
 /// Runs `argv` through the host; a non-zero exit is an error naming the command and its

@@ -12,7 +12,7 @@
 //! containers through the local Incus API ([`osd`]). Any other action is upstream's 500
 //! `unsupported action '<x>'`.
 
-pub mod osd;
+pub use incus_osd_application_common::ceph as osd;
 
 use std::collections::BTreeMap;
 

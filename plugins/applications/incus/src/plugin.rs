@@ -7,11 +7,12 @@ use plugin_api::application::{AppContext, Replace};
 use plugin_api::sdk::{ActionFn, Backup, CanReplaceFn, WipeFn};
 use plugin_api::{Application, Error, Host, Result, Undo};
 
-use incus_osd_application_common::version;
+use incus_osd_application_common::{ceph, version};
 
 use crate::Config;
 
-/// The action upstream's Incus application offers; not built here yet.
+/// The action upstream's Incus application offers: a Ceph cluster over the Incus cluster
+/// (see `incus_osd_application_common::ceph::initialize_cluster`).
 pub const CEPH_ACTION: &str = "initialize-ceph-cluster";
 
 /// The `incus` application plugin (also installed as `incus-lts-7.0`).
@@ -28,13 +29,15 @@ impl Incus {
         &self,
         _config: &Config,
         action: &str,
-        _args: &BTreeMap<String, String>,
+        args: &BTreeMap<String, String>,
     ) -> Result<serde_json::Value> {
         if action == CEPH_ACTION {
-            return Err(Error::new(
-                501,
-                format!("the incus action '{CEPH_ACTION}' is not implemented by this daemon yet"),
-            ));
+            return ceph::initialize_cluster(
+                &self.host,
+                &ceph::incus(),
+                args,
+                ceph::Pauses::UPSTREAM,
+            );
         }
         Err(Error::unsupported_action(action))
     }

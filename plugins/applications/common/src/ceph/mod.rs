@@ -1,8 +1,11 @@
 //! The Ceph cluster's containers, driven through the local Incus API as upstream does: they
 //! live in Incus's `internal` project, the monitors as `ceph-central01` to `03`, one OSD per
-//! server as `ceph-osd-<server>`.
+//! server as `ceph-osd-<server>`. `incus` initializes the cluster
+//! ([`initialize_cluster`]); `incus-ceph` adds, removes and refreshes its containers.
 
-use incus_osd_application_common::api::Api;
+use std::collections::BTreeMap;
+
+use crate::api::Api;
 use plugin_api::{Error, Host, Result};
 use serde_json::{json, Value};
 
@@ -172,7 +175,7 @@ pub fn oci_fingerprint(inspect: &str) -> Result<String> {
     for l in layers {
         all.push_str(l.as_str().unwrap_or_default());
     }
-    Ok(incus_osd_application_common::sha256_hex(all.as_bytes()))
+    Ok(crate::sha256_hex(all.as_bytes()))
 }
 
 /// The registry's newest image of `alias`, by its fingerprint.
@@ -335,6 +338,48 @@ pub fn add_drive(host: &Host, api: &Api, device_id: &str, pauses: Pauses) -> Res
     let (device, class) = ensure_encrypted(host, api, device_id)?;
     let name = format!("{OSD_PREFIX}{server}");
     let project = api.get(host, &format!("/1.0/projects/{PROJECT}"))?;
+    deploy(
+        host,
+        api,
+        &project,
+        &server,
+        &name,
+        Role::Osd {
+            device: &device,
+            class,
+        },
+        pauses,
+    )?;
+    host.info(&format!(
+        "Added the Ceph OSD container {name} over {device}"
+    ));
+    Ok(Value::Null)
+}
+
+/// What a new Ceph container becomes.
+#[derive(Debug, Clone, Copy)]
+enum Role<'a> {
+    /// The cluster's first monitor: it makes the cluster's configuration and keys.
+    FirstMonitor,
+    /// Another monitor, joining the first one's cluster.
+    Monitor,
+    /// An OSD over `device`.
+    Osd { device: &'a str, class: &'a str },
+}
+
+/// Makes Ceph container `name` on Incus server `server` (its data volume, the container
+/// from the Ceph image, started) and sets it up for `role` with a script run inside it;
+/// the cluster's network and fsid are `project`'s (the `internal` project as Incus has it).
+/// A failure after the volume was made deletes what was made.
+fn deploy(
+    host: &Host,
+    api: &Api,
+    project: &Value,
+    server: &str,
+    name: &str,
+    role: Role,
+    pauses: Pauses,
+) -> Result<()> {
     let network = project["config"]["user.ceph.network"]
         .as_str()
         .unwrap_or_default()
@@ -354,12 +399,14 @@ pub fn add_drive(host: &Host, api: &Api, device_id: &str, pauses: Pauses) -> Res
     let mut created = false;
     let made = (|| {
         fetch_image(host, api, IMAGE)?;
-        let devices = json!({
+        let mut devices = json!({
             "eth0": {"type": "nic", "network": network},
             "etc": {"type": "disk", "pool": "local", "source": format!("{volume}/etc"), "path": "/etc/ceph/", "dependent": "true"},
             "var": {"type": "disk", "pool": "local", "source": format!("{volume}/var"), "path": "/var/lib/ceph/", "dependent": "true"},
-            "ceph-1": {"type": "unix-block", "source": device, "path": "/dev/ceph-1", "uid": "167", "gid": "167"},
         });
+        if let Role::Osd { device, .. } = role {
+            devices["ceph-1"] = json!({"type": "unix-block", "source": device, "path": "/dev/ceph-1", "uid": "167", "gid": "167"});
+        }
         api.post(
             host,
             &format!("/1.0/instances?{target}"),
@@ -374,31 +421,57 @@ pub fn add_drive(host: &Host, api: &Api, device_id: &str, pauses: Pauses) -> Res
         )?;
         created = true;
         std::thread::sleep(pauses.started);
-        for (path, mode) in CLUSTER_FILES {
-            let data = api.get_file(
-                host,
-                &format!(
-                    "/1.0/instances/{}/files?path={path}&project={PROJECT}",
-                    CONTROL[0]
-                ),
-            )?;
-            push_file(host, api, &name, path, mode, &data)?;
-        }
-        let script = OSD_SCRIPT.replace("@DEVICE_CLASS@", class);
-        push_file(host, api, &name, SETUP_SCRIPT, "0700", script.as_bytes())?;
-        run_setup(host, api, &name)
+        let script = match role {
+            Role::FirstMonitor => {
+                let net = api.get(host, &format!("/1.0/networks/{network}"))?;
+                let subnet = net["config"]["ipv6.address"].as_str().unwrap_or_default();
+                let addr = instance_ipv6(host, api, name)?;
+                let fsid = project["config"]["user.ceph.fsid"]
+                    .as_str()
+                    .unwrap_or_default();
+                mon_script(name, true, fsid, &addr, subnet)
+            }
+            Role::Monitor => {
+                for (from, to, mode) in [
+                    (CLUSTER_FILES[0].0, CLUSTER_FILES[0].0, CLUSTER_FILES[0].1),
+                    (CLUSTER_FILES[1].0, CLUSTER_FILES[1].0, CLUSTER_FILES[1].1),
+                    (MON_KEYRING, "/tmp/ceph.mon.keyring", "0600"),
+                ] {
+                    let data = read_monitor_file(host, api, from)?;
+                    push_file(host, api, name, to, mode, &data)?;
+                }
+                mon_script(name, false, "", "", "")
+            }
+            Role::Osd { class, .. } => {
+                for (path, mode) in CLUSTER_FILES {
+                    let data = read_monitor_file(host, api, path)?;
+                    push_file(host, api, name, path, mode, &data)?;
+                }
+                OSD_SCRIPT.replace("@DEVICE_CLASS@", class)
+            }
+        };
+        push_file(host, api, name, SETUP_SCRIPT, "0700", script.as_bytes())?;
+        run_setup(host, api, name)
     })();
     if let Err(e) = made {
-        undo_container(host, api, &name, created, &volume, &target);
+        undo_container(host, api, name, created, &volume, &target);
         return Err(e);
     }
-    host.info(&format!(
-        "Added the Ceph OSD container {name} over {device}"
-    ));
-    Ok(Value::Null)
+    Ok(())
 }
 
-/// Deletes what a failed `add-drive` made (each step logged when it fails in turn).
+/// A file of the first monitor's container.
+fn read_monitor_file(host: &Host, api: &Api, path: &str) -> Result<Vec<u8>> {
+    api.get_file(
+        host,
+        &format!(
+            "/1.0/instances/{}/files?path={path}&project={PROJECT}",
+            CONTROL[0]
+        ),
+    )
+}
+
+/// Deletes what a failed deployment made (each step logged when it fails in turn).
 fn undo_container(host: &Host, api: &Api, name: &str, created: bool, volume: &str, target: &str) {
     if created {
         let stop = api.put(
@@ -514,4 +587,225 @@ fn run_setup(host: &Host, api: &Api, name: &str) -> Result<()> {
              the container's exec records)"
         ))),
     }
+}
+
+/// The monitors' keyring, in the first monitor's data.
+pub const MON_KEYRING: &str = "/var/lib/ceph/mon/ceph-ceph-central01/keyring";
+/// The control servers' setup script; see [`mon_script`].
+pub const MON_SCRIPT: &str = include_str!("mon-setup.sh");
+/// The Incus network the cluster uses unless told otherwise.
+pub const DEFAULT_NETWORK: &str = "meshbr0";
+
+/// The control server script for container `name`: the first one (`first`) with the
+/// cluster's `fsid`, its own IPv6 address `addr` and the network's `subnet`.
+pub fn mon_script(name: &str, first: bool, fsid: &str, addr: &str, subnet: &str) -> String {
+    MON_SCRIPT
+        .replace("@NAME@", name)
+        .replace("@FIRST@", if first { "1" } else { "0" })
+        .replace("@FSID@", fsid)
+        .replace("@ADDR@", addr)
+        .replace("@SUBNET@", subnet)
+}
+
+/// Container `name`'s first global IPv6 address (not link-local, not loopback).
+fn instance_ipv6(host: &Host, api: &Api, name: &str) -> Result<String> {
+    let state = api.get(
+        host,
+        &format!("/1.0/instances/{name}/state?project={PROJECT}"),
+    )?;
+    let found = state["network"].as_object().and_then(|nets| {
+        nets.values().find_map(|n| {
+            n["addresses"].as_array()?.iter().find_map(|a| {
+                let addr = a["address"].as_str()?;
+                (a["family"] == "inet6" && !addr.starts_with("fe80::") && addr != "::1")
+                    .then(|| addr.to_string())
+            })
+        })
+    });
+    found.ok_or_else(|| Error::internal(format!("unable to determine IPv6 address for {name}")))
+}
+
+/// The `key` of `[client.admin]` in a Ceph keyring.
+pub fn admin_key(keyring: &str) -> Option<String> {
+    let mut in_admin = false;
+    for line in keyring.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_admin = line == "[client.admin]";
+        } else if in_admin {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == "key" {
+                    return Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `initialize-ceph-cluster` (the `incus` application's action; `control_servers`, three
+/// comma-separated Incus servers, else the first three members; `network`, default
+/// [`DEFAULT_NETWORK`]): after upstream's checks (the network and project exist, Incus is a
+/// cluster of at least three online members, none with a `ceph` cluster configured, no
+/// control container yet), installs `incus-ceph` on every member, records the cluster's
+/// fsid and network in the project, makes the three control containers, then configures
+/// every member's `ceph` service with the cluster (fsid, monitors, admin key). A failure
+/// while the containers are made deletes those made and restores the project.
+pub fn initialize_cluster(
+    host: &Host,
+    api: &Api,
+    config: &BTreeMap<String, String>,
+    pauses: Pauses,
+) -> Result<Value> {
+    let network = match config.get("network").map(String::as_str) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => DEFAULT_NETWORK.to_string(),
+    };
+    let fail = |text: String| Err(Error::internal(text));
+    // Incus answering at all first (upstream's client connects with this call).
+    let server = api.get(host, "/1.0")?;
+    if api.get(host, &format!("/1.0/networks/{network}")).is_err() {
+        return fail(format!("the Incus network '{network}' doesn't exist"));
+    }
+    let Ok(project) = api.get(host, &format!("/1.0/projects/{PROJECT}")) else {
+        return fail(format!("the Incus project '{PROJECT}' doesn't exist"));
+    };
+    if server["environment"]["server_clustered"] != true {
+        return fail("can only deploy Ceph in an Incus cluster".into());
+    }
+    let members = api.get(host, "/1.0/cluster/members?recursion=1")?;
+    let members: Vec<(String, String)> = members
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["server_name"].as_str().unwrap_or_default().to_string(),
+                m["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    if members.len() < 3 {
+        return fail("the Incus cluster must consist of at least three servers".into());
+    }
+    for (member, status) in &members {
+        if status != "Online" {
+            return fail(format!(
+                "Incus server '{member}' state isn't Online: {status}"
+            ));
+        }
+        // A member whose OS API cannot be asked is not checked (upstream's rule).
+        if let Ok(service) = api.get(host, &format!("/os/1.0/services/ceph?target={member}")) {
+            if !service["config"]["clusters"]["ceph"].is_null() {
+                return fail(format!(
+                    "the Ceph service is already configured for cluster 'ceph' on Incus Server '{member}'"
+                ));
+            }
+        }
+    }
+    let control: Vec<String> = match config.get("control_servers").map(String::as_str) {
+        None | Some("") => members.iter().take(3).map(|(m, _)| m.clone()).collect(),
+        Some(list) => list.split(',').map(str::to_string).collect(),
+    };
+    if control.len() != 3 {
+        return fail(
+            "exactly zero or three Incus servers must be defined for hosting the Ceph data plane"
+                .into(),
+        );
+    }
+    for c in &control {
+        if !members.iter().any(|(m, _)| m == c) {
+            return fail(format!(
+                "specified Incus server '{c}' isn't a member of the cluster"
+            ));
+        }
+    }
+    for c in CONTROL {
+        if api
+            .get_opt(host, &format!("/1.0/instances/{c}?project={PROJECT}"))?
+            .is_some()
+        {
+            return fail(format!(
+                "a Ceph container '{c}' currently exists; refusing to attempt to initialize a new Ceph cluster"
+            ));
+        }
+    }
+    for (member, _) in &members {
+        let installed = api.post(
+            host,
+            &format!("/os/1.0/applications?target={member}"),
+            &json!({"name": "incus-ceph"}),
+        );
+        match installed {
+            Ok(_) => {}
+            Err(e) if e.message.ends_with(": already exists") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut updated = project.clone();
+    updated["config"]["user.ceph.fsid"] = json!(crate::uuid_v4()?);
+    updated["config"]["user.ceph.network"] = json!(network);
+    let put_project = |p: &Value| {
+        api.put(
+            host,
+            &format!("/1.0/projects/{PROJECT}"),
+            &json!({"config": p["config"], "description": p["description"]}),
+        )
+    };
+    put_project(&updated)?;
+    let mut made: Vec<(&str, &str)> = vec![];
+    for (i, name) in CONTROL.iter().enumerate() {
+        let role = if i == 0 {
+            Role::FirstMonitor
+        } else {
+            Role::Monitor
+        };
+        if let Err(e) = deploy(host, api, &updated, &control[i], name, role, pauses) {
+            for (done, server) in made.iter().rev() {
+                let target = format!("project={PROJECT}&target={server}");
+                undo_container(host, api, done, true, &format!("{done}-data"), &target);
+            }
+            if let Err(u) = put_project(&project) {
+                host.warn(&format!(
+                    "Cannot restore the project {PROJECT}: {}",
+                    u.message
+                ));
+            }
+            return Err(e);
+        }
+        made.push((name, &control[i]));
+    }
+    let keyring = read_monitor_file(host, api, CLUSTER_FILES[1].0)?;
+    let key = admin_key(&String::from_utf8_lossy(&keyring))
+        .ok_or_else(|| Error::internal("the admin keyring has no client.admin key"))?;
+    let monitors = CONTROL
+        .iter()
+        .map(|c| instance_ipv6(host, api, c))
+        .collect::<Result<Vec<_>>>()?;
+    let fsid = updated["config"]["user.ceph.fsid"].clone();
+    for (member, _) in &members {
+        let path = format!("/os/1.0/services/ceph?target={member}");
+        let mut service = api.get(host, &path)?;
+        let mut cfg = service["config"].take();
+        if !cfg.is_object() {
+            cfg = json!({});
+        }
+        cfg["enabled"] = json!(true);
+        if !cfg["clusters"].is_object() {
+            cfg["clusters"] = json!({});
+        }
+        cfg["clusters"]["ceph"] = json!({
+            "fsid": fsid,
+            "monitors": monitors,
+            "keyrings": {"admin": {"key": key}},
+            "client_config": {},
+        });
+        api.put(host, &path, &json!({"config": cfg}))?;
+    }
+    host.info(&format!(
+        "Initialized the Ceph cluster {} on {}",
+        fsid.as_str().unwrap_or_default(),
+        control.join(", ")
+    ));
+    Ok(Value::Null)
 }
