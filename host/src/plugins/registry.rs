@@ -86,7 +86,8 @@ pub const MAX_READS: usize = 32;
 /// More are refused at once, so clients queuing behind a slow change hold nothing.
 pub const MAX_CHANGES: usize = 4;
 
-/// How long a provider's `fetch` may run (a stalled download fails long before).
+/// How long a provider's `fetch` or an application's action may run (a stalled download
+/// fails long before).
 pub const FETCH_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
 /// How long plugin calls may take before they fail and the plugin is marked degraded.
@@ -607,8 +608,10 @@ impl Plugin {
         let (kind, held, limit) = if call.changes_state() {
             let held = self.admit_change(op).await?;
             // A provider's fetch moves whole OS images: the host's network layer cuts a
-            // stalled transfer, so the call itself gets hours, not the change timeout.
-            let limit = if call == Call::Hook(Hook::Fetch) {
+            // stalled transfer, so the call itself gets hours, not the change timeout. An
+            // application's action too (building a Ceph cluster pulls images and makes
+            // containers): upstream answers it when it is done, however long that takes.
+            let limit = if matches!(call, Call::Hook(Hook::Fetch | Hook::Action)) {
                 FETCH_LIMIT.max(self.timeouts.change)
             } else {
                 self.timeouts.change

@@ -108,3 +108,37 @@ async fn the_primary_plugins_keep_to_one_primary_and_incus_cannot_be_removed() {
     let (status, _) = request(&d.socket, "GET", "/1.0/applications/openfga", "").await;
     assert_eq!(status, 404);
 }
+
+/// An application's action runs as long as it takes, as upstream answers it when it is
+/// done (building a Ceph cluster pulls images and makes containers): it is not cut at
+/// `--plugin-change-timeout` as a PUT is, and the plugin stays healthy.
+#[tokio::test]
+async fn an_action_outlasting_the_change_timeout_is_answered_when_it_is_done() {
+    let root = Root::new();
+    root.install_fixture("backup_app", "backup_app");
+    root.install_application("backup-app", "202511041800");
+    let d = Daemon::start(&root, &["--plugin-change-timeout", "1"]);
+    let started = std::time::Instant::now();
+    let (status, body) = request(
+        &d.socket,
+        "POST",
+        "/1.0/applications/backup-app/:action",
+        r#"{"action": "wait", "config": {"ms": "2500"}}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", d.log());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let plugins = get_ok(&d.socket, "/1.0/plugins").await;
+    let app = plugins["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "backup-app")
+        .unwrap()
+        .clone();
+    assert!(app["degraded"].is_null(), "{app}");
+}
