@@ -91,26 +91,6 @@ pub fn random_token() -> Result<String> {
         .collect())
 }
 
-/// A random (version 4) UUID, from the kernel's random source as [`random_token`].
-pub fn uuid_v4() -> Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
-}
-
 /// Runs `argv` through the host; a non-zero exit is an error naming the command and its
 /// standard error (upstream's text).
 pub fn run(host: &Host, argv: &[&str]) -> Result<String> {

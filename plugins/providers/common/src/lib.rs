@@ -24,6 +24,27 @@ pub use trust::Trust;
 use plugin_api::provider::{Release, Target, UpdateContext};
 use plugin_api::{Host, Result};
 
+/// A random (version 4) UUID, from the kernel's random source of the daemon's own process
+/// (the host has no randomness capability).
+pub fn random_uuid() -> Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| plugin_api::Error::internal(format!("cannot read random bytes: {e}")))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
 /// Verifies `signed` (an `index.sjson`) against `trust` with the host's openssl and reads
 /// the index it carries.
 pub fn verified_index(host: &Host, signed: &[u8], trust: &Trust) -> Result<Index> {

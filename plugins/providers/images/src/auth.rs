@@ -327,25 +327,7 @@ pub fn query_escape(value: &str) -> String {
     out
 }
 
-/// A random (version 4) UUID, from the kernel's random source.
-pub fn random_uuid() -> Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::internal(format!("cannot read random bytes: {e}")))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
-}
+pub use incus_osd_provider_common::random_uuid;
 
 #[cfg(test)]
 mod tests {

@@ -743,7 +743,7 @@ pub fn initialize_cluster(
         }
     }
     let mut updated = project.clone();
-    updated["config"]["user.ceph.fsid"] = json!(crate::uuid_v4()?);
+    updated["config"]["user.ceph.fsid"] = json!(incus_osd_provider_common::random_uuid()?);
     updated["config"]["user.ceph.network"] = json!(network);
     let put_project = |p: &Value| {
         api.put(
