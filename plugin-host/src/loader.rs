@@ -434,6 +434,19 @@ fn check_with(
     let modules = module.plugins().map(|f| f().into_vec()).unwrap_or_default();
     if modules.is_empty() {
         let plugin = plugin_of(module, path, &declared)?;
+        // A bundle whose link let one of its plugins' exports win over its own: it would
+        // pass for that one plugin, and every other would be missing without a word.
+        let bundle_named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_bundle_file_name);
+        if bundle_named {
+            return Err(LoadError::Manifest(format!(
+                "named as a bundle, but its root module is the one plugin '{}': a bundle must \
+                 be linked with -Wl,--allow-multiple-definition so that its own exports win",
+                plugin.manifest.name
+            )));
+        }
         return Ok(Library {
             path: path.to_path_buf(),
             plugins: vec![plugin],
@@ -526,9 +539,12 @@ pub fn scan_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Bundles of plugins are named `libincus_osd_bundle_<anything>.so`.
 pub fn is_bundle_file_name(name: &str) -> bool {
-    name.starts_with(BUNDLE_FILE_PREFIX)
-        && name.ends_with(".so")
-        && name.len() > BUNDLE_FILE_PREFIX.len() + 3
+    named(name, BUNDLE_FILE_PREFIX)
+}
+
+/// `<prefix><something>.so`.
+fn named(name: &str, prefix: &str) -> bool {
+    name.starts_with(prefix) && name.ends_with(".so") && name.len() > prefix.len() + 3
 }
 
 /// The file-name prefix of bundles.
@@ -542,9 +558,7 @@ pub fn crate_of_file(name: &str) -> Option<&str> {
 
 /// Plugin libraries are named `libincus_osd_plugin_<anything>.so`.
 pub fn is_plugin_file_name(name: &str) -> bool {
-    name.starts_with(PLUGIN_FILE_PREFIX)
-        && name.ends_with(".so")
-        && name.len() > PLUGIN_FILE_PREFIX.len() + 3
+    named(name, PLUGIN_FILE_PREFIX)
 }
 
 /// The file-name prefix of plugin libraries.

@@ -258,8 +258,8 @@ macro_rules! __export_symbols {
 /// Every crate's library exports the same two symbols as the bundle's, so the bundle must
 /// be linked with `-Wl,--allow-multiple-definition`, the bundle's own objects first (its
 /// build script passes `cargo::rustc-cdylib-link-arg=-Wl,--allow-multiple-definition`):
-/// the bundle's definitions then win, and the host checks that the root module it finds
-/// is the bundle's.
+/// the bundle's definitions then win. The host refuses a library named as a bundle
+/// (`libincus_osd_bundle_*.so`) whose root module is one plugin's.
 #[macro_export]
 macro_rules! export_bundle {
     ($($krate:ident),+ $(,)?) => {

@@ -117,6 +117,22 @@ async fn a_plugin_in_an_earlier_directory_overrides_the_bundles_copy() {
     assert_eq!(d.terminate().code(), Some(0));
 }
 
+/// A library named as a bundle whose root module is one plugin's (a bundle linked so that
+/// one plugin's exports won) is refused, not taken for that one plugin.
+#[test]
+fn a_bundle_named_library_carrying_one_plugin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libincus_osd_bundle_mislinked.so");
+    std::fs::copy(built_plugin("incus_osd_plugin_iscsi"), &path).unwrap();
+    let err = incus_osd::plugins::loader::open_library(&path).unwrap_err();
+    assert_eq!(err.check(), "manifest", "{err}");
+    assert!(
+        err.to_string()
+            .contains("named as a bundle, but its root module is the one plugin 'iscsi'"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_bundle_is_not_loaded_as_one_plugin() {
     let err = incus_osd::plugins::loader::open(&bundle()).unwrap_err();
