@@ -362,3 +362,52 @@ fn the_admin_key_is_read_from_its_keyring_section() {
     );
     assert_eq!(ceph::admin_key("[mon.]\n\tkey = MON==\n"), None);
 }
+
+/// A member's `ceph` service that refuses the cluster: everything made is undone, the three
+/// monitors deleted and the project restored.
+#[test]
+fn a_refused_ceph_service_undoes_the_whole_cluster() {
+    let (_hh, host, server) = cluster();
+    server.handle_method(
+        "PUT",
+        "/os/1.0/services/ceph",
+        error(400, "invalid ceph configuration"),
+    );
+    for c in ceph::CONTROL {
+        server.handle_method("PUT", &format!("/1.0/instances/{c}/state"), sync(json!({})));
+        server.handle_method("DELETE", &format!("/1.0/instances/{c}"), sync(json!({})));
+        server.handle(
+            &format!("/1.0/storage-pools/local/volumes/custom/{c}-data"),
+            sync(json!({})),
+        );
+    }
+    let err = ceph::initialize_cluster(&host, &ceph::incus(), &args(&[]), NONE).unwrap_err();
+    assert_eq!(
+        err.message,
+        "Incus: PUT /os/1.0/services/ceph?target=s1: invalid ceph configuration"
+    );
+    let lines = call_lines(&server);
+    let deleted: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("DELETE /1.0/instances/"))
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            "DELETE /1.0/instances/ceph-central03?project=internal",
+            "DELETE /1.0/instances/ceph-central02?project=internal",
+            "DELETE /1.0/instances/ceph-central01?project=internal",
+        ]
+    );
+    let puts = bodies(&server, "PUT", "/1.0/projects/internal");
+    assert_eq!(puts.len(), 2);
+    assert_eq!(
+        json_of(&puts[1].1),
+        json!({"config": {"features.images": "true"}, "description": "Internal"})
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        "PUT /1.0/projects/internal",
+        "the project is restored last"
+    );
+}

@@ -58,12 +58,23 @@ pub fn osd_hosts(host: &Host, api: &Api) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Changes a container's state (`start`, `stop`) and waits for it.
-pub fn set_state(host: &Host, api: &Api, name: &str, action: &str) -> Result<()> {
+/// Changes a container's state (`start`, `stop`; `force`d or not) and waits for it.
+pub fn set_state(host: &Host, api: &Api, name: &str, action: &str, force: bool) -> Result<()> {
     api.put(
         host,
         &format!("/1.0/instances/{name}/state?project={PROJECT}"),
-        &json!({"action": action, "timeout": -1, "force": false, "stateful": false}),
+        &json!({"action": action, "timeout": -1, "force": force, "stateful": false}),
+    )
+    .map(drop)
+}
+
+/// Deletes container `name` and waits for it.
+fn delete_instance(host: &Host, api: &Api, name: &str) -> Result<()> {
+    api.call(
+        host,
+        "DELETE",
+        &format!("/1.0/instances/{name}?project={PROJECT}"),
+        None,
     )
     .map(drop)
 }
@@ -85,13 +96,8 @@ pub fn remove_drive(host: &Host, api: &Api) -> Result<Value> {
         )));
     }
     let name = format!("{OSD_PREFIX}{server}");
-    set_state(host, api, &name, "stop")?;
-    api.call(
-        host,
-        "DELETE",
-        &format!("/1.0/instances/{name}?project={PROJECT}"),
-        None,
-    )?;
+    set_state(host, api, &name, "stop", false)?;
+    delete_instance(host, api, &name)?;
     host.info(&format!("Removed the Ceph OSD container {name}"));
     Ok(Value::Null)
 }
@@ -254,7 +260,7 @@ pub fn refresh_one(host: &Host, api: &Api, name: &str, alias: &str, pauses: Paus
         }
         fetch_image(host, api, alias)?;
     }
-    set_state(host, api, name, "stop")?;
+    set_state(host, api, name, "stop", false)?;
     api.post(
         host,
         &format!("/1.0/instances/{name}/rebuild?project={PROJECT}"),
@@ -267,7 +273,7 @@ pub fn refresh_one(host: &Host, api: &Api, name: &str, alias: &str, pauses: Paus
         &format!("/1.0/instances/{name}?project={PROJECT}"),
         &current,
     )?;
-    set_state(host, api, name, "start")?;
+    set_state(host, api, name, "start", false)?;
     std::thread::sleep(pauses.started);
     if !name.starts_with(OSD_PREFIX) {
         for unit in CONTROL_UNITS {
@@ -283,15 +289,21 @@ pub fn refresh_one(host: &Host, api: &Api, name: &str, alias: &str, pauses: Paus
     Ok(())
 }
 
-/// Runs `command` in container `name` and waits for it. Its exit status is logged when
-/// not 0, not an error (upstream does not look at it).
-pub fn exec(host: &Host, api: &Api, name: &str, command: &[&str]) -> Result<()> {
+/// Runs `command` in container `name` (its output kept in the container's exec records
+/// when `record`) and waits for it; returns its exit status.
+fn exec_status(host: &Host, api: &Api, name: &str, command: &[&str], record: bool) -> Result<i64> {
     let done = api.post(
         host,
         &format!("/1.0/instances/{name}/exec?project={PROJECT}"),
-        &json!({"command": command, "wait-for-websocket": false, "interactive": false, "record-output": false}),
+        &json!({"command": command, "wait-for-websocket": false, "interactive": false, "record-output": record}),
     )?;
-    let status = done["return"].as_i64().unwrap_or(0);
+    Ok(done["return"].as_i64().unwrap_or(0))
+}
+
+/// Runs `command` in container `name` and waits for it. Its exit status is logged when
+/// not 0, not an error (upstream does not look at it).
+pub fn exec(host: &Host, api: &Api, name: &str, command: &[&str]) -> Result<()> {
+    let status = exec_status(host, api, name, command, false)?;
     if status != 0 {
         host.warn(&format!(
             "`{}` in the Ceph container {name} exited with status {status}",
@@ -421,6 +433,18 @@ fn deploy(
         )?;
         created = true;
         std::thread::sleep(pauses.started);
+        // The cluster's files from the first monitor (which makes them), as (from, to, mode).
+        let mut files: Vec<(&str, &str, &str)> = match role {
+            Role::FirstMonitor => vec![],
+            _ => CLUSTER_FILES.iter().map(|&(p, m)| (p, p, m)).collect(),
+        };
+        if let Role::Monitor = role {
+            files.push((MON_KEYRING, "/tmp/ceph.mon.keyring", "0600"));
+        }
+        for (from, to, mode) in files {
+            let data = read_monitor_file(host, api, from)?;
+            push_file(host, api, name, to, mode, &data)?;
+        }
         let script = match role {
             Role::FirstMonitor => {
                 let net = api.get(host, &format!("/1.0/networks/{network}"))?;
@@ -431,24 +455,8 @@ fn deploy(
                     .unwrap_or_default();
                 mon_script(name, true, fsid, &addr, subnet)
             }
-            Role::Monitor => {
-                for (from, to, mode) in [
-                    (CLUSTER_FILES[0].0, CLUSTER_FILES[0].0, CLUSTER_FILES[0].1),
-                    (CLUSTER_FILES[1].0, CLUSTER_FILES[1].0, CLUSTER_FILES[1].1),
-                    (MON_KEYRING, "/tmp/ceph.mon.keyring", "0600"),
-                ] {
-                    let data = read_monitor_file(host, api, from)?;
-                    push_file(host, api, name, to, mode, &data)?;
-                }
-                mon_script(name, false, "", "", "")
-            }
-            Role::Osd { class, .. } => {
-                for (path, mode) in CLUSTER_FILES {
-                    let data = read_monitor_file(host, api, path)?;
-                    push_file(host, api, name, path, mode, &data)?;
-                }
-                OSD_SCRIPT.replace("@DEVICE_CLASS@", class)
-            }
+            Role::Monitor => mon_script(name, false, "", "", ""),
+            Role::Osd { class, .. } => OSD_SCRIPT.replace("@DEVICE_CLASS@", class),
         };
         push_file(host, api, name, SETUP_SCRIPT, "0700", script.as_bytes())?;
         run_setup(host, api, name)
@@ -474,19 +482,8 @@ fn read_monitor_file(host: &Host, api: &Api, path: &str) -> Result<Vec<u8>> {
 /// Deletes what a failed deployment made (each step logged when it fails in turn).
 fn undo_container(host: &Host, api: &Api, name: &str, created: bool, volume: &str, target: &str) {
     if created {
-        let stop = api.put(
-            host,
-            &format!("/1.0/instances/{name}/state?project={PROJECT}"),
-            &json!({"action": "stop", "timeout": -1, "force": true, "stateful": false}),
-        );
-        let deleted = stop.and_then(|_| {
-            api.call(
-                host,
-                "DELETE",
-                &format!("/1.0/instances/{name}?project={PROJECT}"),
-                None,
-            )
-        });
+        let deleted =
+            set_state(host, api, name, "stop", true).and_then(|_| delete_instance(host, api, name));
         if let Err(e) = deleted {
             host.warn(&format!(
                 "Cannot delete {name} after the failure: {}",
@@ -575,12 +572,7 @@ fn push_file(
 
 /// Runs the setup script in container `name`; its exit status must be 0.
 fn run_setup(host: &Host, api: &Api, name: &str) -> Result<()> {
-    let done = api.post(
-        host,
-        &format!("/1.0/instances/{name}/exec?project={PROJECT}"),
-        &json!({"command": ["sh", "-eux", SETUP_SCRIPT], "wait-for-websocket": false, "interactive": false, "record-output": true}),
-    )?;
-    match done["return"].as_i64().unwrap_or(0) {
+    match exec_status(host, api, name, &["sh", "-eux", SETUP_SCRIPT], true)? {
         0 => Ok(()),
         status => Err(Error::internal(format!(
             "the Ceph setup script failed in {name} with status {status} (its output is in \
@@ -650,7 +642,8 @@ pub fn admin_key(keyring: &str) -> Option<String> {
 /// control container yet), installs `incus-ceph` on every member, records the cluster's
 /// fsid and network in the project, makes the three control containers, then configures
 /// every member's `ceph` service with the cluster (fsid, monitors, admin key). A failure
-/// while the containers are made deletes those made and restores the project.
+/// after the project was written undoes what was done: the services told of the cluster
+/// get their config back, the containers made are deleted, the project is restored.
 pub fn initialize_cluster(
     host: &Host,
     api: &Api,
@@ -753,54 +746,74 @@ pub fn initialize_cluster(
         )
     };
     put_project(&updated)?;
+    // What was made, for the undo: the control containers (name, server), then each
+    // member's `ceph` service config as it was before (member, config).
     let mut made: Vec<(&str, &str)> = vec![];
-    for (i, name) in CONTROL.iter().enumerate() {
-        let role = if i == 0 {
-            Role::FirstMonitor
-        } else {
-            Role::Monitor
-        };
-        if let Err(e) = deploy(host, api, &updated, &control[i], name, role, pauses) {
-            for (done, server) in made.iter().rev() {
-                let target = format!("project={PROJECT}&target={server}");
-                undo_container(host, api, done, true, &format!("{done}-data"), &target);
+    let mut configured: Vec<(&str, Value)> = vec![];
+    let fsid = updated["config"]["user.ceph.fsid"].clone();
+    let built = (|| {
+        for (i, name) in CONTROL.iter().enumerate() {
+            let role = if i == 0 {
+                Role::FirstMonitor
+            } else {
+                Role::Monitor
+            };
+            deploy(host, api, &updated, &control[i], name, role, pauses)?;
+            made.push((name, &control[i]));
+        }
+        let keyring = read_monitor_file(host, api, CLUSTER_FILES[1].0)?;
+        let key = admin_key(&String::from_utf8_lossy(&keyring))
+            .ok_or_else(|| Error::internal("the admin keyring has no client.admin key"))?;
+        let monitors = CONTROL
+            .iter()
+            .map(|c| instance_ipv6(host, api, c))
+            .collect::<Result<Vec<_>>>()?;
+        for (member, _) in &members {
+            let path = format!("/os/1.0/services/ceph?target={member}");
+            let mut service = api.get(host, &path)?;
+            let before = service["config"].take();
+            let mut cfg = if before.is_object() {
+                before.clone()
+            } else {
+                json!({})
+            };
+            cfg["enabled"] = json!(true);
+            if !cfg["clusters"].is_object() {
+                cfg["clusters"] = json!({});
             }
-            if let Err(u) = put_project(&project) {
+            cfg["clusters"]["ceph"] = json!({
+                "fsid": fsid,
+                "monitors": monitors,
+                "keyrings": {"admin": {"key": key}},
+                "client_config": {},
+            });
+            api.put(host, &path, &json!({"config": cfg}))?;
+            configured.push((member, before));
+        }
+        Ok(())
+    })();
+    if let Err(e) = built {
+        // In reverse: the services told of the cluster, the containers, the project.
+        for (member, before) in configured.iter().rev() {
+            let path = format!("/os/1.0/services/ceph?target={member}");
+            if let Err(u) = api.put(host, &path, &json!({"config": before})) {
                 host.warn(&format!(
-                    "Cannot restore the project {PROJECT}: {}",
+                    "Cannot restore the ceph service of {member}: {}",
                     u.message
                 ));
             }
-            return Err(e);
         }
-        made.push((name, &control[i]));
-    }
-    let keyring = read_monitor_file(host, api, CLUSTER_FILES[1].0)?;
-    let key = admin_key(&String::from_utf8_lossy(&keyring))
-        .ok_or_else(|| Error::internal("the admin keyring has no client.admin key"))?;
-    let monitors = CONTROL
-        .iter()
-        .map(|c| instance_ipv6(host, api, c))
-        .collect::<Result<Vec<_>>>()?;
-    let fsid = updated["config"]["user.ceph.fsid"].clone();
-    for (member, _) in &members {
-        let path = format!("/os/1.0/services/ceph?target={member}");
-        let mut service = api.get(host, &path)?;
-        let mut cfg = service["config"].take();
-        if !cfg.is_object() {
-            cfg = json!({});
+        for (done, server) in made.iter().rev() {
+            let target = format!("project={PROJECT}&target={server}");
+            undo_container(host, api, done, true, &format!("{done}-data"), &target);
         }
-        cfg["enabled"] = json!(true);
-        if !cfg["clusters"].is_object() {
-            cfg["clusters"] = json!({});
+        if let Err(u) = put_project(&project) {
+            host.warn(&format!(
+                "Cannot restore the project {PROJECT}: {}",
+                u.message
+            ));
         }
-        cfg["clusters"]["ceph"] = json!({
-            "fsid": fsid,
-            "monitors": monitors,
-            "keyrings": {"admin": {"key": key}},
-            "client_config": {},
-        });
-        api.put(host, &path, &json!({"config": cfg}))?;
+        return Err(e);
     }
     host.info(&format!(
         "Initialized the Ceph cluster {} on {}",
